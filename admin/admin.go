@@ -1,0 +1,278 @@
+// Package admin is the operators' HTTP API: SKUs (create, restock, show),
+// and later shards, rebalancing, cluster view and metrics. Every route but
+// /healthz needs "Authorization: Bearer <token>". It holds no state; it
+// calls the catalog the daemon wires in.
+package admin
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/stockd/stockd/internal/ident"
+)
+
+var (
+	// ErrNotFound is what a catalog returns for an unknown SKU.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict is what a catalog returns for a change the SKU's state
+	// does not allow.
+	ErrConflict = errors.New("conflict")
+)
+
+// Limits on SKU parameters.
+const (
+	MaxTotal      = 1_000_000_000_000
+	MaxChunk      = 1_000_000_000
+	MaxPartitions = 256
+	maxBody       = 64 << 10
+)
+
+// Spec is a SKU's parameters after defaults.
+type Spec struct {
+	Total      int64
+	Partitions int
+	Chunk      int64
+	Threshold  int64
+}
+
+// SKUView is what GET /admin/skus/{sku} shows.
+type SKUView struct {
+	SKU        string          `json:"sku"`
+	Total      int64           `json:"total"`
+	Pool       int64           `json:"pool"`
+	Reserved   int64           `json:"reserved"`
+	Confirmed  int64           `json:"confirmed"`
+	Released   int64           `json:"released"`
+	InDoubt    int64           `json:"in_doubt"`
+	Doubled    int64           `json:"doubled"`
+	Available  int64           `json:"available"`
+	SoldOut    bool            `json:"sold_out"`
+	Chunk      int64           `json:"chunk"`
+	Threshold  int64           `json:"threshold"`
+	Version    int64           `json:"version"`
+	Partitions []PartitionView `json:"partitions"`
+	Sync       SyncView        `json:"sync"`
+}
+
+// PartitionView is one partition's live state.
+type PartitionView struct {
+	ID     int    `json:"id"`
+	Shard  string `json:"shard"`
+	A      int64  `json:"a"`
+	B      int64  `json:"b"`
+	Active string `json:"active"`
+	State  string `json:"state"`
+	Seq    int64  `json:"seq"`
+	// Backlog is the details recorded in Redis not yet handed to sync.
+	Backlog int64 `json:"backlog"`
+	// Error is set when the partition's shard did not answer.
+	Error string `json:"error,omitempty"`
+}
+
+// SyncView is the write-back lag of a SKU.
+type SyncView struct {
+	// Backlog is the details still in Redis streams.
+	Backlog int64 `json:"backlog"`
+}
+
+// Catalog is what the admin API manages.
+type Catalog interface {
+	PutSKU(ctx context.Context, name string, spec Spec) (SKUView, bool, error)
+	GetSKU(ctx context.Context, name string) (SKUView, error)
+}
+
+// Defaults fill fields a PUT leaves out.
+type Defaults struct {
+	Partitions int
+	Chunk      int64
+	Threshold  int64
+}
+
+// Server is the admin HTTP handler.
+type Server struct {
+	token    []byte
+	defaults Defaults
+	catalog  Catalog
+	logger   *slog.Logger
+	mux      *http.ServeMux
+}
+
+// New returns the admin API.
+func New(token string, defaults Defaults, catalog Catalog, logger *slog.Logger) *Server {
+	s := &Server{
+		token:    []byte(token),
+		defaults: defaults,
+		catalog:  catalog,
+		logger:   logger.With("component", "admin"),
+		mux:      http.NewServeMux(),
+	}
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	s.handle("PUT /admin/skus/{sku}", s.putSKU)
+	s.handle("GET /admin/skus/{sku}", s.getSKU)
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// handle registers an authenticated route. Authentication comes before
+// routing details, so a caller without the token learns nothing (not even
+// whether a SKU exists).
+func (s *Server) handle(pattern string, h http.HandlerFunc) {
+	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		if !s.authorized(r) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="stockd"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized")
+			return
+		}
+		h(w, r)
+	})
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && len(s.token) > 0 && subtle.ConstantTimeCompare([]byte(got), s.token) == 1
+}
+
+type putBody struct {
+	Total      *int64 `json:"total"`
+	Partitions *int   `json:"partitions"`
+	Chunk      *int64 `json:"chunk"`
+	Threshold  *int64 `json:"threshold"`
+}
+
+func (s *Server) putSKU(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("sku")
+	if err := ident.ValidSKU(name); err != nil {
+		writeError(w, http.StatusBadRequest, "sku: "+err.Error())
+		return
+	}
+	var b putBody
+	if err := decode(r, &b); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	spec, err := s.spec(b)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	view, created, err := s.catalog.PutSKU(r.Context(), name, spec)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	s.logger.Info("sku put", "sku", name, "total", spec.Total, "created", created)
+	writeJSON(w, status, view)
+}
+
+func (s *Server) spec(b putBody) (Spec, error) {
+	sp := Spec{Partitions: s.defaults.Partitions, Chunk: s.defaults.Chunk, Threshold: s.defaults.Threshold}
+	if b.Total == nil {
+		return sp, errors.New("total: required")
+	}
+	sp.Total = *b.Total
+	if sp.Total < 0 || sp.Total > MaxTotal {
+		return sp, fmt.Errorf("total: must be between 0 and %d", int64(MaxTotal))
+	}
+	if b.Partitions != nil {
+		sp.Partitions = *b.Partitions
+	}
+	if sp.Partitions < 1 || sp.Partitions > MaxPartitions {
+		return sp, fmt.Errorf("partitions: must be between 1 and %d", MaxPartitions)
+	}
+	if b.Chunk != nil {
+		sp.Chunk = *b.Chunk
+		if b.Threshold == nil {
+			sp.Threshold = max(1, sp.Chunk/5)
+		}
+	}
+	if sp.Chunk < 1 || sp.Chunk > MaxChunk {
+		return sp, fmt.Errorf("chunk: must be between 1 and %d", int64(MaxChunk))
+	}
+	if b.Threshold != nil {
+		sp.Threshold = *b.Threshold
+	}
+	if sp.Threshold < 1 || sp.Threshold > sp.Chunk {
+		return sp, errors.New("threshold: must be between 1 and chunk")
+	}
+	return sp, nil
+}
+
+func (s *Server) getSKU(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("sku")
+	if err := ident.ValidSKU(name); err != nil {
+		writeError(w, http.StatusBadRequest, "sku: "+err.Error())
+		return
+	}
+	view, err := s.catalog.GetSKU(r.Context(), name)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, view)
+}
+
+func (s *Server) fail(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, ErrConflict):
+		writeError(w, http.StatusConflict, err.Error())
+	default:
+		s.logger.Error("admin request failed", "err", err)
+		writeError(w, http.StatusInternalServerError, err.Error())
+	}
+}
+
+// decode reads a JSON body strictly: unknown fields, trailing data and
+// wrong types are errors naming the field.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &te):
+			return fmt.Errorf("%s: must be %s", te.Field, te.Type)
+		case errors.As(err, &mbe):
+			return fmt.Errorf("body: larger than %d bytes", maxBody)
+		case errors.Is(err, io.EOF):
+			return errors.New("body: empty, want a JSON object")
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			return fmt.Errorf("%s: unknown field", strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`))
+		default:
+			return fmt.Errorf("body: malformed JSON: %v", err)
+		}
+	}
+	if dec.More() {
+		return errors.New("body: trailing data after the JSON object")
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}

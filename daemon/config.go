@@ -1,0 +1,313 @@
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/stockd/stockd/preallocate"
+	"github.com/stockd/stockd/scheduler"
+	"github.com/stockd/stockd/shard"
+)
+
+// Config is the whole daemon configuration. Every field can be set in the
+// YAML file and overridden by an environment variable named STOCKD_ plus
+// the field's YAML path in upper case joined by underscores, e.g.
+// STOCKD_HTTP_ADDR or STOCKD_SKU_DEFAULTS_CHUNK. STOCKD_SHARDS takes
+// "id=host:port,id=host:port".
+type Config struct {
+	// NodeName names this node in logs and in the cluster.
+	NodeName string `yaml:"node_name"`
+	// HTTPAddr is the hot endpoint (deduct, confirm, release, stock).
+	HTTPAddr string `yaml:"http_addr"`
+	// AdminAddr is the admin API.
+	AdminAddr string `yaml:"admin_addr"`
+	// AdminToken is the bearer token every admin route but /healthz needs.
+	AdminToken string `yaml:"admin_token"`
+	// ReservationSecret signs reservation tokens; every node of a cluster
+	// needs the same one. Empty: derived from AdminToken.
+	ReservationSecret string `yaml:"reservation_secret"`
+	// MySQLDSN is a go-sql-driver/mysql DSN; its database is created when
+	// missing.
+	MySQLDSN string `yaml:"mysql_dsn"`
+	// AMQPURL is the RabbitMQ URL for write-back batches.
+	AMQPURL string `yaml:"amqp_url"`
+	// KeyPrefix starts every Redis key of this deployment.
+	KeyPrefix string `yaml:"key_prefix"`
+	// Shards are the Redis instances holding partitions.
+	Shards []shard.Config `yaml:"shards"`
+	// RedisTimeout bounds a Redis round trip; a deduction that hits it
+	// answers 503 and is safe to retry with the same request id.
+	RedisTimeout time.Duration `yaml:"redis_timeout"`
+	// SKUDefaults apply to PUT /admin/skus when the body leaves a field out.
+	SKUDefaults SKUDefaults `yaml:"sku_defaults"`
+	// MaxQty is the largest qty one deduction may ask for.
+	MaxQty int64 `yaml:"max_qty"`
+	// RequestTimeout bounds one deduction, waits for refills included.
+	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// ReloadEvery is how often the registry is compared with MySQL (SKUs
+	// created or restocked elsewhere).
+	ReloadEvery time.Duration `yaml:"reload_every"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"log_level"`
+
+	Scheduler   scheduler.Config   `yaml:"scheduler"`
+	Preallocate preallocate.Config `yaml:"preallocate"`
+}
+
+// SKUDefaults are per-SKU defaults.
+type SKUDefaults struct {
+	// Partitions a new SKU gets.
+	Partitions int `yaml:"partitions"`
+	// Chunk is how many units one refill moves from the pool into a
+	// sub-domain.
+	Chunk int64 `yaml:"chunk"`
+	// Threshold: a sub-domain below it is swapped out and refilled.
+	Threshold int64 `yaml:"threshold"`
+}
+
+// DefaultConfig returns a configuration that works against the services of
+// a development machine.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	return Config{
+		NodeName:       host,
+		HTTPAddr:       ":8080",
+		AdminAddr:      ":8081",
+		MySQLDSN:       "root@tcp(127.0.0.1:3306)/stockd",
+		AMQPURL:        "amqp://guest:guest@127.0.0.1:5672/",
+		KeyPrefix:      "stockd",
+		RedisTimeout:   2 * time.Second,
+		SKUDefaults:    SKUDefaults{Partitions: 4, Chunk: 100, Threshold: 20},
+		MaxQty:         100,
+		RequestTimeout: 5 * time.Second,
+		ReloadEvery:    2 * time.Second,
+		LogLevel:       "info",
+		Scheduler:      scheduler.DefaultConfig(),
+		Preallocate:    preallocate.DefaultConfig(),
+	}
+}
+
+// LoadConfig reads the YAML file at path (if not empty) over the defaults,
+// then the STOCKD_* environment, then validates.
+func LoadConfig(path string, environ []string) (Config, error) {
+	cfg := DefaultConfig()
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return cfg, fmt.Errorf("config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) /* empty file */ {
+			return cfg, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	if err := applyEnv(&cfg, environ); err != nil {
+		return cfg, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	return cfg, nil
+}
+
+// Validate reports the first bad field by its YAML name.
+func (c Config) Validate() error {
+	if c.NodeName == "" {
+		return errors.New("node_name: required")
+	}
+	for name, addr := range map[string]string{"http_addr": c.HTTPAddr, "admin_addr": c.AdminAddr} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%s %q: %w", name, addr, err)
+		}
+	}
+	if len(c.AdminToken) < 8 {
+		return errors.New("admin_token: required, at least 8 characters")
+	}
+	if c.MySQLDSN == "" {
+		return errors.New("mysql_dsn: required")
+	}
+	if c.AMQPURL == "" {
+		return errors.New("amqp_url: required")
+	}
+	if c.KeyPrefix == "" || strings.ContainsAny(c.KeyPrefix, "{}: ") {
+		return errors.New("key_prefix: required, without braces, colons or spaces")
+	}
+	if len(c.Shards) == 0 {
+		return errors.New("shards: at least one Redis shard is required")
+	}
+	seen := map[string]bool{}
+	for i, s := range c.Shards {
+		if err := s.Validate(); err != nil {
+			return fmt.Errorf("shards[%d].%w", i, err)
+		}
+		if seen[s.ID] {
+			return fmt.Errorf("shards[%d].id %q: duplicate", i, s.ID)
+		}
+		seen[s.ID] = true
+	}
+	if c.RedisTimeout <= 0 {
+		return errors.New("redis_timeout: must be positive")
+	}
+	if err := c.SKUDefaults.Validate(); err != nil {
+		return fmt.Errorf("sku_defaults.%w", err)
+	}
+	if c.MaxQty < 1 {
+		return errors.New("max_qty: must be at least 1")
+	}
+	if c.RequestTimeout <= 0 {
+		return errors.New("request_timeout: must be positive")
+	}
+	if c.ReloadEvery <= 0 {
+		return errors.New("reload_every: must be positive")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if err := c.Scheduler.Validate(); err != nil {
+		return fmt.Errorf("scheduler.%w", err)
+	}
+	if err := c.Preallocate.Validate(); err != nil {
+		return fmt.Errorf("preallocate.%w", err)
+	}
+	return nil
+}
+
+// Validate checks SKU parameters.
+func (d SKUDefaults) Validate() error {
+	switch {
+	case d.Partitions < 1 || d.Partitions > MaxPartitions:
+		return fmt.Errorf("partitions: must be between 1 and %d", MaxPartitions)
+	case d.Chunk < 1:
+		return errors.New("chunk: must be at least 1")
+	case d.Threshold < 1 || d.Threshold > d.Chunk:
+		return errors.New("threshold: must be between 1 and chunk")
+	}
+	return nil
+}
+
+// MaxPartitions bounds the partitions of one SKU.
+const MaxPartitions = 256
+
+// applyEnv sets fields from STOCKD_* variables.
+func applyEnv(cfg *Config, environ []string) error {
+	env := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "STOCKD_") {
+			env[k] = v
+		}
+	}
+	if v, ok := env["STOCKD_SHARDS"]; ok {
+		shards, err := parseShards(v)
+		if err != nil {
+			return fmt.Errorf("STOCKD_SHARDS: %w", err)
+		}
+		cfg.Shards = shards
+		delete(env, "STOCKD_SHARDS")
+	}
+	if err := setFromEnv(reflect.ValueOf(cfg).Elem(), "STOCKD", env); err != nil {
+		return err
+	}
+	for k := range env {
+		if !knownEnv[k] {
+			return fmt.Errorf("%s: no such setting", k)
+		}
+	}
+	return nil
+}
+
+// knownEnv lists variables read elsewhere (not config fields).
+var knownEnv = map[string]bool{}
+
+func setFromEnv(v reflect.Value, prefix string, env map[string]string) error {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		name := prefix + "_" + strings.ToUpper(tag)
+		fv := v.Field(i)
+		if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Duration(0)) {
+			if err := setFromEnv(fv, name, env); err != nil {
+				return err
+			}
+			continue
+		}
+		s, ok := env[name]
+		if !ok {
+			continue
+		}
+		delete(env, name)
+		if err := setValue(fv, s); err != nil {
+			return fmt.Errorf("%s=%q: %w", name, s, err)
+		}
+	}
+	return nil
+}
+
+func setValue(fv reflect.Value, s string) error {
+	switch {
+	case fv.Type() == reflect.TypeOf(time.Duration(0)):
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return err
+		}
+		fv.SetInt(int64(d))
+	case fv.Kind() == reflect.String:
+		fv.SetString(s)
+	case fv.Kind() == reflect.Int, fv.Kind() == reflect.Int64:
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return errors.New("not an integer")
+		}
+		fv.SetInt(n)
+	case fv.Kind() == reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return errors.New("not a boolean")
+		}
+		fv.SetBool(b)
+	case fv.Kind() == reflect.Slice && fv.Type().Elem().Kind() == reflect.String:
+		var parts []string
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				parts = append(parts, p)
+			}
+		}
+		fv.Set(reflect.ValueOf(parts))
+	default:
+		return fmt.Errorf("cannot be set from the environment")
+	}
+	return nil
+}
+
+// parseShards parses "id=host:port,id=host:port".
+func parseShards(s string) ([]shard.Config, error) {
+	var out []shard.Config
+	for _, item := range strings.Split(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		id, addr, ok := strings.Cut(item, "=")
+		if !ok {
+			return nil, fmt.Errorf("%q: want id=host:port", item)
+		}
+		out = append(out, shard.Config{ID: id, Addr: addr})
+	}
+	return out, nil
+}

@@ -1,0 +1,342 @@
+// Package daemon is stockd's composition root: it reads the configuration,
+// connects MySQL and the Redis shards, loads the partition registry, wires
+// the workers (preallocate, scheduler, sync, admin) together and runs them
+// until its context ends, then stops them in order.
+package daemon
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/stockd/stockd/admin"
+	"github.com/stockd/stockd/internal/reservation"
+	"github.com/stockd/stockd/internal/schema"
+	"github.com/stockd/stockd/preallocate"
+	"github.com/stockd/stockd/scheduler"
+	"github.com/stockd/stockd/shard"
+)
+
+// Daemon is one stockd node.
+type Daemon struct {
+	cfg    Config
+	logger *slog.Logger
+	ready  atomic.Bool
+
+	addrsOnce sync.Once
+	addrsCh   chan struct{}
+	httpAddr  string
+	adminAddr string
+}
+
+// New validates cfg; it starts nothing.
+func New(cfg Config, logger *slog.Logger) (*Daemon, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return &Daemon{
+		cfg:     cfg,
+		logger:  logger.With("node", cfg.NodeName),
+		addrsCh: make(chan struct{}),
+	}, nil
+}
+
+// Ready is closed once the daemon serves; Addrs then returns where.
+func (d *Daemon) Ready() <-chan struct{} { return d.addrsCh }
+
+// Addrs returns the bound hot and admin addresses (after Ready).
+func (d *Daemon) Addrs() (hotAddr, adminAddr string) { return d.httpAddr, d.adminAddr }
+
+// Run serves until ctx ends, then shuts down in order: stop accepting and
+// finish in-flight requests, stop background work, close connections.
+func (d *Daemon) Run(ctx context.Context) error {
+	cfg := d.cfg
+	log := d.logger
+
+	db, err := schema.Open(ctx, cfg.MySQLDSN)
+	if err != nil {
+		return fmt.Errorf("mysql: %w", err)
+	}
+	defer db.Close()
+
+	shards, err := shard.Open(ctx, cfg.Shards, shard.Options{Prefix: cfg.KeyPrefix, Timeout: cfg.RedisTimeout}, log)
+	if err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	defer shards.Close()
+
+	store := preallocate.NewStore(db)
+	alloc := preallocate.New(cfg.Preallocate, db, shards, log)
+	reg := scheduler.NewRegistry()
+	var sched *scheduler.Scheduler
+	sched = scheduler.New(cfg.Scheduler, reg, scheduler.Hooks{
+		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(shard.Levels, bool, int64, int64)) bool {
+			return alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
+				done(o.Levels, o.HaveLevels, o.Applied, o.Pool)
+			})
+		},
+		PoolState:   store.PoolState,
+		Consolidate: alloc.Consolidate,
+		Lost: func(p *shard.Partition) {
+			alloc.Fence(context.Background(), p)
+		},
+	}, log)
+	alloc.OnLost = sched.Fence
+
+	// Finish allocations a crash left between MySQL and Redis, then load.
+	if err := alloc.ApplyPending(ctx, 0); err != nil {
+		log.Warn("pending allocations left for the sweep", "err", err)
+	}
+	loader := &loader{store: store, alloc: alloc, sched: sched, shards: shards, logger: log}
+	if err := loader.loadAll(ctx); err != nil {
+		return err
+	}
+
+	secret := cfg.ReservationSecret
+	if secret == "" {
+		sum := sha256.Sum256([]byte("stockd-reservation:" + cfg.AdminToken))
+		secret = string(sum[:])
+	}
+	h := &hot{
+		sched:   sched,
+		signer:  reservation.NewSigner([]byte(secret)),
+		maxQty:  cfg.MaxQty,
+		timeout: cfg.RequestTimeout,
+		ready:   &d.ready,
+		logger:  log.With("component", "http"),
+	}
+	cat := &catalog{store: store, alloc: alloc, sched: sched, loader: loader}
+	adm := admin.New(cfg.AdminToken, admin.Defaults{
+		Partitions: cfg.SKUDefaults.Partitions,
+		Chunk:      cfg.SKUDefaults.Chunk,
+		Threshold:  cfg.SKUDefaults.Threshold,
+	}, cat, log)
+
+	hotLn, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("http_addr: %w", err)
+	}
+	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		hotLn.Close()
+		return fmt.Errorf("admin_addr: %w", err)
+	}
+	hotSrv := h.server()
+	adminSrv := &http.Server{Handler: adm, ReadHeaderTimeout: 10 * time.Second}
+
+	// Background work outlives the HTTP servers by a little: in-flight
+	// deductions may still ask for refills while they finish.
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return alloc.Run(workCtx) })
+	g.Go(func() error { loader.reloadEvery(workCtx, cfg.ReloadEvery); return nil })
+	g.Go(func() error {
+		if err := hotSrv.Serve(hotLn); err != nil {
+			return fmt.Errorf("http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := adminSrv.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("admin: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		d.ready.Store(false)
+		log.Info("shutting down")
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := hotSrv.ShutdownWithContext(sctx); err != nil {
+			log.Warn("http shutdown", "err", err)
+		}
+		if err := adminSrv.Shutdown(sctx); err != nil {
+			log.Warn("admin shutdown", "err", err)
+		}
+		stopWork()
+		return nil
+	})
+
+	d.httpAddr, d.adminAddr = hotLn.Addr().String(), adminLn.Addr().String()
+	d.ready.Store(true)
+	d.addrsOnce.Do(func() { close(d.addrsCh) })
+	log.Info("serving", "http", d.httpAddr, "admin", d.adminAddr, "shards", len(cfg.Shards), "skus", len(reg.Names()))
+
+	err = g.Wait()
+	log.Info("stopped", "err", err)
+	return err
+}
+
+// loader keeps the registry in line with MySQL.
+type loader struct {
+	store  *preallocate.Store
+	alloc  *preallocate.Allocator
+	sched  *scheduler.Scheduler
+	shards *shard.Set
+	logger *slog.Logger
+}
+
+func (l *loader) loadAll(ctx context.Context) error {
+	skus, err := l.store.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, sku := range skus {
+		if err := l.load(ctx, sku); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// load brings sku's partitions' Redis state up, tops them up and puts the
+// SKU in the registry with fresh levels.
+func (l *loader) load(ctx context.Context, sku preallocate.SKU) error {
+	open, err := l.alloc.Ensure(ctx, sku)
+	if err != nil {
+		return fmt.Errorf("sku %s: %w", sku.Name, err)
+	}
+	if err := l.alloc.TopUp(ctx, sku, open); err != nil {
+		l.logger.Warn("top up", "sku", sku.Name, "err", err)
+	}
+	if sku, err = l.store.Get(ctx, sku.Name); err != nil {
+		return err
+	}
+	info := scheduler.SKUInfo{Name: sku.Name, Chunk: sku.Chunk, Threshold: sku.Threshold, Pool: sku.Pool, Version: sku.Version}
+	for _, rp := range sku.Partitions {
+		h, err := l.shards.Partition(sku.Name, rp.ID, rp.Epoch, rp.Shard)
+		if err != nil {
+			return fmt.Errorf("sku %s partition %d: %w (it lives on a shard missing from the config)", sku.Name, rp.ID, err)
+		}
+		info.Partitions = append(info.Partitions, scheduler.PartitionInfo{Handle: h, Open: rp.State == "open"})
+	}
+	l.sched.Registry().Upsert(info)
+	l.sched.Invalidate(sku.Name, sku.Pool)
+	if err := l.sched.Refresh(ctx, sku.Name); err != nil {
+		l.logger.Warn("refresh levels", "sku", sku.Name, "err", err)
+	}
+	return nil
+}
+
+// reloadEvery compares the registry with MySQL and reloads what changed
+// elsewhere (created, restocked, partitions changed, units returned).
+func (l *loader) reloadEvery(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := l.reload(ctx); err != nil && ctx.Err() == nil {
+			l.logger.Warn("registry reload", "err", err)
+		}
+	}
+}
+
+func (l *loader) reload(ctx context.Context) error {
+	heads, err := l.store.Heads(ctx)
+	if err != nil {
+		return err
+	}
+	reg := l.sched.Registry()
+	for name, h := range heads {
+		sku := reg.Get(name)
+		switch {
+		case sku == nil || sku.Version() != h.Version:
+			full, err := l.store.Get(ctx, name)
+			if err != nil {
+				return err
+			}
+			if err := l.load(ctx, full); err != nil {
+				return err
+			}
+		case h.Pool > 0 && (sku.SoldOut() || sku.Pool() == 0):
+			l.sched.Invalidate(name, h.Pool)
+		}
+	}
+	return nil
+}
+
+// catalog implements admin.Catalog over the store, the allocator and the
+// registry.
+type catalog struct {
+	store  *preallocate.Store
+	alloc  *preallocate.Allocator
+	sched  *scheduler.Scheduler
+	loader *loader
+}
+
+var _ admin.Catalog = (*catalog)(nil)
+
+func (c *catalog) PutSKU(ctx context.Context, name string, spec admin.Spec) (admin.SKUView, bool, error) {
+	sku, created, err := c.alloc.Provision(ctx, name, preallocate.Spec{
+		Total: spec.Total, Partitions: spec.Partitions, Chunk: spec.Chunk, Threshold: spec.Threshold,
+	})
+	if err != nil {
+		return admin.SKUView{}, false, adminErr(err)
+	}
+	if err := c.loader.load(ctx, sku); err != nil {
+		return admin.SKUView{}, created, err
+	}
+	v, err := c.GetSKU(ctx, name)
+	return v, created, err
+}
+
+func (c *catalog) GetSKU(ctx context.Context, name string) (admin.SKUView, error) {
+	sku, err := c.store.Get(ctx, name)
+	if err != nil {
+		return admin.SKUView{}, adminErr(err)
+	}
+	v := admin.SKUView{
+		SKU: sku.Name, Total: sku.Total, Pool: sku.Pool, Reserved: sku.Reserved, Confirmed: sku.Confirmed,
+		Released: sku.Released, InDoubt: sku.InDoubt, Doubled: sku.Doubled, Chunk: sku.Chunk,
+		Threshold: sku.Threshold, Version: sku.Version, Partitions: []admin.PartitionView{},
+	}
+	v.Available = sku.Pool
+	for _, rp := range sku.Partitions {
+		pv := admin.PartitionView{ID: rp.ID, Shard: rp.Shard, State: rp.State}
+		h, err := c.loader.shards.Partition(sku.Name, rp.ID, rp.Epoch, rp.Shard)
+		if err == nil {
+			var st shard.State
+			if st, err = h.Inspect(ctx); err == nil {
+				pv.A, pv.B, pv.Active, pv.Seq, pv.Backlog = st.Levels.A, st.Levels.B, string(st.Levels.Active), st.Seq, st.Backlog
+				v.Sync.Backlog += st.Backlog
+				if rp.State == "open" {
+					v.Available += st.Levels.Total()
+				}
+			}
+		}
+		if err != nil {
+			pv.Error = err.Error()
+		}
+		v.Partitions = append(v.Partitions, pv)
+	}
+	if r := c.sched.Registry().Get(name); r != nil {
+		v.SoldOut = r.SoldOut()
+	}
+	return v, nil
+}
+
+func adminErr(err error) error {
+	switch {
+	case errors.Is(err, preallocate.ErrUnknownSKU):
+		return fmt.Errorf("%w: %v", admin.ErrNotFound, err)
+	case errors.Is(err, preallocate.ErrConflict):
+		return fmt.Errorf("%w: %v", admin.ErrConflict, err)
+	}
+	return err
+}

@@ -1,0 +1,333 @@
+package daemon
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+	"github.com/valyala/fasthttp"
+
+	"github.com/stockd/stockd/internal/testenv"
+	"github.com/stockd/stockd/shard"
+)
+
+const testToken = "test-token-123"
+
+// env is one test's services: its Redis shards, database and key prefix.
+type env struct {
+	t      *testing.T
+	shards []*testenv.Redis
+	dsn    string
+	prefix string
+	db     *sql.DB
+}
+
+func newEnv(t *testing.T, nShards int) *env {
+	t.Helper()
+	e := &env{t: t, dsn: testenv.Database(t), prefix: testenv.Name("t")}
+	for i := 0; i < nShards; i++ {
+		e.shards = append(e.shards, testenv.StartRedis(t))
+	}
+	e.db = testenv.OpenDB(t, e.dsn)
+	return e
+}
+
+func (e *env) config() Config {
+	cfg := DefaultConfig()
+	cfg.NodeName = "test"
+	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.AdminAddr = "127.0.0.1:0"
+	cfg.AdminToken = testToken
+	cfg.MySQLDSN = e.dsn
+	cfg.AMQPURL = testenv.AMQPURL()
+	cfg.KeyPrefix = e.prefix
+	cfg.LogLevel = "warn"
+	cfg.ReloadEvery = 500 * time.Millisecond
+	cfg.Shards = nil
+	for i, r := range e.shards {
+		cfg.Shards = append(cfg.Shards, shard.Config{ID: "s" + strconv.Itoa(i+1), Addr: r.Addr})
+	}
+	return cfg
+}
+
+// node is a daemon running in the test process.
+type node struct {
+	t      *testing.T
+	d      *Daemon
+	cancel context.CancelFunc
+	done   chan error
+	hot    string
+	admin  string
+}
+
+func startNode(t *testing.T, cfg Config) *node {
+	t.Helper()
+	d, err := New(cfg, NewLogger(testWriter{t}, cfg.LogLevel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &node{t: t, d: d, cancel: cancel, done: make(chan error, 1)}
+	go func() { n.done <- d.Run(ctx) }()
+	select {
+	case <-d.Ready():
+	case err := <-n.done:
+		t.Fatalf("daemon exited at start: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("daemon not ready after 30s")
+	}
+	n.hot, n.admin = d.Addrs()
+	t.Cleanup(func() { n.stop() })
+	return n
+}
+
+// stop stops the daemon gracefully and waits for it.
+func (n *node) stop() {
+	if n.cancel == nil {
+		return
+	}
+	n.cancel()
+	n.cancel = nil
+	select {
+	case err := <-n.done:
+		if err != nil {
+			n.t.Errorf("daemon stopped with error: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		n.t.Error("daemon did not stop within 30s")
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// adminDo sends an admin request and decodes the JSON answer into out.
+func adminDo(t *testing.T, n *node, method, path, body string, out any) int {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+n.admin+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil && resp.StatusCode < 300 {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %v: %s", method, path, err, b)
+		}
+	}
+	return resp.StatusCode
+}
+
+type skuView struct {
+	SKU        string `json:"sku"`
+	Total      int64  `json:"total"`
+	Pool       int64  `json:"pool"`
+	SoldOut    bool   `json:"sold_out"`
+	Partitions []struct {
+		ID      int    `json:"id"`
+		Shard   string `json:"shard"`
+		A       int64  `json:"a"`
+		B       int64  `json:"b"`
+		Active  string `json:"active"`
+		State   string `json:"state"`
+		Seq     int64  `json:"seq"`
+		Backlog int64  `json:"backlog"`
+		Error   string `json:"error"`
+	} `json:"partitions"`
+}
+
+func putSKU(t *testing.T, n *node, sku string, total int64, partitions int, chunk, threshold int64) skuView {
+	t.Helper()
+	var v skuView
+	body := fmt.Sprintf(`{"total":%d,"partitions":%d,"chunk":%d,"threshold":%d}`, total, partitions, chunk, threshold)
+	if code := adminDo(t, n, "PUT", "/admin/skus/"+sku, body, &v); code != 200 && code != 201 {
+		t.Fatalf("put sku: status %d", code)
+	}
+	return v
+}
+
+func getSKU(t *testing.T, n *node, sku string) skuView {
+	t.Helper()
+	var v skuView
+	if code := adminDo(t, n, "GET", "/admin/skus/"+sku, "", &v); code != 200 {
+		t.Fatalf("get sku: status %d", code)
+	}
+	return v
+}
+
+// buyer is a keep-alive HTTP client for the hot endpoint.
+type buyer struct {
+	c *fasthttp.Client
+}
+
+func newBuyer(conns int) *buyer {
+	return &buyer{c: &fasthttp.Client{
+		MaxConnsPerHost:     conns,
+		MaxConnWaitTimeout:  30 * time.Second,
+		ReadTimeout:         30 * time.Second,
+		WriteTimeout:        30 * time.Second,
+		MaxIdleConnDuration: time.Minute,
+	}}
+}
+
+type answer struct {
+	Code        int
+	Status      string `json:"status"`
+	Reservation string `json:"reservation"`
+	SKU         string `json:"sku"`
+	Qty         int64  `json:"qty"`
+	Error       string `json:"error"`
+	RequestID   string `json:"request_id"`
+}
+
+func (b *buyer) post(addr, path, body string) (answer, error) {
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI("http://" + addr + path)
+	req.Header.SetMethod("POST")
+	req.Header.SetContentType("application/json")
+	req.SetBodyString(body)
+	if err := b.c.Do(req, resp); err != nil {
+		return answer{}, err
+	}
+	a := answer{Code: resp.StatusCode()}
+	if err := json.Unmarshal(resp.Body(), &a); err != nil {
+		return a, fmt.Errorf("status %d, body %q: %w", a.Code, resp.Body(), err)
+	}
+	return a, nil
+}
+
+func (b *buyer) deduct(addr, sku string, qty int64, reqID string) (answer, error) {
+	return b.post(addr, "/v1/deduct", fmt.Sprintf(`{"sku":%q,"qty":%d,"request_id":%q}`, sku, qty, reqID))
+}
+
+// outcomes counts what a crowd of buyers got.
+type outcomes struct {
+	mu           sync.Mutex
+	ok, soldOut  int
+	units        int64
+	other        map[int]int
+	reservations map[string]string // reservation -> request id
+	errs         []error
+}
+
+func newOutcomes() *outcomes {
+	return &outcomes{other: map[int]int{}, reservations: map[string]string{}}
+}
+
+func (o *outcomes) add(t *testing.T, reqID string, a answer, err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case err != nil:
+		o.errs = append(o.errs, err)
+	case a.Code == 200 && a.Status == "ok":
+		o.ok++
+		o.units += a.Qty
+		if prev, dup := o.reservations[a.Reservation]; dup && prev != reqID {
+			t.Errorf("reservation %s returned to %s and %s", a.Reservation, prev, reqID)
+		}
+		o.reservations[a.Reservation] = reqID
+	case a.Code == 409 && a.Status == "sold_out":
+		o.soldOut++
+	default:
+		o.other[a.Code]++
+	}
+}
+
+// crowd runs n concurrent buyers; qty(i) gives buyer i's quantity.
+func crowd(t *testing.T, b *buyer, addr, sku string, n int, idPrefix string, qty func(i int) int64) *outcomes {
+	t.Helper()
+	o := newOutcomes()
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			<-start
+			id := idPrefix + strconv.Itoa(i)
+			a, err := b.deduct(addr, sku, qty(i), id)
+			o.add(t, id, a, err)
+		}(i)
+	}
+	close(start)
+	wg.Wait()
+	return o
+}
+
+// ledger is what Redis and MySQL hold for a SKU, read directly.
+type ledger struct {
+	total, pool, pendingFills int64
+	levels                    int64 // Σ sub-domains of every partition
+	streamUnits               int64 // Σ qty of details still in Redis streams
+	streamEntries             int64
+	subDomains                []int64
+}
+
+func (e *env) ledger(sku string) ledger {
+	e.t.Helper()
+	var l ledger
+	if err := e.db.QueryRow(`SELECT total, pool FROM skus WHERE sku = ?`, sku).Scan(&l.total, &l.pool); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.db.QueryRow(`SELECT COALESCE(SUM(qty),0) FROM allocations WHERE sku = ? AND kind='fill' AND state='pending'`, sku).Scan(&l.pendingFills); err != nil {
+		e.t.Fatal(err)
+	}
+	rows, err := e.db.Query(`SELECT pid, shard, epoch FROM partitions WHERE sku = ?`, sku)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer rows.Close()
+	clients := map[string]rueidis.Client{}
+	for i, r := range e.shards {
+		clients["s"+strconv.Itoa(i+1)] = r.Client()
+	}
+	ctx := context.Background()
+	for rows.Next() {
+		var pid int
+		var sh string
+		var epoch int64
+		if err := rows.Scan(&pid, &sh, &epoch); err != nil {
+			e.t.Fatal(err)
+		}
+		c := clients[sh]
+		tag := "{" + e.prefix + ":" + sku + ":" + strconv.Itoa(pid) + "}"
+		vals, err := c.Do(ctx, c.B().Hmget().Key(tag+":s").Field("a", "b").Build()).AsIntSlice()
+		if err != nil {
+			e.t.Fatalf("levels of %s: %v", tag, err)
+		}
+		l.levels += vals[0] + vals[1]
+		l.subDomains = append(l.subDomains, vals[0], vals[1])
+		entries, err := c.Do(ctx, c.B().Xrange().Key(tag+":x").Start("-").End("+").Build()).AsXRange()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		for _, en := range entries {
+			q, _ := strconv.ParseInt(en.FieldValues["q"], 10, 64)
+			l.streamUnits += q
+			l.streamEntries++
+		}
+	}
+	return l
+}

@@ -1,0 +1,216 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/stockd/stockd/internal/ident"
+	"github.com/stockd/stockd/internal/reservation"
+	"github.com/stockd/stockd/scheduler"
+)
+
+// maxHotBody is the largest body the hot endpoint reads; larger ones are
+// answered 413 before any work.
+const maxHotBody = 4 << 10
+
+// hot serves the gateways' endpoint: deduct, stock, health.
+type hot struct {
+	sched   *scheduler.Scheduler
+	signer  *reservation.Signer
+	maxQty  int64
+	timeout time.Duration
+	ready   *atomic.Bool
+	logger  *slog.Logger
+}
+
+func (h *hot) server() *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:               h.handle,
+		ErrorHandler:          h.parseError,
+		Name:                  "stockd",
+		MaxRequestBodySize:    maxHotBody,
+		ReadTimeout:           30 * time.Second,
+		WriteTimeout:          10 * time.Second,
+		IdleTimeout:           120 * time.Second,
+		ReadBufferSize:        8 << 10,
+		Concurrency:           64 << 10,
+		CloseOnShutdown:       true,
+		NoDefaultDate:         true,
+		NoDefaultServerHeader: true,
+	}
+}
+
+func (h *hot) handle(ctx *fasthttp.RequestCtx) {
+	ctx.SetContentType("application/json")
+	path := ctx.Path()
+	switch string(path) {
+	case "/v1/deduct":
+		if !ctx.IsPost() {
+			methodNotAllowed(ctx, "POST")
+			return
+		}
+		h.deduct(ctx)
+	case "/healthz":
+		ctx.SetBodyString(`{"status":"ok"}`)
+	case "/readyz":
+		if h.ready.Load() {
+			ctx.SetBodyString(`{"status":"ready"}`)
+		} else {
+			ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+			ctx.SetBodyString(`{"status":"not ready"}`)
+		}
+	default:
+		if len(path) > len("/v1/stock/") && string(path[:len("/v1/stock/")]) == "/v1/stock/" {
+			if !ctx.IsGet() && !ctx.IsHead() {
+				methodNotAllowed(ctx, "GET")
+				return
+			}
+			h.stock(ctx, string(path[len("/v1/stock/"):]))
+			return
+		}
+		writeErr(ctx, fasthttp.StatusNotFound, "no such route")
+	}
+}
+
+// parseError answers requests fasthttp could not read.
+func (h *hot) parseError(ctx *fasthttp.RequestCtx, err error) {
+	ctx.SetContentType("application/json")
+	var ne *net.OpError
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		writeErr(ctx, fasthttp.StatusRequestEntityTooLarge, "body: larger than 4096 bytes")
+	case errors.As(err, &ne) && ne.Timeout():
+		writeErr(ctx, fasthttp.StatusRequestTimeout, "request timeout")
+	default:
+		writeErr(ctx, fasthttp.StatusBadRequest, "malformed HTTP request")
+	}
+}
+
+type deductBody struct {
+	SKU       *string         `json:"sku"`
+	Qty       json.RawMessage `json:"qty"`
+	RequestID *string         `json:"request_id"`
+	UserID    *string         `json:"user_id"`
+}
+
+func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
+	var b deductBody
+	if err := json.Unmarshal(ctx.PostBody(), &b); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			writeErr(ctx, fasthttp.StatusBadRequest, te.Field+": must be a string")
+			return
+		}
+		writeErr(ctx, fasthttp.StatusBadRequest, "body: malformed JSON, want an object with sku, qty and request_id")
+		return
+	}
+	if b.SKU == nil {
+		writeErr(ctx, fasthttp.StatusBadRequest, "sku: required")
+		return
+	}
+	if err := ident.ValidSKU(*b.SKU); err != nil {
+		writeErr(ctx, fasthttp.StatusBadRequest, "sku: "+err.Error())
+		return
+	}
+	if len(b.Qty) == 0 || string(b.Qty) == "null" {
+		writeErr(ctx, fasthttp.StatusBadRequest, "qty: required")
+		return
+	}
+	qty, err := strconv.ParseInt(string(b.Qty), 10, 64)
+	if err != nil {
+		writeErr(ctx, fasthttp.StatusBadRequest, "qty: must be an integer")
+		return
+	}
+	if qty < 1 || qty > h.maxQty {
+		writeErr(ctx, fasthttp.StatusBadRequest, "qty: must be between 1 and "+strconv.FormatInt(h.maxQty, 10))
+		return
+	}
+	if b.RequestID == nil {
+		writeErr(ctx, fasthttp.StatusBadRequest, "request_id: required")
+		return
+	}
+	if err := ident.ValidRequestID(*b.RequestID, ident.MaxRequestID); err != nil {
+		writeErr(ctx, fasthttp.StatusBadRequest, "request_id: "+err.Error())
+		return
+	}
+	var userID string
+	if b.UserID != nil {
+		if err := ident.ValidRequestID(*b.UserID, ident.MaxUserID); err != nil {
+			writeErr(ctx, fasthttp.StatusBadRequest, "user_id: "+err.Error())
+			return
+		}
+		userID = *b.UserID
+	}
+
+	// Deductions finish even while the server shuts down; only the timeout
+	// ends them early.
+	c, cancel := context.WithTimeout(context.Background(), h.timeout)
+	res, err := h.sched.Deduct(c, *b.SKU, qty, *b.RequestID, userID)
+	cancel()
+	switch {
+	case errors.Is(err, scheduler.ErrUnknownSKU):
+		writeErr(ctx, fasthttp.StatusNotFound, "sku: unknown")
+	case err != nil:
+		h.logger.Warn("deduct unavailable", "sku", *b.SKU, "request_id", *b.RequestID, "err", err)
+		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+		buf := append(make([]byte, 0, 96+len(*b.RequestID)), `{"error":"unavailable, retry with the same request_id","request_id":`...)
+		buf = strconv.AppendQuote(buf, *b.RequestID)
+		ctx.SetBody(append(buf, '}'))
+	case res.Status == scheduler.SoldOut:
+		ctx.SetStatusCode(fasthttp.StatusConflict)
+		ctx.SetBodyString(`{"status":"sold_out"}`)
+	default:
+		token := h.signer.Encode(res.Partition.DetailID(res.Seq), res.Qty)
+		buf := make([]byte, 0, 64+len(token)+len(*b.SKU))
+		buf = append(buf, `{"status":"ok","reservation":"`...)
+		buf = append(buf, token...)
+		buf = append(buf, `","sku":"`...)
+		buf = append(buf, *b.SKU...)
+		buf = append(buf, `","qty":`...)
+		buf = strconv.AppendInt(buf, res.Qty, 10)
+		buf = append(buf, '}')
+		ctx.SetBody(buf)
+	}
+}
+
+func (h *hot) stock(ctx *fasthttp.RequestCtx, name string) {
+	if err := ident.ValidSKU(name); err != nil {
+		writeErr(ctx, fasthttp.StatusBadRequest, "sku: "+err.Error())
+		return
+	}
+	sku := h.sched.Registry().Get(name)
+	if sku == nil {
+		writeErr(ctx, fasthttp.StatusNotFound, "sku: unknown")
+		return
+	}
+	avail := sku.Available()
+	buf := make([]byte, 0, 96)
+	buf = append(buf, `{"sku":"`...)
+	buf = append(buf, name...)
+	buf = append(buf, `","available":`...)
+	buf = strconv.AppendInt(buf, avail, 10)
+	buf = append(buf, `,"sold_out":`...)
+	buf = strconv.AppendBool(buf, sku.SoldOut() || avail == 0)
+	buf = append(buf, '}')
+	ctx.SetBody(buf)
+}
+
+func methodNotAllowed(ctx *fasthttp.RequestCtx, allow string) {
+	ctx.Response.Header.Set("Allow", allow)
+	writeErr(ctx, fasthttp.StatusMethodNotAllowed, "method not allowed")
+}
+
+func writeErr(ctx *fasthttp.RequestCtx, status int, msg string) {
+	ctx.SetStatusCode(status)
+	buf := append(make([]byte, 0, 16+len(msg)), `{"error":`...)
+	buf = strconv.AppendQuote(buf, msg)
+	ctx.SetBody(append(buf, '}'))
+}

@@ -1,0 +1,188 @@
+// Package schema opens stockd's MySQL database, creating it when missing,
+// and brings its schema up to date with numbered, idempotent migrations.
+//
+// Tables and who writes them:
+//   - skus: total, pool (unallocated units) and counters. preallocate moves
+//     pool to partitions and back; sync moves counters as details land and
+//     as reservations are confirmed, released or expire.
+//   - partitions: the registry's truth (shard, epoch, state).
+//   - allocations: every move between the pool and a partition (fill or
+//     drain), pending until Redis applied it, so a crash in between is
+//     finished on restart.
+//   - deductions: one row per deduction (detail), keyed by detail id, with a
+//     unique (sku, request_id) as the backstop against double deductions.
+//   - doubled_deductions: deductions undone by that backstop.
+package schema
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+)
+
+// migrations are applied in order; an applied one is never edited, a change
+// is a new entry.
+var migrations = []string{
+	1: `CREATE TABLE IF NOT EXISTS skus (
+  sku        VARCHAR(64) NOT NULL PRIMARY KEY,
+  total      BIGINT NOT NULL,
+  pool       BIGINT NOT NULL,
+  reserved   BIGINT NOT NULL DEFAULT 0,
+  confirmed  BIGINT NOT NULL DEFAULT 0,
+  released   BIGINT NOT NULL DEFAULT 0,
+  in_doubt   BIGINT NOT NULL DEFAULT 0,
+  doubled    BIGINT NOT NULL DEFAULT 0,
+  chunk      BIGINT NOT NULL,
+  threshold  BIGINT NOT NULL,
+  version    BIGINT NOT NULL DEFAULT 1,
+  created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
+) ENGINE=InnoDB`,
+	2: `CREATE TABLE IF NOT EXISTS partitions (
+  sku        VARCHAR(64) NOT NULL,
+  pid        INT NOT NULL,
+  shard      VARCHAR(64) NOT NULL,
+  epoch      BIGINT NOT NULL,
+  state      VARCHAR(16) NOT NULL DEFAULT 'open',
+  created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+  PRIMARY KEY (sku, pid)
+) ENGINE=InnoDB`,
+	3: `CREATE TABLE IF NOT EXISTS allocations (
+  id         BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  sku        VARCHAR(64) NOT NULL,
+  pid        INT NOT NULL,
+  epoch      BIGINT NOT NULL,
+  kind       ENUM('fill','drain') NOT NULL,
+  sub        CHAR(1) NOT NULL DEFAULT '',
+  qty        BIGINT NOT NULL DEFAULT 0,
+  state      ENUM('pending','applied','void') NOT NULL DEFAULT 'pending',
+  created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+  KEY by_state (state, sku)
+) ENGINE=InnoDB`,
+	4: `CREATE TABLE IF NOT EXISTS deductions (
+  detail_id   VARCHAR(128) NOT NULL PRIMARY KEY,
+  sku         VARCHAR(64) NOT NULL,
+  pid         INT NOT NULL,
+  request_id  VARCHAR(128) NULL,
+  user_id     VARCHAR(128) NULL,
+  qty         BIGINT NOT NULL,
+  state       ENUM('reserved','confirmed','released') NOT NULL,
+  apply_id    BIGINT NOT NULL DEFAULT 0,
+  deducted_at DATETIME(6) NOT NULL,
+  landed_at   DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  updated_at  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+  UNIQUE KEY sku_request (sku, request_id),
+  KEY expiry (state, deducted_at),
+  KEY by_apply (apply_id)
+) ENGINE=InnoDB`,
+	5: `CREATE TABLE IF NOT EXISTS doubled_deductions (
+  detail_id   VARCHAR(128) NOT NULL PRIMARY KEY,
+  sku         VARCHAR(64) NOT NULL,
+  pid         INT NOT NULL,
+  request_id  VARCHAR(128) NOT NULL,
+  qty         BIGINT NOT NULL,
+  apply_id    BIGINT NOT NULL DEFAULT 0,
+  created_at  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  KEY by_apply (apply_id)
+) ENGINE=InnoDB`,
+}
+
+// Open connects to the database named in dsn, creating the database when
+// it does not exist, and migrates it.
+func Open(ctx context.Context, dsn string) (*sql.DB, error) {
+	cfg, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("mysql dsn: %w", err)
+	}
+	if cfg.DBName == "" {
+		return nil, fmt.Errorf("mysql dsn: no database name")
+	}
+	cfg.ParseTime = true
+	cfg.Loc = time.UTC
+	if err := createDatabase(ctx, *cfg); err != nil {
+		return nil, err
+	}
+	conn, err := mysql.NewConnector(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("mysql: %w", err)
+	}
+	db := sql.OpenDB(conn)
+	db.SetMaxOpenConns(32)
+	db.SetMaxIdleConns(32)
+	db.SetConnMaxLifetime(time.Hour)
+	if err := Migrate(ctx, db); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+func createDatabase(ctx context.Context, cfg mysql.Config) error {
+	name := cfg.DBName
+	cfg.DBName = ""
+	conn, err := mysql.NewConnector(&cfg)
+	if err != nil {
+		return fmt.Errorf("mysql: %w", err)
+	}
+	db := sql.OpenDB(conn)
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS "+quoteIdent(name)); err != nil {
+		return fmt.Errorf("create database %s: %w", name, err)
+	}
+	return nil
+}
+
+// Migrate applies the migrations not applied yet, under a named lock so
+// that nodes starting together do not race.
+func Migrate(ctx context.Context, db *sql.DB) error {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	defer conn.Close()
+	var got sql.NullInt64
+	if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK('stockd_migrate', 60)").Scan(&got); err != nil {
+		return fmt.Errorf("migrate: lock: %w", err)
+	}
+	if !got.Valid || got.Int64 != 1 {
+		return fmt.Errorf("migrate: lock stockd_migrate not acquired in 60s")
+	}
+	defer conn.ExecContext(context.WithoutCancel(ctx), "SELECT RELEASE_LOCK('stockd_migrate')")
+
+	if _, err := conn.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS stockd_migrations (
+  version    INT NOT NULL PRIMARY KEY,
+  applied_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+) ENGINE=InnoDB`); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	var current int
+	if err := conn.QueryRowContext(ctx, "SELECT COALESCE(MAX(version), 0) FROM stockd_migrations").Scan(&current); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	for v := current + 1; v < len(migrations); v++ {
+		if _, err := conn.ExecContext(ctx, migrations[v]); err != nil {
+			return fmt.Errorf("migrate: version %d: %w", v, err)
+		}
+		if _, err := conn.ExecContext(ctx, "INSERT INTO stockd_migrations (version) VALUES (?)", v); err != nil {
+			return fmt.Errorf("migrate: record version %d: %w", v, err)
+		}
+	}
+	return nil
+}
+
+func quoteIdent(s string) string {
+	out := make([]byte, 0, len(s)+2)
+	out = append(out, '`')
+	for i := 0; i < len(s); i++ {
+		if s[i] == '`' {
+			out = append(out, '`')
+		}
+		out = append(out, s[i])
+	}
+	return string(append(out, '`'))
+}

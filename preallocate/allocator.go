@@ -1,0 +1,374 @@
+// Package preallocate moves stock between the MySQL pool and partitions.
+//
+// A fill takes min(chunk, pool) units out of the pool in a MySQL transaction
+// that also writes a pending allocation row, then injects them into a
+// partition's idle sub-domain with the refill script, idempotently by
+// allocation id, then marks the row applied. A drain goes the other way: a
+// pending drain row first, then the drain script (idempotent by drain id,
+// it records the amount it took), then the amount back to the pool. A crash
+// between the steps leaves a pending row that ApplyPending finishes; a
+// refill that Redis refuses for good (partition lost, closed or full) is
+// voided and its units go back to the pool.
+package preallocate
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/stockd/stockd/internal/sqltx"
+	"github.com/stockd/stockd/shard"
+)
+
+// Config tunes the allocator.
+type Config struct {
+	// Workers run refills in the background, in parallel.
+	Workers int `yaml:"workers"`
+	// Queue bounds the refills waiting for a worker; a request beyond it is
+	// dropped and asked again by the next deduction that sees the level low.
+	Queue int `yaml:"queue"`
+	// PendingEvery is how often pending allocation rows (a crash between
+	// MySQL and Redis) are looked for and finished.
+	PendingEvery time.Duration `yaml:"pending_every"`
+	// PendingAge is how old a pending row must be before it is finished by
+	// the sweep rather than by the worker that wrote it.
+	PendingAge time.Duration `yaml:"pending_age"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{Workers: 4, Queue: 1024, PendingEvery: 5 * time.Second, PendingAge: 3 * time.Second}
+}
+
+// Validate reports the first bad field.
+func (c Config) Validate() error {
+	switch {
+	case c.Workers < 1:
+		return errors.New("workers: must be at least 1")
+	case c.Queue < 1:
+		return errors.New("queue: must be at least 1")
+	case c.PendingEvery <= 0:
+		return errors.New("pending_every: must be positive")
+	case c.PendingAge <= 0:
+		return errors.New("pending_age: must be positive")
+	}
+	return nil
+}
+
+// Outcome is what a refill did.
+type Outcome struct {
+	// Applied is the units injected now (0 when the pool was empty or
+	// Redis refused the allocation).
+	Applied int64
+	// Pool is the pool right after the transaction.
+	Pool int64
+	// Levels are the partition's levels after the refill, when Redis
+	// answered (HaveLevels).
+	Levels     shard.Levels
+	HaveLevels bool
+	// Lost is set when Redis no longer holds the partition's state.
+	Lost bool
+}
+
+// Allocator runs fills and drains.
+type Allocator struct {
+	cfg    Config
+	db     *sql.DB
+	shards *shard.Set
+	logger *slog.Logger
+	queue  chan job
+
+	// OnLost is called (if set) when Redis shows that a partition lost its
+	// data; the allocator has already recorded it as fenced.
+	OnLost func(sku string, pid int)
+	// Owns tells whether this node runs the background work of a
+	// partition (nil: all of it).
+	Owns func(sku string, pid int) bool
+}
+
+type job struct {
+	p     *shard.Partition
+	sub   byte
+	qty   int64
+	capAt int64
+	done  func(Outcome, error)
+}
+
+// New builds an allocator over db (migrated) and the shards.
+func New(cfg Config, db *sql.DB, shards *shard.Set, logger *slog.Logger) *Allocator {
+	return &Allocator{
+		cfg:    cfg,
+		db:     db,
+		shards: shards,
+		logger: logger.With("component", "preallocate"),
+		queue:  make(chan job, cfg.Queue),
+	}
+}
+
+// Request queues a refill of sub-domain sub of p with up to qty units,
+// applied only while the sub-domain holds less than capAt. done runs on a
+// worker when it finished. It never blocks; false means the queue is full.
+func (a *Allocator) Request(p *shard.Partition, sub byte, qty, capAt int64, done func(Outcome, error)) bool {
+	select {
+	case a.queue <- job{p: p, sub: sub, qty: qty, capAt: capAt, done: done}:
+		return true
+	default:
+		return false
+	}
+}
+
+// Run runs the refill workers and the pending sweep until ctx ends.
+func (a *Allocator) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for i := 0; i < a.cfg.Workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case j := <-a.queue:
+					o, err := a.Refill(ctx, j.p, j.sub, j.qty, j.capAt)
+					if err != nil && ctx.Err() == nil {
+						a.logger.Warn("refill failed", "sku", j.p.SKU, "pid", j.p.ID, "sub", string(j.sub), "err", err)
+					}
+					if j.done != nil {
+						j.done(o, err)
+					}
+				}
+			}
+		}()
+	}
+	t := time.NewTicker(a.cfg.PendingEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return nil
+		case <-t.C:
+			if err := a.ApplyPending(ctx, a.cfg.PendingAge); err != nil && ctx.Err() == nil {
+				a.logger.Warn("pending allocations", "err", err)
+			}
+		}
+	}
+}
+
+// Refill moves up to qty units from the pool into sub-domain sub of p.
+func (a *Allocator) Refill(ctx context.Context, p *shard.Partition, sub byte, qty, capAt int64) (Outcome, error) {
+	var id, n, pool int64
+	err := sqltx.Run(ctx, a.db, func(tx *sql.Tx) error {
+		id, n = 0, 0
+		if err := tx.QueryRowContext(ctx, `SELECT pool FROM skus WHERE sku = ? FOR UPDATE`, p.SKU).Scan(&pool); err != nil {
+			if errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("%w: %s", ErrUnknownSKU, p.SKU)
+			}
+			return err
+		}
+		n = min(qty, pool)
+		if n <= 0 {
+			return nil
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE skus SET pool = pool - ? WHERE sku = ?`, n, p.SKU); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx,
+			`INSERT INTO allocations (sku, pid, epoch, kind, sub, qty) VALUES (?, ?, ?, 'fill', ?, ?)`,
+			p.SKU, p.ID, p.Epoch, string(sub), n)
+		if err != nil {
+			return err
+		}
+		id, err = res.LastInsertId()
+		pool -= n
+		return err
+	})
+	if err != nil {
+		return Outcome{Pool: -1}, fmt.Errorf("allocate: %w", err)
+	}
+	if n <= 0 {
+		return Outcome{Pool: pool}, nil
+	}
+	o, err := a.applyFill(ctx, p, id, sub, n, capAt)
+	o.Pool = pool
+	if o.Applied == 0 {
+		o.Pool += n // voided: the units went back
+	}
+	return o, err
+}
+
+// applyFill injects pending fill id into Redis and settles its row.
+func (a *Allocator) applyFill(ctx context.Context, p *shard.Partition, id int64, sub byte, n, capAt int64) (Outcome, error) {
+	r, err := p.Refill(ctx, id, sub, n, capAt)
+	if err != nil {
+		// Left pending: the sweep applies it once Redis answers.
+		return Outcome{}, err
+	}
+	if r.Final() {
+		if err := a.void(ctx, id); err != nil {
+			return Outcome{}, err
+		}
+		if r.Code == shard.Lost {
+			a.lost(ctx, p)
+			return Outcome{Lost: true}, nil
+		}
+		return Outcome{Levels: r.Levels, HaveLevels: r.Code != shard.Lost}, nil
+	}
+	if _, err := a.db.ExecContext(ctx,
+		`UPDATE allocations SET state = 'applied' WHERE id = ? AND state = 'pending'`, id); err != nil {
+		return Outcome{Applied: n, Levels: r.Levels, HaveLevels: true}, fmt.Errorf("mark applied: %w", err)
+	}
+	applied := n
+	if r.Code == shard.TookEarl {
+		applied = 0 // applied by an earlier run of this allocation
+	}
+	return Outcome{Applied: applied, Levels: r.Levels, HaveLevels: true}, nil
+}
+
+// void returns a pending fill's units to the pool, once.
+func (a *Allocator) void(ctx context.Context, id int64) error {
+	return sqltx.Run(ctx, a.db, func(tx *sql.Tx) error {
+		var sku string
+		var qty int64
+		err := tx.QueryRowContext(ctx,
+			`SELECT sku, qty FROM allocations WHERE id = ? AND state = 'pending' FOR UPDATE`, id).Scan(&sku, &qty)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE allocations SET state = 'void' WHERE id = ?`, id); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE skus SET pool = pool + ? WHERE sku = ?`, qty, sku)
+		return err
+	})
+}
+
+// Drain moves every unit of p back to the pool; close also stops p from
+// selling or being refilled. It returns the units moved.
+func (a *Allocator) Drain(ctx context.Context, p *shard.Partition, close bool) (int64, error) {
+	sub := ""
+	if close {
+		sub = "c" // so that a sweep finishing it closes too
+	}
+	res, err := a.db.ExecContext(ctx,
+		`INSERT INTO allocations (sku, pid, epoch, kind, sub) VALUES (?, ?, ?, 'drain', ?)`, p.SKU, p.ID, p.Epoch, sub)
+	if err != nil {
+		return 0, fmt.Errorf("drain: %w", err)
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return 0, fmt.Errorf("drain: %w", err)
+	}
+	return a.applyDrain(ctx, p, id, close)
+}
+
+func (a *Allocator) applyDrain(ctx context.Context, p *shard.Partition, id int64, close bool) (int64, error) {
+	code, amount, err := p.Drain(ctx, id, close)
+	if err != nil {
+		return 0, err
+	}
+	if code == shard.Lost {
+		a.lost(ctx, p)
+		amount = 0
+	}
+	err = sqltx.Run(ctx, a.db, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx,
+			`UPDATE allocations SET state = 'applied', qty = ? WHERE id = ? AND state = 'pending'`, amount, id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return nil // settled by another run
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE skus SET pool = pool + ?, version = version + 1 WHERE sku = ?`, amount, p.SKU)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("settle drain: %w", err)
+	}
+	return amount, nil
+}
+
+// ApplyPending finishes allocation rows left pending for longer than age:
+// fills are injected (or voided), drains are run and settled.
+func (a *Allocator) ApplyPending(ctx context.Context, age time.Duration) error {
+	rows, err := a.db.QueryContext(ctx,
+		`SELECT a.id, a.sku, a.pid, a.epoch, a.kind, a.sub, a.qty, p.shard, s.chunk + s.threshold
+		   FROM allocations a
+		   JOIN partitions p ON p.sku = a.sku AND p.pid = a.pid
+		   JOIN skus s ON s.sku = a.sku
+		  WHERE a.state = 'pending' AND a.created_at < NOW(6) - INTERVAL ? MICROSECOND
+		  ORDER BY a.id LIMIT 1000`, age.Microseconds())
+	if err != nil {
+		return fmt.Errorf("pending allocations: %w", err)
+	}
+	type row struct {
+		id, epoch, qty, capAt int64
+		sku, kind, sub, sh  string
+		pid                 int
+	}
+	var todo []row
+	for rows.Next() {
+		var r row
+		if err := rows.Scan(&r.id, &r.sku, &r.pid, &r.epoch, &r.kind, &r.sub, &r.qty, &r.sh, &r.capAt); err != nil {
+			rows.Close()
+			return err
+		}
+		todo = append(todo, r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range todo {
+		if a.Owns != nil && !a.Owns(r.sku, r.pid) {
+			continue
+		}
+		p, err := a.shards.Partition(r.sku, r.pid, r.epoch, r.sh)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("allocation %d: %w", r.id, err))
+			continue
+		}
+		switch r.kind {
+		case "fill":
+			// The sub-domain may have been refilled since this allocation
+			// was made; it still applies unless that would leave more than
+			// a chunk above the threshold there (then its units go back).
+			_, err = a.applyFill(ctx, p, r.id, r.sub[0], r.qty, r.capAt)
+		case "drain":
+			_, err = a.applyDrain(ctx, p, r.id, r.sub == "c")
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("allocation %d: %w", r.id, err))
+		} else {
+			a.logger.Info("finished pending allocation", "id", r.id, "kind", r.kind, "sku", r.sku, "pid", r.pid)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Fence records that p's Redis state is gone (a take found it missing):
+// the partition never sells or refills again.
+func (a *Allocator) Fence(ctx context.Context, p *shard.Partition) { a.lost(ctx, p) }
+
+// lost records that p's Redis state is gone: the partition is fenced and
+// never sells or refills again.
+func (a *Allocator) lost(ctx context.Context, p *shard.Partition) {
+	a.logger.Error("partition lost its redis state; fencing it", "sku", p.SKU, "pid", p.ID, "shard", p.Shard.ID)
+	if _, err := a.db.ExecContext(ctx,
+		`UPDATE partitions SET state = 'fenced' WHERE sku = ? AND pid = ? AND epoch = ? AND state = 'open'`,
+		p.SKU, p.ID, p.Epoch); err != nil {
+		a.logger.Error("fence partition", "sku", p.SKU, "pid", p.ID, "err", err)
+	}
+	if a.OnLost != nil {
+		a.OnLost(p.SKU, p.ID)
+	}
+}

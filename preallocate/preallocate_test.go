@@ -1,0 +1,175 @@
+package preallocate
+
+import (
+	"context"
+	"database/sql"
+	"log/slog"
+	"strconv"
+	"testing"
+
+	"github.com/stockd/stockd/internal/schema"
+	"github.com/stockd/stockd/internal/testenv"
+	"github.com/stockd/stockd/shard"
+)
+
+type fixture struct {
+	db     *sql.DB
+	shards *shard.Set
+	alloc  *Allocator
+	store  *Store
+}
+
+func newFixture(t *testing.T, nShards int) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	db, err := schema.Open(ctx, testenv.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	var cfgs []shard.Config
+	for i := 0; i < nShards; i++ {
+		r := testenv.StartRedis(t)
+		cfgs = append(cfgs, shard.Config{ID: "s" + strconv.Itoa(i+1), Addr: r.Addr})
+	}
+	set, err := shard.Open(ctx, cfgs, shard.Options{Prefix: testenv.Name("p")}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(set.Close)
+	return &fixture{db: db, shards: set, alloc: New(DefaultConfig(), db, set, slog.Default()), store: NewStore(db)}
+}
+
+func (f *fixture) handle(t *testing.T, sku SKU, i int) *shard.Partition {
+	t.Helper()
+	rp := sku.Partitions[i]
+	p, err := f.shards.Partition(sku.Name, rp.ID, rp.Epoch, rp.Shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func (f *fixture) allocationState(t *testing.T, id int64) string {
+	t.Helper()
+	var s string
+	if err := f.db.QueryRow(`SELECT state FROM allocations WHERE id = ?`, id).Scan(&s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// Deducting past the threshold swaps the active sub-domain and asks for the
+// drained one to be refilled; the refill comes from the pool, and running
+// the same allocation twice applies it once.
+func TestSubDomainSwapAndRefillOnce(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, 1)
+	sku, _, err := f.alloc.Provision(ctx, "swap", Spec{Total: 100, Partitions: 1, Chunk: 10, Threshold: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sku.Pool != 80 {
+		t.Fatalf("pool after provisioning %d, want 80 (two chunks of 10 out)", sku.Pool)
+	}
+	p := f.handle(t, sku, 0)
+
+	// 10 in a, 10 in b, a active, threshold 3: the 8th unit leaves a at 2.
+	var r shard.TakeResult
+	for i := 0; i < 8; i++ {
+		if r, err = p.Take(ctx, "u"+strconv.Itoa(i), 1, 1, true, ""); err != nil || r.Code != shard.Took {
+			t.Fatalf("take %d: %+v %v", i, r, err)
+		}
+	}
+	if r.Levels.Active != 'b' || r.Levels.A != 2 || r.Levels.B != 10 {
+		t.Fatalf("after 8 units: %+v, want a=2 b=10 with b active", r.Levels)
+	}
+	if r.Refill != 'a' {
+		t.Fatalf("refill signal %q, want a", r.Refill)
+	}
+
+	o, err := f.alloc.Refill(ctx, p, 'a', sku.Chunk, sku.Threshold)
+	if err != nil || o.Applied != 10 || o.Levels.A != 12 || o.Pool != 70 {
+		t.Fatalf("refill: %+v %v; want 10 applied, a=12, pool 70", o, err)
+	}
+	var id int64
+	if err := f.db.QueryRow(`SELECT MAX(id) FROM allocations WHERE sku='swap' AND kind='fill'`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	if s := f.allocationState(t, id); s != "applied" {
+		t.Fatalf("allocation %d is %s, want applied", id, s)
+	}
+
+	// The same allocation again, straight at Redis and through the sweep
+	// after pretending the process died before marking it applied.
+	again, err := p.Refill(ctx, id, 'a', 10, 1000)
+	if err != nil || again.Code != shard.TookEarl || again.Levels.A != 12 {
+		t.Fatalf("second refill of %d: %+v %v; want applied-earlier, a still 12", id, again, err)
+	}
+	if _, err := f.db.Exec(`UPDATE allocations SET state='pending' WHERE id = ?`, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.alloc.ApplyPending(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	st, err := p.Inspect(ctx)
+	if err != nil || st.Levels.A != 12 {
+		t.Fatalf("after sweep: %+v %v; want a=12", st, err)
+	}
+	if s := f.allocationState(t, id); s != "applied" {
+		t.Fatalf("allocation %d is %s after the sweep, want applied", id, s)
+	}
+	got, _ := f.store.Get(ctx, "swap")
+	if got.Pool+st.Levels.Total()+8 != 100 {
+		t.Fatalf("conservation: pool %d + levels %d + sold 8 != 100", got.Pool, st.Levels.Total())
+	}
+}
+
+// A crash between the allocation's commit and Redis leaves a pending row;
+// the sweep applies it exactly once, and never into a partition whose Redis
+// lost its state: that allocation is voided and its units return.
+func TestPendingAllocationAfterCrash(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, 2)
+	sku, _, err := f.alloc.Provision(ctx, "crash", Spec{Total: 100, Partitions: 2, Chunk: 10, Threshold: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p0, p1 := f.handle(t, sku, 0), f.handle(t, sku, 1)
+	// Pending rows as a crash right after the MySQL commit leaves them.
+	for _, p := range []*shard.Partition{p0, p1} {
+		if _, err := f.db.Exec(`UPDATE skus SET pool = pool - 5 WHERE sku = 'crash'`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.db.Exec(`INSERT INTO allocations (sku, pid, epoch, kind, sub, qty) VALUES ('crash', ?, ?, 'fill', 'a', 5)`, p.ID, p.Epoch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Partition 1's shard loses its data.
+	if err := p1.Shard.Client().Do(ctx, p1.Shard.Client().B().Flushall().Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.alloc.ApplyPending(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.alloc.ApplyPending(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	st0, _ := p0.Inspect(ctx)
+	if st0.Levels.A != 15 {
+		t.Fatalf("partition 0 a=%d, want 15 (10 + the pending 5, once)", st0.Levels.A)
+	}
+	got, _ := f.store.Get(ctx, "crash")
+	// 100 - 40 provisioned - 10 pending + 5 voided back.
+	if got.Pool != 55 {
+		t.Fatalf("pool %d, want 55", got.Pool)
+	}
+	if got.Partitions[1].State != "fenced" {
+		t.Fatalf("partition 1 is %s, want fenced", got.Partitions[1].State)
+	}
+	var pending int
+	f.db.QueryRow(`SELECT COUNT(*) FROM allocations WHERE state = 'pending'`).Scan(&pending)
+	if pending != 0 {
+		t.Fatalf("%d allocations still pending", pending)
+	}
+}

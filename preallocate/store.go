@@ -1,0 +1,250 @@
+package preallocate
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+
+	"github.com/stockd/stockd/internal/sqltx"
+)
+
+var (
+	// ErrUnknownSKU is returned for a SKU that does not exist.
+	ErrUnknownSKU = errors.New("unknown sku")
+	// ErrConflict is returned for a change the current state does not allow.
+	ErrConflict = errors.New("conflict")
+)
+
+// Spec is what an operator asks for a SKU.
+type Spec struct {
+	Total      int64
+	Partitions int
+	Chunk      int64
+	Threshold  int64
+}
+
+// SKU is a SKU's row.
+type SKU struct {
+	Name       string
+	Total      int64
+	Pool       int64
+	Reserved   int64
+	Confirmed  int64
+	Released   int64
+	InDoubt    int64
+	Doubled    int64
+	Chunk      int64
+	Threshold  int64
+	Version    int64
+	Partitions []Partition
+}
+
+// Partition is a partition's registry row.
+type Partition struct {
+	ID    int
+	Shard string
+	Epoch int64
+	State string // open, fenced, closed
+}
+
+// Store is the MySQL side of the catalog: SKUs, their pool and partitions.
+type Store struct {
+	db *sql.DB
+}
+
+// NewStore wraps db (already migrated).
+func NewStore(db *sql.DB) *Store { return &Store{db: db} }
+
+// Put creates the SKU, or restocks it when it exists: the difference
+// between the new and the old total goes to (or comes from) the pool. It
+// returns the row and whether it was created. shards are the shard ids new
+// partitions are spread over.
+func (s *Store) Put(ctx context.Context, name string, spec Spec, shards []string) (SKU, bool, error) {
+	var out SKU
+	created := false
+	err := sqltx.Run(ctx, s.db, func(tx *sql.Tx) error {
+		cur, err := getSKU(ctx, tx, name, true)
+		switch {
+		case errors.Is(err, ErrUnknownSKU):
+			if len(shards) == 0 {
+				return fmt.Errorf("%w: no shards configured", ErrConflict)
+			}
+			created = true
+			if _, err := tx.ExecContext(ctx,
+				`INSERT INTO skus (sku, total, pool, chunk, threshold) VALUES (?, ?, ?, ?, ?)`,
+				name, spec.Total, spec.Total, spec.Chunk, spec.Threshold); err != nil {
+				return fmt.Errorf("insert sku: %w", err)
+			}
+			off := spread(name, len(shards))
+			for i := 0; i < spec.Partitions; i++ {
+				if _, err := tx.ExecContext(ctx,
+					`INSERT INTO partitions (sku, pid, shard, epoch) VALUES (?, ?, ?, ?)`,
+					name, i, shards[(off+i)%len(shards)], NewEpoch()); err != nil {
+					return fmt.Errorf("insert partition: %w", err)
+				}
+			}
+		case err != nil:
+			return err
+		default:
+			if spec.Partitions != 0 && spec.Partitions != len(cur.Partitions) {
+				return fmt.Errorf("%w: partitions: the SKU has %d; change the count with rebalance", ErrConflict, len(cur.Partitions))
+			}
+			delta := spec.Total - cur.Total
+			if delta < 0 && cur.Pool < -delta {
+				return fmt.Errorf("%w: total: lowering it by %d needs that many unallocated units, the pool has %d", ErrConflict, -delta, cur.Pool)
+			}
+			if _, err := tx.ExecContext(ctx,
+				`UPDATE skus SET total = total + ?, pool = pool + ?, chunk = ?, threshold = ?, version = version + 1 WHERE sku = ?`,
+				delta, delta, spec.Chunk, spec.Threshold, name); err != nil {
+				return fmt.Errorf("restock: %w", err)
+			}
+		}
+		out, err = getSKU(ctx, tx, name, false)
+		return err
+	})
+	return out, created, err
+}
+
+// Get reads a SKU and its partitions.
+func (s *Store) Get(ctx context.Context, name string) (SKU, error) {
+	return getSKU(ctx, s.db, name, false)
+}
+
+// List reads every SKU with its partitions.
+func (s *Store) List(ctx context.Context) ([]SKU, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT sku FROM skus ORDER BY sku`)
+	if err != nil {
+		return nil, fmt.Errorf("list skus: %w", err)
+	}
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		names = append(names, n)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]SKU, 0, len(names))
+	for _, n := range names {
+		sku, err := s.Get(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sku)
+	}
+	return out, nil
+}
+
+// PoolState is what may still reach a SKU's partitions: the pool and the
+// allocations committed but not yet applied to Redis.
+func (s *Store) PoolState(ctx context.Context, name string) (pool, pending int64, err error) {
+	err = s.db.QueryRowContext(ctx,
+		`SELECT pool, (SELECT COALESCE(SUM(qty), 0) FROM allocations WHERE sku = ? AND state = 'pending' AND kind = 'fill')
+		   FROM skus WHERE sku = ?`, name, name).Scan(&pool, &pending)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, 0, fmt.Errorf("%w: %s", ErrUnknownSKU, name)
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("pool state: %w", err)
+	}
+	return pool, pending, nil
+}
+
+// SetPartitionState records a partition's state (open, fenced, closed).
+func (s *Store) SetPartitionState(ctx context.Context, sku string, pid int, state string) error {
+	_, err := s.db.ExecContext(ctx,
+		`UPDATE partitions SET state = ? WHERE sku = ? AND pid = ?`, state, sku, pid)
+	if err != nil {
+		return fmt.Errorf("partition state: %w", err)
+	}
+	_, err = s.db.ExecContext(ctx, `UPDATE skus SET version = version + 1 WHERE sku = ?`, sku)
+	return err
+}
+
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func getSKU(ctx context.Context, q querier, name string, forUpdate bool) (SKU, error) {
+	query := `SELECT sku, total, pool, reserved, confirmed, released, in_doubt, doubled, chunk, threshold, version
+	            FROM skus WHERE sku = ?`
+	if forUpdate {
+		query += " FOR UPDATE"
+	}
+	var k SKU
+	err := q.QueryRowContext(ctx, query, name).Scan(&k.Name, &k.Total, &k.Pool, &k.Reserved, &k.Confirmed,
+		&k.Released, &k.InDoubt, &k.Doubled, &k.Chunk, &k.Threshold, &k.Version)
+	if errors.Is(err, sql.ErrNoRows) {
+		return SKU{}, fmt.Errorf("%w: %s", ErrUnknownSKU, name)
+	}
+	if err != nil {
+		return SKU{}, fmt.Errorf("read sku: %w", err)
+	}
+	rows, err := q.QueryContext(ctx, `SELECT pid, shard, epoch, state FROM partitions WHERE sku = ? ORDER BY pid`, name)
+	if err != nil {
+		return SKU{}, fmt.Errorf("read partitions: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var p Partition
+		if err := rows.Scan(&p.ID, &p.Shard, &p.Epoch, &p.State); err != nil {
+			return SKU{}, fmt.Errorf("read partitions: %w", err)
+		}
+		k.Partitions = append(k.Partitions, p)
+	}
+	return k, rows.Err()
+}
+
+// NewEpoch returns a random positive epoch; a partition whose Redis state
+// carries another epoch (or none) lost its data.
+func NewEpoch() int64 {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return int64(binary.BigEndian.Uint64(b[:])>>1) | 1
+}
+
+// spread picks where a SKU's partitions start on the shard list, so that
+// SKUs do not all put partition 0 on the same shard.
+func spread(name string, n int) int {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	return int(h.Sum32() % uint32(n))
+}
+
+// Head is the part of a SKU's row that tells whether a node's registry is
+// stale: its version (bumped by restock and partition changes) and pool.
+type Head struct {
+	Version int64
+	Pool    int64
+}
+
+// Heads reads every SKU's head in one query.
+func (s *Store) Heads(ctx context.Context) (map[string]Head, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT sku, version, pool FROM skus`)
+	if err != nil {
+		return nil, fmt.Errorf("sku heads: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]Head{}
+	for rows.Next() {
+		var n string
+		var h Head
+		if err := rows.Scan(&n, &h.Version, &h.Pool); err != nil {
+			return nil, fmt.Errorf("sku heads: %w", err)
+		}
+		out[n] = h
+	}
+	return out, rows.Err()
+}

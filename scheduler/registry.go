@@ -1,0 +1,267 @@
+package scheduler
+
+import (
+	"math/rand/v2"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/stockd/stockd/shard"
+)
+
+// SKUInfo is what the registry is loaded from (MySQL is the truth).
+type SKUInfo struct {
+	Name      string
+	Chunk     int64
+	Threshold int64
+	Pool      int64
+	Version   int64
+	// Partitions are every partition of the SKU, open or not: closed and
+	// fenced ones still hold the pointers of requests homed on them.
+	Partitions []PartitionInfo
+}
+
+// PartitionInfo is one partition.
+type PartitionInfo struct {
+	Handle *shard.Partition
+	Open   bool
+}
+
+// SKU is the registry entry of one SKU. Its fields are read on the hot path
+// without locks.
+type SKU struct {
+	Name string
+
+	// parts is every partition (the home set), sorted by pid; replaced as a
+	// whole when partitions are added or removed.
+	parts atomic.Pointer[[]*Partition]
+
+	chunk     atomic.Int64
+	threshold atomic.Int64
+	version   atomic.Int64
+	// pool is the last known unallocated stock in MySQL.
+	pool atomic.Int64
+	// gen counts stock arrivals (restock, release, refill); a sold-out
+	// verdict computed under an older gen is void.
+	gen atomic.Uint64
+	// soldOut is set once pool and partitions are empty.
+	soldOut atomic.Pointer[soldOut]
+	// changed wakes requests waiting for stock.
+	changed signal
+}
+
+type soldOut struct {
+	successes *filter
+}
+
+// Partition is the registry entry of one partition: its handle and its last
+// known levels (from every script reply that touched it).
+type Partition struct {
+	H    *shard.Partition
+	seed uint64
+
+	a, b      atomic.Int64
+	activeB   atomic.Bool
+	open      atomic.Bool
+	refilling [2]atomic.Bool
+}
+
+// Levels are the last known levels.
+func (p *Partition) Levels() shard.Levels {
+	l := shard.Levels{A: p.a.Load(), B: p.b.Load(), Active: 'a'}
+	if p.activeB.Load() {
+		l.Active = 'b'
+	}
+	return l
+}
+
+// Open tells whether the partition may sell.
+func (p *Partition) Open() bool { return p.open.Load() }
+
+func (p *Partition) setLevels(l shard.Levels) {
+	p.a.Store(l.A)
+	p.b.Store(l.B)
+	p.activeB.Store(l.Active == 'b')
+}
+
+func (p *Partition) level() int64 { return p.a.Load() + p.b.Load() }
+
+// Partitions returns the SKU's partitions (do not modify).
+func (s *SKU) Partitions() []*Partition { return *s.parts.Load() }
+
+// Version is the registry version the entry was loaded at.
+func (s *SKU) Version() int64 { return s.version.Load() }
+
+// Pool is the last known pool.
+func (s *SKU) Pool() int64 { return s.pool.Load() }
+
+// SoldOut tells whether the SKU is known sold out.
+func (s *SKU) SoldOut() bool { return s.soldOut.Load() != nil }
+
+// Available is the approximate stock: pool plus last known levels.
+func (s *SKU) Available() int64 {
+	if s.SoldOut() {
+		return 0
+	}
+	n := max(s.pool.Load(), 0)
+	for _, p := range s.Partitions() {
+		if p.Open() {
+			n += p.level()
+		}
+	}
+	return n
+}
+
+func (s *SKU) partition(pid int) *Partition {
+	parts := s.Partitions()
+	i := sort.Search(len(parts), func(i int) bool { return parts[i].H.ID >= pid })
+	if i < len(parts) && parts[i].H.ID == pid {
+		return parts[i]
+	}
+	return nil
+}
+
+// home is the request's home partition: the rendezvous-hash winner over all
+// partitions. It depends only on the request id and the set of partition
+// ids, so every node and every retry agrees on it.
+func (s *SKU) home(reqID string) *Partition {
+	h := fnv64(reqID)
+	var best *Partition
+	var bestW uint64
+	for _, p := range s.Partitions() {
+		if w := mix64(h ^ p.seed); best == nil || w > bestW {
+			best, bestW = p, w
+		}
+	}
+	return best
+}
+
+// pick chooses an open partition with at least qty known units, not in
+// tried, at random weighted by level.
+func (s *SKU) pick(qty int64, tried []int) *Partition {
+	var sum int64
+	parts := s.Partitions()
+	for _, p := range parts {
+		if l := p.level(); l >= qty && p.Open() && !contains(tried, p.H.ID) {
+			sum += l
+		}
+	}
+	if sum == 0 {
+		return nil
+	}
+	r := rand.Int64N(sum)
+	for _, p := range parts {
+		if l := p.level(); l >= qty && p.Open() && !contains(tried, p.H.ID) {
+			if r < l {
+				return p
+			}
+			r -= l
+		}
+	}
+	return nil
+}
+
+func contains(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Registry maps SKU names to entries. Reads are lock-free (copy on write).
+type Registry struct {
+	mu   sync.Mutex
+	skus atomic.Pointer[map[string]*SKU]
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry() *Registry {
+	r := &Registry{}
+	m := map[string]*SKU{}
+	r.skus.Store(&m)
+	return r
+}
+
+// Get returns the SKU entry or nil.
+func (r *Registry) Get(name string) *SKU { return (*r.skus.Load())[name] }
+
+// Names lists the SKUs.
+func (r *Registry) Names() []string {
+	m := *r.skus.Load()
+	out := make([]string, 0, len(m))
+	for n := range m {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Upsert adds or updates a SKU from info, keeping the known levels and
+// flags of partitions it already had (same pid and epoch). It returns the
+// entry and whether the partition set changed.
+func (r *Registry) Upsert(info SKUInfo) *SKU {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := *r.skus.Load()
+	s := old[info.Name]
+	if s == nil {
+		s = &SKU{Name: info.Name}
+		s.changed.init()
+		empty := []*Partition{}
+		s.parts.Store(&empty)
+		next := make(map[string]*SKU, len(old)+1)
+		for k, v := range old {
+			next[k] = v
+		}
+		next[info.Name] = s
+		defer r.skus.Store(&next)
+	}
+	s.chunk.Store(info.Chunk)
+	s.threshold.Store(info.Threshold)
+	s.version.Store(info.Version)
+	s.pool.Store(info.Pool)
+
+	prev := s.Partitions()
+	parts := make([]*Partition, 0, len(info.Partitions))
+	for _, pi := range info.Partitions {
+		var p *Partition
+		for _, q := range prev {
+			if q.H.ID == pi.Handle.ID && q.H.Epoch == pi.Handle.Epoch && q.H.Shard == pi.Handle.Shard {
+				p = q
+				break
+			}
+		}
+		if p == nil {
+			p = &Partition{H: pi.Handle, seed: mix64(fnv64(info.Name + ":" + strconv.Itoa(pi.Handle.ID)))}
+		}
+		p.open.Store(pi.Open)
+		parts = append(parts, p)
+	}
+	sort.Slice(parts, func(i, j int) bool { return parts[i].H.ID < parts[j].H.ID })
+	s.parts.Store(&parts)
+	return s
+}
+
+// signal is a broadcast: wait returns a channel closed by the next fire.
+type signal struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func (s *signal) init() { s.ch = make(chan struct{}) }
+
+func (s *signal) wait() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ch
+}
+
+func (s *signal) fire() {
+	s.mu.Lock()
+	close(s.ch)
+	s.ch = make(chan struct{})
+	s.mu.Unlock()
+}

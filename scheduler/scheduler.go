@@ -1,0 +1,489 @@
+// Package scheduler holds the partition registry (SKU → partitions, their
+// last known levels and states) and chooses, for each request, where to
+// deduct.
+//
+// # The path of a request
+//
+// Every request id has a home partition (rendezvous hash of the id over the
+// SKU's partition ids, the same on every node). The home holds the request's
+// pointer: the one (partition, round) that may take for it, absent meaning
+// (home, 1). A request first takes at its home. When that is short, the
+// scheduler picks another partition by known levels and moves the pointer
+// there with a compare-and-set before taking; each take leaves a record
+// (took or short-in-round) on its partition. A retry or a concurrent
+// duplicate therefore follows the same pointer and meets the first
+// outcome: a (partition, round) that answered short answers short forever,
+// the pointer moves only away from one that answered short, and a take at
+// the home checks the pointer, so at most one take succeeds per request id.
+// When every partition is short but stock is still on its way (pool or
+// refills), the request waits and moves to the next round, in which
+// partitions it found short may take again.
+//
+// # Sold out
+//
+// When the pool, the pending allocations and every partition are empty, the
+// SKU is sold out: the registry loads the request ids that took into a Bloom
+// filter and answers sold_out from memory to every id not in it. Restock,
+// release and refill bump the SKU's generation and clear the verdict.
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/stockd/stockd/shard"
+)
+
+var (
+	// ErrUnknownSKU is returned for a SKU not in the registry.
+	ErrUnknownSKU = errors.New("unknown sku")
+	// ErrUnavailable means the outcome could not be decided now (a shard
+	// did not answer, or stock did not arrive in time); a retry with the
+	// same request id is safe.
+	ErrUnavailable = errors.New("unavailable")
+)
+
+// Config tunes selection.
+type Config struct {
+	// StockWait bounds how long a request waits for refills when every
+	// partition is short but the pool still holds stock.
+	StockWait time.Duration `yaml:"stock_wait"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config { return Config{StockWait: 2 * time.Second} }
+
+// Validate reports the first bad field.
+func (c Config) Validate() error {
+	if c.StockWait <= 0 {
+		return errors.New("stock_wait: must be positive")
+	}
+	return nil
+}
+
+// Hooks are what the scheduler needs from the pool side; the daemon wires
+// them to preallocate.
+type Hooks struct {
+	// Refill asks (without blocking) for sub-domain sub of p to be topped
+	// up with chunk units while it holds less than threshold; done reports
+	// the new levels (ok false when unknown), the units applied and the
+	// pool after. It returns false when the request was not queued.
+	Refill func(p *shard.Partition, sub byte, chunk, threshold int64, done func(l shard.Levels, ok bool, applied, pool int64)) bool
+	// PoolState reads the pool and the pending fills from MySQL.
+	PoolState func(ctx context.Context, sku string) (pool, pending int64, err error)
+	// Consolidate gathers scattered units so that a request for need units
+	// can be served: it drains partitions holding fewer than need back to
+	// the pool and fills one partition with at least need.
+	Consolidate func(ctx context.Context, parts []*shard.Partition, need, chunk, threshold int64) error
+	// Lost is told that p's Redis state is gone.
+	Lost func(p *shard.Partition)
+}
+
+// Status of a deduction.
+type Status int
+
+// Deduction outcomes.
+const (
+	OK Status = iota + 1
+	SoldOut
+)
+
+// Result of a deduction.
+type Result struct {
+	Status Status
+	// Partition, Seq and Qty identify the deduction when Status is OK.
+	Partition *shard.Partition
+	Seq       int64
+	Qty       int64
+}
+
+// Scheduler chooses partitions and runs takes.
+type Scheduler struct {
+	cfg    Config
+	reg    *Registry
+	hooks  Hooks
+	logger *slog.Logger
+	tail   singleflight.Group
+}
+
+// New returns a scheduler over reg.
+func New(cfg Config, reg *Registry, hooks Hooks, logger *slog.Logger) *Scheduler {
+	return &Scheduler{cfg: cfg, reg: reg, hooks: hooks, logger: logger.With("component", "scheduler")}
+}
+
+// Registry returns the registry.
+func (s *Scheduler) Registry() *Registry { return s.reg }
+
+type pointer struct {
+	pid, round int
+}
+
+func (p pointer) String() string { return strconv.Itoa(p.pid) + ":" + strconv.Itoa(p.round) }
+
+func parsePointer(s string) (pointer, error) {
+	i := strings.IndexByte(s, ':')
+	if i < 0 {
+		return pointer{}, fmt.Errorf("pointer %q: %w", s, shard.ErrBadReply)
+	}
+	pid, err1 := strconv.Atoi(s[:i])
+	round, err2 := strconv.Atoi(s[i+1:])
+	if err1 != nil || err2 != nil || round < 1 {
+		return pointer{}, fmt.Errorf("pointer %q: %w", s, shard.ErrBadReply)
+	}
+	return pointer{pid, round}, nil
+}
+
+// Deduct takes qty units of sku for reqID, or returns the outcome an
+// earlier attempt with the same id had.
+func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, userID string) (Result, error) {
+	sku := s.reg.Get(name)
+	if sku == nil {
+		return Result{}, ErrUnknownSKU
+	}
+	if so := sku.soldOut.Load(); so != nil && !so.successes.mayContain(reqID) {
+		return Result{Status: SoldOut}, nil
+	}
+	home := sku.home(reqID)
+	if home == nil {
+		return Result{Status: SoldOut}, nil
+	}
+	cur := pointer{home.H.ID, 1}
+	var triedBuf [16]int
+	tried := triedBuf[:0]
+	var deadline time.Time
+	maxSteps := 16 + 4*len(sku.Partitions())
+	for step := 0; step < maxSteps; step++ {
+		p := sku.partition(cur.pid)
+		if p != nil {
+			r, err := p.H.Take(ctx, reqID, qty, cur.round, p == home, userID)
+			if err != nil {
+				return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			}
+			s.observe(sku, p, r.Levels, r.Refill)
+			switch r.Code {
+			case shard.Took, shard.TookEarl:
+				return Result{Status: OK, Partition: p.H, Seq: r.Seq, Qty: r.Qty}, nil
+			case shard.Moved:
+				if cur, err = parsePointer(r.Pointer); err != nil {
+					return Result{}, err
+				}
+				continue
+			case shard.Lost:
+				s.fence(sku, p)
+			case shard.Short, shard.Closed:
+			default:
+				return Result{}, fmt.Errorf("take: code %d: %w", r.Code, shard.ErrBadReply)
+			}
+		}
+		// Short at cur: choose where to go next.
+		tried = append(tried, cur.pid)
+		round := cur.round
+		next := sku.pick(qty, tried)
+		if next == nil {
+			if deadline.IsZero() {
+				deadline = time.Now().Add(s.cfg.StockWait)
+			}
+			v, err := s.awaitStock(ctx, sku, qty, deadline)
+			if err != nil {
+				return Result{}, err
+			}
+			if v == SoldOut {
+				return Result{Status: SoldOut}, nil
+			}
+			tried = tried[:0]
+			round++
+			if next = sku.pick(qty, tried); next == nil {
+				continue
+			}
+		}
+		to := pointer{next.H.ID, round}
+		pr, err := home.H.Point(ctx, reqID, cur.String(), to.String())
+		if err != nil {
+			return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		switch pr.Code {
+		case shard.PointMoved:
+			cur = to
+		case shard.PointConflict:
+			if cur, err = parsePointer(pr.Pointer); err != nil {
+				return Result{}, err
+			}
+		case shard.PointTook:
+			return Result{Status: OK, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
+		default:
+			return Result{}, fmt.Errorf("point: code %d: %w", pr.Code, shard.ErrBadReply)
+		}
+	}
+	return Result{}, fmt.Errorf("%w: no outcome after %d steps", ErrUnavailable, maxSteps)
+}
+
+// observe records levels from a script reply and asks for a refill of the
+// idle sub-domain when the script said it is low.
+func (s *Scheduler) observe(sku *SKU, p *Partition, l shard.Levels, refill byte) {
+	p.setLevels(l)
+	if refill != 0 {
+		s.requestRefill(sku, p, refill)
+	}
+}
+
+// requestRefill queues one refill per (partition, sub-domain) at a time,
+// and none while the pool is known empty. The refill applies while the
+// sub-domain holds less than the SKU's threshold.
+func (s *Scheduler) requestRefill(sku *SKU, p *Partition, sub byte) {
+	s.requestRefillCap(sku, p, sub, sku.threshold.Load())
+}
+
+// requestRefillCap is requestRefill with the cap below which the refill
+// applies (a request for more than the threshold raises it).
+func (s *Scheduler) requestRefillCap(sku *SKU, p *Partition, sub byte, capAt int64) {
+	if s.hooks.Refill == nil || !p.Open() || sku.pool.Load() == 0 {
+		return
+	}
+	i := sub - 'a'
+	if !p.refilling[i].CompareAndSwap(false, true) {
+		return
+	}
+	ok := s.hooks.Refill(p.H, sub, sku.chunk.Load(), capAt, func(l shard.Levels, ok bool, applied, pool int64) {
+		if ok {
+			p.setLevels(l)
+		}
+		if pool >= 0 {
+			sku.pool.Store(pool)
+		}
+		p.refilling[i].Store(false)
+		if applied > 0 {
+			sku.gen.Add(1)
+		}
+		sku.changed.fire()
+	})
+	if !ok {
+		p.refilling[i].Store(false)
+	}
+}
+
+func (s *Scheduler) fence(sku *SKU, p *Partition) {
+	if p.open.CompareAndSwap(true, false) {
+		s.logger.Error("partition lost its state; fenced", "sku", sku.Name, "pid", p.H.ID, "shard", p.H.Shard.ID)
+		if s.hooks.Lost != nil {
+			s.hooks.Lost(p.H)
+		}
+	}
+}
+
+func (sku *SKU) refilling() bool {
+	for _, p := range sku.Partitions() {
+		if p.refilling[0].Load() || p.refilling[1].Load() {
+			return true
+		}
+	}
+	return false
+}
+
+// awaitStock decides, when no partition is known to hold qty units, whether
+// to try another round (stock arrived), to answer sold out, or to give up
+// for now (ErrUnavailable).
+func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadline time.Time) (Status, error) {
+	for {
+		if sku.pick(qty, nil) != nil {
+			return OK, nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("%w: no stock arrived within %s", ErrUnavailable, s.cfg.StockWait)
+		}
+		wake := sku.changed.wait()
+		if sku.pool.Load() != 0 || sku.refilling() {
+			// Stock is on its way: make sure every low sub-domain is being
+			// refilled, then wait for one to land.
+			capAt := max(sku.threshold.Load(), qty)
+			for _, p := range sku.Partitions() {
+				l := p.Levels()
+				if l.A < capAt {
+					s.requestRefillCap(sku, p, 'a', capAt)
+				}
+				if l.B < capAt {
+					s.requestRefillCap(sku, p, 'b', capAt)
+				}
+			}
+			if err := sleep(ctx, wake, 25*time.Millisecond); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		// The pool looks empty: look at the truth, once for all the
+		// requests that got here together.
+		v, err, _ := s.tail.Do(sku.Name, func() (any, error) {
+			ctx, cancel := detached(ctx)
+			defer cancel()
+			return s.refresh(ctx, sku)
+		})
+		if err != nil {
+			return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		t := v.(tailState)
+		switch {
+		case sku.pick(qty, nil) != nil:
+			return OK, nil
+		case t.pool > 0 || t.pending > 0:
+			if err := sleep(ctx, wake, 25*time.Millisecond); err != nil {
+				return 0, err
+			}
+		case t.total >= qty:
+			// Enough units, but scattered over partitions that each hold
+			// fewer than qty: gather them.
+			if _, err, _ := s.tail.Do(sku.Name+"/consolidate", func() (any, error) {
+				ctx, cancel := detached(ctx)
+				defer cancel()
+				return nil, s.consolidate(ctx, sku, qty)
+			}); err != nil {
+				return 0, fmt.Errorf("%w: consolidate: %v", ErrUnavailable, err)
+			}
+		default:
+			if t.total == 0 {
+				s.markSoldOut(ctx, sku, t.gen)
+			}
+			return SoldOut, nil
+		}
+	}
+}
+
+type tailState struct {
+	pool, pending, total int64
+	gen                  uint64
+}
+
+// refresh reads the pool and every open partition's levels from the source.
+func (s *Scheduler) refresh(ctx context.Context, sku *SKU) (tailState, error) {
+	t := tailState{gen: sku.gen.Load()}
+	var err error
+	if s.hooks.PoolState != nil {
+		if t.pool, t.pending, err = s.hooks.PoolState(ctx, sku.Name); err != nil {
+			return t, err
+		}
+		sku.pool.Store(t.pool)
+	}
+	for _, p := range sku.Partitions() {
+		if !p.Open() {
+			continue
+		}
+		st, err := p.H.Inspect(ctx)
+		if err != nil {
+			return t, err
+		}
+		if !st.Exists {
+			s.fence(sku, p)
+			continue
+		}
+		p.setLevels(st.Levels)
+		if st.Status != "open" {
+			continue
+		}
+		t.total += st.Levels.Total()
+	}
+	return t, nil
+}
+
+func (s *Scheduler) consolidate(ctx context.Context, sku *SKU, need int64) error {
+	if s.hooks.Consolidate == nil {
+		return errors.New("no consolidation hook")
+	}
+	var parts []*shard.Partition
+	for _, p := range sku.Partitions() {
+		if p.Open() {
+			parts = append(parts, p.H)
+		}
+	}
+	s.logger.Info("consolidating scattered stock", "sku", sku.Name, "need", need)
+	err := s.hooks.Consolidate(ctx, parts, need, sku.chunk.Load(), sku.threshold.Load())
+	if _, rerr := s.refresh(ctx, sku); err == nil {
+		err = rerr
+	}
+	sku.changed.fire()
+	return err
+}
+
+// markSoldOut loads the ids that took into a filter and, unless stock
+// arrived meanwhile (gen moved), answers sold_out from memory from then on.
+func (s *Scheduler) markSoldOut(ctx context.Context, sku *SKU, gen uint64) {
+	if sku.soldOut.Load() != nil || sku.gen.Load() != gen {
+		return
+	}
+	_, _, _ = s.tail.Do(sku.Name+"/soldout", func() (any, error) {
+		ctx, cancel := detached(ctx)
+		defer cancel()
+		var ids []string
+		for _, p := range sku.Partitions() {
+			if err := p.H.Successes(ctx, func(id string) { ids = append(ids, id) }); err != nil {
+				s.logger.Warn("load sold-out filter", "sku", sku.Name, "err", err)
+				return nil, err
+			}
+		}
+		f := newFilter(len(ids))
+		for _, id := range ids {
+			f.add(id)
+		}
+		if sku.gen.Load() == gen && sku.soldOut.CompareAndSwap(nil, &soldOut{successes: f}) {
+			s.logger.Info("sold out", "sku", sku.Name, "successes", len(ids))
+		}
+		return nil, nil
+	})
+}
+
+// Invalidate forgets what the registry concluded about sku's stock: stock
+// may have arrived (restock, release). pool < 0 keeps the known pool.
+func (s *Scheduler) Invalidate(name string, pool int64) {
+	sku := s.reg.Get(name)
+	if sku == nil {
+		return
+	}
+	if pool >= 0 {
+		sku.pool.Store(pool)
+	}
+	sku.gen.Add(1)
+	sku.soldOut.Store(nil)
+	sku.changed.fire()
+}
+
+// Refresh reads sku's pool and levels from MySQL and Redis.
+func (s *Scheduler) Refresh(ctx context.Context, name string) error {
+	sku := s.reg.Get(name)
+	if sku == nil {
+		return ErrUnknownSKU
+	}
+	_, err := s.refresh(ctx, sku)
+	return err
+}
+
+// detached gives work shared by several requests (singleflight) a context
+// that the first request's cancellation does not end.
+func detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+}
+
+func sleep(ctx context.Context, wake <-chan struct{}, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+	case <-wake:
+	case <-t.C:
+	}
+	return nil
+}
+
+// Fence stops partition pid of sku from being chosen (its Redis state is
+// gone, or it was closed).
+func (s *Scheduler) Fence(name string, pid int) {
+	if sku := s.reg.Get(name); sku != nil {
+		if p := sku.partition(pid); p != nil {
+			p.open.Store(false)
+		}
+	}
+}

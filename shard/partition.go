@@ -1,0 +1,399 @@
+package shard
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/rueidis"
+)
+
+var (
+	//go:embed scripts/take.lua
+	takeSrc string
+	//go:embed scripts/point.lua
+	pointSrc string
+	//go:embed scripts/refill.lua
+	refillSrc string
+	//go:embed scripts/drain.lua
+	drainSrc string
+	//go:embed scripts/init.lua
+	initSrc string
+	//go:embed scripts/inspect.lua
+	inspectSrc string
+
+	takeScript    = rueidis.NewLuaScript(takeSrc)
+	pointScript   = rueidis.NewLuaScript(pointSrc)
+	refillScript  = rueidis.NewLuaScript(refillSrc)
+	drainScript   = rueidis.NewLuaScript(drainSrc)
+	initScript    = rueidis.NewLuaScript(initSrc)
+	inspectScript = rueidis.NewLuaScriptReadOnly(inspectSrc)
+)
+
+// ErrBadReply means a script answered in a shape this code does not know;
+// it points at a version skew between the Go code and the scripts.
+var ErrBadReply = errors.New("unexpected script reply")
+
+// Partition is a handle on one partition's keys on its shard. It is
+// immutable; levels live in Redis and in the scheduler's registry.
+type Partition struct {
+	SKU   string
+	ID    int
+	Epoch int64
+	Shard *Shard
+
+	epoch string
+	pid   string
+	// keys: state, records, pointers, stream, applied
+	state, records, pointers, stream, applied string
+}
+
+// Partition returns the handle for (sku, id) with the given epoch on shard.
+func (s *Set) Partition(sku string, id int, epoch int64, shardID string) (*Partition, error) {
+	sh, err := s.Get(shardID)
+	if err != nil {
+		return nil, err
+	}
+	return NewPartition(s.prefix, sku, id, epoch, sh), nil
+}
+
+// NewPartition builds the handle; tag is {prefix:sku:id}.
+func NewPartition(prefix, sku string, id int, epoch int64, sh *Shard) *Partition {
+	pid := strconv.Itoa(id)
+	tag := "{" + prefix + ":" + sku + ":" + pid + "}"
+	return &Partition{
+		SKU: sku, ID: id, Epoch: epoch, Shard: sh,
+		epoch:    strconv.FormatInt(epoch, 10),
+		pid:      pid,
+		state:    tag + ":s",
+		records:  tag + ":r",
+		pointers: tag + ":p",
+		stream:   tag + ":x",
+		applied:  tag + ":a",
+	}
+}
+
+// StreamKey is the detail stream of the partition.
+func (p *Partition) StreamKey() string { return p.stream }
+
+// RecordsKey is the hash of per-request records.
+func (p *Partition) RecordsKey() string { return p.records }
+
+// DetailID names one deduction everywhere (MySQL key, reservation token):
+// sku, partition, epoch and the partition's sequence number.
+func (p *Partition) DetailID(seq int64) string {
+	return DetailID(p.SKU, p.ID, p.Epoch, seq)
+}
+
+// DetailID formats a detail id.
+func DetailID(sku string, pid int, epoch, seq int64) string {
+	return sku + ":" + strconv.Itoa(pid) + ":" + strconv.FormatInt(epoch, 10) + ":" + strconv.FormatInt(seq, 10)
+}
+
+// ParseDetailID splits a detail id made by DetailID.
+func ParseDetailID(id string) (sku string, pid int, epoch, seq int64, err error) {
+	parts := strings.Split(id, ":")
+	if len(parts) != 4 {
+		return "", 0, 0, 0, fmt.Errorf("detail id %q: want sku:pid:epoch:seq", id)
+	}
+	if pid, err = strconv.Atoi(parts[1]); err != nil {
+		return "", 0, 0, 0, fmt.Errorf("detail id %q: pid: %w", id, err)
+	}
+	if epoch, err = strconv.ParseInt(parts[2], 10, 64); err != nil {
+		return "", 0, 0, 0, fmt.Errorf("detail id %q: epoch: %w", id, err)
+	}
+	if seq, err = strconv.ParseInt(parts[3], 10, 64); err != nil {
+		return "", 0, 0, 0, fmt.Errorf("detail id %q: seq: %w", id, err)
+	}
+	return parts[0], pid, epoch, seq, nil
+}
+
+// Code is a script outcome.
+type Code int
+
+// Script outcomes; the numbers are the scripts' own.
+const (
+	Took     Code = 1 // deducted now
+	TookEarl Code = 2 // deducted by an earlier attempt of the same request
+	Short    Code = 3 // not enough stock here (recorded for the request)
+	Moved    Code = 4 // the request's pointer names another (partition, round)
+	Lost     Code = 5 // state missing or of another epoch: the shard lost data
+	Closed   Code = 6 // fenced or closed: never sells again
+	Full     Code = 7 // refill refused: the sub-domain is at its cap
+)
+
+// Init outcomes.
+const (
+	InitMissing Code = 0 // missing and not created
+	InitPresent Code = 1 // present with the expected epoch
+	InitCreated Code = 3 // created now
+	InitOther   Code = 5 // present with another epoch
+)
+
+// Levels are a partition's two sub-domain levels and which one is active.
+type Levels struct {
+	A, B   int64
+	Active byte // 'a' or 'b'
+}
+
+// Total is the stock of both sub-domains.
+func (l Levels) Total() int64 { return l.A + l.B }
+
+// TakeResult is what take answered.
+type TakeResult struct {
+	Code   Code
+	Levels Levels
+	Seq    int64 // the detail's sequence when Code is Took or TookEarl
+	Qty    int64 // the quantity taken (TookEarl: by the first attempt)
+	// Refill names the idle sub-domain ('a' or 'b') when it is below the
+	// threshold, 0 otherwise.
+	Refill  byte
+	Pointer string // Moved: "<pid>:<round>"
+}
+
+// Take deducts qty for reqID in round, or returns the request's earlier
+// outcome here. home tells whether this partition is the request's home (the
+// holder of its pointer).
+func (p *Partition) Take(ctx context.Context, reqID string, qty int64, round int, home bool, userID string) (TakeResult, error) {
+	self := ""
+	if home {
+		self = p.pid
+	}
+	vals, err := takeScript.Exec(ctx, p.Shard.c,
+		[]string{p.state, p.records, p.pointers, p.stream},
+		[]string{reqID, strconv.FormatInt(qty, 10), strconv.Itoa(round), self, p.epoch, userID},
+	).ToArray()
+	if err != nil {
+		return TakeResult{}, fmt.Errorf("take on %s: %w", p.Shard.ID, err)
+	}
+	if len(vals) != 8 {
+		return TakeResult{}, fmt.Errorf("take: %w: %d values", ErrBadReply, len(vals))
+	}
+	var n [7]int64
+	for i := range n {
+		if n[i], err = vals[i].AsInt64(); err != nil {
+			return TakeResult{}, fmt.Errorf("take: %w: %v", ErrBadReply, err)
+		}
+	}
+	r := TakeResult{
+		Code:   Code(n[0]),
+		Levels: Levels{A: n[1], B: n[2], Active: activeName(n[3])},
+		Seq:    n[4],
+		Qty:    n[5],
+	}
+	switch n[6] {
+	case 1:
+		r.Refill = 'a'
+	case 2:
+		r.Refill = 'b'
+	}
+	if r.Code == Moved {
+		r.Pointer, _ = vals[7].ToString()
+	}
+	return r, nil
+}
+
+// PointResult is what point answered.
+type PointResult struct {
+	Code Code // 1 moved, 0 conflict, 2 took here earlier
+	// Pointer is the current pointer after the call (moved or conflict).
+	Pointer string
+	// Seq and Qty describe the earlier take when Code is TookEarl.
+	Seq, Qty int64
+}
+
+// Point outcomes.
+const (
+	PointConflict Code = 0
+	PointMoved    Code = 1
+	PointTook     Code = 2
+)
+
+// Point moves reqID's pointer on this (home) partition from expect to next.
+func (p *Partition) Point(ctx context.Context, reqID, expect, next string) (PointResult, error) {
+	vals, err := pointScript.Exec(ctx, p.Shard.c,
+		[]string{p.records, p.pointers},
+		[]string{reqID, expect, next, p.pid},
+	).ToArray()
+	if err != nil {
+		return PointResult{}, fmt.Errorf("point on %s: %w", p.Shard.ID, err)
+	}
+	if len(vals) != 2 {
+		return PointResult{}, fmt.Errorf("point: %w", ErrBadReply)
+	}
+	code, err := vals[0].AsInt64()
+	if err != nil {
+		return PointResult{}, fmt.Errorf("point: %w: %v", ErrBadReply, err)
+	}
+	text, _ := vals[1].ToString()
+	r := PointResult{Code: Code(code)}
+	if r.Code == PointTook {
+		r.Seq, r.Qty, err = parseTookRecord(text)
+		if err != nil {
+			return PointResult{}, err
+		}
+		return r, nil
+	}
+	r.Pointer = text
+	return r, nil
+}
+
+// parseTookRecord parses "o:<seq>:<qty>".
+func parseTookRecord(rec string) (seq, qty int64, err error) {
+	parts := strings.Split(rec, ":")
+	if len(parts) != 3 || parts[0] != "o" {
+		return 0, 0, fmt.Errorf("record %q: %w", rec, ErrBadReply)
+	}
+	if seq, err = strconv.ParseInt(parts[1], 10, 64); err != nil {
+		return 0, 0, fmt.Errorf("record %q: %w", rec, ErrBadReply)
+	}
+	if qty, err = strconv.ParseInt(parts[2], 10, 64); err != nil {
+		return 0, 0, fmt.Errorf("record %q: %w", rec, ErrBadReply)
+	}
+	return seq, qty, nil
+}
+
+// RefillResult is what refill answered.
+type RefillResult struct {
+	Code   Code // Took (applied now), TookEarl (applied before), Lost, Closed, Full
+	Levels Levels
+}
+
+// Final reports whether an allocation answered with r will never apply.
+func (r RefillResult) Final() bool {
+	return r.Code == Lost || r.Code == Closed || r.Code == Full
+}
+
+// Refill injects allocation id (qty units) into sub-domain sub, unless the
+// sub-domain already holds capAt or more.
+func (p *Partition) Refill(ctx context.Context, allocID int64, sub byte, qty, capAt int64) (RefillResult, error) {
+	vals, err := refillScript.Exec(ctx, p.Shard.c,
+		[]string{p.state, p.applied},
+		[]string{strconv.FormatInt(allocID, 10), string(sub), strconv.FormatInt(qty, 10), p.epoch, strconv.FormatInt(capAt, 10)},
+	).AsIntSlice()
+	if err != nil {
+		return RefillResult{}, fmt.Errorf("refill on %s: %w", p.Shard.ID, err)
+	}
+	if len(vals) != 4 {
+		return RefillResult{}, fmt.Errorf("refill: %w", ErrBadReply)
+	}
+	return RefillResult{Code: Code(vals[0]), Levels: Levels{A: vals[1], B: vals[2], Active: activeName(vals[3])}}, nil
+}
+
+// Drain takes every unit out of the partition under drain id; close also
+// stops it from selling or being refilled again. It returns the code (Took,
+// TookEarl or Lost) and the units drained.
+func (p *Partition) Drain(ctx context.Context, drainID int64, close bool) (Code, int64, error) {
+	c := "0"
+	if close {
+		c = "1"
+	}
+	vals, err := drainScript.Exec(ctx, p.Shard.c,
+		[]string{p.state, p.applied},
+		[]string{strconv.FormatInt(drainID, 10), p.epoch, c},
+	).AsIntSlice()
+	if err != nil {
+		return 0, 0, fmt.Errorf("drain on %s: %w", p.Shard.ID, err)
+	}
+	if len(vals) != 2 {
+		return 0, 0, fmt.Errorf("drain: %w", ErrBadReply)
+	}
+	return Code(vals[0]), vals[1], nil
+}
+
+// Init creates the partition's state when create is set and it is missing,
+// and sets its threshold.
+func (p *Partition) Init(ctx context.Context, threshold int64, create bool) (Code, error) {
+	c := "0"
+	if create {
+		c = "1"
+	}
+	vals, err := initScript.Exec(ctx, p.Shard.c,
+		[]string{p.state},
+		[]string{p.epoch, strconv.FormatInt(threshold, 10), c},
+	).ToArray()
+	if err != nil {
+		return 0, fmt.Errorf("init on %s: %w", p.Shard.ID, err)
+	}
+	if len(vals) != 2 {
+		return 0, fmt.Errorf("init: %w", ErrBadReply)
+	}
+	code, err := vals[0].AsInt64()
+	if err != nil {
+		return 0, fmt.Errorf("init: %w: %v", ErrBadReply, err)
+	}
+	return Code(code), nil
+}
+
+// State is a partition's state as inspect sees it.
+type State struct {
+	Exists    bool
+	Levels    Levels
+	Seq       int64
+	Threshold int64
+	Status    string // open, fenced, closed
+	Epoch     string
+	Backlog   int64 // entries in the detail stream (not yet trimmed by sync)
+	Records   int64 // per-request records kept for dedup
+}
+
+// Inspect reads the partition's state.
+func (p *Partition) Inspect(ctx context.Context) (State, error) {
+	vals, err := inspectScript.Exec(ctx, p.Shard.c,
+		[]string{p.state, p.stream, p.records}, nil).ToArray()
+	if err != nil {
+		return State{}, fmt.Errorf("inspect on %s: %w", p.Shard.ID, err)
+	}
+	if len(vals) != 10 {
+		return State{}, fmt.Errorf("inspect: %w", ErrBadReply)
+	}
+	var n [6]int64
+	for i := range n {
+		if n[i], err = vals[i].AsInt64(); err != nil {
+			return State{}, fmt.Errorf("inspect: %w: %v", ErrBadReply, err)
+		}
+	}
+	st := State{
+		Exists:    n[0] == 1,
+		Levels:    Levels{A: n[1], B: n[2], Active: activeName(n[3])},
+		Seq:       n[4],
+		Threshold: n[5],
+	}
+	st.Status, _ = vals[6].ToString()
+	st.Epoch, _ = vals[7].ToString()
+	st.Backlog, _ = vals[8].AsInt64()
+	st.Records, _ = vals[9].AsInt64()
+	return st, nil
+}
+
+// Successes calls fn with every request id that took on this partition. It
+// scans the records hash; callers use it once a partition's set of
+// successes is final (the SKU is sold out).
+func (p *Partition) Successes(ctx context.Context, fn func(reqID string)) error {
+	var cursor uint64
+	for {
+		e, err := p.Shard.c.Do(ctx, p.Shard.c.B().Hscan().Key(p.records).Cursor(cursor).Count(1000).Build()).AsScanEntry()
+		if err != nil {
+			return fmt.Errorf("scan records on %s: %w", p.Shard.ID, err)
+		}
+		for i := 0; i+1 < len(e.Elements); i += 2 {
+			if strings.HasPrefix(e.Elements[i+1], "o:") {
+				fn(e.Elements[i])
+			}
+		}
+		cursor = e.Cursor
+		if cursor == 0 {
+			return nil
+		}
+	}
+}
+
+func activeName(n int64) byte {
+	if n == 1 {
+		return 'b'
+	}
+	return 'a'
+}

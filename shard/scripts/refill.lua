@@ -1,0 +1,38 @@
+-- refill: inject an allocation from the MySQL pool into one sub-domain,
+-- exactly once per allocation id.
+--
+-- KEYS[1] state hash
+-- KEYS[2] applied hash: "f<id>" -> qty for fills, "d<id>" -> qty for drains
+-- ARGV[1] allocation id
+-- ARGV[2] sub-domain "a" | "b"
+-- ARGV[3] qty
+-- ARGV[4] epoch the allocation was made for
+-- ARGV[5] cap: apply only while the sub-domain holds less than this
+--
+-- Returns {code, a, b, act}: 1 applied, 2 applied earlier, 5 lost (state
+-- missing or another epoch), 6 closed or fenced, 7 full (sub-domain at cap).
+-- Codes 5, 6 and 7 are final: this allocation will never apply, so the
+-- caller returns its units to the pool.
+local field = 'f' .. ARGV[1]
+local f = redis.call('HMGET', KEYS[1], 'a', 'b', 'act', 'ep', 'st')
+local act = 0
+if f[3] == 'b' then act = 1 end
+if redis.call('HEXISTS', KEYS[2], field) == 1 then
+  return {2, tonumber(f[1]) or 0, tonumber(f[2]) or 0, act}
+end
+if not f[4] or f[4] ~= ARGV[4] then
+  return {5, 0, 0, 0}
+end
+local a, b = tonumber(f[1]), tonumber(f[2])
+if f[5] ~= 'open' then
+  return {6, a, b, act}
+end
+local level = a
+if ARGV[2] == 'b' then level = b end
+if level >= tonumber(ARGV[5]) then
+  return {7, a, b, act}
+end
+local n = redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[3])
+if ARGV[2] == 'a' then a = n else b = n end
+redis.call('HSET', KEYS[2], field, ARGV[3])
+return {1, a, b, act}
