@@ -311,8 +311,8 @@ func (a *Allocator) ApplyPending(ctx context.Context, age time.Duration) error {
 	}
 	type row struct {
 		id, epoch, qty, capAt int64
-		sku, kind, sub, sh  string
-		pid                 int
+		sku, kind, sub, sh    string
+		pid                   int
 	}
 	var todo []row
 	for rows.Next() {
