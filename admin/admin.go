@@ -86,6 +86,9 @@ type SyncView struct {
 type Catalog interface {
 	PutSKU(ctx context.Context, name string, spec Spec) (SKUView, bool, error)
 	GetSKU(ctx context.Context, name string) (SKUView, error)
+	// Verify returns the SKU's conservation report (any JSON value with an
+	// "ok" field).
+	Verify(ctx context.Context, name string) (any, error)
 }
 
 // Defaults fill fields a PUT leaves out.
@@ -104,13 +107,24 @@ type Server struct {
 	mux      *http.ServeMux
 }
 
+// Options configure the admin API.
+type Options struct {
+	// Token is the bearer token of every route but /healthz.
+	Token    string
+	Defaults Defaults
+	Catalog  Catalog
+	// Metrics serves GET /metrics (Prometheus text); nil leaves it out.
+	Metrics http.Handler
+	Logger  *slog.Logger
+}
+
 // New returns the admin API.
-func New(token string, defaults Defaults, catalog Catalog, logger *slog.Logger) *Server {
+func New(o Options) *Server {
 	s := &Server{
-		token:    []byte(token),
-		defaults: defaults,
-		catalog:  catalog,
-		logger:   logger.With("component", "admin"),
+		token:    []byte(o.Token),
+		defaults: o.Defaults,
+		catalog:  o.Catalog,
+		logger:   o.Logger.With("component", "admin"),
 		mux:      http.NewServeMux(),
 	}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -118,6 +132,10 @@ func New(token string, defaults Defaults, catalog Catalog, logger *slog.Logger) 
 	})
 	s.handle("PUT /admin/skus/{sku}", s.putSKU)
 	s.handle("GET /admin/skus/{sku}", s.getSKU)
+	s.handle("GET /admin/skus/{sku}/verify", s.verify)
+	if o.Metrics != nil {
+		s.handle("GET /metrics", o.Metrics.ServeHTTP)
+	}
 	return s
 }
 
@@ -224,6 +242,20 @@ func (s *Server) getSKU(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, view)
+}
+
+func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("sku")
+	if err := ident.ValidSKU(name); err != nil {
+		writeError(w, http.StatusBadRequest, "sku: "+err.Error())
+		return
+	}
+	rep, err := s.catalog.Verify(r.Context(), name)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
 }
 
 func (s *Server) fail(w http.ResponseWriter, err error) {

@@ -17,6 +17,7 @@ import (
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
 	"github.com/stockd/stockd/shard"
+	stocksync "github.com/stockd/stockd/sync"
 )
 
 // Config is the whole daemon configuration. Every field can be set in the
@@ -62,6 +63,7 @@ type Config struct {
 
 	Scheduler   scheduler.Config   `yaml:"scheduler"`
 	Preallocate preallocate.Config `yaml:"preallocate"`
+	Sync        stocksync.Config   `yaml:"sync"`
 }
 
 // SKUDefaults are per-SKU defaults.
@@ -94,6 +96,7 @@ func DefaultConfig() Config {
 		LogLevel:       "info",
 		Scheduler:      scheduler.DefaultConfig(),
 		Preallocate:    preallocate.DefaultConfig(),
+		Sync:           stocksync.DefaultConfig(),
 	}
 }
 
@@ -181,6 +184,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Preallocate.Validate(); err != nil {
 		return fmt.Errorf("preallocate.%w", err)
+	}
+	if err := c.Sync.Validate(); err != nil {
+		return fmt.Errorf("sync.%w", err)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ package daemon
 import (
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stockd/stockd/admin"
@@ -24,6 +28,7 @@ import (
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
 	"github.com/stockd/stockd/shard"
+	stocksync "github.com/stockd/stockd/sync"
 )
 
 // Daemon is one stockd node.
@@ -101,6 +106,20 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	wb := stocksync.New(cfg.Sync, stocksync.Deps{
+		DB:         db,
+		AMQPURL:    cfg.AMQPURL,
+		Node:       cfg.NodeName,
+		Partitions: reg.Handles,
+		Registerer: metrics,
+		Logger:     log,
+	})
+	// Units back in the pool (release, expiry) make a sold-out verdict
+	// stale and the partitions refillable.
+	wb.Ledger.Returned = func(sku string) { sched.Invalidate(sku, -1) }
+
 	secret := cfg.ReservationSecret
 	if secret == "" {
 		sum := sha256.Sum256([]byte("stockd-reservation:" + cfg.AdminToken))
@@ -108,18 +127,25 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	h := &hot{
 		sched:   sched,
+		ledger:  wb.Ledger,
 		signer:  reservation.NewSigner([]byte(secret)),
 		maxQty:  cfg.MaxQty,
 		timeout: cfg.RequestTimeout,
 		ready:   &d.ready,
 		logger:  log.With("component", "http"),
 	}
-	cat := &catalog{store: store, alloc: alloc, sched: sched, loader: loader}
-	adm := admin.New(cfg.AdminToken, admin.Defaults{
-		Partitions: cfg.SKUDefaults.Partitions,
-		Chunk:      cfg.SKUDefaults.Chunk,
-		Threshold:  cfg.SKUDefaults.Threshold,
-	}, cat, log)
+	cat := &catalog{db: db, store: store, alloc: alloc, sched: sched, loader: loader}
+	adm := admin.New(admin.Options{
+		Token: cfg.AdminToken,
+		Defaults: admin.Defaults{
+			Partitions: cfg.SKUDefaults.Partitions,
+			Chunk:      cfg.SKUDefaults.Chunk,
+			Threshold:  cfg.SKUDefaults.Threshold,
+		},
+		Catalog: cat,
+		Metrics: promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}),
+		Logger:  log,
+	})
 
 	hotLn, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -140,6 +166,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return alloc.Run(workCtx) })
+	g.Go(func() error { return wb.Run(workCtx) })
 	g.Go(func() error { loader.reloadEvery(workCtx, cfg.ReloadEvery); return nil })
 	g.Go(func() error {
 		if err := hotSrv.Serve(hotLn); err != nil {
@@ -274,6 +301,7 @@ func (l *loader) reload(ctx context.Context) error {
 // catalog implements admin.Catalog over the store, the allocator and the
 // registry.
 type catalog struct {
+	db     *sql.DB
 	store  *preallocate.Store
 	alloc  *preallocate.Allocator
 	sched  *scheduler.Scheduler
@@ -331,9 +359,17 @@ func (c *catalog) GetSKU(ctx context.Context, name string) (admin.SKUView, error
 	return v, nil
 }
 
+func (c *catalog) Verify(ctx context.Context, name string) (any, error) {
+	rep, err := stocksync.Verify(ctx, c.db, c.loader.shards, name)
+	if err != nil {
+		return nil, adminErr(err)
+	}
+	return rep, nil
+}
+
 func adminErr(err error) error {
 	switch {
-	case errors.Is(err, preallocate.ErrUnknownSKU):
+	case errors.Is(err, preallocate.ErrUnknownSKU), errors.Is(err, stocksync.ErrUnknownSKU):
 		return fmt.Errorf("%w: %v", admin.ErrNotFound, err)
 	case errors.Is(err, preallocate.ErrConflict):
 		return fmt.Errorf("%w: %v", admin.ErrConflict, err)

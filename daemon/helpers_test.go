@@ -28,12 +28,13 @@ type env struct {
 	shards []*testenv.Redis
 	dsn    string
 	prefix string
+	queue  string
 	db     *sql.DB
 }
 
 func newEnv(t *testing.T, nShards int) *env {
 	t.Helper()
-	e := &env{t: t, dsn: testenv.Database(t), prefix: testenv.Name("t")}
+	e := &env{t: t, dsn: testenv.Database(t), prefix: testenv.Name("t"), queue: testenv.Queue(t)}
 	for i := 0; i < nShards; i++ {
 		e.shards = append(e.shards, testenv.StartRedis(t))
 	}
@@ -52,6 +53,7 @@ func (e *env) config() Config {
 	cfg.KeyPrefix = e.prefix
 	cfg.LogLevel = "warn"
 	cfg.ReloadEvery = 500 * time.Millisecond
+	cfg.Sync.Queue = e.queue
 	cfg.Shards = nil
 	for i, r := range e.shards {
 		cfg.Shards = append(cfg.Shards, shard.Config{ID: "s" + strconv.Itoa(i+1), Addr: r.Addr})

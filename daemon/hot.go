@@ -15,15 +15,24 @@ import (
 	"github.com/stockd/stockd/internal/ident"
 	"github.com/stockd/stockd/internal/reservation"
 	"github.com/stockd/stockd/scheduler"
+	stocksync "github.com/stockd/stockd/sync"
 )
 
 // maxHotBody is the largest body the hot endpoint reads; larger ones are
 // answered 413 before any work.
 const maxHotBody = 4 << 10
 
-// hot serves the gateways' endpoint: deduct, stock, health.
+// reservations is the lifecycle of a deduction after it was made.
+type reservations interface {
+	Confirm(ctx context.Context, detailID string, qty int64) error
+	Release(ctx context.Context, detailID string, qty int64) error
+}
+
+// hot serves the gateways' endpoint: deduct, confirm, release, stock,
+// health.
 type hot struct {
 	sched   *scheduler.Scheduler
+	ledger  reservations
 	signer  *reservation.Signer
 	maxQty  int64
 	timeout time.Duration
@@ -58,6 +67,12 @@ func (h *hot) handle(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		h.deduct(ctx)
+	case "/v1/confirm", "/v1/release":
+		if !ctx.IsPost() {
+			methodNotAllowed(ctx, "POST")
+			return
+		}
+		h.settle(ctx, string(path) == "/v1/confirm")
 	case "/healthz":
 		ctx.SetBodyString(`{"status":"ok"}`)
 	case "/readyz":
@@ -178,6 +193,55 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		buf = strconv.AppendInt(buf, res.Qty, 10)
 		buf = append(buf, '}')
 		ctx.SetBody(buf)
+	}
+}
+
+type settleBody struct {
+	Reservation *string `json:"reservation"`
+}
+
+// settle confirms or releases a reservation; both are idempotent.
+func (h *hot) settle(ctx *fasthttp.RequestCtx, confirm bool) {
+	var b settleBody
+	if err := json.Unmarshal(ctx.PostBody(), &b); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			writeErr(ctx, fasthttp.StatusBadRequest, te.Field+": must be a string")
+			return
+		}
+		writeErr(ctx, fasthttp.StatusBadRequest, "body: malformed JSON, want an object with reservation")
+		return
+	}
+	if b.Reservation == nil || *b.Reservation == "" {
+		writeErr(ctx, fasthttp.StatusBadRequest, "reservation: required")
+		return
+	}
+	detailID, qty, err := h.signer.Decode(*b.Reservation)
+	if err != nil {
+		writeErr(ctx, fasthttp.StatusNotFound, "reservation: unknown")
+		return
+	}
+	c, cancel := context.WithTimeout(context.Background(), h.timeout)
+	defer cancel()
+	if confirm {
+		err = h.ledger.Confirm(c, detailID, qty)
+	} else {
+		err = h.ledger.Release(c, detailID, qty)
+	}
+	switch {
+	case errors.Is(err, stocksync.ErrReleased):
+		ctx.SetStatusCode(fasthttp.StatusConflict)
+		ctx.SetBodyString(`{"status":"released","error":"reservation: already released, cannot confirm"}`)
+	case errors.Is(err, stocksync.ErrConfirmed):
+		ctx.SetStatusCode(fasthttp.StatusConflict)
+		ctx.SetBodyString(`{"status":"confirmed","error":"reservation: already confirmed, cannot release"}`)
+	case err != nil:
+		h.logger.Warn("settle unavailable", "reservation", *b.Reservation, "err", err)
+		writeErr(ctx, fasthttp.StatusServiceUnavailable, "unavailable, retry")
+	case confirm:
+		ctx.SetBodyString(`{"status":"confirmed"}`)
+	default:
+		ctx.SetBodyString(`{"status":"released"}`)
 	}
 }
 

@@ -199,6 +199,17 @@ func (r *Registry) Names() []string {
 	return out
 }
 
+// Handles lists every partition of every SKU.
+func (r *Registry) Handles() []*shard.Partition {
+	var out []*shard.Partition
+	for _, s := range *r.skus.Load() {
+		for _, p := range s.Partitions() {
+			out = append(out, p.H)
+		}
+	}
+	return out
+}
+
 // Upsert adds or updates a SKU from info, keeping the known levels and
 // flags of partitions it already had (same pid and epoch). It returns the
 // entry and whether the partition set changed.

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/rueidis"
 )
 
@@ -208,4 +209,26 @@ func (r *Redis) Client() rueidis.Client {
 	}
 	r.t.Cleanup(c.Close)
 	return c
+}
+
+// Queue returns a unique queue name; the queue and its dead-letter queue
+// are deleted when the test ends.
+func Queue(t testing.TB) string {
+	t.Helper()
+	name := Name("stockd.t")
+	t.Cleanup(func() {
+		conn, err := amqp.Dial(AMQPURL())
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		ch, err := conn.Channel()
+		if err != nil {
+			return
+		}
+		defer ch.Close()
+		ch.QueueDelete(name, false, false, false)
+		ch.QueueDelete(name+".dlq", false, false, false)
+	})
+	return name
 }

@@ -1,0 +1,350 @@
+package sync
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+	gosync "sync"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/stockd/stockd/internal/ident"
+	"github.com/stockd/stockd/internal/sqltx"
+	"github.com/stockd/stockd/shard"
+)
+
+// errPoison marks a message that can never be applied (malformed).
+var errPoison = errors.New("poison batch")
+
+// Applier consumes batches and writes them to MySQL exactly once.
+type Applier struct {
+	cfg    Config
+	db     *sql.DB
+	brk    *broker
+	logger *slog.Logger
+	m      *metrics
+}
+
+// Run consumes with cfg.Appliers channels until ctx ends. A batch being
+// applied when ctx ends is not acknowledged; the broker delivers it again.
+func (a *Applier) Run(ctx context.Context) error {
+	defer a.brk.close()
+	var wg gosync.WaitGroup
+	for i := 0; i < a.cfg.Appliers; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			a.consume(ctx, "stockd-applier-"+strconv.Itoa(i))
+		}(i)
+	}
+	wg.Wait()
+	return nil
+}
+
+func (a *Applier) consume(ctx context.Context, tag string) {
+	backoff := 100 * time.Millisecond
+	failing := false
+	for ctx.Err() == nil {
+		ch, err := a.brk.channel()
+		if err == nil {
+			if err = ch.Qos(a.cfg.Prefetch, 0, false); err != nil {
+				ch.Close()
+			}
+		}
+		var deliveries <-chan amqp.Delivery
+		if err == nil {
+			if deliveries, err = ch.Consume(a.cfg.Queue, tag, false, false, false, false, nil); err != nil {
+				ch.Close()
+			}
+		}
+		if err != nil {
+			if !failing {
+				a.logger.Warn("applier cannot consume; retrying", "err", err)
+				failing = true
+			}
+			sleepCtx(ctx, backoff)
+			backoff = min(backoff*2, 2*time.Second)
+			continue
+		}
+		if failing {
+			a.logger.Info("applier consuming again")
+		}
+		failing, backoff = false, 100*time.Millisecond
+		a.deliveries(ctx, deliveries)
+		go ch.Close()
+	}
+}
+
+func (a *Applier) deliveries(ctx context.Context, deliveries <-chan amqp.Delivery) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case d, ok := <-deliveries:
+			if !ok {
+				return // channel or connection closed: reconnect
+			}
+			a.handle(ctx, d)
+		}
+	}
+}
+
+// handle applies one delivery: ack after commit; poison and repeatedly
+// failing batches go to the dead-letter queue; while MySQL is unreachable
+// it keeps trying (the batch is not lost, and nothing behind it is lost).
+func (a *Applier) handle(ctx context.Context, d amqp.Delivery) {
+	batch, err := decodeBatch(d.Body)
+	if err != nil {
+		a.logger.Error("poison message to the dead-letter queue", "message", d.MessageId, "err", err)
+		a.m.deadLettered.Inc()
+		d.Nack(false, false)
+		return
+	}
+	backoff := 50 * time.Millisecond
+	failures := 0
+	for {
+		res, err := Apply(ctx, a.db, batch.Details)
+		if err == nil {
+			if err := d.Ack(false); err != nil {
+				// Redelivered later; applying again is a no-op.
+				a.logger.Warn("ack after commit failed", "batch", batch.ID, "err", err)
+			}
+			a.m.applied.WithLabelValues("inserted").Add(float64(res.Inserted))
+			a.m.applied.WithLabelValues("duplicate").Add(float64(res.Duplicates))
+			a.m.applied.WithLabelValues("doubled").Add(float64(res.Doubled))
+			now := time.Now()
+			for _, det := range batch.Details {
+				a.m.applyLag.Observe(now.Sub(time.UnixMilli(det.TimeMs)).Seconds())
+			}
+			if res.Doubled > 0 {
+				a.logger.Error("double deductions undone by the (sku, request_id) backstop", "batch", batch.ID, "units", res.DoubledUnits)
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			return // not acked: delivered again to whoever consumes next
+		}
+		if transient(err) {
+			if failures == 0 || failures%50 == 0 {
+				a.logger.Warn("applying batch failed; retrying", "batch", batch.ID, "err", err)
+			}
+		} else {
+			failures++
+			a.logger.Warn("applying batch failed", "batch", batch.ID, "attempt", failures, "err", err)
+			if failures >= a.cfg.MaxAttempts {
+				a.logger.Error("batch to the dead-letter queue after repeated failures", "batch", batch.ID, "err", err)
+				a.m.deadLettered.Inc()
+				d.Nack(false, false)
+				return
+			}
+		}
+		sleepCtx(ctx, backoff)
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+// transient tells errors that go away by themselves (MySQL restarting,
+// connections dropped) from errors in the data.
+func transient(err error) bool {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		switch me.Number {
+		case 1040, 1053, 1205, 1213, 1927, 2006, 2013:
+			return true // too many connections, shutdown, lock, killed
+		}
+		return false
+	}
+	return !errors.Is(err, errPoison)
+}
+
+func decodeBatch(body []byte) (wireBatch, error) {
+	var b wireBatch
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&b); err != nil {
+		return b, fmt.Errorf("%w: %v", errPoison, err)
+	}
+	if len(b.Details) == 0 {
+		return b, fmt.Errorf("%w: no details", errPoison)
+	}
+	for i, d := range b.Details {
+		sku, pid, _, _, err := shard.ParseDetailID(d.DetailID)
+		switch {
+		case err != nil:
+			return b, fmt.Errorf("%w: details[%d]: %v", errPoison, i, err)
+		case sku != d.SKU || pid != d.PID:
+			return b, fmt.Errorf("%w: details[%d]: detail id %s does not match sku %s pid %d", errPoison, i, d.DetailID, d.SKU, d.PID)
+		case ident.ValidSKU(d.SKU) != nil:
+			return b, fmt.Errorf("%w: details[%d]: bad sku", errPoison, i)
+		case ident.ValidRequestID(d.RequestID, ident.MaxRequestID) != nil:
+			return b, fmt.Errorf("%w: details[%d]: bad request id", errPoison, i)
+		case d.UserID != "" && ident.ValidRequestID(d.UserID, ident.MaxUserID) != nil:
+			return b, fmt.Errorf("%w: details[%d]: bad user id", errPoison, i)
+		case d.Qty < 1 || d.TimeMs < 1:
+			return b, fmt.Errorf("%w: details[%d]: bad qty or time", errPoison, i)
+		}
+	}
+	return b, nil
+}
+
+// ApplyResult counts what one batch did.
+type ApplyResult struct {
+	Inserted, Duplicates, Doubled int
+	DoubledUnits                  int64
+}
+
+// Apply writes details in one transaction: each is inserted keyed by its
+// detail id (a repeat is a no-op) and the SKUs' counters move by what was
+// inserted, never read-modify-write. A detail whose (sku, request_id) is
+// already taken by another detail is a double deduction: it is recorded
+// in doubled_deductions and its units go back to the pool.
+func Apply(ctx context.Context, db *sql.DB, details []wireDetail) (ApplyResult, error) {
+	var res ApplyResult
+	err := sqltx.Run(ctx, db, func(tx *sql.Tx) error {
+		res = ApplyResult{}
+		applyID := newApplyID()
+		ids := make([]any, len(details))
+		var q strings.Builder
+		q.WriteString(`INSERT IGNORE INTO deductions (detail_id, sku, pid, request_id, user_id, qty, state, apply_id, deducted_at) VALUES `)
+		args := make([]any, 0, len(details)*8)
+		for i, d := range details {
+			if i > 0 {
+				q.WriteByte(',')
+			}
+			q.WriteString("(?,?,?,?,?,?,'reserved',?,?)")
+			var user any
+			if d.UserID != "" {
+				user = d.UserID
+			}
+			args = append(args, d.DetailID, d.SKU, d.PID, d.RequestID, user, d.Qty, applyID, time.UnixMilli(d.TimeMs).UTC())
+			ids[i] = d.DetailID
+		}
+		if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+			return fmt.Errorf("insert details: %w", err)
+		}
+		present, err := presentIDs(ctx, tx, ids)
+		if err != nil {
+			return err
+		}
+		// Not present after the insert: its (sku, request_id) belongs to
+		// another detail.
+		var dq strings.Builder
+		var dargs []any
+		for _, d := range details {
+			if present[d.DetailID] {
+				continue
+			}
+			if dq.Len() == 0 {
+				dq.WriteString(`INSERT IGNORE INTO doubled_deductions (detail_id, sku, pid, request_id, qty, apply_id) VALUES `)
+			} else {
+				dq.WriteByte(',')
+			}
+			dq.WriteString("(?,?,?,?,?,?)")
+			dargs = append(dargs, d.DetailID, d.SKU, d.PID, d.RequestID, d.Qty, applyID)
+		}
+		if dq.Len() > 0 {
+			if _, err := tx.ExecContext(ctx, dq.String(), dargs...); err != nil {
+				return fmt.Errorf("insert doubles: %w", err)
+			}
+		}
+		inserted, err := sumByApply(ctx, tx, "deductions", applyID)
+		if err != nil {
+			return err
+		}
+		doubled, err := sumByApply(ctx, tx, "doubled_deductions", applyID)
+		if err != nil {
+			return err
+		}
+		skus := make([]string, 0, len(inserted)+len(doubled))
+		for s := range inserted {
+			skus = append(skus, s)
+		}
+		for s := range doubled {
+			if _, ok := inserted[s]; !ok {
+				skus = append(skus, s)
+			}
+		}
+		sort.Strings(skus) // one lock order for every applier
+		for _, s := range skus {
+			in, dbl := inserted[s], doubled[s]
+			res.Inserted += in.rows
+			res.Doubled += dbl.rows
+			res.DoubledUnits += dbl.units
+			if _, err := tx.ExecContext(ctx,
+				`UPDATE skus SET reserved = reserved + ?, doubled = doubled + ?, pool = pool + ? WHERE sku = ?`,
+				in.units, dbl.units, dbl.units, s); err != nil {
+				return fmt.Errorf("update counters: %w", err)
+			}
+		}
+		res.Duplicates = len(details) - res.Inserted - res.Doubled
+		return nil
+	})
+	return res, err
+}
+
+func presentIDs(ctx context.Context, tx *sql.Tx, ids []any) (map[string]bool, error) {
+	out := make(map[string]bool, len(ids))
+	for start := 0; start < len(ids); start += 1000 {
+		chunk := ids[start:min(start+1000, len(ids))]
+		rows, err := tx.QueryContext(ctx,
+			`SELECT detail_id FROM deductions WHERE detail_id IN (?`+strings.Repeat(",?", len(chunk)-1)+`)`, chunk...)
+		if err != nil {
+			return nil, fmt.Errorf("present details: %w", err)
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out[id] = true
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+type sum struct {
+	rows  int
+	units int64
+}
+
+func sumByApply(ctx context.Context, tx *sql.Tx, table string, applyID int64) (map[string]sum, error) {
+	rows, err := tx.QueryContext(ctx,
+		`SELECT sku, COUNT(*), COALESCE(SUM(qty), 0) FROM `+table+` WHERE apply_id = ? GROUP BY sku`, applyID)
+	if err != nil {
+		return nil, fmt.Errorf("sum %s: %w", table, err)
+	}
+	defer rows.Close()
+	out := map[string]sum{}
+	for rows.Next() {
+		var s string
+		var v sum
+		if err := rows.Scan(&s, &v.rows, &v.units); err != nil {
+			return nil, err
+		}
+		out[s] = v
+	}
+	return out, rows.Err()
+}
+
+// newApplyID names one apply transaction; rows it inserted carry it, so
+// the counters move by exactly what this transaction inserted.
+func newApplyID() int64 {
+	var b [8]byte
+	rand.Read(b[:])
+	return int64(binary.BigEndian.Uint64(b[:])>>1) | 1
+}

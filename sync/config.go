@@ -1,0 +1,105 @@
+// Package sync carries deduction details from Redis to MySQL, exactly once,
+// and runs the reservation lifecycle (confirm, release, expiry) and the
+// conservation check (verify).
+//
+// The path of a detail:
+//
+//	take.lua ──XADD──▶ partition stream ──batcher──▶ RabbitMQ ──applier──▶ MySQL
+//
+// The batcher reads the streams of the partitions this node owns (consumer
+// group "sync"), gathers details into a batch that goes when it reaches
+// BatchSize or BatchInterval after its first detail, publishes it as one
+// persistent message and waits for the broker's confirm; only then does it
+// acknowledge and delete the entries in Redis. The applier consumes batches
+// (manual ack, bounded prefetch) and inserts each detail keyed by its detail
+// id in one transaction that also moves the SKU's counters by exactly what
+// was inserted, then acks the message. A batch delivered twice, a detail
+// published twice (crash between confirm and delete, a takeover) or a
+// release that got there first change nothing the second time.
+//
+// The package is named sync after its job; importers alias it (stocksync).
+package sync
+
+import (
+	"errors"
+	"time"
+)
+
+// Config tunes write-back and the reservation lifecycle.
+type Config struct {
+	// Queue is the durable RabbitMQ queue of detail batches; poison
+	// messages go to Queue+".dlq".
+	Queue string `yaml:"queue"`
+	// BatchSize: a batch is published as soon as it holds this many details.
+	BatchSize int `yaml:"batch_size"`
+	// BatchInterval: a batch is published at the latest this long after its
+	// first detail.
+	BatchInterval time.Duration `yaml:"batch_interval"`
+	// PollInterval is how often an idle partition stream is read again.
+	PollInterval time.Duration `yaml:"poll_interval"`
+	// ClaimIdle: details another consumer left unacknowledged this long
+	// (a dead node) are taken over.
+	ClaimIdle time.Duration `yaml:"claim_idle"`
+	// PublishTimeout bounds the wait for one broker confirm.
+	PublishTimeout time.Duration `yaml:"publish_timeout"`
+	// Appliers consume batches in parallel on this node.
+	Appliers int `yaml:"appliers"`
+	// Prefetch is how many unacknowledged batches one applier holds.
+	Prefetch int `yaml:"prefetch"`
+	// MaxAttempts: a batch that fails this many times for a reason other
+	// than MySQL being unreachable goes to the dead-letter queue.
+	MaxAttempts int `yaml:"max_attempts"`
+	// ReservationTTL: an unconfirmed reservation is released after this.
+	ReservationTTL time.Duration `yaml:"reservation_ttl"`
+	// ExpireEvery is how often expired reservations are looked for.
+	ExpireEvery time.Duration `yaml:"expire_every"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		Queue:          "stockd.details",
+		BatchSize:      500,
+		BatchInterval:  time.Second,
+		PollInterval:   50 * time.Millisecond,
+		ClaimIdle:      10 * time.Second,
+		PublishTimeout: 5 * time.Second,
+		Appliers:       2,
+		Prefetch:       4,
+		MaxAttempts:    5,
+		ReservationTTL: 15 * time.Minute,
+		ExpireEvery:    time.Second,
+	}
+}
+
+// Validate reports the first bad field.
+func (c Config) Validate() error {
+	switch {
+	case c.Queue == "":
+		return errors.New("queue: required")
+	case c.BatchSize < 1 || c.BatchSize > 10000:
+		return errors.New("batch_size: must be between 1 and 10000")
+	case c.BatchInterval <= 0:
+		return errors.New("batch_interval: must be positive")
+	case c.PollInterval <= 0:
+		return errors.New("poll_interval: must be positive")
+	case c.ClaimIdle < time.Second:
+		return errors.New("claim_idle: must be at least 1s")
+	case c.PublishTimeout <= 0:
+		return errors.New("publish_timeout: must be positive")
+	case c.Appliers < 1:
+		return errors.New("appliers: must be at least 1")
+	case c.Prefetch < 1:
+		return errors.New("prefetch: must be at least 1")
+	case c.MaxAttempts < 1:
+		return errors.New("max_attempts: must be at least 1")
+	case c.ReservationTTL < time.Second:
+		return errors.New("reservation_ttl: must be at least 1s")
+	case c.ExpireEvery <= 0:
+		return errors.New("expire_every: must be positive")
+	}
+	return nil
+}
+
+// dlq names the dead-letter queue of queue.
+func dlq(queue string) string { return queue + ".dlq" }

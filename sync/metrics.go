@@ -1,0 +1,63 @@
+package sync
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// metrics of the write-back pipeline, stockd_sync_*.
+type metrics struct {
+	batchSize        prometheus.Histogram
+	batchTrigger     *prometheus.CounterVec
+	published        *prometheus.CounterVec
+	detailsPublished prometheus.Counter
+	applied          *prometheus.CounterVec
+	applyLag         prometheus.Histogram
+	deadLettered     prometheus.Counter
+	expired          prometheus.Counter
+	backlog          prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	f := promauto.With(reg)
+	return &metrics{
+		batchSize: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "stockd_sync_batch_details",
+			Help:    "Details per published batch.",
+			Buckets: []float64{1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500},
+		}),
+		batchTrigger: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "stockd_sync_batches_triggered_total",
+			Help: "Batches flushed, by trigger (size, interval, shutdown).",
+		}, []string{"trigger"}),
+		published: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "stockd_sync_publish_total",
+			Help: "Batch publish attempts, by result (confirmed by the broker, or failed).",
+		}, []string{"result"}),
+		detailsPublished: f.NewCounter(prometheus.CounterOpts{
+			Name: "stockd_sync_details_published_total",
+			Help: "Details in batches the broker confirmed.",
+		}),
+		applied: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "stockd_sync_details_applied_total",
+			Help: "Details applied to MySQL, by result (inserted, duplicate, doubled).",
+		}, []string{"result"}),
+		applyLag: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "stockd_sync_apply_lag_seconds",
+			Help:    "Time from a deduction in Redis to its detail row in MySQL.",
+			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60},
+		}),
+		deadLettered: f.NewCounter(prometheus.CounterOpts{
+			Name: "stockd_sync_dead_lettered_total",
+			Help: "Batches sent to the dead-letter queue.",
+		}),
+		expired: f.NewCounter(prometheus.CounterOpts{
+			Name: "stockd_sync_reservations_expired_total",
+			Help: "Reservations released because they were not confirmed in time.",
+		}),
+		backlog: f.NewGauge(prometheus.GaugeOpts{
+			Name: "stockd_sync_stream_backlog",
+			Help: "Details in the streams this node reads, not yet confirmed by the broker.",
+		}),
+	}
+}

@@ -1,0 +1,77 @@
+package sync
+
+import (
+	"context"
+	"database/sql"
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/stockd/stockd/shard"
+)
+
+// Deps are what the write-back needs from the daemon.
+type Deps struct {
+	DB      *sql.DB
+	AMQPURL string
+	// Node names this node's consumer in the stream groups; it must be
+	// stable across restarts so that a restarted node finds its own
+	// unacknowledged details.
+	Node string
+	// Partitions lists the partitions whose details this node moves (the
+	// ones it owns); called every second.
+	Partitions func() []*shard.Partition
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+}
+
+// Sync is the write-back pipeline and the reservation ledger of one node.
+type Sync struct {
+	Batcher *Batcher
+	Applier *Applier
+	Ledger  *Ledger
+}
+
+// New builds the pipeline; it connects nothing until Run.
+func New(cfg Config, d Deps) *Sync {
+	m := newMetrics(d.Registerer)
+	log := d.Logger.With("component", "sync")
+	pubBroker := newBroker(d.AMQPURL, cfg.Queue, log)
+	return &Sync{
+		Batcher: &Batcher{
+			cfg:        cfg,
+			consumer:   d.Node,
+			brk:        pubBroker,
+			pub:        &publisher{b: pubBroker, timeout: cfg.PublishTimeout},
+			logger:     log.With("part", "batcher"),
+			m:          m,
+			partitions: d.Partitions,
+			in:         make(chan item, cfg.BatchSize),
+		},
+		Applier: &Applier{
+			cfg:    cfg,
+			db:     d.DB,
+			brk:    newBroker(d.AMQPURL, cfg.Queue, log),
+			logger: log.With("part", "applier"),
+			m:      m,
+		},
+		Ledger: &Ledger{
+			db:     d.DB,
+			ttl:    cfg.ReservationTTL,
+			every:  cfg.ExpireEvery,
+			logger: log.With("part", "ledger"),
+			m:      m,
+		},
+	}
+}
+
+// Run runs the batcher, the appliers and the expiry until ctx ends. The
+// batcher publishes what it holds before it returns.
+func (s *Sync) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.Batcher.Run(ctx) })
+	g.Go(func() error { return s.Applier.Run(ctx) })
+	g.Go(func() error { return s.Ledger.Run(ctx) })
+	return g.Wait()
+}
