@@ -174,7 +174,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	case errors.Is(err, scheduler.ErrUnknownSKU):
 		writeErr(ctx, fasthttp.StatusNotFound, "sku: unknown")
 	case err != nil:
-		h.logger.Warn("deduct unavailable", "sku", *b.SKU, "request_id", *b.RequestID, "err", err)
+		h.logger.Debug("deduct unavailable", "sku", *b.SKU, "request_id", *b.RequestID, "err", err)
 		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
 		buf := append(make([]byte, 0, 96+len(*b.RequestID)), `{"error":"unavailable, retry with the same request_id","request_id":`...)
 		buf = strconv.AppendQuote(buf, *b.RequestID)

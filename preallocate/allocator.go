@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/stockd/stockd/internal/sqltx"
@@ -88,6 +89,9 @@ type Allocator struct {
 	// Owns tells whether this node runs the background work of a
 	// partition (nil: all of it).
 	Owns func(sku string, pid int) bool
+
+	lastWarn   atomic.Int64
+	suppressed atomic.Int64
 }
 
 type job struct {
@@ -135,7 +139,7 @@ func (a *Allocator) Run(ctx context.Context) error {
 				case j := <-a.queue:
 					o, err := a.Refill(ctx, j.p, j.sub, j.qty, j.capAt)
 					if err != nil && ctx.Err() == nil {
-						a.logger.Warn("refill failed", "sku", j.p.SKU, "pid", j.p.ID, "sub", string(j.sub), "err", err)
+						a.warnRefill(j, err)
 					}
 					if j.done != nil {
 						j.done(o, err)
@@ -157,6 +161,19 @@ func (a *Allocator) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// warnRefill logs a failed refill, at most once every few seconds: during
+// an outage every partition fails the same way.
+func (a *Allocator) warnRefill(j job, err error) {
+	now := time.Now().UnixNano()
+	last := a.lastWarn.Load()
+	if now-last < int64(5*time.Second) || !a.lastWarn.CompareAndSwap(last, now) {
+		a.suppressed.Add(1)
+		return
+	}
+	a.logger.Warn("refill failed", "sku", j.p.SKU, "pid", j.p.ID, "sub", string(j.sub),
+		"similar_since_last", a.suppressed.Swap(0), "err", err)
 }
 
 // Refill moves up to qty units from the pool into sub-domain sub of p.

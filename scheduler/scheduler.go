@@ -233,6 +233,9 @@ func (s *Scheduler) observe(sku *SKU, p *Partition, l shard.Levels, refill byte)
 	}
 }
 
+// refillBackoff spaces refills of a sub-domain after one failed.
+const refillBackoff = 250 * time.Millisecond
+
 // requestRefill queues one refill per (partition, sub-domain) at a time,
 // and none while the pool is known empty. The refill applies while the
 // sub-domain holds less than the SKU's threshold.
@@ -254,9 +257,14 @@ func (s *Scheduler) requestRefillCap(sku *SKU, p *Partition, sub byte, capAt int
 		if ok {
 			p.setLevels(l)
 		}
-		if pool >= 0 {
-			sku.pool.Store(pool)
+		if pool < 0 {
+			// The refill failed (MySQL or the shard unreachable): hold
+			// further requests for this sub-domain back for a moment
+			// instead of retrying on every deduction.
+			time.AfterFunc(refillBackoff, func() { p.refilling[i].Store(false) })
+			return
 		}
+		sku.pool.Store(pool)
 		p.refilling[i].Store(false)
 		if applied > 0 {
 			sku.gen.Add(1)
