@@ -47,7 +47,7 @@ func (e *env) proxied(cfg Config) (Config, *testenv.Proxy, *testenv.Proxy) {
 
 // steadySale buys from sku at a steady pace until stop is closed and
 // returns what the buyers heard.
-func steadySale(t *testing.T, b *buyer, addr, sku string, workers int, stop <-chan struct{}) (*outcomes, *sync.WaitGroup) {
+func steadySale(t *testing.T, b *buyer, addr, sku, idPrefix string, workers int, stop <-chan struct{}) (*outcomes, *sync.WaitGroup) {
 	o := newOutcomes()
 	var wg sync.WaitGroup
 	var seq atomic.Int64
@@ -61,7 +61,7 @@ func steadySale(t *testing.T, b *buyer, addr, sku string, workers int, stop <-ch
 					return
 				default:
 				}
-				id := "steady-" + strconv.FormatInt(seq.Add(1), 10)
+				id := idPrefix + strconv.FormatInt(seq.Add(1), 10)
 				a, err := b.deduct(addr, sku, 1, id)
 				if err == nil && a.Code == 503 {
 					// Safe to retry with the same id; it must not double.
@@ -93,7 +93,7 @@ func TestBrokerOutageMidSale(t *testing.T) {
 	b := newBuyer(16)
 
 	stop := make(chan struct{})
-	o, wg := steadySale(t, b, n.hot, "mq", 4, stop)
+	o, wg := steadySale(t, b, n.hot, "mq", "s-", 4, stop)
 	time.Sleep(time.Second)
 	mq.Reset()
 	time.Sleep(time.Second)
@@ -129,7 +129,7 @@ func TestDatabaseOutageMidSale(t *testing.T) {
 	b := newBuyer(16)
 
 	stop := make(chan struct{})
-	o, wg := steadySale(t, b, n.hot, "db", 4, stop)
+	o, wg := steadySale(t, b, n.hot, "db", "s-", 4, stop)
 	time.Sleep(time.Second)
 	my.Cut()
 	okAtCut, _ := o.snapshot()

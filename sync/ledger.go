@@ -62,6 +62,19 @@ func (l *Ledger) move(ctx context.Context, detailID string, qty int64, to string
 	if err != nil {
 		return err
 	}
+	for attempt := 0; ; attempt++ {
+		err := l.moveOnce(ctx, detailID, sku, pid, qty, to)
+		if !errors.Is(err, errLanded) || attempt >= 3 {
+			return err
+		}
+	}
+}
+
+// errLanded: the detail's row appeared while the transaction wrote it
+// early (write-back got there in between); the move starts over from it.
+var errLanded = errors.New("detail landed meanwhile")
+
+func (l *Ledger) moveOnce(ctx context.Context, detailID, sku string, pid int, qty int64, to string) error {
 	return sqltx.Run(ctx, l.db, func(tx *sql.Tx) error {
 		id := detailID
 		var state string
@@ -82,10 +95,14 @@ func (l *Ledger) move(ctx context.Context, detailID string, qty int64, to string
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			// Not landed yet: write the row in its final state.
-			if _, err := tx.ExecContext(ctx,
-				`INSERT INTO deductions (detail_id, sku, pid, qty, state, deducted_at) VALUES (?, ?, ?, ?, ?, NOW(6))`,
-				id, sku, pid, qty, to); err != nil {
+			res, err := tx.ExecContext(ctx,
+				`INSERT IGNORE INTO deductions (detail_id, sku, pid, qty, state, deducted_at) VALUES (?, ?, ?, ?, ?, NOW(6))`,
+				id, sku, pid, qty, to)
+			if err != nil {
 				return fmt.Errorf("record early %s: %w", to, err)
+			}
+			if n, _ := res.RowsAffected(); n == 0 {
+				return errLanded
 			}
 			return bump(ctx, tx, sku, qty, "", to)
 		case err != nil:
