@@ -159,4 +159,3 @@ func TestKillNineMidSale(t *testing.T) {
 	t.Logf("acknowledged %d before and %d after the kill; MySQL holds %d units (the rest were taken but their answers were cut off); verify %+v",
 		o.units, o2.units, r.Reserved, r)
 }
-
