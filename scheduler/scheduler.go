@@ -319,7 +319,9 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 					s.requestRefillCap(sku, p, 'b', capAt)
 				}
 			}
-			if err := sleep(ctx, wake, 25*time.Millisecond); err != nil {
+			// Every refill that lands wakes the waiters; the timer only
+			// covers stock that arrives unseen (another node's refill).
+			if err := sleep(ctx, wake, 100*time.Millisecond); err != nil {
 				return 0, err
 			}
 			continue
@@ -339,7 +341,7 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 		case sku.pick(qty, nil) != nil:
 			return OK, nil
 		case t.pool > 0 || t.pending > 0:
-			if err := sleep(ctx, wake, 25*time.Millisecond); err != nil {
+			if err := sleep(ctx, wake, 100*time.Millisecond); err != nil {
 				return 0, err
 			}
 		case t.total >= qty:
