@@ -24,6 +24,9 @@ var (
 	// ErrConflict is what a catalog returns for a change the SKU's state
 	// does not allow.
 	ErrConflict = errors.New("conflict")
+	// ErrInvalid is what a catalog returns for parameters that do not fit
+	// together (or with the SKU's current ones).
+	ErrInvalid = errors.New("invalid")
 )
 
 // Limits on SKU parameters.
@@ -34,7 +37,8 @@ const (
 	maxBody       = 64 << 10
 )
 
-// Spec is a SKU's parameters after defaults.
+// Spec is what a PUT asks for; a zero Partitions, Chunk or Threshold was
+// left out.
 type Spec struct {
 	Total      int64
 	Partitions int
@@ -91,28 +95,19 @@ type Catalog interface {
 	Verify(ctx context.Context, name string) (any, error)
 }
 
-// Defaults fill fields a PUT leaves out.
-type Defaults struct {
-	Partitions int
-	Chunk      int64
-	Threshold  int64
-}
-
 // Server is the admin HTTP handler.
 type Server struct {
-	token    []byte
-	defaults Defaults
-	catalog  Catalog
-	logger   *slog.Logger
-	mux      *http.ServeMux
+	token   []byte
+	catalog Catalog
+	logger  *slog.Logger
+	mux     *http.ServeMux
 }
 
 // Options configure the admin API.
 type Options struct {
 	// Token is the bearer token of every route but /healthz.
-	Token    string
-	Defaults Defaults
-	Catalog  Catalog
+	Token   string
+	Catalog Catalog
 	// Metrics serves GET /metrics (Prometheus text); nil leaves it out.
 	Metrics http.Handler
 	Logger  *slog.Logger
@@ -121,11 +116,10 @@ type Options struct {
 // New returns the admin API.
 func New(o Options) *Server {
 	s := &Server{
-		token:    []byte(o.Token),
-		defaults: o.Defaults,
-		catalog:  o.Catalog,
-		logger:   o.Logger.With("component", "admin"),
-		mux:      http.NewServeMux(),
+		token:   []byte(o.Token),
+		catalog: o.Catalog,
+		logger:  o.Logger.With("component", "admin"),
+		mux:     http.NewServeMux(),
 	}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -197,8 +191,10 @@ func (s *Server) putSKU(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, view)
 }
 
+// spec checks the fields a PUT gave; those it left out stay 0, meaning
+// "the SKU's current value" on a restock and "the default" on creation.
 func (s *Server) spec(b putBody) (Spec, error) {
-	sp := Spec{Partitions: s.defaults.Partitions, Chunk: s.defaults.Chunk, Threshold: s.defaults.Threshold}
+	var sp Spec
 	if b.Total == nil {
 		return sp, errors.New("total: required")
 	}
@@ -207,25 +203,19 @@ func (s *Server) spec(b putBody) (Spec, error) {
 		return sp, fmt.Errorf("total: must be between 0 and %d", int64(MaxTotal))
 	}
 	if b.Partitions != nil {
-		sp.Partitions = *b.Partitions
-	}
-	if sp.Partitions < 1 || sp.Partitions > MaxPartitions {
-		return sp, fmt.Errorf("partitions: must be between 1 and %d", MaxPartitions)
-	}
-	if b.Chunk != nil {
-		sp.Chunk = *b.Chunk
-		if b.Threshold == nil {
-			sp.Threshold = max(1, sp.Chunk/5)
+		if sp.Partitions = *b.Partitions; sp.Partitions < 1 || sp.Partitions > MaxPartitions {
+			return sp, fmt.Errorf("partitions: must be between 1 and %d", MaxPartitions)
 		}
 	}
-	if sp.Chunk < 1 || sp.Chunk > MaxChunk {
-		return sp, fmt.Errorf("chunk: must be between 1 and %d", int64(MaxChunk))
+	if b.Chunk != nil {
+		if sp.Chunk = *b.Chunk; sp.Chunk < 1 || sp.Chunk > MaxChunk {
+			return sp, fmt.Errorf("chunk: must be between 1 and %d", int64(MaxChunk))
+		}
 	}
 	if b.Threshold != nil {
-		sp.Threshold = *b.Threshold
-	}
-	if sp.Threshold < 1 || sp.Threshold > sp.Chunk {
-		return sp, errors.New("threshold: must be between 1 and chunk")
+		if sp.Threshold = *b.Threshold; sp.Threshold < 1 || (sp.Chunk > 0 && sp.Threshold > sp.Chunk) {
+			return sp, errors.New("threshold: must be between 1 and chunk")
+		}
 	}
 	return sp, nil
 }
@@ -264,6 +254,8 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, ErrConflict):
 		writeError(w, http.StatusConflict, err.Error())
+	case errors.Is(err, ErrInvalid):
+		writeError(w, http.StatusBadRequest, err.Error())
 	default:
 		s.logger.Error("admin request failed", "err", err)
 		writeError(w, http.StatusInternalServerError, err.Error())

@@ -86,6 +86,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	sched = scheduler.New(cfg.Scheduler, reg, scheduler.Hooks{
 		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(shard.Levels, bool, int64, int64)) bool {
 			return alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
+				if err != nil {
+					o.Pool = -1 // failed: the scheduler backs off
+				}
 				done(o.Levels, o.HaveLevels, o.Applied, o.Pool)
 			})
 		},
@@ -134,14 +137,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		ready:   &d.ready,
 		logger:  log.With("component", "http"),
 	}
-	cat := &catalog{db: db, store: store, alloc: alloc, sched: sched, loader: loader}
+	cat := &catalog{db: db, store: store, alloc: alloc, sched: sched, loader: loader, defaults: preallocate.Spec{
+		Partitions: cfg.SKUDefaults.Partitions,
+		Chunk:      cfg.SKUDefaults.Chunk,
+		Threshold:  cfg.SKUDefaults.Threshold,
+	}}
 	adm := admin.New(admin.Options{
-		Token: cfg.AdminToken,
-		Defaults: admin.Defaults{
-			Partitions: cfg.SKUDefaults.Partitions,
-			Chunk:      cfg.SKUDefaults.Chunk,
-			Threshold:  cfg.SKUDefaults.Threshold,
-		},
+		Token:   cfg.AdminToken,
 		Catalog: cat,
 		Metrics: promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}),
 		Logger:  log,
@@ -301,6 +303,9 @@ func (l *loader) reload(ctx context.Context) error {
 // catalog implements admin.Catalog over the store, the allocator and the
 // registry.
 type catalog struct {
+	// defaults fill what a PUT leaves out when it creates a SKU.
+	defaults preallocate.Spec
+
 	db     *sql.DB
 	store  *preallocate.Store
 	alloc  *preallocate.Allocator
@@ -313,7 +318,7 @@ var _ admin.Catalog = (*catalog)(nil)
 func (c *catalog) PutSKU(ctx context.Context, name string, spec admin.Spec) (admin.SKUView, bool, error) {
 	sku, created, err := c.alloc.Provision(ctx, name, preallocate.Spec{
 		Total: spec.Total, Partitions: spec.Partitions, Chunk: spec.Chunk, Threshold: spec.Threshold,
-	})
+	}, c.defaults)
 	if err != nil {
 		return admin.SKUView{}, false, adminErr(err)
 	}
@@ -370,9 +375,22 @@ func (c *catalog) Verify(ctx context.Context, name string) (any, error) {
 func adminErr(err error) error {
 	switch {
 	case errors.Is(err, preallocate.ErrUnknownSKU), errors.Is(err, stocksync.ErrUnknownSKU):
-		return fmt.Errorf("%w: %v", admin.ErrNotFound, err)
+		return &adminError{kind: admin.ErrNotFound, err: err}
 	case errors.Is(err, preallocate.ErrConflict):
-		return fmt.Errorf("%w: %v", admin.ErrConflict, err)
+		return &adminError{kind: admin.ErrConflict, err: err}
+	case errors.Is(err, preallocate.ErrInvalid):
+		return &adminError{kind: admin.ErrInvalid, err: err}
 	}
 	return err
 }
+
+// adminError gives an error the admin sentinel it maps to, keeping its
+// message.
+type adminError struct {
+	kind error
+	err  error
+}
+
+func (e *adminError) Error() string        { return e.err.Error() }
+func (e *adminError) Is(target error) bool { return target == e.kind }
+func (e *adminError) Unwrap() error        { return e.err }

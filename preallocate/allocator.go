@@ -73,6 +73,9 @@ type Outcome struct {
 	HaveLevels bool
 	// Lost is set when Redis no longer holds the partition's state.
 	Lost bool
+	// Voided is set when Redis refused the allocation for good and its
+	// units went back to the pool.
+	Voided bool
 }
 
 // Allocator runs fills and drains.
@@ -212,8 +215,8 @@ func (a *Allocator) Refill(ctx context.Context, p *shard.Partition, sub byte, qt
 	}
 	o, err := a.applyFill(ctx, p, id, sub, n, capAt)
 	o.Pool = pool
-	if o.Applied == 0 {
-		o.Pool += n // voided: the units went back
+	if o.Voided {
+		o.Pool += n // the units went back
 	}
 	return o, err
 }
@@ -231,9 +234,9 @@ func (a *Allocator) applyFill(ctx context.Context, p *shard.Partition, id int64,
 		}
 		if r.Code == shard.Lost {
 			a.lost(ctx, p)
-			return Outcome{Lost: true}, nil
+			return Outcome{Lost: true, Voided: true}, nil
 		}
-		return Outcome{Levels: r.Levels, HaveLevels: r.Code != shard.Lost}, nil
+		return Outcome{Levels: r.Levels, HaveLevels: true, Voided: true}, nil
 	}
 	if _, err := a.db.ExecContext(ctx,
 		`UPDATE allocations SET state = 'applied' WHERE id = ? AND state = 'pending'`, id); err != nil {
@@ -380,9 +383,22 @@ func (a *Allocator) Fence(ctx context.Context, p *shard.Partition) { a.lost(ctx,
 // never sells or refills again.
 func (a *Allocator) lost(ctx context.Context, p *shard.Partition) {
 	a.logger.Error("partition lost its redis state; fencing it", "sku", p.SKU, "pid", p.ID, "shard", p.Shard.ID)
-	if _, err := a.db.ExecContext(ctx,
-		`UPDATE partitions SET state = 'fenced' WHERE sku = ? AND pid = ? AND epoch = ? AND state = 'open'`,
-		p.SKU, p.ID, p.Epoch); err != nil {
+	// The version bump makes every node reload the SKU and stop choosing
+	// the partition.
+	err := sqltx.Run(ctx, a.db, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx,
+			`UPDATE partitions SET state = 'fenced' WHERE sku = ? AND pid = ? AND epoch = ? AND state = 'open'`,
+			p.SKU, p.ID, p.Epoch)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return nil
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE skus SET version = version + 1 WHERE sku = ?`, p.SKU)
+		return err
+	})
+	if err != nil {
 		a.logger.Error("fence partition", "sku", p.SKU, "pid", p.ID, "err", err)
 	}
 	if a.OnLost != nil {

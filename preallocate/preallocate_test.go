@@ -65,7 +65,7 @@ func (f *fixture) allocationState(t *testing.T, id int64) string {
 func TestSubDomainSwapAndRefillOnce(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, 1)
-	sku, _, err := f.alloc.Provision(ctx, "swap", Spec{Total: 100, Partitions: 1, Chunk: 10, Threshold: 3})
+	sku, _, err := f.alloc.Provision(ctx, "swap", Spec{Total: 100, Partitions: 1, Chunk: 10, Threshold: 3}, Spec{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func TestSubDomainSwapAndRefillOnce(t *testing.T) {
 func TestPendingAllocationAfterCrash(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, 2)
-	sku, _, err := f.alloc.Provision(ctx, "crash", Spec{Total: 100, Partitions: 2, Chunk: 10, Threshold: 3})
+	sku, _, err := f.alloc.Provision(ctx, "crash", Spec{Total: 100, Partitions: 2, Chunk: 10, Threshold: 3}, Spec{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,5 +171,27 @@ func TestPendingAllocationAfterCrash(t *testing.T) {
 	f.db.QueryRow(`SELECT COUNT(*) FROM allocations WHERE state = 'pending'`).Scan(&pending)
 	if pending != 0 {
 		t.Fatalf("%d allocations still pending", pending)
+	}
+}
+
+// A refill refused for good (here: the sub-domain was full) is recorded
+// under its allocation id, so a second run of the same allocation (another
+// node's sweep racing this one) cannot apply it after its units went back
+// to the pool.
+func TestRefusedFillNeverAppliesLater(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, 1)
+	sku, _, err := f.alloc.Provision(ctx, "refuse", Spec{Total: 100, Partitions: 1, Chunk: 10, Threshold: 3}, Spec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := f.handle(t, sku, 0)
+	r, err := p.Refill(ctx, 9999, 'a', 5, 1) // a holds 10 >= cap 1: full
+	if err != nil || r.Code != shard.Full {
+		t.Fatalf("first run: %+v %v; want full", r, err)
+	}
+	r, err = p.Refill(ctx, 9999, 'a', 5, 1000) // room now, same allocation
+	if err != nil || r.Code != shard.Refused || r.Levels.A != 10 {
+		t.Fatalf("second run: %+v %v; want refused earlier, a still 10", r, err)
 	}
 }

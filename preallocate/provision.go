@@ -9,9 +9,9 @@ import (
 
 // Provision creates or restocks a SKU (see Store.Put), brings its
 // partitions' Redis state up and tops their sub-domains up from the pool.
-func (a *Allocator) Provision(ctx context.Context, name string, spec Spec) (SKU, bool, error) {
+func (a *Allocator) Provision(ctx context.Context, name string, spec, defaults Spec) (SKU, bool, error) {
 	store := NewStore(a.db)
-	sku, created, err := store.Put(ctx, name, spec, a.shards.IDs())
+	sku, created, err := store.Put(ctx, name, spec, defaults, a.shards.IDs())
 	if err != nil {
 		return SKU{}, false, err
 	}

@@ -17,9 +17,31 @@ var (
 	ErrUnknownSKU = errors.New("unknown sku")
 	// ErrConflict is returned for a change the current state does not allow.
 	ErrConflict = errors.New("conflict")
+	// ErrInvalid is returned for parameters that do not fit together.
+	ErrInvalid = errors.New("invalid")
 )
 
-// Spec is what an operator asks for a SKU.
+// kindError carries a message and the sentinel it is an instance of, so
+// that callers decide with errors.Is and show the message alone.
+type kindError struct {
+	kind error
+	msg  string
+}
+
+func (e *kindError) Error() string        { return e.msg }
+func (e *kindError) Is(target error) bool { return target == e.kind }
+
+func conflictf(format string, args ...any) error {
+	return &kindError{kind: ErrConflict, msg: fmt.Sprintf(format, args...)}
+}
+
+func invalidf(format string, args ...any) error {
+	return &kindError{kind: ErrInvalid, msg: fmt.Sprintf(format, args...)}
+}
+
+// Spec is what an operator asks for a SKU. On creation a zero Partitions,
+// Chunk or Threshold takes the default; on a restock it keeps the SKU's
+// current value.
 type Spec struct {
 	Total      int64
 	Partitions int
@@ -61,9 +83,10 @@ func NewStore(db *sql.DB) *Store { return &Store{db: db} }
 
 // Put creates the SKU, or restocks it when it exists: the difference
 // between the new and the old total goes to (or comes from) the pool. It
-// returns the row and whether it was created. shards are the shard ids new
-// partitions are spread over.
-func (s *Store) Put(ctx context.Context, name string, spec Spec, shards []string) (SKU, bool, error) {
+// returns the row and whether it was created. defaults fill what spec
+// leaves out on creation; shards are the shard ids new partitions are
+// spread over.
+func (s *Store) Put(ctx context.Context, name string, spec, defaults Spec, shards []string) (SKU, bool, error) {
 	var out SKU
 	created := false
 	err := sqltx.Run(ctx, s.db, func(tx *sql.Tx) error {
@@ -71,16 +94,32 @@ func (s *Store) Put(ctx context.Context, name string, spec Spec, shards []string
 		switch {
 		case errors.Is(err, ErrUnknownSKU):
 			if len(shards) == 0 {
-				return fmt.Errorf("%w: no shards configured", ErrConflict)
+				return conflictf("no shards configured")
 			}
 			created = true
+			sp := spec
+			if sp.Partitions == 0 {
+				sp.Partitions = defaults.Partitions
+			}
+			if sp.Chunk == 0 {
+				sp.Chunk = defaults.Chunk
+				if sp.Threshold == 0 {
+					sp.Threshold = defaults.Threshold
+				}
+			}
+			if sp.Threshold == 0 {
+				sp.Threshold = max(1, sp.Chunk/5)
+			}
+			if sp.Threshold > sp.Chunk {
+				return invalidf("threshold: %d is above chunk %d", sp.Threshold, sp.Chunk)
+			}
 			if _, err := tx.ExecContext(ctx,
 				`INSERT INTO skus (sku, total, pool, chunk, threshold) VALUES (?, ?, ?, ?, ?)`,
-				name, spec.Total, spec.Total, spec.Chunk, spec.Threshold); err != nil {
+				name, sp.Total, sp.Total, sp.Chunk, sp.Threshold); err != nil {
 				return fmt.Errorf("insert sku: %w", err)
 			}
 			off := spread(name, len(shards))
-			for i := 0; i < spec.Partitions; i++ {
+			for i := 0; i < sp.Partitions; i++ {
 				if _, err := tx.ExecContext(ctx,
 					`INSERT INTO partitions (sku, pid, shard, epoch) VALUES (?, ?, ?, ?)`,
 					name, i, shards[(off+i)%len(shards)], NewEpoch()); err != nil {
@@ -91,15 +130,25 @@ func (s *Store) Put(ctx context.Context, name string, spec Spec, shards []string
 			return err
 		default:
 			if spec.Partitions != 0 && spec.Partitions != len(cur.Partitions) {
-				return fmt.Errorf("%w: partitions: the SKU has %d; change the count with rebalance", ErrConflict, len(cur.Partitions))
+				return conflictf("partitions: the SKU has %d; change the count with rebalance", len(cur.Partitions))
+			}
+			chunk, threshold := cur.Chunk, cur.Threshold
+			if spec.Chunk != 0 {
+				chunk = spec.Chunk
+			}
+			if spec.Threshold != 0 {
+				threshold = spec.Threshold
+			}
+			if threshold > chunk {
+				return invalidf("threshold: %d is above chunk %d", threshold, chunk)
 			}
 			delta := spec.Total - cur.Total
 			if delta < 0 && cur.Pool < -delta {
-				return fmt.Errorf("%w: total: lowering it by %d needs that many unallocated units, the pool has %d", ErrConflict, -delta, cur.Pool)
+				return conflictf("total: lowering it by %d needs that many unallocated units, the pool has %d", -delta, cur.Pool)
 			}
 			if _, err := tx.ExecContext(ctx,
 				`UPDATE skus SET total = total + ?, pool = pool + ?, chunk = ?, threshold = ?, version = version + 1 WHERE sku = ?`,
-				delta, delta, spec.Chunk, spec.Threshold, name); err != nil {
+				delta, delta, chunk, threshold, name); err != nil {
 				return fmt.Errorf("restock: %w", err)
 			}
 		}
@@ -157,17 +206,6 @@ func (s *Store) PoolState(ctx context.Context, name string) (pool, pending int64
 		return 0, 0, fmt.Errorf("pool state: %w", err)
 	}
 	return pool, pending, nil
-}
-
-// SetPartitionState records a partition's state (open, fenced, closed).
-func (s *Store) SetPartitionState(ctx context.Context, sku string, pid int, state string) error {
-	_, err := s.db.ExecContext(ctx,
-		`UPDATE partitions SET state = ? WHERE sku = ? AND pid = ?`, state, sku, pid)
-	if err != nil {
-		return fmt.Errorf("partition state: %w", err)
-	}
-	_, err = s.db.ExecContext(ctx, `UPDATE skus SET version = version + 1 WHERE sku = ?`, sku)
-	return err
 }
 
 type querier interface {

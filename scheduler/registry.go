@@ -211,8 +211,8 @@ func (r *Registry) Handles() []*shard.Partition {
 }
 
 // Upsert adds or updates a SKU from info, keeping the known levels and
-// flags of partitions it already had (same pid and epoch). It returns the
-// entry and whether the partition set changed.
+// flags of partitions it already had (same pid, epoch and shard), and
+// returns the entry.
 func (r *Registry) Upsert(info SKUInfo) *SKU {
 	r.mu.Lock()
 	defer r.mu.Unlock()

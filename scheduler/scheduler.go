@@ -23,8 +23,10 @@
 //
 // When the pool, the pending allocations and every partition are empty, the
 // SKU is sold out: the registry loads the request ids that took into a Bloom
-// filter and answers sold_out from memory to every id not in it. Restock,
-// release and refill bump the SKU's generation and clear the verdict.
+// filter and answers sold_out from memory to every id not in it. Restock
+// and release (Invalidate) clear the verdict; they and every applied
+// refill bump the SKU's generation, which voids a verdict still being
+// computed.
 package scheduler
 
 import (

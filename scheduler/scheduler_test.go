@@ -48,6 +48,9 @@ func newRig(t *testing.T, nShards int) *rig {
 	r.sched = New(DefaultConfig(), NewRegistry(), Hooks{
 		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(shard.Levels, bool, int64, int64)) bool {
 			return r.alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
+				if err != nil {
+					o.Pool = -1
+				}
 				done(o.Levels, o.HaveLevels, o.Applied, o.Pool)
 			})
 		},
@@ -65,7 +68,7 @@ func newRig(t *testing.T, nShards int) *rig {
 func (r *rig) provision(t *testing.T, name string, spec preallocate.Spec) *SKU {
 	t.Helper()
 	ctx := context.Background()
-	sku, _, err := r.alloc.Provision(ctx, name, spec)
+	sku, _, err := r.alloc.Provision(ctx, name, spec, preallocate.Spec{})
 	if err != nil {
 		t.Fatal(err)
 	}

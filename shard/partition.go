@@ -123,6 +123,7 @@ const (
 	Lost     Code = 5 // state missing or of another epoch: the shard lost data
 	Closed   Code = 6 // fenced or closed: never sells again
 	Full     Code = 7 // refill refused: the sub-domain is at its cap
+	Refused  Code = 8 // refill refused by an earlier run of the same allocation
 )
 
 // Init outcomes.
@@ -258,13 +259,13 @@ func parseTookRecord(rec string) (seq, qty int64, err error) {
 
 // RefillResult is what refill answered.
 type RefillResult struct {
-	Code   Code // Took (applied now), TookEarl (applied before), Lost, Closed, Full
+	Code   Code // Took (applied now), TookEarl (applied before), Lost, Closed, Full, Refused
 	Levels Levels
 }
 
 // Final reports whether an allocation answered with r will never apply.
 func (r RefillResult) Final() bool {
-	return r.Code == Lost || r.Code == Closed || r.Code == Full
+	return r.Code == Lost || r.Code == Closed || r.Code == Full || r.Code == Refused
 }
 
 // Refill injects allocation id (qty units) into sub-domain sub, unless the

@@ -68,14 +68,13 @@ func (p *Partition) EnsureGroup(ctx context.Context, group string) error {
 	return nil
 }
 
-// ReadDetails reads up to count details for consumer: new ones when
-// pending is false, the consumer's own unacknowledged ones when true.
-func (p *Partition) ReadDetails(ctx context.Context, group, consumer string, count int64, pending bool) ([]Detail, error) {
+// ReadDetails reads up to count details for consumer. after ">" reads new
+// ones; any other entry id ("0" to start) reads the consumer's own
+// unacknowledged ones after it, which is how a restarted consumer finds
+// what it read but never saw confirmed.
+func (p *Partition) ReadDetails(ctx context.Context, group, consumer string, count int64, after string) ([]Detail, error) {
 	c := p.Shard.c
-	id := ">"
-	if pending {
-		id = "0"
-	}
+	id := after
 	res, err := c.Do(ctx, c.B().Xreadgroup().Group(group, consumer).Count(count).Streams().Key(p.stream).Id(id).Build()).AsXRead()
 	if rueidis.IsRedisNil(err) {
 		return nil, nil

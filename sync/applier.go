@@ -236,12 +236,32 @@ func Apply(ctx context.Context, db *sql.DB, details []wireDetail) (ApplyResult, 
 		if err != nil {
 			return err
 		}
+		// Rows a confirm or release wrote before the detail landed have no
+		// request id yet; give them theirs, so the (sku, request_id) key
+		// guards them too. IGNORE: if another detail already holds the
+		// request id, the early row was that request's double, and it is
+		// settled already (released: units back; confirmed: the other one
+		// expires).
+		for _, d := range details {
+			if !present[d.DetailID].noRequest {
+				continue
+			}
+			var user any
+			if d.UserID != "" {
+				user = d.UserID
+			}
+			if _, err := tx.ExecContext(ctx,
+				`UPDATE IGNORE deductions SET request_id = ?, user_id = ? WHERE detail_id = ? AND request_id IS NULL`,
+				d.RequestID, user, d.DetailID); err != nil {
+				return fmt.Errorf("fill request id: %w", err)
+			}
+		}
 		// Not present after the insert: its (sku, request_id) belongs to
 		// another detail.
 		var dq strings.Builder
 		var dargs []any
 		for _, d := range details {
-			if present[d.DetailID] {
+			if present[d.DetailID].ok {
 				continue
 			}
 			if dq.Len() == 0 {
@@ -292,22 +312,28 @@ func Apply(ctx context.Context, db *sql.DB, details []wireDetail) (ApplyResult, 
 	return res, err
 }
 
-func presentIDs(ctx context.Context, tx *sql.Tx, ids []any) (map[string]bool, error) {
-	out := make(map[string]bool, len(ids))
+type presence struct {
+	ok        bool // a row with this detail id exists
+	noRequest bool // and its request id is not known yet
+}
+
+func presentIDs(ctx context.Context, tx *sql.Tx, ids []any) (map[string]presence, error) {
+	out := make(map[string]presence, len(ids))
 	for start := 0; start < len(ids); start += 1000 {
 		chunk := ids[start:min(start+1000, len(ids))]
 		rows, err := tx.QueryContext(ctx,
-			`SELECT detail_id FROM deductions WHERE detail_id IN (?`+strings.Repeat(",?", len(chunk)-1)+`)`, chunk...)
+			`SELECT detail_id, request_id IS NULL FROM deductions WHERE detail_id IN (?`+strings.Repeat(",?", len(chunk)-1)+`)`, chunk...)
 		if err != nil {
 			return nil, fmt.Errorf("present details: %w", err)
 		}
 		for rows.Next() {
 			var id string
-			if err := rows.Scan(&id); err != nil {
+			var noRequest bool
+			if err := rows.Scan(&id, &noRequest); err != nil {
 				rows.Close()
 				return nil, err
 			}
-			out[id] = true
+			out[id] = presence{ok: true, noRequest: noRequest}
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {

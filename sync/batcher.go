@@ -68,9 +68,14 @@ func (b *Batcher) Run(ctx context.Context) error {
 	running := map[string]context.CancelFunc{}
 	reconcile := func() {
 		want := map[string]*shard.Partition{}
+		var backlog int64
 		for _, p := range b.partitions() {
 			want[p.StreamKey()+"/"+p.Shard.ID] = p
+			if st, err := p.Inspect(ctx); err == nil {
+				backlog += st.Backlog
+			}
 		}
+		b.m.backlog.Set(float64(backlog))
 		for k, cancel := range running {
 			if _, ok := want[k]; !ok {
 				cancel()
@@ -115,11 +120,20 @@ func (b *Batcher) read(ctx context.Context, p *shard.Partition) {
 		log.Warn("detail stream group", "err", err)
 	}
 	count := int64(b.cfg.BatchSize)
-	pending := true
+	// First this consumer's own unacknowledged details (a restart), walking
+	// forward from "0", then new ones (">").
+	after := "0"
 	lastClaim := time.Now()
 	failing := false
 	for ctx.Err() == nil {
-		ds, err := p.ReadDetails(ctx, group, b.consumer, count, pending)
+		ds, err := p.ReadDetails(ctx, group, b.consumer, count, after)
+		if err == nil && after != ">" {
+			if len(ds) == 0 {
+				after = ">"
+			} else {
+				after = ds[len(ds)-1].Entry
+			}
+		}
 		if err == nil && len(ds) == 0 && time.Since(lastClaim) > b.cfg.ClaimIdle/2 {
 			lastClaim = time.Now()
 			ds, err = p.ClaimDetails(ctx, group, b.consumer, b.cfg.ClaimIdle.Milliseconds(), count)
@@ -140,7 +154,6 @@ func (b *Batcher) read(ctx context.Context, p *shard.Partition) {
 		}
 		failing = false
 		if len(ds) == 0 {
-			pending = false
 			sleepCtx(ctx, b.cfg.PollInterval)
 			continue
 		}

@@ -187,3 +187,27 @@ func TestDoubleDeductionUndone(t *testing.T) {
 		t.Fatalf("after confirming the double: original is %s, counters %+v", state, c)
 	}
 }
+
+// A release that reached MySQL before its detail gets the detail's request
+// id when the detail lands, so the (sku, request_id) backstop covers it.
+func TestEarlyReleaseGetsRequestID(t *testing.T) {
+	ctx := context.Background()
+	db := newDB(t)
+	ds := seed(t, db, "early", 3)
+	l := newLedger(db, time.Minute)
+	if err := l.Release(ctx, ds[0].DetailID, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Apply(ctx, db, ds); err != nil {
+		t.Fatal(err)
+	}
+	var req sql.NullString
+	var state string
+	db.QueryRow(`SELECT request_id, state FROM deductions WHERE detail_id = ?`, ds[0].DetailID).Scan(&req, &state)
+	if req.String != ds[0].RequestID || state != "released" {
+		t.Fatalf("early row: request id %v, state %s; want %s, released", req, state, ds[0].RequestID)
+	}
+	if c := readCounters(t, db, "early"); c.reserved != 2 || c.released != 1 || c.pool != 1 {
+		t.Fatalf("counters %+v", c)
+	}
+}
