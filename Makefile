@@ -25,7 +25,7 @@ help:
 	@echo "  vet           gofmt -l check + go vet ./..."
 	@echo "  shards-start  start the demo Redis shards 7001-7003 (var/redis/<port>)"
 	@echo "  shards-stop   stop the demo Redis shards"
-	@echo "  clean         rm -rf bin var"
+	@echo "  clean         stop the demo shards, rm -rf bin var, drop the demo database stockd_demo"
 
 setup:
 	@bash scripts/services.sh
@@ -50,5 +50,10 @@ shards-start:
 shards-stop:
 	@bash scripts/shards.sh stop
 
+# The demo's Redis data (var/) and its MySQL database go together: a
+# partition whose Redis state vanished while MySQL remembers its stock is
+# fenced as lost, so dropping one without the other leaves a dead demo SKU.
 clean:
+	-@bash scripts/shards.sh stop
 	rm -rf bin var
+	-@mysql -h127.0.0.1 -uroot -e 'DROP DATABASE IF EXISTS stockd_demo' 2>/dev/null

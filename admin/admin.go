@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 
 	"github.com/stockd/stockd/internal/ident"
@@ -130,6 +131,11 @@ func New(o Options) *Server {
 	if o.Metrics != nil {
 		s.handle("GET /metrics", o.Metrics.ServeHTTP)
 	}
+	// Profiles, for the hot path under load (behind the token like the rest).
+	s.handle("GET /debug/pprof/", pprof.Index)
+	s.handle("GET /debug/pprof/profile", pprof.Profile)
+	s.handle("GET /debug/pprof/trace", pprof.Trace)
+	s.handle("GET /debug/pprof/symbol", pprof.Symbol)
 	return s
 }
 
