@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
@@ -60,23 +61,8 @@ func startProc(t *testing.T, cfg Config) *proc {
 	t.Helper()
 	hot := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
 	admin := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
-	var shards []string
-	for _, s := range cfg.Shards {
-		shards = append(shards, s.ID+"="+s.Addr)
-	}
 	cmd := exec.Command(stockdBinary(t))
-	cmd.Env = append(os.Environ(),
-		"STOCKD_NODE_NAME="+cfg.NodeName,
-		"STOCKD_HTTP_ADDR="+hot,
-		"STOCKD_ADMIN_ADDR="+admin,
-		"STOCKD_ADMIN_TOKEN="+cfg.AdminToken,
-		"STOCKD_MYSQL_DSN="+cfg.MySQLDSN,
-		"STOCKD_AMQP_URL="+cfg.AMQPURL,
-		"STOCKD_KEY_PREFIX="+cfg.KeyPrefix,
-		"STOCKD_SHARDS="+strings.Join(shards, ","),
-		"STOCKD_SYNC_QUEUE="+cfg.Sync.Queue,
-		"STOCKD_LOG_LEVEL=warn",
-	)
+	cmd.Env = append(os.Environ(), procEnv(cfg, hot, admin)...)
 	logf, err := os.Create(filepath.Join(t.TempDir(), "stockd.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -107,6 +93,26 @@ func startProc(t *testing.T, cfg Config) *proc {
 	}
 	t.Fatal("stockd process not ready within 30s")
 	return nil
+}
+
+// procEnv is cfg as the STOCKD_* variables of a process.
+func procEnv(cfg Config, hot, admin string) []string {
+	var shards []string
+	for _, s := range cfg.Shards {
+		shards = append(shards, s.ID+"="+s.Addr)
+	}
+	return []string{
+		"STOCKD_NODE_NAME=" + cfg.NodeName,
+		"STOCKD_HTTP_ADDR=" + hot,
+		"STOCKD_ADMIN_ADDR=" + admin,
+		"STOCKD_ADMIN_TOKEN=" + cfg.AdminToken,
+		"STOCKD_MYSQL_DSN=" + cfg.MySQLDSN,
+		"STOCKD_AMQP_URL=" + cfg.AMQPURL,
+		"STOCKD_KEY_PREFIX=" + cfg.KeyPrefix,
+		"STOCKD_SHARDS=" + strings.Join(shards, ","),
+		"STOCKD_SYNC_QUEUE=" + cfg.Sync.Queue,
+		"STOCKD_LOG_LEVEL=warn",
+	}
 }
 
 func (p *proc) kill9() {
@@ -152,6 +158,15 @@ func TestKillNineMidSale(t *testing.T) {
 			}
 		}
 	}
+	// The command-line verify prints the same report.
+	cmd := exec.Command(stockdBinary(t), "verify", "k9")
+	cmd.Env = append(os.Environ(), procEnv(cfg, p2.hot, p2.admin)...)
+	out, err := cmd.Output()
+	var cli report
+	if err != nil || json.Unmarshal(out, &cli) != nil || !cli.OK || cli.Reserved != r.Reserved {
+		t.Fatalf("stockd verify: %v, %s", err, out)
+	}
+
 	acked := o.units + o2.units
 	if r.Reserved < acked {
 		t.Fatalf("MySQL holds %d units, callers were told %d", r.Reserved, acked)

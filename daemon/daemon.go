@@ -394,3 +394,19 @@ type adminError struct {
 func (e *adminError) Error() string        { return e.err.Error() }
 func (e *adminError) Is(target error) bool { return target == e.kind }
 func (e *adminError) Unwrap() error        { return e.err }
+
+// Verify runs the conservation check of sku against the services cfg
+// names, without starting a node (the `stockd verify` command).
+func Verify(ctx context.Context, cfg Config, sku string) (stocksync.Report, error) {
+	db, err := schema.Open(ctx, cfg.MySQLDSN)
+	if err != nil {
+		return stocksync.Report{}, fmt.Errorf("mysql: %w", err)
+	}
+	defer db.Close()
+	shards, err := shard.Open(ctx, cfg.Shards, shard.Options{Prefix: cfg.KeyPrefix, Timeout: cfg.RedisTimeout}, slog.Default())
+	if err != nil {
+		return stocksync.Report{}, fmt.Errorf("redis: %w", err)
+	}
+	defer shards.Close()
+	return stocksync.Verify(ctx, db, shards, sku)
+}
