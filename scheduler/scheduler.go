@@ -38,6 +38,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/stockd/stockd/shard"
@@ -86,6 +87,9 @@ type Hooks struct {
 	Consolidate func(ctx context.Context, parts []*shard.Partition, need, chunk, threshold int64) error
 	// Lost is told that p's Redis state is gone.
 	Lost func(p *shard.Partition)
+	// SoldOut is told when this node concluded that a SKU is sold out, so
+	// that other nodes can check and answer from memory too.
+	SoldOut func(sku string)
 }
 
 // Status of a deduction.
@@ -113,11 +117,37 @@ type Scheduler struct {
 	hooks  Hooks
 	logger *slog.Logger
 	tail   singleflight.Group
+
+	calls         *prometheus.CounterVec
+	takeCalls     prometheus.Counter
+	pointCalls    prometheus.Counter
+	memorySoldOut prometheus.Counter
+	refillAsks    prometheus.Counter
 }
 
 // New returns a scheduler over reg.
 func New(cfg Config, reg *Registry, hooks Hooks, logger *slog.Logger) *Scheduler {
-	return &Scheduler{cfg: cfg, reg: reg, hooks: hooks, logger: logger.With("component", "scheduler")}
+	s := &Scheduler{cfg: cfg, reg: reg, hooks: hooks, logger: logger.With("component", "scheduler")}
+	s.calls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stockd_scheduler_redis_calls_total",
+		Help: "Redis script calls made to serve deductions, by script (take, point).",
+	}, []string{"script"})
+	s.takeCalls = s.calls.WithLabelValues("take")
+	s.pointCalls = s.calls.WithLabelValues("point")
+	s.memorySoldOut = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stockd_scheduler_sold_out_from_memory_total",
+		Help: "Deductions answered sold_out from memory, without Redis.",
+	})
+	s.refillAsks = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stockd_scheduler_refills_requested_total",
+		Help: "Refills of a sub-domain this node asked for (run here or sent to the partition's owner).",
+	})
+	return s
+}
+
+// Collectors are the scheduler's metrics, for the daemon's registry.
+func (s *Scheduler) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{s.calls, s.memorySoldOut, s.refillAsks}
 }
 
 // Registry returns the registry.
@@ -150,6 +180,7 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 		return Result{}, ErrUnknownSKU
 	}
 	if so := sku.soldOut.Load(); so != nil && !so.successes.mayContain(reqID) {
+		s.memorySoldOut.Inc()
 		return Result{Status: SoldOut}, nil
 	}
 	home := sku.home(reqID)
@@ -160,10 +191,15 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 	var triedBuf [16]int
 	tried := triedBuf[:0]
 	var deadline time.Time
-	maxSteps := 16 + 4*len(sku.Partitions())
+	// Each step is one script call. In a contended tail a request can lose
+	// the race for freshly refilled units several rounds in a row; the
+	// stock wait (awaitStock) and the request's context bound it in time,
+	// this only in calls.
+	maxSteps := 64 + 16*len(sku.Partitions())
 	for step := 0; step < maxSteps; step++ {
 		p := sku.partition(cur.pid)
 		if p != nil {
+			s.takeCalls.Inc()
 			r, err := p.H.Take(ctx, reqID, qty, cur.round, p == home, userID)
 			if err != nil {
 				return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -206,6 +242,7 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 			}
 		}
 		to := pointer{next.H.ID, round}
+		s.pointCalls.Inc()
 		pr, err := home.H.Point(ctx, reqID, cur.String(), to.String())
 		if err != nil {
 			return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -442,6 +479,9 @@ func (s *Scheduler) markSoldOut(ctx context.Context, sku *SKU, gen uint64) {
 		}
 		if sku.gen.Load() == gen && sku.soldOut.CompareAndSwap(nil, &soldOut{successes: f}) {
 			s.logger.Info("sold out", "sku", sku.Name, "successes", len(ids))
+			if s.hooks.SoldOut != nil {
+				s.hooks.SoldOut(sku.Name)
+			}
 		}
 		return nil, nil
 	})
@@ -498,4 +538,22 @@ func (s *Scheduler) Fence(name string, pid int) {
 			p.open.Store(false)
 		}
 	}
+}
+
+// CheckSoldOut looks at the truth (MySQL pool, every partition) and, when
+// everything is empty, answers sku's requests from memory from then on.
+// Another node's notice that it sold out leads here.
+func (s *Scheduler) CheckSoldOut(ctx context.Context, name string) error {
+	sku := s.reg.Get(name)
+	if sku == nil || sku.SoldOut() {
+		return nil
+	}
+	t, err := s.refresh(ctx, sku)
+	if err != nil {
+		return err
+	}
+	if t.pool == 0 && t.pending == 0 && t.total == 0 {
+		s.markSoldOut(ctx, sku, t.gen)
+	}
+	return nil
 }
