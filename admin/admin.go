@@ -109,6 +109,8 @@ type Options struct {
 	// Token is the bearer token of every route but /healthz.
 	Token   string
 	Catalog Catalog
+	// Cluster returns the cluster view for GET /admin/cluster.
+	Cluster func() any
 	// Metrics serves GET /metrics (Prometheus text); nil leaves it out.
 	Metrics http.Handler
 	Logger  *slog.Logger
@@ -128,6 +130,11 @@ func New(o Options) *Server {
 	s.handle("PUT /admin/skus/{sku}", s.putSKU)
 	s.handle("GET /admin/skus/{sku}", s.getSKU)
 	s.handle("GET /admin/skus/{sku}/verify", s.verify)
+	if o.Cluster != nil {
+		s.handle("GET /admin/cluster", func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusOK, o.Cluster())
+		})
+	}
 	if o.Metrics != nil {
 		s.handle("GET /metrics", o.Metrics.ServeHTTP)
 	}

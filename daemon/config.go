@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/stockd/stockd/daemon/cluster"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
 	"github.com/stockd/stockd/shard"
@@ -37,6 +38,22 @@ type Config struct {
 	// ReservationSecret signs reservation tokens; every node of a cluster
 	// needs the same one. Empty: derived from AdminToken.
 	ReservationSecret string `yaml:"reservation_secret"`
+	// GossipAddr is where this node gossips with the other nodes
+	// (memberlist, UDP and TCP).
+	GossipAddr string `yaml:"gossip_addr"`
+	// GossipAdvertiseAddr is the address the other nodes reach this one's
+	// gossip at; empty: derived from GossipAddr.
+	GossipAdvertiseAddr string `yaml:"gossip_advertise_addr"`
+	// Join lists the gossip addresses of nodes to join at start
+	// (STOCKD_JOIN takes them comma-separated). Empty: a cluster of one
+	// until others join it.
+	Join []string `yaml:"join"`
+	// GossipKey encrypts gossip: base64 of 16, 24 or 32 random bytes, the
+	// same on every node. Empty: unencrypted (a trusted network only).
+	GossipKey string `yaml:"gossip_key"`
+	// GossipFast shortens failure detection to about a second; for tests
+	// on loopback, not for real networks.
+	GossipFast bool `yaml:"-"`
 	// MySQLDSN is a go-sql-driver/mysql DSN; its database is created when
 	// missing.
 	MySQLDSN string `yaml:"mysql_dsn"`
@@ -85,6 +102,7 @@ func DefaultConfig() Config {
 		NodeName:       host,
 		HTTPAddr:       ":8080",
 		AdminAddr:      ":8081",
+		GossipAddr:     ":7946",
 		MySQLDSN:       "root@tcp(127.0.0.1:3306)/stockd",
 		AMQPURL:        "amqp://guest:guest@127.0.0.1:5672/",
 		KeyPrefix:      "stockd",
@@ -129,7 +147,20 @@ func (c Config) Validate() error {
 	if c.NodeName == "" {
 		return errors.New("node_name: required")
 	}
-	for name, addr := range map[string]string{"http_addr": c.HTTPAddr, "admin_addr": c.AdminAddr} {
+	if _, err := cluster.DecodeKey(c.GossipKey); err != nil {
+		return fmt.Errorf("gossip_key: %w", err)
+	}
+	if c.GossipAdvertiseAddr != "" {
+		if _, _, err := net.SplitHostPort(c.GossipAdvertiseAddr); err != nil {
+			return fmt.Errorf("gossip_advertise_addr %q: %w", c.GossipAdvertiseAddr, err)
+		}
+	}
+	for i, j := range c.Join {
+		if _, _, err := net.SplitHostPort(j); err != nil {
+			return fmt.Errorf("join[%d] %q: %w", i, j, err)
+		}
+	}
+	for name, addr := range map[string]string{"http_addr": c.HTTPAddr, "admin_addr": c.AdminAddr, "gossip_addr": c.GossipAddr} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return fmt.Errorf("%s %q: %w", name, addr, err)
 		}

@@ -61,6 +61,9 @@ func startProc(t *testing.T, cfg Config) *proc {
 	t.Helper()
 	hot := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
 	admin := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	if cfg.GossipAddr == "127.0.0.1:0" {
+		cfg.GossipAddr = "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	}
 	cmd := exec.Command(stockdBinary(t))
 	cmd.Env = append(os.Environ(), procEnv(cfg, hot, admin)...)
 	logf, err := os.Create(filepath.Join(t.TempDir(), "stockd.log"))
@@ -111,6 +114,8 @@ func procEnv(cfg Config, hot, admin string) []string {
 		"STOCKD_KEY_PREFIX=" + cfg.KeyPrefix,
 		"STOCKD_SHARDS=" + strings.Join(shards, ","),
 		"STOCKD_SYNC_QUEUE=" + cfg.Sync.Queue,
+		"STOCKD_GOSSIP_ADDR=" + cfg.GossipAddr,
+		"STOCKD_JOIN=" + strings.Join(cfg.Join, ","),
 		"STOCKD_LOG_LEVEL=warn",
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stockd/stockd/admin"
+	"github.com/stockd/stockd/daemon/cluster"
 	"github.com/stockd/stockd/internal/reservation"
 	"github.com/stockd/stockd/internal/schema"
 	"github.com/stockd/stockd/preallocate"
@@ -37,11 +38,15 @@ type Daemon struct {
 	logger *slog.Logger
 	ready  atomic.Bool
 
-	addrsOnce sync.Once
-	addrsCh   chan struct{}
-	httpAddr  string
-	adminAddr string
+	addrsOnce  sync.Once
+	addrsCh    chan struct{}
+	httpAddr   string
+	adminAddr  string
+	gossipAddr string
 }
+
+// Version is this build's version, advertised to the other nodes.
+var Version = "dev"
 
 // New validates cfg; it starts nothing.
 func New(cfg Config, logger *slog.Logger) (*Daemon, error) {
@@ -61,6 +66,9 @@ func (d *Daemon) Ready() <-chan struct{} { return d.addrsCh }
 // Addrs returns the bound hot and admin addresses (after Ready).
 func (d *Daemon) Addrs() (hotAddr, adminAddr string) { return d.httpAddr, d.adminAddr }
 
+// GossipAddr returns where this node gossips (after Ready).
+func (d *Daemon) GossipAddr() string { return d.gossipAddr }
+
 // Run serves until ctx ends, then shuts down in order: stop accepting and
 // finish in-flight requests, stop background work, close connections.
 func (d *Daemon) Run(ctx context.Context) error {
@@ -79,26 +87,58 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	defer shards.Close()
 
+	// Listen before joining: the cluster advertises the bound addresses.
+	hotLn, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("http_addr: %w", err)
+	}
+	defer hotLn.Close()
+	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		return fmt.Errorf("admin_addr: %w", err)
+	}
+	defer adminLn.Close()
+	peer, err := cluster.New(cluster.Config{
+		Name:          cfg.NodeName,
+		BindAddr:      cfg.GossipAddr,
+		AdvertiseAddr: cfg.GossipAdvertiseAddr,
+		Join:          cfg.Join,
+		Key:           cfg.GossipKey,
+		Meta:          cluster.Meta{HTTP: hotLn.Addr().String(), Admin: adminLn.Addr().String(), Version: Version},
+		Fast:          cfg.GossipFast,
+	}, log)
+	if err != nil {
+		return err
+	}
+	d.gossipAddr = peer.Addr()
+
 	store := preallocate.NewStore(db)
 	alloc := preallocate.New(cfg.Preallocate, db, shards, log)
+	alloc.Owns = func(sku string, pid int) bool { return peer.Owns(partitionKey(sku, pid)) }
+	notices := &notices{peer: peer, logger: log.With("component", "notices")}
 	reg := scheduler.NewRegistry()
 	var sched *scheduler.Scheduler
 	sched = scheduler.New(cfg.Scheduler, reg, scheduler.Hooks{
-		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(shard.Levels, bool, int64, int64)) bool {
+		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(scheduler.RefillResult)) bool {
 			return alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
-				if err != nil {
-					o.Pool = -1 // failed: the scheduler backs off
-				}
-				done(o.Levels, o.HaveLevels, o.Applied, o.Pool)
+				done(scheduler.RefillResult{Levels: o.Levels, HaveLevels: o.HaveLevels, Applied: o.Applied, Pool: o.Pool, Failed: err != nil})
 			})
 		},
+		// One node refills a partition: its owner. The others forward
+		// what their deductions see, and the owner's sweep covers the rest.
+		Owns:        func(p *shard.Partition) bool { return peer.Owns(partitionKey(p.SKU, p.ID)) },
+		Forward:     func(p *shard.Partition, sub byte, capAt int64) { notices.refill(p.SKU, p.ID, sub, capAt) },
 		PoolState:   store.PoolState,
 		Consolidate: alloc.Consolidate,
 		Lost: func(p *shard.Partition) {
 			alloc.Fence(context.Background(), p)
 		},
+		SoldOut: func(sku string) { notices.send(noticeSoldOut, sku, 0) },
 	}, log)
-	alloc.OnLost = sched.Fence
+	alloc.OnLost = func(sku string, pid int) {
+		sched.Fence(sku, pid)
+		notices.send(noticeChanged, sku, 0)
+	}
 
 	// Finish allocations a crash left between MySQL and Redis, then load.
 	if err := alloc.ApplyPending(ctx, 0); err != nil {
@@ -108,20 +148,47 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := loader.loadAll(ctx); err != nil {
 		return err
 	}
+	notices.loader = loader
 
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	wb := stocksync.New(cfg.Sync, stocksync.Deps{
-		DB:         db,
-		AMQPURL:    cfg.AMQPURL,
-		Node:       cfg.NodeName,
-		Partitions: reg.Handles,
+		DB:      db,
+		AMQPURL: cfg.AMQPURL,
+		Node:    cfg.NodeName,
+		Partitions: func() []*shard.Partition {
+			var owned []*shard.Partition
+			for _, p := range reg.Handles() {
+				if peer.Owns(partitionKey(p.SKU, p.ID)) {
+					owned = append(owned, p)
+				}
+			}
+			return owned
+		},
+		SKUs: func() []string {
+			var owned []string
+			for _, name := range reg.Names() {
+				if peer.Owns(skuKey(name)) {
+					owned = append(owned, name)
+				}
+			}
+			return owned
+		},
 		Registerer: metrics,
 		Logger:     log,
 	})
-	// Units back in the pool (release, expiry) make a sold-out verdict
-	// stale and the partitions refillable.
-	wb.Ledger.Returned = func(sku string) { sched.Invalidate(sku, -1) }
+	metrics.MustRegister(sched.Collectors()...)
+	hotMetrics := newHotMetrics(metrics)
+	metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "stockd_cluster_members",
+		Help: "Alive members of the cluster as this node sees them, itself included.",
+	}, func() float64 { return float64(len(peer.Alive())) }))
+	// Units back in the pool (release, expiry) make every node's sold-out
+	// verdict stale and the partitions refillable.
+	wb.Ledger.Returned = func(sku string) {
+		sched.Invalidate(sku, -1)
+		notices.send(noticeReturned, sku, 0)
+	}
 
 	secret := cfg.ReservationSecret
 	if secret == "" {
@@ -136,8 +203,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		timeout: cfg.RequestTimeout,
 		ready:   &d.ready,
 		logger:  log.With("component", "http"),
+		m:       hotMetrics,
 	}
-	cat := &catalog{db: db, store: store, alloc: alloc, sched: sched, loader: loader, defaults: preallocate.Spec{
+	cat := &catalog{db: db, store: store, alloc: alloc, sched: sched, loader: loader, notices: notices, defaults: preallocate.Spec{
 		Partitions: cfg.SKUDefaults.Partitions,
 		Chunk:      cfg.SKUDefaults.Chunk,
 		Threshold:  cfg.SKUDefaults.Threshold,
@@ -145,19 +213,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	adm := admin.New(admin.Options{
 		Token:   cfg.AdminToken,
 		Catalog: cat,
+		Cluster: func() any { return newClusterView(peer, reg) },
 		Metrics: promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}),
 		Logger:  log,
 	})
 
-	hotLn, err := net.Listen("tcp", cfg.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("http_addr: %w", err)
-	}
-	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
-	if err != nil {
-		hotLn.Close()
-		return fmt.Errorf("admin_addr: %w", err)
-	}
 	hotSrv := h.server()
 	adminSrv := &http.Server{Handler: adm, ReadHeaderTimeout: 10 * time.Second}
 
@@ -170,6 +230,22 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g.Go(func() error { return alloc.Run(workCtx) })
 	g.Go(func() error { return wb.Run(workCtx) })
 	g.Go(func() error { loader.reloadEvery(workCtx, cfg.ReloadEvery); return nil })
+	// Membership outlives serving too: leaving hands this node's work to
+	// the others, after its last batches went out.
+	g.Go(func() error { return peer.Run(workCtx) })
+	g.Go(func() error { notices.run(workCtx, sched, reg); return nil })
+	g.Go(func() error {
+		t := time.NewTicker(cfg.Scheduler.SweepEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-workCtx.Done():
+				return nil
+			case <-t.C:
+				sched.Sweep(workCtx)
+			}
+		}
+	})
 	g.Go(func() error {
 		if err := hotSrv.Serve(hotLn); err != nil {
 			return fmt.Errorf("http: %w", err)
@@ -201,7 +277,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.httpAddr, d.adminAddr = hotLn.Addr().String(), adminLn.Addr().String()
 	d.ready.Store(true)
 	d.addrsOnce.Do(func() { close(d.addrsCh) })
-	log.Info("serving", "http", d.httpAddr, "admin", d.adminAddr, "shards", len(cfg.Shards), "skus", len(reg.Names()))
+	log.Info("serving", "http", d.httpAddr, "admin", d.adminAddr, "gossip", d.gossipAddr, "shards", len(cfg.Shards), "skus", len(reg.Names()))
 
 	err = g.Wait()
 	log.Info("stopped", "err", err)
@@ -306,11 +382,12 @@ type catalog struct {
 	// defaults fill what a PUT leaves out when it creates a SKU.
 	defaults preallocate.Spec
 
-	db     *sql.DB
-	store  *preallocate.Store
-	alloc  *preallocate.Allocator
-	sched  *scheduler.Scheduler
-	loader *loader
+	db      *sql.DB
+	notices *notices
+	store   *preallocate.Store
+	alloc   *preallocate.Allocator
+	sched   *scheduler.Scheduler
+	loader  *loader
 }
 
 var _ admin.Catalog = (*catalog)(nil)
@@ -325,6 +402,7 @@ func (c *catalog) PutSKU(ctx context.Context, name string, spec admin.Spec) (adm
 	if err := c.loader.load(ctx, sku); err != nil {
 		return admin.SKUView{}, created, err
 	}
+	c.notices.send(noticeChanged, name, sku.Version)
 	v, err := c.GetSKU(ctx, name)
 	return v, created, err
 }

@@ -47,6 +47,8 @@ func (e *env) config() Config {
 	cfg.NodeName = "test"
 	cfg.HTTPAddr = "127.0.0.1:0"
 	cfg.AdminAddr = "127.0.0.1:0"
+	cfg.GossipAddr = "127.0.0.1:0"
+	cfg.GossipFast = true
 	cfg.AdminToken = testToken
 	cfg.MySQLDSN = e.dsn
 	cfg.AMQPURL = testenv.AMQPURL()

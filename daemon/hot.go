@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/valyala/fasthttp"
 
 	"github.com/stockd/stockd/internal/ident"
@@ -38,6 +40,33 @@ type hot struct {
 	timeout time.Duration
 	ready   *atomic.Bool
 	logger  *slog.Logger
+	m       *hotMetrics
+}
+
+// hotMetrics are the hot path's: deductions by outcome and their latency.
+type hotMetrics struct {
+	ok, soldOut, unavailable, unknown, bad prometheus.Counter
+	latency                                prometheus.Histogram
+}
+
+func newHotMetrics(reg prometheus.Registerer) *hotMetrics {
+	f := promauto.With(reg)
+	out := f.NewCounterVec(prometheus.CounterOpts{
+		Name: "stockd_deductions_total",
+		Help: "Deduction requests answered, by outcome (ok, sold_out, unavailable, unknown_sku, bad_request).",
+	}, []string{"outcome"})
+	return &hotMetrics{
+		ok:          out.WithLabelValues("ok"),
+		soldOut:     out.WithLabelValues("sold_out"),
+		unavailable: out.WithLabelValues("unavailable"),
+		unknown:     out.WithLabelValues("unknown_sku"),
+		bad:         out.WithLabelValues("bad_request"),
+		latency: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "stockd_deduct_seconds",
+			Help:    "Time to decide a deduction (valid requests), waits for refills included.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+	}
 }
 
 func (h *hot) server() *fasthttp.Server {
@@ -121,45 +150,45 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	if err := json.Unmarshal(ctx.PostBody(), &b); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
-			writeErr(ctx, fasthttp.StatusBadRequest, te.Field+": must be a string")
+			h.badRequest(ctx, te.Field+": must be a string")
 			return
 		}
-		writeErr(ctx, fasthttp.StatusBadRequest, "body: malformed JSON, want an object with sku, qty and request_id")
+		h.badRequest(ctx, "body: malformed JSON, want an object with sku, qty and request_id")
 		return
 	}
 	if b.SKU == nil {
-		writeErr(ctx, fasthttp.StatusBadRequest, "sku: required")
+		h.badRequest(ctx, "sku: required")
 		return
 	}
 	if err := ident.ValidSKU(*b.SKU); err != nil {
-		writeErr(ctx, fasthttp.StatusBadRequest, "sku: "+err.Error())
+		h.badRequest(ctx, "sku: "+err.Error())
 		return
 	}
 	if len(b.Qty) == 0 || string(b.Qty) == "null" {
-		writeErr(ctx, fasthttp.StatusBadRequest, "qty: required")
+		h.badRequest(ctx, "qty: required")
 		return
 	}
 	qty, err := strconv.ParseInt(string(b.Qty), 10, 64)
 	if err != nil {
-		writeErr(ctx, fasthttp.StatusBadRequest, "qty: must be an integer")
+		h.badRequest(ctx, "qty: must be an integer")
 		return
 	}
 	if qty < 1 || qty > h.maxQty {
-		writeErr(ctx, fasthttp.StatusBadRequest, "qty: must be between 1 and "+strconv.FormatInt(h.maxQty, 10))
+		h.badRequest(ctx, "qty: must be between 1 and "+strconv.FormatInt(h.maxQty, 10))
 		return
 	}
 	if b.RequestID == nil {
-		writeErr(ctx, fasthttp.StatusBadRequest, "request_id: required")
+		h.badRequest(ctx, "request_id: required")
 		return
 	}
 	if err := ident.ValidRequestID(*b.RequestID, ident.MaxRequestID); err != nil {
-		writeErr(ctx, fasthttp.StatusBadRequest, "request_id: "+err.Error())
+		h.badRequest(ctx, "request_id: "+err.Error())
 		return
 	}
 	var userID string
 	if b.UserID != nil {
 		if err := ident.ValidRequestID(*b.UserID, ident.MaxUserID); err != nil {
-			writeErr(ctx, fasthttp.StatusBadRequest, "user_id: "+err.Error())
+			h.badRequest(ctx, "user_id: "+err.Error())
 			return
 		}
 		userID = *b.UserID
@@ -167,22 +196,28 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 
 	// Deductions finish even while the server shuts down; only the timeout
 	// ends them early.
+	start := time.Now()
 	c, cancel := context.WithTimeout(context.Background(), h.timeout)
 	res, err := h.sched.Deduct(c, *b.SKU, qty, *b.RequestID, userID)
 	cancel()
+	h.m.latency.Observe(time.Since(start).Seconds())
 	switch {
 	case errors.Is(err, scheduler.ErrUnknownSKU):
+		h.m.unknown.Inc()
 		writeErr(ctx, fasthttp.StatusNotFound, "sku: unknown")
 	case err != nil:
+		h.m.unavailable.Inc()
 		h.logger.Debug("deduct unavailable", "sku", *b.SKU, "request_id", *b.RequestID, "err", err)
 		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
 		buf := append(make([]byte, 0, 96+len(*b.RequestID)), `{"error":"unavailable, retry with the same request_id","request_id":`...)
 		buf = strconv.AppendQuote(buf, *b.RequestID)
 		ctx.SetBody(append(buf, '}'))
 	case res.Status == scheduler.SoldOut:
+		h.m.soldOut.Inc()
 		ctx.SetStatusCode(fasthttp.StatusConflict)
 		ctx.SetBodyString(`{"status":"sold_out"}`)
 	default:
+		h.m.ok.Inc()
 		token := h.signer.Encode(res.Partition.DetailID(res.Seq), res.Qty)
 		buf := make([]byte, 0, 64+len(token)+len(*b.SKU))
 		buf = append(buf, `{"status":"ok","reservation":"`...)
@@ -265,6 +300,11 @@ func (h *hot) stock(ctx *fasthttp.RequestCtx, name string) {
 	buf = strconv.AppendBool(buf, sku.SoldOut() || avail == 0)
 	buf = append(buf, '}')
 	ctx.SetBody(buf)
+}
+
+func (h *hot) badRequest(ctx *fasthttp.RequestCtx, msg string) {
+	h.m.bad.Inc()
+	writeErr(ctx, fasthttp.StatusBadRequest, msg)
 }
 
 func methodNotAllowed(ctx *fasthttp.RequestCtx, allow string) {

@@ -179,8 +179,19 @@ func (a *Allocator) warnRefill(j job, err error) {
 		"similar_since_last", a.suppressed.Swap(0), "err", err)
 }
 
-// Refill moves up to qty units from the pool into sub-domain sub of p.
+// Refill moves up to qty units from the pool into sub-domain sub of p. A
+// sub-domain that already holds capAt or more (another refill got there
+// first) is left alone without touching MySQL; Pool is -1 then.
 func (a *Allocator) Refill(ctx context.Context, p *shard.Partition, sub byte, qty, capAt int64) (Outcome, error) {
+	if st, err := p.Inspect(ctx); err == nil && st.Exists {
+		level := st.Levels.A
+		if sub == 'b' {
+			level = st.Levels.B
+		}
+		if level >= capAt {
+			return Outcome{Levels: st.Levels, HaveLevels: true, Pool: -1}, nil
+		}
+	}
 	var id, n, pool int64
 	err := sqltx.Run(ctx, a.db, func(tx *sql.Tx) error {
 		id, n = 0, 0

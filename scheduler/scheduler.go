@@ -58,15 +58,23 @@ type Config struct {
 	// StockWait bounds how long a request waits for refills when every
 	// partition is short but the pool still holds stock.
 	StockWait time.Duration `yaml:"stock_wait"`
+	// SweepEvery is how often a node looks at the partitions it owns and
+	// refills low sub-domains (deductions on other nodes lower them).
+	SweepEvery time.Duration `yaml:"sweep_every"`
 }
 
 // DefaultConfig returns the defaults.
-func DefaultConfig() Config { return Config{StockWait: 2 * time.Second} }
+func DefaultConfig() Config {
+	return Config{StockWait: 2 * time.Second, SweepEvery: 100 * time.Millisecond}
+}
 
 // Validate reports the first bad field.
 func (c Config) Validate() error {
 	if c.StockWait <= 0 {
 		return errors.New("stock_wait: must be positive")
+	}
+	if c.SweepEvery <= 0 {
+		return errors.New("sweep_every: must be positive")
 	}
 	return nil
 }
@@ -75,10 +83,15 @@ func (c Config) Validate() error {
 // them to preallocate.
 type Hooks struct {
 	// Refill asks (without blocking) for sub-domain sub of p to be topped
-	// up with chunk units while it holds less than threshold; done reports
-	// the new levels (ok false when unknown), the units applied and the
-	// pool after. It returns false when the request was not queued.
-	Refill func(p *shard.Partition, sub byte, chunk, threshold int64, done func(l shard.Levels, ok bool, applied, pool int64)) bool
+	// up with chunk units while it holds less than capAt; done reports
+	// what happened. It returns false when the request was not queued.
+	Refill func(p *shard.Partition, sub byte, chunk, capAt int64, done func(RefillResult)) bool
+	// Owns tells whether this node runs p's refills (its owner in the
+	// cluster). nil: every partition is this node's.
+	Owns func(p *shard.Partition) bool
+	// Forward asks p's owner to refill sub-domain sub below capAt (best
+	// effort: the owner's sweep catches what is lost).
+	Forward func(p *shard.Partition, sub byte, capAt int64)
 	// PoolState reads the pool and the pending fills from MySQL.
 	PoolState func(ctx context.Context, sku string) (pool, pending int64, err error)
 	// Consolidate gathers scattered units so that a request for need units
@@ -272,8 +285,25 @@ func (s *Scheduler) observe(sku *SKU, p *Partition, l shard.Levels, refill byte)
 	}
 }
 
-// refillBackoff spaces refills of a sub-domain after one failed.
-const refillBackoff = 250 * time.Millisecond
+// RefillResult is what a refill did.
+type RefillResult struct {
+	// Levels are the partition's levels afterwards, when HaveLevels.
+	Levels     shard.Levels
+	HaveLevels bool
+	// Applied is the units injected now.
+	Applied int64
+	// Pool is the pool afterwards, -1 when unknown.
+	Pool int64
+	// Failed: MySQL or Redis did not answer; the refill may be retried.
+	Failed bool
+}
+
+const (
+	// refillBackoff spaces refills of a sub-domain after one failed.
+	refillBackoff = 250 * time.Millisecond
+	// forwardHold spaces the requests a node sends to a partition's owner.
+	forwardHold = 50 * time.Millisecond
+)
 
 // requestRefill queues one refill per (partition, sub-domain) at a time,
 // and none while the pool is known empty. The refill applies while the
@@ -283,7 +313,8 @@ func (s *Scheduler) requestRefill(sku *SKU, p *Partition, sub byte) {
 }
 
 // requestRefillCap is requestRefill with the cap below which the refill
-// applies (a request for more than the threshold raises it).
+// applies (a request for more than the threshold raises it). A partition
+// another node owns is refilled by its owner: the request goes there.
 func (s *Scheduler) requestRefillCap(sku *SKU, p *Partition, sub byte, capAt int64) {
 	if s.hooks.Refill == nil || !p.Open() || sku.pool.Load() == 0 {
 		return
@@ -292,26 +323,82 @@ func (s *Scheduler) requestRefillCap(sku *SKU, p *Partition, sub byte, capAt int
 	if !p.refilling[i].CompareAndSwap(false, true) {
 		return
 	}
-	ok := s.hooks.Refill(p.H, sub, sku.chunk.Load(), capAt, func(l shard.Levels, ok bool, applied, pool int64) {
-		if ok {
-			p.setLevels(l)
+	s.refillAsks.Inc()
+	if s.hooks.Owns != nil && !s.hooks.Owns(p.H) {
+		if s.hooks.Forward != nil {
+			s.hooks.Forward(p.H, sub, capAt)
 		}
-		if pool < 0 {
-			// The refill failed (MySQL or the shard unreachable): hold
-			// further requests for this sub-domain back for a moment
-			// instead of retrying on every deduction.
+		time.AfterFunc(forwardHold, func() { p.refilling[i].Store(false) })
+		return
+	}
+	ok := s.hooks.Refill(p.H, sub, sku.chunk.Load(), capAt, func(r RefillResult) {
+		if r.HaveLevels {
+			p.setLevels(r.Levels)
+		}
+		if r.Failed {
+			// MySQL or the shard unreachable: hold further requests for
+			// this sub-domain back for a moment instead of retrying on
+			// every deduction.
 			time.AfterFunc(refillBackoff, func() { p.refilling[i].Store(false) })
 			return
 		}
-		sku.pool.Store(pool)
+		if r.Pool >= 0 {
+			sku.pool.Store(r.Pool)
+		}
 		p.refilling[i].Store(false)
-		if applied > 0 {
+		if r.Applied > 0 {
 			sku.gen.Add(1)
 		}
 		sku.changed.fire()
 	})
 	if !ok {
 		p.refilling[i].Store(false)
+	}
+}
+
+// RefillFor runs a refill another node asked this one, the owner, for.
+func (s *Scheduler) RefillFor(name string, pid int, sub byte, capAt int64) {
+	sku := s.reg.Get(name)
+	if sku == nil || (sub != 'a' && sub != 'b') {
+		return
+	}
+	p := sku.partition(pid)
+	if p == nil {
+		return
+	}
+	// The asker saw stock in the pool; this node may not have yet.
+	sku.pool.CompareAndSwap(0, -1)
+	s.requestRefillCap(sku, p, sub, capAt)
+}
+
+// Sweep refills, for the partitions this node owns, every sub-domain below
+// its SKU's threshold: deductions on other nodes lower levels this node
+// does not see, and a request forwarded here may have been lost. It also
+// refreshes the known levels of those partitions. Sold-out SKUs and SKUs
+// whose pool is known empty are skipped.
+func (s *Scheduler) Sweep(ctx context.Context) {
+	for _, name := range s.reg.Names() {
+		sku := s.reg.Get(name)
+		if sku == nil || sku.SoldOut() || sku.pool.Load() == 0 {
+			continue
+		}
+		thr := sku.threshold.Load()
+		for _, p := range sku.Partitions() {
+			if !p.Open() || (s.hooks.Owns != nil && !s.hooks.Owns(p.H)) {
+				continue
+			}
+			st, err := p.H.Inspect(ctx)
+			if err != nil || !st.Exists {
+				continue
+			}
+			p.setLevels(st.Levels)
+			if st.Levels.A < thr {
+				s.requestRefill(sku, p, 'a')
+			}
+			if st.Levels.B < thr {
+				s.requestRefill(sku, p, 'b')
+			}
+		}
 	}
 }
 
@@ -345,10 +432,12 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 			return 0, fmt.Errorf("%w: no stock arrived within %s", ErrUnavailable, s.cfg.StockWait)
 		}
 		wake := sku.changed.wait()
+		slept := false
 		if sku.pool.Load() != 0 || sku.refilling() {
 			// Stock is on its way: make sure every low sub-domain is being
-			// refilled, then wait for one to land.
+			// refilled (here or by its owner), then wait for one to land.
 			capAt := max(sku.threshold.Load(), qty)
+			remote := false
 			for _, p := range sku.Partitions() {
 				l := p.Levels()
 				if l.A < capAt {
@@ -357,16 +446,29 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 				if l.B < capAt {
 					s.requestRefillCap(sku, p, 'b', capAt)
 				}
+				remote = remote || (s.hooks.Owns != nil && p.Open() && !s.hooks.Owns(p.H))
 			}
-			// Every refill that lands wakes the waiters; the timer only
-			// covers stock that arrives unseen (another node's refill).
-			if err := sleep(ctx, wake, 100*time.Millisecond); err != nil {
+			if !remote {
+				// Every refill that lands here wakes the waiters; the
+				// timer only covers what arrives unseen.
+				if err := sleep(ctx, wake, 100*time.Millisecond); err != nil {
+					return 0, err
+				}
+				continue
+			}
+			// Owners on other nodes refill, and their refills wake nobody
+			// here: wait a little, then look at the truth below.
+			if err := sleep(ctx, wake, 50*time.Millisecond); err != nil {
 				return 0, err
 			}
-			continue
+			if sku.pick(qty, nil) != nil {
+				return OK, nil
+			}
+			slept = true
 		}
-		// The pool looks empty: look at the truth, once for all the
-		// requests that got here together.
+		// Look at the truth (pool, pending fills, every partition), once
+		// for all the requests that got here together; what it finds
+		// wakes the others.
 		v, err, _ := s.tail.Do(sku.Name, func() (any, error) {
 			ctx, cancel := detached(ctx)
 			defer cancel()
@@ -380,8 +482,10 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 		case sku.pick(qty, nil) != nil:
 			return OK, nil
 		case t.pool > 0 || t.pending > 0:
-			if err := sleep(ctx, wake, 100*time.Millisecond); err != nil {
-				return 0, err
+			if !slept {
+				if err := sleep(ctx, wake, 100*time.Millisecond); err != nil {
+					return 0, err
+				}
 			}
 		case t.total >= qty:
 			// Enough units, but scattered over partitions that each hold
@@ -410,6 +514,7 @@ type tailState struct {
 // refresh reads the pool and every open partition's levels from the source.
 func (s *Scheduler) refresh(ctx context.Context, sku *SKU) (tailState, error) {
 	t := tailState{gen: sku.gen.Load()}
+	rose := false
 	var err error
 	if s.hooks.PoolState != nil {
 		if t.pool, t.pending, err = s.hooks.PoolState(ctx, sku.Name); err != nil {
@@ -429,11 +534,17 @@ func (s *Scheduler) refresh(ctx context.Context, sku *SKU) (tailState, error) {
 			s.fence(sku, p)
 			continue
 		}
+		if st.Levels.Total() > p.level() {
+			rose = true
+		}
 		p.setLevels(st.Levels)
 		if st.Status != "open" {
 			continue
 		}
 		t.total += st.Levels.Total()
+	}
+	if rose {
+		sku.changed.fire()
 	}
 	return t, nil
 }
@@ -488,7 +599,8 @@ func (s *Scheduler) markSoldOut(ctx context.Context, sku *SKU, gen uint64) {
 }
 
 // Invalidate forgets what the registry concluded about sku's stock: stock
-// may have arrived (restock, release). pool < 0 keeps the known pool.
+// may have arrived (restock, release). pool < 0 means the pool is unknown
+// now (refills are tried again).
 func (s *Scheduler) Invalidate(name string, pool int64) {
 	sku := s.reg.Get(name)
 	if sku == nil {
@@ -496,6 +608,8 @@ func (s *Scheduler) Invalidate(name string, pool int64) {
 	}
 	if pool >= 0 {
 		sku.pool.Store(pool)
+	} else {
+		sku.pool.Store(-1)
 	}
 	sku.gen.Add(1)
 	sku.soldOut.Store(nil)

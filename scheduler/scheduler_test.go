@@ -46,12 +46,9 @@ func newRig(t *testing.T, nShards int) *rig {
 	r := &rig{set: set, store: preallocate.NewStore(db)}
 	r.alloc = preallocate.New(preallocate.DefaultConfig(), db, set, slog.Default())
 	r.sched = New(DefaultConfig(), NewRegistry(), Hooks{
-		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(shard.Levels, bool, int64, int64)) bool {
+		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(RefillResult)) bool {
 			return r.alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
-				if err != nil {
-					o.Pool = -1
-				}
-				done(o.Levels, o.HaveLevels, o.Applied, o.Pool)
+				done(RefillResult{Levels: o.Levels, HaveLevels: o.HaveLevels, Applied: o.Applied, Pool: o.Pool, Failed: err != nil})
 			})
 		},
 		PoolState:   r.store.PoolState,

@@ -123,7 +123,7 @@ func (b *Batcher) read(ctx context.Context, p *shard.Partition) {
 	// First this consumer's own unacknowledged details (a restart), walking
 	// forward from "0", then new ones (">").
 	after := "0"
-	lastClaim := time.Now()
+	var lastClaim time.Time // claim at once: a new owner takes over a dead one's details
 	failing := false
 	for ctx.Err() == nil {
 		ds, err := p.ReadDetails(ctx, group, b.consumer, count, after)

@@ -62,7 +62,7 @@ func DefaultConfig() Config {
 		BatchSize:      500,
 		BatchInterval:  time.Second,
 		PollInterval:   50 * time.Millisecond,
-		ClaimIdle:      10 * time.Second,
+		ClaimIdle:      5 * time.Second,
 		PublishTimeout: 5 * time.Second,
 		Appliers:       2,
 		Prefetch:       4,

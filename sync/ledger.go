@@ -36,6 +36,8 @@ type Ledger struct {
 	m      *metrics
 	// Returned is told when units went back to a SKU's pool.
 	Returned func(sku string)
+	// skus lists the SKUs whose reservations this node expires.
+	skus func() []string
 }
 
 // Confirm confirms the reservation of detailID (qty units).
@@ -143,7 +145,8 @@ func bump(ctx context.Context, tx *sql.Tx, sku string, qty int64, from, to strin
 	return nil
 }
 
-// Run releases expired reservations every ExpireEvery until ctx ends.
+// Run releases expired reservations of the SKUs this node owns every
+// ExpireEvery until ctx ends.
 func (l *Ledger) Run(ctx context.Context) error {
 	t := time.NewTicker(l.every)
 	defer t.Stop()
@@ -153,22 +156,28 @@ func (l *Ledger) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		if n, err := l.Expire(ctx, time.Now().Add(-l.ttl)); err != nil && ctx.Err() == nil {
-			l.logger.Warn("expiring reservations", "err", err)
-		} else if n > 0 {
-			l.logger.Info("expired reservations released", "n", n)
+		var skus []string
+		if l.skus != nil {
+			skus = l.skus()
+		}
+		for _, sku := range skus {
+			if n, err := l.Expire(ctx, sku, time.Now().Add(-l.ttl)); err != nil && ctx.Err() == nil {
+				l.logger.Warn("expiring reservations", "sku", sku, "err", err)
+			} else if n > 0 {
+				l.logger.Info("expired reservations released", "sku", sku, "n", n)
+			}
 		}
 	}
 }
 
-// Expire releases reservations still unconfirmed that were made before
-// cutoff, and returns how many it released.
-func (l *Ledger) Expire(ctx context.Context, cutoff time.Time) (int, error) {
+// Expire releases sku's reservations still unconfirmed that were made
+// before cutoff, and returns how many it released.
+func (l *Ledger) Expire(ctx context.Context, sku string, cutoff time.Time) (int, error) {
 	released := 0
 	for {
 		rows, err := l.db.QueryContext(ctx,
-			`SELECT detail_id, qty FROM deductions WHERE state = 'reserved' AND deducted_at < ? ORDER BY deducted_at LIMIT 500`,
-			cutoff.UTC())
+			`SELECT detail_id, qty FROM deductions WHERE sku = ? AND state = 'reserved' AND deducted_at < ? ORDER BY deducted_at LIMIT 500`,
+			sku, cutoff.UTC())
 		if err != nil {
 			return released, fmt.Errorf("expired reservations: %w", err)
 		}

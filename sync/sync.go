@@ -22,6 +22,9 @@ type Deps struct {
 	// Partitions lists the partitions whose details this node moves (the
 	// ones it owns); called every second.
 	Partitions func() []*shard.Partition
+	// SKUs lists the SKUs whose reservations this node expires (the ones
+	// it owns); called every ExpireEvery.
+	SKUs       func() []string
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
 }
@@ -62,6 +65,7 @@ func New(cfg Config, d Deps) *Sync {
 			every:  cfg.ExpireEvery,
 			logger: log.With("part", "ledger"),
 			m:      m,
+			skus:   d.SKUs,
 		},
 	}
 }

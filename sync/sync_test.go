@@ -131,7 +131,7 @@ func TestReleaseExpiryAndWriteBackRace(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := l.Expire(ctx, time.Now()); err != nil {
+			if _, err := l.Expire(ctx, "race", time.Now()); err != nil {
 				errs <- err
 			}
 		}()

@@ -90,6 +90,8 @@ var migrations = []string{
   created_at  DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   KEY by_apply (apply_id)
 ) ENGINE=InnoDB`,
+	// Expiry runs per SKU on the node that owns the SKU.
+	6: `ALTER TABLE deductions ADD INDEX expiry_by_sku (sku, state, deducted_at)`,
 }
 
 // Open connects to the database named in dsn, creating the database when
