@@ -14,13 +14,14 @@ TESTFLAGS ?=
 # extra arguments for the daemon: make run ARGS="-some-flag"
 ARGS      ?=
 
-.PHONY: help setup build run test vet shards-start shards-stop clean
+.PHONY: help setup build run run-cluster test vet shards-start shards-stop clean
 
 help:
 	@echo "stockd make targets:"
 	@echo "  setup         make Redis :6379, MariaDB :3306, RabbitMQ :5672 reachable (scripts/services.sh)"
 	@echo "  build         go build -o $(BIN) ./daemon/cmd/stockd"
-	@echo "  run           setup + build, then run the demo in the foreground (Ctrl-C stops it; ARGS=...)"
+	@echo "  run           build, then run the demo in the foreground: services, shards, one node (Ctrl-C stops it; ARGS=...)"
+	@echo "  run-cluster   build, then the same with three nodes on :8080, :8090, :8100 (Ctrl-C stops it; ARGS=...)"
 	@echo "  test          setup, then go test -race (PKG=$(PKG), TESTFLAGS=...)"
 	@echo "  vet           gofmt -l check + go vet ./..."
 	@echo "  shards-start  start the demo Redis shards 7001-7003 (var/redis/<port>)"
@@ -33,8 +34,13 @@ setup:
 build:
 	$(GO) build -o $(BIN) ./daemon/cmd/stockd
 
-run: setup build
-	@RUN_SKIP_SERVICES=1 bash scripts/run.sh $(ARGS)
+# run.sh and run-cluster.sh run scripts/services.sh themselves (not via
+# `setup`): they record which services they start and stop those on exit.
+run: build
+	@bash scripts/run.sh $(ARGS)
+
+run-cluster: build
+	@bash scripts/run-cluster.sh $(ARGS)
 
 test: setup
 	$(GO) test -race -count=1 -timeout 14m $(TESTFLAGS) $(PKG)

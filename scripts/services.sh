@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# scripts/services.sh - make the backing services of stockd reachable.
+# scripts/services.sh [up]            make the backing services reachable
+# scripts/services.sh stop NAME...    stop services (redis, mariadb, rabbitmq)
 #
 #   Redis     127.0.0.1:6379  (redis-cli ping)
 #   MariaDB   127.0.0.1:3306  (root, empty password, over TCP)
@@ -11,6 +12,16 @@
 # what is missing and exit non-zero.  Idempotent and fast when everything is
 # already up.
 #
+# Recording: with SERVICES_STARTED_FILE set, "up" appends to that file the
+# name (redis, mariadb or rabbitmq) of every service it started (or
+# installed) itself, one per line, right after starting it; a service that
+# already answered, or was already booting, is never written.  scripts/run.sh
+# and scripts/run-cluster.sh use this to stop, on exit, exactly what they
+# started, with "stop": redis-cli shutdown nosave; mysqladmin shutdown (over
+# TCP; the pid file /run/mysqld/mysqld.pid if that fails and the port is
+# 3306); rabbitmqctl stop.  "stop" stops what it is told to, so only ever
+# pass it names that such a file recorded.  `make setup` records nothing.
+#
 # Overrides (all optional; deliberately not STOCKD_*: the daemon rejects
 # unknown STOCKD_* variables):
 #   SETUP_REDIS_HOST/SETUP_REDIS_PORT   default 127.0.0.1 / 6379
@@ -19,6 +30,7 @@
 #   SETUP_TIMEOUT                       seconds to wait for a service we
 #                                       started (default 60)
 #   SETUP_NO_INSTALL=1                  never apt-get install anything
+#   SERVICES_STARTED_FILE               see "Recording" above
 set -uo pipefail
 
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -33,6 +45,7 @@ MYSQL_PORT=${SETUP_MYSQL_PORT:-3306}
 AMQP_HOST=${SETUP_AMQP_HOST:-127.0.0.1}
 AMQP_PORT=${SETUP_AMQP_PORT:-5672}
 TIMEOUT=${SETUP_TIMEOUT:-60}
+STARTED_FILE=${SERVICES_STARTED_FILE:-}
 
 LOGDIR=${TMPDIR:-/tmp}
 failed=0
@@ -40,6 +53,12 @@ mariadb_installed_now=0
 
 say() { printf '%s\n' "$*"; }
 err() { printf '%s\n' "$*" >&2; }
+
+# started NAME: record that this script started service NAME.
+started() {
+	[ -z "$STARTED_FILE" ] || printf '%s\n' "$1" >>"$STARTED_FILE" ||
+		err "services: WARNING - could not record $1 in $STARTED_FILE"
+}
 
 is_local() {
 	case "$1" in 127.0.0.1 | localhost | ::1) return 0 ;; *) return 1 ;; esac
@@ -96,7 +115,15 @@ redis_ok() {
 redis_start() {
 	as_root mkdir -p /var/lib/redis /var/log/redis || return 1
 	as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" \
-		--save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+		--save "" --appendonly no --dir /var/lib/redis --logfile "$(redis_logfile)"
+}
+
+redis_logfile() {
+	if [ "$REDIS_PORT" = 6379 ]; then
+		echo /var/log/redis/ci.log
+	else
+		echo "/var/log/redis/ci-$REDIS_PORT.log"
+	fi
 }
 
 ensure_redis() {
@@ -119,19 +146,21 @@ ensure_redis() {
 		fi
 		# the package may have started it already
 		if redis_ok; then
+			started redis
 			say "redis: ok (installed, running on $REDIS_HOST:$REDIS_PORT)"
 			return 0
 		fi
 	fi
 	if ! redis_start >"$LOGDIR/stockd-redis-start.log" 2>&1; then
-		err "redis: FAILED to start (see $LOGDIR/stockd-redis-start.log, /var/log/redis/ci.log)"
+		err "redis: FAILED to start (see $LOGDIR/stockd-redis-start.log, $(redis_logfile))"
 		[ "$(id -u)" = 0 ] || err "       (not root and no passwordless sudo: start it yourself)"
 		return 1
 	fi
+	started redis
 	if wait_for 10 redis_ok; then
 		say "redis: ok ($how on $REDIS_HOST:$REDIS_PORT)"
 	else
-		err "redis: FAILED - started but no PONG within 10s (see /var/log/redis/ci.log)"
+		err "redis: FAILED - started but no PONG within 10s (see $(redis_logfile))"
 		return 1
 	fi
 }
@@ -203,6 +232,8 @@ ensure_mariadb() {
 		if apt_install mariadb-server mariadb-client && find_mysql_client; then
 			how="installed and started"
 			mariadb_installed_now=1
+			# the package may have started it already
+			mysql_up && started mariadb
 		else
 			err "mariadb: MISSING - mariadb-server (/usr/sbin/mariadbd) or the mariadb client is not installed."
 			err "         install it with: sudo apt-get install -y mariadb-server"
@@ -215,6 +246,7 @@ ensure_mariadb() {
 			[ "$(id -u)" = 0 ] || err "         (not root and no passwordless sudo: start it yourself)"
 			return 1
 		fi
+		started mariadb
 		if ! wait_for "$TIMEOUT" mysql_up; then
 			err "mariadb: FAILED - started but not answering on $MYSQL_HOST:$MYSQL_PORT within ${TIMEOUT}s: $MYSQL_ERR"
 			err "         check the server log (journal or /var/log/mysql/) and /etc/mysql/my.cnf"
@@ -265,6 +297,7 @@ ensure_rabbitmq() {
 			return 1
 		fi
 		if wait_for 5 amqp_ok; then
+			started rabbitmq
 			say "rabbitmq: ok (installed, running on $AMQP_HOST:$AMQP_PORT)"
 			return 0
 		fi
@@ -273,13 +306,18 @@ ensure_rabbitmq() {
 	# moment before starting a second node.
 	if command -v rabbitmqctl >/dev/null 2>&1 &&
 		as_root timeout 15 rabbitmqctl -q status >/dev/null 2>&1; then
-		how="was booting"
+		if [ "$how" = "installed and started" ]; then
+			started rabbitmq # the package started it: ours all the same
+		else
+			how="was booting" # someone else started it: not ours to stop
+		fi
 	else
 		if ! as_root rabbitmq-server -detached >"$LOGDIR/stockd-rabbitmq-start.log" 2>&1; then
 			err "rabbitmq: FAILED to start (see $LOGDIR/stockd-rabbitmq-start.log, /var/log/rabbitmq/)"
 			[ "$(id -u)" = 0 ] || err "          (not root and no passwordless sudo: start it yourself)"
 			return 1
 		fi
+		started rabbitmq
 	fi
 	if command -v rabbitmqctl >/dev/null 2>&1; then
 		# Waits until the node has finished booting (needs the node to be
@@ -304,13 +342,130 @@ check_go() {
 	fi
 }
 
-ensure_redis || failed=1
-ensure_mariadb || failed=1
-ensure_rabbitmq || failed=1
-check_go
+# ----------------------------------------------------------------- stop ----
+# Only for services this script started (see "Recording" at the top).
 
-if [ "$failed" != 0 ]; then
-	err "services: some services are not available (see above)"
-	exit 1
-fi
+stop_redis() {
+	if ! redis_ok; then
+		say "redis: not running on $REDIS_HOST:$REDIS_PORT"
+		return 0
+	fi
+	timeout 10 redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+	if wait_for 10 redis_not_ok; then
+		say "redis: stopped ($REDIS_HOST:$REDIS_PORT)"
+	else
+		err "redis: FAILED to stop on $REDIS_HOST:$REDIS_PORT"
+		return 1
+	fi
+}
+# shellcheck disable=SC2317 # called via wait_for
+redis_not_ok() { ! redis_ok; }
+
+MYSQL_PIDFILE=/run/mysqld/mysqld.pid
+stop_mariadb() {
+	local admin="" pid=""
+	if ! find_mysql_client || ! mysql_up; then
+		say "mariadb: not running on $MYSQL_HOST:$MYSQL_PORT"
+		return 0
+	fi
+	if command -v mariadb-admin >/dev/null 2>&1; then
+		admin=mariadb-admin
+	elif command -v mysqladmin >/dev/null 2>&1; then
+		admin=mysqladmin
+	fi
+	if [ -z "$admin" ] || ! timeout 30 "$admin" --connect-timeout=3 -h"$MYSQL_HOST" \
+		-P"$MYSQL_PORT" -uroot --skip-password shutdown >/dev/null 2>&1; then
+		# e.g. root is refused over TCP.  The pid file is the server that
+		# mysql_start started (default config): only trust it for 3306.
+		if [ "$MYSQL_PORT" = 3306 ] && [ -r "$MYSQL_PIDFILE" ]; then
+			pid=$(tr -dc 0-9 <"$MYSQL_PIDFILE")
+		fi
+		if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qE 'mariadbd|mysqld'; then
+			as_root kill -TERM "$pid" 2>/dev/null || true
+		else
+			err "mariadb: FAILED to stop on $MYSQL_HOST:$MYSQL_PORT (${admin:-mysqladmin} shutdown failed, no usable pid file)"
+			return 1
+		fi
+	fi
+	if wait_for "$TIMEOUT" mysql_down; then
+		say "mariadb: stopped ($MYSQL_HOST:$MYSQL_PORT)"
+	else
+		err "mariadb: FAILED - still answering on $MYSQL_HOST:$MYSQL_PORT after ${TIMEOUT}s"
+		return 1
+	fi
+}
+# shellcheck disable=SC2317 # called via wait_for
+mysql_down() { ! mysql_up; }
+
+stop_rabbitmq() {
+	if ! amqp_ok && ! { command -v rabbitmqctl >/dev/null 2>&1 &&
+		as_root timeout 15 rabbitmqctl -q status >/dev/null 2>&1; }; then
+		say "rabbitmq: not running on $AMQP_HOST:$AMQP_PORT"
+		return 0
+	fi
+	if ! command -v rabbitmqctl >/dev/null 2>&1; then
+		err "rabbitmq: FAILED to stop - rabbitmqctl not found"
+		return 1
+	fi
+	as_root timeout 60 rabbitmqctl -q stop >/dev/null 2>&1 || true
+	if wait_for "$TIMEOUT" amqp_not_ok; then
+		say "rabbitmq: stopped ($AMQP_HOST:$AMQP_PORT)"
+	else
+		err "rabbitmq: FAILED - still answering on $AMQP_HOST:$AMQP_PORT after ${TIMEOUT}s"
+		return 1
+	fi
+}
+# shellcheck disable=SC2317 # called via wait_for
+amqp_not_ok() { ! amqp_ok; }
+
+usage() {
+	err "usage: $0 [up] | stop redis|mariadb|rabbitmq..."
+	exit 2
+}
+
+cmd=${1:-up}
+[ $# -eq 0 ] || shift
+case "$cmd" in
+up)
+	[ $# -eq 0 ] || usage
+	ensure_redis || failed=1
+	ensure_mariadb || failed=1
+	ensure_rabbitmq || failed=1
+	check_go
+	if [ "$failed" != 0 ]; then
+		err "services: some services are not available (see above)"
+		exit 1
+	fi
+	;;
+stop)
+	for name in "$@"; do
+		case "$name" in
+		redis | mariadb | rabbitmq) ;;
+		*) usage ;;
+		esac
+	done
+	for name in "$@"; do
+		case "$name" in
+		redis) host=$REDIS_HOST ;;
+		mariadb) host=$MYSQL_HOST ;;
+		rabbitmq) host=$AMQP_HOST ;;
+		esac
+		if ! is_local "$host"; then
+			err "$name: $host is a remote host, not stopping anything"
+			continue
+		fi
+		case "$name" in
+		redis) stop_redis || failed=1 ;;
+		mariadb) stop_mariadb || failed=1 ;;
+		rabbitmq) stop_rabbitmq || failed=1 ;;
+		esac
+	done
+	if [ "$failed" != 0 ]; then
+		err "services: some services did not stop (see above)"
+		exit 1
+	fi
+	;;
+-h | --help | help) usage ;;
+*) usage ;;
+esac
 exit 0
