@@ -1,0 +1,52 @@
+package daemon
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// The documented example config parses and, apart from the values it sets
+// on purpose, equals the defaults: the documentation cannot drift from the
+// code without this failing.
+func TestExampleConfigIsTheDefaults(t *testing.T) {
+	cfg, err := LoadConfig("../configs/stockd.example.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := DefaultConfig()
+	want.NodeName, want.AdminToken, want.Shards = cfg.NodeName, cfg.AdminToken, cfg.Shards
+	want.MySQLDSN = cfg.MySQLDSN // the example names its own database
+	if len(cfg.Join) == 0 {
+		cfg.Join = nil // "join: []" documents the empty default
+	}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Fatalf("example config differs from the defaults:\n got %+v\nwant %+v", cfg, want)
+	}
+}
+
+// Bad settings fail at start with a message that names them.
+func TestConfigErrorsNameTheField(t *testing.T) {
+	base := []string{"STOCKD_ADMIN_TOKEN=long-enough-token", "STOCKD_SHARDS=s1=127.0.0.1:7001"}
+	cases := []struct{ env, field string }{
+		{"STOCKD_HTTP_ADDR=nope", "http_addr"},
+		{"STOCKD_SKU_DEFAULTS_CHUNK=0", "sku_defaults.chunk"},
+		{"STOCKD_SKU_DEFAULTS_THRESHOLD=500", "sku_defaults.threshold"},
+		{"STOCKD_MAX_QTY=abc", "STOCKD_MAX_QTY"},
+		{"STOCKD_SYNC_BATCH_SIZE=0", "sync.batch_size"},
+		{"STOCKD_GOSSIP_KEY=short", "gossip_key"},
+		{"STOCKD_JOIN=nohostport", "join[0]"},
+		{"STOCKD_REDIS_TIMEOUT=soon", "STOCKD_REDIS_TIMEOUT"},
+		{"STOCKD_HTTP_ADRR=:1", "STOCKD_HTTP_ADRR"},
+		{"STOCKD_SHARDS=s1", "STOCKD_SHARDS"},
+	}
+	for _, c := range cases {
+		_, err := LoadConfig("", append(append([]string{}, base...), c.env))
+		if err == nil || !strings.Contains(err.Error(), c.field) {
+			t.Errorf("%s: error %v does not name %s", c.env, err, c.field)
+		}
+	}
+	if _, err := LoadConfig("", base); err != nil {
+		t.Fatalf("valid environment: %v", err)
+	}
+}
