@@ -403,12 +403,10 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 }
 
 func (e *events) NotifyLeave(n *memberlist.Node) {
-	state := "failed"
-	if n.State == memberlist.StateLeft {
-		state = "left"
-	}
-	e.logger.Info("member gone", "member", n.Name, "how", state)
-	(*Peer)(e).observe(n, state)
+	// memberlist does not tell a graceful leave from a failure here (the
+	// Node it passes keeps its old state).
+	e.logger.Info("member left or failed", "member", n.Name)
+	(*Peer)(e).observe(n, "gone")
 }
 
 func (e *events) NotifyUpdate(n *memberlist.Node) { (*Peer)(e).observe(n, "alive") }
