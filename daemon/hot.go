@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strconv"
@@ -71,16 +72,19 @@ func newHotMetrics(reg prometheus.Registerer) *hotMetrics {
 
 func (h *hot) server() *fasthttp.Server {
 	return &fasthttp.Server{
-		Handler:               h.handle,
-		ErrorHandler:          h.parseError,
-		Name:                  "stockd",
-		MaxRequestBodySize:    maxHotBody,
-		ReadTimeout:           30 * time.Second,
-		WriteTimeout:          10 * time.Second,
-		IdleTimeout:           120 * time.Second,
-		ReadBufferSize:        8 << 10,
-		Concurrency:           64 << 10,
-		CloseOnShutdown:       true,
+		Handler:            h.handle,
+		ErrorHandler:       h.parseError,
+		Name:               "stockd",
+		MaxRequestBodySize: maxHotBody,
+		ReadTimeout:        30 * time.Second,
+		WriteTimeout:       10 * time.Second,
+		IdleTimeout:        120 * time.Second,
+		ReadBufferSize:     8 << 10,
+		Concurrency:        64 << 10,
+		CloseOnShutdown:    true,
+		// Connection-level errors (clients going away, bodies too large)
+		// are the client's business; keep them out of the error log.
+		Logger:                slogPrintf{h.logger},
 		NoDefaultDate:         true,
 		NoDefaultServerHeader: true,
 	}
@@ -317,4 +321,11 @@ func writeErr(ctx *fasthttp.RequestCtx, status int, msg string) {
 	buf := append(make([]byte, 0, 16+len(msg)), `{"error":`...)
 	buf = strconv.AppendQuote(buf, msg)
 	ctx.SetBody(append(buf, '}'))
+}
+
+// slogPrintf adapts slog to fasthttp's Printf logger, at debug level.
+type slogPrintf struct{ l *slog.Logger }
+
+func (p slogPrintf) Printf(format string, args ...any) {
+	p.l.Debug(fmt.Sprintf(format, args...))
 }
