@@ -149,60 +149,92 @@ type deductBody struct {
 	UserID    *string         `json:"user_id"`
 }
 
-func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
+// deductRequest is a valid deduct body.
+type deductRequest struct {
+	sku, requestID, userID string
+	qty                    int64
+}
+
+// parseDeduct reads and checks a deduct body; a non-empty message is the
+// 400 answer, naming the field.
+func (h *hot) parseDeduct(body []byte) (deductRequest, string) {
+	var r deductRequest
+	var f fastDeduct
+	if parseDeductFast(body, &f) && f.hasSKU && f.hasQty && f.hasReq {
+		r.sku, r.requestID, r.qty = string(f.sku), string(f.requestID), f.qty
+		if f.hasUser {
+			r.userID = string(f.userID)
+		}
+		return r, h.check(r, f.hasUser)
+	}
+	// Anything unusual: encoding/json gives the exact error.
 	var b deductBody
-	if err := json.Unmarshal(ctx.PostBody(), &b); err != nil {
+	if err := json.Unmarshal(body, &b); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
-			h.badRequest(ctx, te.Field+": must be a string")
-			return
+			return r, te.Field + ": must be a string"
 		}
-		h.badRequest(ctx, "body: malformed JSON, want an object with sku, qty and request_id")
-		return
+		return r, "body: malformed JSON, want an object with sku, qty and request_id"
 	}
 	if b.SKU == nil {
-		h.badRequest(ctx, "sku: required")
-		return
+		return r, "sku: required"
 	}
-	if err := ident.ValidSKU(*b.SKU); err != nil {
-		h.badRequest(ctx, "sku: "+err.Error())
-		return
+	r.sku = *b.SKU
+	if err := ident.ValidSKU(r.sku); err != nil {
+		return r, "sku: " + err.Error()
 	}
 	if len(b.Qty) == 0 || string(b.Qty) == "null" {
-		h.badRequest(ctx, "qty: required")
-		return
+		return r, "qty: required"
 	}
-	qty, err := strconv.ParseInt(string(b.Qty), 10, 64)
-	if err != nil {
-		h.badRequest(ctx, "qty: must be an integer")
-		return
-	}
-	if qty < 1 || qty > h.maxQty {
-		h.badRequest(ctx, "qty: must be between 1 and "+strconv.FormatInt(h.maxQty, 10))
-		return
+	var err error
+	if r.qty, err = strconv.ParseInt(string(b.Qty), 10, 64); err != nil {
+		return r, "qty: must be an integer"
 	}
 	if b.RequestID == nil {
-		h.badRequest(ctx, "request_id: required")
-		return
-	}
-	if err := ident.ValidRequestID(*b.RequestID, ident.MaxRequestID); err != nil {
-		h.badRequest(ctx, "request_id: "+err.Error())
-		return
-	}
-	var userID string
-	if b.UserID != nil {
-		if err := ident.ValidRequestID(*b.UserID, ident.MaxUserID); err != nil {
-			h.badRequest(ctx, "user_id: "+err.Error())
-			return
+		if r.qty < 1 || r.qty > h.maxQty {
+			return r, "qty: must be between 1 and " + strconv.FormatInt(h.maxQty, 10)
 		}
-		userID = *b.UserID
+		return r, "request_id: required"
+	}
+	r.requestID = *b.RequestID
+	if b.UserID != nil {
+		r.userID = *b.UserID
+	}
+	return r, h.check(r, b.UserID != nil)
+}
+
+// check validates the fields of a parsed body, in the order the errors
+// are reported.
+func (h *hot) check(r deductRequest, hasUser bool) string {
+	if err := ident.ValidSKU(r.sku); err != nil {
+		return "sku: " + err.Error()
+	}
+	if r.qty < 1 || r.qty > h.maxQty {
+		return "qty: must be between 1 and " + strconv.FormatInt(h.maxQty, 10)
+	}
+	if err := ident.ValidRequestID(r.requestID, ident.MaxRequestID); err != nil {
+		return "request_id: " + err.Error()
+	}
+	if hasUser {
+		if err := ident.ValidRequestID(r.userID, ident.MaxUserID); err != nil {
+			return "user_id: " + err.Error()
+		}
+	}
+	return ""
+}
+
+func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
+	r, msg := h.parseDeduct(ctx.PostBody())
+	if msg != "" {
+		h.badRequest(ctx, msg)
+		return
 	}
 
 	// Deductions finish even while the server shuts down; only the timeout
 	// ends them early.
 	start := time.Now()
 	c, cancel := context.WithTimeout(context.Background(), h.timeout)
-	res, err := h.sched.Deduct(c, *b.SKU, qty, *b.RequestID, userID)
+	res, err := h.sched.Deduct(c, r.sku, r.qty, r.requestID, r.userID)
 	cancel()
 	h.m.latency.Observe(time.Since(start).Seconds())
 	switch {
@@ -211,10 +243,10 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		writeErr(ctx, fasthttp.StatusNotFound, "sku: unknown")
 	case err != nil:
 		h.m.unavailable.Inc()
-		h.logger.Debug("deduct unavailable", "sku", *b.SKU, "request_id", *b.RequestID, "err", err)
+		h.logger.Debug("deduct unavailable", "sku", r.sku, "request_id", r.requestID, "err", err)
 		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
-		buf := append(make([]byte, 0, 96+len(*b.RequestID)), `{"error":"unavailable, retry with the same request_id","request_id":`...)
-		buf = strconv.AppendQuote(buf, *b.RequestID)
+		buf := append(make([]byte, 0, 96+len(r.requestID)), `{"error":"unavailable, retry with the same request_id","request_id":`...)
+		buf = strconv.AppendQuote(buf, r.requestID)
 		ctx.SetBody(append(buf, '}'))
 	case res.Status == scheduler.SoldOut:
 		h.m.soldOut.Inc()
@@ -222,12 +254,12 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		ctx.SetBodyString(`{"status":"sold_out"}`)
 	default:
 		h.m.ok.Inc()
-		token := h.signer.Encode(res.Partition.DetailID(res.Seq), res.Qty)
-		buf := make([]byte, 0, 64+len(token)+len(*b.SKU))
-		buf = append(buf, `{"status":"ok","reservation":"`...)
-		buf = append(buf, token...)
+		var arr [320]byte
+		buf := append(arr[:0], `{"status":"ok","reservation":"`...)
+		p := res.Partition
+		buf = h.signer.AppendDetailToken(buf, p.SKU, p.ID, p.Epoch, res.Seq, res.Qty)
 		buf = append(buf, `","sku":"`...)
-		buf = append(buf, *b.SKU...)
+		buf = append(buf, r.sku...)
 		buf = append(buf, `","qty":`...)
 		buf = strconv.AppendInt(buf, res.Qty, 10)
 		buf = append(buf, '}')

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/redis/rueidis"
 )
@@ -49,6 +50,8 @@ type Partition struct {
 	pid   string
 	// keys: state, records, pointers, stream, applied
 	state, records, pointers, stream, applied string
+
+	comb combiner
 }
 
 // Partition returns the handle for (sku, id) with the given epoch on shard.
@@ -155,46 +158,139 @@ type TakeResult struct {
 	Pointer string // Moved: "<pid>:<round>"
 }
 
+// maxBatch bounds the requests one take call carries.
+const maxBatch = 64
+
+// takeCall is one request waiting in a partition's batch.
+type takeCall struct {
+	reqID, userID string
+	qty           int64
+	round         int
+	home          bool
+
+	res TakeResult
+	err error
+	// wake is signalled (buffered, so the call can be pooled) when res is
+	// ready or when this call must lead the next batch.
+	wake chan struct{}
+	lead bool
+}
+
+var callPool = sync.Pool{New: func() any { return &takeCall{wake: make(chan struct{}, 1)} }}
+
+// combiner gathers the takes that arrive for a partition while a take call
+// is in flight, so that they share the next call: one script run and one
+// round trip instead of one per request. There is no timer and no extra
+// goroutine: the caller that finds the partition idle leads, and the
+// leader hands the lead to the first waiter when it is done.
+type combiner struct {
+	mu    sync.Mutex
+	busy  bool
+	queue []*takeCall
+}
+
 // Take deducts qty for reqID in round, or returns the request's earlier
 // outcome here. home tells whether this partition is the request's home (the
-// holder of its pointer).
+// holder of its pointer). Concurrent takes on one partition are batched.
 func (p *Partition) Take(ctx context.Context, reqID string, qty int64, round int, home bool, userID string) (TakeResult, error) {
-	self := ""
-	if home {
-		self = p.pid
+	c := callPool.Get().(*takeCall)
+	c.reqID, c.userID, c.qty, c.round, c.home, c.lead = reqID, userID, qty, round, home, false
+	cb := &p.comb
+	cb.mu.Lock()
+	cb.queue = append(cb.queue, c)
+	if cb.busy {
+		cb.mu.Unlock()
+		<-c.wake
+		if !c.lead {
+			res, err := c.res, c.err
+			callPool.Put(c)
+			return res, err
+		}
+		cb.mu.Lock()
+	} else {
+		cb.busy = true
 	}
-	vals, err := takeScript.Exec(ctx, p.Shard.c,
-		[]string{p.state, p.records, p.pointers, p.stream},
-		[]string{reqID, strconv.FormatInt(qty, 10), strconv.Itoa(round), self, p.epoch, userID},
-	).ToArray()
-	if err != nil {
-		return TakeResult{}, fmt.Errorf("take on %s: %w", p.Shard.ID, err)
+	// Leading: take a batch (this call is in it), run it, pass the lead on.
+	k := min(len(cb.queue), maxBatch)
+	batch := make([]*takeCall, k)
+	copy(batch, cb.queue)
+	rest := copy(cb.queue, cb.queue[k:])
+	clear(cb.queue[rest:])
+	cb.queue = cb.queue[:rest]
+	cb.mu.Unlock()
+
+	p.takeBatch(ctx, batch)
+
+	cb.mu.Lock()
+	if len(cb.queue) > 0 {
+		next := cb.queue[0]
+		next.lead = true
+		next.wake <- struct{}{}
+	} else {
+		cb.busy = false
 	}
-	if len(vals) != 8 {
-		return TakeResult{}, fmt.Errorf("take: %w: %d values", ErrBadReply, len(vals))
-	}
-	var n [7]int64
-	for i := range n {
-		if n[i], err = vals[i].AsInt64(); err != nil {
-			return TakeResult{}, fmt.Errorf("take: %w: %v", ErrBadReply, err)
+	cb.mu.Unlock()
+	for _, x := range batch {
+		if x != c {
+			x.wake <- struct{}{}
 		}
 	}
-	r := TakeResult{
-		Code:   Code(n[0]),
-		Levels: Levels{A: n[1], B: n[2], Active: activeName(n[3])},
-		Seq:    n[4],
-		Qty:    n[5],
+	res, err := c.res, c.err
+	callPool.Put(c)
+	return res, err
+}
+
+// takeBatch runs one take call for batch and fills every call's result.
+func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
+	args := make([]string, 0, 2+5*len(batch))
+	args = append(args, p.epoch, strconv.Itoa(len(batch)))
+	for _, c := range batch {
+		self := ""
+		if c.home {
+			self = p.pid
+		}
+		args = append(args, c.reqID, strconv.FormatInt(c.qty, 10), strconv.Itoa(c.round), self, c.userID)
 	}
-	switch n[6] {
+	vals, err := takeScript.Exec(ctx, p.Shard.c, []string{p.state, p.records, p.pointers, p.stream}, args).ToArray()
+	if err == nil && len(vals) != 4+4*len(batch) {
+		err = fmt.Errorf("%w: %d values for %d requests", ErrBadReply, len(vals), len(batch))
+	}
+	var head [4]int64
+	for i := 0; err == nil && i < 4; i++ {
+		if head[i], err = vals[i].AsInt64(); err != nil {
+			err = fmt.Errorf("%w: %v", ErrBadReply, err)
+		}
+	}
+	if err != nil {
+		err = fmt.Errorf("take on %s: %w", p.Shard.ID, err)
+		for _, c := range batch {
+			c.res, c.err = TakeResult{}, err
+		}
+		return
+	}
+	levels := Levels{A: head[0], B: head[1], Active: activeName(head[2])}
+	var refill byte
+	switch head[3] {
 	case 1:
-		r.Refill = 'a'
+		refill = 'a'
 	case 2:
-		r.Refill = 'b'
+		refill = 'b'
 	}
-	if r.Code == Moved {
-		r.Pointer, _ = vals[7].ToString()
+	for i, c := range batch {
+		v := vals[4+4*i:]
+		code, err1 := v[0].AsInt64()
+		seq, err2 := v[1].AsInt64()
+		qty, err3 := v[2].AsInt64()
+		if err := errors.Join(err1, err2, err3); err != nil {
+			c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %w: %v", p.Shard.ID, ErrBadReply, err)
+			continue
+		}
+		c.res = TakeResult{Code: Code(code), Levels: levels, Seq: seq, Qty: qty, Refill: refill}
+		c.err = nil
+		if c.res.Code == Moved {
+			c.res.Pointer, _ = v[3].ToString()
+		}
 	}
-	return r, nil
 }
 
 // PointResult is what point answered.

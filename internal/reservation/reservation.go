@@ -13,8 +13,10 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"hash"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // ErrInvalid is returned for a token that does not parse or whose
@@ -23,18 +25,68 @@ var ErrInvalid = errors.New("invalid reservation")
 
 const sigBytes = 12
 
-// Signer signs and verifies tokens with one key.
+// Signer signs and verifies tokens with one key. It is safe for concurrent
+// use and allocates nothing to sign.
 type Signer struct {
-	key []byte
+	macs sync.Pool
 }
 
 // NewSigner returns a signer for key.
-func NewSigner(key []byte) *Signer { return &Signer{key: append([]byte(nil), key...)} }
+func NewSigner(key []byte) *Signer {
+	k := append([]byte(nil), key...)
+	s := &Signer{}
+	s.macs.New = func() any { return &mac{h: hmac.New(sha256.New, k)} }
+	return s
+}
 
 // Encode returns the token for a deduction.
 func (s *Signer) Encode(detailID string, qty int64) string {
-	body := detailID + ":" + strconv.FormatInt(qty, 10)
-	return body + ":" + s.sign(body)
+	return string(s.AppendToken(nil, detailID, qty))
+}
+
+// AppendToken appends the token for a deduction to dst.
+func (s *Signer) AppendToken(dst []byte, detailID string, qty int64) []byte {
+	start := len(dst)
+	dst = append(dst, detailID...)
+	dst = append(dst, ':')
+	dst = strconv.AppendInt(dst, qty, 10)
+	return s.appendSig(dst, dst[start:])
+}
+
+// AppendDetailToken appends the token of the deduction (sku, pid, epoch,
+// seq, qty) to dst, formatting the detail id in place.
+func (s *Signer) AppendDetailToken(dst []byte, sku string, pid int, epoch, seq, qty int64) []byte {
+	start := len(dst)
+	dst = append(dst, sku...)
+	dst = append(dst, ':')
+	dst = strconv.AppendInt(dst, int64(pid), 10)
+	dst = append(dst, ':')
+	dst = strconv.AppendInt(dst, epoch, 10)
+	dst = append(dst, ':')
+	dst = strconv.AppendInt(dst, seq, 10)
+	dst = append(dst, ':')
+	dst = strconv.AppendInt(dst, qty, 10)
+	return s.appendSig(dst, dst[start:])
+}
+
+// appendSig appends ":" and the signature of body (which dst ends with).
+func (s *Signer) appendSig(dst, body []byte) []byte {
+	m := s.macs.Get().(*mac)
+	m.h.Reset()
+	m.h.Write(body)
+	sum := m.h.Sum(m.sum[:0])
+	dst = append(dst, ':')
+	n := len(dst)
+	dst = append(dst, make([]byte, base64.RawURLEncoding.EncodedLen(sigBytes))...)
+	base64.RawURLEncoding.Encode(dst[n:], sum[:sigBytes])
+	s.macs.Put(m)
+	return dst
+}
+
+// mac is a pooled HMAC with room for its sum (so signing allocates nothing).
+type mac struct {
+	h   hash.Hash
+	sum [sha256.Size]byte
 }
 
 // Decode verifies a token and returns its detail id and quantity.
@@ -43,8 +95,9 @@ func (s *Signer) Decode(token string) (detailID string, qty int64, err error) {
 	if i < 0 || len(token) > 512 {
 		return "", 0, ErrInvalid
 	}
-	body, sig := token[:i], token[i+1:]
-	if !hmac.Equal([]byte(sig), []byte(s.sign(body))) {
+	body := token[:i]
+	want := s.appendSig(nil, []byte(body))
+	if !hmac.Equal([]byte(token[i:]), want) {
 		return "", 0, ErrInvalid
 	}
 	j := strings.LastIndexByte(body, ':')
@@ -56,10 +109,4 @@ func (s *Signer) Decode(token string) (detailID string, qty int64, err error) {
 		return "", 0, ErrInvalid
 	}
 	return body[:j], qty, nil
-}
-
-func (s *Signer) sign(body string) string {
-	m := hmac.New(sha256.New, s.key)
-	m.Write([]byte(body))
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil)[:sigBytes])
 }

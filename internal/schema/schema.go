@@ -92,6 +92,10 @@ var migrations = []string{
 ) ENGINE=InnoDB`,
 	// Expiry runs per SKU on the node that owns the SKU.
 	6: `ALTER TABLE deductions ADD INDEX expiry_by_sku (sku, state, deducted_at)`,
+	// Every index costs each detail insert; expiry_by_sku serves expiry.
+	7: `ALTER TABLE deductions DROP INDEX expiry`,
+	// The applier finds its own rows by detail id and apply id together.
+	8: `ALTER TABLE deductions DROP INDEX by_apply`,
 }
 
 // Open connects to the database named in dsn, creating the database when
