@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/pprof"
 	"strings"
@@ -91,9 +92,47 @@ type SyncView struct {
 type Catalog interface {
 	PutSKU(ctx context.Context, name string, spec Spec) (SKUView, bool, error)
 	GetSKU(ctx context.Context, name string) (SKUView, error)
+	ListSKUs(ctx context.Context) ([]SKUView, error)
 	// Verify returns the SKU's conservation report (any JSON value with an
 	// "ok" field).
 	Verify(ctx context.Context, name string) (any, error)
+	// Shards lists the Redis shards.
+	Shards(ctx context.Context) ([]ShardView, error)
+	// AddShard connects a new Redis instance and records it.
+	AddShard(ctx context.Context, id, addr string) (ShardView, error)
+	// DrainShard moves every partition off a shard while selling goes on.
+	DrainShard(ctx context.Context, id string) (any, error)
+	// RemoveShard forgets a drained shard.
+	RemoveShard(ctx context.Context, id string) error
+	// Rebalance changes a live SKU's partitions.
+	Rebalance(ctx context.Context, sku string, r RebalanceSpec) (any, error)
+}
+
+// RebalanceSpec is POST /admin/skus/{sku}/rebalance: exactly one of
+// Partitions (the new count of open partitions), Move (one partition to a
+// shard) or Pin (keep the SKU on these shards only).
+type RebalanceSpec struct {
+	Partitions *int      `json:"partitions"`
+	Move       *MoveSpec `json:"move"`
+	Pin        []string  `json:"pin"`
+}
+
+// MoveSpec moves one partition.
+type MoveSpec struct {
+	Partition *int   `json:"partition"`
+	Shard     string `json:"shard"`
+}
+
+// ShardView is one Redis shard as GET /admin/shards shows it.
+type ShardView struct {
+	ID         string `json:"id"`
+	Addr       string `json:"addr"`
+	State      string `json:"state"` // active, draining, removed
+	Reachable  bool   `json:"reachable"`
+	Partitions int    `json:"partitions"` // open partitions on it
+	Keys       int64  `json:"keys"`
+	MemoryUsed int64  `json:"memory_bytes"`
+	Error      string `json:"error,omitempty"`
 }
 
 // Server is the admin HTTP handler.
@@ -127,6 +166,41 @@ func New(o Options) *Server {
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
+	s.handle("GET /admin/skus", func(w http.ResponseWriter, r *http.Request) {
+		views, err := s.catalog.ListSKUs(r.Context())
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, views)
+	})
+	s.handle("GET /admin/shards", func(w http.ResponseWriter, r *http.Request) {
+		views, err := s.catalog.Shards(r.Context())
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, views)
+	})
+	s.handle("POST /admin/shards", s.addShard)
+	s.handle("POST /admin/shards/{id}/drain", func(w http.ResponseWriter, r *http.Request) {
+		out, err := s.catalog.DrainShard(r.Context(), r.PathValue("id"))
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
+		s.logger.Info("shard drained", "shard", r.PathValue("id"))
+		writeJSON(w, http.StatusOK, out)
+	})
+	s.handle("DELETE /admin/shards/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if err := s.catalog.RemoveShard(r.Context(), r.PathValue("id")); err != nil {
+			s.fail(w, err)
+			return
+		}
+		s.logger.Info("shard removed", "shard", r.PathValue("id"))
+		writeJSON(w, http.StatusOK, map[string]string{"status": "removed"})
+	})
+	s.handle("POST /admin/skus/{sku}/rebalance", s.rebalance)
 	s.handle("PUT /admin/skus/{sku}", s.putSKU)
 	s.handle("GET /admin/skus/{sku}", s.getSKU)
 	s.handle("GET /admin/skus/{sku}/verify", s.verify)
@@ -138,6 +212,7 @@ func New(o Options) *Server {
 	if o.Metrics != nil {
 		s.handle("GET /metrics", o.Metrics.ServeHTTP)
 	}
+	RegisterUI(s)
 	// Profiles, for the hot path under load (behind the token like the rest).
 	s.handle("GET /debug/pprof/", pprof.Index)
 	s.handle("GET /debug/pprof/profile", pprof.Profile)
@@ -155,7 +230,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 func (s *Server) handle(pattern string, h http.HandlerFunc) {
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		if !s.authorized(r) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="stockd"`)
+			w.Header().Set("WWW-Authenticate", `Basic realm="stockd admin (password: the admin token)"`)
+			w.Header().Add("WWW-Authenticate", `Bearer realm="stockd"`)
 			writeError(w, http.StatusUnauthorized, "unauthorized")
 			return
 		}
@@ -163,9 +239,20 @@ func (s *Server) handle(pattern string, h http.HandlerFunc) {
 	})
 }
 
+// authorized accepts "Bearer <token>", and HTTP Basic with the token as
+// the password (any user name) so that a browser can open the status page
+// and the page's own requests carry the credentials.
 func (s *Server) authorized(r *http.Request) bool {
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && len(s.token) > 0 && subtle.ConstantTimeCompare([]byte(got), s.token) == 1
+	if len(s.token) == 0 {
+		return false
+	}
+	if got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		return subtle.ConstantTimeCompare([]byte(got), s.token) == 1
+	}
+	if _, pass, ok := r.BasicAuth(); ok {
+		return subtle.ConstantTimeCompare([]byte(pass), s.token) == 1
+	}
+	return false
 }
 
 type putBody struct {
@@ -245,6 +332,91 @@ func (s *Server) getSKU(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, view)
+}
+
+type addShardBody struct {
+	ID   *string `json:"id"`
+	Addr *string `json:"addr"`
+}
+
+func (s *Server) addShard(w http.ResponseWriter, r *http.Request) {
+	var b addShardBody
+	if err := decode(r, &b); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	switch {
+	case b.ID == nil || *b.ID == "":
+		writeError(w, http.StatusBadRequest, "id: required")
+		return
+	case strings.ContainsAny(*b.ID, " ,={}:") || len(*b.ID) > 64:
+		writeError(w, http.StatusBadRequest, "id: at most 64 characters, none of space , = { } :")
+		return
+	case b.Addr == nil || *b.Addr == "":
+		writeError(w, http.StatusBadRequest, "addr: required")
+		return
+	}
+	if _, _, err := net.SplitHostPort(*b.Addr); err != nil {
+		writeError(w, http.StatusBadRequest, "addr: want host:port")
+		return
+	}
+	v, err := s.catalog.AddShard(r.Context(), *b.ID, *b.Addr)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.logger.Info("shard added", "shard", *b.ID, "addr", *b.Addr)
+	writeJSON(w, http.StatusCreated, v)
+}
+
+func (s *Server) rebalance(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("sku")
+	if err := ident.ValidSKU(name); err != nil {
+		writeError(w, http.StatusBadRequest, "sku: "+err.Error())
+		return
+	}
+	var b RebalanceSpec
+	if err := decode(r, &b); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	n := 0
+	if b.Partitions != nil {
+		n++
+		if *b.Partitions < 1 || *b.Partitions > MaxPartitions {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("partitions: must be between 1 and %d", MaxPartitions))
+			return
+		}
+	}
+	if b.Move != nil {
+		n++
+		if b.Move.Partition == nil || *b.Move.Partition < 0 {
+			writeError(w, http.StatusBadRequest, "move.partition: required, a partition id")
+			return
+		}
+		if b.Move.Shard == "" {
+			writeError(w, http.StatusBadRequest, "move.shard: required")
+			return
+		}
+	}
+	if b.Pin != nil {
+		n++
+		if len(b.Pin) == 0 {
+			writeError(w, http.StatusBadRequest, "pin: at least one shard")
+			return
+		}
+	}
+	if n != 1 {
+		writeError(w, http.StatusBadRequest, "body: exactly one of partitions, move or pin")
+		return
+	}
+	out, err := s.catalog.Rebalance(r.Context(), name, b)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.logger.Info("sku rebalanced", "sku", name)
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) verify(w http.ResponseWriter, r *http.Request) {

@@ -578,7 +578,7 @@ func TestTwoOwnersAtOnce(t *testing.T) {
 		k++
 	}
 	confirmed := int64((len(o.reservations) + 2) / 3)
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		r := verify(t, nodes[1], "two")
 		if r.OK && r.InFlightDetails == 0 && r.Released == total-confirmed {

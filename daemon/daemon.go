@@ -7,7 +7,6 @@ package daemon
 import (
 	"context"
 	"crypto/sha256"
-	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -121,7 +120,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	sched = scheduler.New(cfg.Scheduler, reg, scheduler.Hooks{
 		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(scheduler.RefillResult)) bool {
 			return alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
-				done(scheduler.RefillResult{Levels: o.Levels, HaveLevels: o.HaveLevels, Applied: o.Applied, Pool: o.Pool, Failed: err != nil})
+				done(scheduler.RefillResult{Levels: o.Levels, HaveLevels: o.HaveLevels, Applied: o.Applied, Pool: o.Pool, Failed: err != nil, Closed: o.Closed})
 			})
 		},
 		// One node refills a partition: its owner. The others forward
@@ -144,7 +143,19 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := alloc.ApplyPending(ctx, 0); err != nil {
 		log.Warn("pending allocations left for the sweep", "err", err)
 	}
-	loader := &loader{store: store, alloc: alloc, sched: sched, shards: shards, logger: log}
+	loader := &loader{store: store, alloc: alloc, sched: sched, shards: shards, logger: log, window: cfg.Scheduler.RetryWindow}
+	// The configured shards are recorded in MySQL; shards added at runtime
+	// (there) are connected too.
+	seed := map[string]string{}
+	for _, sc := range cfg.Shards {
+		seed[sc.ID] = sc.Addr
+	}
+	if err := store.SeedShards(ctx, seed); err != nil {
+		return err
+	}
+	if err := loader.syncShards(ctx); err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
 	if err := loader.loadAll(ctx); err != nil {
 		return err
 	}
@@ -283,195 +294,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	log.Info("stopped", "err", err)
 	return err
 }
-
-// loader keeps the registry in line with MySQL.
-type loader struct {
-	store  *preallocate.Store
-	alloc  *preallocate.Allocator
-	sched  *scheduler.Scheduler
-	shards *shard.Set
-	logger *slog.Logger
-}
-
-func (l *loader) loadAll(ctx context.Context) error {
-	skus, err := l.store.List(ctx)
-	if err != nil {
-		return err
-	}
-	for _, sku := range skus {
-		if err := l.load(ctx, sku); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// load brings sku's partitions' Redis state up, tops them up and puts the
-// SKU in the registry with fresh levels.
-func (l *loader) load(ctx context.Context, sku preallocate.SKU) error {
-	open, err := l.alloc.Ensure(ctx, sku)
-	if err != nil {
-		return fmt.Errorf("sku %s: %w", sku.Name, err)
-	}
-	if err := l.alloc.TopUp(ctx, sku, open); err != nil {
-		l.logger.Warn("top up", "sku", sku.Name, "err", err)
-	}
-	if sku, err = l.store.Get(ctx, sku.Name); err != nil {
-		return err
-	}
-	info := scheduler.SKUInfo{Name: sku.Name, Chunk: sku.Chunk, Threshold: sku.Threshold, Pool: sku.Pool, Version: sku.Version}
-	for _, rp := range sku.Partitions {
-		h, err := l.shards.Partition(sku.Name, rp.ID, rp.Epoch, rp.Shard)
-		if err != nil {
-			return fmt.Errorf("sku %s partition %d: %w (it lives on a shard missing from the config)", sku.Name, rp.ID, err)
-		}
-		info.Partitions = append(info.Partitions, scheduler.PartitionInfo{Handle: h, Open: rp.State == "open"})
-	}
-	l.sched.Registry().Upsert(info)
-	l.sched.Invalidate(sku.Name, sku.Pool)
-	if err := l.sched.Refresh(ctx, sku.Name); err != nil {
-		l.logger.Warn("refresh levels", "sku", sku.Name, "err", err)
-	}
-	return nil
-}
-
-// reloadEvery compares the registry with MySQL and reloads what changed
-// elsewhere (created, restocked, partitions changed, units returned).
-func (l *loader) reloadEvery(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := l.reload(ctx); err != nil && ctx.Err() == nil {
-			l.logger.Warn("registry reload", "err", err)
-		}
-	}
-}
-
-func (l *loader) reload(ctx context.Context) error {
-	heads, err := l.store.Heads(ctx)
-	if err != nil {
-		return err
-	}
-	reg := l.sched.Registry()
-	for name, h := range heads {
-		sku := reg.Get(name)
-		switch {
-		case sku == nil || sku.Version() != h.Version:
-			full, err := l.store.Get(ctx, name)
-			if err != nil {
-				return err
-			}
-			if err := l.load(ctx, full); err != nil {
-				return err
-			}
-		case h.Pool > 0 && (sku.SoldOut() || sku.Pool() == 0):
-			l.sched.Invalidate(name, h.Pool)
-		}
-	}
-	return nil
-}
-
-// catalog implements admin.Catalog over the store, the allocator and the
-// registry.
-type catalog struct {
-	// defaults fill what a PUT leaves out when it creates a SKU.
-	defaults preallocate.Spec
-
-	db      *sql.DB
-	notices *notices
-	store   *preallocate.Store
-	alloc   *preallocate.Allocator
-	sched   *scheduler.Scheduler
-	loader  *loader
-}
-
-var _ admin.Catalog = (*catalog)(nil)
-
-func (c *catalog) PutSKU(ctx context.Context, name string, spec admin.Spec) (admin.SKUView, bool, error) {
-	sku, created, err := c.alloc.Provision(ctx, name, preallocate.Spec{
-		Total: spec.Total, Partitions: spec.Partitions, Chunk: spec.Chunk, Threshold: spec.Threshold,
-	}, c.defaults)
-	if err != nil {
-		return admin.SKUView{}, false, adminErr(err)
-	}
-	if err := c.loader.load(ctx, sku); err != nil {
-		return admin.SKUView{}, created, err
-	}
-	c.notices.send(noticeChanged, name, sku.Version)
-	v, err := c.GetSKU(ctx, name)
-	return v, created, err
-}
-
-func (c *catalog) GetSKU(ctx context.Context, name string) (admin.SKUView, error) {
-	sku, err := c.store.Get(ctx, name)
-	if err != nil {
-		return admin.SKUView{}, adminErr(err)
-	}
-	v := admin.SKUView{
-		SKU: sku.Name, Total: sku.Total, Pool: sku.Pool, Reserved: sku.Reserved, Confirmed: sku.Confirmed,
-		Released: sku.Released, InDoubt: sku.InDoubt, Doubled: sku.Doubled, Chunk: sku.Chunk,
-		Threshold: sku.Threshold, Version: sku.Version, Partitions: []admin.PartitionView{},
-	}
-	v.Available = sku.Pool
-	for _, rp := range sku.Partitions {
-		pv := admin.PartitionView{ID: rp.ID, Shard: rp.Shard, State: rp.State}
-		h, err := c.loader.shards.Partition(sku.Name, rp.ID, rp.Epoch, rp.Shard)
-		if err == nil {
-			var st shard.State
-			if st, err = h.Inspect(ctx); err == nil {
-				pv.A, pv.B, pv.Active, pv.Seq, pv.Backlog = st.Levels.A, st.Levels.B, string(st.Levels.Active), st.Seq, st.Backlog
-				v.Sync.Backlog += st.Backlog
-				if rp.State == "open" {
-					v.Available += st.Levels.Total()
-				}
-			}
-		}
-		if err != nil {
-			pv.Error = err.Error()
-		}
-		v.Partitions = append(v.Partitions, pv)
-	}
-	if r := c.sched.Registry().Get(name); r != nil {
-		v.SoldOut = r.SoldOut()
-	}
-	return v, nil
-}
-
-func (c *catalog) Verify(ctx context.Context, name string) (any, error) {
-	rep, err := stocksync.Verify(ctx, c.db, c.loader.shards, name)
-	if err != nil {
-		return nil, adminErr(err)
-	}
-	return rep, nil
-}
-
-func adminErr(err error) error {
-	switch {
-	case errors.Is(err, preallocate.ErrUnknownSKU), errors.Is(err, stocksync.ErrUnknownSKU):
-		return &adminError{kind: admin.ErrNotFound, err: err}
-	case errors.Is(err, preallocate.ErrConflict):
-		return &adminError{kind: admin.ErrConflict, err: err}
-	case errors.Is(err, preallocate.ErrInvalid):
-		return &adminError{kind: admin.ErrInvalid, err: err}
-	}
-	return err
-}
-
-// adminError gives an error the admin sentinel it maps to, keeping its
-// message.
-type adminError struct {
-	kind error
-	err  error
-}
-
-func (e *adminError) Error() string        { return e.err.Error() }
-func (e *adminError) Is(target error) bool { return target == e.kind }
-func (e *adminError) Unwrap() error        { return e.err }
 
 // Verify runs the conservation check of sku against the services cfg
 // names, without starting a node (the `stockd verify` command).

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,6 +55,9 @@ func (e *env) config() Config {
 	cfg.AMQPURL = testenv.AMQPURL()
 	cfg.KeyPrefix = e.prefix
 	cfg.LogLevel = "warn"
+	if os.Getenv("STOCKD_TEST_DEBUG") != "" {
+		cfg.LogLevel = "debug"
+	}
 	cfg.ReloadEvery = 500 * time.Millisecond
 	cfg.Sync.Queue = e.queue
 	cfg.Shards = nil

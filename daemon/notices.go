@@ -24,6 +24,8 @@ const (
 	// noticeRefill: sent to a partition's owner, asking it to refill a
 	// sub-domain (the sender's deductions saw it low).
 	noticeRefill = "refill"
+	// noticeShards: the shard list changed (added, draining, removed).
+	noticeShards = "shards"
 )
 
 type notice struct {
@@ -109,6 +111,10 @@ func (n *notices) run(ctx context.Context, sched *scheduler.Scheduler, reg *sche
 				}
 			case noticeReturned:
 				sched.Invalidate(m.SKU, -1)
+			case noticeShards:
+				if err := n.loader.syncShards(ctx); err != nil {
+					n.logger.Warn("connect shards after notice", "err", err)
+				}
 			case noticeRefill:
 				if len(m.Sub) == 1 {
 					sched.RefillFor(m.SKU, m.PID, m.Sub[0], m.Cap)

@@ -76,6 +76,8 @@ type Outcome struct {
 	// Voided is set when Redis refused the allocation for good and its
 	// units went back to the pool.
 	Voided bool
+	// Closed is set when the refusal was because the partition is closed.
+	Closed bool
 }
 
 // Allocator runs fills and drains.
@@ -247,7 +249,7 @@ func (a *Allocator) applyFill(ctx context.Context, p *shard.Partition, id int64,
 			a.lost(ctx, p)
 			return Outcome{Lost: true, Voided: true}, nil
 		}
-		return Outcome{Levels: r.Levels, HaveLevels: true, Voided: true}, nil
+		return Outcome{Levels: r.Levels, HaveLevels: true, Voided: true, Closed: r.Code == shard.Closed}, nil
 	}
 	if _, err := a.db.ExecContext(ctx,
 		`UPDATE allocations SET state = 'applied' WHERE id = ? AND state = 'pending'`, id); err != nil {
@@ -310,13 +312,26 @@ func (a *Allocator) applyDrain(ctx context.Context, p *shard.Partition, id int64
 		amount = 0
 	}
 	err = sqltx.Run(ctx, a.db, func(tx *sql.Tx) error {
+		if close {
+			// Redis closed it with the drain; MySQL follows, so that every
+			// node stops choosing it. It stays the home of the request ids
+			// hashed to it for the retry window.
+			if _, err := tx.ExecContext(ctx,
+				`UPDATE partitions SET state = 'closed', closed_at = NOW(6) WHERE sku = ? AND pid = ? AND epoch = ? AND state = 'open'`,
+				p.SKU, p.ID, p.Epoch); err != nil {
+				return err
+			}
+		}
 		res, err := tx.ExecContext(ctx,
 			`UPDATE allocations SET state = 'applied', qty = ? WHERE id = ? AND state = 'pending'`, amount, id)
 		if err != nil {
 			return err
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			return nil // settled by another run
+			if close {
+				_, err = tx.ExecContext(ctx, `UPDATE skus SET version = version + 1 WHERE sku = ?`, p.SKU)
+			}
+			return err // settled by another run
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE skus SET pool = pool + ?, version = version + 1 WHERE sku = ?`, amount, p.SKU)
 		return err

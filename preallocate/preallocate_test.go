@@ -37,6 +37,13 @@ func newFixture(t *testing.T, nShards int) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(set.Close)
+	seed := map[string]string{}
+	for _, c := range cfgs {
+		seed[c.ID] = c.Addr
+	}
+	if err := NewStore(db).SeedShards(ctx, seed); err != nil {
+		t.Fatal(err)
+	}
 	return &fixture{db: db, shards: set, alloc: New(DefaultConfig(), db, set, slog.Default()), store: NewStore(db)}
 }
 

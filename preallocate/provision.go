@@ -11,7 +11,17 @@ import (
 // partitions' Redis state up and tops their sub-domains up from the pool.
 func (a *Allocator) Provision(ctx context.Context, name string, spec, defaults Spec) (SKU, bool, error) {
 	store := NewStore(a.db)
-	sku, created, err := store.Put(ctx, name, spec, defaults, a.shards.IDs())
+	rows, err := store.Shards(ctx)
+	if err != nil {
+		return SKU{}, false, err
+	}
+	var active []string
+	for _, r := range rows {
+		if r.State == "active" {
+			active = append(active, r.ID)
+		}
+	}
+	sku, created, err := store.Put(ctx, name, spec, defaults, active)
 	if err != nil {
 		return SKU{}, false, err
 	}

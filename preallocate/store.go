@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"time"
 
 	"github.com/stockd/stockd/internal/sqltx"
 )
@@ -67,10 +68,13 @@ type SKU struct {
 
 // Partition is a partition's registry row.
 type Partition struct {
-	ID    int
-	Shard string
-	Epoch int64
-	State string // open, fenced, closed
+	ID        int
+	Shard     string
+	Epoch     int64
+	State     string // open, fenced, closed
+	Gen       int    // the rebalance that added it (0: the first set)
+	CreatedAt time.Time
+	ClosedAt  time.Time // zero while open
 }
 
 // Store is the MySQL side of the catalog: SKUs, their pool and partitions.
@@ -228,16 +232,18 @@ func getSKU(ctx context.Context, q querier, name string, forUpdate bool) (SKU, e
 	if err != nil {
 		return SKU{}, fmt.Errorf("read sku: %w", err)
 	}
-	rows, err := q.QueryContext(ctx, `SELECT pid, shard, epoch, state FROM partitions WHERE sku = ? ORDER BY pid`, name)
+	rows, err := q.QueryContext(ctx, `SELECT pid, shard, epoch, state, gen, created_at, closed_at FROM partitions WHERE sku = ? ORDER BY pid`, name)
 	if err != nil {
 		return SKU{}, fmt.Errorf("read partitions: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var p Partition
-		if err := rows.Scan(&p.ID, &p.Shard, &p.Epoch, &p.State); err != nil {
+		var closed sql.NullTime
+		if err := rows.Scan(&p.ID, &p.Shard, &p.Epoch, &p.State, &p.Gen, &p.CreatedAt, &closed); err != nil {
 			return SKU{}, fmt.Errorf("read partitions: %w", err)
 		}
+		p.ClosedAt = closed.Time
 		k.Partitions = append(k.Partitions, p)
 	}
 	return k, rows.Err()
@@ -286,3 +292,81 @@ func (s *Store) Heads(ctx context.Context) (map[string]Head, error) {
 	}
 	return out, rows.Err()
 }
+
+// ShardRow is a Redis shard as MySQL records it.
+type ShardRow struct {
+	ID    string
+	Addr  string
+	State string // active, draining, removed
+}
+
+// SeedShards records the configured shards: new ones are added active; a
+// configured address replaces the recorded one (a failover is a config
+// change), and a configured shard that was removed stays removed.
+func (s *Store) SeedShards(ctx context.Context, shards map[string]string) error {
+	for id, addr := range shards {
+		if _, err := s.db.ExecContext(ctx,
+			`INSERT INTO shards (id, addr) VALUES (?, ?) ON DUPLICATE KEY UPDATE addr = VALUES(addr)`, id, addr); err != nil {
+			return fmt.Errorf("seed shards: %w", err)
+		}
+	}
+	return nil
+}
+
+// Shards lists every recorded shard.
+func (s *Store) Shards(ctx context.Context) ([]ShardRow, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, addr, state FROM shards ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("shards: %w", err)
+	}
+	defer rows.Close()
+	var out []ShardRow
+	for rows.Next() {
+		var r ShardRow
+		if err := rows.Scan(&r.ID, &r.Addr, &r.State); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// AddShard records a new shard (active). Adding an id that exists with the
+// same address is a no-op; another address is a conflict.
+func (s *Store) AddShard(ctx context.Context, id, addr string) error {
+	return sqltx.Run(ctx, s.db, func(tx *sql.Tx) error {
+		var cur, state string
+		err := tx.QueryRowContext(ctx, `SELECT addr, state FROM shards WHERE id = ? FOR UPDATE`, id).Scan(&cur, &state)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			_, err = tx.ExecContext(ctx, `INSERT INTO shards (id, addr) VALUES (?, ?)`, id, addr)
+			return err
+		case err != nil:
+			return err
+		case cur != addr:
+			return conflictf("shard %s: already recorded at %s", id, cur)
+		case state == "removed":
+			return conflictf("shard %s: was removed; use a new id", id)
+		}
+		return nil
+	})
+}
+
+// SetShardState moves a shard to state (active, draining, removed).
+func (s *Store) SetShardState(ctx context.Context, id, state string) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE shards SET state = ? WHERE id = ?`, state, id)
+	if err != nil {
+		return fmt.Errorf("shard state: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		var exists int
+		s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM shards WHERE id = ?`, id).Scan(&exists)
+		if exists == 0 {
+			return &kindError{kind: ErrUnknownShard, msg: "unknown shard " + id}
+		}
+	}
+	return nil
+}
+
+// ErrUnknownShard is returned for a shard id MySQL does not know.
+var ErrUnknownShard = errors.New("unknown shard")

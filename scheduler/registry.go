@@ -26,6 +26,12 @@ type SKUInfo struct {
 type PartitionInfo struct {
 	Handle *shard.Partition
 	Open   bool
+	// Gen orders partitions added by rebalancing within the retry window:
+	// 0 for the SKU's settled set, 1, 2, … for each later addition still
+	// within the window. A request's home is computed over the whole set,
+	// but a retry may have been first served under an older set: see
+	// SKU.homeFor.
+	Gen int
 }
 
 // SKU is the registry entry of one SKU. Its fields are read on the hot path
@@ -60,6 +66,7 @@ type soldOut struct {
 type Partition struct {
 	H    *shard.Partition
 	seed uint64
+	gen  atomic.Int32
 
 	a, b      atomic.Int64
 	activeB   atomic.Bool
@@ -126,15 +133,42 @@ func (s *SKU) partition(pid int) *Partition {
 // partitions. It depends only on the request id and the set of partition
 // ids, so every node and every retry agrees on it.
 func (s *SKU) home(reqID string) *Partition {
-	h := fnv64(reqID)
+	return s.homeUpTo(fnv64(reqID), -1)
+}
+
+// homeUpTo is the rendezvous winner among partitions of generation <= gen
+// (all when gen < 0).
+func (s *SKU) homeUpTo(h uint64, gen int) *Partition {
 	var best *Partition
 	var bestW uint64
 	for _, p := range s.Partitions() {
+		if gen >= 0 && int(p.gen.Load()) > gen {
+			continue
+		}
 		if w := mix64(h ^ p.seed); best == nil || w > bestW {
 			best, bestW = p, w
 		}
 	}
 	return best
+}
+
+// homes lists the request's home under the current partition set first,
+// then, when partitions were added within the retry window, its homes
+// under each older set that differ: a retry may have been served there.
+func (s *SKU) homes(reqID string) []*Partition {
+	h := fnv64(reqID)
+	cur := s.homeUpTo(h, -1)
+	if cur == nil || cur.gen.Load() == 0 {
+		return []*Partition{cur}
+	}
+	out := []*Partition{cur}
+	for g := int(cur.gen.Load()) - 1; g >= 0; g-- {
+		p := s.homeUpTo(h, g)
+		if p != nil && p != out[len(out)-1] {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // pick chooses an open partition with at least qty known units, not in
@@ -248,6 +282,7 @@ func (r *Registry) Upsert(info SKUInfo) *SKU {
 		if p == nil {
 			p = &Partition{H: pi.Handle, seed: mix64(fnv64(info.Name + ":" + strconv.Itoa(pi.Handle.ID)))}
 		}
+		p.gen.Store(int32(pi.Gen))
 		p.open.Store(pi.Open)
 		parts = append(parts, p)
 	}

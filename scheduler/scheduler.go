@@ -61,11 +61,16 @@ type Config struct {
 	// SweepEvery is how often a node looks at the partitions it owns and
 	// refills low sub-domains (deductions on other nodes lower them).
 	SweepEvery time.Duration `yaml:"sweep_every"`
+	// RetryWindow is how long a retry of a request id is guaranteed its
+	// first outcome across partition changes: a closed partition stays the
+	// home of the ids hashed to it this long, and a request whose home
+	// moved to a newly added partition also looks at its older homes.
+	RetryWindow time.Duration `yaml:"retry_window"`
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{StockWait: 2 * time.Second, SweepEvery: 100 * time.Millisecond}
+	return Config{StockWait: 2 * time.Second, SweepEvery: 100 * time.Millisecond, RetryWindow: 15 * time.Minute}
 }
 
 // Validate reports the first bad field.
@@ -75,6 +80,9 @@ func (c Config) Validate() error {
 	}
 	if c.SweepEvery <= 0 {
 		return errors.New("sweep_every: must be positive")
+	}
+	if c.RetryWindow < time.Minute {
+		return errors.New("retry_window: must be at least 1m")
 	}
 	return nil
 }
@@ -134,6 +142,7 @@ type Scheduler struct {
 	calls         *prometheus.CounterVec
 	takeCalls     prometheus.Counter
 	pointCalls    prometheus.Counter
+	peekCalls     prometheus.Counter
 	memorySoldOut prometheus.Counter
 	refillAsks    prometheus.Counter
 }
@@ -143,10 +152,11 @@ func New(cfg Config, reg *Registry, hooks Hooks, logger *slog.Logger) *Scheduler
 	s := &Scheduler{cfg: cfg, reg: reg, hooks: hooks, logger: logger.With("component", "scheduler")}
 	s.calls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stockd_scheduler_redis_calls_total",
-		Help: "Redis script calls made to serve deductions, by script (take, point).",
+		Help: "Redis script calls made to serve deductions, by script (take, point, peek).",
 	}, []string{"script"})
 	s.takeCalls = s.calls.WithLabelValues("take")
 	s.pointCalls = s.calls.WithLabelValues("point")
+	s.peekCalls = s.calls.WithLabelValues("peek")
 	s.memorySoldOut = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "stockd_scheduler_sold_out_from_memory_total",
 		Help: "Deductions answered sold_out from memory, without Redis.",
@@ -196,7 +206,10 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 		s.memorySoldOut.Inc()
 		return Result{Status: SoldOut}, nil
 	}
-	home := sku.home(reqID)
+	home, err := s.homeOf(ctx, sku, reqID)
+	if err != nil {
+		return Result{}, err
+	}
 	if home == nil {
 		return Result{Status: SoldOut}, nil
 	}
@@ -228,7 +241,11 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 				continue
 			case shard.Lost:
 				s.fence(sku, p)
-			case shard.Short, shard.Closed:
+			case shard.Closed:
+				// Redis says it is closed (a rebalance drained it); this
+				// node's registry hears it from MySQL a moment later.
+				p.open.Store(false)
+			case shard.Short:
 			default:
 				return Result{}, fmt.Errorf("take: code %d: %w", r.Code, shard.ErrBadReply)
 			}
@@ -276,6 +293,25 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 	return Result{}, fmt.Errorf("%w: no outcome after %d steps", ErrUnavailable, maxSteps)
 }
 
+// homeOf is the request's home. Within the retry window after partitions
+// were added, a request whose home moved to a new partition may have been
+// served under the older set: the old homes are asked (read-only) first,
+// and one that holds anything for the request stays its home.
+func (s *Scheduler) homeOf(ctx context.Context, sku *SKU, reqID string) (*Partition, error) {
+	hs := sku.homes(reqID)
+	for _, old := range hs[1:] {
+		s.peekCalls.Inc()
+		found, err := old.H.Peek(ctx, reqID)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if found {
+			return old, nil
+		}
+	}
+	return hs[0], nil
+}
+
 // observe records levels from a script reply and asks for a refill of the
 // idle sub-domain when the script said it is low.
 func (s *Scheduler) observe(sku *SKU, p *Partition, l shard.Levels, refill byte) {
@@ -296,6 +332,8 @@ type RefillResult struct {
 	Pool int64
 	// Failed: MySQL or Redis did not answer; the refill may be retried.
 	Failed bool
+	// Closed: Redis refused because the partition is closed.
+	Closed bool
 }
 
 const (
@@ -334,6 +372,9 @@ func (s *Scheduler) requestRefillCap(sku *SKU, p *Partition, sub byte, capAt int
 	ok := s.hooks.Refill(p.H, sub, sku.chunk.Load(), capAt, func(r RefillResult) {
 		if r.HaveLevels {
 			p.setLevels(r.Levels)
+		}
+		if r.Closed {
+			p.open.Store(false)
 		}
 		if r.Failed {
 			// MySQL or the shard unreachable: hold further requests for

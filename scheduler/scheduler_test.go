@@ -44,11 +44,18 @@ func newRig(t *testing.T, nShards int) *rig {
 	}
 	t.Cleanup(set.Close)
 	r := &rig{set: set, store: preallocate.NewStore(db)}
+	seed := map[string]string{}
+	for _, c := range cfgs {
+		seed[c.ID] = c.Addr
+	}
+	if err := r.store.SeedShards(ctx, seed); err != nil {
+		t.Fatal(err)
+	}
 	r.alloc = preallocate.New(preallocate.DefaultConfig(), db, set, slog.Default())
 	r.sched = New(DefaultConfig(), NewRegistry(), Hooks{
 		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(RefillResult)) bool {
 			return r.alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
-				done(RefillResult{Levels: o.Levels, HaveLevels: o.HaveLevels, Applied: o.Applied, Pool: o.Pool, Failed: err != nil})
+				done(RefillResult{Levels: o.Levels, HaveLevels: o.HaveLevels, Applied: o.Applied, Pool: o.Pool, Failed: err != nil, Closed: o.Closed})
 			})
 		},
 		PoolState:   r.store.PoolState,

@@ -25,6 +25,8 @@ var (
 	initSrc string
 	//go:embed scripts/inspect.lua
 	inspectSrc string
+	//go:embed scripts/peek.lua
+	peekSrc string
 
 	takeScript    = rueidis.NewLuaScript(takeSrc)
 	pointScript   = rueidis.NewLuaScript(pointSrc)
@@ -32,6 +34,7 @@ var (
 	drainScript   = rueidis.NewLuaScript(drainSrc)
 	initScript    = rueidis.NewLuaScript(initSrc)
 	inspectScript = rueidis.NewLuaScriptReadOnly(inspectSrc)
+	peekScript    = rueidis.NewLuaScriptReadOnly(peekSrc)
 )
 
 // ErrBadReply means a script answered in a shape this code does not know;
@@ -423,6 +426,16 @@ func (p *Partition) Init(ctx context.Context, threshold int64, create bool) (Cod
 		return 0, fmt.Errorf("init: %w: %v", ErrBadReply, err)
 	}
 	return Code(code), nil
+}
+
+// Peek tells whether this partition holds a pointer or a record for
+// reqID.
+func (p *Partition) Peek(ctx context.Context, reqID string) (bool, error) {
+	vals, err := peekScript.Exec(ctx, p.Shard.c, []string{p.records, p.pointers}, []string{reqID}).AsStrSlice()
+	if err != nil {
+		return false, fmt.Errorf("peek on %s: %w", p.Shard.ID, err)
+	}
+	return len(vals) == 2 && (vals[0] != "" || vals[1] != ""), nil
 }
 
 // State is a partition's state as inspect sees it.

@@ -15,7 +15,9 @@ import (
 	"log/slog"
 	"net"
 	"sort"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -72,12 +74,15 @@ type Shard struct {
 // Client gives direct access for non-stock keys (detail streams).
 func (s *Shard) Client() rueidis.Client { return s.c }
 
-// Set is the configured shards, keyed by id.
+// Set is the shards, keyed by id. Shards can be added while it is in use
+// (an operator adds a Redis instance); handles keep their *Shard.
 type Set struct {
 	prefix string
-	shards map[string]*Shard
-	ids    []string
+	opt    Options
 	logger *slog.Logger
+
+	mu     sync.RWMutex
+	shards map[string]*Shard
 }
 
 // Open connects to every shard. It fails, naming the shard, when one does
@@ -89,18 +94,43 @@ func Open(ctx context.Context, cfgs []Config, opt Options, logger *slog.Logger) 
 	if opt.DialTimeout <= 0 {
 		opt.DialTimeout = 2 * time.Second
 	}
-	s := &Set{prefix: opt.Prefix, shards: make(map[string]*Shard, len(cfgs)), logger: logger}
+	s := &Set{prefix: opt.Prefix, opt: opt, shards: make(map[string]*Shard, len(cfgs)), logger: logger}
 	for _, cfg := range cfgs {
-		sh, err := dial(ctx, cfg, opt)
-		if err != nil {
+		if err := s.Add(ctx, cfg); err != nil {
 			s.Close()
-			return nil, fmt.Errorf("shard %s (%s): %w", cfg.ID, cfg.Addr, err)
+			return nil, err
 		}
-		s.shards[cfg.ID] = sh
-		s.ids = append(s.ids, cfg.ID)
 	}
-	sort.Strings(s.ids)
 	return s, nil
+}
+
+// Add connects to a shard and adds it; adding an id already there with the
+// same address does nothing.
+func (s *Set) Add(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("shard: %w", err)
+	}
+	s.mu.RLock()
+	cur, ok := s.shards[cfg.ID]
+	s.mu.RUnlock()
+	if ok {
+		if cur.Addr == cfg.Addr {
+			return nil
+		}
+		return fmt.Errorf("shard %s: already at %s, not %s", cfg.ID, cur.Addr, cfg.Addr)
+	}
+	sh, err := dial(ctx, cfg, s.opt)
+	if err != nil {
+		return fmt.Errorf("shard %s (%s): %w", cfg.ID, cfg.Addr, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.shards[cfg.ID]; ok {
+		sh.c.Close()
+		return nil
+	}
+	s.shards[cfg.ID] = sh
+	return nil
 }
 
 func dial(ctx context.Context, cfg Config, opt Options) (*Shard, error) {
@@ -131,7 +161,9 @@ func dial(ctx context.Context, cfg Config, opt Options) (*Shard, error) {
 
 // Get returns the shard with id.
 func (s *Set) Get(id string) (*Shard, error) {
+	s.mu.RLock()
 	sh, ok := s.shards[id]
+	s.mu.RUnlock()
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownShard, id)
 	}
@@ -139,14 +171,52 @@ func (s *Set) Get(id string) (*Shard, error) {
 }
 
 // IDs lists the shard ids in sorted order.
-func (s *Set) IDs() []string { return s.ids }
+func (s *Set) IDs() []string {
+	s.mu.RLock()
+	ids := make([]string, 0, len(s.shards))
+	for id := range s.shards {
+		ids = append(ids, id)
+	}
+	s.mu.RUnlock()
+	sort.Strings(ids)
+	return ids
+}
 
 // Prefix is the key prefix of this deployment.
 func (s *Set) Prefix() string { return s.prefix }
 
 // Close closes every client.
 func (s *Set) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, sh := range s.shards {
 		sh.c.Close()
 	}
+}
+
+// Stats are a shard's size, for the admin view.
+type Stats struct {
+	Keys       int64
+	MemoryUsed int64
+}
+
+// Stats reads DBSIZE and used_memory.
+func (s *Shard) Stats(ctx context.Context) (Stats, error) {
+	var st Stats
+	res := s.c.DoMulti(ctx, s.c.B().Dbsize().Build(), s.c.B().Info().Section("memory").Build())
+	n, err := res[0].AsInt64()
+	if err != nil {
+		return st, err
+	}
+	st.Keys = n
+	info, err := res[1].ToString()
+	if err != nil {
+		return st, err
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
+			st.MemoryUsed, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return st, nil
 }

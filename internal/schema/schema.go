@@ -12,6 +12,8 @@
 //   - deductions: one row per deduction (detail), keyed by detail id, with a
 //     unique (sku, request_id) as the backstop against double deductions.
 //   - doubled_deductions: deductions undone by that backstop.
+//   - shards: the Redis instances and their state (active, draining,
+//     removed); the configured ones are seeded at start.
 package schema
 
 import (
@@ -96,6 +98,22 @@ var migrations = []string{
 	7: `ALTER TABLE deductions DROP INDEX expiry`,
 	// The applier finds its own rows by detail id and apply id together.
 	8: `ALTER TABLE deductions DROP INDEX by_apply`,
+	// A closed partition keeps serving as the home of the request ids
+	// hashed to it (their pointers live there) for a retry window.
+	9: `ALTER TABLE partitions ADD COLUMN closed_at DATETIME(6) NULL`,
+	// Shards added at runtime (and the configured ones) with their state:
+	// active (takes new partitions), draining, removed.
+	10: `CREATE TABLE IF NOT EXISTS shards (
+  id         VARCHAR(64) NOT NULL PRIMARY KEY,
+  addr       VARCHAR(255) NOT NULL,
+  state      ENUM('active','draining','removed') NOT NULL DEFAULT 'active',
+  created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+  updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
+) ENGINE=InnoDB`,
+	// Which rebalance added a partition (0: the SKU's first set). Request
+	// homes computed over an older generation are looked at during the
+	// retry window.
+	11: `ALTER TABLE partitions ADD COLUMN gen INT NOT NULL DEFAULT 0`,
 }
 
 // Open connects to the database named in dsn, creating the database when

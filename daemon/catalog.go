@@ -1,0 +1,242 @@
+package daemon
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+
+	"github.com/stockd/stockd/admin"
+	"github.com/stockd/stockd/preallocate"
+	"github.com/stockd/stockd/scheduler"
+	"github.com/stockd/stockd/shard"
+	stocksync "github.com/stockd/stockd/sync"
+)
+
+// catalog implements admin.Catalog over the store, the allocator and the
+// registry.
+type catalog struct {
+	// defaults fill what a PUT leaves out when it creates a SKU.
+	defaults preallocate.Spec
+
+	db      *sql.DB
+	notices *notices
+	store   *preallocate.Store
+	alloc   *preallocate.Allocator
+	sched   *scheduler.Scheduler
+	loader  *loader
+}
+
+var _ admin.Catalog = (*catalog)(nil)
+
+func (c *catalog) PutSKU(ctx context.Context, name string, spec admin.Spec) (admin.SKUView, bool, error) {
+	sku, created, err := c.alloc.Provision(ctx, name, preallocate.Spec{
+		Total: spec.Total, Partitions: spec.Partitions, Chunk: spec.Chunk, Threshold: spec.Threshold,
+	}, c.defaults)
+	if err != nil {
+		return admin.SKUView{}, false, adminErr(err)
+	}
+	if err := c.loader.load(ctx, sku); err != nil {
+		return admin.SKUView{}, created, err
+	}
+	c.notices.send(noticeChanged, name, sku.Version)
+	v, err := c.GetSKU(ctx, name)
+	return v, created, err
+}
+
+func (c *catalog) GetSKU(ctx context.Context, name string) (admin.SKUView, error) {
+	sku, err := c.store.Get(ctx, name)
+	if err != nil {
+		return admin.SKUView{}, adminErr(err)
+	}
+	v := admin.SKUView{
+		SKU: sku.Name, Total: sku.Total, Pool: sku.Pool, Reserved: sku.Reserved, Confirmed: sku.Confirmed,
+		Released: sku.Released, InDoubt: sku.InDoubt, Doubled: sku.Doubled, Chunk: sku.Chunk,
+		Threshold: sku.Threshold, Version: sku.Version, Partitions: []admin.PartitionView{},
+	}
+	v.Available = sku.Pool
+	for _, rp := range sku.Partitions {
+		pv := admin.PartitionView{ID: rp.ID, Shard: rp.Shard, State: rp.State}
+		h, err := c.loader.shards.Partition(sku.Name, rp.ID, rp.Epoch, rp.Shard)
+		if err == nil {
+			var st shard.State
+			if st, err = h.Inspect(ctx); err == nil {
+				pv.A, pv.B, pv.Active, pv.Seq, pv.Backlog = st.Levels.A, st.Levels.B, string(st.Levels.Active), st.Seq, st.Backlog
+				v.Sync.Backlog += st.Backlog
+				if rp.State == "open" {
+					v.Available += st.Levels.Total()
+				}
+			}
+		}
+		if err != nil {
+			pv.Error = err.Error()
+		}
+		v.Partitions = append(v.Partitions, pv)
+	}
+	if r := c.sched.Registry().Get(name); r != nil {
+		v.SoldOut = r.SoldOut()
+	}
+	return v, nil
+}
+
+func (c *catalog) ListSKUs(ctx context.Context) ([]admin.SKUView, error) {
+	out := []admin.SKUView{}
+	for _, name := range c.sched.Registry().Names() {
+		v, err := c.GetSKU(ctx, name)
+		if err != nil {
+			if errors.Is(err, admin.ErrNotFound) {
+				continue // deleted meanwhile
+			}
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func (c *catalog) Shards(ctx context.Context) ([]admin.ShardView, error) {
+	open := map[string]int{}
+	for _, name := range c.sched.Registry().Names() {
+		if sku := c.sched.Registry().Get(name); sku != nil {
+			for _, p := range sku.Partitions() {
+				if p.Open() {
+					open[p.H.Shard.ID]++
+				}
+			}
+		}
+	}
+	rows, err := c.store.Shards(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []admin.ShardView{}
+	for _, r := range rows {
+		v := admin.ShardView{ID: r.ID, Addr: r.Addr, State: r.State, Partitions: open[r.ID]}
+		if sh, err := c.loader.shards.Get(r.ID); err != nil {
+			if r.State != "removed" {
+				v.Error = "not connected on this node"
+			}
+		} else if st, err := sh.Stats(ctx); err != nil {
+			v.Error = err.Error()
+		} else {
+			v.Reachable, v.Keys, v.MemoryUsed = true, st.Keys, st.MemoryUsed
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func (c *catalog) AddShard(ctx context.Context, id, addr string) (admin.ShardView, error) {
+	if err := c.loader.shards.Add(ctx, shard.Config{ID: id, Addr: addr}); err != nil {
+		return admin.ShardView{}, &adminError{kind: admin.ErrConflict, err: err}
+	}
+	if err := c.store.AddShard(ctx, id, addr); err != nil {
+		return admin.ShardView{}, adminErr(err)
+	}
+	c.notices.send(noticeShards, "", 0)
+	views, err := c.Shards(ctx)
+	if err != nil {
+		return admin.ShardView{}, err
+	}
+	for _, v := range views {
+		if v.ID == id {
+			return v, nil
+		}
+	}
+	return admin.ShardView{ID: id, Addr: addr, State: "active"}, nil
+}
+
+// shardMoves is what a drain moved, per SKU.
+type shardMoves struct {
+	Shard string                                 `json:"shard"`
+	SKUs  map[string]preallocate.RebalanceResult `json:"skus"`
+}
+
+func (c *catalog) DrainShard(ctx context.Context, id string) (any, error) {
+	moved, err := c.alloc.DrainShard(ctx, id)
+	for sku := range moved {
+		c.reload(ctx, sku)
+	}
+	c.notices.send(noticeShards, "", 0)
+	if err != nil {
+		return nil, adminErr(err)
+	}
+	return shardMoves{Shard: id, SKUs: moved}, nil
+}
+
+func (c *catalog) RemoveShard(ctx context.Context, id string) error {
+	if err := c.alloc.RemoveShard(ctx, id); err != nil {
+		return adminErr(err)
+	}
+	c.notices.send(noticeShards, "", 0)
+	return nil
+}
+
+func (c *catalog) Rebalance(ctx context.Context, name string, spec admin.RebalanceSpec) (any, error) {
+	if c.sched.Registry().Get(name) == nil {
+		if _, err := c.store.Get(ctx, name); err != nil {
+			return nil, adminErr(err)
+		}
+	}
+	var r preallocate.Rebalance
+	switch {
+	case spec.Partitions != nil:
+		r.Partitions = *spec.Partitions
+	case spec.Move != nil:
+		r.MovePartition, r.MoveTo = spec.Move.Partition, spec.Move.Shard
+	default:
+		r.Pin = spec.Pin
+	}
+	out, err := c.alloc.Rebalance(ctx, name, r)
+	c.reload(ctx, name)
+	if err != nil {
+		return nil, adminErr(err)
+	}
+	return out, nil
+}
+
+// reload puts a SKU's new shape in this node's registry and tells the
+// others.
+func (c *catalog) reload(ctx context.Context, name string) {
+	sku, err := c.store.Get(ctx, name)
+	if err == nil {
+		err = c.loader.load(ctx, sku)
+	}
+	if err != nil {
+		c.loader.logger.Warn("reload after a change", "sku", name, "err", err)
+		return
+	}
+	c.notices.send(noticeChanged, name, sku.Version)
+}
+
+func (c *catalog) Verify(ctx context.Context, name string) (any, error) {
+	rep, err := stocksync.Verify(ctx, c.db, c.loader.shards, name)
+	if err != nil {
+		return nil, adminErr(err)
+	}
+	return rep, nil
+}
+
+func adminErr(err error) error {
+	switch {
+	case errors.Is(err, preallocate.ErrUnknownSKU), errors.Is(err, stocksync.ErrUnknownSKU):
+		return &adminError{kind: admin.ErrNotFound, err: err}
+	case errors.Is(err, preallocate.ErrConflict):
+		return &adminError{kind: admin.ErrConflict, err: err}
+	case errors.Is(err, preallocate.ErrUnknownShard):
+		return &adminError{kind: admin.ErrNotFound, err: err}
+	case errors.Is(err, preallocate.ErrInvalid):
+		return &adminError{kind: admin.ErrInvalid, err: err}
+	}
+	return err
+}
+
+// adminError gives an error the admin sentinel it maps to, keeping its
+// message.
+type adminError struct {
+	kind error
+	err  error
+}
+
+func (e *adminError) Error() string        { return e.err.Error() }
+func (e *adminError) Is(target error) bool { return target == e.kind }
+func (e *adminError) Unwrap() error        { return e.err }

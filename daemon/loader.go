@@ -1,0 +1,216 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/stockd/stockd/preallocate"
+	"github.com/stockd/stockd/scheduler"
+	"github.com/stockd/stockd/shard"
+)
+
+// loader keeps the registry (and the shard connections) in line with
+// MySQL.
+type loader struct {
+	store  *preallocate.Store
+	alloc  *preallocate.Allocator
+	sched  *scheduler.Scheduler
+	shards *shard.Set
+	logger *slog.Logger
+	// window is how long a closed partition stays a home, and a newly
+	// added one counts as new (scheduler.retry_window).
+	window time.Duration
+
+	mu sync.Mutex
+	// due is when each SKU's window-derived view changes (a closed
+	// partition leaves the home set, an added one stops being new).
+	due map[string]time.Time
+}
+
+// syncShards connects the shards MySQL knows and this node does not (added
+// at runtime, on another node perhaps).
+func (l *loader) syncShards(ctx context.Context) error {
+	rows, err := l.store.Shards(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range rows {
+		if r.State == "removed" {
+			continue
+		}
+		if _, err := l.shards.Get(r.ID); err == nil {
+			continue
+		}
+		if err := l.shards.Add(ctx, shard.Config{ID: r.ID, Addr: r.Addr}); err != nil {
+			errs = append(errs, err)
+		} else {
+			l.logger.Info("connected shard", "shard", r.ID, "addr", r.Addr)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (l *loader) loadAll(ctx context.Context) error {
+	skus, err := l.store.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, sku := range skus {
+		if err := l.load(ctx, sku); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// load brings sku's partitions' Redis state up, tops up those this node
+// owns and puts the SKU in the registry with fresh levels.
+func (l *loader) load(ctx context.Context, sku preallocate.SKU) error {
+	open, err := l.alloc.Ensure(ctx, sku)
+	if err != nil {
+		return fmt.Errorf("sku %s: %w", sku.Name, err)
+	}
+	var owned []*shard.Partition
+	for _, p := range open {
+		if l.alloc.Owns == nil || l.alloc.Owns(p.SKU, p.ID) {
+			owned = append(owned, p)
+		}
+	}
+	if err := l.alloc.TopUp(ctx, sku, owned); err != nil {
+		l.logger.Warn("top up", "sku", sku.Name, "err", err)
+	}
+	if sku, err = l.store.Get(ctx, sku.Name); err != nil {
+		return err
+	}
+	info, due, err := l.registryInfo(sku, time.Now())
+	if err != nil {
+		return err
+	}
+	l.sched.Registry().Upsert(info)
+	l.sched.Invalidate(sku.Name, sku.Pool)
+	if err := l.sched.Refresh(ctx, sku.Name); err != nil {
+		l.logger.Warn("refresh levels", "sku", sku.Name, "err", err)
+	}
+	l.mu.Lock()
+	if l.due == nil {
+		l.due = map[string]time.Time{}
+	}
+	if due.IsZero() {
+		delete(l.due, sku.Name)
+	} else {
+		l.due[sku.Name] = due
+	}
+	l.mu.Unlock()
+	return nil
+}
+
+// registryInfo turns MySQL's rows into the registry's view at now:
+//   - open and fenced partitions are all in the home set;
+//   - a closed partition stays in it for the retry window after it closed
+//     (requests hashed to it keep their pointers there), then leaves;
+//   - partitions added by a rebalance within the window keep a generation
+//     (1, 2, … in order), so that a request whose home moved to one of
+//     them also looks at its older homes.
+//
+// It also returns when this view next changes by the clock alone.
+func (l *loader) registryInfo(sku preallocate.SKU, now time.Time) (scheduler.SKUInfo, time.Time, error) {
+	info := scheduler.SKUInfo{Name: sku.Name, Chunk: sku.Chunk, Threshold: sku.Threshold, Pool: sku.Pool, Version: sku.Version}
+	var due time.Time
+	soonest := func(t time.Time) {
+		if t.After(now) && (due.IsZero() || t.Before(due)) {
+			due = t
+		}
+	}
+	// Partitions added by rebalances still within the window keep their
+	// generation (renumbered 1, 2, … in order); older ones count as the
+	// settled set.
+	var gens []int
+	for _, rp := range sku.Partitions {
+		if rp.Gen > 0 && rp.CreatedAt.Add(l.window).After(now) {
+			soonest(rp.CreatedAt.Add(l.window))
+			if !slices.Contains(gens, rp.Gen) {
+				gens = append(gens, rp.Gen)
+			}
+		}
+	}
+	sort.Ints(gens)
+	gen := map[int]int{}
+	for _, rp := range sku.Partitions {
+		if i := slices.Index(gens, rp.Gen); i >= 0 && rp.CreatedAt.Add(l.window).After(now) {
+			gen[rp.ID] = i + 1
+		}
+	}
+	for _, rp := range sku.Partitions {
+		if rp.State == "closed" {
+			if !rp.ClosedAt.Add(l.window).After(now) {
+				continue // out of the retry window: no longer a home
+			}
+			soonest(rp.ClosedAt.Add(l.window))
+		}
+		h, err := l.shards.Partition(sku.Name, rp.ID, rp.Epoch, rp.Shard)
+		if err != nil {
+			if rp.State != "open" {
+				l.logger.Warn("partition on an unknown shard left out of the home set", "sku", sku.Name, "pid", rp.ID, "shard", rp.Shard)
+				continue
+			}
+			return info, due, fmt.Errorf("sku %s partition %d: %w (its shard is neither configured nor recorded)", sku.Name, rp.ID, err)
+		}
+		info.Partitions = append(info.Partitions, scheduler.PartitionInfo{Handle: h, Open: rp.State == "open", Gen: gen[rp.ID]})
+	}
+	return info, due, nil
+}
+
+// reloadEvery compares the registry with MySQL and reloads what changed
+// elsewhere (created, restocked, partitions changed, units returned).
+func (l *loader) reloadEvery(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := l.reload(ctx); err != nil && ctx.Err() == nil {
+			l.logger.Warn("registry reload", "err", err)
+		}
+	}
+}
+
+func (l *loader) reload(ctx context.Context) error {
+	if err := l.syncShards(ctx); err != nil {
+		l.logger.Warn("connect shards", "err", err)
+	}
+	heads, err := l.store.Heads(ctx)
+	if err != nil {
+		return err
+	}
+	reg := l.sched.Registry()
+	now := time.Now()
+	for name, h := range heads {
+		sku := reg.Get(name)
+		l.mu.Lock()
+		due, timed := l.due[name]
+		l.mu.Unlock()
+		switch {
+		case sku == nil || sku.Version() != h.Version || (timed && now.After(due)):
+			full, err := l.store.Get(ctx, name)
+			if err != nil {
+				return err
+			}
+			if err := l.load(ctx, full); err != nil {
+				return err
+			}
+		case h.Pool > 0 && (sku.SoldOut() || sku.Pool() == 0):
+			l.sched.Invalidate(name, h.Pool)
+		}
+	}
+	return nil
+}
