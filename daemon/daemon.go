@@ -189,6 +189,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Logger:     log,
 	})
 	metrics.MustRegister(sched.Collectors()...)
+	metrics.MustRegister(alloc.Collectors()...)
+	metrics.MustRegister(&skuCollector{loader: loader})
 	hotMetrics := newHotMetrics(metrics)
 	metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "stockd_cluster_members",

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
 	"github.com/stockd/stockd/shard"
@@ -31,6 +33,8 @@ type loader struct {
 	// due is when each SKU's window-derived view changes (a closed
 	// partition leaves the home set, an added one stops being new).
 	due map[string]time.Time
+	// heads are MySQL's last seen version, pool and in_doubt per SKU.
+	heads map[string]preallocate.Head
 }
 
 // syncShards connects the shards MySQL knows and this node does not (added
@@ -192,6 +196,9 @@ func (l *loader) reload(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	l.mu.Lock()
+	l.heads = heads
+	l.mu.Unlock()
 	reg := l.sched.Registry()
 	now := time.Now()
 	for name, h := range heads {
@@ -213,4 +220,25 @@ func (l *loader) reload(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// skuCollector exports per-SKU figures MySQL holds, as of the last reload.
+type skuCollector struct{ loader *loader }
+
+var (
+	inDoubtDesc = prometheus.NewDesc("stockd_sku_in_doubt_units",
+		"Units held in_doubt (a shard lost data; never re-sold until reconciled).", []string{"sku"}, nil)
+	poolDesc = prometheus.NewDesc("stockd_sku_pool_units",
+		"Units in the SKU's MySQL pool (not allocated to partitions).", []string{"sku"}, nil)
+)
+
+func (c *skuCollector) Describe(ch chan<- *prometheus.Desc) { ch <- inDoubtDesc; ch <- poolDesc }
+
+func (c *skuCollector) Collect(ch chan<- prometheus.Metric) {
+	c.loader.mu.Lock()
+	defer c.loader.mu.Unlock()
+	for name, h := range c.loader.heads {
+		ch <- prometheus.MustNewConstMetric(inDoubtDesc, prometheus.GaugeValue, float64(h.InDoubt), name)
+		ch <- prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, float64(h.Pool), name)
+	}
 }

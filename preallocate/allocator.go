@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/stockd/stockd/internal/sqltx"
 	"github.com/stockd/stockd/shard"
 )
@@ -97,7 +99,12 @@ type Allocator struct {
 
 	lastWarn   atomic.Int64
 	suppressed atomic.Int64
+
+	refills *prometheus.CounterVec
 }
+
+// Collectors are the allocator's metrics.
+func (a *Allocator) Collectors() []prometheus.Collector { return []prometheus.Collector{a.refills} }
 
 type job struct {
 	p     *shard.Partition
@@ -115,6 +122,10 @@ func New(cfg Config, db *sql.DB, shards *shard.Set, logger *slog.Logger) *Alloca
 		shards: shards,
 		logger: logger.With("component", "preallocate"),
 		queue:  make(chan job, cfg.Queue),
+		refills: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stockd_preallocate_refills_total",
+			Help: "Refills, by result: applied, skipped (already full), empty_pool, refused (voided), failed.",
+		}, []string{"result"}),
 	}
 }
 
@@ -146,6 +157,7 @@ func (a *Allocator) Run(ctx context.Context) error {
 					if err != nil && ctx.Err() == nil {
 						a.warnRefill(j, err)
 					}
+					a.refills.WithLabelValues(refillResult(o, err)).Inc()
 					if j.done != nil {
 						j.done(o, err)
 					}
@@ -166,6 +178,20 @@ func (a *Allocator) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+func refillResult(o Outcome, err error) string {
+	switch {
+	case err != nil:
+		return "failed"
+	case o.Applied > 0:
+		return "applied"
+	case o.Voided:
+		return "refused"
+	case o.Pool == 0:
+		return "empty_pool"
+	}
+	return "skipped"
 }
 
 // warnRefill logs a failed refill, at most once every few seconds: during

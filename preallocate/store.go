@@ -272,11 +272,12 @@ func spread(name string, n int) int {
 type Head struct {
 	Version int64
 	Pool    int64
+	InDoubt int64
 }
 
 // Heads reads every SKU's head in one query.
 func (s *Store) Heads(ctx context.Context) (map[string]Head, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT sku, version, pool FROM skus`)
+	rows, err := s.db.QueryContext(ctx, `SELECT sku, version, pool, in_doubt FROM skus`)
 	if err != nil {
 		return nil, fmt.Errorf("sku heads: %w", err)
 	}
@@ -285,7 +286,7 @@ func (s *Store) Heads(ctx context.Context) (map[string]Head, error) {
 	for rows.Next() {
 		var n string
 		var h Head
-		if err := rows.Scan(&n, &h.Version, &h.Pool); err != nil {
+		if err := rows.Scan(&n, &h.Version, &h.Pool, &h.InDoubt); err != nil {
 			return nil, fmt.Errorf("sku heads: %w", err)
 		}
 		out[n] = h

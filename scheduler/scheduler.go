@@ -145,6 +145,7 @@ type Scheduler struct {
 	peekCalls     prometheus.Counter
 	memorySoldOut prometheus.Counter
 	refillAsks    prometheus.Counter
+	swaps         prometheus.Counter
 }
 
 // New returns a scheduler over reg.
@@ -165,12 +166,42 @@ func New(cfg Config, reg *Registry, hooks Hooks, logger *slog.Logger) *Scheduler
 		Name: "stockd_scheduler_refills_requested_total",
 		Help: "Refills of a sub-domain this node asked for (run here or sent to the partition's owner).",
 	})
+	s.swaps = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stockd_scheduler_subdomain_swaps_total",
+		Help: "Active sub-domain swaps this node observed in take replies.",
+	})
 	return s
+}
+
+// levelCollector exports the registry's last known partition levels.
+type levelCollector struct{ reg *Registry }
+
+var levelDesc = prometheus.NewDesc("stockd_partition_units",
+	"Units in a partition's sub-domain, as this node last saw them (open partitions).",
+	[]string{"sku", "partition", "sub", "shard"}, nil)
+
+func (c *levelCollector) Describe(ch chan<- *prometheus.Desc) { ch <- levelDesc }
+
+func (c *levelCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, name := range c.reg.Names() {
+		sku := c.reg.Get(name)
+		if sku == nil {
+			continue
+		}
+		for _, p := range sku.Partitions() {
+			if !p.Open() {
+				continue
+			}
+			pid := strconv.Itoa(p.H.ID)
+			ch <- prometheus.MustNewConstMetric(levelDesc, prometheus.GaugeValue, float64(p.a.Load()), name, pid, "a", p.H.Shard.ID)
+			ch <- prometheus.MustNewConstMetric(levelDesc, prometheus.GaugeValue, float64(p.b.Load()), name, pid, "b", p.H.Shard.ID)
+		}
+	}
 }
 
 // Collectors are the scheduler's metrics, for the daemon's registry.
 func (s *Scheduler) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.calls, s.memorySoldOut, s.refillAsks}
+	return []prometheus.Collector{s.calls, s.memorySoldOut, s.refillAsks, s.swaps, &levelCollector{reg: s.reg}}
 }
 
 // Registry returns the registry.
@@ -315,6 +346,9 @@ func (s *Scheduler) homeOf(ctx context.Context, sku *SKU, reqID string) (*Partit
 // observe records levels from a script reply and asks for a refill of the
 // idle sub-domain when the script said it is low.
 func (s *Scheduler) observe(sku *SKU, p *Partition, l shard.Levels, refill byte) {
+	if p.activeB.Load() != (l.Active == 'b') {
+		s.swaps.Inc() // seen here; a swap between two observations counts once
+	}
 	p.setLevels(l)
 	if refill != 0 {
 		s.requestRefill(sku, p, refill)

@@ -1,0 +1,90 @@
+package daemon
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// /metrics parses as Prometheus text and counts what the test did.
+func TestMetrics(t *testing.T) {
+	e := newEnv(t, 2)
+	n := startNode(t, e.config())
+	putSKU(t, n, "m1", 100, 2, 10, 2)
+	b := newBuyer(32)
+	o := crowd(t, b, n.hot, "m1", 150, "m-", func(int) int64 { return 1 })
+	if o.ok != 100 || o.soldOut != 50 {
+		t.Fatalf("ok %d sold_out %d", o.ok, o.soldOut)
+	}
+	for _, body := range []string{`{`, `{"sku":"m1","qty":0,"request_id":"z"}`} {
+		b.post(n.hot, "/v1/deduct", body)
+	}
+	waitSynced(t, n, "m1", 10*time.Second)
+
+	req, _ := http.NewRequest("GET", "http://"+n.admin+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics is not Prometheus text: %v", err)
+	}
+	value := func(name string, labels map[string]string) float64 {
+		t.Helper()
+		f, ok := fams[name]
+		if !ok {
+			t.Fatalf("metric %s missing", name)
+		}
+		var sum float64
+	metrics:
+		for _, m := range f.Metric {
+			for _, lp := range m.Label {
+				if want, ok := labels[lp.GetName()]; ok && want != lp.GetValue() {
+					continue metrics
+				}
+			}
+			switch f.GetType() {
+			case dto.MetricType_COUNTER:
+				sum += m.GetCounter().GetValue()
+			case dto.MetricType_GAUGE:
+				sum += m.GetGauge().GetValue()
+			case dto.MetricType_HISTOGRAM:
+				sum += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+		return sum
+	}
+	checks := []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"stockd_deductions_total", map[string]string{"outcome": "ok"}, 100},
+		{"stockd_deductions_total", map[string]string{"outcome": "sold_out"}, 50},
+		{"stockd_deductions_total", map[string]string{"outcome": "bad_request"}, 2},
+		{"stockd_deduct_seconds", nil, 150},
+		{"stockd_sync_details_applied_total", map[string]string{"result": "inserted"}, 100},
+		{"stockd_cluster_members", nil, 1},
+		{"stockd_sku_in_doubt_units", map[string]string{"sku": "m1"}, 0},
+	}
+	for _, c := range checks {
+		if got := value(c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	for _, name := range []string{"stockd_partition_units", "stockd_preallocate_refills_total",
+		"stockd_scheduler_redis_calls_total", "stockd_sync_batch_details", "stockd_sync_apply_lag_seconds",
+		"stockd_sync_publish_total", "stockd_sync_stream_backlog", "stockd_scheduler_subdomain_swaps_total"} {
+		if _, ok := fams[name]; !ok {
+			t.Errorf("metric %s missing", name)
+		}
+	}
+}
