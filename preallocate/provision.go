@@ -51,24 +51,20 @@ func (a *Allocator) Ensure(ctx context.Context, sku SKU) ([]*shard.Partition, er
 		if err != nil {
 			return nil, err
 		}
-		code, err := p.Init(ctx, sku.Threshold, false)
+		// Count the fills first: a fill only ever applies into existing
+		// state, so fills on record mean the state existed, and missing
+		// state then means lost data. (Checking the state first and the
+		// fills second raced with a concurrent Ensure that created the
+		// state and filled it in between.)
+		var fills int
+		if err := a.db.QueryRowContext(ctx,
+			`SELECT COUNT(*) FROM allocations WHERE sku = ? AND pid = ? AND epoch = ? AND kind = 'fill' AND state IN ('applied','pending')`,
+			sku.Name, rp.ID, rp.Epoch).Scan(&fills); err != nil {
+			return nil, fmt.Errorf("ensure partition: %w", err)
+		}
+		code, err := p.Init(ctx, sku.Threshold, fills == 0)
 		if err != nil {
 			return nil, err
-		}
-		if code == shard.InitMissing {
-			var applied int
-			if err := a.db.QueryRowContext(ctx,
-				`SELECT COUNT(*) FROM allocations WHERE sku = ? AND pid = ? AND epoch = ? AND state = 'applied'`,
-				sku.Name, rp.ID, rp.Epoch).Scan(&applied); err != nil {
-				return nil, fmt.Errorf("ensure partition: %w", err)
-			}
-			if applied == 0 {
-				if code, err = p.Init(ctx, sku.Threshold, true); err != nil {
-					return nil, err
-				}
-			} else {
-				code = shard.InitOther
-			}
 		}
 		if code == shard.InitOther || code == shard.InitMissing {
 			a.lost(ctx, p)
