@@ -106,6 +106,9 @@ type Catalog interface {
 	RemoveShard(ctx context.Context, id string) error
 	// Rebalance changes a live SKU's partitions.
 	Rebalance(ctx context.Context, sku string, r RebalanceSpec) (any, error)
+	// InDoubt lists the SKU's fenced partitions and their doubt; with
+	// resolve, it first returns every open doubt to the pool at once.
+	InDoubt(ctx context.Context, sku string, resolve bool) (any, error)
 }
 
 // RebalanceSpec is POST /admin/skus/{sku}/rebalance: exactly one of
@@ -201,6 +204,8 @@ func New(o Options) *Server {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "removed"})
 	})
 	s.handle("POST /admin/skus/{sku}/rebalance", s.rebalance)
+	s.handle("GET /admin/skus/{sku}/in-doubt", s.inDoubt(false))
+	s.handle("POST /admin/skus/{sku}/in-doubt/resolve", s.inDoubt(true))
 	s.handle("PUT /admin/skus/{sku}", s.putSKU)
 	s.handle("GET /admin/skus/{sku}", s.getSKU)
 	s.handle("GET /admin/skus/{sku}/verify", s.verify)
@@ -417,6 +422,27 @@ func (s *Server) rebalance(w http.ResponseWriter, r *http.Request) {
 	}
 	s.logger.Info("sku rebalanced", "sku", name)
 	writeJSON(w, http.StatusOK, out)
+}
+
+// inDoubt shows (and with resolve, forces) the resolution of units held
+// in doubt after a shard lost data.
+func (s *Server) inDoubt(resolve bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("sku")
+		if err := ident.ValidSKU(name); err != nil {
+			writeError(w, http.StatusBadRequest, "sku: "+err.Error())
+			return
+		}
+		out, err := s.catalog.InDoubt(r.Context(), name, resolve)
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
+		if resolve {
+			s.logger.Warn("in-doubt units resolved by an operator", "sku", name)
+		}
+		writeJSON(w, http.StatusOK, out)
+	}
 }
 
 func (s *Server) verify(w http.ResponseWriter, r *http.Request) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"time"
 
 	"github.com/stockd/stockd/admin"
 	"github.com/stockd/stockd/preallocate"
@@ -17,6 +18,8 @@ import (
 type catalog struct {
 	// defaults fill what a PUT leaves out when it creates a SKU.
 	defaults preallocate.Spec
+	// ttl is the reservation TTL, after which doubt resolves by itself.
+	ttl time.Duration
 
 	db      *sql.DB
 	notices *notices
@@ -192,6 +195,46 @@ func (c *catalog) Rebalance(ctx context.Context, name string, spec admin.Rebalan
 		return nil, adminErr(err)
 	}
 	return out, nil
+}
+
+// inDoubtView is GET /admin/skus/{sku}/in-doubt.
+type inDoubtView struct {
+	SKU      string              `json:"sku"`
+	InDoubt  int64               `json:"in_doubt"`
+	Resolved int64               `json:"resolved_now"`
+	Fenced   []preallocate.Doubt `json:"fenced"`
+}
+
+func (c *catalog) InDoubt(ctx context.Context, name string, resolve bool) (any, error) {
+	sku, err := c.store.Get(ctx, name)
+	if err != nil {
+		return nil, adminErr(err)
+	}
+	v := inDoubtView{SKU: name}
+	if resolve {
+		if v.Resolved, err = c.alloc.ResolveDoubts(ctx, name, time.Now(), true); err != nil {
+			return nil, err
+		}
+		if v.Resolved > 0 {
+			c.returned(ctx, name)
+		}
+		if sku, err = c.store.Get(ctx, name); err != nil {
+			return nil, adminErr(err)
+		}
+	}
+	v.InDoubt = sku.InDoubt
+	if v.Fenced, err = c.alloc.Doubts(ctx, name, c.ttl); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// returned tells this node and the others that units went back to sku's
+// pool.
+func (c *catalog) returned(ctx context.Context, name string) {
+	c.sched.Invalidate(name, -1)
+	c.notices.send(noticeReturned, name, 0)
+	c.reload(ctx, name)
 }
 
 // reload puts a SKU's new shape in this node's registry and tells the

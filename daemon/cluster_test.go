@@ -540,7 +540,7 @@ func TestTwoOwnersAtOnce(t *testing.T) {
 		cfg.NodeName = name
 		cfg.Sync.ClaimIdle = time.Second
 		cfg.Sync.BatchInterval = 1500 * time.Millisecond // entries sit pending long enough to be claimed
-		cfg.Sync.ReservationTTL = 20 * time.Second // longer than the first crowd takes
+		cfg.Sync.ReservationTTL = 20 * time.Second       // longer than the first crowd takes
 		cfg.Sync.ExpireEvery = 100 * time.Millisecond
 		cfg.Preallocate.PendingEvery = 100 * time.Millisecond
 		cfg.Preallocate.PendingAge = time.Millisecond

@@ -130,7 +130,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		PoolState:   store.PoolState,
 		Consolidate: alloc.Consolidate,
 		Lost: func(p *shard.Partition) {
-			alloc.Fence(context.Background(), p)
+			alloc.Fence(context.Background(), p, preallocate.ReasonLost)
+		},
+		Rollback: func(p *shard.Partition) {
+			alloc.Fence(context.Background(), p, preallocate.ReasonRollback)
 		},
 		SoldOut: func(sku string) { notices.send(noticeSoldOut, sku, 0) },
 	}, log)
@@ -218,7 +221,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		logger:  log.With("component", "http"),
 		m:       hotMetrics,
 	}
-	cat := &catalog{db: db, store: store, alloc: alloc, sched: sched, loader: loader, notices: notices, defaults: preallocate.Spec{
+	cat := &catalog{db: db, store: store, alloc: alloc, sched: sched, loader: loader, notices: notices, ttl: cfg.Sync.ReservationTTL, defaults: preallocate.Spec{
 		Partitions: cfg.SKUDefaults.Partitions,
 		Chunk:      cfg.SKUDefaults.Chunk,
 		Threshold:  cfg.SKUDefaults.Threshold,
@@ -247,6 +250,32 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// the others, after its last batches went out.
 	g.Go(func() error { return peer.Run(workCtx) })
 	g.Go(func() error { notices.run(workCtx, sched, reg); return nil })
+	// Doubt left by a shard's data loss resolves by itself once every
+	// reservation that could still be confirmed has expired (the owner of
+	// the SKU does it).
+	g.Go(func() error {
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-workCtx.Done():
+				return nil
+			case <-t.C:
+			}
+			for _, name := range reg.Names() {
+				if !peer.Owns(skuKey(name)) {
+					continue
+				}
+				n, err := alloc.ResolveDoubts(workCtx, name, time.Now().Add(-cfg.Sync.ReservationTTL), false)
+				if err != nil && workCtx.Err() == nil {
+					log.Warn("resolve in-doubt units", "sku", name, "err", err)
+				}
+				if n > 0 {
+					cat.returned(workCtx, name)
+				}
+			}
+		}
+	})
 	g.Go(func() error {
 		t := time.NewTicker(cfg.Scheduler.SweepEvery)
 		defer t.Stop()

@@ -77,6 +77,12 @@ func (l *loader) loadAll(ctx context.Context) error {
 // load brings sku's partitions' Redis state up, tops up those this node
 // owns and puts the SKU in the registry with fresh levels.
 func (l *loader) load(ctx context.Context, sku preallocate.SKU) error {
+	// One snapshot for Ensure and the registry: a partition added after it
+	// is brought up by whoever added it and loaded on the next change.
+	sku, err := l.store.Get(ctx, sku.Name)
+	if err != nil {
+		return err
+	}
 	open, err := l.alloc.Ensure(ctx, sku)
 	if err != nil {
 		return fmt.Errorf("sku %s: %w", sku.Name, err)
@@ -89,9 +95,6 @@ func (l *loader) load(ctx context.Context, sku preallocate.SKU) error {
 	}
 	if err := l.alloc.TopUp(ctx, sku, owned); err != nil {
 		l.logger.Warn("top up", "sku", sku.Name, "err", err)
-	}
-	if sku, err = l.store.Get(ctx, sku.Name); err != nil {
-		return err
 	}
 	info, due, err := l.registryInfo(sku, time.Now())
 	if err != nil {
@@ -166,6 +169,7 @@ func (l *loader) registryInfo(sku preallocate.SKU, now time.Time) (scheduler.SKU
 			}
 			return info, due, fmt.Errorf("sku %s partition %d: %w (its shard is neither configured nor recorded)", sku.Name, rp.ID, err)
 		}
+		h.ObserveSeq(rp.SeenSeq)
 		info.Partitions = append(info.Partitions, scheduler.PartitionInfo{Handle: h, Open: rp.State == "open", Gen: gen[rp.ID]})
 	}
 	return info, due, nil

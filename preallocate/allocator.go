@@ -426,34 +426,3 @@ func (a *Allocator) ApplyPending(ctx context.Context, age time.Duration) error {
 	}
 	return errors.Join(errs...)
 }
-
-// Fence records that p's Redis state is gone (a take found it missing):
-// the partition never sells or refills again.
-func (a *Allocator) Fence(ctx context.Context, p *shard.Partition) { a.lost(ctx, p) }
-
-// lost records that p's Redis state is gone: the partition is fenced and
-// never sells or refills again.
-func (a *Allocator) lost(ctx context.Context, p *shard.Partition) {
-	a.logger.Error("partition lost its redis state; fencing it", "sku", p.SKU, "pid", p.ID, "shard", p.Shard.ID)
-	// The version bump makes every node reload the SKU and stop choosing
-	// the partition.
-	err := sqltx.Run(ctx, a.db, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx,
-			`UPDATE partitions SET state = 'fenced' WHERE sku = ? AND pid = ? AND epoch = ? AND state = 'open'`,
-			p.SKU, p.ID, p.Epoch)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return nil
-		}
-		_, err = tx.ExecContext(ctx, `UPDATE skus SET version = version + 1 WHERE sku = ?`, p.SKU)
-		return err
-	})
-	if err != nil {
-		a.logger.Error("fence partition", "sku", p.SKU, "pid", p.ID, "err", err)
-	}
-	if a.OnLost != nil {
-		a.OnLost(p.SKU, p.ID)
-	}
-}

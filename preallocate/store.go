@@ -73,6 +73,7 @@ type Partition struct {
 	Epoch     int64
 	State     string // open, fenced, closed
 	Gen       int    // the rebalance that added it (0: the first set)
+	SeenSeq   int64  // highest detail sequence landed in MySQL
 	CreatedAt time.Time
 	ClosedAt  time.Time // zero while open
 }
@@ -232,7 +233,7 @@ func getSKU(ctx context.Context, q querier, name string, forUpdate bool) (SKU, e
 	if err != nil {
 		return SKU{}, fmt.Errorf("read sku: %w", err)
 	}
-	rows, err := q.QueryContext(ctx, `SELECT pid, shard, epoch, state, gen, created_at, closed_at FROM partitions WHERE sku = ? ORDER BY pid`, name)
+	rows, err := q.QueryContext(ctx, `SELECT pid, shard, epoch, state, gen, seen_seq, created_at, closed_at FROM partitions WHERE sku = ? ORDER BY pid`, name)
 	if err != nil {
 		return SKU{}, fmt.Errorf("read partitions: %w", err)
 	}
@@ -240,7 +241,7 @@ func getSKU(ctx context.Context, q querier, name string, forUpdate bool) (SKU, e
 	for rows.Next() {
 		var p Partition
 		var closed sql.NullTime
-		if err := rows.Scan(&p.ID, &p.Shard, &p.Epoch, &p.State, &p.Gen, &p.CreatedAt, &closed); err != nil {
+		if err := rows.Scan(&p.ID, &p.Shard, &p.Epoch, &p.State, &p.Gen, &p.SeenSeq, &p.CreatedAt, &closed); err != nil {
 			return SKU{}, fmt.Errorf("read partitions: %w", err)
 		}
 		p.ClosedAt = closed.Time

@@ -281,6 +281,8 @@ func (r *Registry) Upsert(info SKUInfo) *SKU {
 		}
 		if p == nil {
 			p = &Partition{H: pi.Handle, seed: mix64(fnv64(info.Name + ":" + strconv.Itoa(pi.Handle.ID)))}
+		} else {
+			p.H.ObserveSeq(pi.Handle.LastSeq())
 		}
 		p.gen.Store(int32(pi.Gen))
 		p.open.Store(pi.Open)

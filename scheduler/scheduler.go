@@ -108,6 +108,9 @@ type Hooks struct {
 	Consolidate func(ctx context.Context, parts []*shard.Partition, need, chunk, threshold int64) error
 	// Lost is told that p's Redis state is gone.
 	Lost func(p *shard.Partition)
+	// Rollback is told that p's shard answered with an older sequence
+	// than already seen (it lost writes).
+	Rollback func(p *shard.Partition)
 	// SoldOut is told when this node concluded that a SKU is sold out, so
 	// that other nodes can check and answer from memory too.
 	SoldOut func(sku string)
@@ -258,6 +261,9 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 		if p != nil {
 			s.takeCalls.Inc()
 			r, err := p.H.Take(ctx, reqID, qty, cur.round, p == home, userID)
+			if errors.Is(err, shard.ErrRollback) {
+				s.rollback(sku, p)
+			}
 			if err != nil {
 				return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 			}
@@ -486,6 +492,16 @@ func (s *Scheduler) fence(sku *SKU, p *Partition) {
 	}
 }
 
+func (s *Scheduler) rollback(sku *SKU, p *Partition) {
+	if p.open.CompareAndSwap(true, false) {
+		s.logger.Error("partition sequence went back; fenced", "sku", sku.Name, "pid", p.H.ID, "shard", p.H.Shard.ID,
+			"seen", p.H.LastSeq())
+		if s.hooks.Rollback != nil {
+			s.hooks.Rollback(p.H)
+		}
+	}
+}
+
 func (sku *SKU) refilling() bool {
 	for _, p := range sku.Partitions() {
 		if p.refilling[0].Load() || p.refilling[1].Load() {
@@ -601,12 +617,19 @@ func (s *Scheduler) refresh(ctx context.Context, sku *SKU) (tailState, error) {
 		if !p.Open() {
 			continue
 		}
+		// Takes running meanwhile raise the sequence; only one seen before
+		// the read can prove that the shard went back.
+		seen := p.H.LastSeq()
 		st, err := p.H.Inspect(ctx)
 		if err != nil {
 			return t, err
 		}
 		if !st.Exists {
 			s.fence(sku, p)
+			continue
+		}
+		if st.Seq < seen {
+			s.rollback(sku, p)
 			continue
 		}
 		if st.Levels.Total() > p.level() {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/redis/rueidis"
 )
@@ -55,7 +56,30 @@ type Partition struct {
 	state, records, pointers, stream, applied string
 
 	comb combiner
+	// lastSeq is the highest detail sequence seen of this partition (its
+	// takes, and what write-back landed); a take that returns a sequence
+	// not above it means the shard rolled back.
+	lastSeq atomic.Int64
 }
+
+// ErrRollback means the partition's shard answered with a sequence lower
+// than one already seen: it lost writes (restart from an older file, or a
+// failover to a lagging replica).
+var ErrRollback = errors.New("partition sequence went back: the shard lost writes")
+
+// ObserveSeq records that sequence seq of the partition exists (landed in
+// MySQL, or seen by another path).
+func (p *Partition) ObserveSeq(seq int64) {
+	for {
+		cur := p.lastSeq.Load()
+		if seq <= cur || p.lastSeq.CompareAndSwap(cur, seq) {
+			return
+		}
+	}
+}
+
+// LastSeq is the highest sequence seen of the partition.
+func (p *Partition) LastSeq() int64 { return p.lastSeq.Load() }
 
 // Partition returns the handle for (sku, id) with the given epoch on shard.
 func (s *Set) Partition(sku string, id int, epoch int64, shardID string) (*Partition, error) {
@@ -279,6 +303,11 @@ func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
 	case 2:
 		refill = 'b'
 	}
+	// Batches on one partition run one at a time (the combiner), so the
+	// sequences of this batch's new deductions must all be above every
+	// sequence seen before.
+	prev := p.lastSeq.Load()
+	rolledBack := false
 	for i, c := range batch {
 		v := vals[4+4*i:]
 		code, err1 := v[0].AsInt64()
@@ -292,6 +321,19 @@ func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
 		c.err = nil
 		if c.res.Code == Moved {
 			c.res.Pointer, _ = v[3].ToString()
+		}
+		if c.res.Code == Took {
+			if seq <= prev {
+				rolledBack = true
+			}
+			p.ObserveSeq(seq)
+		}
+	}
+	if rolledBack {
+		for _, c := range batch {
+			if c.res.Code == Took {
+				c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %w", p.Shard.ID, ErrRollback)
+			}
 		}
 	}
 }
@@ -426,6 +468,20 @@ func (p *Partition) Init(ctx context.Context, threshold int64, create bool) (Cod
 		return 0, fmt.Errorf("init: %w: %v", ErrBadReply, err)
 	}
 	return Code(code), nil
+}
+
+// SetStatus sets the partition's status in Redis (fenced, closed) when its
+// state exists with this epoch; takes and refills then refuse it.
+func (p *Partition) SetStatus(ctx context.Context, status string) error {
+	c := p.Shard.c
+	ep, err := c.Do(ctx, c.B().Hget().Key(p.state).Field("ep").Build()).ToString()
+	if rueidis.IsRedisNil(err) || (err == nil && ep != p.epoch) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return c.Do(ctx, c.B().Hset().Key(p.state).FieldValue().FieldValue("st", status).Build()).Error()
 }
 
 // Peek tells whether this partition holds a pointer or a record for

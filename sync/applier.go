@@ -208,140 +208,274 @@ type ApplyResult struct {
 // inserted, never read-modify-write. A detail whose (sku, request_id) is
 // already taken by another detail is a double deduction: it is recorded
 // in doubled_deductions and its units go back to the pool.
+//
+// A detail of a fenced partition (its shard lost data) moves its units out
+// of in_doubt: to reserved while the doubt is open, or, once the doubt was
+// resolved (its units already went back to the pool after the reservation
+// TTL), it lands released, as the expired reservation it is. Every batch
+// also raises its partitions' seen_seq, against which a shard that comes
+// back with an older sequence is caught.
 func Apply(ctx context.Context, db *sql.DB, details []wireDetail) (ApplyResult, error) {
 	var res ApplyResult
 	err := sqltx.Run(ctx, db, func(tx *sql.Tx) error {
 		res = ApplyResult{}
 		applyID := newApplyID()
+		parts, err := partitionsOf(ctx, tx, details)
+		if err != nil {
+			return err
+		}
 		ids := make([]any, len(details))
 		var q strings.Builder
 		q.WriteString(`INSERT IGNORE INTO deductions (detail_id, sku, pid, request_id, user_id, qty, state, apply_id, deducted_at) VALUES `)
-		args := make([]any, 0, len(details)*8)
+		args := make([]any, 0, len(details)*9)
 		for i, d := range details {
 			if i > 0 {
 				q.WriteByte(',')
 			}
-			q.WriteString("(?,?,?,?,?,?,'reserved',?,?)")
+			q.WriteString("(?,?,?,?,?,?,?,?,?)")
 			var user any
 			if d.UserID != "" {
 				user = d.UserID
 			}
-			args = append(args, d.DetailID, d.SKU, d.PID, d.RequestID, user, d.Qty, applyID, time.UnixMilli(d.TimeMs).UTC())
+			state := "reserved"
+			if parts[d.part()].resolved {
+				state = "released"
+			}
+			args = append(args, d.DetailID, d.SKU, d.PID, d.RequestID, user, d.Qty, state, applyID, time.UnixMilli(d.TimeMs).UTC())
 			ids[i] = d.DetailID
 		}
 		ins, err := tx.ExecContext(ctx, q.String(), args...)
 		if err != nil {
 			return fmt.Errorf("insert details: %w", err)
 		}
+		inserted := make(map[string]bool, len(details))
+		doubled := map[string]bool{}
 		if n, err := ins.RowsAffected(); err == nil && n == int64(len(details)) {
 			// The common case: every detail is new (no redelivery, no early
-			// confirm or release, no double). The counters move by the
-			// batch itself; no row needs a second look.
-			return addReserved(ctx, tx, details, &res)
-		}
-		present, err := presentIDs(ctx, tx, ids)
-		if err != nil {
+			// confirm or release, no double): no row needs a second look.
+			for _, d := range details {
+				inserted[d.DetailID] = true
+			}
+		} else if err := secondLook(ctx, tx, details, ids, applyID, inserted, doubled); err != nil {
 			return err
 		}
-		// Rows a confirm or release wrote before the detail landed have no
-		// request id yet; give them theirs, so the (sku, request_id) key
-		// guards them too. IGNORE: if another detail already holds the
-		// request id, the early row was that request's double, and it is
-		// settled already (released: units back; confirmed: the other one
-		// expires).
-		for _, d := range details {
-			if !present[d.DetailID].noRequest {
-				continue
-			}
-			var user any
-			if d.UserID != "" {
-				user = d.UserID
-			}
-			if _, err := tx.ExecContext(ctx,
-				`UPDATE IGNORE deductions SET request_id = ?, user_id = ? WHERE detail_id = ? AND request_id IS NULL`,
-				d.RequestID, user, d.DetailID); err != nil {
-				return fmt.Errorf("fill request id: %w", err)
-			}
-		}
-		// Not present after the insert: its (sku, request_id) belongs to
-		// another detail.
-		var dq strings.Builder
-		var dargs []any
-		for _, d := range details {
-			if present[d.DetailID].ok {
-				continue
-			}
-			if dq.Len() == 0 {
-				dq.WriteString(`INSERT IGNORE INTO doubled_deductions (detail_id, sku, pid, request_id, qty, apply_id) VALUES `)
-			} else {
-				dq.WriteByte(',')
-			}
-			dq.WriteString("(?,?,?,?,?,?)")
-			dargs = append(dargs, d.DetailID, d.SKU, d.PID, d.RequestID, d.Qty, applyID)
-		}
-		if dq.Len() > 0 {
-			if _, err := tx.ExecContext(ctx, dq.String(), dargs...); err != nil {
-				return fmt.Errorf("insert doubles: %w", err)
-			}
-		}
-		inserted, err := sumByApply(ctx, tx, "deductions", applyID, ids)
-		if err != nil {
-			return err
-		}
-		doubled, err := sumByApply(ctx, tx, "doubled_deductions", applyID, ids)
-		if err != nil {
-			return err
-		}
-		skus := make([]string, 0, len(inserted)+len(doubled))
-		for s := range inserted {
-			skus = append(skus, s)
-		}
-		for s := range doubled {
-			if _, ok := inserted[s]; !ok {
-				skus = append(skus, s)
-			}
-		}
-		sort.Strings(skus) // one lock order for every applier
-		for _, s := range skus {
-			in, dbl := inserted[s], doubled[s]
-			res.Inserted += in.rows
-			res.Doubled += dbl.rows
-			res.DoubledUnits += dbl.units
-			if _, err := tx.ExecContext(ctx,
-				`UPDATE skus SET reserved = reserved + ?, doubled = doubled + ?, pool = pool + ? WHERE sku = ?`,
-				in.units, dbl.units, dbl.units, s); err != nil {
-				return fmt.Errorf("update counters: %w", err)
-			}
-		}
-		res.Duplicates = len(details) - res.Inserted - res.Doubled
-		return nil
+		return moveCounters(ctx, tx, details, parts, inserted, doubled, &res)
 	})
 	return res, err
+}
+
+// partKey names a partition of one epoch.
+type partKey struct {
+	sku   string
+	pid   int
+	epoch int64
+}
+
+func (d wireDetail) part() partKey {
+	_, pid, epoch, _, _ := shard.ParseDetailID(d.DetailID)
+	return partKey{d.SKU, pid, epoch}
+}
+
+// partState is what the applier needs of a partition.
+type partState struct {
+	fenced   bool // its doubt is open: units move from in_doubt
+	resolved bool // its doubt was resolved: details land released
+}
+
+func partitionsOf(ctx context.Context, tx *sql.Tx, details []wireDetail) (map[partKey]partState, error) {
+	out := map[partKey]partState{}
+	for _, d := range details {
+		k := d.part()
+		if _, ok := out[k]; ok {
+			continue
+		}
+		var state string
+		var resolved bool
+		err := tx.QueryRowContext(ctx,
+			`SELECT state, doubt_resolved_at IS NOT NULL FROM partitions WHERE sku = ? AND pid = ? AND epoch = ?`,
+			k.sku, k.pid, k.epoch).Scan(&state, &resolved)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return nil, fmt.Errorf("partition of a detail: %w", err)
+		}
+		out[k] = partState{fenced: state == "fenced" && !resolved, resolved: state == "fenced" && resolved}
+	}
+	return out, nil
+}
+
+// secondLook sorts a batch that did not insert whole: which rows this
+// transaction inserted, which existed (repeats; early confirms and
+// releases, which get their request id now), and which are doubles.
+func secondLook(ctx context.Context, tx *sql.Tx, details []wireDetail, ids []any, applyID int64, inserted, doubled map[string]bool) error {
+	present, err := presentIDs(ctx, tx, ids)
+	if err != nil {
+		return err
+	}
+	// Rows a confirm or release wrote before the detail landed have no
+	// request id yet; give them theirs, so the (sku, request_id) key
+	// guards them too. IGNORE: if another detail already holds the
+	// request id, the early row was that request's double, and it is
+	// settled already (released: units back; confirmed: the other one
+	// expires).
+	for _, d := range details {
+		if !present[d.DetailID].noRequest {
+			continue
+		}
+		var user any
+		if d.UserID != "" {
+			user = d.UserID
+		}
+		if _, err := tx.ExecContext(ctx,
+			`UPDATE IGNORE deductions SET request_id = ?, user_id = ? WHERE detail_id = ? AND request_id IS NULL`,
+			d.RequestID, user, d.DetailID); err != nil {
+			return fmt.Errorf("fill request id: %w", err)
+		}
+	}
+	// Not present after the insert: its (sku, request_id) belongs to
+	// another detail.
+	var dq strings.Builder
+	var dargs []any
+	for _, d := range details {
+		if present[d.DetailID].ok {
+			continue
+		}
+		if dq.Len() == 0 {
+			dq.WriteString(`INSERT IGNORE INTO doubled_deductions (detail_id, sku, pid, request_id, qty, apply_id) VALUES `)
+		} else {
+			dq.WriteByte(',')
+		}
+		dq.WriteString("(?,?,?,?,?,?)")
+		dargs = append(dargs, d.DetailID, d.SKU, d.PID, d.RequestID, d.Qty, applyID)
+	}
+	if dq.Len() > 0 {
+		if _, err := tx.ExecContext(ctx, dq.String(), dargs...); err != nil {
+			return fmt.Errorf("insert doubles: %w", err)
+		}
+	}
+	for _, table := range []string{"deductions", "doubled_deductions"} {
+		mine, err := insertedBy(ctx, tx, table, applyID, ids)
+		if err != nil {
+			return err
+		}
+		for _, id := range mine {
+			if table == "deductions" {
+				inserted[id] = true
+			} else {
+				doubled[id] = true
+			}
+		}
+	}
+	return nil
+}
+
+// moveCounters moves the SKUs' and partitions' counters by what this
+// transaction inserted, in one lock order.
+func moveCounters(ctx context.Context, tx *sql.Tx, details []wireDetail, parts map[partKey]partState,
+	inserted, doubled map[string]bool, res *ApplyResult) error {
+	type delta struct{ reserved, released, inDoubt, pool, doubled int64 }
+	bySKU := map[string]*delta{}
+	doubt := map[partKey]int64{}
+	seen := map[partKey]int64{}
+	for _, d := range details {
+		k := d.part()
+		if _, _, _, seq, err := shard.ParseDetailID(d.DetailID); err == nil && seq > seen[k] {
+			seen[k] = seq
+		}
+		if !inserted[d.DetailID] && !doubled[d.DetailID] {
+			continue
+		}
+		x := bySKU[d.SKU]
+		if x == nil {
+			x = &delta{}
+			bySKU[d.SKU] = x
+		}
+		st := parts[k]
+		switch {
+		case doubled[d.DetailID]:
+			res.Doubled++
+			res.DoubledUnits += d.Qty
+			x.doubled += d.Qty
+			if !st.resolved { // resolved: the pool already has them
+				x.pool += d.Qty
+			}
+		case st.resolved:
+			res.Inserted++
+			x.released += d.Qty
+		default:
+			res.Inserted++
+			x.reserved += d.Qty
+		}
+		if st.fenced {
+			x.inDoubt -= d.Qty
+			doubt[k] += d.Qty
+		}
+	}
+	res.Duplicates = len(details) - res.Inserted - res.Doubled
+	skus := make([]string, 0, len(bySKU))
+	for s := range bySKU {
+		skus = append(skus, s)
+	}
+	sort.Strings(skus) // one lock order for every applier
+	for _, s := range skus {
+		x := bySKU[s]
+		if _, err := tx.ExecContext(ctx,
+			`UPDATE skus SET reserved = reserved + ?, released = released + ?, in_doubt = in_doubt + ?,
+			        pool = pool + ?, doubled = doubled + ? WHERE sku = ?`,
+			x.reserved, x.released, x.inDoubt, x.pool, x.doubled, s); err != nil {
+			return fmt.Errorf("update counters: %w", err)
+		}
+	}
+	keys := make([]partKey, 0, len(seen))
+	for k := range seen {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].sku != keys[j].sku {
+			return keys[i].sku < keys[j].sku
+		}
+		return keys[i].pid < keys[j].pid
+	})
+	for _, k := range keys {
+		if _, err := tx.ExecContext(ctx,
+			`UPDATE partitions SET seen_seq = GREATEST(seen_seq, ?), doubt_units = doubt_units - ?
+			  WHERE sku = ? AND pid = ? AND epoch = ?`, seen[k], doubt[k], k.sku, k.pid, k.epoch); err != nil {
+			return fmt.Errorf("update partitions: %w", err)
+		}
+	}
+	return nil
+}
+
+// insertedBy lists the rows of table among ids that apply transaction
+// applyID inserted (they carry its apply id; the lookup goes by the
+// primary key, so apply_id needs no index of its own).
+func insertedBy(ctx context.Context, tx *sql.Tx, table string, applyID int64, ids []any) ([]string, error) {
+	var out []string
+	for start := 0; start < len(ids); start += 1000 {
+		chunk := ids[start:min(start+1000, len(ids))]
+		args := append([]any{applyID}, chunk...)
+		rows, err := tx.QueryContext(ctx,
+			`SELECT detail_id FROM `+table+` WHERE apply_id = ? AND detail_id IN (?`+strings.Repeat(",?", len(chunk)-1)+`)`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("inserted %s: %w", table, err)
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out = append(out, id)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 type presence struct {
 	ok        bool // a row with this detail id exists
 	noRequest bool // and its request id is not known yet
-}
-
-// addReserved moves the counters by a batch that was inserted whole.
-func addReserved(ctx context.Context, tx *sql.Tx, details []wireDetail, res *ApplyResult) error {
-	units := map[string]int64{}
-	for _, d := range details {
-		units[d.SKU] += d.Qty
-	}
-	skus := make([]string, 0, len(units))
-	for s := range units {
-		skus = append(skus, s)
-	}
-	sort.Strings(skus) // one lock order for every applier
-	for _, s := range skus {
-		if _, err := tx.ExecContext(ctx, `UPDATE skus SET reserved = reserved + ? WHERE sku = ?`, units[s], s); err != nil {
-			return fmt.Errorf("update counters: %w", err)
-		}
-	}
-	res.Inserted = len(details)
-	return nil
 }
 
 func presentIDs(ctx context.Context, tx *sql.Tx, ids []any) (map[string]presence, error) {
@@ -361,45 +495,6 @@ func presentIDs(ctx context.Context, tx *sql.Tx, ids []any) (map[string]presence
 				return nil, err
 			}
 			out[id] = presence{ok: true, noRequest: noRequest}
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
-}
-
-type sum struct {
-	rows  int
-	units int64
-}
-
-// sumByApply sums, per SKU, the rows of table among ids that this apply
-// transaction inserted (they carry its apply id; the lookup goes by the
-// primary key, so apply_id needs no index of its own).
-func sumByApply(ctx context.Context, tx *sql.Tx, table string, applyID int64, ids []any) (map[string]sum, error) {
-	out := map[string]sum{}
-	for start := 0; start < len(ids); start += 1000 {
-		chunk := ids[start:min(start+1000, len(ids))]
-		args := append([]any{applyID}, chunk...)
-		rows, err := tx.QueryContext(ctx,
-			`SELECT sku, COUNT(*), COALESCE(SUM(qty), 0) FROM `+table+`
-			  WHERE apply_id = ? AND detail_id IN (?`+strings.Repeat(",?", len(chunk)-1)+`) GROUP BY sku`, args...)
-		if err != nil {
-			return nil, fmt.Errorf("sum %s: %w", table, err)
-		}
-		for rows.Next() {
-			var s string
-			var v sum
-			if err := rows.Scan(&s, &v.rows, &v.units); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			o := out[s]
-			o.rows += v.rows
-			o.units += v.units
-			out[s] = o
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {

@@ -77,6 +77,7 @@ func (l *Ledger) move(ctx context.Context, detailID string, qty int64, to string
 var errLanded = errors.New("detail landed meanwhile")
 
 func (l *Ledger) moveOnce(ctx context.Context, detailID, sku string, pid int, qty int64, to string) error {
+	_, _, epoch, _, _ := shard.ParseDetailID(detailID)
 	return sqltx.Run(ctx, l.db, func(tx *sql.Tx) error {
 		id := detailID
 		var state string
@@ -96,7 +97,23 @@ func (l *Ledger) moveOnce(ctx context.Context, detailID, sku string, pid int, qt
 		}
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
-			// Not landed yet: write the row in its final state.
+			// Not landed yet. A detail of a fenced partition may never
+			// land: its units are in doubt, and this settles them.
+			var pstate string
+			var resolved bool
+			perr := tx.QueryRowContext(ctx,
+				`SELECT state, doubt_resolved_at IS NOT NULL FROM partitions WHERE sku = ? AND pid = ? AND epoch = ? FOR UPDATE`,
+				sku, pid, epoch).Scan(&pstate, &resolved)
+			if perr != nil && !errors.Is(perr, sql.ErrNoRows) {
+				return fmt.Errorf("read partition: %w", perr)
+			}
+			fenced := pstate == "fenced"
+			if fenced && resolved && to == "confirmed" {
+				// Its doubt went back to the pool after the TTL: the
+				// reservation expired.
+				return ErrReleased
+			}
+			// Write the row in its final state.
 			res, err := tx.ExecContext(ctx,
 				`INSERT IGNORE INTO deductions (detail_id, sku, pid, qty, state, deducted_at) VALUES (?, ?, ?, ?, ?, NOW(6))`,
 				id, sku, pid, qty, to)
@@ -105,6 +122,20 @@ func (l *Ledger) moveOnce(ctx context.Context, detailID, sku string, pid int, qt
 			}
 			if n, _ := res.RowsAffected(); n == 0 {
 				return errLanded
+			}
+			switch {
+			case fenced && resolved:
+				// released (confirm was refused above); the units are
+				// in the pool already.
+				_, err = tx.ExecContext(ctx, `UPDATE skus SET released = released + ? WHERE sku = ?`, qty, sku)
+				return err
+			case fenced:
+				if _, err := tx.ExecContext(ctx,
+					`UPDATE partitions SET doubt_units = doubt_units - ? WHERE sku = ? AND pid = ? AND epoch = ?`,
+					qty, sku, pid, epoch); err != nil {
+					return err
+				}
+				return bump(ctx, tx, sku, qty, "in_doubt", to)
 			}
 			return bump(ctx, tx, sku, qty, "", to)
 		case err != nil:

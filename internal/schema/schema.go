@@ -114,6 +114,15 @@ var migrations = []string{
 	// homes computed over an older generation are looked at during the
 	// retry window.
 	11: `ALTER TABLE partitions ADD COLUMN gen INT NOT NULL DEFAULT 0`,
+	// Loss detection and in_doubt: the highest detail sequence write-back
+	// landed (a shard whose sequence is lower rolled back), when the
+	// partition was fenced, the units it holds in doubt, and when that
+	// doubt was resolved (returned to the pool).
+	12: `ALTER TABLE partitions
+  ADD COLUMN seen_seq BIGINT NOT NULL DEFAULT 0,
+  ADD COLUMN fenced_at DATETIME(6) NULL,
+  ADD COLUMN doubt_units BIGINT NOT NULL DEFAULT 0,
+  ADD COLUMN doubt_resolved_at DATETIME(6) NULL`,
 }
 
 // Open connects to the database named in dsn, creating the database when
