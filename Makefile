@@ -14,7 +14,7 @@ TESTFLAGS ?=
 # extra arguments for the daemon: make run ARGS="-some-flag"
 ARGS      ?=
 
-.PHONY: help setup build run run-cluster test vet shards-start shards-stop clean
+.PHONY: help setup build run run-cluster test vet shards-start shards-stop clean bench bench-quick
 
 help:
 	@echo "stockd make targets:"
@@ -27,6 +27,8 @@ help:
 	@echo "  shards-start  start the demo Redis shards 7001-7003 (var/redis/<port>)"
 	@echo "  shards-stop   stop the demo Redis shards"
 	@echo "  clean         stop the demo shards, rm -rf bin var, drop the demo database stockd_demo"
+	@echo "  bench         setup, then the benchmarks (go run ./bench/run, < 10 min): writes docs/BENCHMARKS.md"
+	@echo "  bench-quick   setup, then a short smoke run of the benchmarks (< 2 min): writes /tmp/BENCHMARKS.quick.md"
 
 setup:
 	@bash scripts/services.sh
@@ -43,12 +45,21 @@ run-cluster: build
 	@bash scripts/run-cluster.sh $(ARGS)
 
 test: setup
+	@bash scripts/chromium.sh
 	$(GO) test -race -count=1 -timeout 14m $(TESTFLAGS) $(PKG)
 
 vet:
 	@files="$$(gofmt -l .)"; \
 	if [ -n "$$files" ]; then echo "gofmt -l: these files need gofmt -w:"; echo "$$files"; exit 1; fi
 	$(GO) vet ./...
+
+# The benchmarks start their own stockd, Redis processes, databases and
+# queue, and remove them again; see docs/BENCHMARKS.md (Method).
+bench: setup
+	$(GO) run ./bench/run
+
+bench-quick: setup
+	$(GO) run ./bench/run -quick -out /tmp/BENCHMARKS.quick.md
 
 shards-start:
 	@bash scripts/shards.sh start
