@@ -527,3 +527,30 @@ func TestOverhead(t *testing.T) {
 			float64(after.cpu-before.cpu)/float64(time.Microsecond)/float64(res.Requests))
 	}
 }
+
+// A closed loop with a warmup must not count the latency of the requests
+// still in flight at the end as extra measured time: with c workers on a
+// server that takes L per request the rate is c/L, whatever -d is.
+func TestClosedLoopThroughputWithWarmup(t *testing.T) {
+	s := newStub(t, nil)
+	s.srv.Handler = func(ctx *fasthttp.RequestCtx) {
+		time.Sleep(100 * time.Millisecond)
+		ctx.SetStatusCode(409)
+		ctx.SetBodyString(`{"status":"sold_out"}`)
+	}
+	// 10 workers × 10 req/s = 100 req/s. The window [350ms, 850ms) sees
+	// starts at 400, 500, …, 800ms: 50 requests, the last done at 900ms.
+	// Dividing by the 550ms until then would report ~91/s.
+	o := runMain(t, "-url", s.url(), "-c", "10", "-d", "500ms", "-warmup", "350ms")
+	if o.code != 0 {
+		t.Fatalf("exit %d", o.code)
+	}
+	if o.res.DurationS != 0.5 {
+		t.Fatalf("duration_s %v, want the measured window 0.5", o.res.DurationS)
+	}
+	// A loaded machine oversleeps a little, so the true rate is a bit
+	// below 100/s.
+	if r := o.res.ThroughputRPS; r < 85 || r > 105 {
+		t.Fatalf("throughput %.1f req/s, want ~100 (requests %d)", r, o.res.Requests)
+	}
+}

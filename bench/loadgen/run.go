@@ -62,6 +62,7 @@ type runner struct {
 	slot         atomic.Uint64 // request counter; open loop: timeline slot
 	measured     atomic.Int64  // measured-request tickets (for -n)
 	stopped      atomic.Bool
+	interrupted  bool // the run was cancelled (set before merge)
 	done         chan struct{}
 	stopOnce     sync.Once
 	bodyParts    [][]byte // body = parts[0] id parts[1] id ... parts[k]
@@ -228,6 +229,7 @@ func run(ctx context.Context, cfg config) (*Results, error) {
 	wg.Wait()
 	close(stopWatch)
 	interrupted := ctx.Err() != nil
+	r.interrupted = interrupted
 
 	res := merge(r, workers)
 	if interrupted {

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestParseFlags(t *testing.T) {
+	o, err := parseFlags(nil)
+	if err != nil || o.quick || o.out != "docs/BENCHMARKS.md" || o.reps != 3 || o.duration != 5*time.Second || o.warmup != time.Second || len(o.conc) != 2 {
+		t.Fatalf("defaults: %+v %v", o, err)
+	}
+	o, err = parseFlags([]string{"-quick"})
+	if err != nil || o.out != "/tmp/BENCHMARKS.quick.md" || o.reps != 1 || o.duration != 2*time.Second {
+		t.Fatalf("quick must not write docs/BENCHMARKS.md by default: %+v %v", o, err)
+	}
+	o, err = parseFlags([]string{"-quick", "-out", "x.md", "-reps", "2", "-c", "8, 16"})
+	if err != nil || o.out != "x.md" || o.reps != 2 || o.conc[0] != 8 || o.conc[1] != 16 {
+		t.Fatalf("explicit flags: %+v %v", o, err)
+	}
+	for _, bad := range [][]string{{"-reps", "0"}, {"-c", "x"}, {"-only", "nope"}, {"extra"}} {
+		if _, err := parseFlags(bad); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
+func TestMedianAndFormats(t *testing.T) {
+	if m := median([]float64{3, 1, 2}); m != 2 {
+		t.Fatalf("median %v", m)
+	}
+	if m := median([]float64{4, 1, 3, 2}); m != 2.5 {
+		t.Fatalf("median %v", m)
+	}
+	if s := fmtInt(1234567.4); s != "1,234,567" {
+		t.Fatalf("fmtInt %q", s)
+	}
+	if s := fmtRatio(41, 1); s != "41.0×" {
+		t.Fatalf("fmtRatio %q", s)
+	}
+	if s := fmtRatio(1, 0); s != "–" {
+		t.Fatalf("fmtRatio by zero %q", s)
+	}
+}
+
+// Errors never count as throughput.
+func TestThroughputCountsOnlyOutcomes(t *testing.T) {
+	r := &lgResult{OK: 600, SoldOut: 400, TransportErrors: 7, StatusCounts: map[string]uint64{"503": 2, "500": 1}, DurationS: 2}
+	if r.throughput() != 500 || r.errors() != 10 {
+		t.Fatalf("throughput %v errors %v", r.throughput(), r.errors())
+	}
+}
+
+func TestHandNotesSurvive(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "B.md")
+	if s := handNotes(path); !strings.Contains(s, "Hand-written notes go here") {
+		t.Fatalf("placeholder %q", s)
+	}
+	os.WriteFile(path, []byte("# x\n\n"+notesBegin+"\n## Mine\n\nkept\n"+notesEnd+"\n\nrest"), 0o644)
+	if s := handNotes(path); s != "## Mine\n\nkept" {
+		t.Fatalf("notes %q", s)
+	}
+}
+
+func TestRedisHelpersAndCPU(t *testing.T) {
+	r, err := startRedis(context.Background(), t.TempDir(), "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.stop(syscall.SIGKILL, time.Second)
+	if _, err := redisCmd(r.addr, "SET", "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := redisCmd(r.addr, "GET", "k"); err != nil || v != "v" {
+		t.Fatalf("GET: %q %v", v, err)
+	}
+	st, err := readRedisStats(r.addr)
+	if err != nil || st.commands < 2 || st.reads < 2 {
+		t.Fatalf("stats %+v %v", st, err)
+	}
+	if _, err := cpuTicks(r.pid()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cpuTicks(os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	m := machineTicks()
+	if m.total <= 0 || m.busy <= 0 || m.busy > m.total {
+		t.Fatalf("machine ticks %+v", m)
+	}
+	r.stop(syscall.SIGKILL, time.Second)
+	if !r.exited() {
+		t.Fatal("redis still running")
+	}
+}
