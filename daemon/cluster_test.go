@@ -529,17 +529,17 @@ func freePort(t *testing.T) int {
 
 // Every background step is idempotent, so two owners at once do no harm:
 // two nodes that do not know each other (each a cluster of one, so each
-// owns every partition and SKU) sell, sync, claim each other's details
-// (claim_idle 1 s), sweep allocations and expire reservations of the same
-// SKU at the same time; the books still balance and nothing is doubled.
+// owns every partition and SKU) sell, publish the same streams (each
+// trimming what it got confirmed), sweep allocations and expire
+// reservations of the same SKU at the same time; the books still balance
+// and nothing is doubled.
 func TestTwoOwnersAtOnce(t *testing.T) {
 	e := newEnv(t, 3)
 	var nodes []*node
 	for _, name := range []string{"left", "right"} {
 		cfg := e.config()
 		cfg.NodeName = name
-		cfg.Sync.ClaimIdle = time.Second
-		cfg.Sync.BatchInterval = 1500 * time.Millisecond // entries sit pending long enough to be claimed
+		cfg.Sync.BatchInterval = 1500 * time.Millisecond // both nodes hold the same entries in open batches
 		cfg.Sync.ReservationTTL = 20 * time.Second       // longer than the first crowd takes
 		cfg.Sync.ExpireEvery = 100 * time.Millisecond
 		cfg.Preallocate.PendingEvery = 100 * time.Millisecond

@@ -2,8 +2,6 @@ package shard
 
 import (
 	"context"
-	_ "embed"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -11,16 +9,9 @@ import (
 	"github.com/redis/rueidis"
 )
 
-var (
-	//go:embed scripts/ack.lua
-	ackSrc    string
-	ackScript = rueidis.NewLuaScript(ackSrc)
-)
-
 // Detail is one deduction as recorded in a partition's stream.
 type Detail struct {
-	// Entry is the stream entry id, "<seq>-0".
-	Entry     string
+	// Seq is the detail's sequence in its partition.
 	Seq       int64
 	RequestID string
 	UserID    string
@@ -29,101 +20,72 @@ type Detail struct {
 	TimeMs int64
 }
 
-func parseDetail(e rueidis.XRangeEntry) (Detail, error) {
-	d := Detail{Entry: e.ID, RequestID: e.FieldValues["r"], UserID: e.FieldValues["u"]}
-	seq, _, _ := strings.Cut(e.ID, "-")
-	var err1, err2, err3 error
-	d.Seq, err1 = strconv.ParseInt(seq, 10, 64)
-	d.Qty, err2 = strconv.ParseInt(e.FieldValues["q"], 10, 64)
-	d.TimeMs, err3 = strconv.ParseInt(e.FieldValues["t"], 10, 64)
-	if err := errors.Join(err1, err2, err3); err != nil || d.RequestID == "" || d.Qty < 1 {
-		return d, fmt.Errorf("detail %s: malformed entry %v: %w", e.ID, e.FieldValues, ErrBadReply)
-	}
-	return d, nil
+// Entry is one stream entry: the details one take call recorded, with
+// consecutive sequences starting at First.
+type Entry struct {
+	ID      string
+	First   int64
+	Details []Detail
 }
 
-func parseDetails(entries []rueidis.XRangeEntry) ([]Detail, error) {
-	out := make([]Detail, 0, len(entries))
-	for _, e := range entries {
-		if e.FieldValues == nil {
-			continue // deleted while pending
+// End is the sequence after the entry's last detail: the first sequence
+// of the next entry.
+func (e Entry) End() int64 { return e.First + int64(len(e.Details)) }
+
+func parseEntry(e rueidis.XRangeEntry) (Entry, error) {
+	out := Entry{ID: e.ID}
+	first, _, _ := strings.Cut(e.ID, "-")
+	var err error
+	if out.First, err = strconv.ParseInt(first, 10, 64); err != nil {
+		return out, fmt.Errorf("entry %s: %w", e.ID, ErrBadReply)
+	}
+	n, err1 := strconv.Atoi(e.FieldValues["n"])
+	t, err2 := strconv.ParseInt(e.FieldValues["t"], 10, 64)
+	if err1 != nil || err2 != nil || n < 1 {
+		return out, fmt.Errorf("entry %s: malformed %v: %w", e.ID, e.FieldValues, ErrBadReply)
+	}
+	out.Details = make([]Detail, n)
+	for i := 0; i < n; i++ {
+		k := strconv.Itoa(i)
+		d := Detail{Seq: out.First + int64(i), RequestID: e.FieldValues["r"+k], UserID: e.FieldValues["u"+k], TimeMs: t}
+		if d.Qty, err = strconv.ParseInt(e.FieldValues["q"+k], 10, 64); err != nil || d.RequestID == "" || d.Qty < 1 {
+			return out, fmt.Errorf("entry %s: detail %d malformed: %w", e.ID, i, ErrBadReply)
 		}
-		d, err := parseDetail(e)
-		if err != nil {
-			return out, err
-		}
-		out = append(out, d)
+		out.Details[i] = d
 	}
 	return out, nil
 }
 
-// EnsureGroup creates the consumer group on the partition's stream (and
-// the stream) unless it exists.
-func (p *Partition) EnsureGroup(ctx context.Context, group string) error {
+// ReadEntries reads up to count entries after entry id after ("" reads
+// from the start of the stream). The stream holds only details not yet
+// confirmed by the broker, so reading it from the start is the backlog.
+func (p *Partition) ReadEntries(ctx context.Context, after string, count int64) ([]Entry, error) {
 	c := p.Shard.c
-	err := c.Do(ctx, c.B().XgroupCreate().Key(p.stream).Group(group).Id("0").Mkstream().Build()).Error()
-	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
-		return fmt.Errorf("create group on %s: %w", p.Shard.ID, err)
+	start := "-"
+	if after != "" {
+		start = "(" + after
 	}
-	return nil
-}
-
-// ReadDetails reads up to count details for consumer. after ">" reads new
-// ones; any other entry id ("0" to start) reads the consumer's own
-// unacknowledged ones after it, which is how a restarted consumer finds
-// what it read but never saw confirmed.
-func (p *Partition) ReadDetails(ctx context.Context, group, consumer string, count int64, after string) ([]Detail, error) {
-	c := p.Shard.c
-	id := after
-	res, err := c.Do(ctx, c.B().Xreadgroup().Group(group, consumer).Count(count).Streams().Key(p.stream).Id(id).Build()).AsXRead()
-	if rueidis.IsRedisNil(err) {
-		return nil, nil
-	}
+	res, err := c.Do(ctx, c.B().Xrange().Key(p.stream).Start(start).End("+").Count(count).Build()).AsXRange()
 	if err != nil {
-		if strings.HasPrefix(err.Error(), "NOGROUP") {
-			if gerr := p.EnsureGroup(ctx, group); gerr != nil {
-				return nil, gerr
-			}
-			return nil, nil
-		}
 		return nil, fmt.Errorf("read details on %s: %w", p.Shard.ID, err)
 	}
-	return parseDetails(res[p.stream])
-}
-
-// ClaimDetails takes over up to count details that other consumers (a node
-// that died or gave the partition up) left unacknowledged for minIdleMs.
-func (p *Partition) ClaimDetails(ctx context.Context, group, consumer string, minIdleMs, count int64) ([]Detail, error) {
-	c := p.Shard.c
-	arr, err := c.Do(ctx, c.B().Xautoclaim().Key(p.stream).Group(group).Consumer(consumer).
-		MinIdleTime(strconv.FormatInt(minIdleMs, 10)).Start("0").Count(count).Build()).ToArray()
-	if err != nil {
-		if strings.HasPrefix(err.Error(), "NOGROUP") {
-			return nil, p.EnsureGroup(ctx, group)
+	out := make([]Entry, 0, len(res))
+	for _, e := range res {
+		en, err := parseEntry(e)
+		if err != nil {
+			return out, err
 		}
-		return nil, fmt.Errorf("claim details on %s: %w", p.Shard.ID, err)
+		out = append(out, en)
 	}
-	if len(arr) < 2 {
-		return nil, fmt.Errorf("claim details: %w", ErrBadReply)
-	}
-	entries, err := arr[1].AsXRange()
-	if err != nil {
-		return nil, fmt.Errorf("claim details: %w", err)
-	}
-	return parseDetails(entries)
+	return out, nil
 }
 
-// AckDetails acknowledges and deletes entries (after the broker confirmed
-// them).
-func (p *Partition) AckDetails(ctx context.Context, group string, entries []string) error {
-	if len(entries) == 0 {
-		return nil
-	}
-	args := make([]string, 0, len(entries)+1)
-	args = append(args, group)
-	args = append(args, entries...)
-	if err := ackScript.Exec(ctx, p.Shard.c, []string{p.stream}, args).Error(); err != nil {
-		return fmt.Errorf("ack details on %s: %w", p.Shard.ID, err)
+// TrimBefore deletes the entries whose details all have sequences below
+// end: the broker confirmed them. Entries from end on stay.
+func (p *Partition) TrimBefore(ctx context.Context, end int64) error {
+	c := p.Shard.c
+	if err := c.Do(ctx, c.B().Xtrim().Key(p.stream).Minid().Threshold(strconv.FormatInt(end, 10)+"-0").Build()).Error(); err != nil {
+		return fmt.Errorf("trim details on %s: %w", p.Shard.ID, err)
 	}
 	return nil
 }
@@ -131,23 +93,20 @@ func (p *Partition) AckDetails(ctx context.Context, group string, entries []stri
 // RangeDetails returns every detail still in the stream (not yet confirmed
 // by the broker), for verification.
 func (p *Partition) RangeDetails(ctx context.Context) ([]Detail, error) {
-	c := p.Shard.c
 	var out []Detail
-	start := "-"
+	after := ""
 	for {
-		entries, err := c.Do(ctx, c.B().Xrange().Key(p.stream).Start(start).End("+").Count(1000).Build()).AsXRange()
-		if err != nil {
-			return nil, fmt.Errorf("range details on %s: %w", p.Shard.ID, err)
-		}
-		ds, err := parseDetails(entries)
+		es, err := p.ReadEntries(ctx, after, 1000)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, ds...)
-		if len(entries) < 1000 {
+		for _, e := range es {
+			out = append(out, e.Details...)
+		}
+		if len(es) < 1000 {
 			return out, nil
 		}
-		start = "(" + entries[len(entries)-1].ID
+		after = es[len(es)-1].ID
 	}
 }
 

@@ -1,6 +1,7 @@
 package sync
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"database/sql"
@@ -169,7 +170,7 @@ func transient(err error) bool {
 
 func decodeBatch(body []byte) (wireBatch, error) {
 	var b wireBatch
-	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&b); err != nil {
 		return b, fmt.Errorf("%w: %v", errPoison, err)

@@ -12,9 +12,6 @@ import (
 	"github.com/stockd/stockd/shard"
 )
 
-// group is the consumer group of every detail stream.
-const group = "sync"
-
 // wireBatch is the message body of one batch.
 type wireBatch struct {
 	ID      string       `json:"id"`
@@ -33,9 +30,11 @@ type wireDetail struct {
 	TimeMs    int64  `json:"t"`
 }
 
+// item is one stream entry (all its details go into one batch, so that
+// a confirmed batch covers whole entries and the stream can be trimmed).
 type item struct {
 	p *shard.Partition
-	d shard.Detail
+	e shard.Entry
 }
 
 // Batcher moves details from the streams of the partitions this node owns
@@ -111,36 +110,17 @@ func (b *Batcher) Run(ctx context.Context) error {
 	}
 }
 
-// read feeds one partition's details to the batch loop: first its own
-// unacknowledged ones (from before a restart), then new ones, and now and
-// then those a dead consumer left behind.
+// read feeds one partition's entries to the batch loop, from the start of
+// its stream: the stream holds only details no node got confirmed yet, so
+// a node that takes a partition over (its owner died) or restarts starts
+// with exactly the backlog. Two owners for a moment publish the same
+// details twice, which MySQL absorbs by detail id.
 func (b *Batcher) read(ctx context.Context, p *shard.Partition) {
 	log := b.logger.With("sku", p.SKU, "pid", p.ID)
-	if err := p.EnsureGroup(ctx, group); err != nil && ctx.Err() == nil {
-		log.Warn("detail stream group", "err", err)
-	}
-	count := int64(b.cfg.BatchSize)
-	// First this consumer's own unacknowledged details (a restart), walking
-	// forward from "0", then new ones (">").
-	after := "0"
-	var lastClaim time.Time // claim at once: a new owner takes over a dead one's details
+	after := ""
 	failing := false
 	for ctx.Err() == nil {
-		ds, err := p.ReadDetails(ctx, group, b.consumer, count, after)
-		if err == nil && after != ">" {
-			if len(ds) == 0 {
-				after = ">"
-			} else {
-				after = ds[len(ds)-1].Entry
-			}
-		}
-		if err == nil && len(ds) == 0 && time.Since(lastClaim) > b.cfg.ClaimIdle/2 {
-			lastClaim = time.Now()
-			ds, err = p.ClaimDetails(ctx, group, b.consumer, b.cfg.ClaimIdle.Milliseconds(), count)
-			if len(ds) > 0 {
-				log.Info("took over unacknowledged details", "n", len(ds))
-			}
-		}
+		es, err := p.ReadEntries(ctx, after, int64(b.cfg.BatchSize))
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -153,25 +133,26 @@ func (b *Batcher) read(ctx context.Context, p *shard.Partition) {
 			continue
 		}
 		failing = false
-		if len(ds) == 0 {
+		if len(es) == 0 {
 			sleepCtx(ctx, b.cfg.PollInterval)
 			continue
 		}
-		for _, d := range ds {
+		for _, e := range es {
 			select {
-			case b.in <- item{p: p, d: d}:
+			case b.in <- item{p: p, e: e}:
 			case <-ctx.Done():
 				return
 			}
 		}
+		after = es[len(es)-1].ID
 	}
 }
 
 // loop owns the batch buffer: it flushes on size or on BatchInterval after
 // the first detail, and once more when ctx ends.
 func (b *Batcher) loop(ctx context.Context) {
-	batch := make([]item, 0, b.cfg.BatchSize)
-	seen := map[string]bool{} // entries in the batch, against duplicates from claims
+	var batch []item
+	details := 0
 	var deadline <-chan time.Time
 	var timer *time.Timer
 	flush := func(ctx context.Context) {
@@ -179,8 +160,7 @@ func (b *Batcher) loop(ctx context.Context) {
 			return
 		}
 		b.flush(ctx, batch)
-		batch = batch[:0]
-		clear(seen)
+		batch, details = nil, 0
 		if timer != nil {
 			timer.Stop()
 		}
@@ -189,17 +169,13 @@ func (b *Batcher) loop(ctx context.Context) {
 	for {
 		select {
 		case it := <-b.in:
-			key := it.p.StreamKey() + "/" + it.d.Entry
-			if seen[key] {
-				continue
-			}
-			seen[key] = true
 			batch = append(batch, it)
+			details += len(it.e.Details)
 			if len(batch) == 1 {
 				timer = time.NewTimer(b.cfg.BatchInterval)
 				deadline = timer.C
 			}
-			if len(batch) >= b.cfg.BatchSize {
+			if details >= b.cfg.BatchSize {
 				b.m.batchTrigger.WithLabelValues("size").Inc()
 				flush(ctx)
 			}
@@ -211,11 +187,7 @@ func (b *Batcher) loop(ctx context.Context) {
 			for {
 				select {
 				case it := <-b.in:
-					key := it.p.StreamKey() + "/" + it.d.Entry
-					if !seen[key] {
-						seen[key] = true
-						batch = append(batch, it)
-					}
+					batch = append(batch, it)
 					continue
 				default:
 				}
@@ -242,7 +214,7 @@ func (b *Batcher) flush(ctx context.Context, batch []item) {
 		}
 		b.m.published.WithLabelValues("failed").Inc()
 		if attempt == 0 || attempt%20 == 0 {
-			b.logger.Warn("publishing batch failed; retrying", "batch", id, "details", len(batch), "attempt", attempt+1, "err", err)
+			b.logger.Warn("publishing batch failed; retrying", "batch", id, "entries", len(batch), "attempt", attempt+1, "err", err)
 		}
 		if !sleepCtx(ctx, backoff) {
 			return // left pending in Redis
@@ -259,24 +231,26 @@ func (b *Batcher) flushOnce(ctx context.Context, batch []item) {
 	}
 	body, id := b.encode(batch)
 	if err := b.pub.publish(ctx, id, body); err != nil {
-		b.logger.Warn("final batch not published; it stays pending in Redis", "details", len(batch), "err", err)
+		b.logger.Warn("final batch not published; it stays in Redis for the next owner", "entries", len(batch), "err", err)
 		return
 	}
 	b.acked(ctx, id, batch)
 }
 
 func (b *Batcher) acked(ctx context.Context, id string, batch []item) {
-	b.m.published.WithLabelValues("confirmed").Inc()
-	b.m.batchSize.Observe(float64(len(batch)))
-	b.m.detailsPublished.Add(float64(len(batch)))
-	byPart := map[*shard.Partition][]string{}
+	n := 0
+	end := map[*shard.Partition]int64{}
 	for _, it := range batch {
-		byPart[it.p] = append(byPart[it.p], it.d.Entry)
+		n += len(it.e.Details)
+		end[it.p] = max(end[it.p], it.e.End())
 	}
-	for p, entries := range byPart {
-		if err := p.AckDetails(ctx, group, entries); err != nil {
-			// They stay pending and are published again later: harmless.
-			b.logger.Warn("acknowledging published details", "batch", id, "sku", p.SKU, "pid", p.ID, "err", err)
+	b.m.published.WithLabelValues("confirmed").Inc()
+	b.m.batchSize.Observe(float64(n))
+	b.m.detailsPublished.Add(float64(n))
+	for p, e := range end {
+		if err := p.TrimBefore(ctx, e); err != nil {
+			// They stay and are published again later: harmless.
+			b.logger.Warn("trimming published details", "batch", id, "sku", p.SKU, "pid", p.ID, "err", err)
 		}
 	}
 }
@@ -284,16 +258,18 @@ func (b *Batcher) acked(ctx context.Context, id string, batch []item) {
 func (b *Batcher) encode(batch []item) ([]byte, string) {
 	var raw [8]byte
 	rand.Read(raw[:])
-	w := wireBatch{ID: hex.EncodeToString(raw[:]), Node: b.consumer, Details: make([]wireDetail, len(batch))}
-	for i, it := range batch {
-		w.Details[i] = wireDetail{
-			DetailID:  it.p.DetailID(it.d.Seq),
-			SKU:       it.p.SKU,
-			PID:       it.p.ID,
-			RequestID: it.d.RequestID,
-			UserID:    it.d.UserID,
-			Qty:       it.d.Qty,
-			TimeMs:    it.d.TimeMs,
+	w := wireBatch{ID: hex.EncodeToString(raw[:]), Node: b.consumer}
+	for _, it := range batch {
+		for _, d := range it.e.Details {
+			w.Details = append(w.Details, wireDetail{
+				DetailID:  it.p.DetailID(d.Seq),
+				SKU:       it.p.SKU,
+				PID:       it.p.ID,
+				RequestID: d.RequestID,
+				UserID:    d.UserID,
+				Qty:       d.Qty,
+				TimeMs:    d.TimeMs,
+			})
 		}
 	}
 	body, _ := json.Marshal(w) // plain structs: cannot fail

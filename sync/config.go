@@ -6,11 +6,12 @@
 //
 //	take.lua ──XADD──▶ partition stream ──batcher──▶ RabbitMQ ──applier──▶ MySQL
 //
-// The batcher reads the streams of the partitions this node owns (consumer
-// group "sync"), gathers details into a batch that goes when it reaches
-// BatchSize or BatchInterval after its first detail, publishes it as one
-// persistent message and waits for the broker's confirm; only then does it
-// acknowledge and delete the entries in Redis. The applier consumes batches
+// The batcher reads the streams of the partitions this node owns (from
+// their start: a stream holds only details no node got confirmed yet),
+// gathers details into a batch that goes when it reaches BatchSize or
+// BatchInterval after its first detail, publishes it as one persistent
+// message and waits for the broker's confirm; only then does it trim the
+// entries from Redis. The applier consumes batches
 // (manual ack, bounded prefetch) and inserts each detail keyed by its detail
 // id in one transaction that also moves the SKU's counters by exactly what
 // was inserted, then acks the message. A batch delivered twice, a detail
@@ -37,9 +38,6 @@ type Config struct {
 	BatchInterval time.Duration `yaml:"batch_interval"`
 	// PollInterval is how often an idle partition stream is read again.
 	PollInterval time.Duration `yaml:"poll_interval"`
-	// ClaimIdle: details another consumer left unacknowledged this long
-	// (a dead node) are taken over.
-	ClaimIdle time.Duration `yaml:"claim_idle"`
 	// PublishTimeout bounds the wait for one broker confirm.
 	PublishTimeout time.Duration `yaml:"publish_timeout"`
 	// Appliers consume batches in parallel on this node.
@@ -62,7 +60,6 @@ func DefaultConfig() Config {
 		BatchSize:      500,
 		BatchInterval:  time.Second,
 		PollInterval:   50 * time.Millisecond,
-		ClaimIdle:      5 * time.Second,
 		PublishTimeout: 5 * time.Second,
 		Appliers:       2,
 		Prefetch:       4,
@@ -83,8 +80,6 @@ func (c Config) Validate() error {
 		return errors.New("batch_interval: must be positive")
 	case c.PollInterval <= 0:
 		return errors.New("poll_interval: must be positive")
-	case c.ClaimIdle < time.Second:
-		return errors.New("claim_idle: must be at least 1s")
 	case c.PublishTimeout <= 0:
 		return errors.New("publish_timeout: must be positive")
 	case c.Appliers < 1:

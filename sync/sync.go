@@ -15,9 +15,7 @@ import (
 type Deps struct {
 	DB      *sql.DB
 	AMQPURL string
-	// Node names this node's consumer in the stream groups; it must be
-	// stable across restarts so that a restarted node finds its own
-	// unacknowledged details.
+	// Node names this node in the batches it publishes (for tracing).
 	Node string
 	// Partitions lists the partitions whose details this node moves (the
 	// ones it owns); called every second.

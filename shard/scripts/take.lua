@@ -3,12 +3,17 @@
 -- that decrements stock. Requests that arrive together for one partition
 -- share one call; the script handles them one after the other exactly as
 -- separate calls would (a duplicate later in the batch sees the record the
--- earlier one wrote), and writes the partition's state back once.
+-- earlier one made), but reads and writes the partition's keys once per
+-- batch: a redis.call costs several microseconds of its own, far more than
+-- the work of one request.
 --
 -- KEYS[1] state hash   a, b (sub-domain levels), act ("a"|"b"), thr, ep, seq, st
 -- KEYS[2] records hash request id -> "o:<seq>:<qty>" (took here) | "s:<round>" (short here)
 -- KEYS[3] pointers hash (home role) request id -> "<pid>:<round>" (where the request goes)
--- KEYS[4] detail stream, entry id "<seq>-0", fields r (request), q (qty), t (ms), u (user)
+-- KEYS[4] detail stream: one entry per batch that took, id "<first seq>-0",
+--         fields n (details), t (ms), then per detail i (0-based):
+--         r<i> request id, q<i> qty, and u<i> user id when there is one;
+--         detail i has sequence first seq + i
 -- ARGV[1] epoch the caller believes the partition has
 -- ARGV[2] number of requests n
 -- then 5 values per request:
@@ -34,8 +39,31 @@ local a, b, thr, seq = tonumber(f[1]), tonumber(f[2]), tonumber(f[4]), tonumber(
 local act = 0
 if f[3] == 'b' then act = 1 end
 local open = f[7] == 'open'
-local took = false
-local ms = nil
+
+-- Every request's record, and the pointers of those homed here, in one
+-- read each.
+local ids, homes = {}, {}
+for i = 1, n do
+  local base = 2 + (i - 1) * 5
+  ids[i] = ARGV[base + 1]
+  if ARGV[base + 4] ~= '' then homes[#homes + 1] = ARGV[base + 1] end
+end
+local recs, ptrs = {}, {}
+local got = redis.call('HMGET', KEYS[2], unpack(ids))
+for i = 1, n do
+  if got[i] then recs[ids[i]] = got[i] end
+end
+if #homes > 0 then
+  got = redis.call('HMGET', KEYS[3], unpack(homes))
+  for i = 1, #homes do
+    if got[i] then ptrs[homes[i]] = got[i] end
+  end
+end
+
+local written = {} -- records to write, as HSET arguments
+local entry = {}   -- the stream entry's details
+local first = seq + 1
+local took = 0
 
 for i = 1, n do
   local base = 2 + (i - 1) * 5
@@ -46,15 +74,14 @@ for i = 1, n do
   -- Home role: the pointer decides which (partition, round) may take for
   -- this request. Absent means "home, round 1".
   if self ~= '' then
-    local p = redis.call('HGET', KEYS[3], reqid)
-    if not p then p = self .. ':1' end
+    local p = ptrs[reqid] or (self .. ':1')
     if p ~= self .. ':' .. round then
       code, text = 4, p
     end
   end
 
   if code == 0 then
-    local rec = redis.call('HGET', KEYS[2], reqid)
+    local rec = recs[reqid]
     if rec then
       if string.sub(rec, 1, 1) == 'o' then
         local c = string.find(rec, ':', 3, true)
@@ -65,14 +92,12 @@ for i = 1, n do
     end
   end
 
-  if code == 0 and not open then
-    redis.call('HSET', KEYS[2], reqid, 's:' .. round)
-    code = 6
-  end
-
-  if code == 0 and a + b < qty then
-    redis.call('HSET', KEYS[2], reqid, 's:' .. round)
+  if code == 0 and (not open or a + b < qty) then
+    local rec = 's:' .. round
+    recs[reqid] = rec
+    written[#written + 1] = reqid; written[#written + 1] = rec
     code = 3
+    if not open then code = 6 end
   end
 
   if code == 0 then
@@ -91,24 +116,28 @@ for i = 1, n do
     end
     if act == 0 then a, b = cur, oth else a, b = oth, cur end
     seq = seq + 1
-    took = true
-    if not ms then
-      local t = redis.call('TIME')
-      ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    end
+    local rec = 'o:' .. seq .. ':' .. qty
+    recs[reqid] = rec
+    written[#written + 1] = reqid; written[#written + 1] = rec
+    entry[#entry + 1] = 'r' .. took; entry[#entry + 1] = reqid
+    entry[#entry + 1] = 'q' .. took; entry[#entry + 1] = qty
     if user ~= '' then
-      redis.call('XADD', KEYS[4], seq .. '-0', 'r', reqid, 'q', qty, 't', ms, 'u', user)
-    else
-      redis.call('XADD', KEYS[4], seq .. '-0', 'r', reqid, 'q', qty, 't', ms)
+      entry[#entry + 1] = 'u' .. took; entry[#entry + 1] = user
     end
-    redis.call('HSET', KEYS[2], reqid, 'o:' .. seq .. ':' .. qty)
+    took = took + 1
     code, rseq, rqty = 1, seq, qty
   end
 
   out[#out + 1] = code; out[#out + 1] = rseq; out[#out + 1] = rqty; out[#out + 1] = text
 end
 
-if took then
+if #written > 0 then
+  redis.call('HSET', KEYS[2], unpack(written))
+end
+if took > 0 then
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('XADD', KEYS[4], first .. '-0', 'n', took, 't', ms, unpack(entry))
   local actname = 'a'
   if act == 1 then actname = 'b' end
   redis.call('HSET', KEYS[1], 'a', a, 'b', b, 'act', actname, 'seq', seq)
