@@ -1,12 +1,10 @@
 package sync
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"database/sql"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -169,11 +167,9 @@ func transient(err error) bool {
 }
 
 func decodeBatch(body []byte) (wireBatch, error) {
-	var b wireBatch
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&b); err != nil {
-		return b, fmt.Errorf("%w: %v", errPoison, err)
+	b, err := decodeWire(body)
+	if err != nil {
+		return b, err
 	}
 	if len(b.Details) == 0 {
 		return b, fmt.Errorf("%w: no details", errPoison)

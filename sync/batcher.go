@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"log/slog"
 	gosync "sync"
 	"time"
@@ -272,8 +271,7 @@ func (b *Batcher) encode(batch []item) ([]byte, string) {
 			})
 		}
 	}
-	body, _ := json.Marshal(w) // plain structs: cannot fail
-	return body, w.ID
+	return encodeWire(w), w.ID
 }
 
 // sleepCtx sleeps d unless ctx ends first; it reports whether it slept.

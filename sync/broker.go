@@ -129,7 +129,7 @@ func (p *publisher) publish(ctx context.Context, id string, body []byte) error {
 	defer cancel()
 	dc, err := p.ch.PublishWithDeferredConfirmWithContext(cctx, "", p.b.queue, false, false, amqp.Publishing{
 		DeliveryMode: amqp.Persistent,
-		ContentType:  "application/json",
+		ContentType:  contentType,
 		MessageId:    id,
 		Timestamp:    time.Now(),
 		Body:         body,

@@ -3,6 +3,7 @@ package sync
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"log/slog"
 	gosync "sync"
 	"testing"
@@ -209,5 +210,27 @@ func TestEarlyReleaseGetsRequestID(t *testing.T) {
 	}
 	if c := readCounters(t, db, "early"); c.reserved != 2 || c.released != 1 || c.pool != 1 {
 		t.Fatalf("counters %+v", c)
+	}
+}
+
+// The text wire format round-trips, JSON is still read, and anything
+// else is poison.
+func TestWireFormat(t *testing.T) {
+	w := wireBatch{ID: "b1", Node: "n1", Details: []wireDetail{
+		{DetailID: "S1:0:7:1", SKU: "S1", PID: 0, RequestID: "r-1", Qty: 2, TimeMs: 1700000000000},
+		{DetailID: "S1:0:7:2", SKU: "S1", PID: 0, RequestID: "r-2", UserID: "u9", Qty: 1, TimeMs: 1700000000001},
+	}}
+	got, err := decodeBatch(encodeWire(w))
+	if err != nil || got.ID != "b1" || got.Node != "n1" || len(got.Details) != 2 || got.Details[1] != w.Details[1] || got.Details[0] != w.Details[0] {
+		t.Fatalf("round trip: %+v %v", got, err)
+	}
+	js := []byte(`{"id":"b2","node":"n","details":[{"d":"S1:0:7:3","s":"S1","p":0,"r":"r-3","q":1,"t":5}]}`)
+	if got, err := decodeBatch(js); err != nil || got.Details[0].RequestID != "r-3" {
+		t.Fatalf("json: %+v %v", got, err)
+	}
+	for _, bad := range []string{"", "not a batch", wireMagic + "\tb\tn\nS1:0:7:1\tS1\t0\tr\t\t1", wireMagic + "\tb\tn\nS1:0:7:1\tS2\t0\tr\t\t1\t5", `{"id":"x"}`} {
+		if _, err := decodeBatch([]byte(bad)); !errors.Is(err, errPoison) {
+			t.Errorf("%q: %v, want poison", bad, err)
+		}
 	}
 }
