@@ -229,6 +229,21 @@ func parsePointer(s string) (pointer, error) {
 	return pointer{pid, round}, nil
 }
 
+// SoldOutFromMemory answers true when sku is known sold out and reqID
+// certainly did not take before (not in the filter of ids that did):
+// Deduct would answer sold out without I/O.
+func (s *Scheduler) SoldOutFromMemory(name, reqID string) bool {
+	sku := s.reg.Get(name)
+	if sku == nil {
+		return false
+	}
+	if so := sku.soldOut.Load(); so != nil && !so.successes.mayContain(reqID) {
+		s.memorySoldOut.Inc()
+		return true
+	}
+	return false
+}
+
 // Deduct takes qty units of sku for reqID, or returns the outcome an
 // earlier attempt with the same id had.
 func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, userID string) (Result, error) {
