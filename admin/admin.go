@@ -100,6 +100,9 @@ type Catalog interface {
 	Shards(ctx context.Context) ([]ShardView, error)
 	// AddShard connects a new Redis instance and records it.
 	AddShard(ctx context.Context, id, addr string) (ShardView, error)
+	// MoveShard points a shard at another address (a failover to its
+	// replica); every node reconnects.
+	MoveShard(ctx context.Context, id, addr string) (ShardView, error)
 	// DrainShard moves every partition off a shard while selling goes on.
 	DrainShard(ctx context.Context, id string) (any, error)
 	// RemoveShard forgets a drained shard.
@@ -132,6 +135,8 @@ type ShardView struct {
 	Addr       string `json:"addr"`
 	State      string `json:"state"` // active, draining, removed
 	Reachable  bool   `json:"reachable"`
+	Healthy    bool   `json:"healthy"`    // selection uses it
+	Durability string `json:"durability"` // none, aof, replica
 	Partitions int    `json:"partitions"` // open partitions on it
 	Keys       int64  `json:"keys"`
 	MemoryUsed int64  `json:"memory_bytes"`
@@ -186,6 +191,7 @@ func New(o Options) *Server {
 		writeJSON(w, http.StatusOK, views)
 	})
 	s.handle("POST /admin/shards", s.addShard)
+	s.handle("PUT /admin/shards/{id}", s.moveShard)
 	s.handle("POST /admin/shards/{id}/drain", func(w http.ResponseWriter, r *http.Request) {
 		out, err := s.catalog.DrainShard(r.Context(), r.PathValue("id"))
 		if err != nil {
@@ -372,6 +378,33 @@ func (s *Server) addShard(w http.ResponseWriter, r *http.Request) {
 	}
 	s.logger.Info("shard added", "shard", *b.ID, "addr", *b.Addr)
 	writeJSON(w, http.StatusCreated, v)
+}
+
+type moveShardBody struct {
+	Addr *string `json:"addr"`
+}
+
+func (s *Server) moveShard(w http.ResponseWriter, r *http.Request) {
+	var b moveShardBody
+	if err := decode(r, &b); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if b.Addr == nil || *b.Addr == "" {
+		writeError(w, http.StatusBadRequest, "addr: required")
+		return
+	}
+	if _, _, err := net.SplitHostPort(*b.Addr); err != nil {
+		writeError(w, http.StatusBadRequest, "addr: want host:port")
+		return
+	}
+	v, err := s.catalog.MoveShard(r.Context(), r.PathValue("id"), *b.Addr)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	s.logger.Warn("shard moved by an operator", "shard", r.PathValue("id"), "addr", *b.Addr)
+	writeJSON(w, http.StatusOK, v)
 }
 
 func (s *Server) rebalance(w http.ResponseWriter, r *http.Request) {

@@ -114,6 +114,10 @@ func (c *catalog) Shards(ctx context.Context) ([]admin.ShardView, error) {
 	out := []admin.ShardView{}
 	for _, r := range rows {
 		v := admin.ShardView{ID: r.ID, Addr: r.Addr, State: r.State, Partitions: open[r.ID]}
+		if sh, err := c.loader.shards.Get(r.ID); err == nil {
+			v.Durability = sh.Config().Mode()
+			v.Healthy = sh.Healthy()
+		}
 		if sh, err := c.loader.shards.Get(r.ID); err != nil {
 			if r.State != "removed" {
 				v.Error = "not connected on this node"
@@ -146,6 +150,30 @@ func (c *catalog) AddShard(ctx context.Context, id, addr string) (admin.ShardVie
 		}
 	}
 	return admin.ShardView{ID: id, Addr: addr, State: "active"}, nil
+}
+
+func (c *catalog) MoveShard(ctx context.Context, id, addr string) (admin.ShardView, error) {
+	if _, err := c.loader.shards.Get(id); err != nil {
+		return admin.ShardView{}, &adminError{kind: admin.ErrNotFound, err: err}
+	}
+	// Connect first: a wrong address changes nothing.
+	if err := c.loader.shards.Replace(ctx, id, addr); err != nil {
+		return admin.ShardView{}, &adminError{kind: admin.ErrConflict, err: err}
+	}
+	if err := c.store.SetShardAddr(ctx, id, addr); err != nil {
+		return admin.ShardView{}, adminErr(err)
+	}
+	c.notices.send(noticeShards, "", 0)
+	views, err := c.Shards(ctx)
+	if err != nil {
+		return admin.ShardView{}, err
+	}
+	for _, v := range views {
+		if v.ID == id {
+			return v, nil
+		}
+	}
+	return admin.ShardView{ID: id, Addr: addr}, nil
 }
 
 // shardMoves is what a drain moved, per SKU.

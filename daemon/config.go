@@ -57,8 +57,13 @@ type Config struct {
 	// MySQLDSN is a go-sql-driver/mysql DSN; its database is created when
 	// missing.
 	MySQLDSN string `yaml:"mysql_dsn"`
-	// AMQPURL is the RabbitMQ URL for write-back batches.
+	// MySQLCAFile, when set, is a PEM file of CAs: MySQL is reached over
+	// TLS trusting them (a DSN's own tls= parameter works too).
+	MySQLCAFile string `yaml:"mysql_ca_file"`
+	// AMQPURL is the RabbitMQ URL for write-back batches (amqps:// for TLS).
 	AMQPURL string `yaml:"amqp_url"`
+	// AMQPCAFile, when set, is a PEM file of CAs trusted for amqps://.
+	AMQPCAFile string `yaml:"amqp_ca_file"`
 	// KeyPrefix starts every Redis key of this deployment.
 	KeyPrefix string `yaml:"key_prefix"`
 	// Shards are the Redis instances holding partitions.
@@ -66,12 +71,19 @@ type Config struct {
 	// RedisTimeout bounds a Redis round trip; a deduction that hits it
 	// answers 503 and is safe to retry with the same request id.
 	RedisTimeout time.Duration `yaml:"redis_timeout"`
+	// DurabilityCheck: refuse (the default) stops the start when a shard
+	// declared aof runs without appendonly; warn only logs it.
+	DurabilityCheck string `yaml:"durability_check"`
 	// SKUDefaults apply to PUT /admin/skus when the body leaves a field out.
 	SKUDefaults SKUDefaults `yaml:"sku_defaults"`
 	// MaxQty is the largest qty one deduction may ask for.
 	MaxQty int64 `yaml:"max_qty"`
 	// RequestTimeout bounds one deduction, waits for refills included.
 	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// HTTP tunes the hot endpoint's server.
+	HTTP HTTPConfig `yaml:"http"`
+	// Limits are the hot endpoint's admission limits (429).
+	Limits Limits `yaml:"limits"`
 	// ReloadEvery is how often the registry is compared with MySQL (SKUs
 	// created or restocked elsewhere).
 	ReloadEvery time.Duration `yaml:"reload_every"`
@@ -81,6 +93,37 @@ type Config struct {
 	Scheduler   scheduler.Config   `yaml:"scheduler"`
 	Preallocate preallocate.Config `yaml:"preallocate"`
 	Sync        stocksync.Config   `yaml:"sync"`
+}
+
+// HTTPConfig tunes the hot endpoint's server (fasthttp).
+type HTTPConfig struct {
+	// ReadTimeout bounds reading one request, headers and body.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// WriteTimeout bounds writing one answer.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// IdleTimeout closes keep-alive connections idle this long.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// Concurrency caps the connections served at once; more are refused.
+	Concurrency int `yaml:"concurrency"`
+	// MaxConnsPerIP caps one client address's connections (0: no cap).
+	MaxConnsPerIP int `yaml:"max_conns_per_ip"`
+}
+
+// Validate reports the first bad field.
+func (h HTTPConfig) Validate() error {
+	switch {
+	case h.ReadTimeout <= 0:
+		return errors.New("read_timeout: must be positive")
+	case h.WriteTimeout <= 0:
+		return errors.New("write_timeout: must be positive")
+	case h.IdleTimeout <= 0:
+		return errors.New("idle_timeout: must be positive")
+	case h.Concurrency < 1:
+		return errors.New("concurrency: must be at least 1")
+	case h.MaxConnsPerIP < 0:
+		return errors.New("max_conns_per_ip: must not be negative")
+	}
+	return nil
 }
 
 // SKUDefaults are per-SKU defaults.
@@ -99,22 +142,25 @@ type SKUDefaults struct {
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		NodeName:       host,
-		HTTPAddr:       ":8080",
-		AdminAddr:      ":8081",
-		GossipAddr:     ":7946",
-		MySQLDSN:       "root@tcp(127.0.0.1:3306)/stockd",
-		AMQPURL:        "amqp://guest:guest@127.0.0.1:5672/",
-		KeyPrefix:      "stockd",
-		RedisTimeout:   2 * time.Second,
-		SKUDefaults:    SKUDefaults{Partitions: 4, Chunk: 100, Threshold: 20},
-		MaxQty:         100,
-		RequestTimeout: 5 * time.Second,
-		ReloadEvery:    2 * time.Second,
-		LogLevel:       "info",
-		Scheduler:      scheduler.DefaultConfig(),
-		Preallocate:    preallocate.DefaultConfig(),
-		Sync:           stocksync.DefaultConfig(),
+		NodeName:        host,
+		HTTPAddr:        ":8080",
+		AdminAddr:       ":8081",
+		GossipAddr:      ":7946",
+		MySQLDSN:        "root@tcp(127.0.0.1:3306)/stockd",
+		AMQPURL:         "amqp://guest:guest@127.0.0.1:5672/",
+		KeyPrefix:       "stockd",
+		RedisTimeout:    2 * time.Second,
+		DurabilityCheck: "refuse",
+		SKUDefaults:     SKUDefaults{Partitions: 4, Chunk: 100, Threshold: 20},
+		MaxQty:          100,
+		RequestTimeout:  5 * time.Second,
+		ReloadEvery:     2 * time.Second,
+		HTTP: HTTPConfig{ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
+			IdleTimeout: 2 * time.Minute, Concurrency: 64 << 10},
+		LogLevel:    "info",
+		Scheduler:   scheduler.DefaultConfig(),
+		Preallocate: preallocate.DefaultConfig(),
+		Sync:        stocksync.DefaultConfig(),
 	}
 }
 
@@ -193,6 +239,9 @@ func (c Config) Validate() error {
 	if c.RedisTimeout <= 0 {
 		return errors.New("redis_timeout: must be positive")
 	}
+	if c.DurabilityCheck != "refuse" && c.DurabilityCheck != "warn" {
+		return fmt.Errorf("durability_check %q: want refuse or warn", c.DurabilityCheck)
+	}
 	if err := c.SKUDefaults.Validate(); err != nil {
 		return fmt.Errorf("sku_defaults.%w", err)
 	}
@@ -201,6 +250,12 @@ func (c Config) Validate() error {
 	}
 	if c.RequestTimeout <= 0 {
 		return errors.New("request_timeout: must be positive")
+	}
+	if err := c.HTTP.Validate(); err != nil {
+		return fmt.Errorf("http.%w", err)
+	}
+	if err := c.Limits.Validate(); err != nil {
+		return fmt.Errorf("limits.%w", err)
 	}
 	if c.ReloadEvery <= 0 {
 		return errors.New("reload_every: must be positive")
@@ -311,6 +366,12 @@ func setValue(fv reflect.Value, s string) error {
 			return errors.New("not an integer")
 		}
 		fv.SetInt(n)
+	case fv.Kind() == reflect.Float64:
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return errors.New("not a number")
+		}
+		fv.SetFloat(f)
 	case fv.Kind() == reflect.Bool:
 		b, err := strconv.ParseBool(s)
 		if err != nil {

@@ -1,9 +1,11 @@
 package daemon
 
 import (
+	"os"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The documented example config parses and, apart from the values it sets
@@ -49,4 +51,34 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 	if _, err := LoadConfig("", base); err != nil {
 		t.Fatalf("valid environment: %v", err)
 	}
+}
+
+// Every setting is documented in the example config (its YAML key appears
+// there).
+func TestExampleConfigDocumentsEverySetting(t *testing.T) {
+	b, err := os.ReadFile("../configs/stockd.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var walk func(t reflect.Type, path string)
+	walk = func(ty reflect.Type, path string) {
+		for i := 0; i < ty.NumField(); i++ {
+			f := ty.Field(i)
+			tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+			if tag == "" || tag == "-" {
+				continue
+			}
+			if !strings.Contains(string(b), tag+":") {
+				t.Errorf("setting %s%s is not in configs/stockd.example.yaml", path, tag)
+			}
+			ft := f.Type
+			if ft.Kind() == reflect.Slice {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct && ft != reflect.TypeOf(time.Duration(0)) {
+				walk(ft, path+tag+".")
+			}
+		}
+	}
+	walk(reflect.TypeOf(Config{}), "")
 }

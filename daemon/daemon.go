@@ -7,6 +7,7 @@ package daemon
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,6 +26,7 @@ import (
 	"github.com/stockd/stockd/daemon/cluster"
 	"github.com/stockd/stockd/internal/reservation"
 	"github.com/stockd/stockd/internal/schema"
+	"github.com/stockd/stockd/internal/tlsx"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
 	"github.com/stockd/stockd/shard"
@@ -74,13 +76,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 	cfg := d.cfg
 	log := d.logger
 
-	db, err := schema.Open(ctx, cfg.MySQLDSN)
+	db, err := schema.OpenTLS(ctx, cfg.MySQLDSN, cfg.MySQLCAFile)
 	if err != nil {
 		return fmt.Errorf("mysql: %w", err)
 	}
 	defer db.Close()
 
-	shards, err := shard.Open(ctx, cfg.Shards, shard.Options{Prefix: cfg.KeyPrefix, Timeout: cfg.RedisTimeout}, log)
+	shards, err := shard.Open(ctx, cfg.Shards, shard.Options{
+		Prefix:          cfg.KeyPrefix,
+		Timeout:         cfg.RedisTimeout,
+		CheckDurability: cfg.DurabilityCheck != "warn",
+	}, log)
 	if err != nil {
 		return fmt.Errorf("redis: %w", err)
 	}
@@ -166,9 +172,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var amqpTLS *tls.Config
+	if cfg.AMQPCAFile != "" {
+		if amqpTLS, err = tlsx.Client(cfg.AMQPCAFile); err != nil {
+			return fmt.Errorf("amqp_ca_file: %w", err)
+		}
+	}
 	wb := stocksync.New(cfg.Sync, stocksync.Deps{
 		DB:      db,
 		AMQPURL: cfg.AMQPURL,
+		AMQPTLS: amqpTLS,
 		Node:    cfg.NodeName,
 		Partitions: func() []*shard.Partition {
 			var owned []*shard.Partition
@@ -220,7 +233,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		ready:   &d.ready,
 		logger:  log.With("component", "http"),
 		m:       hotMetrics,
+		http:    cfg.HTTP,
+		limits:  cfg.Limits,
+		clients: newClientLimiter(cfg.Limits),
 	}
+
 	cat := &catalog{db: db, store: store, alloc: alloc, sched: sched, loader: loader, notices: notices, ttl: cfg.Sync.ReservationTTL, defaults: preallocate.Spec{
 		Partitions: cfg.SKUDefaults.Partitions,
 		Chunk:      cfg.SKUDefaults.Chunk,
@@ -250,6 +267,21 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// the others, after its last batches went out.
 	g.Go(func() error { return peer.Run(workCtx) })
 	g.Go(func() error { notices.run(workCtx, sched, reg); return nil })
+	g.Go(func() error { shards.Probe(workCtx, 250*time.Millisecond); return nil })
+	if h.clients != nil {
+		g.Go(func() error {
+			t := time.NewTicker(time.Minute)
+			defer t.Stop()
+			for {
+				select {
+				case <-workCtx.Done():
+					return nil
+				case now := <-t.C:
+					h.clients.forget(now.Add(-time.Minute))
+				}
+			}
+		})
+	}
 	// Doubt left by a shard's data loss resolves by itself once every
 	// reservation that could still be confirmed has expired (the owner of
 	// the SKU does it).
@@ -329,7 +361,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 // Verify runs the conservation check of sku against the services cfg
 // names, without starting a node (the `stockd verify` command).
 func Verify(ctx context.Context, cfg Config, sku string) (stocksync.Report, error) {
-	db, err := schema.Open(ctx, cfg.MySQLDSN)
+	db, err := schema.OpenTLS(ctx, cfg.MySQLDSN, cfg.MySQLCAFile)
 	if err != nil {
 		return stocksync.Report{}, fmt.Errorf("mysql: %w", err)
 	}

@@ -42,19 +42,22 @@ type hot struct {
 	ready   *atomic.Bool
 	logger  *slog.Logger
 	m       *hotMetrics
+	http    HTTPConfig
+	limits  Limits
+	clients *clientLimiter // nil: no per-client limit
 }
 
 // hotMetrics are the hot path's: deductions by outcome and their latency.
 type hotMetrics struct {
-	ok, soldOut, unavailable, unknown, bad prometheus.Counter
-	latency                                prometheus.Histogram
+	ok, soldOut, unavailable, unknown, bad, shed prometheus.Counter
+	latency                                      prometheus.Histogram
 }
 
 func newHotMetrics(reg prometheus.Registerer) *hotMetrics {
 	f := promauto.With(reg)
 	out := f.NewCounterVec(prometheus.CounterOpts{
 		Name: "stockd_deductions_total",
-		Help: "Deduction requests answered, by outcome (ok, sold_out, unavailable, unknown_sku, bad_request).",
+		Help: "Deduction requests answered, by outcome (ok, sold_out, unavailable, unknown_sku, bad_request, shed).",
 	}, []string{"outcome"})
 	return &hotMetrics{
 		ok:          out.WithLabelValues("ok"),
@@ -62,6 +65,7 @@ func newHotMetrics(reg prometheus.Registerer) *hotMetrics {
 		unavailable: out.WithLabelValues("unavailable"),
 		unknown:     out.WithLabelValues("unknown_sku"),
 		bad:         out.WithLabelValues("bad_request"),
+		shed:        out.WithLabelValues("shed"),
 		latency: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "stockd_deduct_seconds",
 			Help:    "Time to decide a deduction (valid requests), waits for refills included.",
@@ -76,11 +80,12 @@ func (h *hot) server() *fasthttp.Server {
 		ErrorHandler:       h.parseError,
 		Name:               "stockd",
 		MaxRequestBodySize: maxHotBody,
-		ReadTimeout:        30 * time.Second,
-		WriteTimeout:       10 * time.Second,
-		IdleTimeout:        120 * time.Second,
+		ReadTimeout:        h.http.ReadTimeout,
+		WriteTimeout:       h.http.WriteTimeout,
+		IdleTimeout:        h.http.IdleTimeout,
+		MaxConnsPerIP:      h.http.MaxConnsPerIP,
 		ReadBufferSize:     8 << 10,
-		Concurrency:        64 << 10,
+		Concurrency:        h.http.Concurrency,
 		CloseOnShutdown:    true,
 		// Connection-level errors (clients going away, bodies too large)
 		// are the client's business; keep them out of the error log.
@@ -224,10 +229,24 @@ func (h *hot) check(r deductRequest, hasUser bool) string {
 }
 
 func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
+	if h.clients != nil && !h.clients.allow(ctx.RemoteIP(), time.Now()) {
+		h.shed(ctx, "too many requests from this client, slow down")
+		return
+	}
 	r, msg := h.parseDeduct(ctx.PostBody())
 	if msg != "" {
 		h.badRequest(ctx, msg)
 		return
+	}
+	if h.limits.SKUInflight > 0 {
+		if sku := h.sched.Registry().Get(r.sku); sku != nil {
+			n := sku.Inflight.Add(1)
+			defer sku.Inflight.Add(-1)
+			if n > int64(h.limits.SKUInflight) {
+				h.shed(ctx, "too many requests for this sku in progress, retry shortly")
+				return
+			}
+		}
 	}
 
 	// Deductions finish even while the server shuts down; only the timeout
@@ -344,6 +363,13 @@ func (h *hot) stock(ctx *fasthttp.RequestCtx, name string) {
 	buf = strconv.AppendBool(buf, sku.SoldOut() || avail == 0)
 	buf = append(buf, '}')
 	ctx.SetBody(buf)
+}
+
+// shed answers 429: the request was not admitted and touched no stock.
+func (h *hot) shed(ctx *fasthttp.RequestCtx, msg string) {
+	h.m.shed.Inc()
+	ctx.Response.Header.Set("Retry-After", "1")
+	writeErr(ctx, fasthttp.StatusTooManyRequests, msg)
 }
 
 func (h *hot) badRequest(ctx *fasthttp.RequestCtx, msg string) {

@@ -49,7 +49,13 @@ func (l *loader) syncShards(ctx context.Context) error {
 		if r.State == "removed" {
 			continue
 		}
-		if _, err := l.shards.Get(r.ID); err == nil {
+		if sh, err := l.shards.Get(r.ID); err == nil {
+			if sh.Addr() != r.Addr {
+				// A failover moved it: connect there.
+				if err := l.shards.Replace(ctx, r.ID, r.Addr); err != nil {
+					errs = append(errs, err)
+				}
+			}
 			continue
 		}
 		if err := l.shards.Add(ctx, shard.Config{ID: r.ID, Addr: r.Addr}); err != nil {

@@ -354,6 +354,21 @@ func (s *Store) AddShard(ctx context.Context, id, addr string) error {
 	})
 }
 
+// SetShardAddr records a shard's new address (a failover).
+func (s *Store) SetShardAddr(ctx context.Context, id, addr string) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE shards SET addr = ? WHERE id = ? AND state <> 'removed'`, addr, id)
+	if err != nil {
+		return fmt.Errorf("shard addr: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		var addrNow string
+		if err := s.db.QueryRowContext(ctx, `SELECT addr FROM shards WHERE id = ? AND state <> 'removed'`, id).Scan(&addrNow); err != nil {
+			return &kindError{kind: ErrUnknownShard, msg: "unknown shard " + id}
+		}
+	}
+	return nil
+}
+
 // SetShardState moves a shard to state (active, draining, removed).
 func (s *Store) SetShardState(ctx context.Context, id, state string) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE shards SET state = ? WHERE id = ?`, state, id)

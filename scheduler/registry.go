@@ -55,6 +55,9 @@ type SKU struct {
 	soldOut atomic.Pointer[soldOut]
 	// changed wakes requests waiting for stock.
 	changed signal
+	// Inflight counts this node's deductions of the SKU in progress (the
+	// hot endpoint's admission limit).
+	Inflight atomic.Int64
 }
 
 type soldOut struct {
@@ -171,13 +174,13 @@ func (s *SKU) homes(reqID string) []*Partition {
 	return out
 }
 
-// pick chooses an open partition with at least qty known units, not in
-// tried, at random weighted by level.
+// pick chooses an open partition on a healthy shard with at least qty
+// known units, not in tried, at random weighted by level.
 func (s *SKU) pick(qty int64, tried []int) *Partition {
 	var sum int64
 	parts := s.Partitions()
 	for _, p := range parts {
-		if l := p.level(); l >= qty && p.Open() && !contains(tried, p.H.ID) {
+		if l := p.level(); l >= qty && p.Open() && p.H.Shard.Healthy() && !contains(tried, p.H.ID) {
 			sum += l
 		}
 	}
@@ -186,7 +189,7 @@ func (s *SKU) pick(qty int64, tried []int) *Partition {
 	}
 	r := rand.Int64N(sum)
 	for _, p := range parts {
-		if l := p.level(); l >= qty && p.Open() && !contains(tried, p.H.ID) {
+		if l := p.level(); l >= qty && p.Open() && p.H.Shard.Healthy() && !contains(tried, p.H.ID) {
 			if r < l {
 				return p
 			}

@@ -273,6 +273,13 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 	maxSteps := 64 + 16*len(sku.Partitions())
 	for step := 0; step < maxSteps; step++ {
 		p := sku.partition(cur.pid)
+		if p != nil && !p.H.Shard.Healthy() {
+			// The request's path goes through a shard that does not
+			// answer: fail fast rather than queue behind its timeouts
+			// (its pointer or record may be there, so no other
+			// partition may take instead). A retry is safe.
+			return Result{}, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.H.Shard.ID, p.H.ID)
+		}
 		if p != nil {
 			s.takeCalls.Inc()
 			r, err := p.H.Take(ctx, reqID, qty, cur.round, p == home, userID)

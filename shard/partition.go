@@ -2,7 +2,9 @@ package shard
 
 import (
 	"context"
+	"crypto/sha1"
 	_ "embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -29,8 +31,8 @@ var (
 	//go:embed scripts/peek.lua
 	peekSrc string
 
-	takeScript    = rueidis.NewLuaScript(takeSrc)
-	pointScript   = rueidis.NewLuaScript(pointSrc)
+	takeScript    = newReplicated(takeSrc)
+	pointScript   = newReplicated(pointSrc)
 	refillScript  = rueidis.NewLuaScript(refillSrc)
 	drainScript   = rueidis.NewLuaScript(drainSrc)
 	initScript    = rueidis.NewLuaScript(initSrc)
@@ -269,8 +271,13 @@ func (p *Partition) Take(ctx context.Context, reqID string, qty int64, round int
 
 // takeBatch runs one take call for batch and fills every call's result.
 func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
-	args := make([]string, 0, 2+5*len(batch))
-	args = append(args, p.epoch, strconv.Itoa(len(batch)))
+	replica := p.Shard.Config().Mode() == DurabilityReplica
+	touch := ""
+	if replica {
+		touch = "1"
+	}
+	args := make([]string, 0, 3+5*len(batch))
+	args = append(args, p.epoch, strconv.Itoa(len(batch)), touch)
 	for _, c := range batch {
 		self := ""
 		if c.home {
@@ -278,7 +285,7 @@ func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
 		}
 		args = append(args, c.reqID, strconv.FormatInt(c.qty, 10), strconv.Itoa(c.round), self, c.userID)
 	}
-	vals, err := takeScript.Exec(ctx, p.Shard.c, []string{p.state, p.records, p.pointers, p.stream}, args).ToArray()
+	vals, err := takeScript.exec(ctx, p.Shard, []string{p.state, p.records, p.pointers, p.stream}, args)
 	if err == nil && len(vals) != 4+4*len(batch) {
 		err = fmt.Errorf("%w: %d values for %d requests", ErrBadReply, len(vals), len(batch))
 	}
@@ -356,10 +363,11 @@ const (
 
 // Point moves reqID's pointer on this (home) partition from expect to next.
 func (p *Partition) Point(ctx context.Context, reqID, expect, next string) (PointResult, error) {
-	vals, err := pointScript.Exec(ctx, p.Shard.c,
-		[]string{p.records, p.pointers},
-		[]string{reqID, expect, next, p.pid},
-	).ToArray()
+	touch := ""
+	if p.Shard.Config().Mode() == DurabilityReplica {
+		touch = "1"
+	}
+	vals, err := pointScript.exec(ctx, p.Shard, []string{p.records, p.pointers}, []string{reqID, expect, next, p.pid, touch})
 	if err != nil {
 		return PointResult{}, fmt.Errorf("point on %s: %w", p.Shard.ID, err)
 	}
@@ -412,7 +420,7 @@ func (r RefillResult) Final() bool {
 // Refill injects allocation id (qty units) into sub-domain sub, unless the
 // sub-domain already holds capAt or more.
 func (p *Partition) Refill(ctx context.Context, allocID int64, sub byte, qty, capAt int64) (RefillResult, error) {
-	vals, err := refillScript.Exec(ctx, p.Shard.c,
+	vals, err := refillScript.Exec(ctx, p.Shard.client(),
 		[]string{p.state, p.applied},
 		[]string{strconv.FormatInt(allocID, 10), string(sub), strconv.FormatInt(qty, 10), p.epoch, strconv.FormatInt(capAt, 10)},
 	).AsIntSlice()
@@ -433,7 +441,7 @@ func (p *Partition) Drain(ctx context.Context, drainID int64, close bool) (Code,
 	if close {
 		c = "1"
 	}
-	vals, err := drainScript.Exec(ctx, p.Shard.c,
+	vals, err := drainScript.Exec(ctx, p.Shard.client(),
 		[]string{p.state, p.applied},
 		[]string{strconv.FormatInt(drainID, 10), p.epoch, c},
 	).AsIntSlice()
@@ -453,7 +461,7 @@ func (p *Partition) Init(ctx context.Context, threshold int64, create bool) (Cod
 	if create {
 		c = "1"
 	}
-	vals, err := initScript.Exec(ctx, p.Shard.c,
+	vals, err := initScript.Exec(ctx, p.Shard.client(),
 		[]string{p.state},
 		[]string{p.epoch, strconv.FormatInt(threshold, 10), c},
 	).ToArray()
@@ -473,7 +481,7 @@ func (p *Partition) Init(ctx context.Context, threshold int64, create bool) (Cod
 // SetStatus sets the partition's status in Redis (fenced, closed) when its
 // state exists with this epoch; takes and refills then refuse it.
 func (p *Partition) SetStatus(ctx context.Context, status string) error {
-	c := p.Shard.c
+	c := p.Shard.client()
 	ep, err := c.Do(ctx, c.B().Hget().Key(p.state).Field("ep").Build()).ToString()
 	if rueidis.IsRedisNil(err) || (err == nil && ep != p.epoch) {
 		return nil
@@ -487,7 +495,7 @@ func (p *Partition) SetStatus(ctx context.Context, status string) error {
 // Peek tells whether this partition holds a pointer or a record for
 // reqID.
 func (p *Partition) Peek(ctx context.Context, reqID string) (bool, error) {
-	vals, err := peekScript.Exec(ctx, p.Shard.c, []string{p.records, p.pointers}, []string{reqID}).AsStrSlice()
+	vals, err := peekScript.Exec(ctx, p.Shard.client(), []string{p.records, p.pointers}, []string{reqID}).AsStrSlice()
 	if err != nil {
 		return false, fmt.Errorf("peek on %s: %w", p.Shard.ID, err)
 	}
@@ -508,7 +516,7 @@ type State struct {
 
 // Inspect reads the partition's state.
 func (p *Partition) Inspect(ctx context.Context) (State, error) {
-	vals, err := inspectScript.Exec(ctx, p.Shard.c,
+	vals, err := inspectScript.Exec(ctx, p.Shard.client(),
 		[]string{p.state, p.stream, p.records}, nil).ToArray()
 	if err != nil {
 		return State{}, fmt.Errorf("inspect on %s: %w", p.Shard.ID, err)
@@ -541,7 +549,7 @@ func (p *Partition) Inspect(ctx context.Context) (State, error) {
 func (p *Partition) Successes(ctx context.Context, fn func(reqID string)) error {
 	var cursor uint64
 	for {
-		e, err := p.Shard.c.Do(ctx, p.Shard.c.B().Hscan().Key(p.records).Cursor(cursor).Count(1000).Build()).AsScanEntry()
+		e, err := p.Shard.client().Do(ctx, p.Shard.client().B().Hscan().Key(p.records).Cursor(cursor).Count(1000).Build()).AsScanEntry()
 		if err != nil {
 			return fmt.Errorf("scan records on %s: %w", p.Shard.ID, err)
 		}
@@ -562,4 +570,49 @@ func activeName(n int64) byte {
 		return 'b'
 	}
 	return 'a'
+}
+
+// replicated is a script that, on a shard in replica mode, is followed by
+// WAIT in the same pipeline (one connection, so the WAIT covers it): a
+// WAIT sent on its own may go out on another connection and prove nothing.
+type replicated struct {
+	lua *rueidis.Lua
+	src string
+	sha string
+}
+
+func newReplicated(src string) *replicated {
+	sum := sha1.Sum([]byte(src))
+	return &replicated{lua: rueidis.NewLuaScript(src), src: src, sha: hex.EncodeToString(sum[:])}
+}
+
+// exec runs the script on sh and returns its array reply; in replica mode
+// it fails with ErrNotReplicated unless the required replicas have it.
+func (r *replicated) exec(ctx context.Context, sh *Shard, keys, args []string) ([]rueidis.RedisMessage, error) {
+	c := sh.client()
+	cfg := sh.Config()
+	if cfg.Mode() != DurabilityReplica {
+		vals, err := r.lua.Exec(ctx, c, keys, args).ToArray()
+		sh.observe(err)
+		return vals, err
+	}
+	wait := c.B().Wait().Numreplicas(int64(cfg.Replicas)).Timeout(cfg.WaitTimeout.Milliseconds()).Build()
+	res := c.DoMulti(ctx, c.B().Evalsha().Sha1(r.sha).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build(), wait)
+	if err := res[0].Error(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+		wait = c.B().Wait().Numreplicas(int64(cfg.Replicas)).Timeout(cfg.WaitTimeout.Milliseconds()).Build()
+		res = c.DoMulti(ctx, c.B().Eval().Script(r.src).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build(), wait)
+	}
+	vals, err := res[0].ToArray()
+	sh.observe(err)
+	if err != nil {
+		return nil, err
+	}
+	n, err := res[1].AsInt64()
+	if err != nil {
+		return nil, err
+	}
+	if n < int64(cfg.Replicas) {
+		return nil, fmt.Errorf("%w: %d of %d replicas in %s", ErrNotReplicated, n, cfg.Replicas, cfg.WaitTimeout)
+	}
+	return vals, nil
 }

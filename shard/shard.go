@@ -9,7 +9,6 @@ package shard
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,13 +17,34 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/stockd/stockd/internal/tlsx"
 )
 
 // ErrUnknownShard is returned when a shard id is not configured.
 var ErrUnknownShard = errors.New("unknown shard")
+
+// Durability modes of a shard.
+const (
+	// DurabilityNone: Redis keeps stock in memory only. A restart loses
+	// it; stockd detects the loss, fences the shard's partitions and holds
+	// what they may have sold in doubt.
+	DurabilityNone = "none"
+	// DurabilityAOF: the instance runs with appendonly (fsync every second
+	// or always). A process crash loses nothing (the kernel has the file);
+	// a machine crash can lose up to a second, which stockd detects like a
+	// rollback. Checked at start.
+	DurabilityAOF = "aof"
+	// DurabilityReplica: every take and pointer move is followed by WAIT
+	// replicas wait_timeout in the same pipeline, and is answered as
+	// failed-and-retryable unless that many replicas have it; a failover to
+	// a replica loses nothing acknowledged.
+	DurabilityReplica = "replica"
+)
 
 // Config describes one Redis instance.
 type Config struct {
@@ -35,8 +55,25 @@ type Config struct {
 	Addr     string `yaml:"addr"`
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
-	// TLS enables TLS with the system roots.
+	// TLS enables TLS (system roots, or CAFile).
 	TLS bool `yaml:"tls"`
+	// CAFile is a PEM file of CAs to trust for TLS instead of the system
+	// roots.
+	CAFile string `yaml:"ca_file"`
+	// Durability is none, aof (the default) or replica.
+	Durability string `yaml:"durability"`
+	// Replicas is how many replicas must have a write (replica mode).
+	Replicas int `yaml:"replicas"`
+	// WaitTimeout bounds the WAIT for them (replica mode).
+	WaitTimeout time.Duration `yaml:"wait_timeout"`
+}
+
+// Mode is the durability mode, aof when not set.
+func (c Config) Mode() string {
+	if c.Durability == "" {
+		return DurabilityAOF
+	}
+	return c.Durability
 }
 
 // Validate reports the first problem with c.
@@ -50,6 +87,21 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		return fmt.Errorf("addr %q: %w", c.Addr, err)
 	}
+	switch c.Mode() {
+	case DurabilityNone, DurabilityAOF:
+	case DurabilityReplica:
+		if c.Replicas < 1 {
+			return errors.New("replicas: at least 1 in replica mode")
+		}
+		if c.WaitTimeout <= 0 {
+			return errors.New("wait_timeout: must be positive in replica mode")
+		}
+	default:
+		return fmt.Errorf("durability %q: want none, aof or replica", c.Durability)
+	}
+	if c.CAFile != "" && !c.TLS {
+		return errors.New("ca_file: set tls: true too")
+	}
 	return nil
 }
 
@@ -62,17 +114,57 @@ type Options struct {
 	Timeout time.Duration
 	// DialTimeout bounds connecting.
 	DialTimeout time.Duration
+	// CheckDurability refuses a shard in aof mode whose instance does not
+	// run with appendonly (false: a warning).
+	CheckDurability bool
+	// Logger receives warnings (durability, health).
+	Logger *slog.Logger
 }
 
-// Shard is one Redis instance.
+// Shard is one Redis instance. Its address can change under a live node (a
+// failover to a replica): the client is swapped, handles keep the *Shard.
 type Shard struct {
-	ID   string
-	Addr string
-	c    rueidis.Client
+	ID string
+
+	cfg     atomic.Pointer[Config]
+	c       atomic.Pointer[rueidis.Client]
+	healthy atomic.Bool
+	// failures counts the errors since the last success.
+	failures atomic.Int32
 }
 
-// Client gives direct access for non-stock keys (detail streams).
-func (s *Shard) Client() rueidis.Client { return s.c }
+func (s *Shard) client() rueidis.Client { return *s.c.Load() }
+
+// Client gives direct access for non-stock keys.
+func (s *Shard) Client() rueidis.Client { return s.client() }
+
+// Addr is the shard's current address.
+func (s *Shard) Addr() string { return s.cfg.Load().Addr }
+
+// Config is the shard's current configuration.
+func (s *Shard) Config() Config { return *s.cfg.Load() }
+
+// Healthy tells whether the shard answered lately. Selection avoids the
+// partitions of an unhealthy shard; requests homed there fail fast.
+func (s *Shard) Healthy() bool { return s.healthy.Load() }
+
+// observe records the outcome of a call: a network error or timeout makes
+// the shard unhealthy until a probe (or call) succeeds.
+func (s *Shard) observe(err error) {
+	if _, isRedis := rueidis.IsRedisErr(err); err == nil || isRedis || errors.Is(err, ErrNotReplicated) || errors.Is(err, ErrBadReply) {
+		if s.failures.Swap(0) != 0 || !s.healthy.Load() {
+			s.healthy.Store(true)
+		}
+		return
+	}
+	s.failures.Add(1)
+	s.healthy.Store(false)
+}
+
+// ErrNotReplicated means a write did not reach the shard's required
+// replicas within wait_timeout (replica mode); it happened on the primary,
+// so the caller must retry (with the same request id) rather than act on it.
+var ErrNotReplicated = errors.New("write not replicated in time")
 
 // Set is the shards, keyed by id. Shards can be added while it is in use
 // (an operator adds a Redis instance); handles keep their *Shard.
@@ -94,6 +186,9 @@ func Open(ctx context.Context, cfgs []Config, opt Options, logger *slog.Logger) 
 	if opt.DialTimeout <= 0 {
 		opt.DialTimeout = 2 * time.Second
 	}
+	if opt.Logger == nil {
+		opt.Logger = logger
+	}
 	s := &Set{prefix: opt.Prefix, opt: opt, shards: make(map[string]*Shard, len(cfgs)), logger: logger}
 	for _, cfg := range cfgs {
 		if err := s.Add(ctx, cfg); err != nil {
@@ -114,26 +209,30 @@ func (s *Set) Add(ctx context.Context, cfg Config) error {
 	cur, ok := s.shards[cfg.ID]
 	s.mu.RUnlock()
 	if ok {
-		if cur.Addr == cfg.Addr {
+		if cur.Addr() == cfg.Addr {
 			return nil
 		}
-		return fmt.Errorf("shard %s: already at %s, not %s", cfg.ID, cur.Addr, cfg.Addr)
+		return fmt.Errorf("shard %s: already at %s, not %s", cfg.ID, cur.Addr(), cfg.Addr)
 	}
-	sh, err := dial(ctx, cfg, s.opt)
+	c, err := dial(ctx, cfg, s.opt)
 	if err != nil {
 		return fmt.Errorf("shard %s (%s): %w", cfg.ID, cfg.Addr, err)
 	}
+	sh := &Shard{ID: cfg.ID}
+	sh.c.Store(&c)
+	sh.cfg.Store(&cfg)
+	sh.healthy.Store(true)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.shards[cfg.ID]; ok {
-		sh.c.Close()
+		c.Close()
 		return nil
 	}
 	s.shards[cfg.ID] = sh
 	return nil
 }
 
-func dial(ctx context.Context, cfg Config, opt Options) (*Shard, error) {
+func dial(ctx context.Context, cfg Config, opt Options) (rueidis.Client, error) {
 	o := rueidis.ClientOption{
 		InitAddress:       []string{cfg.Addr},
 		Username:          cfg.Username,
@@ -144,7 +243,11 @@ func dial(ctx context.Context, cfg Config, opt Options) (*Shard, error) {
 		Dialer:            net.Dialer{Timeout: opt.DialTimeout, KeepAlive: time.Second},
 	}
 	if cfg.TLS {
-		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		tc, err := tlsx.Client(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("ca_file: %w", err)
+		}
+		o.TLSConfig = tc
 	}
 	c, err := rueidis.NewClient(o)
 	if err != nil {
@@ -156,7 +259,107 @@ func dial(ctx context.Context, cfg Config, opt Options) (*Shard, error) {
 		c.Close()
 		return nil, err
 	}
-	return &Shard{ID: cfg.ID, Addr: cfg.Addr, c: c}, nil
+	if err := checkDurability(pctx, c, cfg, opt); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// checkDurability makes sure the instance can keep the promise of cfg's
+// mode.
+func checkDurability(ctx context.Context, c rueidis.Client, cfg Config, opt Options) error {
+	log := opt.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	switch cfg.Mode() {
+	case DurabilityAOF:
+		kv, err := c.Do(ctx, c.B().ConfigGet().Parameter("appendonly").Build()).AsStrMap()
+		if err != nil {
+			log.Warn("cannot check appendonly (CONFIG GET refused?); trusting the configuration", "shard", cfg.ID, "err", err)
+			return nil
+		}
+		if kv["appendonly"] != "yes" {
+			if opt.CheckDurability {
+				return fmt.Errorf("durability aof, but the instance runs with appendonly %q: turn it on, or declare the shard durability none (durability_check: warn only warns)", kv["appendonly"])
+			}
+			log.Warn("shard declared aof runs without appendonly: a restart loses its stock (it will be fenced and held in doubt)", "shard", cfg.ID)
+		}
+	case DurabilityReplica:
+		info, err := c.Do(ctx, c.B().Info().Section("replication").Build()).ToString()
+		if err == nil {
+			for _, line := range strings.Split(info, "\r\n") {
+				if v, ok := strings.CutPrefix(line, "connected_slaves:"); ok {
+					if n, _ := strconv.Atoi(v); n < cfg.Replicas {
+						log.Warn("shard in replica mode has fewer replicas connected than required: deductions answer 503 until they connect",
+							"shard", cfg.ID, "connected", n, "required", cfg.Replicas)
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Replace points shard id at another address (a failover to a replica):
+// it connects there first, then swaps the client.
+func (s *Set) Replace(ctx context.Context, id, addr string) error {
+	sh, err := s.Get(id)
+	if err != nil {
+		return err
+	}
+	cfg := sh.Config()
+	if cfg.Addr == addr {
+		return nil
+	}
+	cfg.Addr = addr
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("shard: %w", err)
+	}
+	c, err := dial(ctx, cfg, s.opt)
+	if err != nil {
+		return fmt.Errorf("shard %s (%s): %w", id, addr, err)
+	}
+	old := sh.c.Swap(&c)
+	sh.cfg.Store(&cfg)
+	sh.healthy.Store(true)
+	sh.failures.Store(0)
+	(*old).Close()
+	s.logger.Warn("shard moved", "shard", id, "addr", addr)
+	return nil
+}
+
+// Probe pings the unhealthy shards every interval until ctx ends, so that
+// selection uses them again once they answer.
+func (s *Set) Probe(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.RLock()
+		var sick []*Shard
+		for _, sh := range s.shards {
+			if !sh.Healthy() {
+				sick = append(sick, sh)
+			}
+		}
+		s.mu.RUnlock()
+		for _, sh := range sick {
+			pctx, cancel := context.WithTimeout(ctx, every)
+			c := sh.client()
+			err := c.Do(pctx, c.B().Ping().Build()).Error()
+			cancel()
+			sh.observe(err)
+			if err == nil {
+				s.logger.Info("shard answers again", "shard", sh.ID)
+			}
+		}
+	}
 }
 
 // Get returns the shard with id.
@@ -190,7 +393,7 @@ func (s *Set) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, sh := range s.shards {
-		sh.c.Close()
+		sh.client().Close()
 	}
 }
 
@@ -203,7 +406,8 @@ type Stats struct {
 // Stats reads DBSIZE and used_memory.
 func (s *Shard) Stats(ctx context.Context) (Stats, error) {
 	var st Stats
-	res := s.c.DoMulti(ctx, s.c.B().Dbsize().Build(), s.c.B().Info().Section("memory").Build())
+	c := s.client()
+	res := c.DoMulti(ctx, c.B().Dbsize().Build(), c.B().Info().Section("memory").Build())
 	n, err := res[0].AsInt64()
 	if err != nil {
 		return st, err

@@ -60,7 +60,7 @@ func parseEntry(e rueidis.XRangeEntry) (Entry, error) {
 // from the start of the stream). The stream holds only details not yet
 // confirmed by the broker, so reading it from the start is the backlog.
 func (p *Partition) ReadEntries(ctx context.Context, after string, count int64) ([]Entry, error) {
-	c := p.Shard.c
+	c := p.Shard.client()
 	start := "-"
 	if after != "" {
 		start = "(" + after
@@ -83,7 +83,7 @@ func (p *Partition) ReadEntries(ctx context.Context, after string, count int64) 
 // TrimBefore deletes the entries whose details all have sequences below
 // end: the broker confirmed them. Entries from end on stay.
 func (p *Partition) TrimBefore(ctx context.Context, end int64) error {
-	c := p.Shard.c
+	c := p.Shard.client()
 	if err := c.Do(ctx, c.B().Xtrim().Key(p.stream).Minid().Threshold(strconv.FormatInt(end, 10)+"-0").Build()).Error(); err != nil {
 		return fmt.Errorf("trim details on %s: %w", p.Shard.ID, err)
 	}
@@ -113,7 +113,7 @@ func (p *Partition) RangeDetails(ctx context.Context) ([]Detail, error) {
 // DrainAmount returns what pending drain id took out of the partition, if
 // the drain script ran (ok false when it has not).
 func (p *Partition) DrainAmount(ctx context.Context, drainID int64) (int64, bool, error) {
-	c := p.Shard.c
+	c := p.Shard.client()
 	n, err := c.Do(ctx, c.B().Hget().Key(p.applied).Field("d"+strconv.FormatInt(drainID, 10)).Build()).AsInt64()
 	if rueidis.IsRedisNil(err) {
 		return 0, false, nil

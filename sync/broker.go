@@ -2,6 +2,7 @@ package sync
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 // the topology (the batch queue and its dead-letter queue) first.
 type broker struct {
 	url    string
+	tls    *tls.Config // nil: amqps URLs use the system roots
 	queue  string
 	logger *slog.Logger
 
@@ -27,8 +29,8 @@ type broker struct {
 	blocked atomic.Bool
 }
 
-func newBroker(url, queue string, logger *slog.Logger) *broker {
-	return &broker{url: url, queue: queue, logger: logger}
+func newBroker(url, queue string, tc *tls.Config, logger *slog.Logger) *broker {
+	return &broker{url: url, queue: queue, tls: tc, logger: logger}
 }
 
 // channel returns a new channel on the live connection, dialing when needed.
@@ -37,8 +39,9 @@ func (b *broker) channel() (*amqp.Channel, error) {
 	defer b.mu.Unlock()
 	if b.conn == nil || b.conn.IsClosed() {
 		conn, err := amqp.DialConfig(b.url, amqp.Config{
-			Heartbeat:  5 * time.Second,
-			Properties: amqp.Table{"connection_name": "stockd"},
+			Heartbeat:       5 * time.Second,
+			TLSClientConfig: b.tls,
+			Properties:      amqp.Table{"connection_name": "stockd"},
 		})
 		if err != nil {
 			return nil, fmt.Errorf("amqp dial: %w", err)

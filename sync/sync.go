@@ -2,6 +2,7 @@ package sync
 
 import (
 	"context"
+	"crypto/tls"
 	"database/sql"
 	"log/slog"
 
@@ -15,6 +16,8 @@ import (
 type Deps struct {
 	DB      *sql.DB
 	AMQPURL string
+	// AMQPTLS, when set, is the TLS configuration of amqps:// URLs.
+	AMQPTLS *tls.Config
 	// Node names this node in the batches it publishes (for tracing).
 	Node string
 	// Partitions lists the partitions whose details this node moves (the
@@ -38,7 +41,7 @@ type Sync struct {
 func New(cfg Config, d Deps) *Sync {
 	m := newMetrics(d.Registerer)
 	log := d.Logger.With("component", "sync")
-	pubBroker := newBroker(d.AMQPURL, cfg.Queue, log)
+	pubBroker := newBroker(d.AMQPURL, cfg.Queue, d.AMQPTLS, log)
 	return &Sync{
 		Batcher: &Batcher{
 			cfg:        cfg,
@@ -53,7 +56,7 @@ func New(cfg Config, d Deps) *Sync {
 		Applier: &Applier{
 			cfg:    cfg,
 			db:     d.DB,
-			brk:    newBroker(d.AMQPURL, cfg.Queue, log),
+			brk:    newBroker(d.AMQPURL, cfg.Queue, d.AMQPTLS, log),
 			logger: log.With("part", "applier"),
 			m:      m,
 		},

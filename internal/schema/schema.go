@@ -20,9 +20,12 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/stockd/stockd/internal/tlsx"
 )
 
 // migrations are applied in order; an applied one is never edited, a change
@@ -128,9 +131,24 @@ var migrations = []string{
 // Open connects to the database named in dsn, creating the database when
 // it does not exist, and migrates it.
 func Open(ctx context.Context, dsn string) (*sql.DB, error) {
+	return OpenTLS(ctx, dsn, "")
+}
+
+// OpenTLS is Open trusting the CAs in caFile for the connection (the
+// DSN's own tls= setting is used when caFile is empty).
+func OpenTLS(ctx context.Context, dsn, caFile string) (*sql.DB, error) {
 	cfg, err := mysql.ParseDSN(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("mysql dsn: %w", err)
+	}
+	if caFile != "" {
+		tc, err := tlsx.Client(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("mysql_ca_file: %w", err)
+		}
+		host, _, _ := net.SplitHostPort(cfg.Addr)
+		tc.ServerName = host
+		cfg.TLS = tc
 	}
 	if cfg.DBName == "" {
 		return nil, fmt.Errorf("mysql dsn: no database name")
