@@ -232,3 +232,19 @@ func Queue(t testing.TB) string {
 	})
 	return name
 }
+
+// Stop freezes the process (SIGSTOP): it keeps its connections but answers
+// nothing, like a hung or partitioned instance. The test's cleanup thaws it.
+func (r *Redis) Stop() {
+	if r.cmd != nil && r.cmd.Process != nil {
+		r.cmd.Process.Signal(syscall.SIGSTOP)
+		r.t.Cleanup(r.Continue)
+	}
+}
+
+// Continue thaws a stopped process (SIGCONT).
+func (r *Redis) Continue() {
+	if r.cmd != nil && r.cmd.Process != nil {
+		r.cmd.Process.Signal(syscall.SIGCONT)
+	}
+}

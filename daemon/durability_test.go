@@ -1,0 +1,231 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stockd/stockd/internal/testenv"
+	"github.com/stockd/stockd/shard"
+)
+
+// replicaEnv is one primary shard with one replica, in replica mode.
+func replicaEnv(t *testing.T) (*env, Config, *testenv.Redis, *testenv.Redis) {
+	e := newEnv(t, 1)
+	primary := e.shards[0]
+	noSyncDelay(t, primary)
+	replica := testenv.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(primary.Port), "--repl-diskless-sync-delay", "0")
+	waitReplicaSynced(t, primary)
+	cfg := e.config()
+	cfg.Shards = []shard.Config{{ID: "s1", Addr: primary.Addr, Durability: shard.DurabilityReplica, Replicas: 1, WaitTimeout: time.Second}}
+	return e, cfg, primary, replica
+}
+
+// noSyncDelay makes a primary start full syncs at once (Redis waits 5 s
+// by default for more replicas to share a diskless sync).
+func noSyncDelay(t *testing.T, r *testenv.Redis) {
+	t.Helper()
+	c := r.Client()
+	if err := c.Do(context.Background(), c.B().ConfigSet().ParameterValue().ParameterValue("repl-diskless-sync-delay", "0").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitReplicaSynced(t *testing.T, primary *testenv.Redis) {
+	t.Helper()
+	c := primary.Client()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		// Connected is not enough: until its first sync is done the
+		// replica acknowledges nothing, and WAIT times out.
+		info, _ := c.Do(context.Background(), c.B().Info().Section("replication").Build()).ToString()
+		if containsLine(info, "connected_slaves:1") && strings.Contains(info, "state=online") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica did not connect: %s", info)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func containsLine(s, line string) bool {
+	for _, l := range splitLines(s) {
+		if l == line {
+			return true
+		}
+	}
+	return false
+}
+
+func splitLines(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\n' {
+			l := s[start:i]
+			if len(l) > 0 && l[len(l)-1] == '\r' {
+				l = l[:len(l)-1]
+			}
+			out = append(out, l)
+			start = i + 1
+		}
+	}
+	return append(out, s[start:])
+}
+
+// In replica mode a deduction is acknowledged only once a replica has it:
+// with the replica gone, deductions answer 503 (never ok); when it is back,
+// they sell again; then the primary dies, the replica is promoted and the
+// shard moved there, and nothing acknowledged is missing.
+func TestReplicaModeAndFailover(t *testing.T) {
+	e, cfg, primary, replica := replicaEnv(t)
+	n := startNode(t, cfg)
+	putSKU(t, n, "rep", 1000, 2, 20, 5)
+	b := newBuyer(16)
+
+	acked := newOutcomes()
+	buy := func(prefix string, k int) *outcomes {
+		o := newOutcomes()
+		for i := 0; i < k; i++ {
+			id := prefix + strconv.Itoa(i)
+			a, err := b.deduct(n.hot, "rep", 1, id)
+			o.add(t, id, a, err)
+			if err == nil && a.Code == 200 {
+				acked.add(t, id, a, err)
+			}
+		}
+		return o
+	}
+	if o := buy("a-", 50); o.ok != 50 {
+		t.Fatalf("with the replica: %d ok of 50 (other %v)", o.ok, o.other)
+	}
+
+	replica.Kill()
+	// Concurrent, so that they share take calls and WAITs.
+	if o := crowd(t, b, n.hot, "rep", 20, "b-", func(int) int64 { return 1 }); o.ok != 0 || o.other[503] != 20 {
+		t.Fatalf("without the replica: %d ok, statuses %v; want every answer 503", o.ok, o.other)
+	}
+	replica.Restart()
+	waitReplicaSynced(t, primary)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if o := buy(fmt.Sprintf("c%d-", time.Now().UnixNano()), 5); o.ok == 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("deductions did not come back with the replica")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// The 503s of b- may have deducted on the primary: their retries get
+	// the first outcome (now replicated), not a second deduction.
+	if o := buy("b-", 20); o.ok != 20 {
+		t.Fatalf("retries of the 503s: %d ok of 20", o.ok)
+	}
+
+	// Failover: the primary dies, the replica is promoted and the shard
+	// pointed at it. Everything acknowledged is there.
+	primary.Kill()
+	rc := replica.Client()
+	if err := rc.Do(context.Background(), rc.B().Replicaof().No().One().Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	var v map[string]any
+	if code := adminDo(t, n, "PUT", "/admin/shards/s1", fmt.Sprintf(`{"addr":%q}`, replica.Addr), &v); code != 200 {
+		t.Fatalf("move shard: %d", code)
+	}
+	// The promoted replica gets a replica of its own (until then replica
+	// mode answers 503); then every acknowledged request retried returns
+	// its first outcome: nothing acknowledged was lost by the failover.
+	testenv.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(replica.Port))
+	waitReplicaSynced(t, replica)
+	for tok, id := range acked.reservations {
+		a, err := b.deduct(n.hot, "rep", 1, id)
+		if err != nil || a.Code != 200 || a.Reservation != tok {
+			t.Fatalf("retry of %s after failover: %+v %v, want %s", id, a, err, tok)
+		}
+	}
+	if o := buy("d-", 20); o.ok != 20 {
+		t.Fatalf("selling after failover: %d ok of 20 (%v)", o.ok, o.other)
+	}
+	r := waitSynced(t, n, "rep", 10*time.Second)
+	if r.InDoubt != 0 || r.Reserved < acked.units {
+		t.Fatalf("after failover: %+v; acknowledged %d", r, acked.units)
+	}
+	_ = e
+}
+
+// A shard that stops answering (SIGSTOP) is avoided: requests whose path
+// goes through it fail fast with 503 once it is known unhealthy, the other
+// shards keep selling, and when it answers again it is used again.
+func TestFrozenShardFailsFast(t *testing.T) {
+	e := newEnv(t, 3)
+	cfg := e.config()
+	cfg.RedisTimeout = 300 * time.Millisecond
+	n := startNode(t, cfg)
+	putSKU(t, n, "frz", 100000, 6, 100, 20)
+	b := newBuyer(32)
+	e.shards[0].Stop()
+	// The first requests homed there wait out the timeout and mark it
+	// unhealthy; after that, answers come fast.
+	crowd(t, b, n.hot, "frz", 200, "warm-", func(int) int64 { return 1 })
+	start := time.Now()
+	o := crowd(t, b, n.hot, "frz", 600, "x-", func(int) int64 { return 1 })
+	took := time.Since(start)
+	if o.ok == 0 || o.other[503] == 0 {
+		t.Fatalf("ok %d, statuses %v: want sales on the healthy shards and 503 for the frozen one", o.ok, o.other)
+	}
+	if took > 3*time.Second {
+		t.Fatalf("600 requests took %s with a frozen shard: not failing fast", took)
+	}
+	e.shards[0].Continue()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		o := crowd(t, b, n.hot, "frz", 60, fmt.Sprintf("y%d-", time.Now().UnixNano()), func(int) int64 { return 1 })
+		if o.ok == 60 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the thawed shard is not used again: %v", o.other)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	waitSynced(t, n, "frz", 10*time.Second)
+	t.Logf("with one of 3 shards frozen: %d ok, %d 503 in %s", o.ok, o.other[503], took.Round(time.Millisecond))
+}
+
+// Admission limits answer 429 before touching stock.
+func TestAdmissionLimits(t *testing.T) {
+	e := newEnv(t, 1)
+	cfg := e.config()
+	cfg.Limits = Limits{ClientRPS: 20, ClientBurst: 10}
+	n := startNode(t, cfg)
+	putSKU(t, n, "lim", 1000, 2, 50, 10)
+	b := newBuyer(8)
+	var ok, shed int
+	for i := 0; i < 100; i++ {
+		a, err := b.deduct(n.hot, "lim", 1, "f-"+strconv.Itoa(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch a.Code {
+		case 200:
+			ok++
+		case 429:
+			shed++
+		default:
+			t.Fatalf("unexpected %+v", a)
+		}
+	}
+	if shed == 0 || ok < 10 || ok > 40 {
+		t.Fatalf("a flood of 100 from one client at 20/s, burst 10: %d ok, %d shed", ok, shed)
+	}
+	r := waitSynced(t, n, "lim", 10*time.Second)
+	if r.Reserved != int64(ok) {
+		t.Fatalf("shed requests touched stock: reserved %d, ok %d", r.Reserved, ok)
+	}
+}
