@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/stockd/stockd/admin"
@@ -140,6 +141,11 @@ func (c *catalog) AddShard(ctx context.Context, id, addr string) (admin.ShardVie
 		return admin.ShardView{}, adminErr(err)
 	}
 	c.notices.send(noticeShards, "", 0)
+	return c.shardView(ctx, id)
+}
+
+// shardView is one shard as GET /admin/shards shows it.
+func (c *catalog) shardView(ctx context.Context, id string) (admin.ShardView, error) {
 	views, err := c.Shards(ctx)
 	if err != nil {
 		return admin.ShardView{}, err
@@ -149,7 +155,7 @@ func (c *catalog) AddShard(ctx context.Context, id, addr string) (admin.ShardVie
 			return v, nil
 		}
 	}
-	return admin.ShardView{ID: id, Addr: addr, State: "active"}, nil
+	return admin.ShardView{}, &adminError{kind: admin.ErrNotFound, err: fmt.Errorf("unknown shard %s", id)}
 }
 
 func (c *catalog) MoveShard(ctx context.Context, id, addr string) (admin.ShardView, error) {
@@ -164,16 +170,7 @@ func (c *catalog) MoveShard(ctx context.Context, id, addr string) (admin.ShardVi
 		return admin.ShardView{}, adminErr(err)
 	}
 	c.notices.send(noticeShards, "", 0)
-	views, err := c.Shards(ctx)
-	if err != nil {
-		return admin.ShardView{}, err
-	}
-	for _, v := range views {
-		if v.ID == id {
-			return v, nil
-		}
-	}
-	return admin.ShardView{ID: id, Addr: addr}, nil
+	return c.shardView(ctx, id)
 }
 
 // shardMoves is what a drain moved, per SKU.

@@ -1,6 +1,10 @@
 package scheduler
 
-import "math"
+import (
+	"math"
+
+	"github.com/stockd/stockd/internal/hashx"
+)
 
 // filter is a Bloom filter of request ids. Once a SKU is sold out its set of
 // successful request ids is final; the filter answers "certainly not among
@@ -43,27 +47,6 @@ func (f *filter) mayContain(id string) bool {
 
 // hash2 gives two independent 64-bit hashes (double hashing).
 func hash2(s string) (uint64, uint64) {
-	h := fnv64(s)
-	return h, mix64(h) | 1
-}
-
-// fnv64 is FNV-1a. Partition homes depend on it across nodes and versions:
-// changing it would send retries of in-flight requests to other homes.
-func fnv64(s string) uint64 {
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(s); i++ {
-		h ^= uint64(s[i])
-		h *= 1099511628211
-	}
-	return h
-}
-
-// mix64 is the splitmix64 finalizer.
-func mix64(x uint64) uint64 {
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
+	h := hashx.FNV64(s)
+	return h, hashx.Mix64(h) | 1
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/stockd/stockd/internal/hashx"
 	"github.com/stockd/stockd/shard"
 )
 
@@ -136,7 +137,7 @@ func (s *SKU) partition(pid int) *Partition {
 // partitions. It depends only on the request id and the set of partition
 // ids, so every node and every retry agrees on it.
 func (s *SKU) home(reqID string) *Partition {
-	return s.homeUpTo(fnv64(reqID), -1)
+	return s.homeUpTo(hashx.FNV64(reqID), -1)
 }
 
 // homeUpTo is the rendezvous winner among partitions of generation <= gen
@@ -148,7 +149,7 @@ func (s *SKU) homeUpTo(h uint64, gen int) *Partition {
 		if gen >= 0 && int(p.gen.Load()) > gen {
 			continue
 		}
-		if w := mix64(h ^ p.seed); best == nil || w > bestW {
+		if w := hashx.Mix64(h ^ p.seed); best == nil || w > bestW {
 			best, bestW = p, w
 		}
 	}
@@ -159,7 +160,7 @@ func (s *SKU) homeUpTo(h uint64, gen int) *Partition {
 // then, when partitions were added within the retry window, its homes
 // under each older set that differ: a retry may have been served there.
 func (s *SKU) homes(reqID string) []*Partition {
-	h := fnv64(reqID)
+	h := hashx.FNV64(reqID)
 	cur := s.homeUpTo(h, -1)
 	if cur == nil || cur.gen.Load() == 0 {
 		return []*Partition{cur}
@@ -283,7 +284,7 @@ func (r *Registry) Upsert(info SKUInfo) *SKU {
 			}
 		}
 		if p == nil {
-			p = &Partition{H: pi.Handle, seed: mix64(fnv64(info.Name + ":" + strconv.Itoa(pi.Handle.ID)))}
+			p = &Partition{H: pi.Handle, seed: hashx.Mix64(hashx.FNV64(info.Name + ":" + strconv.Itoa(pi.Handle.ID)))}
 		} else {
 			p.H.ObserveSeq(pi.Handle.LastSeq())
 		}

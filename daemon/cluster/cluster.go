@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/stockd/stockd/internal/hashx"
 )
 
 // Config is a node's membership configuration.
@@ -254,9 +256,9 @@ func (p *Peer) Owns(key string) bool { return p.Owner(key) == p.cfg.Name }
 func Owner(names []string, key string) string {
 	var best string
 	var bestW uint64
-	h := fnv64(key)
+	h := hashx.FNV64(key)
 	for _, n := range names {
-		if w := mix64(h ^ fnv64(n)); best == "" || w > bestW {
+		if w := hashx.Mix64(h ^ hashx.FNV64(n)); best == "" || w > bestW {
 			best, bestW = n, w
 		}
 	}
@@ -410,23 +412,3 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 }
 
 func (e *events) NotifyUpdate(n *memberlist.Node) { (*Peer)(e).observe(n, "alive") }
-
-// fnv64 and mix64 hash names and keys; every node must compute the same
-// owner, so they never change.
-func fnv64(s string) uint64 {
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(s); i++ {
-		h ^= uint64(s[i])
-		h *= 1099511628211
-	}
-	return h
-}
-
-func mix64(x uint64) uint64 {
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
-}
