@@ -1,7 +1,9 @@
-// Package admin is the operators' HTTP API: SKUs (create, restock, show),
-// and later shards, rebalancing, cluster view and metrics. Every route but
-// /healthz needs "Authorization: Bearer <token>". It holds no state; it
-// calls the catalog the daemon wires in.
+// Package admin is the operators' HTTP API: SKUs (create, restock, show,
+// verify, rebalance, in-doubt), shards (add, fail over, drain, remove), the
+// cluster view, metrics, profiles and the status page. Every route but
+// /healthz and the page's own static files needs the admin token, as
+// "Authorization: Bearer <token>" or as the password of HTTP Basic. It
+// holds no state; it calls the catalog the daemon wires in.
 package admin
 
 import (
@@ -76,7 +78,8 @@ type PartitionView struct {
 	Active string `json:"active"`
 	State  string `json:"state"`
 	Seq    int64  `json:"seq"`
-	// Backlog is the details recorded in Redis not yet handed to sync.
+	// Backlog is the stream entries (one per take call, up to 64
+	// details each) not yet confirmed by the broker.
 	Backlog int64 `json:"backlog"`
 	// Error is set when the partition's shard did not answer.
 	Error string `json:"error,omitempty"`
@@ -84,7 +87,7 @@ type PartitionView struct {
 
 // SyncView is the write-back lag of a SKU.
 type SyncView struct {
-	// Backlog is the details still in Redis streams.
+	// Backlog is the stream entries still in Redis (see PartitionView).
 	Backlog int64 `json:"backlog"`
 }
 

@@ -54,6 +54,15 @@ func (a *Allocator) Fence(ctx context.Context, p *shard.Partition, reason Reason
 		if err != nil {
 			return err
 		}
+		// A drain of it still pending may have taken units out of Redis
+		// already; they cannot be read back now, so they count in doubt
+		// like the rest, and the drain is settled at 0 (else the sweep
+		// would also credit them to the pool).
+		if _, err := tx.ExecContext(ctx,
+			`UPDATE allocations SET state = 'applied', qty = 0 WHERE sku = ? AND pid = ? AND epoch = ? AND kind = 'drain' AND state = 'pending'`,
+			p.SKU, p.ID, p.Epoch); err != nil {
+			return err
+		}
 		var in, out, sold, doubled int64
 		if err := tx.QueryRowContext(ctx,
 			`SELECT COALESCE(SUM(CASE WHEN kind = 'fill' THEN qty END), 0), COALESCE(SUM(CASE WHEN kind = 'drain' THEN qty END), 0)

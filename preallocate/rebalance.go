@@ -2,7 +2,9 @@ package preallocate
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"fmt"
 	"sort"
 
@@ -318,8 +320,12 @@ func (a *Allocator) RemoveShard(ctx context.Context, id string) error {
 			return conflictf("shard %s still holds open partition %d of %s; drain it first", id, r.pid, r.sku)
 		}
 		if p, err := a.shards.Partition(r.sku, r.pid, r.epoch, id); err == nil {
-			if st, err := p.Inspect(ctx); err == nil && st.Backlog > 0 {
-				return conflictf("shard %s: partition %d of %s still has %d details to write back", id, r.pid, r.sku, st.Backlog)
+			st, err := p.Inspect(ctx)
+			if err != nil {
+				return conflictf("shard %s: cannot check partition %d of %s for details not yet written back: %v", id, r.pid, r.sku, err)
+			}
+			if st.Backlog > 0 {
+				return conflictf("shard %s: partition %d of %s still has %d stream entries to write back", id, r.pid, r.sku, st.Backlog)
 			}
 		}
 	}
@@ -332,8 +338,11 @@ func (a *Allocator) lockSKU(ctx context.Context, sku string) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
+	// Lock names are at most 64 characters in MySQL.
+	sum := sha256.Sum256([]byte(sku))
+	name := "stockd_rebalance:" + hex.EncodeToString(sum[:16])
 	var got sql.NullInt64
-	if err := conn.QueryRowContext(ctx, `SELECT GET_LOCK(?, 30)`, "stockd_rebalance:"+sku).Scan(&got); err != nil {
+	if err := conn.QueryRowContext(ctx, `SELECT GET_LOCK(?, 30)`, name).Scan(&got); err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -342,7 +351,7 @@ func (a *Allocator) lockSKU(ctx context.Context, sku string) (func(), error) {
 		return nil, conflictf("another rebalance of %s is running", sku)
 	}
 	return func() {
-		conn.ExecContext(context.WithoutCancel(ctx), `SELECT RELEASE_LOCK(?)`, "stockd_rebalance:"+sku)
+		conn.ExecContext(context.WithoutCancel(ctx), `SELECT RELEASE_LOCK(?)`, name)
 		conn.Close()
 	}, nil
 }

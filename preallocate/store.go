@@ -134,8 +134,14 @@ func (s *Store) Put(ctx context.Context, name string, spec, defaults Spec, shard
 		case err != nil:
 			return err
 		default:
-			if spec.Partitions != 0 && spec.Partitions != len(cur.Partitions) {
-				return conflictf("partitions: the SKU has %d; change the count with rebalance", len(cur.Partitions))
+			open := 0
+			for _, p := range cur.Partitions {
+				if p.State == "open" {
+					open++
+				}
+			}
+			if spec.Partitions != 0 && spec.Partitions != open {
+				return conflictf("partitions: the SKU has %d open; change the count with rebalance", open)
 			}
 			chunk, threshold := cur.Chunk, cur.Threshold
 			if spec.Chunk != 0 {

@@ -33,9 +33,9 @@ var (
 
 	takeScript    = newReplicated(takeSrc)
 	pointScript   = newReplicated(pointSrc)
-	refillScript  = rueidis.NewLuaScript(refillSrc)
-	drainScript   = rueidis.NewLuaScript(drainSrc)
-	initScript    = rueidis.NewLuaScript(initSrc)
+	refillScript  = newReplicated(refillSrc)
+	drainScript   = newReplicated(drainSrc)
+	initScript    = newReplicated(initSrc)
 	inspectScript = rueidis.NewLuaScriptReadOnly(inspectSrc)
 	peekScript    = rueidis.NewLuaScriptReadOnly(peekSrc)
 )
@@ -271,13 +271,8 @@ func (p *Partition) Take(ctx context.Context, reqID string, qty int64, round int
 
 // takeBatch runs one take call for batch and fills every call's result.
 func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
-	replica := p.Shard.Config().Mode() == DurabilityReplica
-	touch := ""
-	if replica {
-		touch = "1"
-	}
-	args := make([]string, 0, 3+5*len(batch))
-	args = append(args, p.epoch, strconv.Itoa(len(batch)), touch)
+	args := make([]string, 0, 2+5*len(batch))
+	args = append(args, p.epoch, strconv.Itoa(len(batch)))
 	for _, c := range batch {
 		self := ""
 		if c.home {
@@ -285,7 +280,10 @@ func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
 		}
 		args = append(args, c.reqID, strconv.FormatInt(c.qty, 10), strconv.Itoa(c.round), self, c.userID)
 	}
-	vals, err := takeScript.exec(ctx, p.Shard, []string{p.state, p.records, p.pointers, p.stream}, args)
+	// The combiner runs one batch at a time: the sequence seen before it
+	// was sent is what its new sequences must exceed.
+	prev := p.lastSeq.Load()
+	vals, err := takeScript.exec(ctx, p.Shard, p.state, []string{p.state, p.records, p.pointers, p.stream}, args)
 	if err == nil && len(vals) != 4+4*len(batch) {
 		err = fmt.Errorf("%w: %d values for %d requests", ErrBadReply, len(vals), len(batch))
 	}
@@ -310,10 +308,6 @@ func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
 	case 2:
 		refill = 'b'
 	}
-	// Batches on one partition run one at a time (the combiner), so the
-	// sequences of this batch's new deductions must all be above every
-	// sequence seen before.
-	prev := p.lastSeq.Load()
 	rolledBack := false
 	for i, c := range batch {
 		v := vals[4+4*i:]
@@ -363,11 +357,7 @@ const (
 
 // Point moves reqID's pointer on this (home) partition from expect to next.
 func (p *Partition) Point(ctx context.Context, reqID, expect, next string) (PointResult, error) {
-	touch := ""
-	if p.Shard.Config().Mode() == DurabilityReplica {
-		touch = "1"
-	}
-	vals, err := pointScript.exec(ctx, p.Shard, []string{p.records, p.pointers}, []string{reqID, expect, next, p.pid, touch})
+	vals, err := pointScript.exec(ctx, p.Shard, p.state, []string{p.records, p.pointers}, []string{reqID, expect, next, p.pid})
 	if err != nil {
 		return PointResult{}, fmt.Errorf("point on %s: %w", p.Shard.ID, err)
 	}
@@ -420,10 +410,9 @@ func (r RefillResult) Final() bool {
 // Refill injects allocation id (qty units) into sub-domain sub, unless the
 // sub-domain already holds capAt or more.
 func (p *Partition) Refill(ctx context.Context, allocID int64, sub byte, qty, capAt int64) (RefillResult, error) {
-	vals, err := refillScript.Exec(ctx, p.Shard.client(),
+	vals, err := intSlice(refillScript.exec(ctx, p.Shard, p.state,
 		[]string{p.state, p.applied},
-		[]string{strconv.FormatInt(allocID, 10), string(sub), strconv.FormatInt(qty, 10), p.epoch, strconv.FormatInt(capAt, 10)},
-	).AsIntSlice()
+		[]string{strconv.FormatInt(allocID, 10), string(sub), strconv.FormatInt(qty, 10), p.epoch, strconv.FormatInt(capAt, 10)}))
 	if err != nil {
 		return RefillResult{}, fmt.Errorf("refill on %s: %w", p.Shard.ID, err)
 	}
@@ -441,10 +430,9 @@ func (p *Partition) Drain(ctx context.Context, drainID int64, close bool) (Code,
 	if close {
 		c = "1"
 	}
-	vals, err := drainScript.Exec(ctx, p.Shard.client(),
+	vals, err := intSlice(drainScript.exec(ctx, p.Shard, p.state,
 		[]string{p.state, p.applied},
-		[]string{strconv.FormatInt(drainID, 10), p.epoch, c},
-	).AsIntSlice()
+		[]string{strconv.FormatInt(drainID, 10), p.epoch, c}))
 	if err != nil {
 		return 0, 0, fmt.Errorf("drain on %s: %w", p.Shard.ID, err)
 	}
@@ -461,10 +449,9 @@ func (p *Partition) Init(ctx context.Context, threshold int64, create bool) (Cod
 	if create {
 		c = "1"
 	}
-	vals, err := initScript.Exec(ctx, p.Shard.client(),
+	vals, err := initScript.exec(ctx, p.Shard, p.state,
 		[]string{p.state},
-		[]string{p.epoch, strconv.FormatInt(threshold, 10), c},
-	).ToArray()
+		[]string{p.epoch, strconv.FormatInt(threshold, 10), c})
 	if err != nil {
 		return 0, fmt.Errorf("init on %s: %w", p.Shard.ID, err)
 	}
@@ -586,9 +573,13 @@ func newReplicated(src string) *replicated {
 	return &replicated{lua: rueidis.NewLuaScript(src), src: src, sha: hex.EncodeToString(sum[:])}
 }
 
-// exec runs the script on sh and returns its array reply; in replica mode
-// it fails with ErrNotReplicated unless the required replicas have it.
-func (r *replicated) exec(ctx context.Context, sh *Shard, keys, args []string) ([]rueidis.RedisMessage, error) {
+// exec runs the script on sh and returns its array reply. On a shard in
+// replica mode the pipeline is: the script, a write to touch (a counter in
+// the partition's state), then WAIT; the write makes the WAIT cover every
+// earlier write to the shard (the replication stream is ordered), even
+// when the script itself wrote nothing (a retry answered from its record).
+// Fewer replicas than required is ErrNotReplicated.
+func (r *replicated) exec(ctx context.Context, sh *Shard, touch string, keys, args []string) ([]rueidis.RedisMessage, error) {
 	c := sh.client()
 	cfg := sh.Config()
 	if cfg.Mode() != DurabilityReplica {
@@ -596,18 +587,21 @@ func (r *replicated) exec(ctx context.Context, sh *Shard, keys, args []string) (
 		sh.observe(err)
 		return vals, err
 	}
-	wait := c.B().Wait().Numreplicas(int64(cfg.Replicas)).Timeout(cfg.WaitTimeout.Milliseconds()).Build()
-	res := c.DoMulti(ctx, c.B().Evalsha().Sha1(r.sha).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build(), wait)
+	run := func(script rueidis.Completed) []rueidis.RedisResult {
+		return c.DoMulti(ctx, script,
+			c.B().Hincrby().Key(touch).Field("touch").Increment(1).Build(),
+			c.B().Wait().Numreplicas(int64(cfg.Replicas)).Timeout(cfg.WaitTimeout.Milliseconds()).Build())
+	}
+	res := run(c.B().Evalsha().Sha1(r.sha).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build())
 	if err := res[0].Error(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-		wait = c.B().Wait().Numreplicas(int64(cfg.Replicas)).Timeout(cfg.WaitTimeout.Milliseconds()).Build()
-		res = c.DoMulti(ctx, c.B().Eval().Script(r.src).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build(), wait)
+		res = run(c.B().Eval().Script(r.src).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build())
 	}
 	vals, err := res[0].ToArray()
 	sh.observe(err)
 	if err != nil {
 		return nil, err
 	}
-	n, err := res[1].AsInt64()
+	n, err := res[2].AsInt64()
 	if err != nil {
 		return nil, err
 	}
@@ -615,4 +609,18 @@ func (r *replicated) exec(ctx context.Context, sh *Shard, keys, args []string) (
 		return nil, fmt.Errorf("%w: %d of %d replicas in %s", ErrNotReplicated, n, cfg.Replicas, cfg.WaitTimeout)
 	}
 	return vals, nil
+}
+
+// intSlice reads an array reply of integers.
+func intSlice(vals []rueidis.RedisMessage, err error) ([]int64, error) {
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int64, len(vals))
+	for i := range vals {
+		if out[i], err = vals[i].AsInt64(); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrBadReply, err)
+		}
+	}
+	return out, nil
 }

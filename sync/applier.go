@@ -279,17 +279,30 @@ type partState struct {
 	resolved bool // its doubt was resolved: details land released
 }
 
+// partitionsOf reads (and locks, so that a fence or a doubt resolution
+// cannot slip between this read and the insert) the partitions of a batch,
+// in one lock order.
 func partitionsOf(ctx context.Context, tx *sql.Tx, details []wireDetail) (map[partKey]partState, error) {
 	out := map[partKey]partState{}
+	var keys []partKey
 	for _, d := range details {
 		k := d.part()
-		if _, ok := out[k]; ok {
-			continue
+		if _, ok := out[k]; !ok {
+			out[k] = partState{}
+			keys = append(keys, k)
 		}
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].sku != keys[j].sku {
+			return keys[i].sku < keys[j].sku
+		}
+		return keys[i].pid < keys[j].pid
+	})
+	for _, k := range keys {
 		var state string
 		var resolved bool
 		err := tx.QueryRowContext(ctx,
-			`SELECT state, doubt_resolved_at IS NOT NULL FROM partitions WHERE sku = ? AND pid = ? AND epoch = ?`,
+			`SELECT state, doubt_resolved_at IS NOT NULL FROM partitions WHERE sku = ? AND pid = ? AND epoch = ? FOR UPDATE`,
 			k.sku, k.pid, k.epoch).Scan(&state, &resolved)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return nil, fmt.Errorf("partition of a detail: %w", err)

@@ -57,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		backlog: f.NewGauge(prometheus.GaugeOpts{
 			Name: "stockd_sync_stream_backlog",
-			Help: "Details in the streams this node reads, not yet confirmed by the broker.",
+			Help: "Stream entries (one per take call, up to 64 details each) in the streams this node reads, not yet confirmed by the broker.",
 		}),
 	}
 }

@@ -8,16 +8,12 @@
 -- ARGV[2] expected pointer "<pid>:<round>"
 -- ARGV[3] new pointer
 -- ARGV[4] this partition's pid
--- ARGV[5] "1" to always write (replica mode, see take.lua)
 --
 -- Returns {code, text}: 1 moved (text = new pointer), 0 conflict (text =
 -- current pointer), 2 the request already took here (text = its record).
 local reqid = ARGV[1]
 local cur = redis.call('HGET', KEYS[2], reqid)
 if not cur then cur = ARGV[4] .. ':1' end
-if ARGV[5] == '1' then
-  redis.call('HSET', KEYS[2], '~touch', '1') -- a write the following WAIT covers
-end
 if cur ~= ARGV[2] then
   return {0, cur}
 end

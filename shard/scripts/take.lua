@@ -16,9 +16,6 @@
 --         detail i has sequence first seq + i
 -- ARGV[1] epoch the caller believes the partition has
 -- ARGV[2] number of requests n
--- ARGV[3] "1" to always write (replica mode: the WAIT that follows then
---         covers every earlier write of the partition, even when this
---         batch only answered from records)
 -- then 5 values per request:
 --   request id; qty (> 0); round (>= 1); this partition's pid when it is
 --   the request's home, "" otherwise; user id ("" when none)
@@ -47,7 +44,7 @@ local open = f[7] == 'open'
 -- read each.
 local ids, homes = {}, {}
 for i = 1, n do
-  local base = 3 + (i - 1) * 5
+  local base = 2 + (i - 1) * 5
   ids[i] = ARGV[base + 1]
   if ARGV[base + 4] ~= '' then homes[#homes + 1] = ARGV[base + 1] end
 end
@@ -69,7 +66,7 @@ local first = seq + 1
 local took = 0
 
 for i = 1, n do
-  local base = 3 + (i - 1) * 5
+  local base = 2 + (i - 1) * 5
   local reqid, qty, round = ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
   local self, user = ARGV[base + 4], ARGV[base + 5]
   local code, rseq, rqty, text = 0, 0, 0, ''
@@ -144,8 +141,6 @@ if took > 0 then
   local actname = 'a'
   if act == 1 then actname = 'b' end
   redis.call('HSET', KEYS[1], 'a', a, 'b', b, 'act', actname, 'seq', seq)
-elseif ARGV[3] == '1' then
-  redis.call('HSET', KEYS[1], 'touch', seq)
 end
 
 -- The idle sub-domain is the one to refill; an active one below the
