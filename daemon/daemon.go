@@ -82,7 +82,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	defer db.Close()
 
-	shards, err := shard.Open(ctx, cfg.Shards, shard.Options{
+	store := preallocate.NewStore(db)
+	shardCfgs, err := recordedShards(ctx, store, cfg.Shards, log)
+	if err != nil {
+		return err
+	}
+	shards, err := shard.Open(ctx, shardCfgs, shard.Options{
 		Prefix:          cfg.KeyPrefix,
 		Timeout:         cfg.RedisTimeout,
 		CheckDurability: cfg.DurabilityCheck != "warn",
@@ -117,7 +122,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.gossipAddr = peer.Addr()
 
-	store := preallocate.NewStore(db)
 	alloc := preallocate.New(cfg.Preallocate, db, shards, log)
 	alloc.Owns = func(sku string, pid int) bool { return peer.Owns(partitionKey(sku, pid)) }
 	notices := &notices{peer: peer, logger: log.With("component", "notices")}
@@ -153,15 +157,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		log.Warn("pending allocations left for the sweep", "err", err)
 	}
 	loader := &loader{store: store, alloc: alloc, sched: sched, shards: shards, logger: log, window: cfg.Scheduler.RetryWindow}
-	// The configured shards are recorded in MySQL; shards added at runtime
-	// (there) are connected too.
-	seed := map[string]string{}
-	for _, sc := range cfg.Shards {
-		seed[sc.ID] = sc.Addr
-	}
-	if err := store.SeedShards(ctx, seed); err != nil {
-		return err
-	}
+	// Shards added at runtime (recorded in MySQL) are connected too.
 	if err := loader.syncShards(ctx); err != nil {
 		return fmt.Errorf("redis: %w", err)
 	}
@@ -366,10 +362,51 @@ func Verify(ctx context.Context, cfg Config, sku string) (stocksync.Report, erro
 		return stocksync.Report{}, fmt.Errorf("mysql: %w", err)
 	}
 	defer db.Close()
-	shards, err := shard.Open(ctx, cfg.Shards, shard.Options{Prefix: cfg.KeyPrefix, Timeout: cfg.RedisTimeout}, slog.Default())
+	store := preallocate.NewStore(db)
+	shardCfgs, err := recordedShards(ctx, store, cfg.Shards, slog.Default())
+	if err != nil {
+		return stocksync.Report{}, err
+	}
+	shards, err := shard.Open(ctx, shardCfgs, shard.Options{Prefix: cfg.KeyPrefix, Timeout: cfg.RedisTimeout}, slog.Default())
 	if err != nil {
 		return stocksync.Report{}, fmt.Errorf("redis: %w", err)
 	}
 	defer shards.Close()
+	// The SKU may have partitions on shards added at runtime.
+	l := &loader{store: store, shards: shards, logger: slog.Default()}
+	if err := l.syncShards(ctx); err != nil {
+		return stocksync.Report{}, fmt.Errorf("redis: %w", err)
+	}
 	return stocksync.Verify(ctx, db, shards, sku)
+}
+
+// recordedShards records the configured shards in MySQL and returns them
+// at the addresses MySQL holds, so that a node (re)starting connects where
+// an admin failover moved a shard rather than to the dead primary its
+// config file still names.
+func recordedShards(ctx context.Context, store *preallocate.Store, configured []shard.Config, log *slog.Logger) ([]shard.Config, error) {
+	seed := make(map[string]string, len(configured))
+	for _, sc := range configured {
+		seed[sc.ID] = sc.Addr
+	}
+	if err := store.SeedShards(ctx, seed); err != nil {
+		return nil, err
+	}
+	rows, err := store.Shards(ctx)
+	if err != nil {
+		return nil, err
+	}
+	addr := make(map[string]string, len(rows))
+	for _, r := range rows {
+		addr[r.ID] = r.Addr
+	}
+	out := make([]shard.Config, len(configured))
+	for i, sc := range configured {
+		if a := addr[sc.ID]; a != "" && a != sc.Addr {
+			log.Warn("shard address from an admin failover, not the config file", "shard", sc.ID, "config", sc.Addr, "recorded", a)
+			sc.Addr = a
+		}
+		out[i] = sc
+	}
+	return out, nil
 }

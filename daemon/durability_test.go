@@ -156,6 +156,26 @@ func TestReplicaModeAndFailover(t *testing.T) {
 	if r.InDoubt != 0 || r.Reserved < acked.units {
 		t.Fatalf("after failover: %+v; acknowledged %d", r, acked.units)
 	}
+
+	// A restart with the same config file (which still names the dead
+	// primary) keeps the failover: the node starts, connected to the
+	// promoted replica, and acknowledged requests keep their outcome.
+	n.stop()
+	n = startNode(t, cfg)
+	for tok, id := range acked.reservations {
+		a, err := b.deduct(n.hot, "rep", 1, id)
+		if err != nil || a.Code != 200 || a.Reservation != tok {
+			t.Fatalf("retry of %s after restart: %+v %v, want %s", id, a, err, tok)
+		}
+	}
+	if o := buy("e-", 20); o.ok != 20 {
+		t.Fatalf("selling after restart: %d ok of 20 (%v)", o.ok, o.other)
+	}
+	waitSynced(t, n, "rep", 10*time.Second)
+	// So does the verify command, which reads the shards the same way.
+	if rep, err := Verify(context.Background(), cfg, "rep"); err != nil || !rep.OK {
+		t.Fatalf("stockd verify after failover: %+v %v", rep, err)
+	}
 	_ = e
 }
 

@@ -308,13 +308,20 @@ type ShardRow struct {
 	State string // active, draining, removed
 }
 
-// SeedShards records the configured shards: new ones are added active; a
-// configured address replaces the recorded one (a failover is a config
-// change), and a configured shard that was removed stays removed.
+// SeedShards records the configured shards (id to address): new ones are
+// added active. A recorded shard keeps its address while the configured
+// one is the one seen last, so restarting a node does not undo an admin
+// failover (PUT /admin/shards/{id}); a configured address that changed
+// is a failover done by config and replaces the recorded one. A removed
+// shard stays removed.
 func (s *Store) SeedShards(ctx context.Context, shards map[string]string) error {
 	for id, addr := range shards {
-		if _, err := s.db.ExecContext(ctx,
-			`INSERT INTO shards (id, addr) VALUES (?, ?) ON DUPLICATE KEY UPDATE addr = VALUES(addr)`, id, addr); err != nil {
+		// MySQL applies the assignments in order: addr is decided against
+		// the config_addr recorded before this statement.
+		if _, err := s.db.ExecContext(ctx, `INSERT INTO shards (id, addr, config_addr) VALUES (?, ?, ?)
+ON DUPLICATE KEY UPDATE
+  addr = IF(config_addr <=> VALUES(config_addr), addr, VALUES(addr)),
+  config_addr = VALUES(config_addr)`, id, addr, addr); err != nil {
 			return fmt.Errorf("seed shards: %w", err)
 		}
 	}

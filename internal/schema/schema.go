@@ -126,6 +126,10 @@ var migrations = []string{
   ADD COLUMN fenced_at DATETIME(6) NULL,
   ADD COLUMN doubt_units BIGINT NOT NULL DEFAULT 0,
   ADD COLUMN doubt_resolved_at DATETIME(6) NULL`,
+	// The address the config file last gave a shard. A node starting with
+	// the same config keeps an address an admin failover recorded; a
+	// changed config address (a failover done by config) replaces it.
+	13: `ALTER TABLE shards ADD COLUMN config_addr VARCHAR(255) NULL`,
 }
 
 // Open connects to the database named in dsn, creating the database when
