@@ -42,13 +42,14 @@ func (a *Allocator) Fence(ctx context.Context, p *shard.Partition, reason Reason
 	a.logger.Error("fencing partition: its redis state cannot be trusted", "sku", p.SKU, "pid", p.ID,
 		"shard", p.Shard.ID, "reason", reason)
 	var doubt int64
-	fenced := false
+	fenced, already := false, false
 	err := sqltx.Run(ctx, a.db, func(tx *sql.Tx) error {
-		doubt, fenced = 0, false
+		doubt, fenced, already = 0, false, false
 		var state string
 		err := tx.QueryRowContext(ctx, `SELECT state FROM partitions WHERE sku = ? AND pid = ? AND epoch = ? FOR UPDATE`,
 			p.SKU, p.ID, p.Epoch).Scan(&state)
 		if errors.Is(err, sql.ErrNoRows) || (err == nil && state != "open") {
+			already = state == "fenced"
 			return nil
 		}
 		if err != nil {
@@ -97,8 +98,11 @@ func (a *Allocator) Fence(ctx context.Context, p *shard.Partition, reason Reason
 	}
 	if fenced {
 		a.logger.Error("partition fenced; units held in doubt", "sku", p.SKU, "pid", p.ID, "in_doubt", doubt, "reason", reason)
-		// Best effort: Redis refuses takes and refills on it too, so a
-		// node that has not heard yet cannot sell there.
+	}
+	if fenced || already {
+		// Best effort, and again by whichever node finds it fenced in MySQL
+		// but open in Redis: Redis refuses takes and refills on it too, so
+		// a node that has not heard yet cannot sell there.
 		if err := p.SetStatus(ctx, "fenced"); err != nil {
 			a.logger.Warn("mark partition fenced in redis", "sku", p.SKU, "pid", p.ID, "err", err)
 		}

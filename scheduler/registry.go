@@ -140,6 +140,26 @@ func (s *SKU) home(reqID string) *Partition {
 	return s.homeUpTo(hashx.FNV64(reqID), -1)
 }
 
+// HomeOf is the home partition id of a request among pids, computed
+// exactly as the scheduler does; -1 when pids is empty. Tests and tools use
+// it to know which partition (and so which shard) a request lands on.
+func HomeOf(sku, reqID string, pids []int) int {
+	h := hashx.FNV64(reqID)
+	best, bestW := -1, uint64(0)
+	for _, pid := range pids {
+		if w := hashx.Mix64(h ^ partitionSeed(sku, pid)); best < 0 || w > bestW {
+			best, bestW = pid, w
+		}
+	}
+	return best
+}
+
+// partitionSeed is a partition's rendezvous seed: fixed by the SKU name and
+// the partition id, so every node derives the same one.
+func partitionSeed(sku string, pid int) uint64 {
+	return hashx.Mix64(hashx.FNV64(sku + ":" + strconv.Itoa(pid)))
+}
+
 // homeUpTo is the rendezvous winner among partitions of generation <= gen
 // (all when gen < 0).
 func (s *SKU) homeUpTo(h uint64, gen int) *Partition {
@@ -284,7 +304,7 @@ func (r *Registry) Upsert(info SKUInfo) *SKU {
 			}
 		}
 		if p == nil {
-			p = &Partition{H: pi.Handle, seed: hashx.Mix64(hashx.FNV64(info.Name + ":" + strconv.Itoa(pi.Handle.ID)))}
+			p = &Partition{H: pi.Handle, seed: partitionSeed(info.Name, pi.Handle.ID)}
 		} else {
 			p.H.ObserveSeq(pi.Handle.LastSeq())
 		}

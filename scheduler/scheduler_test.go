@@ -138,9 +138,11 @@ func TestRetryAfterRefillMeetsFirstOutcome(t *testing.T) {
 	if err != nil || retry.Status != OK || retry.Partition.ID != first.Partition.ID || retry.Seq != first.Seq {
 		t.Fatalf("retry: %+v %v; want the first outcome %+v", retry, err, first)
 	}
+	// Every deduction raises the partition's sequence. (Its levels are no
+	// proof: the refresh above may refill the idle sub-domain meanwhile.)
 	st, _ := p0.H.Inspect(ctx)
-	if st.Levels.Total() != 5 || st.Seq != 0 {
-		t.Fatalf("partition 0 after the retry: %+v; want untouched (5 units, no deduction)", st)
+	if st.Seq != 0 || st.Levels.A < 5 {
+		t.Fatalf("partition 0 after the retry: %+v; want no deduction (sequence 0, the 5 refilled units still there)", st)
 	}
 }
 

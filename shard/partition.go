@@ -154,8 +154,12 @@ const (
 	Moved    Code = 4 // the request's pointer names another (partition, round)
 	Lost     Code = 5 // state missing or of another epoch: the shard lost data
 	Closed   Code = 6 // fenced or closed: never sells again
-	Full     Code = 7 // refill refused: the sub-domain is at its cap
-	Refused  Code = 8 // refill refused by an earlier run of the same allocation
+	// RolledBack: the state's sequence is below one already seen (the
+	// shard lost writes); the script did nothing. Take reports it as
+	// ErrRollback.
+	RolledBack Code = 7
+	Full       Code = 7 // refill refused: the sub-domain is at its cap
+	Refused    Code = 8 // refill refused by an earlier run of the same allocation
 )
 
 // Init outcomes.
@@ -271,8 +275,12 @@ func (p *Partition) Take(ctx context.Context, reqID string, qty int64, round int
 
 // takeBatch runs one take call for batch and fills every call's result.
 func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
-	args := make([]string, 0, 2+5*len(batch))
-	args = append(args, p.epoch, strconv.Itoa(len(batch)))
+	// The combiner runs one batch at a time: the sequence seen before it
+	// was sent is what the state's must not be below (the script refuses
+	// to take on a state that went back) and its new sequences must exceed.
+	prev := p.lastSeq.Load()
+	args := make([]string, 0, 3+5*len(batch))
+	args = append(args, p.epoch, strconv.Itoa(len(batch)), strconv.FormatInt(prev, 10))
 	for _, c := range batch {
 		self := ""
 		if c.home {
@@ -280,9 +288,6 @@ func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
 		}
 		args = append(args, c.reqID, strconv.FormatInt(c.qty, 10), strconv.Itoa(c.round), self, c.userID)
 	}
-	// The combiner runs one batch at a time: the sequence seen before it
-	// was sent is what its new sequences must exceed.
-	prev := p.lastSeq.Load()
 	vals, err := takeScript.exec(ctx, p.Shard, p.state, []string{p.state, p.records, p.pointers, p.stream}, args)
 	if err == nil && len(vals) != 4+4*len(batch) {
 		err = fmt.Errorf("%w: %d values for %d requests", ErrBadReply, len(vals), len(batch))
@@ -316,6 +321,10 @@ func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
 		qty, err3 := v[2].AsInt64()
 		if err := errors.Join(err1, err2, err3); err != nil {
 			c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %w: %v", p.Shard.ID, ErrBadReply, err)
+			continue
+		}
+		if Code(code) == RolledBack {
+			c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %w", p.Shard.ID, ErrRollback)
 			continue
 		}
 		c.res = TakeResult{Code: Code(code), Levels: levels, Seq: seq, Qty: qty, Refill: refill}

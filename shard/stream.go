@@ -59,13 +59,40 @@ func parseEntry(e rueidis.XRangeEntry) (Entry, error) {
 // ReadEntries reads up to count entries after entry id after ("" reads
 // from the start of the stream). The stream holds only details not yet
 // confirmed by the broker, so reading it from the start is the backlog.
+//
+// On a shard in replica mode the read is followed, in the same pipeline,
+// by a write and WAIT, as takes are: entries come back only once the
+// replicas hold them (else ErrNotReplicated). A take whose WAIT failed was
+// answered 503, but its entry is in the stream; were it written back and
+// the primary then lost, the promoted replica would reuse its sequence and
+// so its detail id for another request's deduction.
 func (p *Partition) ReadEntries(ctx context.Context, after string, count int64) ([]Entry, error) {
+	return p.readEntries(ctx, after, count, true)
+}
+
+func (p *Partition) readEntries(ctx context.Context, after string, count int64, replicated bool) ([]Entry, error) {
 	c := p.Shard.client()
 	start := "-"
 	if after != "" {
 		start = "(" + after
 	}
-	res, err := c.Do(ctx, c.B().Xrange().Key(p.stream).Start(start).End("+").Count(count).Build()).AsXRange()
+	read := c.B().Xrange().Key(p.stream).Start(start).End("+").Count(count).Build()
+	var res []rueidis.XRangeEntry
+	var err error
+	if cfg := p.Shard.Config(); replicated && cfg.Mode() == DurabilityReplica {
+		rs := c.DoMulti(ctx, read,
+			c.B().Hincrby().Key(p.state).Field("touch").Increment(1).Build(),
+			c.B().Wait().Numreplicas(int64(cfg.Replicas)).Timeout(cfg.WaitTimeout.Milliseconds()).Build())
+		res, err = rs[0].AsXRange()
+		if err == nil {
+			var n int64
+			if n, err = rs[2].AsInt64(); err == nil && n < int64(cfg.Replicas) {
+				err = fmt.Errorf("%w: %d of %d replicas in %s", ErrNotReplicated, n, cfg.Replicas, cfg.WaitTimeout)
+			}
+		}
+	} else {
+		res, err = c.Do(ctx, read).AsXRange()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read details on %s: %w", p.Shard.ID, err)
 	}
@@ -91,12 +118,12 @@ func (p *Partition) TrimBefore(ctx context.Context, end int64) error {
 }
 
 // RangeDetails returns every detail still in the stream (not yet confirmed
-// by the broker), for verification.
+// by the broker), for verification; in replica mode too, replicated or not.
 func (p *Partition) RangeDetails(ctx context.Context) ([]Detail, error) {
 	var out []Detail
 	after := ""
 	for {
-		es, err := p.ReadEntries(ctx, after, 1000)
+		es, err := p.readEntries(ctx, after, 1000, false)
 		if err != nil {
 			return nil, err
 		}

@@ -16,22 +16,40 @@
 --         detail i has sequence first seq + i
 -- ARGV[1] epoch the caller believes the partition has
 -- ARGV[2] number of requests n
+-- ARGV[3] the highest detail sequence the caller has seen of the partition
+--         (0 when none): a state below it went back (the shard lost writes)
 -- then 5 values per request:
 --   request id; qty (> 0); round (>= 1); this partition's pid when it is
 --   the request's home, "" otherwise; user id ("" when none)
 --
 -- Returns {a, b, act, need, then per request: code, seq, qty, text}
 --   code 1 took, 2 took earlier (dedup), 3 short, 4 moved (text = pointer),
---        5 lost (state missing or another epoch: never sell here), 6 closed
+--        5 lost (state missing or another epoch: never sell here), 6 closed,
+--        7 rolled back (open, and the state's sequence is below ARGV[3]: nothing is
+--        read or written, so no deduction reuses a lost one's sequence and
+--        no retry is answered from a record the lost writes contradict)
 --   act 0 = a active, 1 = b active; need 0 none, 1 refill a, 2 refill b
 --   (from the levels after the whole batch)
 local n = tonumber(ARGV[2])
+local seen = tonumber(ARGV[3])
 local out = {0, 0, 0, 0}
 
 local f = redis.call('HMGET', KEYS[1], 'a', 'b', 'act', 'thr', 'ep', 'seq', 'st')
 if not f[5] or f[5] ~= ARGV[1] then
+  -- Lost. A request homed here still follows a pointer written since the
+  -- shard came back (it moved on to another partition), so that its retry
+  -- meets its first outcome; the rest are told the state is gone.
   for i = 1, n do
-    out[#out + 1] = 5; out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = ''
+    local base = 3 + (i - 1) * 5
+    local code, text = 5, ''
+    local self = ARGV[base + 4]
+    if self ~= '' then
+      local p = redis.call('HGET', KEYS[3], ARGV[base + 1])
+      if p and p ~= self .. ':' .. ARGV[base + 3] then
+        code, text = 4, p
+      end
+    end
+    out[#out + 1] = code; out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = text
   end
   return out
 end
@@ -39,12 +57,21 @@ local a, b, thr, seq = tonumber(f[1]), tonumber(f[2]), tonumber(f[4]), tonumber(
 local act = 0
 if f[3] == 'b' then act = 1 end
 local open = f[7] == 'open'
+-- An open state that went back must not sell; once fenced (st no longer
+-- open) it never sells anyway, and its surviving records still answer
+-- retries.
+if open and seq < seen then
+  for i = 1, n do
+    out[#out + 1] = 7; out[#out + 1] = 0; out[#out + 1] = 0; out[#out + 1] = ''
+  end
+  return out
+end
 
 -- Every request's record, and the pointers of those homed here, in one
 -- read each.
 local ids, homes = {}, {}
 for i = 1, n do
-  local base = 2 + (i - 1) * 5
+  local base = 3 + (i - 1) * 5
   ids[i] = ARGV[base + 1]
   if ARGV[base + 4] ~= '' then homes[#homes + 1] = ARGV[base + 1] end
 end
@@ -66,7 +93,7 @@ local first = seq + 1
 local took = 0
 
 for i = 1, n do
-  local base = 2 + (i - 1) * 5
+  local base = 3 + (i - 1) * 5
   local reqid, qty, round = ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
   local self, user = ARGV[base + 4], ARGV[base + 5]
   local code, rseq, rqty, text = 0, 0, 0, ''

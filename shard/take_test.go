@@ -1,0 +1,119 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+
+	"github.com/stockd/stockd/internal/testenv"
+)
+
+// onePartition is a partition with 10+10 units on a Redis of its own.
+func onePartition(t *testing.T) *Partition {
+	t.Helper()
+	ctx := context.Background()
+	set, err := Open(ctx, []Config{{ID: "s1", Addr: testenv.StartRedis(t).Addr}}, Options{Prefix: testenv.Name("take")}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(set.Close)
+	p, err := set.Partition("sku", 0, 42, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Init(ctx, 1, true); err != nil {
+		t.Fatal(err)
+	}
+	for i, sub := range []byte{'a', 'b'} {
+		if _, err := p.Refill(ctx, int64(i+1), sub, 10, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p
+}
+
+func (p *Partition) streamLen(t *testing.T) int64 {
+	t.Helper()
+	c := p.Shard.client()
+	n, err := c.Do(context.Background(), c.B().Xlen().Key(p.stream).Build()).AsInt64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// A shard that went back (its sequence below one already seen) must not
+// sell: a take there would reuse a lost deduction's sequence, and so its
+// detail id, and its record would answer retries with it. Once the
+// partition is fenced, surviving records still answer their retries.
+func TestTakeRefusesRolledBackState(t *testing.T) {
+	ctx := context.Background()
+	p := onePartition(t)
+	for _, id := range []string{"r1", "r2", "r3"} {
+		if r, err := p.Take(ctx, id, 1, 1, true, ""); err != nil || r.Code != Took {
+			t.Fatalf("take %s: %+v %v", id, r, err)
+		}
+	}
+	// The shard comes back from an older copy: the last two takes are gone
+	// from its state (as from a lagging replica), but this node saw them.
+	c := p.Shard.client()
+	if err := c.Do(ctx, c.B().Hset().Key(p.state).FieldValue().FieldValue("seq", "1").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Do(ctx, c.B().Hdel().Key(p.records).Field("r2", "r3").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := p.Inspect(ctx)
+	streamBefore := p.streamLen(t)
+
+	for _, id := range []string{"new", "r3"} {
+		if r, err := p.Take(ctx, id, 1, 1, true, ""); !errors.Is(err, ErrRollback) {
+			t.Fatalf("take %s on a rolled-back state: %+v %v; want ErrRollback", id, r, err)
+		}
+	}
+	after, _ := p.Inspect(ctx)
+	if after.Seq != before.Seq || after.Levels != before.Levels || after.Records != before.Records || p.streamLen(t) != streamBefore {
+		t.Fatalf("the refused takes changed the partition: %+v -> %+v", before, after)
+	}
+
+	// Fenced: the retry of r1 (its record survived) meets its first
+	// outcome; a new request is told the partition is closed.
+	if err := p.SetStatus(ctx, "fenced"); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := p.Take(ctx, "r1", 1, 1, true, ""); err != nil || r.Code != TookEarl || r.Seq != 1 {
+		t.Fatalf("retry of r1 on the fenced partition: %+v %v; want took earlier, sequence 1", r, err)
+	}
+	if r, err := p.Take(ctx, "new", 1, 1, true, ""); err != nil || r.Code != Closed {
+		t.Fatalf("new request on the fenced partition: %+v %v; want closed", r, err)
+	}
+}
+
+// A partition whose state is gone still sends a request homed there along
+// the pointer written since (point does not need the state), so a retry
+// walks the same path as its first attempt.
+func TestTakeOnLostStateFollowsPointer(t *testing.T) {
+	ctx := context.Background()
+	p := onePartition(t)
+	c := p.Shard.client()
+	if err := c.Do(ctx, c.B().Del().Key(p.state).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := p.Take(ctx, "x", 1, 1, true, ""); err != nil || r.Code != Lost {
+		t.Fatalf("first attempt on the lost state: %+v %v; want lost", r, err)
+	}
+	if pr, err := p.Point(ctx, "x", "0:1", "3:1"); err != nil || pr.Code != PointMoved {
+		t.Fatalf("point: %+v %v", pr, err)
+	}
+	if r, err := p.Take(ctx, "x", 1, 1, true, ""); err != nil || r.Code != Moved || r.Pointer != "3:1" {
+		t.Fatalf("retry homed on the lost state: %+v %v; want moved to 3:1", r, err)
+	}
+	// Not homed here, or no pointer: lost.
+	if r, err := p.Take(ctx, "x", 1, 1, false, ""); err != nil || r.Code != Lost {
+		t.Fatalf("non-home take on the lost state: %+v %v; want lost", r, err)
+	}
+	if r, err := p.Take(ctx, "y", 1, 1, true, ""); err != nil || r.Code != Lost {
+		t.Fatalf("home take without pointer on the lost state: %+v %v; want lost", r, err)
+	}
+}
