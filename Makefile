@@ -14,7 +14,7 @@ TESTFLAGS ?=
 # extra arguments for the daemon: make run ARGS="-some-flag"
 ARGS      ?=
 
-.PHONY: help setup build run run-cluster test vet shards-start shards-stop clean bench bench-quick
+.PHONY: help setup build run run-cluster test test-faults vet shards-start shards-stop clean bench bench-quick
 
 help:
 	@echo "stockd make targets:"
@@ -23,6 +23,7 @@ help:
 	@echo "  run           build, then run the demo in the foreground: services, shards, one node (Ctrl-C stops it; ARGS=...)"
 	@echo "  run-cluster   build, then the same with three nodes on :8080, :8090, :8100 (Ctrl-C stops it; ARGS=...)"
 	@echo "  test          setup, then go test -race (PKG=$(PKG), TESTFLAGS=...)"
+	@echo "  test-faults   setup, then the fault-injection suite in ./faults/ (-tags faults, < 15 min; docs/RELIABILITY.md)"
 	@echo "  vet           gofmt -l check + go vet ./..."
 	@echo "  shards-start  start the demo Redis shards 7001-7003 (var/redis/<port>)"
 	@echo "  shards-stop   stop the demo Redis shards"
@@ -47,6 +48,17 @@ run-cluster: build
 test: setup
 	@bash scripts/chromium.sh
 	$(GO) test -race -count=1 -timeout 14m $(TESTFLAGS) $(PKG)
+
+# The whole fault suite (make test runs only its fast, untagged subset).
+# It kills and freezes its own Redis and stockd processes, proxies its own
+# connections to MariaDB and RabbitMQ, and raises RabbitMQ's memory alarm
+# for ten seconds (restored at the end of that case).
+# Each case appends its figures to var/faults-report.jsonl; the table of
+# docs/RELIABILITY.md is printed from it at the end (go run ./faults/table).
+test-faults: setup
+	@mkdir -p var && rm -f var/faults-report.jsonl
+	STOCKD_TEST_FAULTS_REPORT=$(CURDIR)/var/faults-report.jsonl $(GO) test -race -count=1 -tags faults -timeout 15m $(TESTFLAGS) ./faults/; \
+	rc=$$?; $(GO) run ./faults/table var/faults-report.jsonl; exit $$rc
 
 vet:
 	@files="$$(gofmt -l .)"; \
