@@ -102,7 +102,7 @@ func (l *loader) load(ctx context.Context, sku preallocate.SKU) error {
 	if err := l.alloc.TopUp(ctx, sku, owned); err != nil {
 		l.logger.Warn("top up", "sku", sku.Name, "err", err)
 	}
-	info, due, err := l.registryInfo(sku, time.Now())
+	info, due, err := l.registryInfo(ctx, sku, time.Now())
 	if err != nil {
 		return err
 	}
@@ -127,13 +127,17 @@ func (l *loader) load(ctx context.Context, sku preallocate.SKU) error {
 // registryInfo turns MySQL's rows into the registry's view at now:
 //   - open and fenced partitions are all in the home set;
 //   - a closed partition stays in it for the retry window after it closed
-//     (requests hashed to it keep their pointers there), then leaves;
+//     (requests hashed to it keep their pointers there), then leaves, but
+//     not while its stream still holds details: the batcher reads the
+//     registry's partitions, and a broker outage longer than the window
+//     would otherwise strand them (staying longer is always safe for
+//     retries: it only extends the window);
 //   - partitions added by a rebalance within the window keep a generation
 //     (1, 2, … in order), so that a request whose home moved to one of
 //     them also looks at its older homes.
 //
 // It also returns when this view next changes by the clock alone.
-func (l *loader) registryInfo(sku preallocate.SKU, now time.Time) (scheduler.SKUInfo, time.Time, error) {
+func (l *loader) registryInfo(ctx context.Context, sku preallocate.SKU, now time.Time) (scheduler.SKUInfo, time.Time, error) {
 	info := scheduler.SKUInfo{Name: sku.Name, Chunk: sku.Chunk, Threshold: sku.Threshold, Pool: sku.Pool, Version: sku.Version}
 	var due time.Time
 	soonest := func(t time.Time) {
@@ -161,13 +165,21 @@ func (l *loader) registryInfo(sku preallocate.SKU, now time.Time) (scheduler.SKU
 		}
 	}
 	for _, rp := range sku.Partitions {
+		lingering := false
 		if rp.State == "closed" {
-			if !rp.ClosedAt.Add(l.window).After(now) {
-				continue // out of the retry window: no longer a home
+			if rp.ClosedAt.Add(l.window).After(now) {
+				soonest(rp.ClosedAt.Add(l.window))
+			} else {
+				lingering = true
 			}
-			soonest(rp.ClosedAt.Add(l.window))
 		}
 		h, err := l.shards.Partition(sku.Name, rp.ID, rp.Epoch, rp.Shard)
+		if lingering {
+			if err != nil || !l.unsynced(ctx, h) {
+				continue // out of the retry window and written back: no longer a home
+			}
+			soonest(now.Add(lingerRecheck))
+		}
 		if err != nil {
 			if rp.State != "open" {
 				l.logger.Warn("partition on an unknown shard left out of the home set", "sku", sku.Name, "pid", rp.ID, "shard", rp.Shard)
@@ -179,6 +191,29 @@ func (l *loader) registryInfo(sku preallocate.SKU, now time.Time) (scheduler.SKU
 		info.Partitions = append(info.Partitions, scheduler.PartitionInfo{Handle: h, Open: rp.State == "open", Gen: gen[rp.ID]})
 	}
 	return info, due, nil
+}
+
+// lingerRecheck is how often a closed partition kept past the retry window
+// for its unsynced details is looked at again.
+const lingerRecheck = 30 * time.Second
+
+// unsynced tells whether a closed partition's stream still holds details
+// (true too when its shard does not answer: keeping it is the safe side).
+func (l *loader) unsynced(ctx context.Context, h *shard.Partition) bool {
+	if !h.Shard.Healthy() {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	n, err := h.Backlog(ctx)
+	if err != nil {
+		l.logger.Warn("closed partition kept in the registry: its backlog is unknown", "sku", h.SKU, "pid", h.ID, "shard", h.Shard.ID, "err", err)
+		return true
+	}
+	if n > 0 {
+		l.logger.Warn("closed partition kept in the registry past the retry window: its details are not all written back", "sku", h.SKU, "pid", h.ID, "entries", n)
+	}
+	return n > 0
 }
 
 // reloadEvery compares the registry with MySQL and reloads what changed
