@@ -249,3 +249,70 @@ func TestAdmissionLimits(t *testing.T) {
 		t.Fatalf("shed requests touched stock: reserved %d, ok %d", r.Reserved, ok)
 	}
 }
+
+// A shard that went back is caught by every node, not only by one that
+// took there: node b never sold on the partition, yet once write-back has
+// landed node a's deductions in MySQL, b must not take on the old state
+// (it would reuse their sequences, so their detail ids).
+func TestRollbackCaughtByEveryNode(t *testing.T) {
+	e := newEnv(t, 1)
+	nodes := startCluster(t, e, 2)
+	a, b := nodes[0], nodes[1]
+	putSKU(t, a, "rb", 1000, 1, 100, 20)
+	waitKnown(t, nodes, "rb")
+	buyer := newBuyer(4)
+	for i := 0; i < 50; i++ {
+		if ans, err := buyer.deduct(a.hot, "rb", 1, "a-"+strconv.Itoa(i)); err != nil || ans.Code != 200 {
+			t.Fatalf("deduction %d on a: %+v %v", i, ans, err)
+		}
+	}
+	var seen int64
+	deadline := time.Now().Add(10 * time.Second)
+	for seen < 50 && time.Now().Before(deadline) {
+		if err := e.db.QueryRow(`SELECT seen_seq FROM partitions WHERE sku = 'rb' AND pid = 0`).Scan(&seen); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if seen < 50 {
+		t.Fatalf("seen_seq %d after 10s; want 50 (write-back)", seen)
+	}
+
+	// The shard goes back 40 deductions (as a restart from an older file
+	// or a failover to a lagging replica would): its state's sequence, and
+	// its stream, whose last ID went back with it.
+	c := e.shards[0].Client()
+	tag := "{" + e.prefix + ":rb:0}"
+	if err := c.Do(context.Background(), c.B().Hset().Key(tag+":s").FieldValue().FieldValue("seq", "10").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Do(context.Background(), c.B().Del().Key(tag+":x").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * e.config().ReloadEvery)
+
+	ans, err := buyer.deduct(b.hot, "rb", 1, "b-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ans.Code == 200 {
+		t.Fatalf("node b sold on the rolled-back state: %+v", ans)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		if v := getSKU(t, b, "rb"); len(v.Partitions) == 1 && v.Partitions[0].State == "fenced" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("partition not fenced 10s after node b met the rollback: %+v", getSKU(t, b, "rb"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var rows int
+	if err := e.db.QueryRow(`SELECT COUNT(*) FROM deductions WHERE sku = 'rb' AND request_id LIKE 'b-%'`).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 0 {
+		t.Fatalf("%d detail rows of node b's requests; want 0", rows)
+	}
+}

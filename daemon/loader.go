@@ -216,6 +216,35 @@ func (l *loader) unsynced(ctx context.Context, h *shard.Partition) bool {
 	return n > 0
 }
 
+// observeSeen feeds every open partition's handle the highest sequence
+// that write-back landed in MySQL (from any node). A take checks the
+// shard's state against it, so a shard that went back (a restart from an
+// older file, a failover to a lagging replica) is caught by every node
+// within reload_every of the write-back, not only by a node that took
+// there itself or loaded the SKU since: the lost deductions whose details
+// MySQL holds are exactly those whose sequences a take on the old state
+// would reuse.
+func (l *loader) observeSeen(ctx context.Context) error {
+	seen, err := l.store.SeenSeqs(ctx)
+	if err != nil {
+		return err
+	}
+	reg := l.sched.Registry()
+	for _, s := range seen {
+		sku := reg.Get(s.SKU)
+		if sku == nil {
+			continue
+		}
+		for _, p := range sku.Partitions() {
+			if p.H.ID == s.PID && p.H.Epoch == s.Epoch {
+				p.H.ObserveSeq(s.Seq)
+				break
+			}
+		}
+	}
+	return nil
+}
+
 // reloadEvery compares the registry with MySQL and reloads what changed
 // elsewhere (created, restocked, partitions changed, units returned).
 func (l *loader) reloadEvery(ctx context.Context, every time.Duration) {
@@ -236,6 +265,9 @@ func (l *loader) reloadEvery(ctx context.Context, every time.Duration) {
 func (l *loader) reload(ctx context.Context) error {
 	if err := l.syncShards(ctx); err != nil {
 		l.logger.Warn("connect shards", "err", err)
+	}
+	if err := l.observeSeen(ctx); err != nil {
+		l.logger.Warn("read seen sequences", "err", err)
 	}
 	heads, err := l.store.Heads(ctx)
 	if err != nil {

@@ -328,6 +328,33 @@ ON DUPLICATE KEY UPDATE
 	return nil
 }
 
+// SeenSeq is the highest detail sequence of an open partition that landed
+// in MySQL.
+type SeenSeq struct {
+	SKU   string
+	PID   int
+	Epoch int64
+	Seq   int64
+}
+
+// SeenSeqs lists seen_seq of every open partition that has one.
+func (s *Store) SeenSeqs(ctx context.Context) ([]SeenSeq, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT sku, pid, epoch, seen_seq FROM partitions WHERE state = 'open' AND seen_seq > 0`)
+	if err != nil {
+		return nil, fmt.Errorf("seen sequences: %w", err)
+	}
+	defer rows.Close()
+	var out []SeenSeq
+	for rows.Next() {
+		var r SeenSeq
+		if err := rows.Scan(&r.SKU, &r.PID, &r.Epoch, &r.Seq); err != nil {
+			return nil, fmt.Errorf("seen sequences: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
 // Shards lists every recorded shard.
 func (s *Store) Shards(ctx context.Context) ([]ShardRow, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, addr, state FROM shards ORDER BY id`)

@@ -117,3 +117,33 @@ func TestTakeOnLostStateFollowsPointer(t *testing.T) {
 		t.Fatalf("home take without pointer on the lost state: %+v %v; want lost", r, err)
 	}
 }
+
+// A take whose XADD fails (the state went back, its stream did not) must
+// leave nothing behind: a record written before the error would answer the
+// request's retry with a deduction that never happened.
+func TestFailedTakeWritesNothing(t *testing.T) {
+	ctx := context.Background()
+	p := onePartition(t)
+	for _, id := range []string{"r1", "r2", "r3"} {
+		if _, err := p.Take(ctx, id, 1, 1, true, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := p.Shard.client()
+	if err := c.Do(ctx, c.B().Hset().Key(p.state).FieldValue().FieldValue("seq", "1").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	// A handle that has seen nothing (a node that never took here).
+	fresh := NewPartition("", p.SKU, p.ID, p.Epoch, p.Shard)
+	fresh.state, fresh.records, fresh.pointers, fresh.stream, fresh.applied = p.state, p.records, p.pointers, p.stream, p.applied
+	before, _ := p.Inspect(ctx)
+	for i := 0; i < 2; i++ {
+		if r, err := fresh.Take(ctx, "new", 1, 1, true, ""); err == nil {
+			t.Fatalf("attempt %d: take answered %+v; want the script's XADD error", i+1, r)
+		}
+	}
+	after, _ := p.Inspect(ctx)
+	if after.Levels != before.Levels || after.Records != before.Records || after.Seq != before.Seq {
+		t.Fatalf("a failed take changed the partition: %+v -> %+v", before, after)
+	}
+}

@@ -158,13 +158,19 @@ for i = 1, n do
   out[#out + 1] = code; out[#out + 1] = rseq; out[#out + 1] = rqty; out[#out + 1] = text
 end
 
-if #written > 0 then
-  redis.call('HSET', KEYS[2], unpack(written))
-end
+-- The XADD first: it is the one write that can fail (an ID not above the
+-- stream's last one: the state went back but the stream did not), and a
+-- script's writes before an error stay. Failing here writes nothing, so
+-- no record can answer a retry with a deduction that never happened.
 if took > 0 then
   local t = redis.call('TIME')
   local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('XADD', KEYS[4], first .. '-0', 'n', took, 't', ms, unpack(entry))
+end
+if #written > 0 then
+  redis.call('HSET', KEYS[2], unpack(written))
+end
+if took > 0 then
   local actname = 'a'
   if act == 1 then actname = 'b' end
   redis.call('HSET', KEYS[1], 'a', a, 'b', b, 'act', actname, 'seq', seq)
