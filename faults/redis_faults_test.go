@@ -38,7 +38,8 @@ func TestShardKill(t *testing.T) {
 	}
 }
 
-// Case 2: failover to a replica whose replication link was cut first.
+// Case 2: failover to a replica whose replication link was cut first
+// (20,000 deductions for 16,000 units).
 // s2 has a replica that replicates through a proxy. In the middle of the
 // sale the link is blackholed, selling goes on for a second, the primary
 // is killed (kill -9), the replica promoted (REPLICAOF NO ONE) and stockd
@@ -56,7 +57,12 @@ func TestFailoverToReplica(t *testing.T) {
 			var replica *testenv.Redis
 			var link *toxProxy
 			rf := redisFault{
-				requests: 10000, total: 8000, faultAfter: 3000, workers: 32, payDelay: time.Second,
+				// Twice case 1's sale: the blackholed second sells thousands
+				// of units, and in aof mode both of s2's partitions are then
+				// fenced with their units in doubt; with 8,000 units the
+				// rest could be gone before a request homed on s2 is seen to
+				// sell again.
+				requests: 20000, total: 16000, faultAfter: 3000, workers: 32, payDelay: time.Second,
 				recoveryWhat: "PUT /admin/shards/s2 (promoted replica) -> first ok of a request homed on s2",
 			}
 			if mode == "replica" {
