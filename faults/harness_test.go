@@ -30,6 +30,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/stockd/stockd/internal/testenv"
+	stocksync "github.com/stockd/stockd/sync"
 )
 
 const adminToken = "faults-admin-token"
@@ -573,24 +574,8 @@ func (d *stockd) shardOf(sku string) map[int]string {
 	return m
 }
 
-// verifyReport is GET /admin/skus/{sku}/verify (sync.Report).
-type verifyReport struct {
-	OK              bool     `json:"ok"`
-	Total           int64    `json:"total"`
-	Pool            int64    `json:"pool"`
-	PendingFills    int64    `json:"pending_fills"`
-	PendingDrains   int64    `json:"pending_drains"`
-	SubDomains      int64    `json:"sub_domains"`
-	InFlight        int64    `json:"in_flight"`
-	InFlightDetails int64    `json:"in_flight_details"`
-	Reserved        int64    `json:"reserved"`
-	Confirmed       int64    `json:"confirmed"`
-	Released        int64    `json:"released"`
-	InDoubt         int64    `json:"in_doubt"`
-	Doubled         int64    `json:"doubled"`
-	PartitionDoubt  int64    `json:"partition_doubt"`
-	Problems        []string `json:"problems"`
-}
+// verifyReport is GET /admin/skus/{sku}/verify.
+type verifyReport = stocksync.Report
 
 func (d *stockd) verify(sku string) (verifyReport, error) {
 	var r verifyReport
