@@ -134,7 +134,7 @@ func (c *catalog) Shards(ctx context.Context) ([]admin.ShardView, error) {
 }
 
 func (c *catalog) AddShard(ctx context.Context, id, addr string) (admin.ShardView, error) {
-	if err := c.loader.shards.Add(ctx, shard.Config{ID: id, Addr: addr}); err != nil {
+	if err := c.loader.shards.Add(ctx, c.loader.shardDefaults.For(id, addr)); err != nil {
 		return admin.ShardView{}, &adminError{kind: admin.ErrConflict, err: err}
 	}
 	if err := c.store.AddShard(ctx, id, addr); err != nil {

@@ -68,6 +68,10 @@ type Config struct {
 	KeyPrefix string `yaml:"key_prefix"`
 	// Shards are the Redis instances holding partitions.
 	Shards []shard.Config `yaml:"shards"`
+	// ShardDefaults are the settings of shards this node knows only by id
+	// and address: those of STOCKD_SHARDS, those added at runtime
+	// (POST /admin/shards) and those another node recorded in MySQL.
+	ShardDefaults ShardDefaults `yaml:"shard_defaults"`
 	// RedisTimeout bounds a Redis round trip; a deduction that hits it
 	// answers 503 and is safe to retry with the same request id.
 	RedisTimeout time.Duration `yaml:"redis_timeout"`
@@ -227,6 +231,9 @@ func (c Config) Validate() error {
 		return errors.New("shards: at least one Redis shard is required")
 	}
 	seen := map[string]bool{}
+	if err := c.ShardDefaults.For("defaults", "127.0.0.1:1").Validate(); err != nil {
+		return fmt.Errorf("shard_defaults.%w", err)
+	}
 	for i, s := range c.Shards {
 		if err := s.Validate(); err != nil {
 			return fmt.Errorf("shards[%d].%w", i, err)
@@ -301,16 +308,25 @@ func applyEnv(cfg *Config, environ []string) error {
 			env[k] = v
 		}
 	}
+	var envShards []shard.Config
 	if v, ok := env["STOCKD_SHARDS"]; ok {
 		shards, err := parseShards(v)
 		if err != nil {
 			return fmt.Errorf("STOCKD_SHARDS: %w", err)
 		}
-		cfg.Shards = shards
+		envShards = shards
 		delete(env, "STOCKD_SHARDS")
 	}
 	if err := setFromEnv(reflect.ValueOf(cfg).Elem(), "STOCKD", env); err != nil {
 		return err
+	}
+	if envShards != nil {
+		// The rest of each shard's settings: shard_defaults, as set by
+		// the file or by STOCKD_SHARD_DEFAULTS_*.
+		cfg.Shards = cfg.Shards[:0]
+		for _, s := range envShards {
+			cfg.Shards = append(cfg.Shards, cfg.ShardDefaults.For(s.ID, s.Addr))
+		}
 	}
 	for k := range env {
 		// A misspelt variable would silently do nothing; the test suite's
@@ -390,6 +406,23 @@ func setValue(fv reflect.Value, s string) error {
 		return fmt.Errorf("cannot be set from the environment")
 	}
 	return nil
+}
+
+// ShardDefaults are a shard's settings other than its id and address.
+type ShardDefaults struct {
+	Username    string        `yaml:"username"`
+	Password    string        `yaml:"password"`
+	TLS         bool          `yaml:"tls"`
+	CAFile      string        `yaml:"ca_file"`
+	Durability  string        `yaml:"durability"`
+	Replicas    int           `yaml:"replicas"`
+	WaitTimeout time.Duration `yaml:"wait_timeout"`
+}
+
+// For is the configuration of shard id at addr with these settings.
+func (d ShardDefaults) For(id, addr string) shard.Config {
+	return shard.Config{ID: id, Addr: addr, Username: d.Username, Password: d.Password, TLS: d.TLS, CAFile: d.CAFile,
+		Durability: d.Durability, Replicas: d.Replicas, WaitTimeout: d.WaitTimeout}
 }
 
 // parseShards parses "id=host:port,id=host:port".

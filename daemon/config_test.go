@@ -41,6 +41,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"STOCKD_REDIS_TIMEOUT=soon", "STOCKD_REDIS_TIMEOUT"},
 		{"STOCKD_HTTP_ADRR=:1", "STOCKD_HTTP_ADRR"},
 		{"STOCKD_SHARDS=s1", "STOCKD_SHARDS"},
+		{"STOCKD_SHARD_DEFAULTS_DURABILITY=sometimes", "shard_defaults.durability"},
+		{"STOCKD_SHARD_DEFAULTS_DURABILITY=replica", "shard_defaults.replicas"},
 	}
 	for _, c := range cases {
 		_, err := LoadConfig("", append(append([]string{}, base...), c.env))
@@ -81,4 +83,24 @@ func TestExampleConfigDocumentsEverySetting(t *testing.T) {
 		}
 	}
 	walk(reflect.TypeOf(Config{}), "")
+}
+
+// Shards given only by id and address (STOCKD_SHARDS) take the rest of
+// their settings from shard_defaults.
+func TestShardDefaultsFillEnvShards(t *testing.T) {
+	cfg, err := LoadConfig("", []string{"STOCKD_ADMIN_TOKEN=long-enough-token",
+		"STOCKD_SHARDS=s1=127.0.0.1:7001,s2=127.0.0.1:7002",
+		"STOCKD_SHARD_DEFAULTS_DURABILITY=replica", "STOCKD_SHARD_DEFAULTS_REPLICAS=1",
+		"STOCKD_SHARD_DEFAULTS_WAIT_TIMEOUT=50ms", "STOCKD_SHARD_DEFAULTS_USERNAME=stockd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Shards) != 2 {
+		t.Fatalf("shards %+v", cfg.Shards)
+	}
+	for _, s := range cfg.Shards {
+		if s.Mode() != "replica" || s.Replicas != 1 || s.WaitTimeout != 50*time.Millisecond || s.Username != "stockd" {
+			t.Errorf("shard %s: %+v; want shard_defaults applied", s.ID, s)
+		}
+	}
 }

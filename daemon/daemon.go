@@ -156,7 +156,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := alloc.ApplyPending(ctx, 0); err != nil {
 		log.Warn("pending allocations left for the sweep", "err", err)
 	}
-	loader := &loader{store: store, alloc: alloc, sched: sched, shards: shards, logger: log, window: cfg.Scheduler.RetryWindow}
+	loader := &loader{store: store, alloc: alloc, sched: sched, shards: shards, logger: log, window: cfg.Scheduler.RetryWindow, shardDefaults: cfg.ShardDefaults}
 	// Shards added at runtime (recorded in MySQL) are connected too.
 	if err := loader.syncShards(ctx); err != nil {
 		return fmt.Errorf("redis: %w", err)
@@ -373,7 +373,7 @@ func Verify(ctx context.Context, cfg Config, sku string) (stocksync.Report, erro
 	}
 	defer shards.Close()
 	// The SKU may have partitions on shards added at runtime.
-	l := &loader{store: store, shards: shards, logger: slog.Default()}
+	l := &loader{store: store, shards: shards, logger: slog.Default(), shardDefaults: cfg.ShardDefaults}
 	if err := l.syncShards(ctx); err != nil {
 		return stocksync.Report{}, fmt.Errorf("redis: %w", err)
 	}

@@ -28,6 +28,8 @@ type loader struct {
 	// window is how long a closed partition stays a home, and a newly
 	// added one counts as new (scheduler.retry_window).
 	window time.Duration
+	// shardDefaults configure the shards known only from MySQL.
+	shardDefaults ShardDefaults
 
 	mu sync.Mutex
 	// due is when each SKU's window-derived view changes (a closed
@@ -58,7 +60,7 @@ func (l *loader) syncShards(ctx context.Context) error {
 			}
 			continue
 		}
-		if err := l.shards.Add(ctx, shard.Config{ID: r.ID, Addr: r.Addr}); err != nil {
+		if err := l.shards.Add(ctx, l.shardDefaults.For(r.ID, r.Addr)); err != nil {
 			errs = append(errs, err)
 		} else {
 			l.logger.Info("connected shard", "shard", r.ID, "addr", r.Addr)

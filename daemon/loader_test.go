@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/internal/schema"
 	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/shard"
@@ -65,5 +66,37 @@ func TestClosedPartitionLingersWhileUnsynced(t *testing.T) {
 	}
 	if got, due := pids(); len(got) != 1 || got[0] != 0 || !due.IsZero() {
 		t.Fatalf("stream empty, past the window: partitions %v, next look %v; want [0] and nothing due", got, due)
+	}
+}
+
+// A shard this node knows only from MySQL (added at runtime, or by another
+// node) is connected with shard_defaults, not bare.
+func TestRecordedShardTakesShardDefaults(t *testing.T) {
+	ctx := context.Background()
+	db, err := schema.Open(ctx, testenv.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	store := preallocate.NewStore(db)
+	set, err := shard.Open(ctx, []shard.Config{{ID: "s1", Addr: testenv.StartRedis(t).Addr}}, shard.Options{Prefix: testenv.Name("defaults")}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(set.Close)
+	if err := store.AddShard(ctx, "s9", testenv.StartRedis(t).Addr); err != nil {
+		t.Fatal(err)
+	}
+	defaults := ShardDefaults{Durability: "replica", Replicas: 1, WaitTimeout: 50 * time.Millisecond}
+	l := &loader{store: store, shards: set, logger: slog.Default(), shardDefaults: defaults}
+	if err := l.syncShards(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sh, err := set.Get("s9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sh.Config(); got != defaults.For("s9", got.Addr) {
+		t.Fatalf("s9 connected with %+v; want shard_defaults %+v", got, defaults)
 	}
 }
