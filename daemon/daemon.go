@@ -91,6 +91,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Prefix:          cfg.KeyPrefix,
 		Timeout:         cfg.RedisTimeout,
 		CheckDurability: cfg.DurabilityCheck != "warn",
+		// A shard that is down must not keep the node down: the others
+		// sell, and its partitions answer 503 until it answers.
+		StartUnreachable: true,
 	}, log)
 	if err != nil {
 		return fmt.Errorf("redis: %w", err)

@@ -316,3 +316,65 @@ func TestRollbackCaughtByEveryNode(t *testing.T) {
 		t.Fatalf("%d detail rows of node b's requests; want 0", rows)
 	}
 }
+
+// A node (re)started while one of its shards is down starts all the same:
+// the other shards sell, requests that need the dead one answer 503, and
+// once it is back they sell too. Nothing is lost or doubled.
+func TestStartWithAShardDown(t *testing.T) {
+	e := newEnv(t, 2)
+	cfg := e.config()
+	n := startNode(t, cfg)
+	putSKU(t, n, "down", 2000, 4, 50, 10)
+	b := newBuyer(8)
+	if o := crowd(t, b, n.hot, "down", 100, "before-", func(int) int64 { return 1 }); o.ok != 100 {
+		t.Fatalf("before: %d ok of 100 (other %v)", o.ok, o.other)
+	}
+	waitSynced(t, n, "down", 10*time.Second)
+	n.stop()
+	e.shards[1].Kill()
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			e.shards[1].Restart()
+		}
+	})
+
+	start := time.Now()
+	n = startNode(t, cfg)
+	t.Logf("node ready %s after starting with s2 down", time.Since(start).Round(time.Millisecond))
+	during := newOutcomes()
+	var unanswered []string
+	for i := 0; i < 200; i++ {
+		id := "during-" + strconv.Itoa(i)
+		a, err := b.deduct(n.hot, "down", 1, id)
+		during.add(t, id, a, err)
+		if err != nil || a.Code != 200 {
+			unanswered = append(unanswered, id)
+		}
+	}
+	if during.ok == 0 || during.other[503] == 0 || during.ok+during.other[503] != 200 {
+		t.Fatalf("with s2 down: %d ok, other %v; want some ok (homed on s1), the rest 503", during.ok, during.other)
+	}
+
+	e.shards[1].Restart()
+	restarted = true
+	deadline := time.Now().Add(20 * time.Second)
+	for len(unanswered) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests still not answered 20s after s2 came back: %v", len(unanswered), unanswered[:min(5, len(unanswered))])
+		}
+		var still []string
+		for _, id := range unanswered {
+			a, err := b.deduct(n.hot, "down", 1, id)
+			if err != nil || a.Code != 200 {
+				still = append(still, id)
+			}
+		}
+		unanswered = still
+		time.Sleep(100 * time.Millisecond)
+	}
+	r := waitSynced(t, n, "down", 15*time.Second)
+	if r.Reserved != 300 || r.InDoubt != 0 || r.Doubled != 0 {
+		t.Fatalf("after: %+v; want 300 reserved, nothing in doubt or doubled", r)
+	}
+}

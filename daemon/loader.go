@@ -60,7 +60,7 @@ func (l *loader) syncShards(ctx context.Context) error {
 			}
 			continue
 		}
-		if err := l.shards.Add(ctx, l.shardDefaults.For(r.ID, r.Addr)); err != nil {
+		if err := l.shards.AddUnreachable(ctx, l.shardDefaults.For(r.ID, r.Addr)); err != nil {
 			errs = append(errs, err)
 		} else {
 			l.logger.Info("connected shard", "shard", r.ID, "addr", r.Addr)

@@ -62,8 +62,20 @@ func (a *Allocator) Ensure(ctx context.Context, sku SKU) ([]*shard.Partition, er
 			sku.Name, rp.ID, rp.Epoch).Scan(&fills); err != nil {
 			return nil, fmt.Errorf("ensure partition: %w", err)
 		}
+		if !p.Shard.Healthy() {
+			// Its shard does not answer (a node may start while one is
+			// down): the partition stays in the registry, where requests
+			// that need it answer 503; a take or inspect there later finds
+			// lost state if there is any. It is not topped up.
+			a.logger.Warn("partition not checked: its shard does not answer", "sku", sku.Name, "pid", rp.ID, "shard", rp.Shard)
+			continue
+		}
 		code, err := p.Init(ctx, sku.Threshold, fills == 0)
 		if err != nil {
+			if !p.Shard.Healthy() {
+				a.logger.Warn("partition not checked: its shard does not answer", "sku", sku.Name, "pid", rp.ID, "shard", rp.Shard, "err", err)
+				continue
+			}
 			return nil, err
 		}
 		if code == shard.InitOther || code == shard.InitMissing {
@@ -79,6 +91,9 @@ func (a *Allocator) Ensure(ctx context.Context, sku SKU) ([]*shard.Partition, er
 // threshold with a chunk from the pool, while the pool lasts.
 func (a *Allocator) TopUp(ctx context.Context, sku SKU, parts []*shard.Partition) error {
 	for _, p := range parts {
+		if !p.Shard.Healthy() {
+			continue
+		}
 		st, err := p.Inspect(ctx)
 		if err != nil {
 			return err

@@ -639,6 +639,12 @@ func (s *Scheduler) refresh(ctx context.Context, sku *SKU) (tailState, error) {
 		if !p.Open() {
 			continue
 		}
+		if !p.H.Shard.Healthy() {
+			// Its levels are unknown, so the total is too: not sold out,
+			// not enough. Failing at once also keeps a caller without a
+			// deadline from waiting on a shard that does not answer.
+			return t, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.H.Shard.ID, p.H.ID)
+		}
 		// Takes running meanwhile raise the sequence; only one seen before
 		// the read can prove that the shard went back.
 		seen := p.H.LastSeq()

@@ -117,6 +117,11 @@ type Options struct {
 	// CheckDurability refuses a shard in aof mode whose instance does not
 	// run with appendonly (false: a warning).
 	CheckDurability bool
+	// StartUnreachable lets Open (and AddUnreachable) add a shard that does
+	// not answer: it starts unhealthy, its durability is checked when it
+	// first answers, and until then selection avoids it and requests that
+	// need it answer 503. Without it Open fails.
+	StartUnreachable bool
 	// Logger receives warnings (durability, health).
 	Logger *slog.Logger
 }
@@ -131,6 +136,9 @@ type Shard struct {
 	healthy atomic.Bool
 	// failures counts the errors since the last success.
 	failures atomic.Int32
+	// unchecked: added while it did not answer; its durability is checked
+	// (by Probe) before it counts as healthy.
+	unchecked atomic.Bool
 }
 
 func (s *Shard) client() rueidis.Client { return *s.c.Load() }
@@ -152,6 +160,9 @@ func (s *Shard) Healthy() bool { return s.healthy.Load() }
 // the shard unhealthy until a probe (or call) succeeds.
 func (s *Shard) observe(err error) {
 	if _, isRedis := rueidis.IsRedisErr(err); err == nil || isRedis || errors.Is(err, ErrNotReplicated) || errors.Is(err, ErrBadReply) {
+		if s.unchecked.Load() {
+			return // healthy only once Probe has checked its durability
+		}
 		if s.failures.Swap(0) != 0 || !s.healthy.Load() {
 			s.healthy.Store(true)
 		}
@@ -191,7 +202,11 @@ func Open(ctx context.Context, cfgs []Config, opt Options, logger *slog.Logger) 
 	}
 	s := &Set{prefix: opt.Prefix, opt: opt, shards: make(map[string]*Shard, len(cfgs)), logger: logger}
 	for _, cfg := range cfgs {
-		if err := s.Add(ctx, cfg); err != nil {
+		add := s.Add
+		if opt.StartUnreachable {
+			add = s.AddUnreachable
+		}
+		if err := add(ctx, cfg); err != nil {
 			s.Close()
 			return nil, err
 		}
@@ -199,9 +214,47 @@ func Open(ctx context.Context, cfgs []Config, opt Options, logger *slog.Logger) 
 	return s, nil
 }
 
+// AddUnreachable is Add, except that with Options.StartUnreachable a shard
+// that does not answer is added all the same, unhealthy (see there). A
+// shard that answers and fails its durability check is still refused.
+func (s *Set) AddUnreachable(ctx context.Context, cfg Config) error {
+	err := s.add(ctx, cfg, s.opt.StartUnreachable)
+	var ue *unreachableError
+	if !errors.As(err, &ue) {
+		return err
+	}
+	sh := &Shard{ID: cfg.ID}
+	sh.c.Store(&ue.c)
+	sh.cfg.Store(&cfg)
+	sh.unchecked.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.shards[cfg.ID]; ok {
+		ue.c.Close()
+		return nil
+	}
+	s.shards[cfg.ID] = sh
+	s.logger.Error("shard does not answer: started without it; its partitions answer 503 until it does", "shard", cfg.ID, "addr", cfg.Addr, "err", ue.err)
+	return nil
+}
+
+// unreachableError is a shard that did not answer, with the client that
+// keeps trying (rueidis redials on the next command).
+type unreachableError struct {
+	c   rueidis.Client
+	err error
+}
+
+func (e *unreachableError) Error() string { return e.err.Error() }
+func (e *unreachableError) Unwrap() error { return e.err }
+
 // Add connects to a shard and adds it; adding an id already there with the
 // same address does nothing.
-func (s *Set) Add(ctx context.Context, cfg Config) error {
+func (s *Set) Add(ctx context.Context, cfg Config) error { return s.add(ctx, cfg, false) }
+
+// add is Add; with keep, a shard that does not answer comes back as an
+// *unreachableError holding its (open) client.
+func (s *Set) add(ctx context.Context, cfg Config, keep bool) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("shard: %w", err)
 	}
@@ -214,7 +267,7 @@ func (s *Set) Add(ctx context.Context, cfg Config) error {
 		}
 		return fmt.Errorf("shard %s: already at %s, not %s", cfg.ID, cur.Addr(), cfg.Addr)
 	}
-	c, err := dial(ctx, cfg, s.opt)
+	c, err := dial(ctx, cfg, s.opt, keep)
 	if err != nil {
 		return fmt.Errorf("shard %s (%s): %w", cfg.ID, cfg.Addr, err)
 	}
@@ -232,7 +285,11 @@ func (s *Set) Add(ctx context.Context, cfg Config) error {
 	return nil
 }
 
-func dial(ctx context.Context, cfg Config, opt Options) (rueidis.Client, error) {
+// dial connects to cfg's instance, pings it and checks its durability.
+// With keep, an instance that does not answer comes back as an
+// *unreachableError holding the client (which redials on its next
+// command); without, that client is closed.
+func dial(ctx context.Context, cfg Config, opt Options, keep bool) (rueidis.Client, error) {
 	o := rueidis.ClientOption{
 		InitAddress:       []string{cfg.Addr},
 		Username:          cfg.Username,
@@ -249,13 +306,28 @@ func dial(ctx context.Context, cfg Config, opt Options) (rueidis.Client, error) 
 		}
 		o.TLSConfig = tc
 	}
+	// ForceSingleClient: NewClient returns a client even when the first
+	// dial fails; it dials again on the next command.
+	unreachable := func(c rueidis.Client, err error) (rueidis.Client, error) {
+		if keep {
+			return nil, &unreachableError{c: c, err: err}
+		}
+		c.Close()
+		return nil, err
+	}
 	c, err := rueidis.NewClient(o)
 	if err != nil {
+		if c != nil {
+			return unreachable(c, err)
+		}
 		return nil, err
 	}
 	pctx, cancel := context.WithTimeout(ctx, opt.DialTimeout)
 	defer cancel()
 	if err := c.Do(pctx, c.B().Ping().Build()).Error(); err != nil {
+		if _, isRedis := rueidis.IsRedisErr(err); !isRedis {
+			return unreachable(c, err)
+		}
 		c.Close()
 		return nil, err
 	}
@@ -317,7 +389,7 @@ func (s *Set) Replace(ctx context.Context, id, addr string) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("shard: %w", err)
 	}
-	c, err := dial(ctx, cfg, s.opt)
+	c, err := dial(ctx, cfg, s.opt, false)
 	if err != nil {
 		return fmt.Errorf("shard %s (%s): %w", id, addr, err)
 	}
@@ -353,6 +425,18 @@ func (s *Set) Probe(ctx context.Context, every time.Duration) {
 			pctx, cancel := context.WithTimeout(ctx, every)
 			c := sh.client()
 			err := c.Do(pctx, c.B().Ping().Build()).Error()
+			if err == nil && sh.unchecked.Load() {
+				// First answer of a shard added while unreachable: the
+				// check Add would have made.
+				if err = checkDurability(pctx, c, sh.Config(), s.opt); err != nil {
+					if sh.failures.Add(1)%240 == 1 { // about once a minute
+						s.logger.Error("shard answers but fails its durability check: not used", "shard", sh.ID, "err", err)
+					}
+					cancel()
+					continue
+				}
+				sh.unchecked.Store(false)
+			}
 			cancel()
 			sh.observe(err)
 			if err == nil {
