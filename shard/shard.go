@@ -317,8 +317,13 @@ func dial(ctx context.Context, cfg Config, opt Options, keep bool) (rueidis.Clie
 	}
 	c, err := rueidis.NewClient(o)
 	if err != nil {
-		if c != nil {
+		// A Redis error (a wrong password, an unknown user) is a
+		// configuration to fix, not a shard that is down.
+		if _, isRedis := rueidis.IsRedisErr(err); c != nil && !isRedis {
 			return unreachable(c, err)
+		}
+		if c != nil {
+			c.Close()
 		}
 		return nil, err
 	}

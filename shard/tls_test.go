@@ -115,4 +115,10 @@ func TestShardTLSAndACL(t *testing.T) {
 		s.Close()
 		t.Fatal("a wrong password was accepted")
 	}
+	// Not even as a shard that is down: it answers, and says no.
+	opt.StartUnreachable = true
+	if s, err := Open(ctx, []Config{wrongPass}, opt, slog.Default()); err == nil {
+		s.Close()
+		t.Fatal("a wrong password was taken for a shard that does not answer")
+	}
 }
