@@ -178,13 +178,16 @@ func (l *loader) registryInfo(ctx context.Context, sku preallocate.SKU, now time
 		h, err := l.shards.Partition(sku.Name, rp.ID, rp.Epoch, rp.Shard)
 		if lingering {
 			if err != nil || !l.unsynced(ctx, h) {
-				continue // out of the retry window and written back: no longer a home
+				// Out of the retry window and written back: no longer a home.
+				info.Retired = append(info.Retired, rp.ID)
+				continue
 			}
 			soonest(now.Add(lingerRecheck))
 		}
 		if err != nil {
 			if rp.State != "open" {
 				l.logger.Warn("partition on an unknown shard left out of the home set", "sku", sku.Name, "pid", rp.ID, "shard", rp.Shard)
+				info.Retired = append(info.Retired, rp.ID)
 				continue
 			}
 			return info, due, fmt.Errorf("sku %s partition %d: %w (its shard is neither configured nor recorded)", sku.Name, rp.ID, err)

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -21,6 +22,12 @@ type SKUInfo struct {
 	// Partitions are every partition of the SKU, open or not: closed and
 	// fenced ones still hold the pointers of requests homed on them.
 	Partitions []PartitionInfo
+	// Retired are the pids of partitions that left the home set (closed
+	// longer than the retry window ago, or on a removed shard). A pointer
+	// naming one of them is treated as short; a pointer naming a pid that
+	// is neither here nor in Partitions names a partition this node has
+	// not loaded yet.
+	Retired []int
 }
 
 // PartitionInfo is one partition.
@@ -43,6 +50,8 @@ type SKU struct {
 	// parts is every partition (the home set), sorted by pid; replaced as a
 	// whole when partitions are added or removed.
 	parts atomic.Pointer[[]*Partition]
+	// retired is SKUInfo.Retired, sorted.
+	retired atomic.Pointer[[]int]
 
 	chunk     atomic.Int64
 	threshold atomic.Int64
@@ -314,7 +323,20 @@ func (r *Registry) Upsert(info SKUInfo) *SKU {
 	}
 	sort.Slice(parts, func(i, j int) bool { return parts[i].H.ID < parts[j].H.ID })
 	s.parts.Store(&parts)
+	retired := slices.Clone(info.Retired)
+	slices.Sort(retired)
+	s.retired.Store(&retired)
 	return s
+}
+
+// isRetired tells whether pid is a partition that left the home set.
+func (s *SKU) isRetired(pid int) bool {
+	r := s.retired.Load()
+	if r == nil {
+		return false
+	}
+	_, ok := slices.BinarySearch(*r, pid)
+	return ok
 }
 
 // signal is a broadcast: wait returns a channel closed by the next fire.

@@ -273,6 +273,13 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 	maxSteps := 64 + 16*len(sku.Partitions())
 	for step := 0; step < maxSteps; step++ {
 		p := sku.partition(cur.pid)
+		if p == nil && !sku.isRetired(cur.pid) {
+			// The pointer names a partition another node added and this
+			// one has not loaded yet (a notice, or reload_every, brings
+			// it). Its records may say the request took there: moving on
+			// could deduct twice. A retry is safe.
+			return Result{}, fmt.Errorf("%w: partition %d of %s is not loaded on this node yet", ErrUnavailable, cur.pid, sku.Name)
+		}
 		if p != nil && !p.H.Shard.Healthy() {
 			// The request's path goes through a shard that does not
 			// answer: fail fast rather than queue behind its timeouts

@@ -243,3 +243,34 @@ func TestConcurrentRetriesTakeOnce(t *testing.T) {
 		t.Fatalf("sold %d of %d with demand left over", sold, total)
 	}
 }
+
+// A pointer that names a partition this node has not loaded (another node
+// just added it) must not be taken for short: the request may have taken
+// there. The node answers unavailable until it knows the partition; a
+// pointer to a retired partition (out of the home set) is short.
+func TestPointerToUnknownPartition(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, 1)
+	sku := r.provision(t, "unk", preallocate.Spec{Total: 100, Partitions: 2, Chunk: 10, Threshold: 1})
+	x := idHomedOn(sku, 0, "x-")
+	home := sku.partition(0)
+	if pr, err := home.H.Point(ctx, x, "0:1", "7:1"); err != nil || pr.Code != shard.PointMoved {
+		t.Fatalf("point: %+v %v", pr, err)
+	}
+	before := [2]int64{sku.partition(0).level(), sku.partition(1).level()}
+	if res, err := r.sched.Deduct(ctx, "unk", 1, x, ""); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("pointer to an unknown partition: %+v %v; want unavailable", res, err)
+	}
+	if after := [2]int64{sku.partition(0).level(), sku.partition(1).level()}; after != before {
+		t.Fatalf("levels %v -> %v: the request took although its pointer names a partition not loaded", before, after)
+	}
+
+	info := SKUInfo{Name: "unk", Chunk: 10, Threshold: 1, Pool: sku.Pool(), Version: sku.Version(), Retired: []int{7}}
+	for _, p := range sku.Partitions() {
+		info.Partitions = append(info.Partitions, PartitionInfo{Handle: p.H, Open: true})
+	}
+	r.sched.Registry().Upsert(info)
+	if res, err := r.sched.Deduct(ctx, "unk", 1, x, ""); err != nil || res.Status != OK {
+		t.Fatalf("pointer to a retired partition: %+v %v; want it treated as short and the request served", res, err)
+	}
+}
