@@ -202,3 +202,28 @@ func TestRefusedFillNeverAppliesLater(t *testing.T) {
 		t.Fatalf("second run: %+v %v; want refused earlier, a still 10", r, err)
 	}
 }
+
+// Units a drain carries back are in neither a partition nor the pool
+// until MySQL credits them: PoolState must say stock may still arrive, or
+// the tail answers sold_out while a rebalance or a consolidation moves the
+// last units.
+func TestPoolStateCountsPendingDrains(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, 1)
+	sku, _, err := f.alloc.Provision(ctx, "drainpend", Spec{Total: 20, Partitions: 1, Chunk: 10, Threshold: 1}, Spec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pool, pending, err := f.store.PoolState(ctx, "drainpend"); err != nil || pool != 0 || pending != 0 {
+		t.Fatalf("after provisioning: pool %d pending %d %v; want 0 and 0 (everything in the partition)", pool, pending, err)
+	}
+	// A drain committed in MySQL, not yet run or settled (the moment a
+	// crash, or a slow Redis, can stretch).
+	rp := sku.Partitions[0]
+	if _, err := f.db.Exec(`INSERT INTO allocations (sku, pid, epoch, kind, sub) VALUES (?, ?, ?, 'drain', '')`, sku.Name, rp.ID, rp.Epoch); err != nil {
+		t.Fatal(err)
+	}
+	if pool, pending, err := f.store.PoolState(ctx, "drainpend"); err != nil || pool != 0 || pending < 1 {
+		t.Fatalf("with a pending drain: pool %d pending %d %v; want pending >= 1", pool, pending, err)
+	}
+}

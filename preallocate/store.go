@@ -204,11 +204,18 @@ func (s *Store) List(ctx context.Context) ([]SKU, error) {
 	return out, nil
 }
 
-// PoolState is what may still reach a SKU's partitions: the pool and the
-// allocations committed but not yet applied to Redis.
+// PoolState is what may still reach a SKU's partitions: the pool, and
+// pending, the allocations committed but not yet settled. That is the units
+// of pending fills plus one for each pending drain: a drain's amount is
+// known only once Redis has run it, and until MySQL credits the pool those
+// units are neither in a partition nor in the pool. A caller that saw only
+// fills could answer sold_out while a drain (a rebalance, a consolidation
+// of the tail) carries the last units back.
 func (s *Store) PoolState(ctx context.Context, name string) (pool, pending int64, err error) {
 	err = s.db.QueryRowContext(ctx,
-		`SELECT pool, (SELECT COALESCE(SUM(qty), 0) FROM allocations WHERE sku = ? AND state = 'pending' AND kind = 'fill')
+		`SELECT pool,
+		        (SELECT COALESCE(SUM(CASE WHEN kind = 'fill' THEN qty ELSE 1 END), 0)
+		           FROM allocations WHERE sku = ? AND state = 'pending' AND kind IN ('fill', 'drain'))
 		   FROM skus WHERE sku = ?`, name, name).Scan(&pool, &pending)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, 0, fmt.Errorf("%w: %s", ErrUnknownSKU, name)

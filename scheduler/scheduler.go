@@ -100,7 +100,8 @@ type Hooks struct {
 	// Forward asks p's owner to refill sub-domain sub below capAt (best
 	// effort: the owner's sweep catches what is lost).
 	Forward func(p *shard.Partition, sub byte, capAt int64)
-	// PoolState reads the pool and the pending fills from MySQL.
+	// PoolState reads the pool and the pending allocations from MySQL
+	// (fills by their units, each drain as at least one unit arriving).
 	PoolState func(ctx context.Context, sku string) (pool, pending int64, err error)
 	// Consolidate gathers scattered units so that a request for need units
 	// can be served: it drains partitions holding fewer than need back to
