@@ -71,7 +71,7 @@ type Config struct {
 	// ShardDefaults are the settings of shards this node knows only by id
 	// and address: those of STOCKD_SHARDS, those added at runtime
 	// (POST /admin/shards) and those another node recorded in MySQL.
-	ShardDefaults ShardDefaults `yaml:"shard_defaults"`
+	ShardDefaults shard.Settings `yaml:"shard_defaults"`
 	// RedisTimeout bounds a Redis round trip; a deduction that hits it
 	// answers 503 and is safe to retry with the same request id.
 	RedisTimeout time.Duration `yaml:"redis_timeout"`
@@ -406,23 +406,6 @@ func setValue(fv reflect.Value, s string) error {
 		return fmt.Errorf("cannot be set from the environment")
 	}
 	return nil
-}
-
-// ShardDefaults are a shard's settings other than its id and address.
-type ShardDefaults struct {
-	Username    string        `yaml:"username"`
-	Password    string        `yaml:"password"`
-	TLS         bool          `yaml:"tls"`
-	CAFile      string        `yaml:"ca_file"`
-	Durability  string        `yaml:"durability"`
-	Replicas    int           `yaml:"replicas"`
-	WaitTimeout time.Duration `yaml:"wait_timeout"`
-}
-
-// For is the configuration of shard id at addr with these settings.
-func (d ShardDefaults) For(id, addr string) shard.Config {
-	return shard.Config{ID: id, Addr: addr, Username: d.Username, Password: d.Password, TLS: d.TLS, CAFile: d.CAFile,
-		Durability: d.Durability, Replicas: d.Replicas, WaitTimeout: d.WaitTimeout}
 }
 
 // parseShards parses "id=host:port,id=host:port".

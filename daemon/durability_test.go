@@ -20,7 +20,7 @@ func replicaEnv(t *testing.T) (*env, Config, *testenv.Redis, *testenv.Redis) {
 	replica := testenv.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(primary.Port), "--repl-diskless-sync-delay", "0")
 	waitReplicaSynced(t, primary)
 	cfg := e.config()
-	cfg.Shards = []shard.Config{{ID: "s1", Addr: primary.Addr, Durability: shard.DurabilityReplica, Replicas: 1, WaitTimeout: time.Second}}
+	cfg.Shards = []shard.Config{{ID: "s1", Addr: primary.Addr, Settings: shard.Settings{Durability: shard.DurabilityReplica, Replicas: 1, WaitTimeout: time.Second}}}
 	return e, cfg, primary, replica
 }
 

@@ -29,7 +29,7 @@ type loader struct {
 	// added one counts as new (scheduler.retry_window).
 	window time.Duration
 	// shardDefaults configure the shards known only from MySQL.
-	shardDefaults ShardDefaults
+	shardDefaults shard.Settings
 
 	mu sync.Mutex
 	// due is when each SKU's window-derived view changes (a closed

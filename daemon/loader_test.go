@@ -87,7 +87,7 @@ func TestRecordedShardTakesShardDefaults(t *testing.T) {
 	if err := store.AddShard(ctx, "s9", testenv.StartRedis(t).Addr); err != nil {
 		t.Fatal(err)
 	}
-	defaults := ShardDefaults{Durability: "replica", Replicas: 1, WaitTimeout: 50 * time.Millisecond}
+	defaults := shard.Settings{Durability: "replica", Replicas: 1, WaitTimeout: 50 * time.Millisecond}
 	l := &loader{store: store, shards: set, logger: slog.Default(), shardDefaults: defaults}
 	if err := l.syncShards(ctx); err != nil {
 		t.Fatal(err)

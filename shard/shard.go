@@ -53,6 +53,12 @@ type Config struct {
 	ID string `yaml:"id"`
 	// Addr is host:port.
 	Addr     string `yaml:"addr"`
+	Settings `yaml:",inline"`
+}
+
+// Settings are a shard's settings other than its id and address (the
+// daemon's shard_defaults are one).
+type Settings struct {
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
 	// TLS enables TLS (system roots, or CAFile).
@@ -67,6 +73,9 @@ type Config struct {
 	// WaitTimeout bounds the WAIT for them (replica mode).
 	WaitTimeout time.Duration `yaml:"wait_timeout"`
 }
+
+// For is the configuration of shard id at addr with these settings.
+func (s Settings) For(id, addr string) Config { return Config{ID: id, Addr: addr, Settings: s} }
 
 // Mode is the durability mode, aof when not set.
 func (c Config) Mode() string {

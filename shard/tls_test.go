@@ -81,7 +81,7 @@ func TestShardTLSAndACL(t *testing.T) {
 	testenv.StartRedis(t, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certPath, "--tls-key-file", keyPath,
 		"--tls-ca-cert-file", caPath, "--tls-auth-clients", "no",
 		"--user", "stockd", "on", ">s3cret", "~*", "&*", "+@all")
-	cfg := Config{ID: "secure", Addr: "127.0.0.1:" + strconv.Itoa(tlsPort), TLS: true, CAFile: caPath, Username: "stockd", Password: "s3cret"}
+	cfg := Config{ID: "secure", Addr: "127.0.0.1:" + strconv.Itoa(tlsPort), Settings: Settings{TLS: true, CAFile: caPath, Username: "stockd", Password: "s3cret"}}
 	opt := Options{Prefix: testenv.Name("tls"), CheckDurability: true}
 
 	set, err := Open(ctx, []Config{cfg}, opt, slog.Default())
