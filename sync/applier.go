@@ -268,6 +268,17 @@ type partKey struct {
 	epoch int64
 }
 
+// sortPartKeys orders keys by SKU, then pid: every transaction locks
+// partition rows in this order, so two of them cannot deadlock on it.
+func sortPartKeys(keys []partKey) {
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].sku != keys[j].sku {
+			return keys[i].sku < keys[j].sku
+		}
+		return keys[i].pid < keys[j].pid
+	})
+}
+
 func (d wireDetail) part() partKey {
 	_, pid, epoch, _, _ := shard.ParseDetailID(d.DetailID)
 	return partKey{d.SKU, pid, epoch}
@@ -292,12 +303,7 @@ func partitionsOf(ctx context.Context, tx *sql.Tx, details []wireDetail) (map[pa
 			keys = append(keys, k)
 		}
 	}
-	sort.Slice(keys, func(i, j int) bool {
-		if keys[i].sku != keys[j].sku {
-			return keys[i].sku < keys[j].sku
-		}
-		return keys[i].pid < keys[j].pid
-	})
+	sortPartKeys(keys)
 	for _, k := range keys {
 		var state string
 		var resolved bool
@@ -438,12 +444,7 @@ func moveCounters(ctx context.Context, tx *sql.Tx, details []wireDetail, parts m
 	for k := range seen {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool {
-		if keys[i].sku != keys[j].sku {
-			return keys[i].sku < keys[j].sku
-		}
-		return keys[i].pid < keys[j].pid
-	})
+	sortPartKeys(keys)
 	for _, k := range keys {
 		if _, err := tx.ExecContext(ctx,
 			`UPDATE partitions SET seen_seq = GREATEST(seen_seq, ?), doubt_units = doubt_units - ?
