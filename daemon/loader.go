@@ -210,7 +210,8 @@ func (l *loader) unsynced(ctx context.Context, h *shard.Partition) bool {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	n, err := h.Backlog(ctx)
+	st, err := h.Inspect(ctx)
+	n := st.Backlog
 	if err != nil {
 		l.logger.Warn("closed partition kept in the registry: its backlog is unknown", "sku", h.SKU, "pid", h.ID, "shard", h.Shard.ID, "err", err)
 		return true

@@ -107,17 +107,6 @@ func (p *Partition) readEntries(ctx context.Context, after string, count int64, 
 	return out, nil
 }
 
-// Backlog is the number of stream entries not yet confirmed by the broker
-// (one per take call that took; each holds up to 64 details).
-func (p *Partition) Backlog(ctx context.Context) (int64, error) {
-	c := p.Shard.client()
-	n, err := c.Do(ctx, c.B().Xlen().Key(p.stream).Build()).AsInt64()
-	if err != nil {
-		return 0, fmt.Errorf("backlog on %s: %w", p.Shard.ID, err)
-	}
-	return n, nil
-}
-
 // TrimBefore deletes the entries whose details all have sequences below
 // end: the broker confirmed them. Entries from end on stay.
 func (p *Partition) TrimBefore(ctx context.Context, end int64) error {
