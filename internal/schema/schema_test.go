@@ -137,6 +137,35 @@ func checkCaseVariants(t *testing.T, db *sql.DB) {
 	}
 }
 
+// undoneVariants is README's query ("Upgrading to schema 14") for the
+// requests the case-insensitive key undid as doubles of another spelling.
+const undoneVariants = `SELECT x.sku, x.detail_id, x.request_id, x.qty, d.request_id AS undone_for
+    FROM doubled_deductions x
+    JOIN deductions d ON d.sku = x.sku AND LOWER(d.request_id) = LOWER(x.request_id)
+   WHERE BINARY d.request_id <> BINARY x.request_id`
+
+// checkUndoneVariants runs README's query: it finds R, undone for r.
+func checkUndoneVariants(t *testing.T, db *sql.DB, when string) {
+	t.Helper()
+	rows, err := db.Query(undoneVariants)
+	if err != nil {
+		t.Fatalf("%s: %v", when, err)
+	}
+	defer rows.Close()
+	var found []string
+	for rows.Next() {
+		var sku, detail, req, undoneFor string
+		var qty int64
+		if err := rows.Scan(&sku, &detail, &req, &qty, &undoneFor); err != nil {
+			t.Fatal(err)
+		}
+		found = append(found, detail+" "+req+" for "+undoneFor)
+	}
+	if len(found) != 1 || found[0] != "adv-x:0:1:9 R for r" {
+		t.Errorf("%s: README's query finds %q, want [adv-x:0:1:9 R for r]", when, found)
+	}
+}
+
 // A database created by the releases before migration 14, with data in
 // it, migrates: every string column becomes binary, the rows are intact,
 // and case variants fit side by side while true duplicates do not.
@@ -154,6 +183,9 @@ func TestMigrateOldDatabaseToBinary(t *testing.T) {
 	mustExec(t, db, `INSERT INTO allocations (sku, pid, epoch, kind, sub, qty, state) VALUES ('adv-x', 0, 1, 'fill', 'a', 10, 'applied')`)
 	mustExec(t, db, `INSERT INTO deductions (detail_id, sku, pid, request_id, qty, state, deducted_at)
 	  VALUES ('adv-x:0:1:1', 'adv-x', 0, 'r', 3, 'reserved', NOW(6))`)
+	// R, undone by the old key as a double of r.
+	mustExec(t, db, `INSERT INTO doubled_deductions (detail_id, sku, pid, request_id, qty) VALUES ('adv-x:0:1:9', 'adv-x', 0, 'R', 4)`)
+	checkUndoneVariants(t, db, "before migration 14")
 	if coll := collation(t, db, "deductions", "request_id"); strings.HasSuffix(coll, "_bin") {
 		t.Logf("the server's default collation is binary already (%s)", coll)
 	} else {
@@ -170,6 +202,7 @@ func TestMigrateOldDatabaseToBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkBinary(t, db)
+	checkUndoneVariants(t, db, "after migration 14")
 	var total, pool, reserved int64
 	var req string
 	if err := db.QueryRow(`SELECT s.total, s.pool, s.reserved, d.request_id FROM skus s JOIN deductions d ON d.sku = s.sku WHERE s.sku = 'adv-x'`).
