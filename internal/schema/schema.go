@@ -196,9 +196,6 @@ func OpenTLS(ctx context.Context, dsn, caFile string) (*sql.DB, error) {
 	// instead of PREPARE/EXECUTE/CLOSE, which costs MySQL more than the
 	// write-back's multi-row inserts themselves.
 	cfg.InterpolateParams = true
-	// The values the daemon sends are binary strings too; a comparison
-	// with a column uses the column's (binary) collation either way.
-	cfg.Collation = "utf8mb4_bin"
 	if err := createDatabase(ctx, *cfg); err != nil {
 		return nil, err
 	}
