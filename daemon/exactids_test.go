@@ -230,6 +230,13 @@ func TestCaseVariantRequestIDsCrowd(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	var held int64
+	for _, x := range oks {
+		held += x.qty
+	}
+	if held > total {
+		t.Errorf("oversold before any release: callers hold %d units of %d", held, total)
+	}
 	// Half are confirmed or released before their details land (the
 	// rows are written early), half after write-back drained.
 	confirmed := map[string]bool{}
