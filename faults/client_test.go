@@ -309,7 +309,11 @@ func (b *buyers) checkAnswers() {
 type ids struct {
 	prefix string
 	n      int64
-	next   atomic.Int64
+	// variants > 0 spells each id in that many ways differing only in
+	// letter case, handed out one after another (each is its own
+	// request): prefix0, Prefix0, pRefix0, ..., prefix1, ...
+	variants int64
+	next     atomic.Int64
 }
 
 func (g *ids) take() (string, bool) {
@@ -317,7 +321,26 @@ func (g *ids) take() (string, bool) {
 	if g.n >= 0 && i >= g.n {
 		return "", false
 	}
+	if g.variants > 0 {
+		return caseVariant(g.prefix+strconv.FormatInt(i/g.variants, 10), i%g.variants), true
+	}
 	return g.prefix + strconv.FormatInt(i, 10), true
+}
+
+// caseVariant upper-cases the letters of id whose place among its letters
+// is a set bit of k (k 0: id itself).
+func caseVariant(id string, k int64) string {
+	b := []byte(id)
+	for i, bit := 0, 0; i < len(b); i++ {
+		if b[i] < 'a' || b[i] > 'z' {
+			continue
+		}
+		if k&(1<<bit) != 0 {
+			b[i] -= 'a' - 'A'
+		}
+		bit++
+	}
+	return string(b)
 }
 
 // closedLoop runs workers buyers back to back, each op qty units, until

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/stockd/stockd/internal/schema"
 	"github.com/stockd/stockd/internal/testenv"
@@ -226,4 +227,24 @@ func TestPoolStateCountsPendingDrains(t *testing.T) {
 	if pool, pending, err := f.store.PoolState(ctx, "drainpend"); err != nil || pool != 0 || pending < 1 {
 		t.Fatalf("with a pending drain: pool %d pending %d %v; want pending >= 1", pool, pending, err)
 	}
+}
+
+// The rebalance lock is per SKU spelling: adv-x and ADV-X are two SKUs,
+// and holding the lock of one does not hold up the other (on a server
+// whose lock names fold case too: the name is a hex hash).
+func TestRebalanceLockPerSpelling(t *testing.T) {
+	f := newFixture(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	unlock, err := f.alloc.lockSKU(ctx, "adv-x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	start := time.Now()
+	unlockUpper, err := f.alloc.lockSKU(ctx, "ADV-X")
+	if err != nil {
+		t.Fatalf("lock of ADV-X while adv-x's is held: %v after %s", err, time.Since(start))
+	}
+	unlockUpper()
 }

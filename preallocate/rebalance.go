@@ -338,7 +338,9 @@ func (a *Allocator) lockSKU(ctx context.Context, sku string) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	// Lock names are at most 64 characters in MySQL.
+	// Lock names are at most 64 characters in MySQL, and MariaDB
+	// documents them as case-insensitive: a hex hash of the exact bytes
+	// keeps adv-x and ADV-X (two SKUs) on two locks.
 	sum := sha256.Sum256([]byte(sku))
 	name := "stockd_rebalance:" + hex.EncodeToString(sum[:16])
 	var got sql.NullInt64

@@ -86,13 +86,23 @@ func (l *Ledger) moveOnce(ctx context.Context, detailID, sku string, pid int, qt
 		if errors.Is(err, sql.ErrNoRows) {
 			// A double deduction undone by the backstop stands for its
 			// request's original deduction.
-			var orig string
+			var orig sql.NullString
 			err = tx.QueryRowContext(ctx,
-				`SELECT d.detail_id FROM doubled_deductions x JOIN deductions d ON d.sku = x.sku AND d.request_id = x.request_id
+				`SELECT d.detail_id FROM doubled_deductions x LEFT JOIN deductions d ON d.sku = x.sku AND d.request_id = x.request_id
 				  WHERE x.detail_id = ?`, id).Scan(&orig)
-			if err == nil {
-				id = orig
+			switch {
+			case err == nil && orig.Valid:
+				id = orig.String
 				err = tx.QueryRowContext(ctx, `SELECT state, qty FROM deductions WHERE detail_id = ? FOR UPDATE`, id).Scan(&state, &rowQty)
+			case err == nil:
+				// Undone, and no deduction has its request id byte for
+				// byte: a case variant the case-insensitive key took for
+				// a double before migration 14. Its units went back to
+				// the pool then; it stands for nobody else's deduction.
+				if to == "released" {
+					return nil
+				}
+				return ErrReleased
 			}
 		}
 		switch {

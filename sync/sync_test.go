@@ -189,6 +189,71 @@ func TestDoubleDeductionUndone(t *testing.T) {
 	}
 }
 
+// Request ids that differ only in case are different requests: both
+// details land, nothing is doubled.
+func TestCaseVariantRequestIDsApply(t *testing.T) {
+	ctx := context.Background()
+	db := newDB(t)
+	ds := seed(t, db, "cv", 3)
+	ds[0].RequestID, ds[1].RequestID, ds[2].RequestID = "Order-N", "order-N", "ORDER-N"
+	r, err := Apply(ctx, db, ds)
+	if err != nil || r.Inserted != 3 || r.Doubled != 0 {
+		t.Fatalf("apply: %+v %v; want 3 inserted, none doubled", r, err)
+	}
+	l := newLedger(db, time.Minute)
+	if err := l.Confirm(ctx, ds[1].DetailID, 1); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{"reserved", "confirmed", "reserved"} {
+		var state, req string
+		db.QueryRow(`SELECT state, request_id FROM deductions WHERE detail_id = ?`, ds[i].DetailID).Scan(&state, &req)
+		if state != want || req != ds[i].RequestID {
+			t.Errorf("%s: %s %q, want %s %q", ds[i].DetailID, state, req, want, ds[i].RequestID)
+		}
+	}
+}
+
+// A double undone before migration 14 whose request id matched its
+// "original" only when case was folded: after the migration no deduction
+// has its request id. Confirming it is refused as released (its units
+// went back to the pool when it was undone), releasing it is a no-op,
+// and neither touches another request's row or the counters.
+func TestCaseVariantDoubleFromOldSchema(t *testing.T) {
+	ctx := context.Background()
+	db := newDB(t)
+	ds := seed(t, db, "old", 2)
+	ds[0].RequestID = "Order-N"
+	if _, err := Apply(ctx, db, ds[:1]); err != nil {
+		t.Fatal(err)
+	}
+	// What the old applier wrote for order-N: undone as a double of
+	// Order-N, its unit back in the pool.
+	if _, err := db.Exec(`INSERT INTO doubled_deductions (detail_id, sku, pid, request_id, qty) VALUES (?, 'old', 0, 'order-N', 1)`, ds[1].DetailID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE skus SET pool = pool + 1, doubled = doubled + 1 WHERE sku = 'old'`); err != nil {
+		t.Fatal(err)
+	}
+	before := readCounters(t, db, "old")
+	l := newLedger(db, time.Minute)
+	if err := l.Confirm(ctx, ds[1].DetailID, 1); !errors.Is(err, ErrReleased) {
+		t.Errorf("confirm of the old case-variant double: %v, want ErrReleased", err)
+	}
+	if err := l.Release(ctx, ds[1].DetailID, 1); err != nil {
+		t.Errorf("release of the old case-variant double: %v", err)
+	}
+	var state string
+	db.QueryRow(`SELECT state FROM deductions WHERE detail_id = ?`, ds[0].DetailID).Scan(&state)
+	if after := readCounters(t, db, "old"); after != before || state != "reserved" {
+		t.Errorf("counters %+v -> %+v, Order-N's row %s; want unchanged, reserved", before, after, state)
+	}
+	var rows int
+	db.QueryRow(`SELECT COUNT(*) FROM deductions WHERE detail_id = ?`, ds[1].DetailID).Scan(&rows)
+	if rows != 0 {
+		t.Errorf("the undone double got a row")
+	}
+}
+
 // A release that reached MySQL before its detail gets the detail's request
 // id when the detail lands, so the (sku, request_id) backstop covers it.
 func TestEarlyReleaseGetsRequestID(t *testing.T) {

@@ -14,6 +14,10 @@
 //   - doubled_deductions: deductions undone by that backstop.
 //   - shards: the Redis instances and their state (active, draining,
 //     removed); the configured ones are seeded at start.
+//
+// Every string column has a binary collation (utf8mb4_bin, migration 14):
+// SKU names, request, user, detail and shard ids compare byte for byte in
+// MySQL as they do in Redis and Go, so "r" and "R" are two request ids.
 package schema
 
 import (
@@ -21,6 +25,7 @@ import (
 	"database/sql"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -130,6 +135,34 @@ var migrations = []string{
 	// the same config keeps an address an admin failover recorded; a
 	// changed config address (a failover done by config) replaces it.
 	13: `ALTER TABLE shards ADD COLUMN config_addr VARCHAR(255) NULL`,
+	// Identifiers compare byte for byte, as Redis and Go compare them:
+	// request ids and SKU names that differ only in case are different
+	// (issue 12). utf8mb4_bin keeps the character set, so no stored
+	// value is converted and no index grows; a case-insensitive key
+	// admits fewer rows than a binary one, so no existing row can collide.
+	// The database's default goes binary too, for tables created later.
+	// Its trailing-space padding does not matter: identifiers hold no
+	// spaces (internal/ident, shard.Config.Validate).
+	14: `ALTER DATABASE CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE skus CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE partitions CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE allocations CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE deductions CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE doubled_deductions CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+ALTER TABLE shards CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
+}
+
+// statements splits a migration into its statements (";" at a line's
+// end separates them). Each is idempotent: a crash between two of them
+// runs the migration again from its first.
+func statements(m string) []string {
+	var out []string
+	for _, st := range strings.Split(m, ";\n") {
+		if st = strings.TrimSpace(st); st != "" {
+			out = append(out, st)
+		}
+	}
+	return out
 }
 
 // Open connects to the database named in dsn, creating the database when
@@ -190,7 +223,9 @@ func createDatabase(ctx context.Context, cfg mysql.Config) error {
 	}
 	db := sql.OpenDB(conn)
 	defer db.Close()
-	if _, err := db.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS "+quoteIdent(name)); err != nil {
+	// Binary collation: identifiers compare byte for byte (migration 14
+	// brings older databases there).
+	if _, err := db.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS "+quoteIdent(name)+" CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"); err != nil {
 		return fmt.Errorf("create database %s: %w", name, err)
 	}
 	return nil
@@ -199,6 +234,12 @@ func createDatabase(ctx context.Context, cfg mysql.Config) error {
 // Migrate applies the migrations not applied yet, under a named lock so
 // that nodes starting together do not race.
 func Migrate(ctx context.Context, db *sql.DB) error {
+	return migrateTo(ctx, db, len(migrations)-1)
+}
+
+// migrateTo applies the migrations up to version last (tests build the
+// databases of older releases with it).
+func migrateTo(ctx context.Context, db *sql.DB, last int) error {
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
@@ -223,9 +264,11 @@ func Migrate(ctx context.Context, db *sql.DB) error {
 	if err := conn.QueryRowContext(ctx, "SELECT COALESCE(MAX(version), 0) FROM stockd_migrations").Scan(&current); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
-	for v := current + 1; v < len(migrations); v++ {
-		if _, err := conn.ExecContext(ctx, migrations[v]); err != nil {
-			return fmt.Errorf("migrate: version %d: %w", v, err)
+	for v := current + 1; v <= last; v++ {
+		for _, st := range statements(migrations[v]) {
+			if _, err := conn.ExecContext(ctx, st); err != nil {
+				return fmt.Errorf("migrate: version %d: %w", v, err)
+			}
 		}
 		if _, err := conn.ExecContext(ctx, "INSERT INTO stockd_migrations (version) VALUES (?)", v); err != nil {
 			return fmt.Errorf("migrate: record version %d: %w", v, err)
