@@ -7,6 +7,7 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -20,6 +21,7 @@ import (
 	"strings"
 
 	"github.com/stockd/stockd/internal/ident"
+	"github.com/stockd/stockd/internal/strictjson"
 )
 
 var (
@@ -283,8 +285,8 @@ func (s *Server) putSKU(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var b putBody
-	if err := decode(r, &b); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	if err := decode(r, &b, putKeys); err != nil {
+		writeBadBody(w, err)
 		return
 	}
 	spec, err := s.spec(b)
@@ -355,8 +357,8 @@ type addShardBody struct {
 
 func (s *Server) addShard(w http.ResponseWriter, r *http.Request) {
 	var b addShardBody
-	if err := decode(r, &b); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	if err := decode(r, &b, addShardKeys); err != nil {
+		writeBadBody(w, err)
 		return
 	}
 	switch {
@@ -389,8 +391,8 @@ type moveShardBody struct {
 
 func (s *Server) moveShard(w http.ResponseWriter, r *http.Request) {
 	var b moveShardBody
-	if err := decode(r, &b); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	if err := decode(r, &b, moveShardKeys); err != nil {
+		writeBadBody(w, err)
 		return
 	}
 	if b.Addr == nil || *b.Addr == "" {
@@ -417,8 +419,8 @@ func (s *Server) rebalance(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var b RebalanceSpec
-	if err := decode(r, &b); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	if err := decode(r, &b, rebalanceKeys); err != nil {
+		writeBadBody(w, err)
 		return
 	}
 	n := 0
@@ -509,31 +511,70 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 	}
 }
 
-// decode reads a JSON body strictly: unknown fields, trailing data and
+// badBody is a 400 for a request body, naming the field (or key) at fault.
+type badBody struct{ field, msg string }
+
+func (e *badBody) Error() string { return e.msg }
+
+// decode reads a JSON body strictly: keys are checked byte-exactly first
+// (strictjson: an unknown key, a case variant, a duplicate or an escaped
+// key is refused, naming it, where encoding/json would match keys without
+// regard to case and let the last duplicate win); then trailing data and
 // wrong types are errors naming the field.
-func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
-	dec.DisallowUnknownFields()
+func decode(r *http.Request, v any, keys strictjson.Keys) error {
+	b, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return &badBody{"body", fmt.Sprintf("body: larger than %d bytes", maxBody)}
+		}
+		return &badBody{"body", "body: " + err.Error()}
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return &badBody{"body", "body: empty, want a JSON object"}
+	}
+	if err := strictjson.Check(b, keys); err != nil {
+		var ke *strictjson.KeyError
+		switch {
+		case errors.As(err, &ke):
+			return &badBody{ke.Key, ke.Error()}
+		case errors.Is(err, strictjson.ErrNotObject):
+			return &badBody{"body", "body: want a JSON object"}
+		}
+		// Malformed: encoding/json says where.
+		if jerr := json.Unmarshal(b, new(any)); jerr != nil {
+			return &badBody{"body", "body: malformed JSON: " + jerr.Error()}
+		}
+		return &badBody{"body", "body: malformed JSON"}
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields() // the keys are exact already; kept as a backstop
 	if err := dec.Decode(v); err != nil {
 		var te *json.UnmarshalTypeError
-		var mbe *http.MaxBytesError
-		switch {
-		case errors.As(err, &te):
-			return fmt.Errorf("%s: must be %s", te.Field, te.Type)
-		case errors.As(err, &mbe):
-			return fmt.Errorf("body: larger than %d bytes", maxBody)
-		case errors.Is(err, io.EOF):
-			return errors.New("body: empty, want a JSON object")
-		case strings.HasPrefix(err.Error(), "json: unknown field "):
-			return fmt.Errorf("%s: unknown field", strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`))
-		default:
-			return fmt.Errorf("body: malformed JSON: %v", err)
+		if errors.As(err, &te) {
+			return &badBody{te.Field, fmt.Sprintf("%s: must be %s", te.Field, te.Type)}
 		}
-	}
-	if dec.More() {
-		return errors.New("body: trailing data after the JSON object")
+		return &badBody{"body", fmt.Sprintf("body: malformed JSON: %v", err)}
 	}
 	return nil
+}
+
+// Each body's keys, from its json tags.
+var (
+	putKeys       = strictjson.KeysOf(putBody{})
+	addShardKeys  = strictjson.KeysOf(addShardBody{})
+	moveShardKeys = strictjson.KeysOf(moveShardBody{})
+	rebalanceKeys = strictjson.KeysOf(RebalanceSpec{})
+)
+
+// writeBadBody answers 400 invalid_argument for a decode error.
+func writeBadBody(w http.ResponseWriter, err error) {
+	var bb *badBody
+	if errors.As(err, &bb) {
+		writeCodeError(w, http.StatusBadRequest, bb.msg, "invalid_argument", bb.field)
+		return
+	}
+	writeCodeError(w, http.StatusBadRequest, err.Error(), "invalid_argument", "")
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -546,4 +587,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// writeCodeError answers an error with its code and, when set, the field
+// it names.
+func writeCodeError(w http.ResponseWriter, status int, msg, code, field string) {
+	writeJSON(w, status, struct {
+		Error string `json:"error"`
+		Code  string `json:"code"`
+		Field string `json:"field,omitempty"`
+	}{msg, code, field})
 }
