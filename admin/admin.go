@@ -238,7 +238,15 @@ func New(o Options) *Server {
 }
 
 // ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if len(r.TransferEncoding) > 0 {
+		// The daemon's framing check (httpframe.Listener) follows a
+		// connection's requests by Content-Length and stops checking after
+		// a chunked one: end the connection with it.
+		w.Header().Set("Connection", "close")
+	}
+	s.mux.ServeHTTP(w, r)
+}
 
 // handle registers an authenticated route. Authentication comes before
 // routing details, so a caller without the token learns nothing (not even

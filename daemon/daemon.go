@@ -24,6 +24,7 @@ import (
 
 	"github.com/stockd/stockd/admin"
 	"github.com/stockd/stockd/daemon/cluster"
+	"github.com/stockd/stockd/internal/httpframe"
 	"github.com/stockd/stockd/internal/reservation"
 	"github.com/stockd/stockd/internal/schema"
 	"github.com/stockd/stockd/internal/tlsx"
@@ -326,7 +327,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error {
-		if err := adminSrv.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := adminSrv.Serve(httpframe.Listener(adminLn)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("admin: %w", err)
 		}
 		return nil

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/valyala/fasthttp"
 
+	"github.com/stockd/stockd/internal/httpframe"
 	"github.com/stockd/stockd/internal/ident"
 	"github.com/stockd/stockd/internal/reservation"
 	"github.com/stockd/stockd/internal/strictjson"
@@ -99,6 +100,17 @@ func (h *hot) server() *fasthttp.Server {
 
 func (h *hot) handle(ctx *fasthttp.RequestCtx) {
 	ctx.SetContentType("application/json")
+	// fasthttp refuses most bad framing itself (duplicate or invalid
+	// Content-Length, codings other than chunked and identity), but reads
+	// Content-Length with Transfer-Encoding as chunked and accepts
+	// "identity": refuse those here, from the headers as they came, and
+	// close the connection, whose next bytes a proxy may frame otherwise.
+	if _, err := httpframe.Check(ctx.Request.Header.RawHeaders(), !ctx.Request.Header.IsHTTP11()); err != nil {
+		ctx.SetConnectionClose()
+		h.m.bad.Inc()
+		writeErrCode(ctx, fasthttp.StatusBadRequest, "request: "+err.Error(), "invalid_argument", "")
+		return
+	}
 	path := ctx.Path()
 	switch string(path) {
 	case "/v1/deduct":
