@@ -2,7 +2,11 @@
 // verify, rebalance, in-doubt), shards (add, fail over, drain, remove), the
 // cluster view, metrics, profiles and the status page. Every route but
 // /healthz and the page's own static files needs the admin token, as
-// "Authorization: Bearer <token>" or as the password of HTTP Basic. It
+// "Authorization: Bearer <token>" or as the password of HTTP Basic. A
+// browser attaches Basic credentials to any request to the admin origin,
+// so a change (any method but GET and HEAD) signed in with Basic must also
+// come from the admin's own origin with a JSON content type (crossSite).
+// Request bodies are read strictly: exact keys, no duplicates (decode). It
 // holds no state; it calls the catalog the daemon wires in.
 package admin
 
@@ -15,9 +19,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"strings"
 
 	"github.com/stockd/stockd/internal/ident"
@@ -250,33 +256,93 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // handle registers an authenticated route. Authentication comes before
 // routing details, so a caller without the token learns nothing (not even
-// whether a SKU exists).
+// whether a SKU exists). A request that changes state with credentials a
+// browser attaches by itself (HTTP Basic) must also show it was not sent
+// by another site (crossSite).
 func (s *Server) handle(pattern string, h http.HandlerFunc) {
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		if !s.authorized(r) {
+		how := s.authenticate(r)
+		if how == authNone {
 			w.Header().Set("WWW-Authenticate", `Basic realm="stockd admin (password: the admin token)"`)
 			w.Header().Add("WWW-Authenticate", `Bearer realm="stockd"`)
 			writeError(w, http.StatusUnauthorized, "unauthorized")
 			return
 		}
+		if how == authBasic && r.Method != http.MethodGet && r.Method != http.MethodHead {
+			if status, msg := crossSite(r); status != 0 {
+				code := "forbidden"
+				if status == http.StatusUnsupportedMediaType {
+					code = "unsupported_media_type"
+				}
+				writeCodeError(w, status, msg, code, "")
+				return
+			}
+		}
 		h(w, r)
 	})
 }
 
-// authorized accepts "Bearer <token>", and HTTP Basic with the token as
+type auth int
+
+const (
+	authNone auth = iota
+	// authBearer: "Authorization: Bearer" is never attached by a browser
+	// on its own, and a page of another origin cannot set it without a
+	// CORS preflight, which this API never grants.
+	authBearer
+	// authBasic: once a browser signed in (the status page), it attaches
+	// these credentials to every request to the admin origin, whichever
+	// site made it send the request.
+	authBasic
+)
+
+// authenticate accepts "Bearer <token>", and HTTP Basic with the token as
 // the password (any user name) so that a browser can open the status page
 // and the page's own requests carry the credentials.
-func (s *Server) authorized(r *http.Request) bool {
+func (s *Server) authenticate(r *http.Request) auth {
 	if len(s.token) == 0 {
-		return false
+		return authNone
 	}
 	if got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-		return subtle.ConstantTimeCompare([]byte(got), s.token) == 1
+		if subtle.ConstantTimeCompare([]byte(got), s.token) == 1 {
+			return authBearer
+		}
+		return authNone
 	}
-	if _, pass, ok := r.BasicAuth(); ok {
-		return subtle.ConstantTimeCompare([]byte(pass), s.token) == 1
+	if _, pass, ok := r.BasicAuth(); ok && subtle.ConstantTimeCompare([]byte(pass), s.token) == 1 {
+		return authBasic
 	}
-	return false
+	return authNone
+}
+
+func (s *Server) authorized(r *http.Request) bool { return s.authenticate(r) != authNone }
+
+// crossSite refuses a state-changing request a browser could have been
+// made to send by another site: 403 when the browser says so (an Origin
+// other than the admin's own, a Sec-Fetch-Site other than same-origin or
+// none), 415 when the content type is one a plain cross-site form or fetch
+// can send without a CORS preflight. Only application/json passes, even on
+// routes without a body: a page of another origin cannot send it without a
+// preflight, which this API never grants. A zero status passes.
+func crossSite(r *http.Request) (int, string) {
+	if origin := r.Header.Get("Origin"); origin != "" {
+		scheme := "http://"
+		if r.TLS != nil {
+			scheme = "https://"
+		}
+		if !strings.EqualFold(origin, scheme+r.Host) {
+			return http.StatusForbidden, "cross-origin request refused: origin " + strconv.Quote(origin) + " is not this admin API's"
+		}
+	}
+	switch site := r.Header.Get("Sec-Fetch-Site"); site {
+	case "", "same-origin", "none":
+	default:
+		return http.StatusForbidden, "cross-origin request refused: Sec-Fetch-Site " + strconv.Quote(site)
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		return http.StatusUnsupportedMediaType, "content type: want application/json for a change signed in with HTTP Basic (or use Authorization: Bearer)"
+	}
+	return 0, ""
 }
 
 type putBody struct {
