@@ -196,8 +196,8 @@ func bodyErr(err error, want string) badInput {
 	return badInput{msg: "body: malformed JSON, want an object with " + want, field: "body"}
 }
 
-// parseDeduct reads and checks a deduct body; a non-empty message is the
-// 400 answer, naming the field. Keys are exact (see scanDeduct) on every
+// parseDeduct reads and checks a deduct body; a badInput with a message is
+// the 400 answer, naming the field or key. Keys are exact (see scanDeduct) on every
 // path; encoding/json only decodes values the scanner does not read
 // itself, once the keys are known to be exact.
 func (h *hot) parseDeduct(body []byte) (deductRequest, badInput) {

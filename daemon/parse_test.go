@@ -174,3 +174,15 @@ func TestParseDeductRefusals(t *testing.T) {
 		t.Errorf("plain body refused: %+v", got)
 	}
 }
+
+// BenchmarkParseDeduct: the common body, keys checked, read in place.
+func BenchmarkParseDeduct(b *testing.B) {
+	h := &hot{maxQty: 100}
+	body := []byte(`{"sku":"S1","qty":2,"request_id":"order-1001","user_id":"u-42"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, bad := h.parseDeduct(body); bad.msg != "" {
+			b.Fatal(bad.msg)
+		}
+	}
+}

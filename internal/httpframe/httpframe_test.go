@@ -161,3 +161,14 @@ func itoa(n int) string {
 	}
 	return itoa(n/10) + string(rune('0'+n%10))
 }
+
+// BenchmarkCheck: a gateway's usual request head.
+func BenchmarkCheck(b *testing.B) {
+	lines := []byte("Host: stockd:8080\r\nUser-Agent: gateway/1.0\r\nContent-Type: application/json\r\nContent-Length: 64\r\nAccept: */*\r\n\r\n")
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Check(lines, false); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
