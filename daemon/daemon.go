@@ -252,7 +252,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	})
 
 	hotSrv := h.server()
-	adminSrv := &http.Server{Handler: adm, ReadHeaderTimeout: 10 * time.Second}
+	// The framing check (httpframe.Listener) stops following a connection
+	// after a chunked request and relies on the admin API closing it;
+	// net/http's own "OPTIONS *" answer would keep it open.
+	adminSrv := &http.Server{Handler: adm, ReadHeaderTimeout: 10 * time.Second, DisableGeneralOptionsHandler: true}
 
 	// Background work outlives the HTTP servers by a little: in-flight
 	// deductions may still ask for refills while they finish.

@@ -63,6 +63,23 @@ func TestSmuggling(t *testing.T) {
 	if v := getSKU(t, n, "S"); v.Total != 1003 {
 		t.Errorf("admin, pipelined restocks: total %d, want 1003", v.Total)
 	}
+	// After a chunked request the admin port stops following the
+	// connection, so nothing may be served after it on that connection,
+	// whatever answered it: here net/http's own "OPTIONS *" handler.
+	for _, first := range []string{
+		"OPTIONS * HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"POST /nowhere HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		adminHead + "Transfer-Encoding: chunked\r\n\r\n" + chunked(`{"total":1004}`),
+	} {
+		smuggled := adminHead + "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(`{"total":7000}`)
+		answers := rawPipeline(t, n.admin, first+smuggled, 2)
+		if len(answers) != 1 {
+			t.Errorf("admin, a request after %q on one connection: answers %v, want one", first[:20], answers)
+		}
+		if v := getSKU(t, n, "S"); v.Total == 7000 {
+			t.Fatalf("admin: a request smuggled after %q restocked: total %d", first[:20], v.Total)
+		}
+	}
 }
 
 // rawHTTP writes req on a fresh TCP connection and reads one answer: the
