@@ -2,11 +2,16 @@
 // verify, rebalance, in-doubt), shards (add, fail over, drain, remove), the
 // cluster view, metrics, profiles and the status page. Every route but
 // /healthz and the page's own static files needs the admin token, as
-// "Authorization: Bearer <token>" or as the password of HTTP Basic. It
+// "Authorization: Bearer <token>" or as the password of HTTP Basic. A
+// browser attaches Basic credentials to any request to the admin origin,
+// so a change (any method but GET and HEAD) signed in with Basic must also
+// come from the admin's own origin with a JSON content type (crossSite).
+// Request bodies are read strictly: exact keys, no duplicates (decode). It
 // holds no state; it calls the catalog the daemon wires in.
 package admin
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -14,12 +19,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"strings"
 
 	"github.com/stockd/stockd/internal/ident"
+	"github.com/stockd/stockd/internal/strictjson"
 )
 
 var (
@@ -236,37 +244,105 @@ func New(o Options) *Server {
 }
 
 // ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if len(r.TransferEncoding) > 0 {
+		// The daemon's framing check (httpframe.Listener) follows a
+		// connection's requests by Content-Length and stops checking after
+		// a chunked one: end the connection with it.
+		w.Header().Set("Connection", "close")
+	}
+	s.mux.ServeHTTP(w, r)
+}
 
 // handle registers an authenticated route. Authentication comes before
 // routing details, so a caller without the token learns nothing (not even
-// whether a SKU exists).
+// whether a SKU exists). A request that changes state with credentials a
+// browser attaches by itself (HTTP Basic) must also show it was not sent
+// by another site (crossSite).
 func (s *Server) handle(pattern string, h http.HandlerFunc) {
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		if !s.authorized(r) {
+		how := s.authenticate(r)
+		if how == authNone {
 			w.Header().Set("WWW-Authenticate", `Basic realm="stockd admin (password: the admin token)"`)
 			w.Header().Add("WWW-Authenticate", `Bearer realm="stockd"`)
 			writeError(w, http.StatusUnauthorized, "unauthorized")
 			return
 		}
+		if how == authBasic && r.Method != http.MethodGet && r.Method != http.MethodHead {
+			if status, msg := crossSite(r); status != 0 {
+				code := "forbidden"
+				if status == http.StatusUnsupportedMediaType {
+					code = "unsupported_media_type"
+				}
+				writeCodeError(w, status, msg, code, "")
+				return
+			}
+		}
 		h(w, r)
 	})
 }
 
-// authorized accepts "Bearer <token>", and HTTP Basic with the token as
+type auth int
+
+const (
+	authNone auth = iota
+	// authBearer: "Authorization: Bearer" is never attached by a browser
+	// on its own, and a page of another origin cannot set it without a
+	// CORS preflight, which this API never grants.
+	authBearer
+	// authBasic: once a browser signed in (the status page), it attaches
+	// these credentials to every request to the admin origin, whichever
+	// site made it send the request.
+	authBasic
+)
+
+// authenticate accepts "Bearer <token>", and HTTP Basic with the token as
 // the password (any user name) so that a browser can open the status page
 // and the page's own requests carry the credentials.
-func (s *Server) authorized(r *http.Request) bool {
+func (s *Server) authenticate(r *http.Request) auth {
 	if len(s.token) == 0 {
-		return false
+		return authNone
 	}
 	if got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-		return subtle.ConstantTimeCompare([]byte(got), s.token) == 1
+		if subtle.ConstantTimeCompare([]byte(got), s.token) == 1 {
+			return authBearer
+		}
+		return authNone
 	}
-	if _, pass, ok := r.BasicAuth(); ok {
-		return subtle.ConstantTimeCompare([]byte(pass), s.token) == 1
+	if _, pass, ok := r.BasicAuth(); ok && subtle.ConstantTimeCompare([]byte(pass), s.token) == 1 {
+		return authBasic
 	}
-	return false
+	return authNone
+}
+
+func (s *Server) authorized(r *http.Request) bool { return s.authenticate(r) != authNone }
+
+// crossSite refuses a state-changing request a browser could have been
+// made to send by another site: 403 when the browser says so (an Origin
+// other than the admin's own, a Sec-Fetch-Site other than same-origin or
+// none), 415 when the content type is one a plain cross-site form or fetch
+// can send without a CORS preflight. Only application/json passes, even on
+// routes without a body: a page of another origin cannot send it without a
+// preflight, which this API never grants. A zero status passes.
+func crossSite(r *http.Request) (int, string) {
+	if origin := r.Header.Get("Origin"); origin != "" {
+		scheme := "http://"
+		if r.TLS != nil {
+			scheme = "https://"
+		}
+		if !strings.EqualFold(origin, scheme+r.Host) {
+			return http.StatusForbidden, "cross-origin request refused: origin " + strconv.Quote(origin) + " is not this admin API's"
+		}
+	}
+	switch site := r.Header.Get("Sec-Fetch-Site"); site {
+	case "", "same-origin", "none":
+	default:
+		return http.StatusForbidden, "cross-origin request refused: Sec-Fetch-Site " + strconv.Quote(site)
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		return http.StatusUnsupportedMediaType, "content type: want application/json for a change signed in with HTTP Basic (or use Authorization: Bearer)"
+	}
+	return 0, ""
 }
 
 type putBody struct {
@@ -283,8 +359,8 @@ func (s *Server) putSKU(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var b putBody
-	if err := decode(r, &b); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	if err := decode(r, &b, putKeys); err != nil {
+		writeBadBody(w, err)
 		return
 	}
 	spec, err := s.spec(b)
@@ -355,8 +431,8 @@ type addShardBody struct {
 
 func (s *Server) addShard(w http.ResponseWriter, r *http.Request) {
 	var b addShardBody
-	if err := decode(r, &b); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	if err := decode(r, &b, addShardKeys); err != nil {
+		writeBadBody(w, err)
 		return
 	}
 	switch {
@@ -389,8 +465,8 @@ type moveShardBody struct {
 
 func (s *Server) moveShard(w http.ResponseWriter, r *http.Request) {
 	var b moveShardBody
-	if err := decode(r, &b); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	if err := decode(r, &b, moveShardKeys); err != nil {
+		writeBadBody(w, err)
 		return
 	}
 	if b.Addr == nil || *b.Addr == "" {
@@ -417,8 +493,8 @@ func (s *Server) rebalance(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var b RebalanceSpec
-	if err := decode(r, &b); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+	if err := decode(r, &b, rebalanceKeys); err != nil {
+		writeBadBody(w, err)
 		return
 	}
 	n := 0
@@ -509,31 +585,70 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 	}
 }
 
-// decode reads a JSON body strictly: unknown fields, trailing data and
+// badBody is a 400 for a request body, naming the field (or key) at fault.
+type badBody struct{ field, msg string }
+
+func (e *badBody) Error() string { return e.msg }
+
+// decode reads a JSON body strictly: keys are checked byte-exactly first
+// (strictjson: an unknown key, a case variant, a duplicate or an escaped
+// key is refused, naming it, where encoding/json would match keys without
+// regard to case and let the last duplicate win); then trailing data and
 // wrong types are errors naming the field.
-func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, maxBody))
-	dec.DisallowUnknownFields()
+func decode(r *http.Request, v any, keys strictjson.Keys) error {
+	b, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return &badBody{"body", fmt.Sprintf("body: larger than %d bytes", maxBody)}
+		}
+		return &badBody{"body", "body: " + err.Error()}
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return &badBody{"body", "body: empty, want a JSON object"}
+	}
+	if err := strictjson.Check(b, keys); err != nil {
+		var ke *strictjson.KeyError
+		switch {
+		case errors.As(err, &ke):
+			return &badBody{ke.Key, ke.Error()}
+		case errors.Is(err, strictjson.ErrNotObject):
+			return &badBody{"body", "body: want a JSON object"}
+		}
+		// Malformed: encoding/json says where.
+		if jerr := json.Unmarshal(b, new(any)); jerr != nil {
+			return &badBody{"body", "body: malformed JSON: " + jerr.Error()}
+		}
+		return &badBody{"body", "body: malformed JSON"}
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields() // the keys are exact already; kept as a backstop
 	if err := dec.Decode(v); err != nil {
 		var te *json.UnmarshalTypeError
-		var mbe *http.MaxBytesError
-		switch {
-		case errors.As(err, &te):
-			return fmt.Errorf("%s: must be %s", te.Field, te.Type)
-		case errors.As(err, &mbe):
-			return fmt.Errorf("body: larger than %d bytes", maxBody)
-		case errors.Is(err, io.EOF):
-			return errors.New("body: empty, want a JSON object")
-		case strings.HasPrefix(err.Error(), "json: unknown field "):
-			return fmt.Errorf("%s: unknown field", strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`))
-		default:
-			return fmt.Errorf("body: malformed JSON: %v", err)
+		if errors.As(err, &te) {
+			return &badBody{te.Field, fmt.Sprintf("%s: must be %s", te.Field, te.Type)}
 		}
-	}
-	if dec.More() {
-		return errors.New("body: trailing data after the JSON object")
+		return &badBody{"body", fmt.Sprintf("body: malformed JSON: %v", err)}
 	}
 	return nil
+}
+
+// Each body's keys, from its json tags.
+var (
+	putKeys       = strictjson.KeysOf(putBody{})
+	addShardKeys  = strictjson.KeysOf(addShardBody{})
+	moveShardKeys = strictjson.KeysOf(moveShardBody{})
+	rebalanceKeys = strictjson.KeysOf(RebalanceSpec{})
+)
+
+// writeBadBody answers 400 invalid_argument for a decode error.
+func writeBadBody(w http.ResponseWriter, err error) {
+	var bb *badBody
+	if errors.As(err, &bb) {
+		writeCodeError(w, http.StatusBadRequest, bb.msg, "invalid_argument", bb.field)
+		return
+	}
+	writeCodeError(w, http.StatusBadRequest, err.Error(), "invalid_argument", "")
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -546,4 +661,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// writeCodeError answers an error with its code and, when set, the field
+// it names.
+func writeCodeError(w http.ResponseWriter, status int, msg, code, field string) {
+	writeJSON(w, status, struct {
+		Error string `json:"error"`
+		Code  string `json:"code"`
+		Field string `json:"field,omitempty"`
+	}{msg, code, field})
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/stockd/stockd/admin"
 	"github.com/stockd/stockd/daemon/cluster"
+	"github.com/stockd/stockd/internal/httpframe"
 	"github.com/stockd/stockd/internal/reservation"
 	"github.com/stockd/stockd/internal/schema"
 	"github.com/stockd/stockd/internal/tlsx"
@@ -251,7 +252,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	})
 
 	hotSrv := h.server()
-	adminSrv := &http.Server{Handler: adm, ReadHeaderTimeout: 10 * time.Second}
+	// The framing check (httpframe.Listener) stops following a connection
+	// after a chunked request and relies on the admin API closing it;
+	// net/http's own "OPTIONS *" answer would keep it open.
+	adminSrv := &http.Server{Handler: adm, ReadHeaderTimeout: 10 * time.Second, DisableGeneralOptionsHandler: true}
 
 	// Background work outlives the HTTP servers by a little: in-flight
 	// deductions may still ask for refills while they finish.
@@ -326,7 +330,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error {
-		if err := adminSrv.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := adminSrv.Serve(httpframe.Listener(adminLn)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("admin: %w", err)
 		}
 		return nil

@@ -197,7 +197,7 @@ func newBuyer(conns int) *buyer {
 }
 
 type answer struct {
-	Code        int
+	Code        int    `json:"-"` // the HTTP status; the body's "code" is not this
 	Status      string `json:"status"`
 	Reservation string `json:"reservation"`
 	SKU         string `json:"sku"`

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -15,8 +16,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/valyala/fasthttp"
 
+	"github.com/stockd/stockd/internal/httpframe"
 	"github.com/stockd/stockd/internal/ident"
 	"github.com/stockd/stockd/internal/reservation"
+	"github.com/stockd/stockd/internal/strictjson"
 	"github.com/stockd/stockd/scheduler"
 	stocksync "github.com/stockd/stockd/sync"
 )
@@ -97,6 +100,17 @@ func (h *hot) server() *fasthttp.Server {
 
 func (h *hot) handle(ctx *fasthttp.RequestCtx) {
 	ctx.SetContentType("application/json")
+	// fasthttp refuses most bad framing itself (duplicate or invalid
+	// Content-Length, codings other than chunked and identity), but reads
+	// Content-Length with Transfer-Encoding as chunked and accepts
+	// "identity": refuse those here, from the headers as they came, and
+	// close the connection, whose next bytes a proxy may frame otherwise.
+	if _, err := httpframe.Check(ctx.Request.Header.RawHeaders(), !ctx.Request.Header.IsHTTP11()); err != nil {
+		ctx.SetConnectionClose()
+		h.m.bad.Inc()
+		writeErrCode(ctx, fasthttp.StatusBadRequest, "request: "+err.Error(), "invalid_argument", "")
+		return
+	}
 	path := ctx.Path()
 	switch string(path) {
 	case "/v1/deduct":
@@ -160,52 +174,80 @@ type deductRequest struct {
 	qty                    int64
 }
 
-// parseDeduct reads and checks a deduct body; a non-empty message is the
-// 400 answer, naming the field.
-func (h *hot) parseDeduct(body []byte) (deductRequest, string) {
+// badInput is a 400 answer: its message and the field (or key) it names.
+type badInput struct{ msg, field string }
+
+// inputErr names the field a "field: problem" message starts with.
+func inputErr(msg string) badInput {
+	if msg == "" {
+		return badInput{}
+	}
+	field, _, _ := strings.Cut(msg, ":")
+	return badInput{msg: msg, field: field}
+}
+
+// bodyErr is the answer to a body strictjson refused: a key error names the
+// key as written; malformed JSON names the body.
+func bodyErr(err error, want string) badInput {
+	var ke *strictjson.KeyError
+	if errors.As(err, &ke) {
+		return badInput{msg: ke.Error(), field: ke.Key}
+	}
+	return badInput{msg: "body: malformed JSON, want an object with " + want, field: "body"}
+}
+
+// parseDeduct reads and checks a deduct body; a badInput with a message is
+// the 400 answer, naming the field or key. Keys are exact (see scanDeduct) on every
+// path; encoding/json only decodes values the scanner does not read
+// itself, once the keys are known to be exact.
+func (h *hot) parseDeduct(body []byte) (deductRequest, badInput) {
 	var r deductRequest
 	var f fastDeduct
-	if parseDeductFast(body, &f) && f.hasSKU && f.hasQty && f.hasReq {
+	if err := scanDeduct(body, &f); err != nil {
+		return r, bodyErr(err, "sku, qty and request_id")
+	}
+	if !f.slow && f.has(keySKU) && f.has(keyQty) && f.has(keyRequestID) {
 		r.sku, r.requestID, r.qty = string(f.sku), string(f.requestID), f.qty
-		if f.hasUser {
+		if f.has(keyUserID) {
 			r.userID = string(f.userID)
 		}
-		return r, h.check(r, f.hasUser)
+		return r, inputErr(h.check(r, f.has(keyUserID)))
 	}
-	// Anything unusual: encoding/json gives the exact error.
+	// Escaped or non-ASCII strings, numbers that are not plain integers,
+	// wrong types, missing keys: encoding/json gives the exact error.
 	var b deductBody
 	if err := json.Unmarshal(body, &b); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
-			return r, te.Field + ": must be a string"
+			return r, inputErr(te.Field + ": must be a string")
 		}
-		return r, "body: malformed JSON, want an object with sku, qty and request_id"
+		return r, bodyErr(err, "sku, qty and request_id")
 	}
 	if b.SKU == nil {
-		return r, "sku: required"
+		return r, inputErr("sku: required")
 	}
 	r.sku = *b.SKU
 	if err := ident.ValidSKU(r.sku); err != nil {
-		return r, "sku: " + err.Error()
+		return r, inputErr("sku: " + err.Error())
 	}
 	if len(b.Qty) == 0 || string(b.Qty) == "null" {
-		return r, "qty: required"
+		return r, inputErr("qty: required")
 	}
 	var err error
 	if r.qty, err = strconv.ParseInt(string(b.Qty), 10, 64); err != nil {
-		return r, "qty: must be an integer"
+		return r, inputErr("qty: must be an integer")
 	}
 	if b.RequestID == nil {
 		if r.qty < 1 || r.qty > h.maxQty {
-			return r, "qty: must be between 1 and " + strconv.FormatInt(h.maxQty, 10)
+			return r, inputErr("qty: must be between 1 and " + strconv.FormatInt(h.maxQty, 10))
 		}
-		return r, "request_id: required"
+		return r, inputErr("request_id: required")
 	}
 	r.requestID = *b.RequestID
 	if b.UserID != nil {
 		r.userID = *b.UserID
 	}
-	return r, h.check(r, b.UserID != nil)
+	return r, inputErr(h.check(r, b.UserID != nil))
 }
 
 // check validates the fields of a parsed body, in the order the errors
@@ -233,9 +275,9 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		h.shed(ctx, "too many requests from this client, slow down")
 		return
 	}
-	r, msg := h.parseDeduct(ctx.PostBody())
-	if msg != "" {
-		h.badRequest(ctx, msg)
+	r, bad := h.parseDeduct(ctx.PostBody())
+	if bad.msg != "" {
+		h.badRequest(ctx, bad)
 		return
 	}
 	if h.limits.SKUInflight > 0 {
@@ -298,20 +340,28 @@ type settleBody struct {
 	Reservation *string `json:"reservation"`
 }
 
+// settleKeys are the only keys of a confirm or release body.
+var settleKeys = strictjson.KeysOf(settleBody{})
+
 // settle confirms or releases a reservation; both are idempotent.
 func (h *hot) settle(ctx *fasthttp.RequestCtx, confirm bool) {
 	var b settleBody
+	// Keys first, byte-exactly: encoding/json would take "Reservation".
+	if err := strictjson.Check(ctx.PostBody(), settleKeys); err != nil {
+		writeBad(ctx, bodyErr(err, "reservation"))
+		return
+	}
 	if err := json.Unmarshal(ctx.PostBody(), &b); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
-			writeErr(ctx, fasthttp.StatusBadRequest, te.Field+": must be a string")
+			writeBad(ctx, inputErr(te.Field+": must be a string"))
 			return
 		}
-		writeErr(ctx, fasthttp.StatusBadRequest, "body: malformed JSON, want an object with reservation")
+		writeBad(ctx, bodyErr(err, "reservation"))
 		return
 	}
 	if b.Reservation == nil || *b.Reservation == "" {
-		writeErr(ctx, fasthttp.StatusBadRequest, "reservation: required")
+		writeBad(ctx, inputErr("reservation: required"))
 		return
 	}
 	detailID, qty, err := h.signer.Decode(*b.Reservation)
@@ -372,9 +422,14 @@ func (h *hot) shed(ctx *fasthttp.RequestCtx, msg string) {
 	writeErr(ctx, fasthttp.StatusTooManyRequests, msg)
 }
 
-func (h *hot) badRequest(ctx *fasthttp.RequestCtx, msg string) {
+func (h *hot) badRequest(ctx *fasthttp.RequestCtx, bad badInput) {
 	h.m.bad.Inc()
-	writeErr(ctx, fasthttp.StatusBadRequest, msg)
+	writeBad(ctx, bad)
+}
+
+// writeBad answers 400 invalid_argument, naming the field.
+func writeBad(ctx *fasthttp.RequestCtx, bad badInput) {
+	writeErrCode(ctx, fasthttp.StatusBadRequest, bad.msg, "invalid_argument", bad.field)
 }
 
 func methodNotAllowed(ctx *fasthttp.RequestCtx, allow string) {
@@ -387,6 +442,19 @@ func writeErr(ctx *fasthttp.RequestCtx, status int, msg string) {
 	buf := append(make([]byte, 0, 16+len(msg)), `{"error":`...)
 	buf = strconv.AppendQuote(buf, msg)
 	ctx.SetBody(append(buf, '}'))
+}
+
+// writeErrCode answers an error with its code and, when set, the field it
+// names. The message and field may repeat what a caller sent (a key), so
+// encoding/json quotes them: strconv's quoting is not JSON's.
+func writeErrCode(ctx *fasthttp.RequestCtx, status int, msg, code, field string) {
+	ctx.SetStatusCode(status)
+	b, _ := json.Marshal(struct {
+		Error string `json:"error"`
+		Code  string `json:"code"`
+		Field string `json:"field,omitempty"`
+	}{msg, code, field})
+	ctx.SetBody(b)
 }
 
 // slogPrintf adapts slog to fasthttp's Printf logger, at debug level.

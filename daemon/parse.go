@@ -1,101 +1,135 @@
 package daemon
 
-// fastDeduct is the deduct body as the fast parser read it. Its slices
-// point into the request body.
+import "github.com/stockd/stockd/internal/strictjson"
+
+// The deduct body's keys, in their only accepted spelling; bit i of
+// fastDeduct.seen is deductKeys[i].
+const (
+	keySKU = iota
+	keyQty
+	keyRequestID
+	keyUserID
+)
+
+var deductKeys = [...]string{keySKU: "sku", keyQty: "qty", keyRequestID: "request_id", keyUserID: "user_id"}
+
+// fastDeduct is the deduct body as scanDeduct read it. Its slices point
+// into the request body.
 type fastDeduct struct {
 	sku, requestID, userID []byte
-	hasSKU, hasQty, hasReq bool
-	hasUser                bool
 	qty                    int64
+	seen                   uint8 // bit per deductKeys index
+	// slow is set when a value is not a plain string (no escapes, ASCII)
+	// or a plain integer: encoding/json then decodes the values, and gives
+	// the exact error for a wrong one. The keys are checked either way.
+	slow bool
 }
 
-// parseDeductFast reads the common shape of a deduct body, a flat JSON
-// object of plain strings and integers, without allocating. It reports
-// false for anything it does not handle on its own (escapes, nested
-// values, fractions, exponents, leading zeros, huge numbers, malformed
-// JSON); the caller then parses with encoding/json, which gives the exact
-// error. Whatever it accepts, encoding/json would read the same way.
-func parseDeductFast(b []byte, out *fastDeduct) bool {
-	i := skipWS(b, 0)
-	if i >= len(b) || b[i] != '{' {
-		return false
+func (f *fastDeduct) has(k int) bool { return f.seen&(1<<k) != 0 }
+
+// scanDeduct reads a deduct body, a flat JSON object, without allocating
+// on success. Its keys are checked byte-exactly: a key that is not one of
+// deductKeys in its exact spelling (a case variant, a look-alike such as
+// the Kelvin sign), a key repeated, or a key written with a JSON escape is
+// a *strictjson.KeyError naming it; malformed JSON is strictjson.ErrSyntax
+// (or ErrNotObject). Plain values are read in place; any other value of a
+// known key sets slow and is skipped.
+func scanDeduct(b []byte, out *fastDeduct) error {
+	i := strictjson.SkipWS(b, 0)
+	if i >= len(b) {
+		return strictjson.ErrSyntax
 	}
-	i = skipWS(b, i+1)
+	if b[i] != '{' {
+		return strictjson.Check(b, nil) // ErrNotObject or ErrSyntax
+	}
+	i = strictjson.SkipWS(b, i+1)
 	if i < len(b) && b[i] == '}' {
-		return skipWS(b, i+1) == len(b)
+		return trailing(b, i+1)
 	}
 	for {
-		key, j, ok := plainString(b, i)
+		key, j, escaped, ok := strictjson.ReadKey(b, i)
 		if !ok {
-			return false
+			return strictjson.ErrSyntax
 		}
-		i = skipWS(b, j)
-		if i >= len(b) || b[i] != ':' {
-			return false
+		if escaped {
+			return strictjson.NewKeyError(key, strictjson.Escaped)
 		}
-		i = skipWS(b, i+1)
-		if i >= len(b) {
-			return false
-		}
+		k := -1
 		switch string(key) { // no allocation: the compiler compares in place
-		case "sku", "request_id", "user_id":
-			v, j, ok := plainString(b, i)
-			if !ok {
-				return false
-			}
-			switch string(key) {
-			case "sku":
-				out.sku, out.hasSKU = v, true
-			case "request_id":
-				out.requestID, out.hasReq = v, true
-			default:
-				out.userID, out.hasUser = v, true
-			}
-			i = j
+		case "sku":
+			k = keySKU
 		case "qty":
-			n, j, ok := plainInt(b, i)
-			if !ok {
-				return false
-			}
-			out.qty, out.hasQty = n, true
-			i = j
+			k = keyQty
+		case "request_id":
+			k = keyRequestID
+		case "user_id":
+			k = keyUserID
 		default:
-			// encoding/json matches keys case-insensitively ("SKU" is sku):
-			// leave those to it.
-			if foldsToKnown(key) {
-				return false
-			}
-			// Unknown key: only a plain scalar is skipped here.
-			j, ok := skipScalar(b, i)
-			if !ok {
-				return false
-			}
-			i = j
+			return strictjson.NewKeyError(key, strictjson.Unknown)
 		}
-		i = skipWS(b, i)
+		if out.has(k) {
+			return strictjson.NewKeyError(key, strictjson.Duplicate)
+		}
+		out.seen |= 1 << k
+		i = j
+		if j, ok = plainValue(b, i, k, out); !ok {
+			out.slow = true
+			if j, ok = strictjson.SkipValue(b, i); !ok {
+				return strictjson.ErrSyntax
+			}
+		}
+		i = strictjson.SkipWS(b, j)
 		if i >= len(b) {
-			return false
+			return strictjson.ErrSyntax
 		}
 		switch b[i] {
 		case ',':
-			i = skipWS(b, i+1)
+			i = strictjson.SkipWS(b, i+1)
 		case '}':
-			return skipWS(b, i+1) == len(b)
+			return trailing(b, i+1)
 		default:
-			return false
+			return strictjson.ErrSyntax
 		}
 	}
 }
 
-func skipWS(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
+// plainValue reads the value of key k at b[i] if it is plain: a string
+// without escapes, controls or non-ASCII bytes for sku, request_id and
+// user_id, an integer without fraction, exponent or leading zeros that
+// fits in int64 for qty.
+func plainValue(b []byte, i, k int, out *fastDeduct) (int, bool) {
+	if k == keyQty {
+		n, j, ok := plainInt(b, i)
+		if ok {
+			out.qty = n
+		}
+		return j, ok
 	}
-	return i
+	v, j, ok := plainString(b, i)
+	if !ok {
+		return 0, false
+	}
+	switch k {
+	case keySKU:
+		out.sku = v
+	case keyRequestID:
+		out.requestID = v
+	default:
+		out.userID = v
+	}
+	return j, true
 }
 
-// plainString reads a string without escapes or control characters and
-// returns its contents and the index after its closing quote.
+func trailing(b []byte, i int) error {
+	if strictjson.SkipWS(b, i) != len(b) {
+		return strictjson.ErrSyntax
+	}
+	return nil
+}
+
+// plainString reads a string without escapes, control characters or
+// non-ASCII bytes and returns its contents and the index after its
+// closing quote.
 func plainString(b []byte, i int) ([]byte, int, bool) {
 	if i >= len(b) || b[i] != '"' {
 		return nil, 0, false
@@ -138,46 +172,4 @@ func plainInt(b []byte, i int) (int64, int, bool) {
 		n = -n
 	}
 	return n, i, true
-}
-
-// skipScalar skips a plain string, integer, true, false or null.
-func skipScalar(b []byte, i int) (int, bool) {
-	switch {
-	case b[i] == '"':
-		_, j, ok := plainString(b, i)
-		return j, ok
-	case b[i] == '-' || (b[i] >= '0' && b[i] <= '9'):
-		_, j, ok := plainInt(b, i)
-		return j, ok
-	}
-	for _, lit := range [...]string{"true", "false", "null"} {
-		if len(b)-i >= len(lit) && string(b[i:i+len(lit)]) == lit {
-			return i + len(lit), true
-		}
-	}
-	return 0, false
-}
-
-// foldsToKnown tells whether key is a known key in another case.
-func foldsToKnown(key []byte) bool {
-	for _, k := range [...]string{"sku", "qty", "request_id", "user_id"} {
-		if len(key) != len(k) {
-			continue
-		}
-		same := true
-		for i := 0; i < len(k); i++ {
-			c := key[i]
-			if c >= 'A' && c <= 'Z' {
-				c += 'a' - 'A'
-			}
-			if c != k[i] {
-				same = false
-				break
-			}
-		}
-		if same {
-			return true
-		}
-	}
-	return false
 }

@@ -113,7 +113,7 @@ func (h *history) count() (ok, soldOut, unknown int, units int64) {
 
 // answer is one HTTP answer of the hot endpoint.
 type answer struct {
-	Code        int
+	Code        int    `json:"-"` // the HTTP status; the body's "code" is not this
 	Status      string `json:"status"`
 	Reservation string `json:"reservation"`
 	Qty         int64  `json:"qty"`
