@@ -126,6 +126,9 @@ type Status int
 const (
 	OK Status = iota + 1
 	SoldOut
+	// Reused: the request id already took for another quantity; nothing
+	// was deducted (the first deduction stands).
+	Reused
 )
 
 // Result of a deduction.
@@ -303,6 +306,8 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 			switch r.Code {
 			case shard.Took, shard.TookEarl:
 				return Result{Status: OK, Partition: p.H, Seq: r.Seq, Qty: r.Qty}, nil
+			case shard.Reused:
+				return Result{Status: Reused, Partition: p.H, Seq: r.Seq, Qty: r.Qty}, nil
 			case shard.Moved:
 				if pid, ok := shard.ParseRedirect(r.Pointer); ok {
 					// Another attempt claimed this home for a newer one
@@ -372,6 +377,9 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 				return Result{}, err
 			}
 		case shard.PointTook:
+			if pr.Qty != qty {
+				return Result{Status: Reused, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
+			}
 			return Result{Status: OK, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
 		default:
 			return Result{}, fmt.Errorf("point: code %d: %w", pr.Code, shard.ErrBadReply)

@@ -160,6 +160,9 @@ const (
 	RolledBack Code = 7
 	Full       Code = 7 // refill refused: the sub-domain is at its cap
 	Refused    Code = 8 // refill refused by an earlier run of the same allocation
+	// Reused: the request id took here earlier for another quantity (Seq
+	// and Qty are that deduction's); nothing was deducted.
+	Reused Code = 9
 )
 
 // Init outcomes.
@@ -183,8 +186,8 @@ func (l Levels) Total() int64 { return l.A + l.B }
 type TakeResult struct {
 	Code   Code
 	Levels Levels
-	Seq    int64 // the detail's sequence when Code is Took or TookEarl
-	Qty    int64 // the quantity taken (TookEarl: by the first attempt)
+	Seq    int64 // the detail's sequence when Code is Took, TookEarl or Reused
+	Qty    int64 // the quantity taken (TookEarl, Reused: by the first attempt)
 	// Refill names the idle sub-domain ('a' or 'b') when it is below the
 	// threshold, 0 otherwise.
 	Refill  byte

@@ -29,7 +29,9 @@
 --        5 lost (state missing or another epoch: never sell here), 6 closed,
 --        7 rolled back (open, and the state's sequence is below ARGV[3]: nothing is
 --        read or written, so no deduction reuses a lost one's sequence and
---        no retry is answered from a record the lost writes contradict)
+--        no retry is answered from a record the lost writes contradict),
+--        9 reused (the id took here earlier for another qty, seq and qty
+--        are that deduction's; nothing is deducted)
 --   act 0 = a active, 1 = b active; need 0 none, 1 refill a, 2 refill b
 --   (from the levels after the whole batch)
 local n = tonumber(ARGV[2])
@@ -115,6 +117,9 @@ for i = 1, n do
       if string.sub(rec, 1, 1) == 'o' then
         local c = string.find(rec, ':', 3, true)
         code, rseq, rqty = 2, tonumber(string.sub(rec, 3, c - 1)), tonumber(string.sub(rec, c + 1))
+        -- The id took here for another quantity: not a retry of that
+        -- request, and never a second deduction.
+        if rqty ~= qty then code = 9 end
       elseif tonumber(string.sub(rec, 3)) >= round then
         code = 3
       end
