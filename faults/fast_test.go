@@ -23,3 +23,10 @@ func TestFastShardKillAOF(t *testing.T) {
 func TestFastTimeoutRetries(t *testing.T) {
 	runTimeoutStorm(t, timeoutStorm{total: 1600, requests: 2000, rate: 400, spikeAfter: time.Second, spike: time.Second, latencyMS: 200, timeout: 200 * time.Millisecond})
 }
+
+// Every request sent twice at once, to two nodes, while a third grows and
+// shrinks the SKU (4 -> 6 -> 8 -> 10 -> 6 -> 4): the copies agree, nothing
+// is doubled, and what buyers saw is linearizable (issue 12 item 3).
+func TestFastRebalanceRetryPairs(t *testing.T) {
+	runRebalanceRetry(t, rebalanceRetry{total: 2200, pairs: 2500, start: 4, steps: []int{6, 8, 10, 6, 4}, gap: 600 * time.Millisecond})
+}
