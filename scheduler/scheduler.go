@@ -19,6 +19,13 @@
 // refills), the request waits and moves to the next round, in which
 // partitions it found short may take again.
 //
+// Nodes learn of added partitions at different moments. Within a
+// generation's lifetime, a request whose home is a newly added partition
+// is first claimed at its older homes, from its anchor (its home under the
+// settled set, the same on every node) on: the first claim decides, in
+// the request's pointer slot, whether that partition stays its home or
+// redirects it, so copies on nodes with different views meet at one home.
+//
 // # Sold out
 //
 // When the pool, the pending allocations and every partition are empty, the
