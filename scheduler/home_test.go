@@ -147,3 +147,67 @@ func TestHomeChainAgreesAcrossViews(t *testing.T) {
 		t.Fatal("no request walked a home chain")
 	}
 }
+
+// A node that has not loaded a partition another node just added and
+// filled sees every partition it knows empty and the pool at 0; before it
+// answers sold_out it catches up with MySQL, and sells from the new
+// partition instead (issue 12: "200 on one node, sold_out on the other").
+func TestStaleRegistryCatchesUpBeforeSoldOut(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, 2)
+	const name = "stale"
+	base := r.provision(t, name, preallocate.Spec{Total: 10, Partitions: 1, Chunk: 5, Threshold: 1})
+
+	// The stale node knows partition 0 only, at the version it loaded.
+	load := func(s *Scheduler) {
+		t.Helper()
+		sku, err := r.store.Get(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info := SKUInfo{Name: name, Chunk: sku.Chunk, Threshold: sku.Threshold, Pool: sku.Pool, Version: sku.Version}
+		for _, rp := range sku.Partitions {
+			h, err := r.set.Partition(name, rp.ID, rp.Epoch, rp.Shard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info.Partitions = append(info.Partitions, PartitionInfo{Handle: h, Open: rp.State == "open"})
+		}
+		s.Registry().Upsert(info)
+		if err := s.Refresh(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	caughtUp := 0
+	var stale *Scheduler
+	stale = New(DefaultConfig(), NewRegistry(), Hooks{
+		PoolState: r.store.PoolState,
+		CatchUp: func(ctx context.Context, sku string, version int64) (bool, error) {
+			row, err := r.store.Get(ctx, sku)
+			if err != nil || row.Version <= version {
+				return false, err
+			}
+			caughtUp++
+			load(stale)
+			return true, nil
+		},
+	}, slog.Default())
+	load(stale)
+
+	// Elsewhere: partition 0's units go back to the pool, and a new
+	// partition takes them.
+	if _, err := r.alloc.Drain(ctx, base.partition(0).H, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.alloc.AddPartitions(ctx, name, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if pool, pending, err := r.store.PoolState(ctx, name); err != nil || pool != 0 || pending != 0 {
+		t.Fatalf("pool %d, pending %d, %v: want everything in the new partition", pool, pending, err)
+	}
+
+	res, err := stale.Deduct(ctx, name, 1, "x", "")
+	if err != nil || res.Status != OK || res.Partition.ID != 1 || caughtUp != 1 {
+		t.Fatalf("deduct on the stale node: %+v %v, caught up %d times; want ok from partition 1 after one catch-up", res, err, caughtUp)
+	}
+}

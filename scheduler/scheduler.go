@@ -124,6 +124,12 @@ type Hooks struct {
 	// SoldOut is told when this node concluded that a SKU is sold out, so
 	// that other nodes can check and answer from memory too.
 	SoldOut func(sku string)
+	// CatchUp tells whether MySQL holds a newer version of sku than
+	// version and, if so, brings the registry up to it (a reload). It is
+	// asked before a sold-out answer: a node that has not loaded a
+	// partition another node just added and filled would see every
+	// partition it knows empty and the pool at 0.
+	CatchUp func(ctx context.Context, sku string, version int64) (bool, error)
 }
 
 // Status of a deduction.
@@ -705,12 +711,34 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 				return 0, fmt.Errorf("%w: consolidate: %v", ErrUnavailable, err)
 			}
 		default:
+			if caught, err := s.catchUp(ctx, sku); err != nil {
+				return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			} else if caught {
+				continue // partitions or stock this node had not loaded: look again
+			}
 			if t.total == 0 {
 				s.markSoldOut(ctx, sku, t.gen)
 			}
 			return SoldOut, nil
 		}
 	}
+}
+
+// catchUp asks CatchUp, once for all the requests of sku that ask
+// together, whether the registry was behind MySQL (and reloads it).
+func (s *Scheduler) catchUp(ctx context.Context, sku *SKU) (bool, error) {
+	if s.hooks.CatchUp == nil {
+		return false, nil
+	}
+	v, err, _ := s.tail.Do(sku.Name+"/catchup", func() (any, error) {
+		ctx, cancel := detached(ctx)
+		defer cancel()
+		return s.hooks.CatchUp(ctx, sku.Name, sku.Version())
+	})
+	if err != nil {
+		return false, err
+	}
+	return v.(bool), nil
 }
 
 type tailState struct {
@@ -887,6 +915,9 @@ func (s *Scheduler) CheckSoldOut(ctx context.Context, name string) error {
 		return err
 	}
 	if t.pool == 0 && t.pending == 0 && t.total == 0 {
+		if caught, err := s.catchUp(ctx, sku); err != nil || caught {
+			return err
+		}
 		s.markSoldOut(ctx, sku, t.gen)
 	}
 	return nil
