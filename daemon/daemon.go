@@ -131,6 +131,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	notices := &notices{peer: peer, logger: log.With("component", "notices")}
 	reg := scheduler.NewRegistry()
 	var sched *scheduler.Scheduler
+	var ld *loader // set below, before anything is served
 	sched = scheduler.New(cfg.Scheduler, reg, scheduler.Hooks{
 		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(scheduler.RefillResult)) bool {
 			return alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
@@ -150,6 +151,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 			alloc.Fence(context.Background(), p, preallocate.ReasonRollback)
 		},
 		SoldOut: func(sku string) { notices.send(noticeSoldOut, sku, 0) },
+		CatchUp: func(ctx context.Context, sku string, version int64) (bool, error) {
+			return ld.catchUp(ctx, sku, version)
+		},
 	}, log)
 	alloc.OnLost = func(sku string, pid int) {
 		sched.Fence(sku, pid)
@@ -161,6 +165,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		log.Warn("pending allocations left for the sweep", "err", err)
 	}
 	loader := &loader{store: store, alloc: alloc, sched: sched, shards: shards, logger: log, window: cfg.Scheduler.RetryWindow, shardDefaults: cfg.ShardDefaults}
+	ld = loader
 	// Shards added at runtime (recorded in MySQL) are connected too.
 	if err := loader.syncShards(ctx); err != nil {
 		return fmt.Errorf("redis: %w", err)

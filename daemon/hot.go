@@ -52,19 +52,20 @@ type hot struct {
 
 // hotMetrics are the hot path's: deductions by outcome and their latency.
 type hotMetrics struct {
-	ok, soldOut, unavailable, unknown, bad, shed prometheus.Counter
-	latency                                      prometheus.Histogram
+	ok, soldOut, reused, unavailable, unknown, bad, shed prometheus.Counter
+	latency                                              prometheus.Histogram
 }
 
 func newHotMetrics(reg prometheus.Registerer) *hotMetrics {
 	f := promauto.With(reg)
 	out := f.NewCounterVec(prometheus.CounterOpts{
 		Name: "stockd_deductions_total",
-		Help: "Deduction requests answered, by outcome (ok, sold_out, unavailable, unknown_sku, bad_request, shed).",
+		Help: "Deduction requests answered, by outcome (ok, sold_out, request_id_reused, unavailable, unknown_sku, bad_request, shed).",
 	}, []string{"outcome"})
 	return &hotMetrics{
 		ok:          out.WithLabelValues("ok"),
 		soldOut:     out.WithLabelValues("sold_out"),
+		reused:      out.WithLabelValues("request_id_reused"),
 		unavailable: out.WithLabelValues("unavailable"),
 		unknown:     out.WithLabelValues("unknown_sku"),
 		bad:         out.WithLabelValues("bad_request"),
@@ -321,6 +322,12 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		h.m.soldOut.Inc()
 		ctx.SetStatusCode(fasthttp.StatusConflict)
 		ctx.SetBodyString(`{"status":"sold_out"}`)
+	case res.Status == scheduler.Reused:
+		// The id already took for another qty: not a retry of that
+		// request, and nothing was deducted for this one.
+		h.m.reused.Inc()
+		ctx.SetStatusCode(fasthttp.StatusUnprocessableEntity)
+		ctx.SetBodyString(`{"error":"request_id: reused with another qty","code":"request_id_reused"}`)
 	default:
 		h.m.ok.Inc()
 		var arr [320]byte

@@ -25,8 +25,8 @@ type loader struct {
 	sched  *scheduler.Scheduler
 	shards *shard.Set
 	logger *slog.Logger
-	// window is how long a closed partition stays a home, and a newly
-	// added one counts as new (scheduler.retry_window).
+	// window is how long a closed partition stays a home; a newly added
+	// one keeps its generation twice as long (scheduler.retry_window).
 	window time.Duration
 	// shardDefaults configure the shards known only from MySQL.
 	shardDefaults shard.Settings
@@ -126,6 +126,20 @@ func (l *loader) load(ctx context.Context, sku preallocate.SKU) error {
 	return nil
 }
 
+// catchUp reloads name when MySQL holds a newer version than the
+// registry's (scheduler.Hooks.CatchUp): before answering sold_out, a node
+// makes sure no partition added elsewhere holds what it cannot see.
+func (l *loader) catchUp(ctx context.Context, name string, version int64) (bool, error) {
+	sku, err := l.store.Get(ctx, name)
+	if err != nil {
+		return false, err
+	}
+	if sku.Version <= version {
+		return false, nil
+	}
+	return true, l.load(ctx, sku)
+}
+
 // registryInfo turns MySQL's rows into the registry's view at now:
 //   - open and fenced partitions are all in the home set;
 //   - a closed partition stays in it for the retry window after it closed
@@ -134,9 +148,9 @@ func (l *loader) load(ctx context.Context, sku preallocate.SKU) error {
 //     registry's partitions, and a broker outage longer than the window
 //     would otherwise strand them (staying longer is always safe for
 //     retries: it only extends the window);
-//   - partitions added by a rebalance within the window keep a generation
-//     (1, 2, … in order), so that a request whose home moved to one of
-//     them also looks at its older homes.
+//   - partitions added by a rebalance within twice the window keep a
+//     generation (1, 2, … in order), so that a request whose home moved
+//     to one of them is claimed at its older homes first.
 //
 // It also returns when this view next changes by the clock alone.
 func (l *loader) registryInfo(ctx context.Context, sku preallocate.SKU, now time.Time) (scheduler.SKUInfo, time.Time, error) {
@@ -147,13 +161,18 @@ func (l *loader) registryInfo(ctx context.Context, sku preallocate.SKU, now time
 			due = t
 		}
 	}
-	// Partitions added by rebalances still within the window keep their
-	// generation (renumbered 1, 2, … in order); older ones count as the
-	// settled set.
+	// Partitions added by rebalances within the generation lifetime keep
+	// their generation (renumbered 1, 2, … in order); older ones count as
+	// the settled set. The lifetime is twice the retry window: a request
+	// first served by a node that had not loaded a generation yet (at most
+	// reload_every after it was added, while MySQL answers) is anchored
+	// under the older set, and all its retries within the window must
+	// still be (ARCHITECTURE 4.2).
+	life := 2 * l.window
 	var gens []int
 	for _, rp := range sku.Partitions {
-		if rp.Gen > 0 && rp.CreatedAt.Add(l.window).After(now) {
-			soonest(rp.CreatedAt.Add(l.window))
+		if rp.Gen > 0 && rp.CreatedAt.Add(life).After(now) {
+			soonest(rp.CreatedAt.Add(life))
 			if !slices.Contains(gens, rp.Gen) {
 				gens = append(gens, rp.Gen)
 			}
@@ -162,7 +181,7 @@ func (l *loader) registryInfo(ctx context.Context, sku preallocate.SKU, now time
 	sort.Ints(gens)
 	gen := map[int]int{}
 	for _, rp := range sku.Partitions {
-		if i := slices.Index(gens, rp.Gen); i >= 0 && rp.CreatedAt.Add(l.window).After(now) {
+		if i := slices.Index(gens, rp.Gen); i >= 0 && rp.CreatedAt.Add(life).After(now) {
 			gen[rp.ID] = i + 1
 		}
 	}

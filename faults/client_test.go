@@ -286,6 +286,51 @@ func (b *buyers) finish(o *op) {
 	}
 }
 
+// buyTwice runs one op as two copies of its request sent at once, the
+// first to node 0 and the second to node 1 (a gateway that duplicated it),
+// each retried with the same id on its own node until definite. Both
+// copies must get the same answer; the op's answer is the first to
+// arrive.
+func (b *buyers) buyTwice(clientID int, id string, qty int64) *op {
+	o := b.begin(clientID, id, qty)
+	var copies [2]*op
+	var wg sync.WaitGroup
+	for k := range copies {
+		c := b.begin(clientID, id, qty)
+		copies[k] = c
+		wg.Add(1)
+		go func(node int) {
+			defer wg.Done()
+			start, backoff := time.Now(), 10*time.Millisecond
+			for !b.attempt(c, node) && time.Since(start) < b.giveUp {
+				time.Sleep(backoff/2 + rand.N(backoff/2+1))
+				backoff = min(2*backoff, 250*time.Millisecond)
+			}
+		}(k)
+	}
+	wg.Wait()
+	first := copies[0]
+	for _, c := range copies {
+		o.Attempts += c.Attempts
+		for code, n := range c.Codes {
+			o.Codes[code] += n
+		}
+		if c.Return >= 0 && (first.Return < 0 || c.Return < first.Return) {
+			first = c
+		}
+	}
+	o.Status, o.Token, o.Return, o.Latency = first.Status, first.Token, first.Return, first.Latency
+	if c0, c1 := copies[0], copies[1]; c0.Return >= 0 && c1.Return >= 0 && (c0.Status != c1.Status || c0.Token != c1.Token) {
+		b.badAnswer("%s: its copies on two nodes answered %s %q and %s %q", id, c0.Status, c0.Token, c1.Status, c1.Token)
+	}
+	o.End = b.h.now()
+	b.h.add(o)
+	if o.Status == statusOK && b.onOK != nil {
+		b.onOK(o)
+	}
+	return o
+}
+
 func (b *buyers) badAnswer(format string, args ...any) {
 	b.badMu.Lock()
 	defer b.badMu.Unlock()

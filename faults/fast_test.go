@@ -51,3 +51,10 @@ func TestFastCaseVariantRequestIDs(t *testing.T) {
 	r.Extra["ids"] = fmt.Sprintf("100 ids in 4 case spellings each; re-asked %d acknowledged ones", asked)
 	r.log(t)
 }
+
+// Every request sent twice at once, to two nodes, while a third grows and
+// shrinks the SKU (4 -> 6 -> 8 -> 10 -> 6 -> 4): the copies agree, nothing
+// is doubled, and what buyers saw is linearizable (issue 12 item 3).
+func TestFastRebalanceRetryPairs(t *testing.T) {
+	runRebalanceRetry(t, rebalanceRetry{total: 2200, pairs: 2500, start: 4, steps: []int{6, 8, 10, 6, 4}, gap: 600 * time.Millisecond})
+}

@@ -4,7 +4,9 @@ package faults
 
 import (
 	"fmt"
+	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -440,6 +442,88 @@ func runTimeoutStorm(t *testing.T, ts timeoutStorm) *result {
 	r.Extra["retries"] = fmt.Sprintf("%d requests retried (%d extra attempts), then answered; re-asked %d acknowledged ids", retried, attempts, asked)
 	r.Extra["time to the answer"] = fmt.Sprintf("p50 %s, p99 %s, max %s (first attempt to definite answer)",
 		percentile(lat, 50).Round(100*time.Microsecond), percentile(lat, 99).Round(time.Millisecond), percentile(lat, 100).Round(time.Millisecond))
+	r.log(t)
+	return r
+}
+
+// rebalanceRetry: a gateway sends every request twice at once, to nodes a
+// and b, while node c changes the SKU's partition count; the nodes load
+// each new generation at different moments (issue 12 item 3).
+type rebalanceRetry struct {
+	total, pairs int64
+	start        int           // partitions at the start
+	steps        []int         // partition counts, one rebalance each
+	gap          time.Duration // between rebalances
+}
+
+func runRebalanceRetry(t *testing.T, rr rebalanceRetry) *result {
+	const sku = "regrow"
+	e := newEnv(t, envOpts{shards: 3})
+	a := e.startStockd(nodeOpts{name: "a"})
+	b := e.startStockd(nodeOpts{name: "b", env: map[string]string{"STOCKD_JOIN": a.gossip}})
+	c := e.startStockd(nodeOpts{name: "c", env: map[string]string{"STOCKD_JOIN": a.gossip}})
+	if _, ok := waitFor(20*time.Second, func() bool { m, _ := c.members(); return len(m) == 3 }); !ok {
+		t.Fatal("the three nodes did not join")
+	}
+	c.putSKU(sku, rr.total, rr.start, 50, 10)
+	for _, d := range []*stockd{a, b} {
+		if _, ok := waitFor(10*time.Second, func() bool {
+			resp, err := http.Get("http://" + d.hot + "/v1/stock/" + sku)
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == 200
+		}); !ok {
+			t.Fatalf("%s does not serve the SKU", d.name)
+		}
+	}
+
+	h := newHistory()
+	w := watchDoubt(e, sku)
+	buyers := newBuyers(t, newClient(2*time.Second), sku, h, a.hot, b.hot)
+	// The pairs are spread over the rebalances.
+	rate := int(float64(rr.pairs) / (rr.gap * time.Duration(len(rr.steps)+1)).Seconds())
+	g := &ids{prefix: "pair-", n: rr.pairs}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Second / time.Duration(rate))
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			id, ok := g.take()
+			if !ok {
+				return
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); buyers.buyTwice(i%64, id, 1) }()
+			<-tick.C
+		}
+	}()
+	var changes []string
+	for _, n := range rr.steps {
+		time.Sleep(rr.gap)
+		if code, body := c.adminDo("POST", "/admin/skus/"+sku+"/rebalance", fmt.Sprintf(`{"partitions":%d}`, n), nil); code != 200 {
+			t.Errorf("rebalance to %d: %d %s", n, code, body)
+		}
+		changes = append(changes, strconv.Itoa(n))
+	}
+	wg.Wait()
+	buyers.checkAnswers()
+	retried := 0
+	for _, o := range h.snapshot() {
+		if o.Codes[503] > 0 {
+			retried++
+		}
+	}
+	asked, _ := buyers.reask(nil)
+	r := settle(t, e, a, sku, h, w, settleOpts{total: rr.total, linearizable: true})
+	r.Extra["fault"] = fmt.Sprintf("partitions %d -> %s through node c, %s apart, while every request goes to nodes a and b at once", rr.start, strings.Join(changes, " -> "), rr.gap)
+	r.Extra["pairs"] = fmt.Sprintf("%d pairs, %d with a copy answered 503 and retried; re-asked %d acknowledged ids", rr.pairs, retried, asked)
+	if r.Held != rr.total {
+		t.Errorf("sold %d of %d units", r.Held, rr.total)
+	}
 	r.log(t)
 	return r
 }

@@ -34,11 +34,11 @@ type SKUInfo struct {
 type PartitionInfo struct {
 	Handle *shard.Partition
 	Open   bool
-	// Gen orders partitions added by rebalancing within the retry window:
-	// 0 for the SKU's settled set, 1, 2, … for each later addition still
-	// within the window. A request's home is computed over the whole set,
-	// but a retry may have been first served under an older set: see
-	// SKU.homeFor.
+	// Gen orders partitions added by rebalancing within the generation
+	// lifetime (twice the retry window, 4.2): 0 for the SKU's settled set,
+	// 1, 2, … for each later addition. A request whose home under the
+	// whole set is in a generation above 0 walks its homes from the
+	// settled set's up (SKU.homeChain, Scheduler.homeOf).
 	Gen int
 }
 
@@ -185,19 +185,18 @@ func (s *SKU) homeUpTo(h uint64, gen int) *Partition {
 	return best
 }
 
-// homes lists the request's home under the current partition set first,
-// then, when partitions were added within the retry window, its homes
-// under each older set that differ: a retry may have been served there.
-func (s *SKU) homes(reqID string) []*Partition {
-	h := hashx.FNV64(reqID)
-	cur := s.homeUpTo(h, -1)
-	if cur == nil || cur.gen.Load() == 0 {
-		return []*Partition{cur}
+// homeChain lists the request's homes under the sets of generations 0,
+// 0..1, …, 0..k (the whole set), oldest first, leaving out a home equal to
+// the one before it. Its first element is the request's anchor: every node
+// computes it alike, whichever generations it has loaded (4.2).
+func (s *SKU) homeChain(h uint64) []*Partition {
+	top := 0
+	for _, p := range s.Partitions() {
+		top = max(top, int(p.gen.Load()))
 	}
-	out := []*Partition{cur}
-	for g := int(cur.gen.Load()) - 1; g >= 0; g-- {
-		p := s.homeUpTo(h, g)
-		if p != nil && p != out[len(out)-1] {
+	var out []*Partition
+	for g := 0; g <= top; g++ {
+		if p := s.homeUpTo(h, g); p != nil && (len(out) == 0 || p != out[len(out)-1]) {
 			out = append(out, p)
 		}
 	}

@@ -19,6 +19,13 @@
 // refills), the request waits and moves to the next round, in which
 // partitions it found short may take again.
 //
+// Nodes learn of added partitions at different moments. Within a
+// generation's lifetime, a request whose home is a newly added partition
+// is first claimed at its older homes, from its anchor (its home under the
+// settled set, the same on every node) on: the first claim decides, in
+// the request's pointer slot, whether that partition stays its home or
+// redirects it, so copies on nodes with different views meet at one home.
+//
 // # Sold out
 //
 // When the pool, the pending allocations and every partition are empty, the
@@ -34,6 +41,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -41,6 +49,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/stockd/stockd/internal/hashx"
 	"github.com/stockd/stockd/shard"
 )
 
@@ -63,8 +72,8 @@ type Config struct {
 	SweepEvery time.Duration `yaml:"sweep_every"`
 	// RetryWindow is how long a retry of a request id is guaranteed its
 	// first outcome across partition changes: a closed partition stays the
-	// home of the ids hashed to it this long, and a request whose home
-	// moved to a newly added partition also looks at its older homes.
+	// home of the ids hashed to it this long, and partitions added by a
+	// rebalance keep their generation for twice as long (4.2).
 	RetryWindow time.Duration `yaml:"retry_window"`
 }
 
@@ -115,6 +124,12 @@ type Hooks struct {
 	// SoldOut is told when this node concluded that a SKU is sold out, so
 	// that other nodes can check and answer from memory too.
 	SoldOut func(sku string)
+	// CatchUp tells whether MySQL holds a newer version of sku than
+	// version and, if so, brings the registry up to it (a reload). It is
+	// asked before a sold-out answer: a node that has not loaded a
+	// partition another node just added and filled would see every
+	// partition it knows empty and the pool at 0.
+	CatchUp func(ctx context.Context, sku string, version int64) (bool, error)
 }
 
 // Status of a deduction.
@@ -124,6 +139,9 @@ type Status int
 const (
 	OK Status = iota + 1
 	SoldOut
+	// Reused: the request id already took for another quantity; nothing
+	// was deducted (the first deduction stands).
+	Reused
 )
 
 // Result of a deduction.
@@ -146,7 +164,7 @@ type Scheduler struct {
 	calls         *prometheus.CounterVec
 	takeCalls     prometheus.Counter
 	pointCalls    prometheus.Counter
-	peekCalls     prometheus.Counter
+	claimCalls    prometheus.Counter
 	memorySoldOut prometheus.Counter
 	refillAsks    prometheus.Counter
 	swaps         prometheus.Counter
@@ -157,11 +175,11 @@ func New(cfg Config, reg *Registry, hooks Hooks, logger *slog.Logger) *Scheduler
 	s := &Scheduler{cfg: cfg, reg: reg, hooks: hooks, logger: logger.With("component", "scheduler")}
 	s.calls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stockd_scheduler_redis_calls_total",
-		Help: "Redis script calls made to serve deductions, by script (take, point, peek).",
+		Help: "Redis script calls made to serve deductions, by script (take, point, claim).",
 	}, []string{"script"})
 	s.takeCalls = s.calls.WithLabelValues("take")
 	s.pointCalls = s.calls.WithLabelValues("point")
-	s.peekCalls = s.calls.WithLabelValues("peek")
+	s.claimCalls = s.calls.WithLabelValues("claim")
 	s.memorySoldOut = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "stockd_scheduler_sold_out_from_memory_total",
 		Help: "Deductions answered sold_out from memory, without Redis.",
@@ -301,7 +319,18 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 			switch r.Code {
 			case shard.Took, shard.TookEarl:
 				return Result{Status: OK, Partition: p.H, Seq: r.Seq, Qty: r.Qty}, nil
+			case shard.Reused:
+				return Result{Status: Reused, Partition: p.H, Seq: r.Seq, Qty: r.Qty}, nil
 			case shard.Moved:
+				if pid, ok := shard.ParseRedirect(r.Pointer); ok {
+					// Another attempt claimed this home for a newer one
+					// before this one took or pointed here.
+					if home, err = s.follow(ctx, sku, reqID, home, pid, -1); err != nil {
+						return Result{}, err
+					}
+					cur, tried = pointer{home.H.ID, 1}, tried[:0]
+					continue
+				}
 				if cur, err = parsePointer(r.Pointer); err != nil {
 					return Result{}, err
 				}
@@ -348,10 +377,22 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 		case shard.PointMoved:
 			cur = to
 		case shard.PointConflict:
+			if pid, ok := shard.ParseRedirect(pr.Pointer); ok {
+				// Claimed for a newer home while this attempt found the
+				// old one short: nothing was taken for the request here.
+				if home, err = s.follow(ctx, sku, reqID, home, pid, -1); err != nil {
+					return Result{}, err
+				}
+				cur, tried = pointer{home.H.ID, 1}, tried[:0]
+				continue
+			}
 			if cur, err = parsePointer(pr.Pointer); err != nil {
 				return Result{}, err
 			}
 		case shard.PointTook:
+			if pr.Qty != qty {
+				return Result{Status: Reused, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
+			}
 			return Result{Status: OK, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
 		default:
 			return Result{}, fmt.Errorf("point: code %d: %w", pr.Code, shard.ErrBadReply)
@@ -360,23 +401,74 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 	return Result{}, fmt.Errorf("%w: no outcome after %d steps", ErrUnavailable, maxSteps)
 }
 
-// homeOf is the request's home. Within the retry window after partitions
-// were added, a request whose home moved to a new partition may have been
-// served under the older set: the old homes are asked (read-only) first,
-// and one that holds anything for the request stays its home.
+// homeOf is the request's home. Without partitions added within the
+// generation lifetime it is the rendezvous winner over the whole set, at
+// no cost. Otherwise the request walks its home chain from its anchor (the
+// home under generation 0, the same on every node) and claims at each home
+// but the last: the first that holds the request's pointer or took record
+// is its home; one that redirects sends it on. A claim and every take or
+// point at that partition as the request's home run on one Redis, so all
+// copies of the request, whatever generations their nodes have loaded,
+// end at the same home (ARCHITECTURE 4.2, 4.3).
 func (s *Scheduler) homeOf(ctx context.Context, sku *SKU, reqID string) (*Partition, error) {
-	hs := sku.homes(reqID)
-	for _, old := range hs[1:] {
-		s.peekCalls.Inc()
-		found, err := old.H.Peek(ctx, reqID)
+	h := hashx.FNV64(reqID)
+	newest := sku.homeUpTo(h, -1)
+	if newest == nil || newest.gen.Load() == 0 {
+		return newest, nil
+	}
+	chain := sku.homeChain(h)
+	for i := 0; i < len(chain)-1; i++ {
+		p := chain[i]
+		if !p.H.Shard.Healthy() {
+			return nil, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.H.Shard.ID, p.H.ID)
+		}
+		s.claimCalls.Inc()
+		cr, err := p.H.Claim(ctx, reqID, chain[i+1].H.ID, -1)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
-		if found {
-			return old, nil
+		if cr.Home {
+			return p, nil
 		}
+		q, err := s.follow(ctx, sku, reqID, p, cr.Next, chain[i+1].H.ID)
+		if err != nil {
+			return nil, err
+		}
+		j := slices.Index(chain, q)
+		if j <= i {
+			// Not where this node's chain goes (a node with another view
+			// of retired partitions wrote it): the slot decided.
+			return q, nil
+		}
+		i = j - 1
 	}
-	return hs[0], nil
+	return chain[len(chain)-1], nil
+}
+
+// follow resolves a redirect to pid found in reqID's slot on at. A pid this
+// node has not loaded means 503, as for a pointer (another node added it).
+// A pid that left the home set (retired past the window) is stale: the
+// redirect is replaced by one to next, or removed when next < 0, in which
+// case at becomes the home.
+func (s *Scheduler) follow(ctx context.Context, sku *SKU, reqID string, at *Partition, pid, next int) (*Partition, error) {
+	for range 4 {
+		if q := sku.partition(pid); q != nil {
+			return q, nil
+		}
+		if !sku.isRetired(pid) {
+			return nil, fmt.Errorf("%w: partition %d of %s is not loaded on this node yet", ErrUnavailable, pid, sku.Name)
+		}
+		s.claimCalls.Inc()
+		cr, err := at.H.Claim(ctx, reqID, next, pid)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if cr.Home {
+			return at, nil
+		}
+		pid = cr.Next
+	}
+	return nil, fmt.Errorf("%w: redirects of %s keep naming retired partitions", ErrUnavailable, reqID)
 }
 
 // observe records levels from a script reply and asks for a refill of the
@@ -619,12 +711,34 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 				return 0, fmt.Errorf("%w: consolidate: %v", ErrUnavailable, err)
 			}
 		default:
+			if caught, err := s.catchUp(ctx, sku); err != nil {
+				return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			} else if caught {
+				continue // partitions or stock this node had not loaded: look again
+			}
 			if t.total == 0 {
 				s.markSoldOut(ctx, sku, t.gen)
 			}
 			return SoldOut, nil
 		}
 	}
+}
+
+// catchUp asks CatchUp, once for all the requests of sku that ask
+// together, whether the registry was behind MySQL (and reloads it).
+func (s *Scheduler) catchUp(ctx context.Context, sku *SKU) (bool, error) {
+	if s.hooks.CatchUp == nil {
+		return false, nil
+	}
+	v, err, _ := s.tail.Do(sku.Name+"/catchup", func() (any, error) {
+		ctx, cancel := detached(ctx)
+		defer cancel()
+		return s.hooks.CatchUp(ctx, sku.Name, sku.Version())
+	})
+	if err != nil {
+		return false, err
+	}
+	return v.(bool), nil
 }
 
 type tailState struct {
@@ -801,6 +915,9 @@ func (s *Scheduler) CheckSoldOut(ctx context.Context, name string) error {
 		return err
 	}
 	if t.pool == 0 && t.pending == 0 && t.total == 0 {
+		if caught, err := s.catchUp(ctx, sku); err != nil || caught {
+			return err
+		}
 		s.markSoldOut(ctx, sku, t.gen)
 	}
 	return nil

@@ -28,16 +28,16 @@ var (
 	initSrc string
 	//go:embed scripts/inspect.lua
 	inspectSrc string
-	//go:embed scripts/peek.lua
-	peekSrc string
+	//go:embed scripts/claim.lua
+	claimSrc string
 
 	takeScript    = newReplicated(takeSrc)
 	pointScript   = newReplicated(pointSrc)
 	refillScript  = newReplicated(refillSrc)
 	drainScript   = newReplicated(drainSrc)
 	initScript    = newReplicated(initSrc)
+	claimScript   = newReplicated(claimSrc)
 	inspectScript = rueidis.NewLuaScriptReadOnly(inspectSrc)
-	peekScript    = rueidis.NewLuaScriptReadOnly(peekSrc)
 )
 
 // ErrBadReply means a script answered in a shape this code does not know;
@@ -160,6 +160,9 @@ const (
 	RolledBack Code = 7
 	Full       Code = 7 // refill refused: the sub-domain is at its cap
 	Refused    Code = 8 // refill refused by an earlier run of the same allocation
+	// Reused: the request id took here earlier for another quantity (Seq
+	// and Qty are that deduction's); nothing was deducted.
+	Reused Code = 9
 )
 
 // Init outcomes.
@@ -183,12 +186,12 @@ func (l Levels) Total() int64 { return l.A + l.B }
 type TakeResult struct {
 	Code   Code
 	Levels Levels
-	Seq    int64 // the detail's sequence when Code is Took or TookEarl
-	Qty    int64 // the quantity taken (TookEarl: by the first attempt)
+	Seq    int64 // the detail's sequence when Code is Took, TookEarl or Reused
+	Qty    int64 // the quantity taken (TookEarl, Reused: by the first attempt)
 	// Refill names the idle sub-domain ('a' or 'b') when it is below the
 	// threshold, 0 otherwise.
 	Refill  byte
-	Pointer string // Moved: "<pid>:<round>"
+	Pointer string // Moved: "<pid>:<round>", or a redirect "h<pid>"
 }
 
 // maxBatch bounds the requests one take call carries.
@@ -488,14 +491,59 @@ func (p *Partition) SetStatus(ctx context.Context, status string) error {
 	return c.Do(ctx, c.B().Hset().Key(p.state).FieldValue().FieldValue("st", status).Build()).Error()
 }
 
-// Peek tells whether this partition holds a pointer or a record for
-// reqID.
-func (p *Partition) Peek(ctx context.Context, reqID string) (bool, error) {
-	vals, err := peekScript.Exec(ctx, p.Shard.client(), []string{p.records, p.pointers}, []string{reqID}).AsStrSlice()
-	if err != nil {
-		return false, fmt.Errorf("peek on %s: %w", p.Shard.ID, err)
+// ClaimResult is what claim answered.
+type ClaimResult struct {
+	// Home: this partition is the request's home (it holds the request's
+	// pointer or took record). Otherwise Next is the pid it redirects to.
+	Home bool
+	Next int
+}
+
+// Claim decides whether this partition is reqID's home or redirects it to
+// partition next (writing the redirect unless the request's pointer or
+// took record is here, or another redirect was written first). stale, when
+// not negative, is a pid whose redirect the caller knows to be stale (the
+// partition left the home set): such a redirect is replaced by one to
+// next, or removed when next is negative (this partition becomes the
+// home).
+func (p *Partition) Claim(ctx context.Context, reqID string, next, stale int) (ClaimResult, error) {
+	nx, st := "", ""
+	if next >= 0 {
+		nx = strconv.Itoa(next)
 	}
-	return len(vals) == 2 && (vals[0] != "" || vals[1] != ""), nil
+	if stale >= 0 {
+		st = strconv.Itoa(stale)
+	}
+	vals, err := claimScript.exec(ctx, p.Shard, p.state, []string{p.records, p.pointers}, []string{reqID, nx, st})
+	if err != nil {
+		return ClaimResult{}, fmt.Errorf("claim on %s: %w", p.Shard.ID, err)
+	}
+	if len(vals) != 2 {
+		return ClaimResult{}, fmt.Errorf("claim: %w", ErrBadReply)
+	}
+	code, err := vals[0].AsInt64()
+	if err != nil {
+		return ClaimResult{}, fmt.Errorf("claim: %w: %v", ErrBadReply, err)
+	}
+	if code == 0 {
+		return ClaimResult{Home: true}, nil
+	}
+	text, _ := vals[1].ToString()
+	pid, err := strconv.Atoi(text)
+	if err != nil || code != 1 {
+		return ClaimResult{}, fmt.Errorf("claim: code %d %q: %w", code, text, ErrBadReply)
+	}
+	return ClaimResult{Next: pid}, nil
+}
+
+// ParseRedirect reads a redirect "h<pid>" found in a request's pointer
+// slot (take's moved, point's conflict); ok is false for a pointer.
+func ParseRedirect(s string) (pid int, ok bool) {
+	if len(s) < 2 || s[0] != 'h' {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(s[1:])
+	return pid, err == nil
 }
 
 // State is a partition's state as inspect sees it.

@@ -147,3 +147,27 @@ func TestFailedTakeWritesNothing(t *testing.T) {
 		t.Fatalf("a failed take changed the partition: %+v -> %+v", before, after)
 	}
 }
+
+// A request id that took, sent again with another qty, is answered reused
+// with the first deduction, as a home and as a non-home, and deducts
+// nothing; the same qty is answered took earlier.
+func TestTakeReusedWithAnotherQty(t *testing.T) {
+	ctx := context.Background()
+	p := onePartition(t)
+	first, err := p.Take(ctx, "r1", 2, 1, true, "")
+	if err != nil || first.Code != Took {
+		t.Fatalf("first take: %+v %v", first, err)
+	}
+	for _, home := range []bool{true, false} {
+		r, err := p.Take(ctx, "r1", 3, 1, home, "")
+		if err != nil || r.Code != Reused || r.Seq != first.Seq || r.Qty != 2 || r.Levels.Total() != first.Levels.Total() {
+			t.Fatalf("other qty (home %v): %+v %v; want reused with seq %d qty 2 and levels unchanged", home, r, err, first.Seq)
+		}
+	}
+	if r, err := p.Take(ctx, "r1", 2, 1, true, ""); err != nil || r.Code != TookEarl || r.Seq != first.Seq {
+		t.Fatalf("same qty: %+v %v", r, err)
+	}
+	if n := p.streamLen(t); n != 1 {
+		t.Fatalf("%d stream entries, want 1", n)
+	}
+}

@@ -10,6 +10,7 @@
 -- KEYS[1] state hash   a, b (sub-domain levels), act ("a"|"b"), thr, ep, seq, st
 -- KEYS[2] records hash request id -> "o:<seq>:<qty>" (took here) | "s:<round>" (short here)
 -- KEYS[3] pointers hash (home role) request id -> "<pid>:<round>" (where the request goes)
+--         | "h<pid>" (redirect, written by claim: the request's home is pid)
 -- KEYS[4] detail stream: one entry per batch that took, id "<first seq>-0",
 --         fields n (details), t (ms), then per detail i (0-based):
 --         r<i> request id, q<i> qty, and u<i> user id when there is one;
@@ -23,11 +24,14 @@
 --   the request's home, "" otherwise; user id ("" when none)
 --
 -- Returns {a, b, act, need, then per request: code, seq, qty, text}
---   code 1 took, 2 took earlier (dedup), 3 short, 4 moved (text = pointer),
+--   code 1 took, 2 took earlier (dedup), 3 short, 4 moved (text = pointer, or
+--        "h<pid>" when the slot redirects the request to another home),
 --        5 lost (state missing or another epoch: never sell here), 6 closed,
 --        7 rolled back (open, and the state's sequence is below ARGV[3]: nothing is
 --        read or written, so no deduction reuses a lost one's sequence and
---        no retry is answered from a record the lost writes contradict)
+--        no retry is answered from a record the lost writes contradict),
+--        9 reused (the id took here earlier for another qty, seq and qty
+--        are that deduction's; nothing is deducted)
 --   act 0 = a active, 1 = b active; need 0 none, 1 refill a, 2 refill b
 --   (from the levels after the whole batch)
 local n = tonumber(ARGV[2])
@@ -113,6 +117,9 @@ for i = 1, n do
       if string.sub(rec, 1, 1) == 'o' then
         local c = string.find(rec, ':', 3, true)
         code, rseq, rqty = 2, tonumber(string.sub(rec, 3, c - 1)), tonumber(string.sub(rec, c + 1))
+        -- The id took here for another quantity: not a retry of that
+        -- request, and never a second deduction.
+        if rqty ~= qty then code = 9 end
       elseif tonumber(string.sub(rec, 3)) >= round then
         code = 3
       end
