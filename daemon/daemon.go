@@ -200,6 +200,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 			return owned
 		},
+		Shards:     shards,
 		Registerer: metrics,
 		Logger:     log,
 	})

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stockd/stockd/internal/testenv"
@@ -146,4 +149,64 @@ func TestFailedTakeWritesNothing(t *testing.T) {
 	if after.Levels != before.Levels || after.Records != before.Records || after.Seq != before.Seq {
 		t.Fatalf("a failed take changed the partition: %+v -> %+v", before, after)
 	}
+}
+
+// FindDetail tells a detail in the stream (with its qty) from one trimmed
+// after publishing and from one never deducted, and refuses another epoch.
+func TestFindDetail(t *testing.T) {
+	ctx := context.Background()
+	p := onePartition(t)
+	for i, id := range []string{"r1", "r2", "r3", "r4"} {
+		if r, err := p.Take(ctx, id, int64(i+1), 1, true, ""); err != nil || r.Code != Took || r.Seq != int64(i+1) {
+			t.Fatalf("take %s: %+v %v", id, r, err)
+		}
+	}
+	if err := p.TrimBefore(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	prefix := strings.TrimPrefix(strings.SplitN(p.state, ":", 2)[0], "{")
+	other := NewPartition(prefix, p.SKU, p.ID, p.Epoch+1, p.Shard)
+	cases := []struct {
+		p    *Partition
+		seq  int64
+		want Lookup
+	}{
+		{p, 1, Lookup{Code: DetailAbsent, StateSeq: 4}}, // trimmed
+		{p, 2, Lookup{Code: DetailAbsent, StateSeq: 4}}, // trimmed
+		{p, 3, Lookup{Code: DetailFound, Qty: 3, StateSeq: 4}},
+		{p, 4, Lookup{Code: DetailFound, Qty: 4, StateSeq: 4}},
+		{p, 5, Lookup{Code: DetailAbsent, StateSeq: 4}}, // never deducted
+		{p, 1000, Lookup{Code: DetailAbsent, StateSeq: 4}},
+		{other, 3, Lookup{Code: DetailLost}},
+	}
+	for _, c := range cases {
+		got, err := c.p.FindDetail(ctx, c.seq)
+		if err != nil || got != c.want {
+			t.Errorf("epoch %d seq %d: %+v %v, want %+v", c.p.Epoch, c.seq, got, err, c.want)
+		}
+	}
+	// Concurrent takes share entries (the combiner): every detail is still
+	// found, with its own qty.
+	var wg sync.WaitGroup
+	seqs := make(chan int64, 10)
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			r, err := p.Take(ctx, "c"+strconv.Itoa(i), 1, 1, true, "")
+			if err != nil || r.Code != Took {
+				t.Errorf("take c%d: %+v %v", i, r, err)
+				return
+			}
+			seqs <- r.Seq
+		}(i)
+	}
+	wg.Wait()
+	close(seqs)
+	for seq := range seqs {
+		if got, err := p.FindDetail(ctx, seq); err != nil || got.Code != DetailFound || got.Qty != 1 {
+			t.Errorf("seq %d after concurrent takes: %+v %v", seq, got, err)
+		}
+	}
+	t.Logf("%d entries hold 12 details", p.streamLen(t))
 }
