@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -311,5 +313,210 @@ func TestSettleWhileTrimmedNotApplied(t *testing.T) {
 	r = waitSynced(t, n, "gap", 15*time.Second)
 	if more.units != 18 || r.Released != 1 || r.Confirmed != 1 || r.Reserved != 19 || r.Pool != 0 {
 		t.Fatalf("sold %d more (want 18: 17 never sold + 1 released); %+v", more.units, r)
+	}
+}
+
+// Genuine tokens settle on every path: confirm and release while the
+// detail is still in Redis and after it landed, repeats answer the same,
+// crossed ones 409, and unconfirmed reservations expire; then exactly the
+// released and expired units sell again.
+func TestGenuineTokensEveryPath(t *testing.T) {
+	e := newEnv(t, 2)
+	cfg, _, mq := e.proxied(e.config())
+	cfg.Sync.ReservationTTL = 6 * time.Second
+	cfg.Sync.ExpireEvery = 200 * time.Millisecond
+	n := startNode(t, cfg)
+	const total = 40
+	putSKU(t, n, "paths", total, 2, 10, 2)
+	b := newBuyer(16)
+	buy := func(prefix string, k int) []string {
+		t.Helper()
+		var toks []string
+		for i := 0; i < k; i++ {
+			a, err := b.deduct(n.hot, "paths", 1, prefix+strconv.Itoa(i))
+			if err != nil || a.Code != 200 {
+				t.Fatalf("deduct: %+v %v", a, err)
+			}
+			toks = append(toks, a.Reservation)
+		}
+		return toks
+	}
+	expect := func(path, tok string, code int, status string) {
+		t.Helper()
+		if a := settle(t, b, n.hot, path, tok); a.Code != code || a.Status != status {
+			t.Errorf("%s: %d %+v, want %d %s", path, a.Code, a, code, status)
+		}
+	}
+
+	// In the stream: the broker is unreachable, nothing lands.
+	mq.Cut()
+	early := buy("early-", 6)
+	if r := verify(t, n, "paths"); r.InFlightDetails != 6 {
+		t.Fatalf("%d details in flight, want 6", r.InFlightDetails)
+	}
+	for k := 0; k < 2; k++ {
+		expect("/v1/release", early[0], 200, "released")
+		expect("/v1/release", early[1], 200, "released")
+		expect("/v1/confirm", early[2], 200, "confirmed")
+		expect("/v1/confirm", early[3], 200, "confirmed")
+	}
+	expect("/v1/confirm", early[0], 409, "released")
+	expect("/v1/release", early[2], 409, "confirmed")
+	mq.Restore()
+	waitSynced(t, n, "paths", 15*time.Second)
+
+	// Landed.
+	late := buy("late-", 6)
+	waitSynced(t, n, "paths", 15*time.Second)
+	for k := 0; k < 2; k++ {
+		expect("/v1/release", late[0], 200, "released")
+		expect("/v1/release", late[1], 200, "released")
+		expect("/v1/confirm", late[2], 200, "confirmed")
+		expect("/v1/confirm", late[3], 200, "confirmed")
+	}
+	expect("/v1/confirm", late[1], 409, "released")
+	expect("/v1/release", late[3], 409, "confirmed")
+
+	// early[4:], late[4:] were never settled: they expire after the TTL.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r := verify(t, n, "paths")
+		if r.Released == 8 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("expiry did not release the 4 unsettled reservations: %+v", r)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, tok := range []string{early[4], late[5]} {
+		expect("/v1/release", tok, 200, "released") // already, by expiry
+		expect("/v1/confirm", tok, 409, "released")
+	}
+
+	// 28 never sold + 8 released or expired sell again, exactly.
+	more := crowd(t, b, n.hot, "paths", 80, "more-", func(int) int64 { return 1 })
+	r := waitSynced(t, n, "paths", 15*time.Second)
+	if more.units != total-4 || r.Confirmed != 4 || r.Released != 8 || r.Reserved != total-4 || r.Pool != 0 {
+		t.Fatalf("sold %d more, want %d; %+v", more.units, total-4, r)
+	}
+}
+
+// Demo mode without a secret: the nodes generate one into the shared
+// demo_secret_file, accept each other's tokens, and not tokens signed
+// with anything else.
+func TestDemoSecretShared(t *testing.T) {
+	e := newEnv(t, 1)
+	file := filepath.Join(t.TempDir(), "var", "demo-reservation-secret")
+	demo := func(name string, join []*node) Config {
+		cfg := e.config()
+		cfg.NodeName = name
+		cfg.ReservationSecret, cfg.Demo, cfg.DemoSecretFile = "", true, file
+		if len(join) > 0 {
+			cfg.Join = []string{join[0].d.GossipAddr()}
+		}
+		return cfg
+	}
+	n1 := startNode(t, demo("n1", nil))
+	n2 := startNode(t, demo("n2", []*node{n1}))
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := strings.TrimSpace(string(b)); len(s) != 64 || strings.Contains(s, testToken) {
+		t.Fatalf("generated secret %q: want 64 hex characters", s)
+	}
+	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("secret file: %v %v, want mode 0600", fi.Mode(), err)
+	}
+	putSKU(t, n1, "demo", 10, 1, 10, 2)
+	waitKnown(t, []*node{n2}, "demo")
+	buyer := newBuyer(4)
+	var toks [2][]string
+	for i, n := range []*node{n1, n2} {
+		for k := 0; k < 2; k++ {
+			a, err := buyer.deduct(n.hot, "demo", 1, "d-"+strconv.Itoa(i)+"-"+strconv.Itoa(k))
+			if err != nil || a.Code != 200 {
+				t.Fatalf("deduct on n%d: %+v %v", i+1, a, err)
+			}
+			toks[i] = append(toks[i], a.Reservation)
+		}
+	}
+	// Each node settles the other's tokens.
+	for i, n := range []*node{n2, n1} {
+		if a := settle(t, buyer, n.hot, "/v1/release", toks[i][0]); a.Code != 200 {
+			t.Errorf("release of n%d's token on the other node: %+v", i+1, a)
+		}
+		if a := settle(t, buyer, n.hot, "/v1/confirm", toks[i][1]); a.Code != 200 {
+			t.Errorf("confirm of n%d's token on the other node: %+v", i+1, a)
+		}
+	}
+	// A token of a real deduction signed with another key is unknown.
+	p := parseToken(t, toks[0][0])
+	for _, key := range []string{testSecret, testToken} {
+		tok := forge(key, p.sku, p.pid, p.epoch, p.seq, p.qty)
+		if a := settle(t, buyer, n1.hot, "/v1/confirm", tok); a.Code != 404 {
+			t.Errorf("token signed with %q: %+v, want 404", key, a)
+		}
+	}
+	r := waitSynced(t, n1, "demo", 15*time.Second)
+	if r.Released != 2 || r.Confirmed != 2 {
+		t.Fatalf("released %d, confirmed %d; want 2 and 2 (%+v)", r.Released, r.Confirmed, r)
+	}
+}
+
+// Rotation: with the new secret current and the old one previous, tokens
+// signed with either settle and new tokens are signed with the new one;
+// a token signed with neither is unknown; once the old secret is removed,
+// its tokens are unknown too.
+func TestSecretRotation(t *testing.T) {
+	e := newEnv(t, 1)
+	const newSecret = "rotated-reservation-secret-fedcba9876543210"
+	cfg := e.config() // signs with testSecret
+	n := startNode(t, cfg)
+	putSKU(t, n, "rot", 10, 1, 10, 2)
+	b := newBuyer(4)
+	buy := func(id string) string {
+		t.Helper()
+		a, err := b.deduct(n.hot, "rot", 1, id)
+		if err != nil || a.Code != 200 {
+			t.Fatalf("deduct: %+v %v", a, err)
+		}
+		return a.Reservation
+	}
+	old := []string{buy("o-1"), buy("o-2"), buy("o-3")}
+	n.stop()
+
+	cfg.ReservationSecret, cfg.ReservationSecretPrevious = newSecret, []string{testSecret}
+	n = startNode(t, cfg)
+	if a := settle(t, b, n.hot, "/v1/release", old[0]); a.Code != 200 {
+		t.Errorf("token signed with the previous secret: %+v, want 200", a)
+	}
+	fresh := buy("n-1")
+	p := parseToken(t, fresh)
+	if fresh != forge(newSecret, p.sku, p.pid, p.epoch, p.seq, p.qty) {
+		t.Errorf("new token %s not signed with the current secret", fresh)
+	}
+	if a := settle(t, b, n.hot, "/v1/confirm", fresh); a.Code != 200 {
+		t.Errorf("token signed with the current secret: %+v", a)
+	}
+	q := parseToken(t, old[1])
+	neither := forge("some-other-secret-that-nobody-configured", q.sku, q.pid, q.epoch, q.seq, q.qty)
+	if a := settle(t, b, n.hot, "/v1/release", neither); a.Code != 404 {
+		t.Errorf("token signed with neither secret: %+v, want 404", a)
+	}
+	n.stop()
+
+	cfg.ReservationSecretPrevious = nil
+	n = startNode(t, cfg)
+	if a := settle(t, b, n.hot, "/v1/release", old[2]); a.Code != 404 {
+		t.Errorf("token of a removed secret: %+v, want 404", a)
+	}
+	if a := settle(t, b, n.hot, "/v1/confirm", fresh); a.Code != 200 {
+		t.Errorf("confirm again with the current secret: %+v", a)
+	}
+	r := waitSynced(t, n, "rot", 15*time.Second)
+	if r.Released != 1 || r.Confirmed != 1 || r.Reserved != 2 {
+		t.Fatalf("released %d, confirmed %d, reserved %d; want 1, 1, 2 (%+v)", r.Released, r.Confirmed, r.Reserved, r)
 	}
 }
