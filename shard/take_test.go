@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stockd/stockd/internal/testenv"
 )
@@ -209,4 +210,56 @@ func TestFindDetail(t *testing.T) {
 		}
 	}
 	t.Logf("%d entries hold 12 details", p.streamLen(t))
+}
+
+// In replica mode a detail found in the primary's stream counts only once
+// a replica holds it: a take whose WAIT failed (answered 503, no token
+// handed out) is in the primary's stream but must not be settled.
+func TestFindDetailWaitsForReplicas(t *testing.T) {
+	ctx := context.Background()
+	primary := testenv.StartRedis(t)
+	replica := testenv.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(primary.Port), "--repl-diskless-sync-delay", "0")
+	c := primary.Client()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, _ := c.Do(ctx, c.B().Info().Section("replication").Build()).ToString()
+		if strings.Contains(info, "connected_slaves:1") && strings.Contains(info, "state=online") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica did not sync: %s", info)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	set, err := Open(ctx, []Config{{ID: "s1", Addr: primary.Addr, Settings: Settings{
+		Durability: DurabilityReplica, Replicas: 1, WaitTimeout: 200 * time.Millisecond}}},
+		Options{Prefix: testenv.Name("find")}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(set.Close)
+	p, err := set.Partition("sku", 0, 42, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Init(ctx, 1, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Refill(ctx, 1, 'a', 10, 10); err != nil {
+		t.Fatal(err)
+	}
+	r, err := p.Take(ctx, "r1", 2, 1, true, "")
+	if err != nil || r.Code != Took {
+		t.Fatalf("take: %+v %v", r, err)
+	}
+	if got, err := p.FindDetail(ctx, r.Seq); err != nil || got.Code != DetailFound || got.Qty != 2 {
+		t.Fatalf("replicated detail: %+v %v", got, err)
+	}
+	replica.Stop()
+	if _, err := p.Take(ctx, "r2", 3, 1, true, ""); !errors.Is(err, ErrNotReplicated) {
+		t.Fatalf("take with the replica frozen: %v, want ErrNotReplicated", err)
+	}
+	if got, err := p.FindDetail(ctx, r.Seq+1); !errors.Is(err, ErrNotReplicated) {
+		t.Fatalf("detail of the take that was not replicated: %+v %v, want ErrNotReplicated", got, err)
+	}
 }

@@ -190,6 +190,9 @@ func (l *Ledger) moveOnce(ctx context.Context, d deduction, to string, proven bo
 				}
 				id = orig
 				err = tx.QueryRowContext(ctx, `SELECT state, qty FROM deductions WHERE detail_id = ? FOR UPDATE`, id).Scan(&state, &rowQty)
+				if err != nil {
+					return fmt.Errorf("read original of a double: %w", err)
+				}
 				d.qty = rowQty
 			}
 		}
