@@ -264,7 +264,17 @@ func (l *Ledger) moveEarly(ctx context.Context, tx *sql.Tx, d deduction, to stri
 		// pool already.
 		_, err = tx.ExecContext(ctx, `UPDATE skus SET released = released + ? WHERE sku = ?`, d.qty, d.sku)
 		return err
+	case fenced && to == "released":
+		// The units stay in doubt and go back to the pool when the doubt
+		// resolves. Returned now on the signature alone, they could be
+		// sold twice: a forged token may name a deduction that never
+		// happened, and the genuine details its doubt covers may still
+		// land (each moving its units out of in_doubt).
+		_, err = tx.ExecContext(ctx, `UPDATE skus SET released = released + ? WHERE sku = ?`, d.qty, d.sku)
+		return err
 	case fenced:
+		// Confirmed: the units leave the doubt for good (a forged confirm
+		// can only keep units from being sold).
 		if _, err := tx.ExecContext(ctx,
 			`UPDATE partitions SET doubt_units = doubt_units - ? WHERE sku = ? AND pid = ? AND epoch = ?`,
 			d.qty, d.sku, d.pid, d.epoch); err != nil {

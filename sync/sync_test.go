@@ -354,18 +354,22 @@ func TestLedgerActsOnlyOnDeductionsThatExist(t *testing.T) {
 }
 
 // On a fenced partition Redis lost the records: a token's signature is the
-// only evidence left, so it may move only units still held in doubt, and
-// never more than the partition's remaining doubt_units.
+// only evidence left, so it may move only units still held in doubt, never
+// more than the partition's remaining doubt_units. A release there leaves
+// its units in doubt until the doubt resolves: the genuine details that the
+// doubt covers may still land, and a forged release must not have put
+// their units in the pool meanwhile.
 func TestFencedSettleBoundedByDoubt(t *testing.T) {
 	ctx := context.Background()
 	db := newDB(t)
 	set := newShards(t)
-	seed(t, db, set, "fenced", 0)
-	// The partition was fenced holding 3 units in doubt.
-	if _, err := db.Exec(`UPDATE skus SET total = 3, in_doubt = 3 WHERE sku = 'fenced'`); err != nil {
+	ds := seed(t, db, set, "fenced", 2) // 2 genuine details, not landed
+	// The partition was fenced holding 5 units in doubt: the 2 details and
+	// 3 units its lost state held.
+	if _, err := db.Exec(`UPDATE skus SET total = 5, in_doubt = 5, reserved = 0 WHERE sku = 'fenced'`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.Exec(`UPDATE partitions SET state = 'fenced', fenced_at = NOW(6), doubt_units = 3 WHERE sku = 'fenced'`); err != nil {
+	if _, err := db.Exec(`UPDATE partitions SET state = 'fenced', fenced_at = NOW(6), doubt_units = 5 WHERE sku = 'fenced'`); err != nil {
 		t.Fatal(err)
 	}
 	l := newLedger(db, set, time.Minute)
@@ -375,12 +379,13 @@ func TestFencedSettleBoundedByDoubt(t *testing.T) {
 		release  bool
 		want     error
 	}{
-		{1, 5, true, ErrUnknown}, // more than the doubt
-		{1, 2, true, nil},
-		{1, 2, true, nil}, // again
-		{2, 2, false, ErrUnknown},
-		{2, 1, false, nil},
-		{3, 1, true, ErrUnknown}, // nothing left in doubt
+		{10, 6, true, ErrUnknown}, // more than the doubt
+		{10, 5, true, nil},        // forged: a released row, no units move
+		{10, 5, true, nil},        // again
+		{11, 3, false, nil},       // forged confirm: 3 units out of doubt, never sold
+		{12, 3, false, ErrUnknown},
+		{12, 3, true, ErrUnknown},
+		{1, 1, false, nil}, // genuine confirm before its detail lands
 	}
 	for _, s := range steps {
 		f := l.Confirm
@@ -391,11 +396,21 @@ func TestFencedSettleBoundedByDoubt(t *testing.T) {
 			t.Errorf("seq %d qty %d release %v: %v, want %v", s.seq, s.qty, s.release, err, s.want)
 		}
 	}
-	var inDoubt, doubt, pool, released, confirmed int64
-	db.QueryRow(`SELECT s.in_doubt, p.doubt_units, s.pool, s.released, s.confirmed FROM skus s JOIN partitions p USING (sku) WHERE sku = 'fenced'`).
-		Scan(&inDoubt, &doubt, &pool, &released, &confirmed)
-	if inDoubt != 0 || doubt != 0 || pool != 2 || released != 2 || confirmed != 1 {
-		t.Fatalf("in_doubt %d, doubt_units %d, pool %d, released %d, confirmed %d; want 0, 0, 2, 2, 1",
-			inDoubt, doubt, pool, released, confirmed)
+	// The genuine details land: the confirmed one is a repeat, the other
+	// moves its unit out of doubt.
+	if _, err := Apply(ctx, db, ds); err != nil {
+		t.Fatal(err)
+	}
+	var inDoubt, doubt, pool, released, confirmed, reserved int64
+	db.QueryRow(`SELECT s.in_doubt, p.doubt_units, s.pool, s.released, s.confirmed, s.reserved FROM skus s JOIN partitions p USING (sku) WHERE sku = 'fenced'`).
+		Scan(&inDoubt, &doubt, &pool, &released, &confirmed, &reserved)
+	if inDoubt != 0 || doubt != 0 || pool != 0 || released != 5 || confirmed != 4 || reserved != 1 {
+		t.Fatalf("in_doubt %d, doubt_units %d, pool %d, released %d, confirmed %d, reserved %d; want 0, 0, 0, 5, 4, 1",
+			inDoubt, doubt, pool, released, confirmed, reserved)
+	}
+	// No unit reached the pool: the total (5) is the genuine 2 plus the 3
+	// the forged confirm keeps from sale; nothing can be sold twice.
+	if pool+reserved+confirmed+inDoubt != 5 {
+		t.Fatalf("books do not add up to the total 5")
 	}
 }
