@@ -172,19 +172,23 @@ type Lookup struct {
 // FindDetail looks for deduction seq in the partition's stream, in one
 // read-only script on the primary.
 //
-// A detail found on a shard in replica mode is then waited for, as the
-// batcher's read is: a write to the state and WAIT in one pipeline (the
-// replication stream is ordered, so the replicas then hold the entry too).
-// A take whose WAIT failed answered 503 and handed out no token, but its
-// entry is in the primary's stream; accepted, and the primary then lost,
-// the promoted replica would reuse its sequence for another request while
-// its units were already returned. Without replicas, a detail read here
-// and then lost is a rollback, caught by sequence (the early row raises
-// seen_seq) and fenced.
-func (p *Partition) FindDetail(ctx context.Context, seq int64) (Lookup, error) {
+// With replicated set, a detail found on a shard in replica mode is then
+// waited for, as the batcher's read is: a write to the state and WAIT in
+// one pipeline (the replication stream is ordered, so the replicas then
+// hold the entry too), else ErrNotReplicated. A take whose WAIT failed
+// answered 503 and handed out no token, but its entry is in the primary's
+// stream: a forged token that releases it would return its units to the
+// pool, and a failover would then also bring them back on the promoted
+// replica. Releases ask for this; confirms, which only take units out of
+// sale, do not (and so keep working while a promoted primary has no
+// replica yet). Without replicas, a detail read here and then lost is a
+// rollback, caught by sequence (the early row raises seen_seq) and fenced.
+func (p *Partition) FindDetail(ctx context.Context, seq int64, replicated bool) (Lookup, error) {
 	c := p.Shard.client()
-	vals, err := intSlice(findScript.Exec(ctx, c, []string{p.state, p.stream},
-		[]string{p.epoch, strconv.FormatInt(seq, 10)}).ToArray())
+	arr, err := findScript.Exec(ctx, c, []string{p.state, p.stream},
+		[]string{p.epoch, strconv.FormatInt(seq, 10)}).ToArray()
+	p.Shard.observe(err)
+	vals, err := intSlice(arr, err)
 	if err != nil {
 		return Lookup{}, fmt.Errorf("find detail on %s: %w", p.Shard.ID, err)
 	}
@@ -192,7 +196,7 @@ func (p *Partition) FindDetail(ctx context.Context, seq int64) (Lookup, error) {
 		return Lookup{}, fmt.Errorf("find detail: %w", ErrBadReply)
 	}
 	l := Lookup{Code: Code(vals[0]), Qty: vals[1], StateSeq: vals[2]}
-	if cfg := p.Shard.Config(); l.Code == DetailFound && cfg.Mode() == DurabilityReplica {
+	if cfg := p.Shard.Config(); replicated && l.Code == DetailFound && cfg.Mode() == DurabilityReplica {
 		rs := c.DoMulti(ctx,
 			c.B().Hincrby().Key(p.state).Field("touch").Increment(1).Build(),
 			c.B().Wait().Numreplicas(int64(cfg.Replicas)).Timeout(cfg.WaitTimeout.Milliseconds()).Build())

@@ -181,7 +181,7 @@ func TestFindDetail(t *testing.T) {
 		{other, 3, Lookup{Code: DetailLost}},
 	}
 	for _, c := range cases {
-		got, err := c.p.FindDetail(ctx, c.seq)
+		got, err := c.p.FindDetail(ctx, c.seq, false)
 		if err != nil || got != c.want {
 			t.Errorf("epoch %d seq %d: %+v %v, want %+v", c.p.Epoch, c.seq, got, err, c.want)
 		}
@@ -205,16 +205,17 @@ func TestFindDetail(t *testing.T) {
 	wg.Wait()
 	close(seqs)
 	for seq := range seqs {
-		if got, err := p.FindDetail(ctx, seq); err != nil || got.Code != DetailFound || got.Qty != 1 {
+		if got, err := p.FindDetail(ctx, seq, false); err != nil || got.Code != DetailFound || got.Qty != 1 {
 			t.Errorf("seq %d after concurrent takes: %+v %v", seq, got, err)
 		}
 	}
 	t.Logf("%d entries hold 12 details", p.streamLen(t))
 }
 
-// In replica mode a detail found in the primary's stream counts only once
-// a replica holds it: a take whose WAIT failed (answered 503, no token
-// handed out) is in the primary's stream but must not be settled.
+// In replica mode a detail found in the primary's stream counts for a
+// release only once a replica holds it: a take whose WAIT failed (answered
+// 503, no token handed out) is in the primary's stream but must not have
+// its units returned.
 func TestFindDetailWaitsForReplicas(t *testing.T) {
 	ctx := context.Background()
 	primary := testenv.StartRedis(t)
@@ -252,14 +253,18 @@ func TestFindDetailWaitsForReplicas(t *testing.T) {
 	if err != nil || r.Code != Took {
 		t.Fatalf("take: %+v %v", r, err)
 	}
-	if got, err := p.FindDetail(ctx, r.Seq); err != nil || got.Code != DetailFound || got.Qty != 2 {
+	if got, err := p.FindDetail(ctx, r.Seq, true); err != nil || got.Code != DetailFound || got.Qty != 2 {
 		t.Fatalf("replicated detail: %+v %v", got, err)
 	}
 	replica.Stop()
 	if _, err := p.Take(ctx, "r2", 3, 1, true, ""); !errors.Is(err, ErrNotReplicated) {
 		t.Fatalf("take with the replica frozen: %v, want ErrNotReplicated", err)
 	}
-	if got, err := p.FindDetail(ctx, r.Seq+1); !errors.Is(err, ErrNotReplicated) {
+	if got, err := p.FindDetail(ctx, r.Seq+1, true); !errors.Is(err, ErrNotReplicated) {
 		t.Fatalf("detail of the take that was not replicated: %+v %v, want ErrNotReplicated", got, err)
+	}
+	// Without waiting (a confirm) the primary's stream answers.
+	if got, err := p.FindDetail(ctx, r.Seq+1, false); err != nil || got.Code != DetailFound || got.Qty != 3 {
+		t.Fatalf("unreplicated detail without waiting: %+v %v", got, err)
 	}
 }

@@ -97,7 +97,7 @@ func (l *Ledger) move(ctx context.Context, detailID string, qty int64, to string
 		var need *needProof
 		switch {
 		case errors.As(err, &need):
-			err = l.prove(ctx, d, need)
+			err = l.prove(ctx, d, to, need)
 			if errors.Is(err, errInTransit) {
 				// Published, not landed: wait a little for the applier.
 				if time.Now().After(deadline) || !sleepCtx(ctx, pause) {
@@ -137,7 +137,7 @@ func (n *needProof) Error() string { return "detail not landed: check its partit
 
 // prove checks in Redis that deduction d exists with its qty (nil), or
 // says why it cannot be used: ErrUnknown, errInTransit, ErrUnverified.
-func (l *Ledger) prove(ctx context.Context, d deduction, need *needProof) error {
+func (l *Ledger) prove(ctx context.Context, d deduction, to string, need *needProof) error {
 	if l.shards == nil {
 		return fmt.Errorf("%w: no shards to check detail %s", ErrUnverified, d.id)
 	}
@@ -145,7 +145,14 @@ func (l *Ledger) prove(ctx context.Context, d deduction, need *needProof) error 
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrUnverified, err)
 	}
-	found, err := p.FindDetail(ctx, d.seq)
+	if !p.Shard.Healthy() {
+		// Fail fast, as deductions do (4.4): the shard's probe says it
+		// does not answer.
+		return fmt.Errorf("%w: shard %s does not answer", ErrUnverified, need.shard)
+	}
+	// A release returns units: in replica mode it counts only what the
+	// replicas hold (see FindDetail).
+	found, err := p.FindDetail(ctx, d.seq, to == "released")
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrUnverified, err)
 	}
