@@ -36,8 +36,19 @@ type Config struct {
 	// AdminToken is the bearer token every admin route but /healthz needs.
 	AdminToken string `yaml:"admin_token"`
 	// ReservationSecret signs reservation tokens; every node of a cluster
-	// needs the same one. Empty: derived from AdminToken.
+	// needs the same one. Required, at least 32 bytes, unless Demo.
 	ReservationSecret string `yaml:"reservation_secret"`
+	// ReservationSecretPrevious are older secrets still accepted when
+	// verifying tokens (never used to sign): a rotation in progress.
+	ReservationSecretPrevious []string `yaml:"reservation_secret_previous"`
+	// Demo marks a demonstration deployment (make run, make run-cluster):
+	// an empty ReservationSecret is then generated at random, and shared
+	// through DemoSecretFile.
+	Demo bool `yaml:"demo"`
+	// DemoSecretFile is where demo mode keeps its generated secret, so
+	// that a restarted demo node and the demo nodes sharing the directory
+	// accept each other's tokens. Empty: a new secret every run.
+	DemoSecretFile string `yaml:"demo_secret_file"`
 	// GossipAddr is where this node gossips with the other nodes
 	// (memberlist, UDP and TCP).
 	GossipAddr string `yaml:"gossip_addr"`
@@ -149,6 +160,7 @@ func DefaultConfig() Config {
 		NodeName:        host,
 		HTTPAddr:        ":8080",
 		AdminAddr:       ":8081",
+		DemoSecretFile:  "var/demo-reservation-secret",
 		GossipAddr:      ":7946",
 		MySQLDSN:        "root@tcp(127.0.0.1:3306)/stockd",
 		AMQPURL:         "amqp://guest:guest@127.0.0.1:5672/",
@@ -218,6 +230,9 @@ func (c Config) Validate() error {
 	if len(c.AdminToken) < 8 {
 		return errors.New("admin_token: required, at least 8 characters")
 	}
+	if err := c.validateSecrets(); err != nil {
+		return err
+	}
 	if c.MySQLDSN == "" {
 		return errors.New("mysql_dsn: required")
 	}
@@ -280,6 +295,30 @@ func (c Config) Validate() error {
 	}
 	if err := c.Sync.Validate(); err != nil {
 		return fmt.Errorf("sync.%w", err)
+	}
+	return nil
+}
+
+// MinSecret is the shortest reservation secret accepted, in bytes.
+const MinSecret = 32
+
+// validateSecrets checks the reservation secrets: a secret that can be
+// guessed lets anyone sign tokens (and, before stockd checked that a
+// token's deduction exists, create units with them).
+func (c Config) validateSecrets() error {
+	switch n := len(c.ReservationSecret); {
+	case n == 0 && !c.Demo:
+		return fmt.Errorf("reservation_secret: required, at least %d bytes, the same on every node (e.g. `openssl rand -hex 32`); or demo: true to generate one for a demo", MinSecret)
+	case n > 0 && n < MinSecret:
+		return fmt.Errorf("reservation_secret: must be at least %d bytes (got %d)", MinSecret, n)
+	}
+	for i, p := range c.ReservationSecretPrevious {
+		switch {
+		case len(p) < MinSecret:
+			return fmt.Errorf("reservation_secret_previous[%d]: must be at least %d bytes (got %d)", i, MinSecret, len(p))
+		case p == c.ReservationSecret:
+			return fmt.Errorf("reservation_secret_previous[%d]: equals reservation_secret", i)
+		}
 	}
 	return nil
 }

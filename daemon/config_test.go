@@ -12,15 +12,20 @@ import (
 // on purpose, equals the defaults: the documentation cannot drift from the
 // code without this failing.
 func TestExampleConfigIsTheDefaults(t *testing.T) {
-	cfg, err := LoadConfig("../configs/stockd.example.yaml", nil)
+	// The secret has no default and belongs in the environment.
+	cfg, err := LoadConfig("../configs/stockd.example.yaml", []string{"STOCKD_RESERVATION_SECRET=" + testSecret})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := DefaultConfig()
 	want.NodeName, want.AdminToken, want.Shards = cfg.NodeName, cfg.AdminToken, cfg.Shards
+	want.ReservationSecret = testSecret
 	want.MySQLDSN = cfg.MySQLDSN // the example names its own database
 	if len(cfg.Join) == 0 {
 		cfg.Join = nil // "join: []" documents the empty default
+	}
+	if len(cfg.ReservationSecretPrevious) == 0 {
+		cfg.ReservationSecretPrevious = nil
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("example config differs from the defaults:\n got %+v\nwant %+v", cfg, want)
@@ -29,8 +34,14 @@ func TestExampleConfigIsTheDefaults(t *testing.T) {
 
 // Bad settings fail at start with a message that names them.
 func TestConfigErrorsNameTheField(t *testing.T) {
-	base := []string{"STOCKD_ADMIN_TOKEN=long-enough-token", "STOCKD_SHARDS=s1=127.0.0.1:7001"}
+	base := []string{"STOCKD_ADMIN_TOKEN=long-enough-token", "STOCKD_SHARDS=s1=127.0.0.1:7001",
+		"STOCKD_RESERVATION_SECRET=" + testSecret}
 	cases := []struct{ env, field string }{
+		{"STOCKD_RESERVATION_SECRET=", "reservation_secret: required"},
+		{"STOCKD_RESERVATION_SECRET=short-secret", "reservation_secret: must be at least 32 bytes (got 12)"},
+		{"STOCKD_RESERVATION_SECRET_PREVIOUS=" + testSecret + "-old,short", "reservation_secret_previous[1]: must be at least 32 bytes (got 5)"},
+		{"STOCKD_RESERVATION_SECRET_PREVIOUS=" + testSecret, "reservation_secret_previous[0]: equals reservation_secret"},
+		{"STOCKD_DEMO=1\nSTOCKD_RESERVATION_SECRET=short-secret", "reservation_secret: must be at least 32 bytes"},
 		{"STOCKD_HTTP_ADDR=nope", "http_addr"},
 		{"STOCKD_SKU_DEFAULTS_CHUNK=0", "sku_defaults.chunk"},
 		{"STOCKD_SKU_DEFAULTS_THRESHOLD=500", "sku_defaults.threshold"},
@@ -45,13 +56,17 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"STOCKD_SHARD_DEFAULTS_DURABILITY=replica", "shard_defaults.replicas"},
 	}
 	for _, c := range cases {
-		_, err := LoadConfig("", append(append([]string{}, base...), c.env))
+		_, err := LoadConfig("", append(append([]string{}, base...), strings.Split(c.env, "\n")...))
 		if err == nil || !strings.Contains(err.Error(), c.field) {
 			t.Errorf("%s: error %v does not name %s", c.env, err, c.field)
 		}
 	}
 	if _, err := LoadConfig("", base); err != nil {
 		t.Fatalf("valid environment: %v", err)
+	}
+	// Demo mode needs no secret (one is generated at start).
+	if _, err := LoadConfig("", append(append([]string{}, base...), "STOCKD_RESERVATION_SECRET=", "STOCKD_DEMO=1")); err != nil {
+		t.Fatalf("demo mode without a secret: %v", err)
 	}
 }
 
@@ -88,7 +103,7 @@ func TestExampleConfigDocumentsEverySetting(t *testing.T) {
 // Shards given only by id and address (STOCKD_SHARDS) take the rest of
 // their settings from shard_defaults.
 func TestShardDefaultsFillEnvShards(t *testing.T) {
-	cfg, err := LoadConfig("", []string{"STOCKD_ADMIN_TOKEN=long-enough-token",
+	cfg, err := LoadConfig("", []string{"STOCKD_ADMIN_TOKEN=long-enough-token", "STOCKD_DEMO=true",
 		"STOCKD_SHARDS=s1=127.0.0.1:7001,s2=127.0.0.1:7002",
 		"STOCKD_SHARD_DEFAULTS_DURABILITY=replica", "STOCKD_SHARD_DEFAULTS_REPLICAS=1",
 		"STOCKD_SHARD_DEFAULTS_WAIT_TIMEOUT=50ms", "STOCKD_SHARD_DEFAULTS_USERNAME=stockd"})

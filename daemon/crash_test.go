@@ -109,6 +109,7 @@ func procEnv(cfg Config, hot, admin string) []string {
 		"STOCKD_HTTP_ADDR=" + hot,
 		"STOCKD_ADMIN_ADDR=" + admin,
 		"STOCKD_ADMIN_TOKEN=" + cfg.AdminToken,
+		"STOCKD_RESERVATION_SECRET=" + cfg.ReservationSecret,
 		"STOCKD_MYSQL_DSN=" + cfg.MySQLDSN,
 		"STOCKD_AMQP_URL=" + cfg.AMQPURL,
 		"STOCKD_KEY_PREFIX=" + cfg.KeyPrefix,

@@ -6,7 +6,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -25,7 +24,6 @@ import (
 	"github.com/stockd/stockd/admin"
 	"github.com/stockd/stockd/daemon/cluster"
 	"github.com/stockd/stockd/internal/httpframe"
-	"github.com/stockd/stockd/internal/reservation"
 	"github.com/stockd/stockd/internal/schema"
 	"github.com/stockd/stockd/internal/tlsx"
 	"github.com/stockd/stockd/preallocate"
@@ -77,6 +75,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	cfg := d.cfg
 	log := d.logger
 
+	signer, err := reservationSigner(cfg, log)
+	if err != nil {
+		return err
+	}
 	db, err := schema.OpenTLS(ctx, cfg.MySQLDSN, cfg.MySQLCAFile)
 	if err != nil {
 		return fmt.Errorf("mysql: %w", err)
@@ -206,6 +208,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 			return owned
 		},
+		Shards:     shards,
 		Registerer: metrics,
 		Logger:     log,
 	})
@@ -224,15 +227,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		notices.send(noticeReturned, sku, 0)
 	}
 
-	secret := cfg.ReservationSecret
-	if secret == "" {
-		sum := sha256.Sum256([]byte("stockd-reservation:" + cfg.AdminToken))
-		secret = string(sum[:])
-	}
 	h := &hot{
 		sched:   sched,
 		ledger:  wb.Ledger,
-		signer:  reservation.NewSigner([]byte(secret)),
+		signer:  signer,
 		maxQty:  cfg.MaxQty,
 		timeout: cfg.RequestTimeout,
 		ready:   &d.ready,

@@ -51,6 +51,7 @@ func (e *env) config() Config {
 	cfg.GossipAddr = "127.0.0.1:0"
 	cfg.GossipFast = true
 	cfg.AdminToken = testToken
+	cfg.ReservationSecret = testSecret
 	cfg.MySQLDSN = e.dsn
 	cfg.AMQPURL = testenv.AMQPURL()
 	cfg.KeyPrefix = e.prefix

@@ -390,6 +390,12 @@ func (h *hot) settle(ctx *fasthttp.RequestCtx, confirm bool) {
 	case errors.Is(err, stocksync.ErrConfirmed):
 		ctx.SetStatusCode(fasthttp.StatusConflict)
 		ctx.SetBodyString(`{"status":"confirmed","error":"reservation: already confirmed, cannot release"}`)
+	case errors.Is(err, stocksync.ErrUnknown):
+		writeErr(ctx, fasthttp.StatusNotFound, "reservation: unknown")
+	case errors.Is(err, stocksync.ErrUnverified):
+		h.logger.Debug("settle cannot verify yet", "reservation", *b.Reservation, "err", err)
+		ctx.Response.Header.Set("Retry-After", "1")
+		writeErr(ctx, fasthttp.StatusServiceUnavailable, "reservation: cannot be verified yet, retry")
 	case err != nil:
 		h.logger.Warn("settle unavailable", "reservation", *b.Reservation, "err", err)
 		writeErr(ctx, fasthttp.StatusServiceUnavailable, "unavailable, retry")

@@ -35,6 +35,9 @@ import (
 
 const adminToken = "faults-admin-token"
 
+// reservationSecret signs the reservation tokens of every node of a test.
+const reservationSecret = "faults-reservation-secret-0123456789abcdef"
+
 // env is one test's services.
 type env struct {
 	t      testing.TB
@@ -361,6 +364,7 @@ func (e *env) startStockd(o nodeOpts) *stockd {
 		"STOCKD_LOG_LEVEL":    "warn",
 		"STOCKD_RELOAD_EVERY": "500ms",
 	}
+	settings["STOCKD_RESERVATION_SECRET"] = reservationSecret
 	if os.Getenv("STOCKD_TEST_DEBUG") != "" {
 		settings["STOCKD_LOG_LEVEL"] = "debug"
 	}

@@ -248,3 +248,41 @@ func TestRebalanceLockPerSpelling(t *testing.T) {
 	}
 	unlockUpper()
 }
+
+// A fill that Redis applied while its partition was being fenced: the
+// fence counts only applied fills, so a fill still pending then and marked
+// applied after must join the doubt, or its units are counted nowhere.
+func TestFillAppliedAcrossAFence(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, 1)
+	sku, _, err := f.alloc.Provision(ctx, "across", Spec{Total: 100, Partitions: 1, Chunk: 10, Threshold: 3}, Spec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := f.handle(t, sku, 0)
+	// A pending fill, as Refill's transaction leaves it, that reached Redis
+	// (the reply was lost) just before the partition is fenced.
+	if _, err := f.db.Exec(`UPDATE skus SET pool = pool - 5 WHERE sku = 'across'`); err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.db.Exec(`INSERT INTO allocations (sku, pid, epoch, kind, sub, qty) VALUES ('across', ?, ?, 'fill', 'a', 5)`, p.ID, p.Epoch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := res.LastInsertId()
+	if r, err := p.Refill(ctx, id, 'a', 5, 1000); err != nil || r.Code != shard.Took {
+		t.Fatalf("refill in redis: %+v %v", r, err)
+	}
+	f.alloc.Fence(ctx, p, ReasonRollback)
+	if err := f.alloc.ApplyPending(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	var total, pool, inDoubt, doubt int64
+	if err := f.db.QueryRow(`SELECT s.total, s.pool, s.in_doubt, p.doubt_units FROM skus s JOIN partitions p USING (sku) WHERE sku = 'across'`).
+		Scan(&total, &pool, &inDoubt, &doubt); err != nil {
+		t.Fatal(err)
+	}
+	if s := f.allocationState(t, id); s != "applied" || pool+inDoubt != total || inDoubt != doubt {
+		t.Fatalf("allocation %s; pool %d + in_doubt %d != total %d (partition doubt %d)", s, pool, inDoubt, total, doubt)
+	}
+}

@@ -29,6 +29,8 @@
 #   Other STOCKD_* variables are passed on to every node, except the ones
 #       set per node above (NODE_NAME, HTTP_ADDR, ADMIN_ADDR, GOSSIP_ADDR,
 #       JOIN), which this script sets.
+#   STOCKD_DEMO [1]: demo mode, passed on: without STOCKD_RESERVATION_SECRET
+#       the nodes share a generated secret (var/demo-reservation-secret).
 #   RUN_READY_TIMEOUT [30]  RUN_STOP_TIMEOUT [20]
 #   RUN_CLUSTER_TIMEOUT [30]  seconds for the 3 nodes to see each other
 #   RUN_CLUSTER_QUIET=1       don't copy the node logs to the terminal
@@ -45,6 +47,10 @@ LOG_TAG=run-cluster
 BIN=${STOCKD_BIN:-bin/stockd}
 CONFIG=${STOCKD_CONFIG:-configs/stockd.yaml}
 export -n STOCKD_BIN STOCKD_CONFIG
+# Demo mode: without STOCKD_RESERVATION_SECRET, a node generates a random
+# secret into var/demo-reservation-secret, which a restarted node and the
+# other demo nodes (same directory) share. STOCKD_DEMO=0 turns it off.
+export STOCKD_DEMO=${STOCKD_DEMO:-1}
 READY_TIMEOUT=${RUN_READY_TIMEOUT:-30}
 STOP_TIMEOUT=${RUN_STOP_TIMEOUT:-20}
 CLUSTER_TIMEOUT=${RUN_CLUSTER_TIMEOUT:-30}

@@ -22,6 +22,8 @@
 #       daemon settings, passed on; when unset, http_addr, admin_addr,
 #       admin_token and the shards' addrs are read from the config file
 #       [defaults :8080, :8081, dev-token, 7001-7003].
+#   STOCKD_DEMO [1]: demo mode, passed on: without STOCKD_RESERVATION_SECRET
+#       the nodes share a generated secret (var/demo-reservation-secret).
 #   RUN_READY_TIMEOUT [30]  RUN_STOP_TIMEOUT [20]
 #   RUN_SKIP_SERVICES=1  skip step 1 (then no service is started or stopped)
 # shellcheck disable=SC2317 # trap handlers are reached via trap
@@ -36,6 +38,10 @@ LOG_TAG=run
 BIN=${STOCKD_BIN:-bin/stockd}
 CONFIG=${STOCKD_CONFIG:-configs/stockd.yaml}
 export -n STOCKD_BIN STOCKD_CONFIG
+# Demo mode: without STOCKD_RESERVATION_SECRET, a node generates a random
+# secret into var/demo-reservation-secret, which a restarted node and the
+# other demo nodes (same directory) share. STOCKD_DEMO=0 turns it off.
+export STOCKD_DEMO=${STOCKD_DEMO:-1}
 READY_TIMEOUT=${RUN_READY_TIMEOUT:-30}
 STOP_TIMEOUT=${RUN_STOP_TIMEOUT:-20}
 

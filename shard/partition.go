@@ -30,6 +30,8 @@ var (
 	inspectSrc string
 	//go:embed scripts/claim.lua
 	claimSrc string
+	//go:embed scripts/find.lua
+	findSrc string
 
 	takeScript    = newReplicated(takeSrc)
 	pointScript   = newReplicated(pointSrc)
@@ -38,6 +40,7 @@ var (
 	initScript    = newReplicated(initSrc)
 	claimScript   = newReplicated(claimSrc)
 	inspectScript = rueidis.NewLuaScriptReadOnly(inspectSrc)
+	findScript    = rueidis.NewLuaScriptReadOnly(findSrc)
 )
 
 // ErrBadReply means a script answered in a shape this code does not know;

@@ -150,3 +150,66 @@ func (p *Partition) DrainAmount(ctx context.Context, drainID int64) (int64, bool
 	}
 	return n, true, nil
 }
+
+// Find outcomes; the numbers are find.lua's own.
+const (
+	DetailLost   Code = 0 // the state is missing or of another epoch
+	DetailFound  Code = 1 // the stream holds the detail
+	DetailAbsent Code = 2 // the stream does not hold it (see Lookup.StateSeq)
+)
+
+// Lookup is what FindDetail learnt of one deduction.
+type Lookup struct {
+	Code Code
+	// Qty is the detail's qty (DetailFound).
+	Qty int64
+	// StateSeq is the partition's last sequence: an absent detail with a
+	// sequence at or below it was trimmed (published), above it was never
+	// deducted.
+	StateSeq int64
+}
+
+// FindDetail looks for deduction seq in the partition's stream, in one
+// read-only script on the primary.
+//
+// With replicated set, a detail found on a shard in replica mode is then
+// waited for, as the batcher's read is: a write to the state and WAIT in
+// one pipeline (the replication stream is ordered, so the replicas then
+// hold the entry too), else ErrNotReplicated. A take whose WAIT failed
+// answered 503 and handed out no token, but its entry is in the primary's
+// stream: a forged token that releases it would return its units to the
+// pool, and a failover would then also bring them back on the promoted
+// replica. Releases ask for this; confirms, which only take units out of
+// sale, do not (and so keep working while a promoted primary has no
+// replica yet). Without replicas, a detail read here and then lost is a
+// rollback, caught by sequence (the early row raises seen_seq) and fenced.
+func (p *Partition) FindDetail(ctx context.Context, seq int64, replicated bool) (Lookup, error) {
+	c := p.Shard.client()
+	arr, err := findScript.Exec(ctx, c, []string{p.state, p.stream},
+		[]string{p.epoch, strconv.FormatInt(seq, 10)}).ToArray()
+	p.Shard.observe(err)
+	vals, err := intSlice(arr, err)
+	if err != nil {
+		return Lookup{}, fmt.Errorf("find detail on %s: %w", p.Shard.ID, err)
+	}
+	if len(vals) != 3 {
+		return Lookup{}, fmt.Errorf("find detail: %w", ErrBadReply)
+	}
+	l := Lookup{Code: Code(vals[0]), Qty: vals[1], StateSeq: vals[2]}
+	if cfg := p.Shard.Config(); replicated && l.Code == DetailFound && cfg.Mode() == DurabilityReplica {
+		rs := c.DoMulti(ctx,
+			c.B().Hincrby().Key(p.state).Field("touch").Increment(1).Build(),
+			c.B().Wait().Numreplicas(int64(cfg.Replicas)).Timeout(cfg.WaitTimeout.Milliseconds()).Build())
+		n, err := rs[1].AsInt64()
+		if err == nil {
+			err = rs[0].Error()
+		}
+		if err != nil {
+			return Lookup{}, fmt.Errorf("find detail on %s: %w", p.Shard.ID, err)
+		}
+		if n < int64(cfg.Replicas) {
+			return Lookup{}, fmt.Errorf("find detail on %s: %w: %d of %d replicas in %s", p.Shard.ID, ErrNotReplicated, n, cfg.Replicas, cfg.WaitTimeout)
+		}
+	}
+	return l, nil
+}

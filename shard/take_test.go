@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stockd/stockd/internal/testenv"
 )
@@ -169,5 +173,122 @@ func TestTakeReusedWithAnotherQty(t *testing.T) {
 	}
 	if n := p.streamLen(t); n != 1 {
 		t.Fatalf("%d stream entries, want 1", n)
+	}
+}
+
+// FindDetail tells a detail in the stream (with its qty) from one trimmed
+// after publishing and from one never deducted, and refuses another epoch.
+func TestFindDetail(t *testing.T) {
+	ctx := context.Background()
+	p := onePartition(t)
+	for i, id := range []string{"r1", "r2", "r3", "r4"} {
+		if r, err := p.Take(ctx, id, int64(i+1), 1, true, ""); err != nil || r.Code != Took || r.Seq != int64(i+1) {
+			t.Fatalf("take %s: %+v %v", id, r, err)
+		}
+	}
+	if err := p.TrimBefore(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	prefix := strings.TrimPrefix(strings.SplitN(p.state, ":", 2)[0], "{")
+	other := NewPartition(prefix, p.SKU, p.ID, p.Epoch+1, p.Shard)
+	cases := []struct {
+		p    *Partition
+		seq  int64
+		want Lookup
+	}{
+		{p, 1, Lookup{Code: DetailAbsent, StateSeq: 4}}, // trimmed
+		{p, 2, Lookup{Code: DetailAbsent, StateSeq: 4}}, // trimmed
+		{p, 3, Lookup{Code: DetailFound, Qty: 3, StateSeq: 4}},
+		{p, 4, Lookup{Code: DetailFound, Qty: 4, StateSeq: 4}},
+		{p, 5, Lookup{Code: DetailAbsent, StateSeq: 4}}, // never deducted
+		{p, 1000, Lookup{Code: DetailAbsent, StateSeq: 4}},
+		{other, 3, Lookup{Code: DetailLost}},
+	}
+	for _, c := range cases {
+		got, err := c.p.FindDetail(ctx, c.seq, false)
+		if err != nil || got != c.want {
+			t.Errorf("epoch %d seq %d: %+v %v, want %+v", c.p.Epoch, c.seq, got, err, c.want)
+		}
+	}
+	// Concurrent takes share entries (the combiner): every detail is still
+	// found, with its own qty.
+	var wg sync.WaitGroup
+	seqs := make(chan int64, 10)
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			r, err := p.Take(ctx, "c"+strconv.Itoa(i), 1, 1, true, "")
+			if err != nil || r.Code != Took {
+				t.Errorf("take c%d: %+v %v", i, r, err)
+				return
+			}
+			seqs <- r.Seq
+		}(i)
+	}
+	wg.Wait()
+	close(seqs)
+	for seq := range seqs {
+		if got, err := p.FindDetail(ctx, seq, false); err != nil || got.Code != DetailFound || got.Qty != 1 {
+			t.Errorf("seq %d after concurrent takes: %+v %v", seq, got, err)
+		}
+	}
+	t.Logf("%d entries hold 12 details", p.streamLen(t))
+}
+
+// In replica mode a detail found in the primary's stream counts for a
+// release only once a replica holds it: a take whose WAIT failed (answered
+// 503, no token handed out) is in the primary's stream but must not have
+// its units returned.
+func TestFindDetailWaitsForReplicas(t *testing.T) {
+	ctx := context.Background()
+	primary := testenv.StartRedis(t)
+	replica := testenv.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(primary.Port), "--repl-diskless-sync-delay", "0")
+	c := primary.Client()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, _ := c.Do(ctx, c.B().Info().Section("replication").Build()).ToString()
+		if strings.Contains(info, "connected_slaves:1") && strings.Contains(info, "state=online") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica did not sync: %s", info)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	set, err := Open(ctx, []Config{{ID: "s1", Addr: primary.Addr, Settings: Settings{
+		Durability: DurabilityReplica, Replicas: 1, WaitTimeout: 200 * time.Millisecond}}},
+		Options{Prefix: testenv.Name("find")}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(set.Close)
+	p, err := set.Partition("sku", 0, 42, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Init(ctx, 1, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Refill(ctx, 1, 'a', 10, 10); err != nil {
+		t.Fatal(err)
+	}
+	r, err := p.Take(ctx, "r1", 2, 1, true, "")
+	if err != nil || r.Code != Took {
+		t.Fatalf("take: %+v %v", r, err)
+	}
+	if got, err := p.FindDetail(ctx, r.Seq, true); err != nil || got.Code != DetailFound || got.Qty != 2 {
+		t.Fatalf("replicated detail: %+v %v", got, err)
+	}
+	replica.Stop()
+	if _, err := p.Take(ctx, "r2", 3, 1, true, ""); !errors.Is(err, ErrNotReplicated) {
+		t.Fatalf("take with the replica frozen: %v, want ErrNotReplicated", err)
+	}
+	if got, err := p.FindDetail(ctx, r.Seq+1, true); !errors.Is(err, ErrNotReplicated) {
+		t.Fatalf("detail of the take that was not replicated: %+v %v, want ErrNotReplicated", got, err)
+	}
+	// Without waiting (a confirm) the primary's stream answers.
+	if got, err := p.FindDetail(ctx, r.Seq+1, false); err != nil || got.Code != DetailFound || got.Qty != 3 {
+		t.Fatalf("unreplicated detail without waiting: %+v %v", got, err)
 	}
 }

@@ -18,6 +18,14 @@ var (
 	ErrReleased = errors.New("reservation was released")
 	// ErrConfirmed: a release of a reservation that was confirmed.
 	ErrConfirmed = errors.New("reservation was confirmed")
+	// ErrUnknown: the token names no deduction that exists (no detail row,
+	// not in its partition's stream, another qty, no such partition or
+	// epoch), whatever its signature. Nothing was changed.
+	ErrUnknown = errors.New("no such reservation")
+	// ErrUnverified: the deduction cannot be checked now (its detail left
+	// Redis for the broker and has not reached MySQL yet, or its shard
+	// does not answer); retry. Nothing was changed.
+	ErrUnverified = errors.New("reservation cannot be verified yet")
 )
 
 // Ledger runs the reservation lifecycle on the detail rows: a deduction is
@@ -26,10 +34,12 @@ var (
 // row's state and the SKU's counters together, from the state it finds, so
 // repeats and races (release against expiry, against write-back) count the
 // units once. A reservation whose detail has not reached MySQL yet gets its
-// row now, in its final state; the write-back insert then finds the row and
-// changes nothing.
+// row now, in its final state, once its partition's stream proved the
+// deduction exists; the write-back insert then finds the row and changes
+// nothing. A token is never enough on its own (ARCHITECTURE.md section 7).
 type Ledger struct {
 	db     *sql.DB
+	shards *shard.Set
 	ttl    time.Duration
 	every  time.Duration
 	logger *slog.Logger
@@ -39,6 +49,11 @@ type Ledger struct {
 	// skus lists the SKUs whose reservations this node expires.
 	skus func() []string
 }
+
+// landWait bounds how long a confirm or release waits for a detail that
+// left Redis (published) to land in MySQL before it answers ErrUnverified.
+// The applier usually lands a batch within milliseconds of the confirm.
+const landWait = time.Second
 
 // Confirm confirms the reservation of detailID (qty units).
 func (l *Ledger) Confirm(ctx context.Context, detailID string, qty int64) error {
@@ -58,15 +73,46 @@ func (l *Ledger) Release(ctx context.Context, detailID string, qty int64) error 
 	return nil
 }
 
-// move takes detailID to state (confirmed or released).
+// deduction names the deduction a token claims.
+type deduction struct {
+	id         string
+	sku        string
+	pid        int
+	epoch, seq int64
+	qty        int64
+}
+
+// move takes the deduction to state (confirmed or released).
 func (l *Ledger) move(ctx context.Context, detailID string, qty int64, to string) error {
-	sku, pid, _, _, err := shard.ParseDetailID(detailID)
-	if err != nil {
-		return err
+	sku, pid, epoch, seq, err := shard.ParseDetailID(detailID)
+	if err != nil || seq < 1 || qty < 1 {
+		return ErrUnknown
 	}
-	for attempt := 0; ; attempt++ {
-		err := l.moveOnce(ctx, detailID, sku, pid, qty, to)
-		if !errors.Is(err, errLanded) || attempt >= 3 {
+	d := deduction{id: detailID, sku: sku, pid: pid, epoch: epoch, seq: seq, qty: qty}
+	proven := false
+	deadline := time.Now().Add(landWait)
+	pause := 20 * time.Millisecond
+	for races := 0; ; {
+		err := l.moveOnce(ctx, d, to, proven)
+		var need *needProof
+		switch {
+		case errors.As(err, &need):
+			err = l.prove(ctx, d, to, need)
+			if errors.Is(err, errInTransit) {
+				// Published, not landed: wait a little for the applier.
+				if time.Now().After(deadline) || !sleepCtx(ctx, pause) {
+					return fmt.Errorf("%w: detail %s is between Redis and MySQL", ErrUnverified, d.id)
+				}
+				pause = min(2*pause, 200*time.Millisecond)
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			proven = true
+		case errors.Is(err, errLanded) && races < 3:
+			races++
+		default:
 			return err
 		}
 	}
@@ -76,10 +122,64 @@ func (l *Ledger) move(ctx context.Context, detailID string, qty int64, to string
 // early (write-back got there in between); the move starts over from it.
 var errLanded = errors.New("detail landed meanwhile")
 
-func (l *Ledger) moveOnce(ctx context.Context, detailID, sku string, pid int, qty int64, to string) error {
-	_, _, epoch, _, _ := shard.ParseDetailID(detailID)
+// errInTransit: the detail was deducted and published (trimmed from the
+// stream) but has not landed in MySQL: it cannot be checked now.
+var errInTransit = errors.New("detail between Redis and MySQL")
+
+// needProof: the detail has no row and its partition is not fenced; its
+// existence must be read from the partition's stream before the move.
+type needProof struct {
+	shard   string
+	seenSeq int64
+}
+
+func (n *needProof) Error() string { return "detail not landed: check its partition's stream" }
+
+// prove checks in Redis that deduction d exists with its qty (nil), or
+// says why it cannot be used: ErrUnknown, errInTransit, ErrUnverified.
+func (l *Ledger) prove(ctx context.Context, d deduction, to string, need *needProof) error {
+	if l.shards == nil {
+		return fmt.Errorf("%w: no shards to check detail %s", ErrUnverified, d.id)
+	}
+	p, err := l.shards.Partition(d.sku, d.pid, d.epoch, need.shard)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrUnverified, err)
+	}
+	if !p.Shard.Healthy() {
+		// Fail fast, as deductions do (4.4): the shard's probe says it
+		// does not answer.
+		return fmt.Errorf("%w: shard %s does not answer", ErrUnverified, need.shard)
+	}
+	// A release returns units: in replica mode it counts only what the
+	// replicas hold (see FindDetail).
+	found, err := p.FindDetail(ctx, d.seq, to == "released")
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrUnverified, err)
+	}
+	switch {
+	case found.Code == shard.DetailFound && found.Qty == d.qty:
+		return nil
+	case found.Code == shard.DetailFound:
+		return ErrUnknown // the deduction exists, with another qty
+	case found.Code == shard.DetailLost:
+		// MySQL has the partition open but Redis lost its state: it is
+		// about to be fenced (section 8), after which the doubt decides.
+		return fmt.Errorf("%w: partition state of %s lost in Redis", ErrUnverified, d.id)
+	case d.seq <= found.StateSeq:
+		return errInTransit
+	case d.seq <= need.seenSeq:
+		// A higher sequence landed, but Redis is below it: the shard went
+		// back; fencing will settle it.
+		return fmt.Errorf("%w: partition of %s rolled back in Redis", ErrUnverified, d.id)
+	}
+	return ErrUnknown // above the partition's sequence: never deducted
+}
+
+// moveOnce runs one transaction of the move. proven says that the
+// partition's stream held the detail (prove).
+func (l *Ledger) moveOnce(ctx context.Context, d deduction, to string, proven bool) error {
 	return sqltx.Run(ctx, l.db, func(tx *sql.Tx) error {
-		id := detailID
+		id := d.id
 		var state string
 		var rowQty int64
 		err := tx.QueryRowContext(ctx, `SELECT state, qty FROM deductions WHERE detail_id = ? FOR UPDATE`, id).Scan(&state, &rowQty)
@@ -87,13 +187,20 @@ func (l *Ledger) moveOnce(ctx context.Context, detailID, sku string, pid int, qt
 			// A double deduction undone by the backstop stands for its
 			// request's original deduction.
 			var orig sql.NullString
+			var dblQty int64
 			err = tx.QueryRowContext(ctx,
-				`SELECT d.detail_id FROM doubled_deductions x LEFT JOIN deductions d ON d.sku = x.sku AND d.request_id = x.request_id
-				  WHERE x.detail_id = ?`, id).Scan(&orig)
+				`SELECT d.detail_id, x.qty FROM doubled_deductions x LEFT JOIN deductions d ON d.sku = x.sku AND d.request_id = x.request_id
+				  WHERE x.detail_id = ?`, id).Scan(&orig, &dblQty)
 			switch {
+			case err == nil && dblQty != d.qty:
+				return ErrUnknown
 			case err == nil && orig.Valid:
 				id = orig.String
 				err = tx.QueryRowContext(ctx, `SELECT state, qty FROM deductions WHERE detail_id = ? FOR UPDATE`, id).Scan(&state, &rowQty)
+				if err != nil {
+					return fmt.Errorf("read original of a double: %w", err)
+				}
+				d.qty = rowQty
 			case err == nil:
 				// Undone, and no deduction has its request id byte for
 				// byte: a case variant the case-insensitive key took for
@@ -107,49 +214,11 @@ func (l *Ledger) moveOnce(ctx context.Context, detailID, sku string, pid int, qt
 		}
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
-			// Not landed yet. A detail of a fenced partition may never
-			// land: its units are in doubt, and this settles them.
-			var pstate string
-			var resolved bool
-			perr := tx.QueryRowContext(ctx,
-				`SELECT state, doubt_resolved_at IS NOT NULL FROM partitions WHERE sku = ? AND pid = ? AND epoch = ? FOR UPDATE`,
-				sku, pid, epoch).Scan(&pstate, &resolved)
-			if perr != nil && !errors.Is(perr, sql.ErrNoRows) {
-				return fmt.Errorf("read partition: %w", perr)
-			}
-			fenced := pstate == "fenced"
-			if fenced && resolved && to == "confirmed" {
-				// Its doubt went back to the pool after the TTL: the
-				// reservation expired.
-				return ErrReleased
-			}
-			// Write the row in its final state.
-			res, err := tx.ExecContext(ctx,
-				`INSERT IGNORE INTO deductions (detail_id, sku, pid, qty, state, deducted_at) VALUES (?, ?, ?, ?, ?, NOW(6))`,
-				id, sku, pid, qty, to)
-			if err != nil {
-				return fmt.Errorf("record early %s: %w", to, err)
-			}
-			if n, _ := res.RowsAffected(); n == 0 {
-				return errLanded
-			}
-			switch {
-			case fenced && resolved:
-				// released (confirm was refused above); the units are
-				// in the pool already.
-				_, err = tx.ExecContext(ctx, `UPDATE skus SET released = released + ? WHERE sku = ?`, qty, sku)
-				return err
-			case fenced:
-				if _, err := tx.ExecContext(ctx,
-					`UPDATE partitions SET doubt_units = doubt_units - ? WHERE sku = ? AND pid = ? AND epoch = ?`,
-					qty, sku, pid, epoch); err != nil {
-					return err
-				}
-				return bump(ctx, tx, sku, qty, "in_doubt", to)
-			}
-			return bump(ctx, tx, sku, qty, "", to)
+			return l.moveEarly(ctx, tx, d, to, proven)
 		case err != nil:
 			return fmt.Errorf("read reservation: %w", err)
+		case rowQty != d.qty:
+			return ErrUnknown // the deduction exists, with another qty
 		case state == to:
 			return nil // again: nothing to do
 		case state == "released":
@@ -160,8 +229,83 @@ func (l *Ledger) moveOnce(ctx context.Context, detailID, sku string, pid int, qt
 		if _, err := tx.ExecContext(ctx, `UPDATE deductions SET state = ? WHERE detail_id = ?`, to, id); err != nil {
 			return fmt.Errorf("move reservation: %w", err)
 		}
-		return bump(ctx, tx, sku, rowQty, "reserved", to)
+		return bump(ctx, tx, d.sku, rowQty, "reserved", to)
 	})
+}
+
+// moveEarly moves a deduction whose detail has not landed: its row is
+// written now, in its final state. The partition (read FOR UPDATE, so a
+// fence or a landing batch cannot slip in between) decides what proves
+// the deduction and which counters move.
+func (l *Ledger) moveEarly(ctx context.Context, tx *sql.Tx, d deduction, to string, proven bool) error {
+	var pstate, shardID string
+	var resolved bool
+	var seenSeq, doubt int64
+	err := tx.QueryRowContext(ctx,
+		`SELECT state, shard, seen_seq, doubt_units, doubt_resolved_at IS NOT NULL FROM partitions
+		  WHERE sku = ? AND pid = ? AND epoch = ? FOR UPDATE`,
+		d.sku, d.pid, d.epoch).Scan(&pstate, &shardID, &seenSeq, &doubt, &resolved)
+	if errors.Is(err, sql.ErrNoRows) {
+		return ErrUnknown // no such SKU, partition or epoch
+	}
+	if err != nil {
+		return fmt.Errorf("read partition: %w", err)
+	}
+	fenced := pstate == "fenced"
+	switch {
+	case fenced && resolved && to == "confirmed":
+		// Its doubt went back to the pool after the TTL: the reservation
+		// expired.
+		return ErrReleased
+	case fenced && !resolved && d.qty > doubt:
+		// Redis lost the record: the signature is the only evidence
+		// left, and it can only move units still held in doubt.
+		return ErrUnknown
+	case !fenced && !proven:
+		return &needProof{shard: shardID, seenSeq: seenSeq}
+	}
+	// Write the row in its final state.
+	res, err := tx.ExecContext(ctx,
+		`INSERT IGNORE INTO deductions (detail_id, sku, pid, qty, state, deducted_at) VALUES (?, ?, ?, ?, ?, NOW(6))`,
+		d.id, d.sku, d.pid, d.qty, to)
+	if err != nil {
+		return fmt.Errorf("record early %s: %w", to, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return errLanded
+	}
+	switch {
+	case fenced && resolved:
+		// released (confirm was refused above); the units are in the
+		// pool already.
+		_, err = tx.ExecContext(ctx, `UPDATE skus SET released = released + ? WHERE sku = ?`, d.qty, d.sku)
+		return err
+	case fenced && to == "released":
+		// The units stay in doubt and go back to the pool when the doubt
+		// resolves. Returned now on the signature alone, they could be
+		// sold twice: a forged token may name a deduction that never
+		// happened, and the genuine details its doubt covers may still
+		// land (each moving its units out of in_doubt).
+		_, err = tx.ExecContext(ctx, `UPDATE skus SET released = released + ? WHERE sku = ?`, d.qty, d.sku)
+		return err
+	case fenced:
+		// Confirmed: the units leave the doubt for good (a forged confirm
+		// can only keep units from being sold).
+		if _, err := tx.ExecContext(ctx,
+			`UPDATE partitions SET doubt_units = doubt_units - ? WHERE sku = ? AND pid = ? AND epoch = ?`,
+			d.qty, d.sku, d.pid, d.epoch); err != nil {
+			return err
+		}
+		return bump(ctx, tx, d.sku, d.qty, "in_doubt", to)
+	}
+	// The stream held it: it exists like a landed detail, and a shard
+	// that comes back below it has gone back (3.4).
+	if _, err := tx.ExecContext(ctx,
+		`UPDATE partitions SET seen_seq = GREATEST(seen_seq, ?) WHERE sku = ? AND pid = ? AND epoch = ?`,
+		d.seq, d.sku, d.pid, d.epoch); err != nil {
+		return fmt.Errorf("raise seen_seq: %w", err)
+	}
+	return bump(ctx, tx, d.sku, d.qty, "", to)
 }
 
 // bump moves qty units of sku's counters from one state to another

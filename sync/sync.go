@@ -25,7 +25,10 @@ type Deps struct {
 	Partitions func() []*shard.Partition
 	// SKUs lists the SKUs whose reservations this node expires (the ones
 	// it owns); called every ExpireEvery.
-	SKUs       func() []string
+	SKUs func() []string
+	// Shards are the Redis shards, where confirm and release look up a
+	// detail that has not reached MySQL yet.
+	Shards     *shard.Set
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
 }
@@ -62,6 +65,7 @@ func New(cfg Config, d Deps) *Sync {
 		},
 		Ledger: &Ledger{
 			db:     d.DB,
+			shards: d.Shards,
 			ttl:    cfg.ReservationTTL,
 			every:  cfg.ExpireEvery,
 			logger: log.With("part", "ledger"),

@@ -26,19 +26,50 @@ func newDB(t *testing.T) *sql.DB {
 	return db
 }
 
-// seed creates a SKU whose total is all reserved by n details of qty 1
-// (as if they had been deducted), and returns the details.
-func seed(t *testing.T, db *sql.DB, sku string, n int) []wireDetail {
+// newShards starts a Redis of the test's own as shard s1.
+func newShards(t *testing.T) *shard.Set {
 	t.Helper()
+	set, err := shard.Open(context.Background(), []shard.Config{{ID: "s1", Addr: testenv.StartRedis(t).Addr}},
+		shard.Options{Prefix: testenv.Name("sync")}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(set.Close)
+	return set
+}
+
+// seed creates a SKU whose total is all reserved by n real deductions of
+// qty 1 on its partition 0 (epoch 7, shard s1), and returns their details
+// as the batcher would publish them (an hour old).
+func seed(t *testing.T, db *sql.DB, set *shard.Set, sku string, n int) []wireDetail {
+	t.Helper()
+	ctx := context.Background()
 	if _, err := db.Exec(`INSERT INTO skus (sku, total, pool, chunk, threshold) VALUES (?, ?, 0, 10, 2)`, sku, n); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := db.Exec(`INSERT INTO partitions (sku, pid, shard, epoch) VALUES (?, 0, 's1', 7)`, sku); err != nil {
+		t.Fatal(err)
+	}
+	p, err := set.Partition(sku, 0, 7, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Init(ctx, 1, true); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := p.Refill(ctx, 1, 'a', int64(n), int64(n)); n > 0 && (err != nil || r.Code != shard.Took) {
+		t.Fatalf("refill: %+v %v", r, err)
+	}
 	out := make([]wireDetail, n)
 	for i := range out {
+		req := "req-" + string(rune('a'+i%26)) + "-" + time.Now().Format("150405.000000") + "-" + itoa(i)
+		r, err := p.Take(ctx, req, 1, 1, true, "")
+		if err != nil || r.Code != shard.Took {
+			t.Fatalf("take: %+v %v", r, err)
+		}
 		out[i] = wireDetail{
-			DetailID: shard.DetailID(sku, 0, 7, int64(i+1)), SKU: sku, PID: 0,
-			RequestID: "req-" + string(rune('a'+i%26)) + "-" + time.Now().Format("150405.000000") + "-" + itoa(i),
-			Qty:       1, TimeMs: time.Now().Add(-time.Hour).UnixMilli(),
+			DetailID: p.DetailID(r.Seq), SKU: sku, PID: 0, RequestID: req,
+			Qty: 1, TimeMs: time.Now().Add(-time.Hour).UnixMilli(),
 		}
 	}
 	return out
@@ -70,15 +101,16 @@ func readCounters(t *testing.T, db *sql.DB, sku string) counters {
 	return c
 }
 
-func newLedger(db *sql.DB, ttl time.Duration) *Ledger {
-	return &Ledger{db: db, ttl: ttl, every: time.Second, logger: slog.Default(), m: newMetrics(prometheus.NewRegistry())}
+func newLedger(db *sql.DB, set *shard.Set, ttl time.Duration) *Ledger {
+	return &Ledger{db: db, shards: set, ttl: ttl, every: time.Second, logger: slog.Default(), m: newMetrics(prometheus.NewRegistry())}
 }
 
 // Applying the same batch twice changes nothing the second time.
 func TestApplyTwice(t *testing.T) {
 	ctx := context.Background()
 	db := newDB(t)
-	ds := seed(t, db, "twice", 50)
+	set := newShards(t)
+	ds := seed(t, db, set, "twice", 50)
 	r1, err := Apply(ctx, db, ds)
 	if err != nil || r1.Inserted != 50 {
 		t.Fatalf("first apply: %+v %v", r1, err)
@@ -99,8 +131,9 @@ func TestReleaseExpiryAndWriteBackRace(t *testing.T) {
 	ctx := context.Background()
 	db := newDB(t)
 	const n = 200
-	ds := seed(t, db, "race", n)
-	l := newLedger(db, time.Minute)
+	set := newShards(t)
+	ds := seed(t, db, set, "race", n)
+	l := newLedger(db, set, time.Minute)
 	var wg gosync.WaitGroup
 	errs := make(chan error, 4*n)
 	// Write-back in a few batches, twice.
@@ -167,7 +200,8 @@ func boolInt(b bool) int {
 func TestDoubleDeductionUndone(t *testing.T) {
 	ctx := context.Background()
 	db := newDB(t)
-	ds := seed(t, db, "dbl", 2)
+	set := newShards(t)
+	ds := seed(t, db, set, "dbl", 2)
 	ds[1].RequestID = ds[0].RequestID
 	ds[1].Qty = 1
 	r, err := Apply(ctx, db, ds)
@@ -178,7 +212,7 @@ func TestDoubleDeductionUndone(t *testing.T) {
 	if c.reserved != 1 || c.doubled != 1 || c.pool != 1 {
 		t.Fatalf("counters %+v; want reserved 1, doubled 1, pool 1", c)
 	}
-	l := newLedger(db, time.Minute)
+	l := newLedger(db, set, time.Minute)
 	if err := l.Confirm(ctx, ds[1].DetailID, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -194,13 +228,14 @@ func TestDoubleDeductionUndone(t *testing.T) {
 func TestCaseVariantRequestIDsApply(t *testing.T) {
 	ctx := context.Background()
 	db := newDB(t)
-	ds := seed(t, db, "cv", 3)
+	set := newShards(t)
+	ds := seed(t, db, set, "cv", 3)
 	ds[0].RequestID, ds[1].RequestID, ds[2].RequestID = "Order-N", "order-N", "ORDER-N"
 	r, err := Apply(ctx, db, ds)
 	if err != nil || r.Inserted != 3 || r.Doubled != 0 {
 		t.Fatalf("apply: %+v %v; want 3 inserted, none doubled", r, err)
 	}
-	l := newLedger(db, time.Minute)
+	l := newLedger(db, set, time.Minute)
 	if err := l.Confirm(ctx, ds[1].DetailID, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +256,8 @@ func TestCaseVariantRequestIDsApply(t *testing.T) {
 func TestCaseVariantDoubleFromOldSchema(t *testing.T) {
 	ctx := context.Background()
 	db := newDB(t)
-	ds := seed(t, db, "old", 2)
+	set := newShards(t)
+	ds := seed(t, db, set, "old", 2)
 	ds[0].RequestID = "Order-N"
 	if _, err := Apply(ctx, db, ds[:1]); err != nil {
 		t.Fatal(err)
@@ -235,7 +271,7 @@ func TestCaseVariantDoubleFromOldSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := readCounters(t, db, "old")
-	l := newLedger(db, time.Minute)
+	l := newLedger(db, set, time.Minute)
 	if err := l.Confirm(ctx, ds[1].DetailID, 1); !errors.Is(err, ErrReleased) {
 		t.Errorf("confirm of the old case-variant double: %v, want ErrReleased", err)
 	}
@@ -259,8 +295,9 @@ func TestCaseVariantDoubleFromOldSchema(t *testing.T) {
 func TestEarlyReleaseGetsRequestID(t *testing.T) {
 	ctx := context.Background()
 	db := newDB(t)
-	ds := seed(t, db, "early", 3)
-	l := newLedger(db, time.Minute)
+	set := newShards(t)
+	ds := seed(t, db, set, "early", 3)
+	l := newLedger(db, set, time.Minute)
 	if err := l.Release(ctx, ds[0].DetailID, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -297,5 +334,150 @@ func TestWireFormat(t *testing.T) {
 		if _, err := decodeBatch([]byte(bad)); !errors.Is(err, errPoison) {
 			t.Errorf("%q: %v, want poison", bad, err)
 		}
+	}
+}
+
+// Confirm and release act only on deductions that exist: in the stream
+// (early), landed, or neither yet (published and trimmed: unverifiable,
+// nothing changes until it lands). Tokens naming anything else change
+// nothing.
+func TestLedgerActsOnlyOnDeductionsThatExist(t *testing.T) {
+	ctx := context.Background()
+	db := newDB(t)
+	set := newShards(t)
+	ds := seed(t, db, set, "exist", 6)
+	l := newLedger(db, set, time.Minute)
+	p, err := set.Partition("exist", 0, 7, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unknown := []struct {
+		name, id string
+		qty      int64
+	}{
+		{"never deducted", shard.DetailID("exist", 0, 7, 7), 1},
+		{"far above", shard.DetailID("exist", 0, 7, 1000), 50},
+		{"sequence zero", shard.DetailID("exist", 0, 7, 0), 1},
+		{"larger qty, in stream", ds[0].DetailID, 5},
+		{"wrong epoch", shard.DetailID("exist", 0, 8, 1), 1},
+		{"no such partition", shard.DetailID("exist", 3, 7, 1), 1},
+		{"unknown SKU", shard.DetailID("nosuch", 0, 7, 1), 1},
+		{"not a detail id", "exist:0:7", 1},
+	}
+	check := func(when string) {
+		t.Helper()
+		before := readCounters(t, db, "exist")
+		for _, u := range unknown {
+			for _, f := range []func(context.Context, string, int64) error{l.Release, l.Confirm} {
+				if err := f(ctx, u.id, u.qty); !errors.Is(err, ErrUnknown) {
+					t.Errorf("%s, %s: %v, want ErrUnknown", when, u.name, err)
+				}
+			}
+		}
+		if after := readCounters(t, db, "exist"); after != before {
+			t.Errorf("%s: counters %+v -> %+v", when, before, after)
+		}
+	}
+	check("details in the stream")
+
+	// Early: verified in the stream.
+	if err := l.Release(ctx, ds[0].DetailID, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Confirm(ctx, ds[1].DetailID, 1); err != nil {
+		t.Fatal(err)
+	}
+	// Published and trimmed, not applied: cannot be verified now.
+	if err := p.TrimBefore(ctx, 7); err != nil {
+		t.Fatal(err)
+	}
+	before := readCounters(t, db, "exist")
+	for _, f := range []func(context.Context, string, int64) error{l.Release, l.Confirm} {
+		if err := f(ctx, ds[2].DetailID, 1); !errors.Is(err, ErrUnverified) {
+			t.Errorf("trimmed, not landed: %v, want ErrUnverified", err)
+		}
+	}
+	if after := readCounters(t, db, "exist"); after != before {
+		t.Errorf("trimmed, not landed: counters %+v -> %+v", before, after)
+	}
+	// It lands; now it settles, and the landed larger-qty token is unknown.
+	if _, err := Apply(ctx, db, ds); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Release(ctx, ds[2].DetailID, 1); err != nil {
+		t.Fatal(err)
+	}
+	unknown[3].name = "larger qty, landed"
+	check("details landed")
+	c := readCounters(t, db, "exist")
+	if c.released != 2 || c.confirmed != 1 || c.reserved != 3 || c.pool != 2 {
+		t.Fatalf("counters %+v; want released 2, confirmed 1, reserved 3, pool 2", c)
+	}
+	var seen int64
+	db.QueryRow(`SELECT seen_seq FROM partitions WHERE sku = 'exist'`).Scan(&seen)
+	if seen != 6 {
+		t.Errorf("seen_seq %d, want 6", seen)
+	}
+}
+
+// On a fenced partition Redis lost the records: a token's signature is the
+// only evidence left, so it may move only units still held in doubt, never
+// more than the partition's remaining doubt_units. A release there leaves
+// its units in doubt until the doubt resolves: the genuine details that the
+// doubt covers may still land, and a forged release must not have put
+// their units in the pool meanwhile.
+func TestFencedSettleBoundedByDoubt(t *testing.T) {
+	ctx := context.Background()
+	db := newDB(t)
+	set := newShards(t)
+	ds := seed(t, db, set, "fenced", 2) // 2 genuine details, not landed
+	// The partition was fenced holding 5 units in doubt: the 2 details and
+	// 3 units its lost state held.
+	if _, err := db.Exec(`UPDATE skus SET total = 5, in_doubt = 5, reserved = 0 WHERE sku = 'fenced'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE partitions SET state = 'fenced', fenced_at = NOW(6), doubt_units = 5 WHERE sku = 'fenced'`); err != nil {
+		t.Fatal(err)
+	}
+	l := newLedger(db, set, time.Minute)
+	id := func(seq int64) string { return shard.DetailID("fenced", 0, 7, seq) }
+	steps := []struct {
+		seq, qty int64
+		release  bool
+		want     error
+	}{
+		{10, 6, true, ErrUnknown}, // more than the doubt
+		{10, 5, true, nil},        // forged: a released row, no units move
+		{10, 5, true, nil},        // again
+		{11, 3, false, nil},       // forged confirm: 3 units out of doubt, never sold
+		{12, 3, false, ErrUnknown},
+		{12, 3, true, ErrUnknown},
+		{1, 1, false, nil}, // genuine confirm before its detail lands
+	}
+	for _, s := range steps {
+		f := l.Confirm
+		if s.release {
+			f = l.Release
+		}
+		if err := f(ctx, id(s.seq), s.qty); !errors.Is(err, s.want) && !(s.want == nil && err == nil) {
+			t.Errorf("seq %d qty %d release %v: %v, want %v", s.seq, s.qty, s.release, err, s.want)
+		}
+	}
+	// The genuine details land: the confirmed one is a repeat, the other
+	// moves its unit out of doubt.
+	if _, err := Apply(ctx, db, ds); err != nil {
+		t.Fatal(err)
+	}
+	var inDoubt, doubt, pool, released, confirmed, reserved int64
+	db.QueryRow(`SELECT s.in_doubt, p.doubt_units, s.pool, s.released, s.confirmed, s.reserved FROM skus s JOIN partitions p USING (sku) WHERE sku = 'fenced'`).
+		Scan(&inDoubt, &doubt, &pool, &released, &confirmed, &reserved)
+	if inDoubt != 0 || doubt != 0 || pool != 0 || released != 5 || confirmed != 4 || reserved != 1 {
+		t.Fatalf("in_doubt %d, doubt_units %d, pool %d, released %d, confirmed %d, reserved %d; want 0, 0, 0, 5, 4, 1",
+			inDoubt, doubt, pool, released, confirmed, reserved)
+	}
+	// No unit reached the pool: the total (5) is the genuine 2 plus the 3
+	// the forged confirm keeps from sale; nothing can be sold twice.
+	if pool+reserved+confirmed+inDoubt != 5 {
+		t.Fatalf("books do not add up to the total 5")
 	}
 }

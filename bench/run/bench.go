@@ -174,6 +174,7 @@ type bench struct {
 	stockd     *proc
 	hot, admin string
 	token      string
+	secret     string // reservation_secret
 	prefix     string
 	stockdDB   string
 	baseDB     string
@@ -364,6 +365,7 @@ func (b *bench) setup(ctx context.Context) error {
 	b.baseDB = "stockd_bench_base_" + id
 	b.queue = "stockd.bench." + id
 	b.token = randHex(16)
+	b.secret = randHex(32)
 
 	// MySQL: a root connection; both databases are dropped at the end.
 	cfg, err := mysql.ParseDSN(b.opt.mysqlBase)
@@ -541,6 +543,7 @@ func (b *bench) startStockd(ctx context.Context) error {
 		"STOCKD_ADMIN_ADDR="+b.admin,
 		"STOCKD_GOSSIP_ADDR=127.0.0.1:"+strconv.Itoa(ports[2]),
 		"STOCKD_ADMIN_TOKEN="+b.token,
+		"STOCKD_RESERVATION_SECRET="+b.secret,
 		"STOCKD_MYSQL_DSN="+b.dsn(b.stockdDB),
 		"STOCKD_AMQP_URL="+b.opt.amqpURL,
 		"STOCKD_KEY_PREFIX="+b.prefix,

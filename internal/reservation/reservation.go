@@ -6,6 +6,11 @@
 // Format: <sku>:<pid>:<epoch>:<seq>:<qty>:<sig>, where the first four
 // fields are the detail id and sig is the first 12 bytes of
 // HMAC-SHA256(key, "<detail id>:<qty>") in unpadded base64url.
+//
+// A valid signature says only that a node signed the token (or that
+// someone holds the key): confirm and release still check that the
+// deduction exists. Keys rotate: tokens are signed with the current key and
+// verified with it and with the previous ones.
 package reservation
 
 import (
@@ -25,17 +30,32 @@ var ErrInvalid = errors.New("invalid reservation")
 
 const sigBytes = 12
 
-// Signer signs and verifies tokens with one key. It is safe for concurrent
-// use and allocates nothing to sign.
+// Signer signs tokens with its current key and verifies them with the
+// current and the previous keys. It is safe for concurrent use and
+// allocates nothing to sign.
 type Signer struct {
+	keys []*key // keys[0] signs
+}
+
+// key is one HMAC key with its pool of MACs.
+type key struct {
 	macs sync.Pool
 }
 
-// NewSigner returns a signer for key.
-func NewSigner(key []byte) *Signer {
-	k := append([]byte(nil), key...)
-	s := &Signer{}
-	s.macs.New = func() any { return &mac{h: hmac.New(sha256.New, k)} }
+func newKey(k []byte) *key {
+	k = append([]byte(nil), k...)
+	out := &key{}
+	out.macs.New = func() any { return &mac{h: hmac.New(sha256.New, k)} }
+	return out
+}
+
+// NewSigner returns a signer that signs with current and also accepts
+// tokens signed with any of previous (a key rotation in progress).
+func NewSigner(current []byte, previous ...[]byte) *Signer {
+	s := &Signer{keys: []*key{newKey(current)}}
+	for _, p := range previous {
+		s.keys = append(s.keys, newKey(p))
+	}
 	return s
 }
 
@@ -50,7 +70,7 @@ func (s *Signer) AppendToken(dst []byte, detailID string, qty int64) []byte {
 	dst = append(dst, detailID...)
 	dst = append(dst, ':')
 	dst = strconv.AppendInt(dst, qty, 10)
-	return s.appendSig(dst, dst[start:])
+	return s.keys[0].appendSig(dst, dst[start:])
 }
 
 // AppendDetailToken appends the token of the deduction (sku, pid, epoch,
@@ -66,12 +86,12 @@ func (s *Signer) AppendDetailToken(dst []byte, sku string, pid int, epoch, seq, 
 	dst = strconv.AppendInt(dst, seq, 10)
 	dst = append(dst, ':')
 	dst = strconv.AppendInt(dst, qty, 10)
-	return s.appendSig(dst, dst[start:])
+	return s.keys[0].appendSig(dst, dst[start:])
 }
 
 // appendSig appends ":" and the signature of body (which dst ends with).
-func (s *Signer) appendSig(dst, body []byte) []byte {
-	m := s.macs.Get().(*mac)
+func (k *key) appendSig(dst, body []byte) []byte {
+	m := k.macs.Get().(*mac)
 	m.h.Reset()
 	m.h.Write(body)
 	sum := m.h.Sum(m.sum[:0])
@@ -79,7 +99,7 @@ func (s *Signer) appendSig(dst, body []byte) []byte {
 	n := len(dst)
 	dst = append(dst, make([]byte, base64.RawURLEncoding.EncodedLen(sigBytes))...)
 	base64.RawURLEncoding.Encode(dst[n:], sum[:sigBytes])
-	s.macs.Put(m)
+	k.macs.Put(m)
 	return dst
 }
 
@@ -89,15 +109,22 @@ type mac struct {
 	sum [sha256.Size]byte
 }
 
-// Decode verifies a token and returns its detail id and quantity.
+// Decode verifies a token with the current and the previous keys and
+// returns its detail id and quantity.
 func (s *Signer) Decode(token string) (detailID string, qty int64, err error) {
 	i := strings.LastIndexByte(token, ':')
 	if i < 0 || len(token) > 512 {
 		return "", 0, ErrInvalid
 	}
 	body := token[:i]
-	want := s.appendSig(nil, []byte(body))
-	if !hmac.Equal([]byte(token[i:]), want) {
+	ok := false
+	for _, k := range s.keys {
+		if hmac.Equal([]byte(token[i:]), k.appendSig(nil, []byte(body))) {
+			ok = true
+			break
+		}
+	}
+	if !ok {
 		return "", 0, ErrInvalid
 	}
 	j := strings.LastIndexByte(body, ':')

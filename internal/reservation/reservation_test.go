@@ -28,3 +28,24 @@ func TestTokens(t *testing.T) {
 		t.Errorf("signing allocates %.0f times", n)
 	}
 }
+
+// During a key rotation tokens are signed with the current key and
+// accepted with the current or a previous one, never with another.
+func TestRotation(t *testing.T) {
+	old, cur, other := []byte("old-key"), []byte("current-key"), []byte("other-key")
+	s := NewSigner(cur, old)
+	if got, want := s.Encode("S1:0:7:1", 2), NewSigner(cur).Encode("S1:0:7:1", 2); got != want {
+		t.Fatalf("signed %q, want the current key's %q", got, want)
+	}
+	for _, k := range [][]byte{cur, old} {
+		if _, _, err := s.Decode(NewSigner(k).Encode("S1:0:7:1", 2)); err != nil {
+			t.Errorf("token signed with %q refused: %v", k, err)
+		}
+	}
+	if _, _, err := s.Decode(NewSigner(other).Encode("S1:0:7:1", 2)); err == nil {
+		t.Error("token signed with neither key accepted")
+	}
+	if _, _, err := NewSigner(cur).Decode(NewSigner(old).Encode("S1:0:7:1", 2)); err == nil {
+		t.Error("old key accepted after it was removed")
+	}
+}
