@@ -127,10 +127,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	alloc := preallocate.New(cfg.Preallocate, db, shards, log)
 	alloc.Owns = func(sku string, pid int) bool { return peer.Owns(partitionKey(sku, pid)) }
-	notices := &notices{peer: peer, logger: log.With("component", "notices")}
+	notices := &notices{peer: peer, logger: log.With("component", "notices"),
+		applyTimeout: cfg.Cluster.ApplyTimeout, viewMaxAge: cfg.Cluster.ViewMaxAge}
 	reg := scheduler.NewRegistry()
+	// loadSKU is the loader's, made below (the loader needs the
+	// scheduler).
+	var loadSKU func(ctx context.Context, sku string) error
+	schedCfg := cfg.Scheduler
+	schedCfg.VerdictMaxAge = cfg.Cluster.ViewMaxAge
 	var sched *scheduler.Scheduler
-	sched = scheduler.New(cfg.Scheduler, reg, scheduler.Hooks{
+	sched = scheduler.New(schedCfg, reg, scheduler.Hooks{
 		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(scheduler.RefillResult)) bool {
 			return alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
 				done(scheduler.RefillResult{Levels: o.Levels, HaveLevels: o.HaveLevels, Applied: o.Applied, Pool: o.Pool, Failed: err != nil, Closed: o.Closed})
@@ -149,6 +155,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 			alloc.Fence(context.Background(), p, preallocate.ReasonRollback)
 		},
 		SoldOut: func(sku string) { notices.send(noticeSoldOut, sku, 0) },
+		Head:    store.VersionedPoolState,
+		Reload:  func(ctx context.Context, sku string) error { return loadSKU(ctx, sku) },
 	}, log)
 	alloc.OnLost = func(sku string, pid int) {
 		sched.Fence(sku, pid)
@@ -160,6 +168,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		log.Warn("pending allocations left for the sweep", "err", err)
 	}
 	loader := &loader{store: store, alloc: alloc, sched: sched, shards: shards, logger: log, window: cfg.Scheduler.RetryWindow, shardDefaults: cfg.ShardDefaults}
+	loadSKU = func(ctx context.Context, sku string) error { return loader.load(ctx, preallocate.SKU{Name: sku}) }
 	// Shards added at runtime (recorded in MySQL) are connected too.
 	if err := loader.syncShards(ctx); err != nil {
 		return fmt.Errorf("redis: %w", err)
@@ -224,17 +233,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 		secret = string(sum[:])
 	}
 	h := &hot{
-		sched:   sched,
-		ledger:  wb.Ledger,
-		signer:  reservation.NewSigner([]byte(secret)),
-		maxQty:  cfg.MaxQty,
-		timeout: cfg.RequestTimeout,
-		ready:   &d.ready,
-		logger:  log.With("component", "http"),
-		m:       hotMetrics,
-		http:    cfg.HTTP,
-		limits:  cfg.Limits,
-		clients: newClientLimiter(cfg.Limits),
+		sched:     sched,
+		ledger:    wb.Ledger,
+		signer:    reservation.NewSigner([]byte(secret)),
+		maxQty:    cfg.MaxQty,
+		timeout:   cfg.RequestTimeout,
+		ready:     &d.ready,
+		logger:    log.With("component", "http"),
+		m:         hotMetrics,
+		http:      cfg.HTTP,
+		limits:    cfg.Limits,
+		clients:   newClientLimiter(cfg.Limits),
+		catalogue: &catalogue{maxAge: cfg.Cluster.ViewMaxAge, loader: loader, reg: reg},
 	}
 
 	cat := &catalog{db: db, store: store, alloc: alloc, sched: sched, loader: loader, notices: notices, ttl: cfg.Sync.ReservationTTL, defaults: preallocate.Spec{
@@ -302,7 +312,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 					log.Warn("resolve in-doubt units", "sku", name, "err", err)
 				}
 				if n > 0 {
-					cat.returned(workCtx, name)
+					// Background work: gossip, without waiting for
+					// acknowledgements (the others' verdicts are
+					// confirmed with MySQL before they answer).
+					for _, m := range cat.returned(workCtx, name) {
+						notices.send(m.Kind, m.SKU, m.Version)
+					}
 				}
 			}
 		}

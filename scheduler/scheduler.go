@@ -26,7 +26,9 @@
 // filter and answers sold_out from memory to every id not in it. Restock
 // and release (Invalidate) clear the verdict; they and every applied
 // refill bump the SKU's generation, which voids a verdict still being
-// computed.
+// computed. A verdict answers from memory only while MySQL confirmed it
+// within Config.VerdictMaxAge (verdict.go): another node's restock cannot
+// hide behind a late notice.
 package scheduler
 
 import (
@@ -41,6 +43,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/stockd/stockd/internal/mono"
 	"github.com/stockd/stockd/shard"
 )
 
@@ -66,6 +69,11 @@ type Config struct {
 	// home of the ids hashed to it this long, and a request whose home
 	// moved to a newly added partition also looks at its older homes.
 	RetryWindow time.Duration `yaml:"retry_window"`
+	// VerdictMaxAge bounds how old the MySQL confirmation of a sold-out
+	// verdict may be when it answers sold_out from memory (see
+	// verdict.go); 0: no bound (the verdict stands until invalidated).
+	// The daemon sets it from cluster.view_max_age.
+	VerdictMaxAge time.Duration `yaml:"-"`
 }
 
 // DefaultConfig returns the defaults.
@@ -115,6 +123,13 @@ type Hooks struct {
 	// SoldOut is told when this node concluded that a SKU is sold out, so
 	// that other nodes can check and answer from memory too.
 	SoldOut func(sku string)
+	// Head reads a SKU's version, pool and pending allocations from MySQL
+	// (pending as PoolState counts it): a sold-out verdict older than
+	// VerdictMaxAge is confirmed with it before it answers again.
+	Head func(ctx context.Context, sku string) (version, pool, pending int64, err error)
+	// Reload reloads a SKU from MySQL into the registry (its version
+	// moved) and ends its sold-out verdict (Invalidate).
+	Reload func(ctx context.Context, sku string) error
 }
 
 // Status of a deduction.
@@ -238,7 +253,7 @@ func (s *Scheduler) SoldOutFromMemory(name, reqID string) bool {
 	if sku == nil {
 		return false
 	}
-	if so := sku.soldOut.Load(); so != nil && !so.successes.mayContain(reqID) {
+	if so := sku.soldOut.Load(); so != nil && s.verdictFresh(so) && !so.successes.mayContain(reqID) {
 		s.memorySoldOut.Inc()
 		return true
 	}
@@ -253,8 +268,14 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 		return Result{}, ErrUnknownSKU
 	}
 	if so := sku.soldOut.Load(); so != nil && !so.successes.mayContain(reqID) {
-		s.memorySoldOut.Inc()
-		return Result{Status: SoldOut}, nil
+		sold, err := s.verdictHolds(ctx, sku)
+		if err != nil {
+			return Result{}, err
+		}
+		if sold {
+			s.memorySoldOut.Inc()
+			return Result{Status: SoldOut}, nil
+		}
 	}
 	home, err := s.homeOf(ctx, sku, reqID)
 	if err != nil {
@@ -620,7 +641,7 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 			}
 		default:
 			if t.total == 0 {
-				s.markSoldOut(ctx, sku, t.gen)
+				s.markSoldOut(ctx, sku, t)
 			}
 			return SoldOut, nil
 		}
@@ -630,11 +651,14 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 type tailState struct {
 	pool, pending, total int64
 	gen                  uint64
+	// at is when the read of the pool started (mono.Now): a sold-out
+	// verdict built on this state is confirmed as of then.
+	at int64
 }
 
 // refresh reads the pool and every open partition's levels from the source.
 func (s *Scheduler) refresh(ctx context.Context, sku *SKU) (tailState, error) {
-	t := tailState{gen: sku.gen.Load()}
+	t := tailState{gen: sku.gen.Load(), at: mono.Now()}
 	rose := false
 	var err error
 	if s.hooks.PoolState != nil {
@@ -704,7 +728,9 @@ func (s *Scheduler) consolidate(ctx context.Context, sku *SKU, need int64) error
 
 // markSoldOut loads the ids that took into a filter and, unless stock
 // arrived meanwhile (gen moved), answers sold_out from memory from then on.
-func (s *Scheduler) markSoldOut(ctx context.Context, sku *SKU, gen uint64) {
+// t is the empty state read (its gen, and when it was read).
+func (s *Scheduler) markSoldOut(ctx context.Context, sku *SKU, t tailState) {
+	gen := t.gen
 	if sku.soldOut.Load() != nil || sku.gen.Load() != gen {
 		return
 	}
@@ -722,7 +748,9 @@ func (s *Scheduler) markSoldOut(ctx context.Context, sku *SKU, gen uint64) {
 		for _, id := range ids {
 			f.add(id)
 		}
-		if sku.gen.Load() == gen && sku.soldOut.CompareAndSwap(nil, &soldOut{successes: f}) {
+		so := &soldOut{successes: f}
+		so.checked.Store(t.at)
+		if sku.gen.Load() == gen && sku.soldOut.CompareAndSwap(nil, so) {
 			s.logger.Info("sold out", "sku", sku.Name, "successes", len(ids))
 			if s.hooks.SoldOut != nil {
 				s.hooks.SoldOut(sku.Name)
@@ -801,7 +829,7 @@ func (s *Scheduler) CheckSoldOut(ctx context.Context, name string) error {
 		return err
 	}
 	if t.pool == 0 && t.pending == 0 && t.total == 0 {
-		s.markSoldOut(ctx, sku, t.gen)
+		s.markSoldOut(ctx, sku, t)
 	}
 	return nil
 }
