@@ -80,13 +80,16 @@ type catalogue struct {
 // node did not. false with a nil error: 404 is the right answer. An error
 // means MySQL could not confirm (answer 503).
 func (c *catalogue) known(ctx context.Context, name string) (bool, error) {
-	// A read that ended long after it started (the process was frozen
-	// meanwhile) is not fresh: read again, a bounded number of times.
+	// The answer may rest on a read started at most maxAge before this
+	// request arrived: a slow read it waited for counts, one that started
+	// long before (the process was frozen meanwhile) does not, and is
+	// made again, a bounded number of times.
+	arrived := mono.Now()
 	for range 3 {
 		if c.reg.Get(name) != nil {
 			return true, nil
 		}
-		if mono.Fresh(c.read.Load(), c.maxAge) {
+		if c.read.Load() > arrived-int64(c.maxAge) {
 			return false, nil
 		}
 		if mono.Fresh(c.failed.Load(), c.maxAge) {

@@ -16,9 +16,9 @@ import (
 // the first request to find the confirmation old reads the SKU's head
 // (version, pool, pending allocations) once for every request waiting.
 
-// recheckTimeout bounds one confirmation read: a request waiting on it
-// answers 503 rather than hang on a MySQL that does not answer.
-const recheckTimeout = time.Second
+// recheckTimeout bounds one confirmation read (a request waiting on it
+// also stops at its own deadline, answering 503).
+const recheckTimeout = 3 * time.Second
 
 // verdictFresh tells whether so may answer without confirmation.
 func (s *Scheduler) verdictFresh(so *soldOut) bool {
@@ -31,27 +31,35 @@ func (s *Scheduler) verdictFresh(so *soldOut) bool {
 // truth could not be read: answering sold_out could be wrong, so the
 // request is unavailable (a retry is safe).
 func (s *Scheduler) verdictHolds(ctx context.Context, sku *SKU) (bool, error) {
-	// A confirmation that ended long after it started (this process was
-	// frozen meanwhile) is not fresh: read again, a bounded number of
+	// The answer may rest on a confirmation read started at most
+	// VerdictMaxAge before this request arrived: a slow read this request
+	// waited for counts, one that started long before (this process was
+	// frozen meanwhile) does not, and is made again, a bounded number of
 	// times.
+	arrived := mono.Now()
 	for range 3 {
 		so := sku.soldOut.Load()
 		if so == nil {
 			return false, nil
 		}
-		if s.verdictFresh(so) {
+		if s.cfg.VerdictMaxAge <= 0 || s.hooks.Head == nil || so.checked.Load() > arrived-int64(s.cfg.VerdictMaxAge) {
 			return true, nil
 		}
 		if mono.Fresh(so.failed.Load(), s.cfg.VerdictMaxAge) {
 			return false, fmt.Errorf("%w: the sold-out verdict of %s cannot be confirmed (MySQL did not answer)", ErrUnavailable, sku.Name)
 		}
-		_, err, _ := s.tail.Do(sku.Name+"/recheck", func() (any, error) {
+		ch := s.tail.DoChan(sku.Name+"/recheck", func() (any, error) {
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recheckTimeout)
 			defer cancel()
 			return nil, s.recheck(ctx, sku, so)
 		})
-		if err != nil {
-			return false, fmt.Errorf("%w: confirm the sold-out verdict of %s: %v", ErrUnavailable, sku.Name, err)
+		select {
+		case <-ctx.Done():
+			return false, fmt.Errorf("%w: confirm the sold-out verdict of %s: %v", ErrUnavailable, sku.Name, ctx.Err())
+		case r := <-ch:
+			if r.Err != nil {
+				return false, fmt.Errorf("%w: confirm the sold-out verdict of %s: %v", ErrUnavailable, sku.Name, r.Err)
+			}
 		}
 	}
 	return false, fmt.Errorf("%w: the sold-out verdict of %s could not be confirmed in time", ErrUnavailable, sku.Name)
