@@ -351,7 +351,25 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 				return Result{}, err
 			}
 			if v == SoldOut {
-				return Result{Status: SoldOut}, nil
+				// A copy of this request on another node may have moved
+				// the pointer on and taken there meanwhile: sold out
+				// holds only while the pointer still names cur.
+				s.pointCalls.Inc()
+				pr, err := home.H.Point(ctx, reqID, cur.String(), cur.String())
+				if err != nil {
+					return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+				}
+				switch pr.Code {
+				case shard.PointMoved:
+					return Result{Status: SoldOut}, nil
+				case shard.PointTook:
+					return Result{Status: OK, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
+				}
+				if cur, err = parsePointer(pr.Pointer); err != nil {
+					return Result{}, err
+				}
+				tried = tried[:0]
+				continue
 			}
 			tried = tried[:0]
 			round++
