@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -56,10 +57,14 @@ func TestClusterCreateThenBuyEverywhere(t *testing.T) {
 	const total, buyers, triples = 1000, 3000, 150
 
 	var put putAnswer
+	began := time.Now()
 	if code := adminDo(t, nodes[0], "PUT", "/admin/skus/fresh", `{"total":1000,"partitions":4,"chunk":50,"threshold":10}`, &put); code != 201 {
 		t.Fatalf("create: status %d", code)
 	}
 	stale := &staleClock{returned: time.Now()}
+	t.Logf("create answered in %s", stale.returned.Sub(began).Round(time.Millisecond))
+	var first503 atomic.Int64
+	defer func() { t.Logf("%d first answers were 503 (retried until definite)", first503.Load()) }()
 	o := newOutcomes()
 	var mu sync.Mutex
 	copies := map[string][]answer{}
@@ -76,6 +81,7 @@ func TestClusterCreateThenBuyEverywhere(t *testing.T) {
 				stale.saw()
 			}
 			if err == nil && a.Code == 503 {
+				first503.Add(1)
 				a, err = definite(b, addrs, i%3+1, "fresh", id)
 			}
 			o.add(t, id, a, err)
@@ -93,6 +99,7 @@ func TestClusterCreateThenBuyEverywhere(t *testing.T) {
 					stale.saw()
 				}
 				if err == nil && a.Code == 503 {
+					first503.Add(1)
 					a, err = definite(b, addrs, (i+k)%3+1, "fresh", id)
 				}
 				if err != nil {
@@ -185,10 +192,12 @@ func TestClusterRestockThenBuyElsewhere(t *testing.T) {
 	waitSoldOutEverywhere(t, nodes, "again")
 
 	var put putAnswer
+	began := time.Now()
 	if code := adminDo(t, nodes[0], "PUT", "/admin/skus/again", fmt.Sprintf(`{"total":%d}`, first+added), &put); code != 200 {
 		t.Fatalf("restock: status %d", code)
 	}
 	stale := &staleClock{returned: time.Now()}
+	t.Logf("restock answered in %s", stale.returned.Sub(began).Round(time.Millisecond))
 	others := hots(nodes[1:])
 	second := newOutcomes()
 	var wg sync.WaitGroup

@@ -277,6 +277,7 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 			return Result{Status: SoldOut}, nil
 		}
 	}
+	began := mono.Now()
 	home, err := s.homeOf(ctx, sku, reqID)
 	if err != nil {
 		return Result{}, err
@@ -349,6 +350,11 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 			v, err := s.awaitStock(ctx, sku, qty, deadline)
 			if err != nil {
 				return Result{}, err
+			}
+			if so := sku.soldOut.Load(); v == SoldOut && so != nil && so.installed < began {
+				// Sold out since before this request began: no copy of it
+				// can have taken after its first take.
+				return Result{Status: SoldOut}, nil
 			}
 			if v == SoldOut {
 				// A copy of this request on another node may have moved
@@ -766,7 +772,7 @@ func (s *Scheduler) markSoldOut(ctx context.Context, sku *SKU, t tailState) {
 		for _, id := range ids {
 			f.add(id)
 		}
-		so := &soldOut{successes: f}
+		so := &soldOut{successes: f, installed: mono.Now()}
 		so.checked.Store(t.at)
 		if sku.gen.Load() == gen && sku.soldOut.CompareAndSwap(nil, so) {
 			s.logger.Info("sold out", "sku", sku.Name, "successes", len(ids))
