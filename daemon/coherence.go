@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/stockd/stockd/internal/mono"
@@ -74,6 +75,8 @@ type catalogue struct {
 	// read is when the last complete read started (every SKU in MySQL
 	// was then loaded); failed is when a read last failed (mono.Now).
 	read, failed atomic.Int64
+	// reads counts the reads (nil: not counted).
+	reads prometheus.Counter
 }
 
 // known tells whether name is a SKU, loading it when MySQL has it and this
@@ -115,6 +118,9 @@ func (c *catalogue) known(ctx context.Context, name string) (bool, error) {
 // catchUp reads every SKU's head and loads those this node does not know.
 func (c *catalogue) catchUp(ctx context.Context) error {
 	at := mono.Now()
+	if c.reads != nil {
+		c.reads.Inc()
+	}
 	heads, err := c.loader.store.Heads(ctx)
 	if err != nil {
 		c.failed.Store(mono.Now())

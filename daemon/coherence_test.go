@@ -334,3 +334,39 @@ func TestClusterFrozenNodeReadYourWrites(t *testing.T) {
 		t.Fatalf("verify %+v", r)
 	}
 }
+
+// A flood of made-up SKU names costs at most one catalogue read per
+// view_max_age, and every one of them is answered 404.
+func TestUnknownSKUFloodReadsTheCatalogueOncePerInterval(t *testing.T) {
+	e := newEnv(t, 1)
+	n := startNode(t, e.config())
+	maxAge := n.d.cfg.Cluster.ViewMaxAge
+	b := newBuyer(32)
+	before := metric(t, n, "stockd_catalogue_reads_total")
+	start := time.Now()
+	var wg sync.WaitGroup
+	var asked, notFound atomic.Int64
+	for w := 0; w < 32; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Since(start) < 5*maxAge; i++ {
+				a, err := b.deduct(n.hot, fmt.Sprintf("nope-%d-%d", w, i), 1, "r-1")
+				asked.Add(1)
+				if err == nil && a.Code == 404 {
+					notFound.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	reads := metric(t, n, "stockd_catalogue_reads_total") - before
+	t.Logf("%d requests for unknown SKUs in %s: %d answered 404, %v catalogue reads", asked.Load(), elapsed.Round(time.Millisecond), notFound.Load(), reads)
+	if notFound.Load() != asked.Load() {
+		t.Fatalf("%d of %d answered 404", notFound.Load(), asked.Load())
+	}
+	if limit := float64(elapsed/maxAge) + 2; reads > limit {
+		t.Fatalf("%v catalogue reads in %s, at most %v (one per %s)", reads, elapsed, limit, maxAge)
+	}
+}

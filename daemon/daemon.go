@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
@@ -179,6 +180,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	notices.loader = loader
 
 	metrics := prometheus.NewRegistry()
+	notices.unconfirmed = promauto.With(metrics).NewCounter(prometheus.CounterOpts{
+		Name: "stockd_cluster_unconfirmed_total",
+		Help: "Members that did not confirm an admin change of this node within cluster.apply_timeout.",
+	})
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var amqpTLS *tls.Config
 	if cfg.AMQPCAFile != "" {
@@ -233,19 +238,24 @@ func (d *Daemon) Run(ctx context.Context) error {
 		secret = string(sum[:])
 	}
 	h := &hot{
-		sched:     sched,
-		ledger:    wb.Ledger,
-		signer:    reservation.NewSigner([]byte(secret)),
-		maxQty:    cfg.MaxQty,
-		timeout:   cfg.RequestTimeout,
-		ready:     &d.ready,
-		logger:    log.With("component", "http"),
-		m:         hotMetrics,
-		http:      cfg.HTTP,
-		limits:    cfg.Limits,
-		clients:   newClientLimiter(cfg.Limits),
-		catalogue: &catalogue{maxAge: cfg.Cluster.ViewMaxAge, loader: loader, reg: reg},
+		sched:   sched,
+		ledger:  wb.Ledger,
+		signer:  reservation.NewSigner([]byte(secret)),
+		maxQty:  cfg.MaxQty,
+		timeout: cfg.RequestTimeout,
+		ready:   &d.ready,
+		logger:  log.With("component", "http"),
+		m:       hotMetrics,
+		http:    cfg.HTTP,
+		limits:  cfg.Limits,
+		clients: newClientLimiter(cfg.Limits),
 	}
+	// An unknown SKU is confirmed with MySQL before a 404.
+	h.catalogue = &catalogue{maxAge: cfg.Cluster.ViewMaxAge, loader: loader, reg: reg,
+		reads: promauto.With(metrics).NewCounter(prometheus.CounterOpts{
+			Name: "stockd_catalogue_reads_total",
+			Help: "MySQL reads of the catalogue made to confirm an unknown SKU before a 404 (at most one per cluster.view_max_age).",
+		})}
 
 	cat := &catalog{db: db, store: store, alloc: alloc, sched: sched, loader: loader, notices: notices, ttl: cfg.Sync.ReservationTTL, defaults: preallocate.Spec{
 		Partitions: cfg.SKUDefaults.Partitions,

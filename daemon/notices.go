@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/stockd/stockd/daemon/cluster"
 	"github.com/stockd/stockd/scheduler"
 )
@@ -65,6 +67,9 @@ type notices struct {
 	// (which handles acknowledgements itself, so that they are never
 	// stuck behind a slow reload).
 	work chan notice
+
+	// unconfirmed counts the members publish named (nil: not counted).
+	unconfirmed prometheus.Counter
 
 	seq     atomic.Uint64
 	mu      sync.Mutex
@@ -169,6 +174,9 @@ func (n *notices) publish(ctx context.Context, items ...notice) []string {
 		}
 	}
 	if len(unconfirmed) > 0 {
+		if n.unconfirmed != nil {
+			n.unconfirmed.Add(float64(len(unconfirmed)))
+		}
 		n.logger.Warn("change not confirmed by every member in time", "members", unconfirmed, "timeout", n.applyTimeout)
 	}
 	return unconfirmed

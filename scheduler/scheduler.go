@@ -163,6 +163,7 @@ type Scheduler struct {
 	pointCalls    prometheus.Counter
 	peekCalls     prometheus.Counter
 	memorySoldOut prometheus.Counter
+	verdictReads  prometheus.Counter
 	refillAsks    prometheus.Counter
 	swaps         prometheus.Counter
 }
@@ -180,6 +181,10 @@ func New(cfg Config, reg *Registry, hooks Hooks, logger *slog.Logger) *Scheduler
 	s.memorySoldOut = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "stockd_scheduler_sold_out_from_memory_total",
 		Help: "Deductions answered sold_out from memory, without Redis.",
+	})
+	s.verdictReads = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stockd_scheduler_verdict_reads_total",
+		Help: "MySQL reads made to confirm a sold-out verdict older than cluster.view_max_age.",
 	})
 	s.refillAsks = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "stockd_scheduler_refills_requested_total",
@@ -220,7 +225,7 @@ func (c *levelCollector) Collect(ch chan<- prometheus.Metric) {
 
 // Collectors are the scheduler's metrics, for the daemon's registry.
 func (s *Scheduler) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.calls, s.memorySoldOut, s.refillAsks, s.swaps, &levelCollector{reg: s.reg}}
+	return []prometheus.Collector{s.calls, s.memorySoldOut, s.verdictReads, s.refillAsks, s.swaps, &levelCollector{reg: s.reg}}
 }
 
 // Registry returns the registry.

@@ -71,6 +71,7 @@ func (s *Scheduler) verdictHolds(ctx context.Context, sku *SKU) (bool, error) {
 // pool or on their way).
 func (s *Scheduler) recheck(ctx context.Context, sku *SKU, so *soldOut) error {
 	at := mono.Now()
+	s.verdictReads.Inc()
 	version, pool, pending, err := s.hooks.Head(ctx, sku.Name)
 	if err != nil {
 		so.failed.Store(mono.Now())
