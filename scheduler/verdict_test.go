@@ -3,12 +3,14 @@ package scheduler
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/internal/mono"
 	"github.com/stockd/stockd/preallocate"
 )
 
@@ -104,5 +106,33 @@ func TestSoldOutVerdictIsConfirmedWithMySQL(t *testing.T) {
 	time.Sleep(maxAge)
 	if _, err := r.sched.Deduct(ctx, "conf", 1, "while-broken", ""); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("with MySQL away: %v, want ErrUnavailable", err)
+	}
+}
+
+// The sold-out path with and without the freshness bound: the bound adds
+// an atomic load and a monotonic clock read, no lock and no allocation.
+func BenchmarkSoldOutFromMemory(b *testing.B) {
+	for _, maxAge := range []time.Duration{0, time.Hour} {
+		b.Run("max_age="+maxAge.String(), func(b *testing.B) {
+			reg := NewRegistry()
+			sku := reg.Upsert(SKUInfo{Name: "bench"})
+			so := &soldOut{successes: newFilter(1000), installed: mono.Now()}
+			so.checked.Store(mono.Now())
+			sku.soldOut.Store(so)
+			cfg := DefaultConfig()
+			cfg.VerdictMaxAge = maxAge
+			s := New(cfg, reg, Hooks{Head: func(context.Context, string) (int64, int64, int64, error) { return 0, 0, 0, nil }}, slog.Default())
+			ids := make([]string, 1024)
+			for i := range ids {
+				ids[i] = "late-" + strconv.Itoa(i)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if !s.SoldOutFromMemory("bench", ids[i&1023]) {
+					b.Fatal("not sold out")
+				}
+			}
+		})
 	}
 }
