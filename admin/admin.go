@@ -75,6 +75,10 @@ type SKUView struct {
 	Version    int64           `json:"version"`
 	Partitions []PartitionView `json:"partitions"`
 	Sync       SyncView        `json:"sync"`
+	// Unconfirmed, on the answer of a change (PUT), names the live
+	// members that did not confirm within cluster.apply_timeout that they
+	// applied it; absent when every one did.
+	Unconfirmed []string `json:"unconfirmed,omitempty"`
 }
 
 // PartitionView is one partition's live state.
@@ -116,8 +120,9 @@ type Catalog interface {
 	MoveShard(ctx context.Context, id, addr string) (ShardView, error)
 	// DrainShard moves every partition off a shard while selling goes on.
 	DrainShard(ctx context.Context, id string) (any, error)
-	// RemoveShard forgets a drained shard.
-	RemoveShard(ctx context.Context, id string) error
+	// RemoveShard forgets a drained shard; it returns the members that
+	// did not confirm the change in time.
+	RemoveShard(ctx context.Context, id string) ([]string, error)
 	// Rebalance changes a live SKU's partitions.
 	Rebalance(ctx context.Context, sku string, r RebalanceSpec) (any, error)
 	// InDoubt lists the SKU's fenced partitions and their doubt; with
@@ -152,6 +157,8 @@ type ShardView struct {
 	Keys       int64  `json:"keys"`
 	MemoryUsed int64  `json:"memory_bytes"`
 	Error      string `json:"error,omitempty"`
+	// Unconfirmed: as in SKUView (the answer of an add or a move).
+	Unconfirmed []string `json:"unconfirmed,omitempty"`
 }
 
 // Server is the admin HTTP handler.
@@ -213,12 +220,13 @@ func New(o Options) *Server {
 		writeJSON(w, http.StatusOK, out)
 	})
 	s.handle("DELETE /admin/shards/{id}", func(w http.ResponseWriter, r *http.Request) {
-		if err := s.catalog.RemoveShard(r.Context(), r.PathValue("id")); err != nil {
+		unconfirmed, err := s.catalog.RemoveShard(r.Context(), r.PathValue("id"))
+		if err != nil {
 			s.fail(w, err)
 			return
 		}
 		s.logger.Info("shard removed", "shard", r.PathValue("id"))
-		writeJSON(w, http.StatusOK, map[string]string{"status": "removed"})
+		writeJSON(w, http.StatusOK, removed{Status: "removed", Unconfirmed: unconfirmed})
 	})
 	s.handle("POST /admin/skus/{sku}/rebalance", s.rebalance)
 	s.handle("GET /admin/skus/{sku}/in-doubt", s.inDoubt(false))
@@ -422,6 +430,12 @@ func (s *Server) getSKU(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, view)
+}
+
+// removed is the answer of DELETE /admin/shards/{id}.
+type removed struct {
+	Status      string   `json:"status"`
+	Unconfirmed []string `json:"unconfirmed,omitempty"`
 }
 
 type addShardBody struct {

@@ -42,8 +42,9 @@ func (c *catalog) PutSKU(ctx context.Context, name string, spec admin.Spec) (adm
 	if err := c.loader.load(ctx, sku); err != nil {
 		return admin.SKUView{}, created, err
 	}
-	c.notices.send(noticeChanged, name, sku.Version)
+	unconfirmed := c.notices.publish(ctx, notice{Kind: noticeChanged, SKU: name, Version: sku.Version})
 	v, err := c.GetSKU(ctx, name)
+	v.Unconfirmed = unconfirmed
 	return v, created, err
 }
 
@@ -140,8 +141,10 @@ func (c *catalog) AddShard(ctx context.Context, id, addr string) (admin.ShardVie
 	if err := c.store.AddShard(ctx, id, addr); err != nil {
 		return admin.ShardView{}, adminErr(err)
 	}
-	c.notices.send(noticeShards, "", 0)
-	return c.shardView(ctx, id)
+	unconfirmed := c.notices.publish(ctx, notice{Kind: noticeShards})
+	v, err := c.shardView(ctx, id)
+	v.Unconfirmed = unconfirmed
+	return v, err
 }
 
 // shardView is one shard as GET /admin/shards shows it.
@@ -169,34 +172,48 @@ func (c *catalog) MoveShard(ctx context.Context, id, addr string) (admin.ShardVi
 	if err := c.store.SetShardAddr(ctx, id, addr); err != nil {
 		return admin.ShardView{}, adminErr(err)
 	}
-	c.notices.send(noticeShards, "", 0)
-	return c.shardView(ctx, id)
+	unconfirmed := c.notices.publish(ctx, notice{Kind: noticeShards})
+	v, err := c.shardView(ctx, id)
+	v.Unconfirmed = unconfirmed
+	return v, err
 }
 
 // shardMoves is what a drain moved, per SKU.
 type shardMoves struct {
 	Shard string                                 `json:"shard"`
 	SKUs  map[string]preallocate.RebalanceResult `json:"skus"`
+	// Unconfirmed are the members that did not confirm the change in
+	// time (notices.publish).
+	Unconfirmed []string `json:"unconfirmed,omitempty"`
 }
 
 func (c *catalog) DrainShard(ctx context.Context, id string) (any, error) {
 	moved, err := c.alloc.DrainShard(ctx, id)
+	changes := []notice{{Kind: noticeShards}}
 	for sku := range moved {
-		c.reload(ctx, sku)
+		if m, ok := c.reload(ctx, sku); ok {
+			changes = append(changes, m)
+		}
 	}
-	c.notices.send(noticeShards, "", 0)
+	unconfirmed := c.notices.publish(ctx, changes...)
 	if err != nil {
 		return nil, adminErr(err)
 	}
-	return shardMoves{Shard: id, SKUs: moved}, nil
+	return shardMoves{Shard: id, SKUs: moved, Unconfirmed: unconfirmed}, nil
 }
 
-func (c *catalog) RemoveShard(ctx context.Context, id string) error {
+func (c *catalog) RemoveShard(ctx context.Context, id string) ([]string, error) {
 	if err := c.alloc.RemoveShard(ctx, id); err != nil {
-		return adminErr(err)
+		return nil, adminErr(err)
 	}
-	c.notices.send(noticeShards, "", 0)
-	return nil
+	return c.notices.publish(ctx, notice{Kind: noticeShards}), nil
+}
+
+// rebalanced is a rebalance's answer.
+type rebalanced struct {
+	preallocate.RebalanceResult
+	// Unconfirmed: as in shardMoves.
+	Unconfirmed []string `json:"unconfirmed,omitempty"`
 }
 
 func (c *catalog) Rebalance(ctx context.Context, name string, spec admin.RebalanceSpec) (any, error) {
@@ -215,11 +232,14 @@ func (c *catalog) Rebalance(ctx context.Context, name string, spec admin.Rebalan
 		r.Pin = spec.Pin
 	}
 	out, err := c.alloc.Rebalance(ctx, name, r)
-	c.reload(ctx, name)
+	var unconfirmed []string
+	if m, ok := c.reload(ctx, name); ok {
+		unconfirmed = c.notices.publish(ctx, m)
+	}
 	if err != nil {
 		return nil, adminErr(err)
 	}
-	return out, nil
+	return rebalanced{RebalanceResult: out, Unconfirmed: unconfirmed}, nil
 }
 
 // inDoubtView is GET /admin/skus/{sku}/in-doubt.
@@ -228,6 +248,8 @@ type inDoubtView struct {
 	InDoubt  int64               `json:"in_doubt"`
 	Resolved int64               `json:"resolved_now"`
 	Fenced   []preallocate.Doubt `json:"fenced"`
+	// Unconfirmed: as in shardMoves (a resolve only).
+	Unconfirmed []string `json:"unconfirmed,omitempty"`
 }
 
 func (c *catalog) InDoubt(ctx context.Context, name string, resolve bool) (any, error) {
@@ -241,7 +263,7 @@ func (c *catalog) InDoubt(ctx context.Context, name string, resolve bool) (any, 
 			return nil, err
 		}
 		if v.Resolved > 0 {
-			c.returned(ctx, name)
+			v.Unconfirmed = c.notices.publish(ctx, c.returned(ctx, name)...)
 		}
 		if sku, err = c.store.Get(ctx, name); err != nil {
 			return nil, adminErr(err)
@@ -254,26 +276,29 @@ func (c *catalog) InDoubt(ctx context.Context, name string, resolve bool) (any, 
 	return v, nil
 }
 
-// returned tells this node and the others that units went back to sku's
-// pool.
-func (c *catalog) returned(ctx context.Context, name string) {
+// returned applies on this node that units went back to sku's pool, and
+// returns the notices that tell the others.
+func (c *catalog) returned(ctx context.Context, name string) []notice {
 	c.sched.Invalidate(name, -1)
-	c.notices.send(noticeReturned, name, 0)
-	c.reload(ctx, name)
+	out := []notice{{Kind: noticeReturned, SKU: name}}
+	if m, ok := c.reload(ctx, name); ok {
+		out = append(out, m)
+	}
+	return out
 }
 
-// reload puts a SKU's new shape in this node's registry and tells the
-// others.
-func (c *catalog) reload(ctx context.Context, name string) {
+// reload puts a SKU's new shape in this node's registry and returns the
+// notice that tells the others (false when it could not be loaded).
+func (c *catalog) reload(ctx context.Context, name string) (notice, bool) {
 	sku, err := c.store.Get(ctx, name)
 	if err == nil {
 		err = c.loader.load(ctx, sku)
 	}
 	if err != nil {
 		c.loader.logger.Warn("reload after a change", "sku", name, "err", err)
-		return
+		return notice{}, false
 	}
-	c.notices.send(noticeChanged, name, sku.Version)
+	return notice{Kind: noticeChanged, SKU: name, Version: sku.Version}, true
 }
 
 func (c *catalog) Verify(ctx context.Context, name string) (any, error) {

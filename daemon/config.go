@@ -104,6 +104,9 @@ type Config struct {
 	ReloadEvery time.Duration `yaml:"reload_every"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
+	// Cluster bounds how long a node may answer from a view older than a
+	// change another node committed (coherence.go).
+	Cluster ClusterConfig `yaml:"cluster"`
 
 	Scheduler   scheduler.Config   `yaml:"scheduler"`
 	Preallocate preallocate.Config `yaml:"preallocate"`
@@ -174,6 +177,7 @@ func DefaultConfig() Config {
 		HTTP: HTTPConfig{ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
 			IdleTimeout: 2 * time.Minute, Concurrency: 64 << 10},
 		LogLevel:    "info",
+		Cluster:     ClusterConfig{ApplyTimeout: 2 * time.Second, ViewMaxAge: 100 * time.Millisecond},
 		Scheduler:   scheduler.DefaultConfig(),
 		Preallocate: preallocate.DefaultConfig(),
 		Sync:        stocksync.DefaultConfig(),
@@ -286,6 +290,9 @@ func (c Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if err := c.Cluster.Validate(); err != nil {
+		return fmt.Errorf("cluster.%w", err)
 	}
 	if err := c.Scheduler.Validate(); err != nil {
 		return fmt.Errorf("scheduler.%w", err)

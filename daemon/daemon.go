@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
@@ -130,11 +131,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	alloc := preallocate.New(cfg.Preallocate, db, shards, log)
 	alloc.Owns = func(sku string, pid int) bool { return peer.Owns(partitionKey(sku, pid)) }
-	notices := &notices{peer: peer, logger: log.With("component", "notices")}
+	notices := &notices{peer: peer, logger: log.With("component", "notices"),
+		applyTimeout: cfg.Cluster.ApplyTimeout, viewMaxAge: cfg.Cluster.ViewMaxAge}
 	reg := scheduler.NewRegistry()
+	// loadSKU is the loader's, made below (the loader needs the
+	// scheduler).
+	var loadSKU func(ctx context.Context, sku string) error
+	schedCfg := cfg.Scheduler
+	schedCfg.VerdictMaxAge = cfg.Cluster.ViewMaxAge
 	var sched *scheduler.Scheduler
-	var ld *loader // set below, before anything is served
-	sched = scheduler.New(cfg.Scheduler, reg, scheduler.Hooks{
+	sched = scheduler.New(schedCfg, reg, scheduler.Hooks{
 		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(scheduler.RefillResult)) bool {
 			return alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
 				done(scheduler.RefillResult{Levels: o.Levels, HaveLevels: o.HaveLevels, Applied: o.Applied, Pool: o.Pool, Failed: err != nil, Closed: o.Closed})
@@ -153,9 +159,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 			alloc.Fence(context.Background(), p, preallocate.ReasonRollback)
 		},
 		SoldOut: func(sku string) { notices.send(noticeSoldOut, sku, 0) },
-		CatchUp: func(ctx context.Context, sku string, version int64) (bool, error) {
-			return ld.catchUp(ctx, sku, version)
-		},
+		Head:    store.VersionedPoolState,
+		Reload:  func(ctx context.Context, sku string) error { return loadSKU(ctx, sku) },
 	}, log)
 	alloc.OnLost = func(sku string, pid int) {
 		sched.Fence(sku, pid)
@@ -167,7 +172,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		log.Warn("pending allocations left for the sweep", "err", err)
 	}
 	loader := &loader{store: store, alloc: alloc, sched: sched, shards: shards, logger: log, window: cfg.Scheduler.RetryWindow, shardDefaults: cfg.ShardDefaults}
-	ld = loader
+	loadSKU = func(ctx context.Context, sku string) error { return loader.load(ctx, preallocate.SKU{Name: sku}) }
 	// Shards added at runtime (recorded in MySQL) are connected too.
 	if err := loader.syncShards(ctx); err != nil {
 		return fmt.Errorf("redis: %w", err)
@@ -178,6 +183,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	notices.loader = loader
 
 	metrics := prometheus.NewRegistry()
+	notices.unconfirmed = promauto.With(metrics).NewCounter(prometheus.CounterOpts{
+		Name: "stockd_cluster_unconfirmed_total",
+		Help: "Members that did not confirm an admin change of this node within cluster.apply_timeout.",
+	})
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var amqpTLS *tls.Config
 	if cfg.AMQPCAFile != "" {
@@ -240,6 +249,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		limits:  cfg.Limits,
 		clients: newClientLimiter(cfg.Limits),
 	}
+	// An unknown SKU is confirmed with MySQL before a 404.
+	h.catalogue = &catalogue{maxAge: cfg.Cluster.ViewMaxAge, loader: loader, reg: reg,
+		reads: promauto.With(metrics).NewCounter(prometheus.CounterOpts{
+			Name: "stockd_catalogue_reads_total",
+			Help: "MySQL reads of the catalogue made to confirm an unknown SKU before a 404 (at most one per cluster.view_max_age).",
+		})}
 
 	cat := &catalog{db: db, store: store, alloc: alloc, sched: sched, loader: loader, notices: notices, ttl: cfg.Sync.ReservationTTL, defaults: preallocate.Spec{
 		Partitions: cfg.SKUDefaults.Partitions,
@@ -309,7 +324,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 					log.Warn("resolve in-doubt units", "sku", name, "err", err)
 				}
 				if n > 0 {
-					cat.returned(workCtx, name)
+					// Background work: gossip, without waiting for
+					// acknowledgements (the others' verdicts are
+					// confirmed with MySQL before they answer).
+					for _, m := range cat.returned(workCtx, name) {
+						notices.send(m.Kind, m.SKU, m.Version)
+					}
 				}
 			}
 		}

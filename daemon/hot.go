@@ -48,6 +48,8 @@ type hot struct {
 	http    HTTPConfig
 	limits  Limits
 	clients *clientLimiter // nil: no per-client limit
+	// catalogue confirms an unknown SKU with MySQL before a 404.
+	catalogue *catalogue
 }
 
 // hotMetrics are the hot path's: deductions by outcome and their latency.
@@ -304,6 +306,18 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	} else {
 		c, cancel := context.WithTimeout(context.Background(), h.timeout)
 		res, err = h.sched.Deduct(c, r.sku, r.qty, r.requestID, r.userID)
+		if errors.Is(err, scheduler.ErrUnknownSKU) {
+			// Created on another node a moment ago? Ask MySQL (at most
+			// once per view_max_age for every unknown name).
+			var known bool
+			if known, err = h.catalogue.known(c, r.sku); err != nil {
+				err = fmt.Errorf("%w: %v", scheduler.ErrUnavailable, err)
+			} else if known {
+				res, err = h.sched.Deduct(c, r.sku, r.qty, r.requestID, r.userID)
+			} else {
+				err = scheduler.ErrUnknownSKU
+			}
+		}
 		cancel()
 	}
 	h.m.latency.Observe(time.Since(start).Seconds())
@@ -413,8 +427,18 @@ func (h *hot) stock(ctx *fasthttp.RequestCtx, name string) {
 	}
 	sku := h.sched.Registry().Get(name)
 	if sku == nil {
-		writeErr(ctx, fasthttp.StatusNotFound, "sku: unknown")
-		return
+		c, cancel := context.WithTimeout(context.Background(), h.timeout)
+		known, err := h.catalogue.known(c, name)
+		cancel()
+		if err != nil {
+			writeErr(ctx, fasthttp.StatusServiceUnavailable, "unavailable, retry")
+			return
+		}
+		if !known {
+			writeErr(ctx, fasthttp.StatusNotFound, "sku: unknown")
+			return
+		}
+		sku = h.sched.Registry().Get(name)
 	}
 	avail := sku.Available()
 	buf := make([]byte, 0, 96)

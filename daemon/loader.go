@@ -126,20 +126,6 @@ func (l *loader) load(ctx context.Context, sku preallocate.SKU) error {
 	return nil
 }
 
-// catchUp reloads name when MySQL holds a newer version than the
-// registry's (scheduler.Hooks.CatchUp): before answering sold_out, a node
-// makes sure no partition added elsewhere holds what it cannot see.
-func (l *loader) catchUp(ctx context.Context, name string, version int64) (bool, error) {
-	sku, err := l.store.Get(ctx, name)
-	if err != nil {
-		return false, err
-	}
-	if sku.Version <= version {
-		return false, nil
-	}
-	return true, l.load(ctx, sku)
-}
-
 // registryInfo turns MySQL's rows into the registry's view at now:
 //   - open and fenced partitions are all in the home set;
 //   - a closed partition stays in it for the retry window after it closed

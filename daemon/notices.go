@@ -4,7 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"slices"
 	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stockd/stockd/daemon/cluster"
 	"github.com/stockd/stockd/scheduler"
@@ -26,6 +32,11 @@ const (
 	noticeRefill = "refill"
 	// noticeShards: the shard list changed (added, draining, removed).
 	noticeShards = "shards"
+	// noticeApply: sent to each member by the node that made an admin
+	// change: apply these notices (Items), then acknowledge ID to From.
+	noticeApply = "apply"
+	// noticeAck: From applied the notices of apply ID.
+	noticeAck = "ack"
 )
 
 type notice struct {
@@ -36,6 +47,10 @@ type notice struct {
 	PID int    `json:"p,omitempty"`
 	Sub string `json:"b,omitempty"`
 	Cap int64  `json:"c,omitempty"`
+	// Apply and ack: the sender, the change's id and what to apply.
+	From  string   `json:"f,omitempty"`
+	ID    uint64   `json:"i,omitempty"`
+	Items []notice `json:"n,omitempty"`
 }
 
 // notices sends and applies registry notices.
@@ -43,8 +58,28 @@ type notices struct {
 	peer   *cluster.Peer
 	loader *loader
 	logger *slog.Logger
+	// applyTimeout bounds how long publish waits for acknowledgements;
+	// viewMaxAge is how old a member's view may be (cluster config).
+	applyTimeout, viewMaxAge time.Duration
 	// reload carries SKUs a push/pull showed newer elsewhere.
 	reload chan string
+	// work carries the notices to apply, from the reader of the inbox
+	// (which handles acknowledgements itself, so that they are never
+	// stuck behind a slow reload).
+	work chan notice
+
+	// unconfirmed counts the members publish named (nil: not counted).
+	unconfirmed prometheus.Counter
+
+	seq     atomic.Uint64
+	mu      sync.Mutex
+	waiting map[uint64]*ackWait
+}
+
+// ackWait is one published change waiting for its acknowledgements.
+type ackWait struct {
+	pending map[string]bool
+	done    chan struct{}
 }
 
 // refill asks the owner of partition pid of sku to refill sub below capAt.
@@ -60,11 +95,117 @@ func (n *notices) send(kind, sku string, version int64) {
 	n.peer.Broadcast(kind+"/"+sku, b)
 }
 
+// publish tells every member about an admin change this node committed and
+// applied, and waits until each member that was alive has applied it too,
+// or applyTimeout passed. It returns the members that did not confirm in
+// time, sorted. The notices are gossiped as well, for members this node
+// does not see.
+//
+// Members lost less than recentlyGone ago (failed, or partitioned away
+// and perhaps still answering) are named unconfirmed too.
+//
+// When some member did not confirm, or a known member is not alive,
+// publish returns no earlier than viewMaxAge after it started: from then
+// on, a node that did not apply the change gives no negative answer on a
+// view from before it (it reads MySQL again first).
+func (n *notices) publish(ctx context.Context, items ...notice) []string {
+	start := time.Now()
+	for _, it := range items {
+		b, _ := json.Marshal(it)
+		n.peer.Broadcast(it.Kind+"/"+it.SKU, b)
+	}
+	var targets, unconfirmed []string
+	absent := false
+	for _, m := range n.peer.Members() {
+		switch {
+		case m.IsSelf:
+		case m.State == "alive":
+			targets = append(targets, m.Name)
+		default:
+			absent = true
+			if time.Since(m.Since) < recentlyGone {
+				unconfirmed = append(unconfirmed, m.Name)
+			}
+		}
+	}
+	if len(targets) > 0 {
+		id := n.seq.Add(1)
+		w := &ackWait{pending: map[string]bool{}, done: make(chan struct{})}
+		for _, name := range targets {
+			w.pending[name] = true
+		}
+		n.mu.Lock()
+		if n.waiting == nil {
+			n.waiting = map[uint64]*ackWait{}
+		}
+		n.waiting[id] = w
+		n.mu.Unlock()
+		b, _ := json.Marshal(notice{Kind: noticeApply, From: n.peer.Name(), ID: id, Items: items})
+		for _, name := range targets {
+			// A TCP send to a frozen member can take its time: never
+			// inside the bound.
+			go func() {
+				if err := n.peer.SendReliable(name, b); err != nil {
+					n.logger.Debug("change not sent", "member", name, "err", err)
+				}
+			}()
+		}
+		t := time.NewTimer(n.applyTimeout)
+		select {
+		case <-w.done:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		n.mu.Lock()
+		delete(n.waiting, id)
+		for name := range w.pending {
+			unconfirmed = append(unconfirmed, name)
+		}
+		n.mu.Unlock()
+	}
+	slices.Sort(unconfirmed)
+	if len(unconfirmed) > 0 || absent {
+		if d := n.viewMaxAge - time.Since(start); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+			}
+		}
+	}
+	if len(unconfirmed) > 0 {
+		if n.unconfirmed != nil {
+			n.unconfirmed.Add(float64(len(unconfirmed)))
+		}
+		n.logger.Warn("change not confirmed by every member in time", "members", unconfirmed, "timeout", n.applyTimeout)
+	}
+	return unconfirmed
+}
+
+// recentlyGone is how long a member that stopped being alive is still
+// named in publish's answer.
+const recentlyGone = time.Minute
+
+// acked records from's acknowledgement of change id.
+func (n *notices) acked(id uint64, from string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	w := n.waiting[id]
+	if w == nil || !w.pending[from] {
+		return
+	}
+	delete(w.pending, from)
+	if len(w.pending) == 0 {
+		close(w.done)
+	}
+}
+
 // run applies incoming notices until ctx ends. Push/pull state is every
 // SKU's version: a node that missed a notice catches up on the next
 // exchange.
 func (n *notices) run(ctx context.Context, sched *scheduler.Scheduler, reg *scheduler.Registry) {
 	n.reload = make(chan string, 256)
+	n.work = make(chan notice, 1024)
 	n.peer.SetState(func() []byte {
 		versions := map[string]int64{}
 		for _, name := range reg.Names() {
@@ -88,50 +229,101 @@ func (n *notices) run(ctx context.Context, sched *scheduler.Scheduler, reg *sche
 			}
 		}
 	})
+	go n.read(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case name := <-n.reload:
 			n.reloadSKU(ctx, name)
+		case m := <-n.work:
+			if m.Kind != noticeApply {
+				n.apply(ctx, sched, reg, m)
+				continue
+			}
+			ok := true
+			for _, it := range m.Items {
+				ok = n.apply(ctx, sched, reg, it) && ok
+			}
+			if ok {
+				// Acknowledge only what was applied: a member that
+				// failed is named unconfirmed by the sender.
+				b, _ := json.Marshal(notice{Kind: noticeAck, From: n.peer.Name(), ID: m.ID})
+				go func() {
+					if err := n.peer.SendReliable(m.From, b); err != nil {
+						n.logger.Debug("ack not sent", "member", m.From, "err", err)
+					}
+				}()
+			}
+		}
+	}
+}
+
+// read takes messages off the inbox: acknowledgements are recorded at
+// once, everything else goes to run's loop (dropped when it is that far
+// behind: the reload timer catches up, and the sender names this node
+// unconfirmed).
+func (n *notices) read(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
 		case b := <-n.peer.Inbox():
 			var m notice
 			if err := json.Unmarshal(b, &m); err != nil {
 				n.logger.Warn("bad notice", "err", err)
 				continue
 			}
-			switch m.Kind {
-			case noticeChanged:
-				if s := reg.Get(m.SKU); m.Version == 0 || s == nil || s.Version() < m.Version {
-					n.reloadSKU(ctx, m.SKU)
-				}
-			case noticeSoldOut:
-				if err := sched.CheckSoldOut(ctx, m.SKU); err != nil {
-					n.logger.Warn("check sold out", "sku", m.SKU, "err", err)
-				}
-			case noticeReturned:
-				sched.Invalidate(m.SKU, -1)
-			case noticeShards:
-				if err := n.loader.syncShards(ctx); err != nil {
-					n.logger.Warn("connect shards after notice", "err", err)
-				}
-			case noticeRefill:
-				if len(m.Sub) == 1 {
-					sched.RefillFor(m.SKU, m.PID, m.Sub[0], m.Cap)
-				}
+			if m.Kind == noticeAck {
+				n.acked(m.ID, m.From)
+				continue
+			}
+			select {
+			case n.work <- m:
+			default:
+				n.logger.Warn("notice dropped: the notice loop is behind", "kind", m.Kind, "sku", m.SKU)
 			}
 		}
 	}
 }
 
-func (n *notices) reloadSKU(ctx context.Context, name string) {
+// apply acts on one notice; false when it could not (the truth could not
+// be read).
+func (n *notices) apply(ctx context.Context, sched *scheduler.Scheduler, reg *scheduler.Registry, m notice) bool {
+	switch m.Kind {
+	case noticeChanged:
+		if s := reg.Get(m.SKU); m.Version == 0 || s == nil || s.Version() < m.Version {
+			return n.reloadSKU(ctx, m.SKU)
+		}
+	case noticeSoldOut:
+		if err := sched.CheckSoldOut(ctx, m.SKU); err != nil {
+			n.logger.Warn("check sold out", "sku", m.SKU, "err", err)
+		}
+	case noticeReturned:
+		sched.Invalidate(m.SKU, -1)
+	case noticeShards:
+		if err := n.loader.syncShards(ctx); err != nil {
+			n.logger.Warn("connect shards after notice", "err", err)
+			return false
+		}
+	case noticeRefill:
+		if len(m.Sub) == 1 {
+			sched.RefillFor(m.SKU, m.PID, m.Sub[0], m.Cap)
+		}
+	}
+	return true
+}
+
+func (n *notices) reloadSKU(ctx context.Context, name string) bool {
 	sku, err := n.loader.store.Get(ctx, name)
 	if err == nil {
 		err = n.loader.load(ctx, sku)
 	}
 	if err != nil {
 		n.logger.Warn("reload after notice", "sku", name, "err", err)
+		return false
 	}
+	return true
 }
 
 // partitionKey names a partition's background work for ownership.

@@ -226,6 +226,23 @@ func (s *Store) PoolState(ctx context.Context, name string) (pool, pending int64
 	return pool, pending, nil
 }
 
+// VersionedPoolState is PoolState with the SKU's version, in one read:
+// what a node needs to tell whether its sold-out verdict still holds.
+func (s *Store) VersionedPoolState(ctx context.Context, name string) (version, pool, pending int64, err error) {
+	err = s.db.QueryRowContext(ctx,
+		`SELECT version, pool,
+		        (SELECT COALESCE(SUM(CASE WHEN kind = 'fill' THEN qty ELSE 1 END), 0)
+		           FROM allocations WHERE sku = ? AND state = 'pending' AND kind IN ('fill', 'drain'))
+		   FROM skus WHERE sku = ?`, name, name).Scan(&version, &pool, &pending)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, 0, 0, fmt.Errorf("%w: %s", ErrUnknownSKU, name)
+	}
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("pool state: %w", err)
+	}
+	return version, pool, pending, nil
+}
+
 type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)

@@ -182,14 +182,11 @@ func TestStaleRegistryCatchesUpBeforeSoldOut(t *testing.T) {
 	var stale *Scheduler
 	stale = New(DefaultConfig(), NewRegistry(), Hooks{
 		PoolState: r.store.PoolState,
-		CatchUp: func(ctx context.Context, sku string, version int64) (bool, error) {
-			row, err := r.store.Get(ctx, sku)
-			if err != nil || row.Version <= version {
-				return false, err
-			}
+		Head:      r.store.VersionedPoolState,
+		Reload: func(ctx context.Context, sku string) error {
 			caughtUp++
 			load(stale)
-			return true, nil
+			return nil
 		},
 	}, slog.Default())
 	load(stale)

@@ -72,6 +72,13 @@ type SKU struct {
 
 type soldOut struct {
 	successes *filter
+	// installed is when the verdict was installed (mono.Now): no take
+	// of the SKU can succeed after it while the verdict stands.
+	installed int64
+	// checked is when MySQL last confirmed the verdict (mono.Now at the
+	// start of the read that found pool and pending allocations empty and
+	// the version unchanged); failed is when a confirmation last failed.
+	checked, failed atomic.Int64
 }
 
 // Partition is the registry entry of one partition: its handle and its last

@@ -33,7 +33,9 @@
 // filter and answers sold_out from memory to every id not in it. Restock
 // and release (Invalidate) clear the verdict; they and every applied
 // refill bump the SKU's generation, which voids a verdict still being
-// computed.
+// computed. A verdict answers from memory only while MySQL confirmed it
+// within Config.VerdictMaxAge (verdict.go): another node's restock cannot
+// hide behind a late notice.
 package scheduler
 
 import (
@@ -50,6 +52,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/stockd/stockd/internal/hashx"
+	"github.com/stockd/stockd/internal/mono"
 	"github.com/stockd/stockd/shard"
 )
 
@@ -75,6 +78,11 @@ type Config struct {
 	// home of the ids hashed to it this long, and partitions added by a
 	// rebalance keep their generation for twice as long (4.2).
 	RetryWindow time.Duration `yaml:"retry_window"`
+	// VerdictMaxAge bounds how old the MySQL confirmation of a sold-out
+	// verdict may be when it answers sold_out from memory (see
+	// verdict.go); 0: no bound (the verdict stands until invalidated).
+	// The daemon sets it from cluster.view_max_age.
+	VerdictMaxAge time.Duration `yaml:"-"`
 }
 
 // DefaultConfig returns the defaults.
@@ -124,12 +132,13 @@ type Hooks struct {
 	// SoldOut is told when this node concluded that a SKU is sold out, so
 	// that other nodes can check and answer from memory too.
 	SoldOut func(sku string)
-	// CatchUp tells whether MySQL holds a newer version of sku than
-	// version and, if so, brings the registry up to it (a reload). It is
-	// asked before a sold-out answer: a node that has not loaded a
-	// partition another node just added and filled would see every
-	// partition it knows empty and the pool at 0.
-	CatchUp func(ctx context.Context, sku string, version int64) (bool, error)
+	// Head reads a SKU's version, pool and pending allocations from MySQL
+	// (pending as PoolState counts it): a sold-out verdict older than
+	// VerdictMaxAge is confirmed with it before it answers again.
+	Head func(ctx context.Context, sku string) (version, pool, pending int64, err error)
+	// Reload reloads a SKU from MySQL into the registry (its version
+	// moved) and ends its sold-out verdict (Invalidate).
+	Reload func(ctx context.Context, sku string) error
 }
 
 // Status of a deduction.
@@ -166,6 +175,7 @@ type Scheduler struct {
 	pointCalls    prometheus.Counter
 	claimCalls    prometheus.Counter
 	memorySoldOut prometheus.Counter
+	verdictReads  prometheus.Counter
 	refillAsks    prometheus.Counter
 	swaps         prometheus.Counter
 }
@@ -183,6 +193,10 @@ func New(cfg Config, reg *Registry, hooks Hooks, logger *slog.Logger) *Scheduler
 	s.memorySoldOut = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "stockd_scheduler_sold_out_from_memory_total",
 		Help: "Deductions answered sold_out from memory, without Redis.",
+	})
+	s.verdictReads = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "stockd_scheduler_verdict_reads_total",
+		Help: "MySQL reads made to confirm a sold-out verdict older than cluster.view_max_age.",
 	})
 	s.refillAsks = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "stockd_scheduler_refills_requested_total",
@@ -223,7 +237,7 @@ func (c *levelCollector) Collect(ch chan<- prometheus.Metric) {
 
 // Collectors are the scheduler's metrics, for the daemon's registry.
 func (s *Scheduler) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.calls, s.memorySoldOut, s.refillAsks, s.swaps, &levelCollector{reg: s.reg}}
+	return []prometheus.Collector{s.calls, s.memorySoldOut, s.verdictReads, s.refillAsks, s.swaps, &levelCollector{reg: s.reg}}
 }
 
 // Registry returns the registry.
@@ -256,7 +270,7 @@ func (s *Scheduler) SoldOutFromMemory(name, reqID string) bool {
 	if sku == nil {
 		return false
 	}
-	if so := sku.soldOut.Load(); so != nil && !so.successes.mayContain(reqID) {
+	if so := sku.soldOut.Load(); so != nil && s.verdictFresh(so) && !so.successes.mayContain(reqID) {
 		s.memorySoldOut.Inc()
 		return true
 	}
@@ -271,9 +285,16 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 		return Result{}, ErrUnknownSKU
 	}
 	if so := sku.soldOut.Load(); so != nil && !so.successes.mayContain(reqID) {
-		s.memorySoldOut.Inc()
-		return Result{Status: SoldOut}, nil
+		sold, err := s.verdictHolds(ctx, sku)
+		if err != nil {
+			return Result{}, err
+		}
+		if sold {
+			s.memorySoldOut.Inc()
+			return Result{Status: SoldOut}, nil
+		}
 	}
+	began := mono.Now()
 	home, err := s.homeOf(ctx, sku, reqID)
 	if err != nil {
 		return Result{}, err
@@ -358,8 +379,42 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 			if err != nil {
 				return Result{}, err
 			}
-			if v == SoldOut {
+			if so := sku.soldOut.Load(); v == SoldOut && so != nil && so.installed < began {
+				// Sold out since before this request began: no copy of it
+				// can have taken after its first take.
 				return Result{Status: SoldOut}, nil
+			}
+			if v == SoldOut {
+				// A copy of this request on another node may have moved
+				// the pointer on and taken there meanwhile: sold out
+				// holds only while the pointer still names cur.
+				s.pointCalls.Inc()
+				pr, err := home.H.Point(ctx, reqID, cur.String(), cur.String())
+				if err != nil {
+					return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+				}
+				switch pr.Code {
+				case shard.PointMoved:
+					return Result{Status: SoldOut}, nil
+				case shard.PointTook:
+					if pr.Qty != qty {
+						return Result{Status: Reused, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
+					}
+					return Result{Status: OK, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
+				}
+				if pid, ok := shard.ParseRedirect(pr.Pointer); ok {
+					// Claimed for a newer home meanwhile: go there.
+					if home, err = s.follow(ctx, sku, reqID, home, pid, -1); err != nil {
+						return Result{}, err
+					}
+					cur, tried = pointer{home.H.ID, 1}, tried[:0]
+					continue
+				}
+				if cur, err = parsePointer(pr.Pointer); err != nil {
+					return Result{}, err
+				}
+				tried = tried[:0]
+				continue
 			}
 			tried = tried[:0]
 			round++
@@ -717,23 +772,30 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 				continue // partitions or stock this node had not loaded: look again
 			}
 			if t.total == 0 {
-				s.markSoldOut(ctx, sku, t.gen)
+				s.markSoldOut(ctx, sku, t)
 			}
 			return SoldOut, nil
 		}
 	}
 }
 
-// catchUp asks CatchUp, once for all the requests of sku that ask
-// together, whether the registry was behind MySQL (and reloads it).
+// catchUp asks MySQL (Head), once for all the requests of sku that ask
+// together, whether the registry is behind its version, and reloads the
+// SKU if so. It runs before a sold-out answer: a node that has not
+// loaded a partition another node just added and filled would see every
+// partition it knows empty and the pool at 0.
 func (s *Scheduler) catchUp(ctx context.Context, sku *SKU) (bool, error) {
-	if s.hooks.CatchUp == nil {
+	if s.hooks.Head == nil || s.hooks.Reload == nil {
 		return false, nil
 	}
 	v, err, _ := s.tail.Do(sku.Name+"/catchup", func() (any, error) {
 		ctx, cancel := detached(ctx)
 		defer cancel()
-		return s.hooks.CatchUp(ctx, sku.Name, sku.Version())
+		version, _, _, err := s.hooks.Head(ctx, sku.Name)
+		if err != nil || version <= sku.Version() {
+			return false, err
+		}
+		return true, s.hooks.Reload(ctx, sku.Name)
 	})
 	if err != nil {
 		return false, err
@@ -744,11 +806,14 @@ func (s *Scheduler) catchUp(ctx context.Context, sku *SKU) (bool, error) {
 type tailState struct {
 	pool, pending, total int64
 	gen                  uint64
+	// at is when the read of the pool started (mono.Now): a sold-out
+	// verdict built on this state is confirmed as of then.
+	at int64
 }
 
 // refresh reads the pool and every open partition's levels from the source.
 func (s *Scheduler) refresh(ctx context.Context, sku *SKU) (tailState, error) {
-	t := tailState{gen: sku.gen.Load()}
+	t := tailState{gen: sku.gen.Load(), at: mono.Now()}
 	rose := false
 	var err error
 	if s.hooks.PoolState != nil {
@@ -818,7 +883,9 @@ func (s *Scheduler) consolidate(ctx context.Context, sku *SKU, need int64) error
 
 // markSoldOut loads the ids that took into a filter and, unless stock
 // arrived meanwhile (gen moved), answers sold_out from memory from then on.
-func (s *Scheduler) markSoldOut(ctx context.Context, sku *SKU, gen uint64) {
+// t is the empty state read (its gen, and when it was read).
+func (s *Scheduler) markSoldOut(ctx context.Context, sku *SKU, t tailState) {
+	gen := t.gen
 	if sku.soldOut.Load() != nil || sku.gen.Load() != gen {
 		return
 	}
@@ -836,7 +903,9 @@ func (s *Scheduler) markSoldOut(ctx context.Context, sku *SKU, gen uint64) {
 		for _, id := range ids {
 			f.add(id)
 		}
-		if sku.gen.Load() == gen && sku.soldOut.CompareAndSwap(nil, &soldOut{successes: f}) {
+		so := &soldOut{successes: f, installed: mono.Now()}
+		so.checked.Store(t.at)
+		if sku.gen.Load() == gen && sku.soldOut.CompareAndSwap(nil, so) {
 			s.logger.Info("sold out", "sku", sku.Name, "successes", len(ids))
 			if s.hooks.SoldOut != nil {
 				s.hooks.SoldOut(sku.Name)
@@ -918,7 +987,7 @@ func (s *Scheduler) CheckSoldOut(ctx context.Context, name string) error {
 		if caught, err := s.catchUp(ctx, sku); err != nil || caught {
 			return err
 		}
-		s.markSoldOut(ctx, sku, t.gen)
+		s.markSoldOut(ctx, sku, t)
 	}
 	return nil
 }

@@ -63,6 +63,8 @@ type Member struct {
 	State  string `json:"state"`
 	Meta   Meta   `json:"meta"`
 	IsSelf bool   `json:"self"`
+	// Since is when this node last saw the member's state change.
+	Since time.Time `json:"since"`
 }
 
 // DecodeKey checks and decodes a gossip key.
@@ -273,9 +275,13 @@ func (p *Peer) observe(n *memberlist.Node, state string) {
 		Addr:   net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))),
 		State:  state,
 		IsSelf: n.Name == p.cfg.Name,
+		Since:  time.Now(),
 	}
 	json.Unmarshal(n.Meta, &m.Meta)
 	p.mu.Lock()
+	if prev, ok := p.members[n.Name]; ok && prev.State == state {
+		m.Since = prev.Since // an update, not a change of state
+	}
 	p.members[n.Name] = m
 	var names []string
 	for name, m := range p.members {
@@ -326,6 +332,31 @@ func (p *Peer) SendTo(name string, msg []byte) error {
 		return fmt.Errorf("no alive member %s", name)
 	}
 	return p.ml.SendToAddress(memberlist.Address{Addr: m.Addr, Name: name}, msg)
+}
+
+// SendReliable sends msg to one node over memberlist's reliable (TCP)
+// channel; it arrives in that node's Inbox like a broadcast. It waits for
+// the connection and the write (not for the receiver to read it), up to
+// memberlist's TCP timeout: call it off any loop that must not block.
+func (p *Peer) SendReliable(name string, msg []byte) error {
+	if name == p.cfg.Name {
+		return p.SendTo(name, msg)
+	}
+	p.mu.Lock()
+	m, ok := p.members[name]
+	p.mu.Unlock()
+	if !ok || m.State != "alive" {
+		return fmt.Errorf("no alive member %s", name)
+	}
+	host, portS, err := net.SplitHostPort(m.Addr)
+	if err != nil {
+		return err
+	}
+	port, err := strconv.Atoi(portS)
+	if err != nil {
+		return fmt.Errorf("member %s address %q: bad port", name, m.Addr)
+	}
+	return p.ml.SendReliable(&memberlist.Node{Name: name, Addr: net.ParseIP(host), Port: uint16(port)}, msg)
 }
 
 // Inbox delivers the messages other nodes broadcast or sent.
