@@ -82,7 +82,8 @@ type RequestError struct {
 	// RequestID is the deduction's request id (given or generated). When
 	// the outcome is unknown (context ended, ErrUnavailable), deduct again
 	// later with this id: it returns the first outcome, never a second
-	// deduction.
+	// deduction (within the server's scheduler.retry_window, default
+	// 15m).
 	RequestID string
 	// Attempts is the number of HTTP attempts made.
 	Attempts int
