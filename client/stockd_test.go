@@ -215,6 +215,26 @@ func (d *stockd) kill9() {
 	<-exited
 }
 
+// signal sends sig to the process.
+func (d *stockd) signal(sig syscall.Signal) {
+	d.mu.Lock()
+	cmd := d.cmd
+	d.mu.Unlock()
+	if cmd != nil {
+		cmd.Process.Signal(sig)
+	}
+}
+
+// freeze stops the process (SIGSTOP): its connections stay open and
+// nothing answers, like a hung node. thaw (SIGCONT) undoes it; the
+// test's cleanup thaws too.
+func (d *stockd) freeze() {
+	d.signal(syscall.SIGSTOP)
+	d.t.Cleanup(d.thaw)
+}
+
+func (d *stockd) thaw() { d.signal(syscall.SIGCONT) }
+
 // restart starts the process again with the same settings and ports.
 func (d *stockd) restart() { d.t.Helper(); d.startProc() }
 
