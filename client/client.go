@@ -264,8 +264,9 @@ func (c *Client) settle(ctx context.Context, op, token string) error {
 // seconds, rounded up) and returns the new expiry.
 //
 // The server side of POST /v1/extend is a contract extension not every
-// stockd has: a server without it answers 404, ErrNotFound. Definite
-// failures: ErrNotFound, ErrReleased, ErrConfirmed, *APIError.
+// stockd has: a server without it answers 404 "no such route", an
+// *APIError with Status 404 that is not ErrNotFound. Definite failures:
+// ErrNotFound, ErrReleased, ErrConfirmed, *APIError.
 func (c *Client) Extend(ctx context.Context, token string, d time.Duration) (time.Time, error) {
 	secs := int64((d + time.Second - 1) / time.Second)
 	if secs < 1 {

@@ -203,6 +203,7 @@ func TestDefiniteOutcomes(t *testing.T) {
 		{"release unknown", "release", 404, `{"error":"reservation: unknown"}`, ErrNotFound, "", ""},
 		{"extend released", "extend", 409, `{"status":"released","error":"reservation: released"}`, ErrReleased, "", "released"},
 		{"stock unknown", "stock", 404, `{"error":"sku: unknown"}`, ErrUnknownSKU, "", ""},
+		{"extend without server support", "extend", 404, `{"error":"no such route"}`, nil, "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			node := newFakeNode(t, answerStatus(tc.code, tc.body))
@@ -230,6 +231,11 @@ func TestDefiniteOutcomes(t *testing.T) {
 			if tc.want != nil && !errors.Is(err, tc.want) {
 				t.Fatalf("err %v, want %v", err, tc.want)
 			}
+			for _, s := range sentinels {
+				if s != tc.want && errors.Is(err, s) {
+					t.Fatalf("err %v is also %v", err, s)
+				}
+			}
 			var api *APIError
 			if !errors.As(err, &api) {
 				t.Fatalf("err %v is not an *APIError", err)
@@ -243,6 +249,9 @@ func TestDefiniteOutcomes(t *testing.T) {
 		})
 	}
 }
+
+var sentinels = []error{ErrSoldOut, ErrUnknownSKU, ErrNotFound, ErrReleased, ErrConfirmed,
+	ErrRequestIDReused, ErrLimitReached, ErrNotOpen, ErrClosed, ErrUnavailable, ErrClientClosed}
 
 // TestRetryAfter: a 429 is retried after its Retry-After (1 s here), not
 // sooner.

@@ -130,6 +130,12 @@ func outcome(op string, status int, a answer) *APIError {
 	e := &APIError{Status: status, Code: a.Code, Message: a.Error, Field: a.Field}
 	switch status {
 	case http.StatusNotFound:
+		if a.Error == "no such route" {
+			// The node has no such endpoint (Extend against a server
+			// without it, or an endpoint URL with a wrong path): not an
+			// answer about the SKU or the reservation.
+			break
+		}
 		if op == "deduct" || op == "stock" {
 			e.kind = ErrUnknownSKU
 		} else {
