@@ -162,8 +162,9 @@ func TestDashboardAndAlertsQueryServedMetrics(t *testing.T) {
 	}
 }
 
-// The alert rules are valid Prometheus rules. promtool comes from Debian's
-// prometheus package; `make test` installs it (scripts/promtool.sh).
+// The alert rules are valid Prometheus rules and pass their unit tests.
+// promtool comes from Debian's prometheus package; `make test` installs it
+// (scripts/promtool.sh).
 func TestAlertRulesPassPromtool(t *testing.T) {
 	bin := os.Getenv("PROMTOOL")
 	if bin == "" {
@@ -172,9 +173,15 @@ func TestAlertRulesPassPromtool(t *testing.T) {
 			t.Fatal("promtool not found: run scripts/promtool.sh (make test does; it installs Debian's prometheus package), or set PROMTOOL")
 		}
 	}
-	out, err := exec.Command(bin, "check", "rules", "../contrib/prometheus/alerts.yml").CombinedOutput()
-	if err != nil {
-		t.Fatalf("promtool check rules contrib/prometheus/alerts.yml: %v\n%s", err, out)
+	for _, args := range [][]string{
+		{"check", "rules", "../contrib/prometheus/alerts.yml"},
+		// Each alert fires on the series it is meant for, quiet otherwise.
+		{"test", "rules", "../contrib/prometheus/alerts_test.yml"},
+	} {
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		t.Logf("promtool %s: %s", strings.Join(args, " "), out)
 	}
-	t.Logf("%s", out)
 }
