@@ -18,6 +18,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -120,8 +121,9 @@ func version(args []string, stdout, stderr io.Writer) int {
 }
 
 // flags parses a subcommand's -config flag and checks the number of
-// positional arguments; ok false means the caller exits 2.
-func flags(name, argsHelp string, args []string, nargs int, stderr io.Writer) (configPath string, rest []string, ok bool) {
+// positional arguments. When ok is false the caller exits with code: 0
+// after -h, 2 on a usage error.
+func flags(name, argsHelp string, args []string, nargs int, stderr io.Writer) (configPath string, rest []string, code int, ok bool) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "path to the YAML configuration (optional; STOCKD_* variables override it)")
@@ -130,22 +132,25 @@ func flags(name, argsHelp string, args []string, nargs int, stderr io.Writer) (c
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return "", nil, false
+		if errors.Is(err, flag.ErrHelp) {
+			return "", nil, 0, false
+		}
+		return "", nil, 2, false
 	}
 	if fs.NArg() != nargs {
 		if fs.NArg() > nargs {
 			fmt.Fprintf(stderr, "%s: unexpected argument %q (flags go before arguments)\n", name, fs.Arg(nargs))
 		}
 		fs.Usage()
-		return "", nil, false
+		return "", nil, 2, false
 	}
-	return *path, fs.Args(), true
+	return *path, fs.Args(), 0, true
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	configPath, _, ok := flags("stockd", "[run] [-config file]", args, 0, stderr)
+	configPath, _, code, ok := flags("stockd", "[run] [-config file]", args, 0, stderr)
 	if !ok {
-		return 2
+		return code
 	}
 	cfg, err := daemon.LoadConfig(configPath, os.Environ())
 	if err != nil {
@@ -174,9 +179,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func verify(args []string, stdout, stderr io.Writer) int {
-	configPath, rest, ok := flags("stockd verify", "[-config file] SKU", args, 1, stderr)
+	configPath, rest, code, ok := flags("stockd verify", "[-config file] SKU", args, 1, stderr)
 	if !ok {
-		return 2
+		return code
 	}
 	cfg, err := daemon.LoadConfig(configPath, os.Environ())
 	if err != nil {
@@ -204,9 +209,9 @@ func verify(args []string, stdout, stderr io.Writer) int {
 // a line; when it is valid it prints the effective configuration as YAML,
 // secrets redacted. It connects to nothing.
 func checkConfig(args []string, stdout, stderr io.Writer) int {
-	configPath, _, ok := flags("stockd check-config", "[-config file]", args, 0, stderr)
+	configPath, _, code, ok := flags("stockd check-config", "[-config file]", args, 0, stderr)
 	if !ok {
-		return 2
+		return code
 	}
 	cfg, err := daemon.ReadConfig(configPath, os.Environ())
 	if err == nil {

@@ -129,6 +129,12 @@ func TestHelpListsTheSubcommands(t *testing.T) {
 			}
 		}
 	}
+	// A subcommand's -h shows its flags; asking for help is no error.
+	for _, sub := range []string{"run", "verify", "check-config"} {
+		if r := stockd(t, validEnv, sub, "-h"); r.code != 0 || !strings.Contains(r.stderr, "-config") {
+			t.Errorf("stockd %s -h: exit %d, stderr %q", sub, r.code, r.stderr)
+		}
+	}
 }
 
 // A mistyped subcommand or a stray argument is a usage error with a hint,
