@@ -25,7 +25,7 @@ LDFLAGS   := -X github.com/stockd/stockd/daemon.Version=$(VERSION) -X github.com
 help:
 	@echo "stockd make targets:"
 	@echo "  setup         make Redis :6379, MariaDB :3306, RabbitMQ :5672 reachable (scripts/services.sh)"
-	@echo "  build         go build -o $(BIN) ./daemon/cmd/stockd, stamped with VERSION=$$(git describe --always --dirty)"
+	@echo "  build         go build -o $(BIN) ./daemon/cmd/stockd, stamped VERSION=$(VERSION) (git describe --always --dirty; VERSION=... overrides)"
 	@echo "  run           build, then run the demo in the foreground: services, shards, one node (Ctrl-C stops it; ARGS=...)"
 	@echo "  run-cluster   build, then the same with three nodes on :8080, :8090, :8100 (Ctrl-C stops it; ARGS=...)"
 	@echo "  test          setup (services, chromium, promtool), then go test -race (PKG=$(PKG), TESTFLAGS=...)"
