@@ -177,6 +177,8 @@ max_qty: 0
 log_format: xml
 sku_defaults: {partitions: 0, chunk: 10, threshold: 20}
 http: {read_timeout: 0s, concurrency: 0}
+limits: {client_rps: -1, sku_inflight: -1}
+sync: {batch_size: 0, appliers: 0}
 shards:
   - {id: s1, addr: "no-port"}
   - {id: s1, addr: "127.0.0.1:7002"}
@@ -184,7 +186,8 @@ shards:
 	r := stockd(t, []string{"STOCKD_REDIS_TIMEOUT=0s"}, "check-config", "-config", path)
 	want := []string{"node_name", "admin_token", "http_addr", "max_qty", "log_format",
 		"sku_defaults.partitions", "sku_defaults.threshold", "http.read_timeout", "http.concurrency",
-		"shards[0].addr", "shards[1].id", "redis_timeout"}
+		"shards[0].addr", "shards[1].id", "redis_timeout", "limits.client_rps", "limits.sku_inflight",
+		"sync.batch_size", "sync.appliers"}
 	if r.code != 1 {
 		t.Fatalf("exit %d; want 1; stderr:\n%s", r.code, r.stderr)
 	}
