@@ -26,11 +26,24 @@ type BuildInfo struct {
 
 // Build returns this binary's build information.
 var Build = sync.OnceValue(func() BuildInfo {
-	b := BuildInfo{Version: Version, Revision: Revision, GoVersion: runtime.Version()}
-	var vcsRev string
-	var dirty bool
 	bi, ok := debug.ReadBuildInfo()
-	if ok {
+	if !ok {
+		bi = nil
+	}
+	return resolveBuild(Version, Revision, runtime.Version(), bi)
+})
+
+// resolveBuild applies the fallbacks: stamped values first, then what the
+// toolchain recorded (bi may be nil), then "dev" and "unknown". The go
+// command records vcs.* only when it builds inside a git checkout (not a
+// git worktree, nor with -buildvcs=false); module versions only for
+// `go install module@version`.
+func resolveBuild(version, revision, goVersion string, bi *debug.BuildInfo) BuildInfo {
+	b := BuildInfo{Version: version, Revision: revision, GoVersion: goVersion}
+	var vcsRev, mainVersion string
+	var dirty bool
+	if bi != nil {
+		mainVersion = bi.Main.Version
 		for _, s := range bi.Settings {
 			switch s.Key {
 			case "vcs.revision":
@@ -39,20 +52,20 @@ var Build = sync.OnceValue(func() BuildInfo {
 				dirty = s.Value == "true"
 			}
 		}
-		if vcsRev != "" && dirty {
-			vcsRev += "-dirty"
-		}
 	}
-	if b.Revision == "" {
+	if b.Revision == "" && vcsRev != "" {
 		b.Revision = vcsRev
+		if dirty {
+			b.Revision += "-dirty"
+		}
 	}
 	if b.Version == "" || b.Version == "dev" {
 		switch {
-		case ok && bi.Main.Version != "" && bi.Main.Version != "(devel)":
-			b.Version = bi.Main.Version
+		case mainVersion != "" && mainVersion != "(devel)":
+			b.Version = mainVersion
 		case vcsRev != "":
 			b.Version = vcsRev[:min(len(vcsRev), 12)]
-			if dirty && len(vcsRev) > 12 {
+			if dirty {
 				b.Version += "-dirty"
 			}
 		default:
@@ -63,7 +76,7 @@ var Build = sync.OnceValue(func() BuildInfo {
 		b.Revision = "unknown"
 	}
 	return b
-})
+}
 
 // buildInfoGauge is stockd_build_info{version,revision,goversion} 1: join
 // it to any series to see which build produced it, and count the builds a
