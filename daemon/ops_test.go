@@ -127,7 +127,7 @@ func TestDemoConfigGossipsOnLoopback(t *testing.T) {
 func TestShutdownDelayServesWhileNotReady(t *testing.T) {
 	e := newEnv(t, 1)
 	cfg := e.config()
-	cfg.ShutdownDelay = 10 * time.Second
+	cfg.ShutdownDelay = 15 * time.Second // ample for a loaded machine between the 503 and the deduction
 	n := startNode(t, cfg)
 	putSKU(t, n, "d1", 100, 1, 10, 2)
 	b := newBuyer(2)
@@ -148,10 +148,10 @@ func TestShutdownDelayServesWhileNotReady(t *testing.T) {
 
 	stopped := make(chan struct{})
 	go func() { n.stop(); close(stopped) }()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for readyz() != 503 {
 		if time.Now().After(deadline) {
-			t.Fatal("/readyz did not turn 503 within 5s of the stop")
+			t.Fatal("/readyz did not turn 503 within 10s of the stop")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
