@@ -3,7 +3,8 @@
 # stockd container image.
 #
 #   docker build -t stockd:dev .
-#   docker build --build-arg VERSION=$(git describe --always --dirty) -t stockd:dev .
+#   docker build --build-arg VERSION=$(git describe --always --dirty) \
+#     --build-arg REVISION=$(git rev-parse HEAD) -t stockd:dev .
 #
 # The final image is distroless (no shell, no package manager), runs as the
 # unprivileged "nonroot" user (uid 65532) and holds the static binary and the
@@ -31,13 +32,15 @@ COPY . .
 # Set by buildx for the platform being built (--platform linux/arm64, ...);
 # the binary is pure Go, so cross-compiling needs nothing else.
 ARG TARGETOS TARGETARCH
-# Advertised to the other nodes (GET /admin/cluster shows it).
+# Advertised to the other nodes (GET /admin/cluster shows it); printed by
+# `stockd version` and exported as stockd_build_info, with REVISION.
 ARG VERSION=dev
+ARG REVISION=
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     GOOS=${TARGETOS:-linux} GOARCH=${TARGETARCH} \
     go build -trimpath \
-      -ldflags="-s -w -X github.com/stockd/stockd/daemon.Version=${VERSION}" \
+      -ldflags="-s -w -X github.com/stockd/stockd/daemon.Version=${VERSION} -X github.com/stockd/stockd/daemon.Revision=${REVISION}" \
       -o /out/stockd ./daemon/cmd/stockd
 
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -13,16 +13,22 @@ PKG       ?= ./...
 TESTFLAGS ?=
 # extra arguments for the daemon: make run ARGS="-some-flag"
 ARGS      ?=
+# Stamped into the binary (`stockd version`, stockd_build_info, the version
+# /admin/cluster shows); without git, the binary falls back to what the Go
+# toolchain recorded, then "dev".
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS   := -X github.com/stockd/stockd/daemon.Version=$(VERSION) -X github.com/stockd/stockd/daemon.Revision=$(REVISION)
 
 .PHONY: help setup build run run-cluster test test-faults vet shards-start shards-stop clean bench bench-quick
 
 help:
 	@echo "stockd make targets:"
 	@echo "  setup         make Redis :6379, MariaDB :3306, RabbitMQ :5672 reachable (scripts/services.sh)"
-	@echo "  build         go build -o $(BIN) ./daemon/cmd/stockd"
+	@echo "  build         go build -o $(BIN) ./daemon/cmd/stockd, stamped VERSION=$(VERSION) (git describe --always --dirty; VERSION=... overrides)"
 	@echo "  run           build, then run the demo in the foreground: services, shards, one node (Ctrl-C stops it; ARGS=...)"
 	@echo "  run-cluster   build, then the same with three nodes on :8080, :8090, :8100 (Ctrl-C stops it; ARGS=...)"
-	@echo "  test          setup, then go test -race (PKG=$(PKG), TESTFLAGS=...)"
+	@echo "  test          setup (services, chromium, promtool), then go test -race (PKG=$(PKG), TESTFLAGS=...)"
 	@echo "  test-faults   setup, then the fault-injection suite in ./faults/ (-tags faults, < 15 min; docs/RELIABILITY.md)"
 	@echo "  vet           gofmt -l check + go vet ./..."
 	@echo "  shards-start  start the demo Redis shards 7001-7003 (var/redis/<port>)"
@@ -35,7 +41,7 @@ setup:
 	@bash scripts/services.sh
 
 build:
-	$(GO) build -o $(BIN) ./daemon/cmd/stockd
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./daemon/cmd/stockd
 
 # run.sh and run-cluster.sh run scripts/services.sh themselves (not via
 # `setup`): they record which services they start and stop those on exit.
@@ -47,6 +53,7 @@ run-cluster: build
 
 test: setup
 	@bash scripts/chromium.sh
+	@bash scripts/promtool.sh
 	$(GO) test -race -count=1 -timeout 14m $(TESTFLAGS) $(PKG)
 
 # The whole fault suite (make test runs only its fast, untagged subset).

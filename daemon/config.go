@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/stockd/stockd/daemon/cluster"
 	"github.com/stockd/stockd/preallocate"
@@ -107,6 +107,13 @@ type Config struct {
 	// Cluster bounds how long a node may answer from a view older than a
 	// change another node committed (coherence.go).
 	Cluster ClusterConfig `yaml:"cluster"`
+	// LogFormat is text (slog's key=value lines) or json (one JSON object
+	// a line, for log shippers).
+	LogFormat string `yaml:"log_format"`
+	// ShutdownDelay is how long a stopping node keeps serving after
+	// /readyz turned 503, so that load balancers stop sending to it
+	// before its listeners close.
+	ShutdownDelay time.Duration `yaml:"shutdown_delay"`
 
 	Scheduler   scheduler.Config   `yaml:"scheduler"`
 	Preallocate preallocate.Config `yaml:"preallocate"`
@@ -127,21 +134,25 @@ type HTTPConfig struct {
 	MaxConnsPerIP int `yaml:"max_conns_per_ip"`
 }
 
-// Validate reports the first bad field.
+// Validate reports every bad field.
 func (h HTTPConfig) Validate() error {
-	switch {
-	case h.ReadTimeout <= 0:
-		return errors.New("read_timeout: must be positive")
-	case h.WriteTimeout <= 0:
-		return errors.New("write_timeout: must be positive")
-	case h.IdleTimeout <= 0:
-		return errors.New("idle_timeout: must be positive")
-	case h.Concurrency < 1:
-		return errors.New("concurrency: must be at least 1")
-	case h.MaxConnsPerIP < 0:
-		return errors.New("max_conns_per_ip: must not be negative")
+	var errs []error
+	if h.ReadTimeout <= 0 {
+		errs = append(errs, errors.New("read_timeout: must be positive"))
 	}
-	return nil
+	if h.WriteTimeout <= 0 {
+		errs = append(errs, errors.New("write_timeout: must be positive"))
+	}
+	if h.IdleTimeout <= 0 {
+		errs = append(errs, errors.New("idle_timeout: must be positive"))
+	}
+	if h.Concurrency < 1 {
+		errs = append(errs, errors.New("concurrency: must be at least 1"))
+	}
+	if h.MaxConnsPerIP < 0 {
+		errs = append(errs, errors.New("max_conns_per_ip: must not be negative"))
+	}
+	return errors.Join(errs...)
 }
 
 // SKUDefaults are per-SKU defaults.
@@ -178,6 +189,7 @@ func DefaultConfig() Config {
 			IdleTimeout: 2 * time.Minute, Concurrency: 64 << 10},
 		LogLevel:    "info",
 		Cluster:     ClusterConfig{ApplyTimeout: 2 * time.Second, ViewMaxAge: 100 * time.Millisecond},
+		LogFormat:   "text",
 		Scheduler:   scheduler.DefaultConfig(),
 		Preallocate: preallocate.DefaultConfig(),
 		Sync:        stocksync.DefaultConfig(),
@@ -187,6 +199,20 @@ func DefaultConfig() Config {
 // LoadConfig reads the YAML file at path (if not empty) over the defaults,
 // then the STOCKD_* environment, then validates.
 func LoadConfig(path string, environ []string) (Config, error) {
+	cfg, err := ReadConfig(path, environ)
+	if err != nil {
+		return cfg, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	return cfg, nil
+}
+
+// ReadConfig is LoadConfig without the validation: the file over the
+// defaults, then the environment (stockd check-config validates itself, to
+// list every problem).
+func ReadConfig(path string, environ []string) (Config, error) {
 	cfg := DefaultConfig()
 	if path != "" {
 		b, err := os.ReadFile(path)
@@ -202,108 +228,102 @@ func LoadConfig(path string, environ []string) (Config, error) {
 	if err := applyEnv(&cfg, environ); err != nil {
 		return cfg, err
 	}
-	if err := cfg.Validate(); err != nil {
-		return cfg, fmt.Errorf("config: %w", err)
-	}
 	return cfg, nil
 }
 
-// Validate reports the first bad field by its YAML name.
+// Validate reports every bad field, each by its YAML path (errors.Join:
+// one line each).
 func (c Config) Validate() error {
+	var errs []error
+	bad := func(err error) { errs = append(errs, err) }
+	// badUnder adds each of a section's problems under the section's path.
+	badUnder := func(path string, err error) {
+		for _, e := range Problems(err) {
+			bad(fmt.Errorf("%s%w", path, e))
+		}
+	}
 	if c.NodeName == "" {
-		return errors.New("node_name: required")
+		bad(errors.New("node_name: required"))
 	}
 	if _, err := cluster.DecodeKey(c.GossipKey); err != nil {
-		return fmt.Errorf("gossip_key: %w", err)
+		bad(fmt.Errorf("gossip_key: %w", err))
 	}
 	if c.GossipAdvertiseAddr != "" {
 		if _, _, err := net.SplitHostPort(c.GossipAdvertiseAddr); err != nil {
-			return fmt.Errorf("gossip_advertise_addr %q: %w", c.GossipAdvertiseAddr, err)
+			bad(fmt.Errorf("gossip_advertise_addr %q: %w", c.GossipAdvertiseAddr, err))
 		}
 	}
 	for i, j := range c.Join {
 		if _, _, err := net.SplitHostPort(j); err != nil {
-			return fmt.Errorf("join[%d] %q: %w", i, j, err)
+			bad(fmt.Errorf("join[%d] %q: %w", i, j, err))
 		}
 	}
-	for name, addr := range map[string]string{"http_addr": c.HTTPAddr, "admin_addr": c.AdminAddr, "gossip_addr": c.GossipAddr} {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			return fmt.Errorf("%s %q: %w", name, addr, err)
+	for _, a := range []struct{ name, addr string }{{"http_addr", c.HTTPAddr}, {"admin_addr", c.AdminAddr}, {"gossip_addr", c.GossipAddr}} {
+		if _, _, err := net.SplitHostPort(a.addr); err != nil {
+			bad(fmt.Errorf("%s %q: %w", a.name, a.addr, err))
 		}
 	}
 	if len(c.AdminToken) < 8 {
-		return errors.New("admin_token: required, at least 8 characters")
+		bad(errors.New("admin_token: required, at least 8 characters"))
 	}
 	if err := c.validateSecrets(); err != nil {
-		return err
+		bad(err)
 	}
 	if c.MySQLDSN == "" {
-		return errors.New("mysql_dsn: required")
+		bad(errors.New("mysql_dsn: required"))
 	}
 	if c.AMQPURL == "" {
-		return errors.New("amqp_url: required")
+		bad(errors.New("amqp_url: required"))
 	}
 	if c.KeyPrefix == "" || strings.ContainsAny(c.KeyPrefix, "{}: ") {
-		return errors.New("key_prefix: required, without braces, colons or spaces")
+		bad(errors.New("key_prefix: required, without braces, colons or spaces"))
 	}
 	if len(c.Shards) == 0 {
-		return errors.New("shards: at least one Redis shard is required")
+		bad(errors.New("shards: at least one Redis shard is required"))
 	}
 	seen := map[string]bool{}
-	if err := c.ShardDefaults.For("defaults", "127.0.0.1:1").Validate(); err != nil {
-		return fmt.Errorf("shard_defaults.%w", err)
-	}
+	badUnder("shard_defaults.", c.ShardDefaults.For("defaults", "127.0.0.1:1").Validate())
 	for i, s := range c.Shards {
-		if err := s.Validate(); err != nil {
-			return fmt.Errorf("shards[%d].%w", i, err)
-		}
+		badUnder(fmt.Sprintf("shards[%d].", i), s.Validate())
 		if seen[s.ID] {
-			return fmt.Errorf("shards[%d].id %q: duplicate", i, s.ID)
+			bad(fmt.Errorf("shards[%d].id %q: duplicate", i, s.ID))
 		}
 		seen[s.ID] = true
 	}
 	if c.RedisTimeout <= 0 {
-		return errors.New("redis_timeout: must be positive")
+		bad(errors.New("redis_timeout: must be positive"))
 	}
 	if c.DurabilityCheck != "refuse" && c.DurabilityCheck != "warn" {
-		return fmt.Errorf("durability_check %q: want refuse or warn", c.DurabilityCheck)
+		bad(fmt.Errorf("durability_check %q: want refuse or warn", c.DurabilityCheck))
 	}
-	if err := c.SKUDefaults.Validate(); err != nil {
-		return fmt.Errorf("sku_defaults.%w", err)
-	}
+	badUnder("sku_defaults.", c.SKUDefaults.Validate())
 	if c.MaxQty < 1 {
-		return errors.New("max_qty: must be at least 1")
+		bad(errors.New("max_qty: must be at least 1"))
 	}
 	if c.RequestTimeout <= 0 {
-		return errors.New("request_timeout: must be positive")
+		bad(errors.New("request_timeout: must be positive"))
 	}
-	if err := c.HTTP.Validate(); err != nil {
-		return fmt.Errorf("http.%w", err)
-	}
-	if err := c.Limits.Validate(); err != nil {
-		return fmt.Errorf("limits.%w", err)
-	}
+	badUnder("http.", c.HTTP.Validate())
+	badUnder("limits.", c.Limits.Validate())
 	if c.ReloadEvery <= 0 {
-		return errors.New("reload_every: must be positive")
+		bad(errors.New("reload_every: must be positive"))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		return fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel)
+		bad(fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel))
 	}
-	if err := c.Cluster.Validate(); err != nil {
-		return fmt.Errorf("cluster.%w", err)
+	badUnder("cluster.", c.Cluster.Validate())
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad(fmt.Errorf("log_format %q: want text or json", c.LogFormat))
 	}
-	if err := c.Scheduler.Validate(); err != nil {
-		return fmt.Errorf("scheduler.%w", err)
+	if c.ShutdownDelay < 0 {
+		bad(errors.New("shutdown_delay: must not be negative"))
 	}
-	if err := c.Preallocate.Validate(); err != nil {
-		return fmt.Errorf("preallocate.%w", err)
-	}
-	if err := c.Sync.Validate(); err != nil {
-		return fmt.Errorf("sync.%w", err)
-	}
-	return nil
+	badUnder("scheduler.", c.Scheduler.Validate())
+	badUnder("preallocate.", c.Preallocate.Validate())
+	badUnder("sync.", c.Sync.Validate())
+	return errors.Join(errs...)
 }
 
 // MinSecret is the shortest reservation secret accepted, in bytes.
@@ -330,17 +350,19 @@ func (c Config) validateSecrets() error {
 	return nil
 }
 
-// Validate checks SKU parameters.
+// Validate checks SKU parameters and reports every bad one.
 func (d SKUDefaults) Validate() error {
-	switch {
-	case d.Partitions < 1 || d.Partitions > MaxPartitions:
-		return fmt.Errorf("partitions: must be between 1 and %d", MaxPartitions)
-	case d.Chunk < 1:
-		return errors.New("chunk: must be at least 1")
-	case d.Threshold < 1 || d.Threshold > d.Chunk:
-		return errors.New("threshold: must be between 1 and chunk")
+	var errs []error
+	if d.Partitions < 1 || d.Partitions > MaxPartitions {
+		errs = append(errs, fmt.Errorf("partitions: must be between 1 and %d", MaxPartitions))
 	}
-	return nil
+	if d.Chunk < 1 {
+		errs = append(errs, errors.New("chunk: must be at least 1"))
+	}
+	if d.Threshold < 1 || d.Threshold > d.Chunk {
+		errs = append(errs, errors.New("threshold: must be between 1 and chunk"))
+	}
+	return errors.Join(errs...)
 }
 
 // MaxPartitions bounds the partitions of one SKU.

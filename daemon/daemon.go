@@ -46,7 +46,9 @@ type Daemon struct {
 	gossipAddr string
 }
 
-// Version is this build's version, advertised to the other nodes.
+// Version is this build's version, stamped at build time (-ldflags -X);
+// Build() falls back to what the toolchain recorded. Advertised to the
+// other nodes.
 var Version = "dev"
 
 // New validates cfg; it starts nothing.
@@ -121,7 +123,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		AdvertiseAddr: cfg.GossipAdvertiseAddr,
 		Join:          cfg.Join,
 		Key:           cfg.GossipKey,
-		Meta:          cluster.Meta{HTTP: hotLn.Addr().String(), Admin: adminLn.Addr().String(), Version: Version},
+		Meta:          cluster.Meta{HTTP: hotLn.Addr().String(), Admin: adminLn.Addr().String(), Version: Build().Version},
 		Fast:          cfg.GossipFast,
 	}, log)
 	if err != nil {
@@ -187,7 +189,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Name: "stockd_cluster_unconfirmed_total",
 		Help: "Members that did not confirm an admin change of this node within cluster.apply_timeout.",
 	})
-	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfoGauge())
 	var amqpTLS *tls.Config
 	if cfg.AMQPCAFile != "" {
 		if amqpTLS, err = tlsx.Client(cfg.AMQPCAFile); err != nil {
@@ -223,7 +225,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	})
 	metrics.MustRegister(sched.Collectors()...)
 	metrics.MustRegister(alloc.Collectors()...)
-	metrics.MustRegister(&skuCollector{loader: loader})
+	metrics.MustRegister(&skuCollector{loader: loader}, &shardCollector{shards: shards})
 	hotMetrics := newHotMetrics(metrics)
 	metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "stockd_cluster_members",
@@ -362,6 +364,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		<-gctx.Done()
 		d.ready.Store(false)
 		log.Info("shutting down")
+		if ctx.Err() != nil && cfg.ShutdownDelay > 0 {
+			// Asked to stop (not failing): keep serving while load
+			// balancers see /readyz answer 503 and take the node out.
+			log.Info("draining before closing the listeners", "shutdown_delay", cfg.ShutdownDelay)
+			time.Sleep(cfg.ShutdownDelay)
+		}
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := hotSrv.ShutdownWithContext(sctx); err != nil {

@@ -21,17 +21,19 @@ type Limits struct {
 	SKUInflight int `yaml:"sku_inflight"`
 }
 
-// Validate reports the first bad field.
+// Validate reports every bad field.
 func (l Limits) Validate() error {
-	switch {
-	case l.ClientRPS < 0:
-		return errors.New("client_rps: must not be negative")
-	case l.ClientBurst < 0:
-		return errors.New("client_burst: must not be negative")
-	case l.SKUInflight < 0:
-		return errors.New("sku_inflight: must not be negative")
+	var errs []error
+	if l.ClientRPS < 0 {
+		errs = append(errs, errors.New("client_rps: must not be negative"))
 	}
-	return nil
+	if l.ClientBurst < 0 {
+		errs = append(errs, errors.New("client_burst: must not be negative"))
+	}
+	if l.SKUInflight < 0 {
+		errs = append(errs, errors.New("sku_inflight: must not be negative"))
+	}
+	return errors.Join(errs...)
 }
 
 // clientLimiter is a token bucket per client address, in shards so that

@@ -7,6 +7,13 @@ import (
 
 // NewLogger returns a text logger at level (debug, info, warn, error).
 func NewLogger(w io.Writer, level string) *slog.Logger {
+	return NewFormatLogger(w, level, "text")
+}
+
+// NewFormatLogger returns a logger at level writing format: text (slog's
+// key=value lines) or json (one JSON object a line, with time, level and
+// msg; what log shippers parse).
+func NewFormatLogger(w io.Writer, level, format string) *slog.Logger {
 	var l slog.Level
 	switch level {
 	case "debug":
@@ -18,5 +25,9 @@ func NewLogger(w io.Writer, level string) *slog.Logger {
 	default:
 		l = slog.LevelInfo
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+	opts := &slog.HandlerOptions{Level: l}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }

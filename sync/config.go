@@ -69,31 +69,40 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports the first bad field.
+// Validate reports every bad field (errors.Join, one line each).
 func (c Config) Validate() error {
-	switch {
-	case c.Queue == "":
-		return errors.New("queue: required")
-	case c.BatchSize < 1 || c.BatchSize > 10000:
-		return errors.New("batch_size: must be between 1 and 10000")
-	case c.BatchInterval <= 0:
-		return errors.New("batch_interval: must be positive")
-	case c.PollInterval <= 0:
-		return errors.New("poll_interval: must be positive")
-	case c.PublishTimeout <= 0:
-		return errors.New("publish_timeout: must be positive")
-	case c.Appliers < 1:
-		return errors.New("appliers: must be at least 1")
-	case c.Prefetch < 1:
-		return errors.New("prefetch: must be at least 1")
-	case c.MaxAttempts < 1:
-		return errors.New("max_attempts: must be at least 1")
-	case c.ReservationTTL < time.Second:
-		return errors.New("reservation_ttl: must be at least 1s")
-	case c.ExpireEvery <= 0:
-		return errors.New("expire_every: must be positive")
+	var errs []error
+	if c.Queue == "" {
+		errs = append(errs, errors.New("queue: required"))
 	}
-	return nil
+	if c.BatchSize < 1 || c.BatchSize > 10000 {
+		errs = append(errs, errors.New("batch_size: must be between 1 and 10000"))
+	}
+	if c.BatchInterval <= 0 {
+		errs = append(errs, errors.New("batch_interval: must be positive"))
+	}
+	if c.PollInterval <= 0 {
+		errs = append(errs, errors.New("poll_interval: must be positive"))
+	}
+	if c.PublishTimeout <= 0 {
+		errs = append(errs, errors.New("publish_timeout: must be positive"))
+	}
+	if c.Appliers < 1 {
+		errs = append(errs, errors.New("appliers: must be at least 1"))
+	}
+	if c.Prefetch < 1 {
+		errs = append(errs, errors.New("prefetch: must be at least 1"))
+	}
+	if c.MaxAttempts < 1 {
+		errs = append(errs, errors.New("max_attempts: must be at least 1"))
+	}
+	if c.ReservationTTL < time.Second {
+		errs = append(errs, errors.New("reservation_ttl: must be at least 1s"))
+	}
+	if c.ExpireEvery <= 0 {
+		errs = append(errs, errors.New("expire_every: must be positive"))
+	}
+	return errors.Join(errs...)
 }
 
 // dlq names the dead-letter queue of queue.

@@ -160,7 +160,7 @@ func New(cfg Config, logger *slog.Logger) (*Peer, error) {
 	mc.SecretKey = key
 	mc.Delegate = (*delegate)(p)
 	mc.Events = (*events)(p)
-	mc.Logger = slog.NewLogLogger(p.logger.Handler(), slog.LevelDebug)
+	mc.Logger = memberlistLog(p.logger)
 	mc.LogOutput = nil
 	ml, err := memberlist.Create(mc)
 	if err != nil {

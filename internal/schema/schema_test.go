@@ -137,14 +137,14 @@ func checkCaseVariants(t *testing.T, db *sql.DB) {
 	}
 }
 
-// undoneVariants is README's query ("Upgrading to schema 14") for the
+// undoneVariants is docs/OPERATIONS.md's query (Upgrades, "Schema 14") for the
 // requests the case-insensitive key undid as doubles of another spelling.
 const undoneVariants = `SELECT x.sku, x.detail_id, x.request_id, x.qty, d.request_id AS undone_for
     FROM doubled_deductions x
     JOIN deductions d ON d.sku = x.sku AND LOWER(d.request_id) = LOWER(x.request_id)
    WHERE BINARY d.request_id <> BINARY x.request_id`
 
-// checkUndoneVariants runs README's query: it finds R, undone for r.
+// checkUndoneVariants runs that query: it finds R, undone for r.
 func checkUndoneVariants(t *testing.T, db *sql.DB, when string) {
 	t.Helper()
 	rows, err := db.Query(undoneVariants)
