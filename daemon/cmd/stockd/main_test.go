@@ -184,7 +184,7 @@ shards:
   - {id: s1, addr: "127.0.0.1:7002"}
 `), 0o600)
 	r := stockd(t, []string{"STOCKD_REDIS_TIMEOUT=0s"}, "check-config", "-config", path)
-	want := []string{"node_name", "admin_token", "http_addr", "max_qty", "log_format",
+	want := []string{"node_name", "admin_token", "reservation_secret", "http_addr", "max_qty", "log_format",
 		"sku_defaults.partitions", "sku_defaults.threshold", "http.read_timeout", "http.concurrency",
 		"shards[0].addr", "shards[1].id", "redis_timeout", "limits.client_rps", "limits.sku_inflight",
 		"sync.batch_size", "sync.appliers"}
@@ -211,7 +211,7 @@ shards:
 func TestCheckConfigPrintsEffectiveConfigRedacted(t *testing.T) {
 	secrets := map[string]string{
 		"admin_token":        "admin-secret-1234",
-		"reservation_secret": "reservation-secret-5678",
+		"reservation_secret": "reservation-secret-5678-at-least-32-bytes",
 		"gossip_key":         "MDEyMzQ1Njc4OWFiY2RlZg==", // 16 bytes
 		"mysql password":     "my-sql-pa@ss/word",
 		"amqp password":      "amqp-pass-9",
@@ -277,6 +277,7 @@ func TestBinaryJSONLogs(t *testing.T) {
 	cmd := exec.Command(binPath)
 	cmd.Env = append(cleanEnv(),
 		"STOCKD_NODE_NAME=json-test", "STOCKD_ADMIN_TOKEN=long-enough-token",
+		"STOCKD_RESERVATION_SECRET=json-test-reservation-secret-of-32-bytes",
 		"STOCKD_SHARDS=s1="+redis.Addr, "STOCKD_MYSQL_DSN="+testenv.Database(t),
 		"STOCKD_AMQP_URL="+testenv.AMQPURL(), "STOCKD_SYNC_QUEUE="+testenv.Queue(t),
 		"STOCKD_KEY_PREFIX="+testenv.Name("j"), "STOCKD_HTTP_ADDR="+hot,
