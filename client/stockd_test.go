@@ -127,18 +127,19 @@ func (c *cluster) start(name string, extra map[string]string) *stockd {
 	d := &stockd{t: t, name: name, hot: port(), admin: port(), gossip: port(),
 		logPath: filepath.Join(t.TempDir(), "stockd-"+name+".log")}
 	settings := map[string]string{
-		"STOCKD_NODE_NAME":    name,
-		"STOCKD_HTTP_ADDR":    d.hot,
-		"STOCKD_ADMIN_ADDR":   d.admin,
-		"STOCKD_GOSSIP_ADDR":  d.gossip,
-		"STOCKD_ADMIN_TOKEN":  testAdminToken,
-		"STOCKD_MYSQL_DSN":    c.dsn,
-		"STOCKD_AMQP_URL":     testenv.AMQPURL(),
-		"STOCKD_KEY_PREFIX":   c.prefix,
-		"STOCKD_SYNC_QUEUE":   c.queue,
-		"STOCKD_SHARDS":       c.shards,
-		"STOCKD_LOG_LEVEL":    "warn",
-		"STOCKD_RELOAD_EVERY": "500ms",
+		"STOCKD_NODE_NAME":          name,
+		"STOCKD_HTTP_ADDR":          d.hot,
+		"STOCKD_ADMIN_ADDR":         d.admin,
+		"STOCKD_GOSSIP_ADDR":        d.gossip,
+		"STOCKD_ADMIN_TOKEN":        testAdminToken,
+		"STOCKD_RESERVATION_SECRET": "client-test-reservation-secret-of-32-bytes",
+		"STOCKD_MYSQL_DSN":          c.dsn,
+		"STOCKD_AMQP_URL":           testenv.AMQPURL(),
+		"STOCKD_KEY_PREFIX":         c.prefix,
+		"STOCKD_SYNC_QUEUE":         c.queue,
+		"STOCKD_SHARDS":             c.shards,
+		"STOCKD_LOG_LEVEL":          "warn",
+		"STOCKD_RELOAD_EVERY":       "500ms",
 	}
 	for k, v := range extra {
 		settings[k] = v

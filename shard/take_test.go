@@ -257,7 +257,9 @@ func TestFindDetailWaitsForReplicas(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	set, err := Open(ctx, []Config{{ID: "s1", Addr: primary.Addr, Settings: Settings{
-		Durability: DurabilityReplica, Replicas: 1, WaitTimeout: 200 * time.Millisecond}}},
+		// 2 s: ample for a loaded machine's replica to acknowledge; the
+		// frozen replica below then costs one such wait per call.
+		Durability: DurabilityReplica, Replicas: 1, WaitTimeout: 2 * time.Second}}},
 		Options{Prefix: testenv.Name("find")}, slog.Default())
 	if err != nil {
 		t.Fatal(err)
