@@ -143,6 +143,12 @@ func (a *Allocator) Rebalance(ctx context.Context, sku string, r Rebalance) (Reb
 			open = append(open, p)
 		}
 	}
+	if r.Partitions > 0 && r.MovePartition == nil && len(r.Pin) == 0 {
+		// The new count is the one Heal keeps.
+		if _, err := a.db.ExecContext(ctx, `UPDATE skus SET target_partitions = ? WHERE sku = ?`, r.Partitions, sku); err != nil {
+			return out, fmt.Errorf("partition target: %w", err)
+		}
+	}
 	// close moves partitions out, newest additions already in.
 	closeAll := func(ps []Partition) error {
 		for _, p := range ps {
