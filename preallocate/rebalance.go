@@ -325,6 +325,11 @@ func (a *Allocator) RemoveShard(ctx context.Context, id string) error {
 		if r.state == "open" {
 			return conflictf("shard %s still holds open partition %d of %s; drain it first", id, r.pid, r.sku)
 		}
+		if r.state == "fenced" {
+			// What its stream still holds is inside its doubt: a dead
+			// shard whose partitions were fenced (Heal) can be removed.
+			continue
+		}
 		if p, err := a.shards.Partition(r.sku, r.pid, r.epoch, id); err == nil {
 			st, err := p.Inspect(ctx)
 			if err != nil {
