@@ -367,6 +367,12 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 func (s *Scheduler) homeOf(ctx context.Context, sku *SKU, reqID string) (*Partition, error) {
 	hs := sku.homes(reqID)
 	for _, old := range hs[1:] {
+		if !old.H.Shard.Healthy() {
+			// As for a take: fail fast rather than wait out the timeout
+			// (an older home on a dead shard, whose partition was
+			// replaced by a newer generation). A retry is safe.
+			return nil, fmt.Errorf("%w: shard %s of older home %d does not answer", ErrUnavailable, old.H.Shard.ID, old.H.ID)
+		}
 		s.peekCalls.Inc()
 		found, err := old.H.Peek(ctx, reqID)
 		if err != nil {

@@ -181,6 +181,16 @@ func (s *Shard) observe(err error) {
 	s.healthy.Store(false)
 }
 
+// Ping asks the shard to answer and records the outcome in its health, as
+// any call does: a quiet node learns that a shard died (or came back)
+// without a request having to meet it first.
+func (s *Shard) Ping(ctx context.Context) error {
+	c := s.client()
+	err := c.Do(ctx, c.B().Ping().Build()).Error()
+	s.observe(err)
+	return err
+}
+
 // ErrNotReplicated means a write did not reach the shard's required
 // replicas within wait_timeout (replica mode); it happened on the primary,
 // so the caller must retry (with the same request id) rather than act on it.
