@@ -150,9 +150,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		},
 		SoldOut: func(sku string) { notices.send(noticeSoldOut, sku, 0) },
 	}, log)
+	heal := newHealer(alloc, shards, cfg.Preallocate.ReplaceAfter, log)
+	heal.owns = func(sku string) bool { return peer.Owns(skuKey(sku)) }
 	alloc.OnLost = func(sku string, pid int) {
 		sched.Fence(sku, pid)
 		notices.send(noticeChanged, sku, 0)
+		heal.poke()
 	}
 
 	// Finish allocations a crash left between MySQL and Redis, then load.
@@ -242,6 +245,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Chunk:      cfg.SKUDefaults.Chunk,
 		Threshold:  cfg.SKUDefaults.Threshold,
 	}}
+	heal.changed = cat.reload
 	adm := admin.New(admin.Options{
 		Token:   cfg.AdminToken,
 		Catalog: cat,
@@ -267,6 +271,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g.Go(func() error { return peer.Run(workCtx) })
 	g.Go(func() error { notices.run(workCtx, sched, reg); return nil })
 	g.Go(func() error { shards.Probe(workCtx, 250*time.Millisecond); return nil })
+	g.Go(func() error { heal.run(workCtx); return nil })
 	if h.clients != nil {
 		g.Go(func() error {
 			t := time.NewTicker(time.Minute)
