@@ -150,7 +150,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		},
 		SoldOut: func(sku string) { notices.send(noticeSoldOut, sku, 0) },
 	}, log)
-	heal := newHealer(alloc, shards, cfg.Preallocate.ReplaceAfter, log)
+	heal := newHealer(alloc, shards, cfg.Preallocate.ReplaceAfter, cfg.RedisTimeout, log)
 	heal.owns = func(sku string) bool { return peer.Owns(skuKey(sku)) }
 	alloc.OnLost = func(sku string, pid int) {
 		sched.Fence(sku, pid)

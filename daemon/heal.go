@@ -29,7 +29,10 @@ type healer struct {
 	// after is replace_after (0: never give up on an unreachable shard).
 	after time.Duration
 	every time.Duration
-	kick  chan struct{}
+	// pingTimeout is redis_timeout: a ping slower than a call may be
+	// counts as a failure, as a call's would.
+	pingTimeout time.Duration
+	kick        chan struct{}
 
 	// down is when each shard was first seen not answering (run only).
 	down map[string]time.Time
@@ -40,13 +43,13 @@ type healer struct {
 // healTimeout bounds one SKU's Heal (the rebalance lock alone may take 30 s).
 const healTimeout = time.Minute
 
-func newHealer(alloc *preallocate.Allocator, shards *shard.Set, after time.Duration, logger *slog.Logger) *healer {
+func newHealer(alloc *preallocate.Allocator, shards *shard.Set, after, pingTimeout time.Duration, logger *slog.Logger) *healer {
 	every := time.Second
 	if after > 0 {
 		every = min(every, max(after/4, 100*time.Millisecond))
 	}
 	return &healer{
-		alloc: alloc, shards: shards, after: after, every: every,
+		alloc: alloc, shards: shards, after: after, every: every, pingTimeout: pingTimeout,
 		logger: logger.With("component", "heal"),
 		kick:   make(chan struct{}, 1),
 		down:   map[string]time.Time{},
@@ -130,7 +133,7 @@ func (h *healer) observeShards(ctx context.Context) map[string]bool {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			pctx, cancel := context.WithTimeout(ctx, h.pingTimeout)
 			defer cancel()
 			sh.Ping(pctx)
 			answered[i] = sh.Healthy()
