@@ -30,7 +30,7 @@ type healer struct {
 	after time.Duration
 	every time.Duration
 	// pingTimeout is redis_timeout: a ping slower than a call may be
-	// counts as a failure, as a call's would.
+	// counts as not answering.
 	pingTimeout time.Duration
 	kick        chan struct{}
 
@@ -80,9 +80,9 @@ func (h *healer) run(ctx context.Context) {
 }
 
 func (h *healer) step(ctx context.Context) {
-	gone := h.observeShards(ctx)
+	view := h.observeShards(ctx)
 	var goneIDs []string
-	for id := range gone {
+	for id := range view.Gone {
 		goneIDs = append(goneIDs, id)
 	}
 	names, err := h.alloc.HealCandidates(ctx, goneIDs)
@@ -99,7 +99,7 @@ func (h *healer) step(ctx context.Context) {
 		// Bounded: a shard may die under it, and Redis reads are retried
 		// until their context ends.
 		hctx, cancel := context.WithTimeout(ctx, healTimeout)
-		reps, err := h.alloc.Heal(hctx, name, gone)
+		reps, err := h.alloc.Heal(hctx, name, view)
 		cancel()
 		if len(reps) > 0 {
 			h.changed(ctx, name)
@@ -119,9 +119,11 @@ func (h *healer) step(ctx context.Context) {
 }
 
 // observeShards pings every shard (in parallel), marks fenced the
-// partitions of the shards that answer again, and returns the shards that
-// have not answered for replace_after.
-func (h *healer) observeShards(ctx context.Context) map[string]bool {
+// partitions of the shards that answer again, and returns which answered
+// and which have not answered for replace_after. Its pings leave the
+// shards' health flags alone: one slow ping on a loaded machine must not
+// turn requests away.
+func (h *healer) observeShards(ctx context.Context) preallocate.ShardView {
 	ids := h.shards.IDs()
 	answered := make([]bool, len(ids))
 	var wg sync.WaitGroup
@@ -135,14 +137,14 @@ func (h *healer) observeShards(ctx context.Context) map[string]bool {
 			defer wg.Done()
 			pctx, cancel := context.WithTimeout(ctx, h.pingTimeout)
 			defer cancel()
-			sh.Ping(pctx)
-			answered[i] = sh.Healthy()
+			answered[i] = sh.Ping(pctx) == nil
 		}()
 	}
 	wg.Wait()
 	now := time.Now()
-	gone := map[string]bool{}
+	view := preallocate.ShardView{Gone: map[string]bool{}, Up: map[string]bool{}}
 	for i, id := range ids {
+		view.Up[id] = answered[i]
 		since, wasDown := h.down[id]
 		switch {
 		case answered[i] && wasDown:
@@ -158,8 +160,8 @@ func (h *healer) observeShards(ctx context.Context) map[string]bool {
 		case !wasDown:
 			h.down[id] = now
 		case h.after > 0 && now.Sub(since) >= h.after:
-			gone[id] = true
+			view.Gone[id] = true
 		}
 	}
-	return gone
+	return view
 }

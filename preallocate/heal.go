@@ -53,6 +53,25 @@ var ErrNoHealthyShard = errors.New("no healthy active shard")
 // that just lost its data may do it again.
 const recentFence = 10 * time.Minute
 
+// ShardView is the shards as the healing node sees them.
+type ShardView struct {
+	// Gone are the shards given up on: unreachable for replace_after.
+	Gone map[string]bool
+	// Up are the shards that answered the healer just now; nil means
+	// each shard's health flag.
+	Up map[string]bool
+}
+
+func (v ShardView) up(sh *shard.Shard) bool {
+	if v.Gone[sh.ID] {
+		return false
+	}
+	if v.Up == nil {
+		return sh.Healthy()
+	}
+	return v.Up[sh.ID]
+}
+
 // Replacement is one partition opened in place of one that left.
 type Replacement struct {
 	SKU      string `json:"sku"`
@@ -101,7 +120,7 @@ func (a *Allocator) HealCandidates(ctx context.Context, gone []string) ([]string
 // partition is added for each one missing, on the healthy active shards
 // (those where none of the SKU's partitions was fenced lately, when there
 // are any), and filled from the pool. It returns what it replaced.
-func (a *Allocator) Heal(ctx context.Context, name string, gone map[string]bool) ([]Replacement, error) {
+func (a *Allocator) Heal(ctx context.Context, name string, view ShardView) ([]Replacement, error) {
 	unlock, err := a.lockSKU(ctx, name)
 	if err != nil {
 		return nil, err
@@ -116,13 +135,13 @@ func (a *Allocator) Heal(ctx context.Context, name string, gone map[string]bool)
 	if err != nil {
 		return nil, err
 	}
-	healthy := a.answering(states, gone)
+	healthy := a.answering(states, view)
 	if len(healthy) == 0 {
 		// Nothing to move to: fencing now would only turn units that may
 		// come back with their shard into doubt.
 		return nil, fmt.Errorf("%w to replace partitions of %s on", ErrNoHealthyShard, name)
 	}
-	leaving, closing := a.leave(ctx, sku, states, gone)
+	leaving, closing := a.leave(ctx, sku, states, view)
 	if len(leaving) > 0 {
 		if sku, err = store.Get(ctx, name); err != nil {
 			return nil, err
@@ -137,7 +156,7 @@ func (a *Allocator) Heal(ctx context.Context, name string, gone map[string]bool)
 	missing := sku.Target - (open - len(closing))
 	var reps []Replacement
 	if missing > 0 {
-		added, err := a.AddPartitions(ctx, name, missing, preferred(sku, healthy, gone))
+		added, err := a.AddPartitions(ctx, name, missing, preferred(sku, healthy, view.Gone))
 		if err != nil {
 			return nil, fmt.Errorf("replace partitions of %s: %w", name, err)
 		}
@@ -153,13 +172,15 @@ func (a *Allocator) Heal(ctx context.Context, name string, gone map[string]bool)
 
 // answering lists the active shards that answer this node and are not
 // given up on.
-func (a *Allocator) answering(states map[string]string, gone map[string]bool) []string {
+func (a *Allocator) answering(states map[string]string, view ShardView) []string {
 	var out []string
 	for id, st := range states {
-		if st != "active" || gone[id] {
+		if st != "active" {
 			continue
 		}
-		if sh, err := a.shards.Get(id); err == nil && sh.Healthy() {
+		// Answering the healer, and healthy for the requests too (a
+		// shard waiting for its durability check answers pings).
+		if sh, err := a.shards.Get(id); err == nil && view.up(sh) && sh.Healthy() {
 			out = append(out, id)
 		}
 	}
@@ -171,12 +192,12 @@ func (a *Allocator) answering(states map[string]string, gone map[string]bool) []
 // it fences those it cannot drain (their shard does not answer) and
 // returns them, with their reasons, and the partitions to close once their
 // replacements are open.
-func (a *Allocator) leave(ctx context.Context, sku SKU, states map[string]string, gone map[string]bool) ([]Replacement, []Partition) {
+func (a *Allocator) leave(ctx context.Context, sku SKU, states map[string]string, view ShardView) ([]Replacement, []Partition) {
 	var leaving []Replacement
 	var closing []Partition
 	for _, p := range sku.Partitions {
 		removed := states[p.Shard] == "removed"
-		if p.State != "open" || (!removed && !gone[p.Shard]) {
+		if p.State != "open" || (!removed && !view.Gone[p.Shard]) {
 			continue
 		}
 		h, err := a.shards.Partition(sku.Name, p.ID, p.Epoch, p.Shard)
@@ -184,7 +205,7 @@ func (a *Allocator) leave(ctx context.Context, sku SKU, states map[string]string
 			a.logger.Warn("partition on a shard this node does not connect left open", "sku", sku.Name, "pid", p.ID, "shard", p.Shard, "err", err)
 			continue
 		}
-		if removed && !gone[p.Shard] && h.Shard.Healthy() {
+		if removed && view.up(h.Shard) {
 			closing = append(closing, p)
 			continue
 		}

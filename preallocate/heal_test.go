@@ -34,7 +34,7 @@ func TestHealKeepsTheTarget(t *testing.T) {
 	if _, _, err := f.alloc.Provision(ctx, "h", Spec{Total: 1200, Partitions: 2}, Spec{}); err != nil {
 		t.Fatalf("restock with the same partition count after a fence: %v", err)
 	}
-	reps, err := f.alloc.Heal(ctx, "h", nil)
+	reps, err := f.alloc.Heal(ctx, "h", ShardView{})
 	if err != nil || len(reps) != 1 {
 		t.Fatalf("heal: %+v %v", reps, err)
 	}
@@ -49,7 +49,7 @@ func TestHealKeepsTheTarget(t *testing.T) {
 	if open := openCount(sku); open != 2 || sku.Pool >= 1200-sku.InDoubt {
 		t.Fatalf("after heal: %d open, pool %d, in doubt %d: want 2 open, the new one filled", open, sku.Pool, sku.InDoubt)
 	}
-	if reps, err := f.alloc.Heal(ctx, "h", nil); err != nil || len(reps) != 0 {
+	if reps, err := f.alloc.Heal(ctx, "h", ShardView{}); err != nil || len(reps) != 0 {
 		t.Fatalf("second heal: %+v %v, want nothing to do", reps, err)
 	}
 
@@ -74,7 +74,7 @@ func TestHealKeepsTheTarget(t *testing.T) {
 	if err := f.store.SetShardState(ctx, victim, "removed"); err != nil {
 		t.Fatal(err)
 	}
-	reps, err = f.alloc.Heal(ctx, "h", nil)
+	reps, err = f.alloc.Heal(ctx, "h", ShardView{})
 	if err != nil || len(reps) == 0 {
 		t.Fatalf("heal of a removed shard: %+v %v", reps, err)
 	}
