@@ -116,10 +116,11 @@ func (a *Allocator) HealCandidates(ctx context.Context, gone []string) ([]string
 }
 
 // Heal brings sku back to its target of open partitions on shards that
-// answer: partitions on shards in gone (or removed) leave first, then one
-// partition is added for each one missing, on the healthy active shards
-// (those where none of the SKU's partitions was fenced lately, when there
-// are any), and filled from the pool. It returns what it replaced.
+// answer: partitions on shards view.Gone (or removed) leave first, the
+// others are checked for lost state (Ensure), then one partition is added
+// for each one missing, on the active shards that answer (those where none
+// of the SKU's partitions was fenced lately, when there are any), and
+// filled from the pool. It returns what it replaced.
 func (a *Allocator) Heal(ctx context.Context, name string, view ShardView) ([]Replacement, error) {
 	unlock, err := a.lockSKU(ctx, name)
 	if err != nil {
@@ -142,10 +143,17 @@ func (a *Allocator) Heal(ctx context.Context, name string, view ShardView) ([]Re
 		return nil, fmt.Errorf("%w to replace partitions of %s on", ErrNoHealthyShard, name)
 	}
 	leaving, closing := a.leave(ctx, sku, states, view)
-	if len(leaving) > 0 {
-		if sku, err = store.Get(ctx, name); err != nil {
-			return nil, err
-		}
+	// Find every other loss now (Ensure fences open partitions whose state
+	// is gone), so that one generation replaces them all rather than one
+	// per loss a take happens to meet.
+	if sku, err = store.Get(ctx, name); err != nil {
+		return nil, err
+	}
+	if _, err := a.Ensure(ctx, sku); err != nil {
+		a.logger.Warn("heal: check the open partitions", "sku", name, "err", err)
+	}
+	if sku, err = store.Get(ctx, name); err != nil {
+		return nil, err
 	}
 	open := 0
 	for _, p := range sku.Partitions {
