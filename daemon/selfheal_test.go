@@ -404,3 +404,78 @@ func labeledSum(t *testing.T, n *node, name string) float64 {
 	}
 	return sum
 }
+
+// A shard that stops answering (SIGSTOP) past replace_after has its
+// partition fenced in MySQL while its Redis still says open, and replaced.
+// When it answers again, st = fenced is set there: a request homed on the
+// fenced partition must not take from it (its units are in doubt), and
+// sells from the others instead. The doubt resolves after the TTL and the
+// books balance.
+func TestSelfHealFrozenShardMarkedFencedWhenBack(t *testing.T) {
+	e := newEnv(t, 2)
+	cfg := selfHealConfig(e, shard.DurabilityAOF)
+	n := startNode(t, cfg)
+	putSKU(t, n, "frz", 400, 2, 50, 10)
+	var pid int
+	var epoch int64
+	if err := e.db.QueryRow(`SELECT pid, epoch FROM partitions WHERE sku = 'frz' AND shard = 's2'`).Scan(&pid, &epoch); err != nil {
+		t.Fatal(err)
+	}
+	c := e.shards[1].Client()
+	stateKey := "{" + e.prefix + ":frz:" + strconv.Itoa(pid) + "}:s"
+	levels := func() string {
+		v, err := c.Do(context.Background(), c.B().Hmget().Key(stateKey).Field("a", "b", "st").Build()).ToArray()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, x := range v {
+			s, _ := x.ToString()
+			out = append(out, s)
+		}
+		return strings.Join(out, "/")
+	}
+
+	e.shards[1].Stop()
+	deadline := time.Now().Add(cfg.Preallocate.ReplaceAfter + 20*time.Second)
+	for {
+		var state string
+		var open int
+		if err := e.db.QueryRow(`SELECT state, (SELECT COUNT(*) FROM partitions WHERE sku = 'frz' AND state = 'open' AND shard <> 's2')
+		                          FROM partitions WHERE sku = 'frz' AND pid = ?`, pid).Scan(&state, &open); err != nil {
+			t.Fatal(err)
+		}
+		if state == "fenced" && open == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("partition %d on the frozen shard: %s, %d open elsewhere; want fenced and replaced", pid, state, open)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.shards[1].Continue()
+	before := levels()
+	if !strings.HasSuffix(before, "/open") && !strings.HasSuffix(before, "/fenced") {
+		t.Fatalf("state of partition %d after the thaw: %s", pid, before)
+	}
+	deadline = time.Now().Add(15 * time.Second)
+	for !strings.HasSuffix(levels(), "/fenced") {
+		if time.Now().After(deadline) {
+			t.Fatalf("partition %d not marked fenced in redis 15s after its shard answered again: %s", pid, levels())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	marked := levels()
+	t.Logf("partition %d on the thawed shard: %s right after the thaw, %s once marked", pid, before, marked)
+
+	// Requests homed on it sell elsewhere; it never sells again.
+	s := &healSale{t: t, db: e.db, sku: "frz", total: 400, nodes: []*node{n}, b: newBuyer(16), giveUp: 5 * time.Second}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wg := s.run(ctx, 8, "f")
+	s.finish(cancel, wg, 45*time.Second)
+	if after := levels(); after != marked {
+		t.Errorf("fenced partition %d changed after it was marked: %s, then %s", pid, marked, after)
+	}
+	checkFenced(t, e.db, "frz", "s2", 1)
+}
