@@ -270,6 +270,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// the others, after its last batches went out.
 	g.Go(func() error { return peer.Run(workCtx) })
 	g.Go(func() error { notices.run(workCtx, sched, reg); return nil })
+	// A shard that answers again may hold partitions fenced meanwhile,
+	// still open in its Redis: mark them before requests use it.
+	shards.OnBack(heal.back)
 	g.Go(func() error { shards.Probe(workCtx, 250*time.Millisecond); return nil })
 	g.Go(func() error { heal.run(workCtx); return nil })
 	if h.clients != nil {

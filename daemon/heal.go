@@ -118,6 +118,14 @@ func (h *healer) step(ctx context.Context) {
 	}
 }
 
+// back marks fenced in Redis the partitions MySQL fenced on shard id
+// (run by the shard probe before the shard counts as healthy again).
+func (h *healer) back(ctx context.Context, id string) {
+	if err := h.alloc.MarkFenced(ctx, id); err != nil && ctx.Err() == nil {
+		h.logger.Warn("mark fenced partitions of a shard back", "shard", id, "err", err)
+	}
+}
+
 // observeShards pings every shard (in parallel), marks fenced the
 // partitions of the shards that answer again, and returns which answered
 // and which have not answered for replace_after. Its pings leave the
