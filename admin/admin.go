@@ -52,24 +52,25 @@ type Spec struct {
 
 // SKUView is what GET /admin/skus/{sku} shows.
 type SKUView struct {
-	SKU       string `json:"sku"`
-	Total     int64  `json:"total"`
-	Pool      int64  `json:"pool"`
-	Reserved  int64  `json:"reserved"`
-	Confirmed int64  `json:"confirmed"`
-	Released  int64  `json:"released"`
-	InDoubt   int64  `json:"in_doubt"`
-	Doubled   int64  `json:"doubled"`
-	Available int64  `json:"available"`
-	SoldOut   bool   `json:"sold_out"`
-	Chunk     int64  `json:"chunk"`
-	Threshold int64  `json:"threshold"`
-	Version   int64  `json:"version"`
+	SKU        string          `json:"sku"`
+	Total      int64           `json:"total"`
+	Pool       int64           `json:"pool"`
+	Reserved   int64           `json:"reserved"`
+	Confirmed  int64           `json:"confirmed"`
+	Released   int64           `json:"released"`
+	InDoubt    int64           `json:"in_doubt"`
+	Doubled    int64           `json:"doubled"`
+	Available  int64           `json:"available"`
+	SoldOut    bool            `json:"sold_out"`
+	Chunk      int64           `json:"chunk"`
+	Threshold  int64           `json:"threshold"`
+	Version    int64           `json:"version"`
+	Partitions []PartitionView `json:"partitions"`
+	Sync       SyncView        `json:"sync"`
+
 	// TargetPartitions is the open partition count kept by replacing
 	// fenced partitions (PUT partitions, rebalance partitions set it).
-	TargetPartitions int             `json:"target_partitions"`
-	Partitions       []PartitionView `json:"partitions"`
-	Sync             SyncView        `json:"sync"`
+	TargetPartitions int `json:"target_partitions"`
 }
 
 // PartitionView is one partition's live state.

@@ -52,21 +52,18 @@ type Spec struct {
 
 // SKU is a SKU's row.
 type SKU struct {
-	Name      string
-	Total     int64
-	Pool      int64
-	Reserved  int64
-	Confirmed int64
-	Released  int64
-	InDoubt   int64
-	Doubled   int64
-	Chunk     int64
-	Threshold int64
-	Version   int64
-	// Target is the number of open partitions the operator asked for
-	// (PUT partitions, rebalance partitions); a fenced partition is
-	// replaced to keep it (Heal).
-	Target     int
+	Name       string
+	Total      int64
+	Pool       int64
+	Reserved   int64
+	Confirmed  int64
+	Released   int64
+	InDoubt    int64
+	Doubled    int64
+	Chunk      int64
+	Threshold  int64
+	Version    int64
+	Target     int // open partitions to keep (PUT, rebalance to a count); Heal replaces fenced ones
 	Partitions []Partition
 }
 
