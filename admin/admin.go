@@ -79,6 +79,10 @@ type SKUView struct {
 	// members that did not confirm within cluster.apply_timeout that they
 	// applied it; absent when every one did.
 	Unconfirmed []string `json:"unconfirmed,omitempty"`
+
+	// TargetPartitions is the open partition count kept by replacing
+	// fenced partitions (PUT partitions, rebalance partitions set it).
+	TargetPartitions int `json:"target_partitions"`
 }
 
 // PartitionView is one partition's live state.

@@ -56,15 +56,23 @@ func (c *catalog) GetSKU(ctx context.Context, name string) (admin.SKUView, error
 	v := admin.SKUView{
 		SKU: sku.Name, Total: sku.Total, Pool: sku.Pool, Reserved: sku.Reserved, Confirmed: sku.Confirmed,
 		Released: sku.Released, InDoubt: sku.InDoubt, Doubled: sku.Doubled, Chunk: sku.Chunk,
-		Threshold: sku.Threshold, Version: sku.Version, Partitions: []admin.PartitionView{},
+		Threshold: sku.Threshold, Version: sku.Version, TargetPartitions: sku.Target, Partitions: []admin.PartitionView{},
 	}
 	v.Available = sku.Pool
 	for _, rp := range sku.Partitions {
 		pv := admin.PartitionView{ID: rp.ID, Shard: rp.Shard, State: rp.State}
 		h, err := c.loader.shards.Partition(sku.Name, rp.ID, rp.Epoch, rp.Shard)
+		if err == nil && !h.Shard.Healthy() {
+			// A dead shard must not hold the view up (reads are retried
+			// until their context ends).
+			err = fmt.Errorf("shard %s does not answer", rp.Shard)
+		}
 		if err == nil {
 			var st shard.State
-			if st, err = h.Inspect(ctx); err == nil {
+			ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			st, err = h.Inspect(ictx)
+			cancel()
+			if err == nil {
 				pv.A, pv.B, pv.Active, pv.Seq, pv.Backlog = st.Levels.A, st.Levels.B, string(st.Levels.Active), st.Seq, st.Backlog
 				v.Sync.Backlog += st.Backlog
 				if rp.State == "open" {
@@ -285,6 +293,16 @@ func (c *catalog) returned(ctx context.Context, name string) []notice {
 		out = append(out, m)
 	}
 	return out
+}
+
+// healed puts a SKU whose partitions the healer replaced in this node's
+// registry and gossips the change. It does not wait for the members to
+// apply it (the healer loop must not stall behind a frozen member): a
+// member's negative answers are checked against MySQL's version anyway.
+func (c *catalog) healed(ctx context.Context, name string) {
+	if m, ok := c.reload(ctx, name); ok {
+		c.notices.send(m.Kind, m.SKU, m.Version)
+	}
 }
 
 // reload puts a SKU's new shape in this node's registry and returns the

@@ -164,9 +164,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Head:    store.VersionedPoolState,
 		Reload:  func(ctx context.Context, sku string) error { return loadSKU(ctx, sku) },
 	}, log)
+	heal := newHealer(alloc, shards, cfg.Preallocate.ReplaceAfter, cfg.RedisTimeout, log)
+	heal.owns = func(sku string) bool { return peer.Owns(skuKey(sku)) }
 	alloc.OnLost = func(sku string, pid int) {
 		sched.Fence(sku, pid)
 		notices.send(noticeChanged, sku, 0)
+		heal.poke()
 	}
 
 	// Finish allocations a crash left between MySQL and Redis, then load.
@@ -263,6 +266,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Chunk:      cfg.SKUDefaults.Chunk,
 		Threshold:  cfg.SKUDefaults.Threshold,
 	}}
+	heal.changed = cat.healed
 	adm := admin.New(admin.Options{
 		Token:   cfg.AdminToken,
 		Catalog: cat,
@@ -290,7 +294,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// the others, after its last batches went out.
 	g.Go(func() error { return peer.Run(workCtx) })
 	g.Go(func() error { notices.run(workCtx, sched, reg); return nil })
+	// A shard that answers again may hold partitions fenced meanwhile,
+	// still open in its Redis: mark them before requests use it.
+	shards.OnBack(heal.back)
 	g.Go(func() error { shards.Probe(workCtx, 250*time.Millisecond); return nil })
+	g.Go(func() error { heal.run(workCtx); return nil })
 	if h.clients != nil {
 		g.Go(func() error {
 			t := time.NewTicker(time.Minute)

@@ -40,11 +40,18 @@ type Config struct {
 	// PendingAge is how old a pending row must be before it is finished by
 	// the sweep rather than by the worker that wrote it.
 	PendingAge time.Duration `yaml:"pending_age"`
+	// ReplaceAfter is how long a shard may stay unreachable (as the owner
+	// of a SKU sees it) before the SKU's open partitions there are fenced,
+	// their units held in doubt, and replaced on shards that answer. 0:
+	// never give up on an unreachable shard (partitions found lost are
+	// still replaced).
+	ReplaceAfter time.Duration `yaml:"replace_after"`
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Workers: 4, Queue: 1024, PendingEvery: 5 * time.Second, PendingAge: 3 * time.Second}
+	return Config{Workers: 4, Queue: 1024, PendingEvery: 5 * time.Second, PendingAge: 3 * time.Second,
+		ReplaceAfter: 10 * time.Second}
 }
 
 // Validate reports the first bad field.
@@ -58,6 +65,8 @@ func (c Config) Validate() error {
 		return errors.New("pending_every: must be positive")
 	case c.PendingAge <= 0:
 		return errors.New("pending_age: must be positive")
+	case c.ReplaceAfter < 0:
+		return errors.New("replace_after: must not be negative")
 	}
 	return nil
 }
@@ -100,11 +109,14 @@ type Allocator struct {
 	lastWarn   atomic.Int64
 	suppressed atomic.Int64
 
-	refills *prometheus.CounterVec
+	refills      *prometheus.CounterVec
+	replacements *prometheus.CounterVec
 }
 
 // Collectors are the allocator's metrics.
-func (a *Allocator) Collectors() []prometheus.Collector { return []prometheus.Collector{a.refills} }
+func (a *Allocator) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{a.refills, a.replacements}
+}
 
 type job struct {
 	p     *shard.Partition
@@ -126,6 +138,10 @@ func New(cfg Config, db *sql.DB, shards *shard.Set, logger *slog.Logger) *Alloca
 			Name: "stockd_preallocate_refills_total",
 			Help: "Refills, by result: applied, skipped (already full), empty_pool, refused (voided), failed.",
 		}, []string{"result"}),
+		replacements: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stockd_preallocate_partitions_replaced_total",
+			Help: "Partitions opened in place of one that left (Heal), by reason: fenced (its state was lost or rolled back), unreachable (its shard did not answer for replace_after), removed.",
+		}, []string{"reason"}),
 	}
 }
 

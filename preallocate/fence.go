@@ -99,11 +99,13 @@ func (a *Allocator) Fence(ctx context.Context, p *shard.Partition, reason Reason
 	if fenced {
 		a.logger.Error("partition fenced; units held in doubt", "sku", p.SKU, "pid", p.ID, "in_doubt", doubt, "reason", reason)
 	}
-	if fenced || already {
+	// On a shard that does not answer it would only wait out its timeout
+	// (Heal fences there); MarkFenced does it when the shard is back.
+	if (fenced || already) && p.Shard.Healthy() {
 		// Best effort, and again by whichever node finds it fenced in MySQL
 		// but open in Redis: Redis refuses takes and refills on it too, so
 		// a node that has not heard yet cannot sell there.
-		if err := p.SetStatus(ctx, "fenced"); err != nil {
+		if err := setFenced(ctx, p); err != nil {
 			a.logger.Warn("mark partition fenced in redis", "sku", p.SKU, "pid", p.ID, "err", err)
 		}
 	}

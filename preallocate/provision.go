@@ -42,6 +42,9 @@ func (a *Allocator) Provision(ctx context.Context, name string, spec, defaults S
 // lost data: what it sold is unknown, so it must never sell again). It
 // returns the handles of the partitions still open.
 func (a *Allocator) Ensure(ctx context.Context, sku SKU) ([]*shard.Partition, error) {
+	// A partition fenced while its shard did not answer may still be open
+	// in that shard's Redis.
+	a.markFenced(ctx, sku)
 	var open []*shard.Partition
 	for _, rp := range sku.Partitions {
 		if rp.State != "open" {

@@ -143,6 +143,12 @@ func (a *Allocator) Rebalance(ctx context.Context, sku string, r Rebalance) (Reb
 			open = append(open, p)
 		}
 	}
+	if r.Partitions > 0 && r.MovePartition == nil && len(r.Pin) == 0 {
+		// The new count is the one Heal keeps.
+		if _, err := a.db.ExecContext(ctx, `UPDATE skus SET target_partitions = ? WHERE sku = ?`, r.Partitions, sku); err != nil {
+			return out, fmt.Errorf("partition target: %w", err)
+		}
+	}
 	// close moves partitions out, newest additions already in.
 	closeAll := func(ps []Partition) error {
 		for _, p := range ps {
@@ -318,6 +324,11 @@ func (a *Allocator) RemoveShard(ctx context.Context, id string) error {
 	for _, r := range rs {
 		if r.state == "open" {
 			return conflictf("shard %s still holds open partition %d of %s; drain it first", id, r.pid, r.sku)
+		}
+		if r.state == "fenced" {
+			// What its stream still holds is inside its doubt: a dead
+			// shard whose partitions were fenced (Heal) can be removed.
+			continue
 		}
 		if p, err := a.shards.Partition(r.sku, r.pid, r.epoch, id); err == nil {
 			st, err := p.Inspect(ctx)

@@ -63,6 +63,7 @@ type SKU struct {
 	Chunk      int64
 	Threshold  int64
 	Version    int64
+	Target     int // open partitions to keep (PUT, rebalance to a count); Heal replaces fenced ones
 	Partitions []Partition
 }
 
@@ -76,6 +77,7 @@ type Partition struct {
 	SeenSeq   int64  // highest detail sequence landed in MySQL
 	CreatedAt time.Time
 	ClosedAt  time.Time // zero while open
+	FencedAt  time.Time // zero unless fenced
 }
 
 // Store is the MySQL side of the catalog: SKUs, their pool and partitions.
@@ -119,8 +121,8 @@ func (s *Store) Put(ctx context.Context, name string, spec, defaults Spec, shard
 				return invalidf("threshold: %d is above chunk %d", sp.Threshold, sp.Chunk)
 			}
 			if _, err := tx.ExecContext(ctx,
-				`INSERT INTO skus (sku, total, pool, chunk, threshold) VALUES (?, ?, ?, ?, ?)`,
-				name, sp.Total, sp.Total, sp.Chunk, sp.Threshold); err != nil {
+				`INSERT INTO skus (sku, total, pool, chunk, threshold, target_partitions) VALUES (?, ?, ?, ?, ?, ?)`,
+				name, sp.Total, sp.Total, sp.Chunk, sp.Threshold, sp.Partitions); err != nil {
 				return fmt.Errorf("insert sku: %w", err)
 			}
 			off := spread(name, len(shards))
@@ -134,14 +136,11 @@ func (s *Store) Put(ctx context.Context, name string, spec, defaults Spec, shard
 		case err != nil:
 			return err
 		default:
-			open := 0
-			for _, p := range cur.Partitions {
-				if p.State == "open" {
-					open++
-				}
-			}
-			if spec.Partitions != 0 && spec.Partitions != open {
-				return conflictf("partitions: the SKU has %d open; change the count with rebalance", open)
+			// The count asked for, not the open one: a fenced partition
+			// not yet replaced must not make a restock that repeats the
+			// count fail.
+			if spec.Partitions != 0 && spec.Partitions != cur.Target {
+				return conflictf("partitions: the SKU has %d; change the count with rebalance", cur.Target)
 			}
 			chunk, threshold := cur.Chunk, cur.Threshold
 			if spec.Chunk != 0 {
@@ -249,32 +248,32 @@ type querier interface {
 }
 
 func getSKU(ctx context.Context, q querier, name string, forUpdate bool) (SKU, error) {
-	query := `SELECT sku, total, pool, reserved, confirmed, released, in_doubt, doubled, chunk, threshold, version
+	query := `SELECT sku, total, pool, reserved, confirmed, released, in_doubt, doubled, chunk, threshold, version, target_partitions
 	            FROM skus WHERE sku = ?`
 	if forUpdate {
 		query += " FOR UPDATE"
 	}
 	var k SKU
 	err := q.QueryRowContext(ctx, query, name).Scan(&k.Name, &k.Total, &k.Pool, &k.Reserved, &k.Confirmed,
-		&k.Released, &k.InDoubt, &k.Doubled, &k.Chunk, &k.Threshold, &k.Version)
+		&k.Released, &k.InDoubt, &k.Doubled, &k.Chunk, &k.Threshold, &k.Version, &k.Target)
 	if errors.Is(err, sql.ErrNoRows) {
 		return SKU{}, fmt.Errorf("%w: %s", ErrUnknownSKU, name)
 	}
 	if err != nil {
 		return SKU{}, fmt.Errorf("read sku: %w", err)
 	}
-	rows, err := q.QueryContext(ctx, `SELECT pid, shard, epoch, state, gen, seen_seq, created_at, closed_at FROM partitions WHERE sku = ? ORDER BY pid`, name)
+	rows, err := q.QueryContext(ctx, `SELECT pid, shard, epoch, state, gen, seen_seq, created_at, closed_at, fenced_at FROM partitions WHERE sku = ? ORDER BY pid`, name)
 	if err != nil {
 		return SKU{}, fmt.Errorf("read partitions: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var p Partition
-		var closed sql.NullTime
-		if err := rows.Scan(&p.ID, &p.Shard, &p.Epoch, &p.State, &p.Gen, &p.SeenSeq, &p.CreatedAt, &closed); err != nil {
+		var closed, fenced sql.NullTime
+		if err := rows.Scan(&p.ID, &p.Shard, &p.Epoch, &p.State, &p.Gen, &p.SeenSeq, &p.CreatedAt, &closed, &fenced); err != nil {
 			return SKU{}, fmt.Errorf("read partitions: %w", err)
 		}
-		p.ClosedAt = closed.Time
+		p.ClosedAt, p.FencedAt = closed.Time, fenced.Time
 		k.Partitions = append(k.Partitions, p)
 	}
 	return k, rows.Err()

@@ -181,6 +181,14 @@ func (s *Shard) observe(err error) {
 	s.healthy.Store(false)
 }
 
+// Ping asks the shard to answer. It leaves the shard's health alone: that
+// follows the calls that serve requests (and Probe), and a ping that is
+// only slow on a loaded machine must not turn requests away.
+func (s *Shard) Ping(ctx context.Context) error {
+	c := s.client()
+	return c.Do(ctx, c.B().Ping().Build()).Error()
+}
+
 // ErrNotReplicated means a write did not reach the shard's required
 // replicas within wait_timeout (replica mode); it happened on the primary,
 // so the caller must retry (with the same request id) rather than act on it.
@@ -195,7 +203,17 @@ type Set struct {
 
 	mu     sync.RWMutex
 	shards map[string]*Shard
+
+	// onBack runs when Probe finds an unhealthy shard answering, before
+	// the shard counts as healthy again (set before Probe runs).
+	onBack func(ctx context.Context, id string)
 }
+
+// OnBack sets what runs when Probe finds an unhealthy shard answering,
+// before requests use it again: the daemon marks fenced in Redis the
+// partitions MySQL fenced while the shard did not answer. Call it before
+// Probe.
+func (s *Set) OnBack(f func(ctx context.Context, id string)) { s.onBack = f }
 
 // Open connects to every shard. It fails, naming the shard, when one does
 // not answer.
@@ -452,6 +470,11 @@ func (s *Set) Probe(ctx context.Context, every time.Duration) {
 				sh.unchecked.Store(false)
 			}
 			cancel()
+			if err == nil && s.onBack != nil {
+				bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				s.onBack(bctx, sh.ID)
+				cancel()
+			}
 			sh.observe(err)
 			if err == nil {
 				s.logger.Info("shard answers again", "shard", sh.ID)

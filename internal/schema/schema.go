@@ -150,6 +150,12 @@ ALTER TABLE allocations CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
 ALTER TABLE deductions CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
 ALTER TABLE doubled_deductions CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
 ALTER TABLE shards CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
+	// The partition count an operator asked for (PUT partitions, rebalance
+	// partitions): a partition fenced after its shard lost data, or given
+	// up on with its shard, is replaced to keep it. Back-filled from the
+	// open partitions. (Statements separated by ";\n" run one by one.)
+	15: `ALTER TABLE skus ADD COLUMN IF NOT EXISTS target_partitions INT NOT NULL DEFAULT 0;
+UPDATE skus SET target_partitions = (SELECT COUNT(*) FROM partitions p WHERE p.sku = skus.sku AND p.state = 'open')`,
 }
 
 // statements splits a migration into its statements (";" at a line's
