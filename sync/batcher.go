@@ -160,6 +160,7 @@ func (b *Batcher) loop(ctx context.Context) {
 	add := func(it item) bool {
 		k := it.p.StreamKey() + "/" + it.p.Shard.ID
 		if it.e.End() <= held[k] {
+			b.logger.Debug("skipping an entry the batch holds already (its reader restarted)", "sku", it.p.SKU, "pid", it.p.ID, "entry", it.e.ID)
 			return false
 		}
 		held[k] = it.e.End()
