@@ -71,6 +71,15 @@ type Config struct {
 	// MySQLCAFile, when set, is a PEM file of CAs: MySQL is reached over
 	// TLS trusting them (a DSN's own tls= parameter works too).
 	MySQLCAFile string `yaml:"mysql_ca_file"`
+	// MySQLIdleTxTimeout: MariaDB aborts a stockd transaction that waits
+	// this long for its next statement (idle_transaction_timeout), so a
+	// frozen node cannot hold the SKU row lock for the whole sale. Whole
+	// seconds; 0 turns it off. MySQL lacks the variable: not set there.
+	MySQLIdleTxTimeout time.Duration `yaml:"mysql_idle_tx_timeout"`
+	// MySQLLockWaitTimeout: a statement waiting this long for a row lock
+	// fails and its transaction is run again (innodb_lock_wait_timeout).
+	// Whole seconds; 0: the server's default (50 s).
+	MySQLLockWaitTimeout time.Duration `yaml:"mysql_lock_wait_timeout"`
 	// AMQPURL is the RabbitMQ URL for write-back batches (amqps:// for TLS).
 	AMQPURL string `yaml:"amqp_url"`
 	// AMQPCAFile, when set, is a PEM file of CAs trusted for amqps://.
@@ -193,6 +202,9 @@ func DefaultConfig() Config {
 		Scheduler:   scheduler.DefaultConfig(),
 		Preallocate: preallocate.DefaultConfig(),
 		Sync:        stocksync.DefaultConfig(),
+
+		MySQLIdleTxTimeout:   5 * time.Second,
+		MySQLLockWaitTimeout: 10 * time.Second,
 	}
 }
 
@@ -271,6 +283,14 @@ func (c Config) Validate() error {
 	}
 	if c.MySQLDSN == "" {
 		bad(errors.New("mysql_dsn: required"))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"mysql_idle_tx_timeout", c.MySQLIdleTxTimeout}, {"mysql_lock_wait_timeout", c.MySQLLockWaitTimeout}} {
+		if d.v < 0 || d.v%time.Second != 0 {
+			return fmt.Errorf("%s: whole seconds, 0 or more", d.name)
+		}
 	}
 	if c.AMQPURL == "" {
 		bad(errors.New("amqp_url: required"))

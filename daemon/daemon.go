@@ -82,11 +82,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	db, err := schema.OpenTLS(ctx, cfg.MySQLDSN, cfg.MySQLCAFile)
+	db, sess, err := schema.OpenSession(ctx, cfg.MySQLDSN, cfg.MySQLCAFile, schema.Session{
+		IdleTxTimeout: cfg.MySQLIdleTxTimeout, LockWaitTimeout: cfg.MySQLLockWaitTimeout})
 	if err != nil {
 		return fmt.Errorf("mysql: %w", err)
 	}
 	defer db.Close()
+	if cfg.MySQLIdleTxTimeout > 0 && !sess.IdleTxTimeout {
+		log.Warn("the MySQL server has no idle_transaction_timeout: a frozen node's open transaction holds its locks until it thaws",
+			"server", sess.Server, "mysql_idle_tx_timeout", cfg.MySQLIdleTxTimeout)
+	}
 
 	store := preallocate.NewStore(db)
 	shardCfgs, err := recordedShards(ctx, store, cfg.Shards, log)

@@ -212,7 +212,11 @@ type ApplyResult struct {
 // TTL), it lands released, as the expired reservation it is. Every batch
 // also raises its partitions' seen_seq, against which a shard that comes
 // back with an older sequence is caught.
-func Apply(ctx context.Context, db *sql.DB, details []wireDetail) (ApplyResult, error) {
+//
+// A batch may carry a detail more than once (a reader that restarted
+// re-read its stream into the same batch); each detail id is applied once.
+func Apply(ctx context.Context, db *sql.DB, all []wireDetail) (ApplyResult, error) {
+	details := distinct(all)
 	var res ApplyResult
 	err := sqltx.Run(ctx, db, func(tx *sql.Tx) error {
 		res = ApplyResult{}
@@ -258,7 +262,28 @@ func Apply(ctx context.Context, db *sql.DB, details []wireDetail) (ApplyResult, 
 		}
 		return moveCounters(ctx, tx, details, parts, inserted, doubled, &res)
 	})
+	res.Duplicates = len(all) - res.Inserted - res.Doubled
 	return res, err
+}
+
+// distinct drops the repeats of a detail id within one batch, keeping the
+// first copy: the one a multi-row INSERT IGNORE inserts. The counters move
+// once per detail id inserted; looping over the repeats would count a row
+// as many times as the batch names it.
+func distinct(details []wireDetail) []wireDetail {
+	seen := make(map[string]bool, len(details))
+	out := details[:0:0]
+	for _, d := range details {
+		if seen[d.DetailID] {
+			continue
+		}
+		seen[d.DetailID] = true
+		out = append(out, d)
+	}
+	if len(out) == len(details) {
+		return details
+	}
+	return out
 }
 
 // partKey names a partition of one epoch.
@@ -425,7 +450,6 @@ func moveCounters(ctx context.Context, tx *sql.Tx, details []wireDetail, parts m
 			doubt[k] += d.Qty
 		}
 	}
-	res.Duplicates = len(details) - res.Inserted - res.Doubled
 	skus := make([]string, 0, len(bySKU))
 	for s := range bySKU {
 		skus = append(skus, s)

@@ -152,6 +152,22 @@ func (b *Batcher) read(ctx context.Context, p *shard.Partition) {
 func (b *Batcher) loop(ctx context.Context) {
 	var batch []item
 	details := 0
+	// held is the end of each stream's last entry in batch. A reader that
+	// stopped and started again (ownership left the node and came back)
+	// reads its stream from the start: entries ending at or below held
+	// are in this batch already (or in one the broker confirmed).
+	held := map[string]int64{}
+	add := func(it item) bool {
+		k := it.p.StreamKey() + "/" + it.p.Shard.ID
+		if it.e.End() <= held[k] {
+			b.logger.Debug("skipping an entry the batch holds already (its reader restarted)", "sku", it.p.SKU, "pid", it.p.ID, "entry", it.e.ID)
+			return false
+		}
+		held[k] = it.e.End()
+		batch = append(batch, it)
+		details += len(it.e.Details)
+		return true
+	}
 	var deadline <-chan time.Time
 	var timer *time.Timer
 	flush := func(ctx context.Context) {
@@ -160,6 +176,7 @@ func (b *Batcher) loop(ctx context.Context) {
 		}
 		b.flush(ctx, batch)
 		batch, details = nil, 0
+		clear(held)
 		if timer != nil {
 			timer.Stop()
 		}
@@ -168,8 +185,9 @@ func (b *Batcher) loop(ctx context.Context) {
 	for {
 		select {
 		case it := <-b.in:
-			batch = append(batch, it)
-			details += len(it.e.Details)
+			if !add(it) {
+				continue
+			}
 			if len(batch) == 1 {
 				timer = time.NewTimer(b.cfg.BatchInterval)
 				deadline = timer.C
@@ -186,7 +204,7 @@ func (b *Batcher) loop(ctx context.Context) {
 			for {
 				select {
 				case it := <-b.in:
-					batch = append(batch, it)
+					add(it)
 					continue
 				default:
 				}

@@ -180,21 +180,28 @@ func Open(ctx context.Context, dsn string) (*sql.DB, error) {
 // OpenTLS is Open trusting the CAs in caFile for the connection (the
 // DSN's own tls= setting is used when caFile is empty).
 func OpenTLS(ctx context.Context, dsn, caFile string) (*sql.DB, error) {
+	db, _, err := OpenSession(ctx, dsn, caFile, Session{})
+	return db, err
+}
+
+// OpenSession is OpenTLS with the bounds of s set on every connection
+// (session.go); info says which ones the server took.
+func OpenSession(ctx context.Context, dsn, caFile string, s Session) (_ *sql.DB, info SessionInfo, _ error) {
 	cfg, err := mysql.ParseDSN(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("mysql dsn: %w", err)
+		return nil, info, fmt.Errorf("mysql dsn: %w", err)
 	}
 	if caFile != "" {
 		tc, err := tlsx.Client(caFile)
 		if err != nil {
-			return nil, fmt.Errorf("mysql_ca_file: %w", err)
+			return nil, info, fmt.Errorf("mysql_ca_file: %w", err)
 		}
 		host, _, _ := net.SplitHostPort(cfg.Addr)
 		tc.ServerName = host
 		cfg.TLS = tc
 	}
 	if cfg.DBName == "" {
-		return nil, fmt.Errorf("mysql dsn: no database name")
+		return nil, info, fmt.Errorf("mysql dsn: no database name")
 	}
 	cfg.ParseTime = true
 	cfg.Loc = time.UTC
@@ -203,11 +210,14 @@ func OpenTLS(ctx context.Context, dsn, caFile string) (*sql.DB, error) {
 	// write-back's multi-row inserts themselves.
 	cfg.InterpolateParams = true
 	if err := createDatabase(ctx, *cfg); err != nil {
-		return nil, err
+		return nil, info, err
+	}
+	if info, err = sessionParams(ctx, cfg, s); err != nil {
+		return nil, info, err
 	}
 	conn, err := mysql.NewConnector(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("mysql: %w", err)
+		return nil, info, fmt.Errorf("mysql: %w", err)
 	}
 	db := sql.OpenDB(conn)
 	db.SetMaxOpenConns(32)
@@ -215,9 +225,9 @@ func OpenTLS(ctx context.Context, dsn, caFile string) (*sql.DB, error) {
 	db.SetConnMaxLifetime(time.Hour)
 	if err := Migrate(ctx, db); err != nil {
 		db.Close()
-		return nil, err
+		return nil, info, err
 	}
-	return db, nil
+	return db, info, nil
 }
 
 func createDatabase(ctx context.Context, cfg mysql.Config) error {

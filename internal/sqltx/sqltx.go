@@ -4,6 +4,7 @@ package sqltx
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"time"
 
@@ -26,13 +27,33 @@ func Retryable(err error) bool {
 	return false
 }
 
+// errLostBeforeCommit marks a connection lost before COMMIT was sent: the
+// server rolls the transaction back (or already did: idle_transaction_timeout
+// aborts an idle transaction and closes its connection), so it committed
+// nothing and can run again on another connection.
+type errLostBeforeCommit struct{ error }
+
+func (e errLostBeforeCommit) Unwrap() error { return e.error }
+
+// lost reports whether err says the connection is gone.
+func lost(err error) bool {
+	return errors.Is(err, driver.ErrBadConn) || errors.Is(err, mysql.ErrInvalidConn)
+}
+
 // Run runs fn in a transaction, running it again (up to 8 times, with a
 // short growing pause) when InnoDB aborted it as a deadlock victim or on a
-// lock-wait timeout. fn must not have effects outside the transaction.
+// lock-wait timeout, or when the connection was lost before COMMIT was
+// sent. A COMMIT whose answer was lost is not run again (it may have
+// committed): that error goes to the caller. fn must not have effects
+// outside the transaction.
 func Run(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
 	for attempt := 0; ; attempt++ {
 		err := once(ctx, db, fn)
-		if err == nil || !Retryable(err) || attempt >= 8 {
+		again := Retryable(err)
+		if early, ok := err.(errLostBeforeCommit); ok {
+			err, again = early.error, true
+		}
+		if err == nil || !again || attempt >= 8 {
 			return err
 		}
 		select {
@@ -53,7 +74,15 @@ func once(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
 	}
 	if err := fn(tx); err != nil {
 		tx.Rollback()
+		if lost(err) {
+			return errLostBeforeCommit{err}
+		}
 		return err
 	}
-	return tx.Commit()
+	err = tx.Commit()
+	if errors.Is(err, driver.ErrBadConn) {
+		// The driver could not even send COMMIT.
+		return errLostBeforeCommit{err}
+	}
+	return err
 }
