@@ -295,10 +295,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// net/http's own "OPTIONS *" answer would keep it open.
 	adminSrv := &http.Server{Handler: adm, ReadHeaderTimeout: 10 * time.Second, DisableGeneralOptionsHandler: true}
 	// metrics_addr: GET /metrics only, without a token (every other path
-	// 404), for scrapers on a private interface.
+	// 404), for scrapers on a private interface. Framing is checked as on
+	// the admin port (a chunked request ends its connection).
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("GET /metrics", metricsHandler)
-	metricsSrv := &http.Server{Handler: metricsMux, ReadHeaderTimeout: 10 * time.Second, DisableGeneralOptionsHandler: true}
+	metricsSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.TransferEncoding) > 0 {
+			w.Header().Set("Connection", "close")
+		}
+		metricsMux.ServeHTTP(w, r)
+	}), ReadHeaderTimeout: 10 * time.Second, DisableGeneralOptionsHandler: true}
 
 	// Background work outlives the HTTP servers by a little: in-flight
 	// deductions may still ask for refills while they finish.
@@ -389,7 +395,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	})
 	if metricsLn != nil {
 		g.Go(func() error {
-			if err := metricsSrv.Serve(metricsLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := metricsSrv.Serve(httpframe.Listener(metricsLn)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("metrics: %w", err)
 			}
 			return nil

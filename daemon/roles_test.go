@@ -195,6 +195,17 @@ func TestMetricsAddr(t *testing.T) {
 	if code, _ := adminReq(t, n.admin, "GET", "/metrics", "", ""); code != 401 {
 		t.Errorf("GET /metrics on the admin port without a token: %d, want 401", code)
 	}
+	// Ambiguous framing is refused as on the admin port.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+	head := make([]byte, 12)
+	if _, err := io.ReadFull(c, head); err != nil || string(head) != "HTTP/1.1 400" {
+		t.Errorf("Content-Length with Transfer-Encoding on metrics_addr: %q %v, want HTTP/1.1 400", head, err)
+	}
+	c.Close()
 
 	n.stop()
 	if c, err := net.Dial("tcp", addr); err == nil {
