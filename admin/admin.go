@@ -1,8 +1,10 @@
 // Package admin is the operators' HTTP API: SKUs (create, restock, show,
 // verify, rebalance, in-doubt), shards (add, fail over, drain, remove), the
 // cluster view, metrics, profiles and the status page. Every route but
-// /healthz and the page's own static files needs the admin token, as
-// "Authorization: Bearer <token>" or as the password of HTTP Basic. A
+// /healthz and the page's own static files needs a token, as
+// "Authorization: Bearer <token>" or as the password of HTTP Basic: the
+// admin token for everything, or the read token (optional) for GET and HEAD
+// only; a change with the read token is refused (403 forbidden). A
 // browser attaches Basic credentials to any request to the admin origin,
 // so a change (any method but GET and HEAD) signed in with Basic must also
 // come from the admin's own origin with a JSON content type (crossSite).
@@ -167,17 +169,23 @@ type ShardView struct {
 
 // Server is the admin HTTP handler.
 type Server struct {
-	token   []byte
-	catalog Catalog
-	logger  *slog.Logger
-	mux     *http.ServeMux
+	token     []byte
+	readToken []byte // empty: no read-only role
+	catalog   Catalog
+	logger    *slog.Logger
+	mux       *http.ServeMux
 }
 
 // Options configure the admin API.
 type Options struct {
-	// Token is the bearer token of every route but /healthz.
-	Token   string
-	Catalog Catalog
+	// Token is the admin token: every route but /healthz, changes
+	// included.
+	Token string
+	// ReadToken, when set, is the read-only token: GET and HEAD routes
+	// (the status page's data and /metrics included); a change with it
+	// answers 403.
+	ReadToken string
+	Catalog   Catalog
 	// Cluster returns the cluster view for GET /admin/cluster.
 	Cluster func() any
 	// Metrics serves GET /metrics (Prometheus text); nil leaves it out.
@@ -188,10 +196,11 @@ type Options struct {
 // New returns the admin API.
 func New(o Options) *Server {
 	s := &Server{
-		token:   []byte(o.Token),
-		catalog: o.Catalog,
-		logger:  o.Logger.With("component", "admin"),
-		mux:     http.NewServeMux(),
+		token:     []byte(o.Token),
+		readToken: []byte(o.ReadToken),
+		catalog:   o.Catalog,
+		logger:    o.Logger.With("component", "admin"),
+		mux:       http.NewServeMux(),
 	}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -267,20 +276,29 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // handle registers an authenticated route. Authentication comes before
-// routing details, so a caller without the token learns nothing (not even
-// whether a SKU exists). A request that changes state with credentials a
-// browser attaches by itself (HTTP Basic) must also show it was not sent
-// by another site (crossSite).
+// routing details, so a caller without a token learns nothing (not even
+// whether a SKU exists). The read token may only read: a change with it
+// is refused before anything else is looked at. A request that changes
+// state with credentials a browser attaches by itself (HTTP Basic) must
+// also show it was not sent by another site (crossSite).
 func (s *Server) handle(pattern string, h http.HandlerFunc) {
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		how := s.authenticate(r)
-		if how == authNone {
-			w.Header().Set("WWW-Authenticate", `Basic realm="stockd admin (password: the admin token)"`)
+		how, role := s.authenticate(r)
+		if role == roleNone {
+			w.Header().Set("WWW-Authenticate", `Basic realm="stockd admin (password: the admin or read token)"`)
 			w.Header().Add("WWW-Authenticate", `Bearer realm="stockd"`)
 			writeError(w, http.StatusUnauthorized, "unauthorized")
 			return
 		}
-		if how == authBasic && r.Method != http.MethodGet && r.Method != http.MethodHead {
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+			h(w, r)
+			return
+		}
+		if role != roleAdmin {
+			writeCodeError(w, http.StatusForbidden, "the read token cannot change anything: use the admin token", "forbidden", "")
+			return
+		}
+		if how == authBasic {
 			if status, msg := crossSite(r); status != 0 {
 				code := "forbidden"
 				if status == http.StatusUnsupportedMediaType {
@@ -308,26 +326,60 @@ const (
 	authBasic
 )
 
+// role is what a request's token allows.
+type role int
+
+const (
+	roleNone  role = iota
+	roleRead       // the read token: GET and HEAD
+	roleAdmin      // the admin token: everything
+)
+
 // authenticate accepts "Bearer <token>", and HTTP Basic with the token as
 // the password (any user name) so that a browser can open the status page
 // and the page's own requests carry the credentials.
-func (s *Server) authenticate(r *http.Request) auth {
-	if len(s.token) == 0 {
-		return authNone
-	}
+func (s *Server) authenticate(r *http.Request) (auth, role) {
 	if got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-		if subtle.ConstantTimeCompare([]byte(got), s.token) == 1 {
-			return authBearer
+		if ro := s.roleOf(got); ro != roleNone {
+			return authBearer, ro
 		}
-		return authNone
+		return authNone, roleNone
 	}
-	if _, pass, ok := r.BasicAuth(); ok && subtle.ConstantTimeCompare([]byte(pass), s.token) == 1 {
-		return authBasic
+	if _, pass, ok := r.BasicAuth(); ok {
+		if ro := s.roleOf(pass); ro != roleNone {
+			return authBasic, ro
+		}
 	}
-	return authNone
+	return authNone, roleNone
 }
 
-func (s *Server) authorized(r *http.Request) bool { return s.authenticate(r) != authNone }
+// roleOf compares got with both tokens in constant time, always both, so
+// that the answer's timing tells nothing about either. An empty token
+// (the read token when not configured) matches nothing.
+func (s *Server) roleOf(got string) role {
+	g := []byte(got)
+	admin := subtle.ConstantTimeCompare(g, s.token) & nonEmpty(s.token)
+	read := subtle.ConstantTimeCompare(g, s.readToken) & nonEmpty(s.readToken)
+	switch {
+	case admin == 1:
+		return roleAdmin
+	case read == 1:
+		return roleRead
+	}
+	return roleNone
+}
+
+func nonEmpty(b []byte) int {
+	if len(b) > 0 {
+		return 1
+	}
+	return 0
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	_, ro := s.authenticate(r)
+	return ro != roleNone
+}
 
 // crossSite refuses a state-changing request a browser could have been
 // made to send by another site: 403 when the browser says so (an Origin

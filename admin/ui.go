@@ -36,8 +36,9 @@ const uiCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 
 //	GET /ui/...  its script and style sheet
 //	GET /login   HTTP Basic sign-in for browsers, back to the page
 //
-// The data the page shows comes from the JSON routes, which need the
-// token as always (Bearer, or HTTP Basic with the token as password). The
+// The data the page shows comes from the JSON routes, which need a token
+// as always (Bearer, or HTTP Basic with the token as password): the admin
+// token, or the read token, which shows the page but changes nothing. The
 // page's markup and code are the same for everyone and hold no data, so
 // they are served without credentials: a page opened as /#token=<token>
 // must load before its script can send the token (the fragment never
@@ -86,7 +87,7 @@ func (s *Server) uiLogin(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/#signed-in", http.StatusSeeOther)
 		return
 	}
-	w.Header().Set("WWW-Authenticate", `Basic realm="stockd admin (password: the admin token)"`)
+	w.Header().Set("WWW-Authenticate", `Basic realm="stockd admin (password: the admin or read token)"`)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(http.StatusUnauthorized)
 	if r.Method != http.MethodHead {
@@ -100,8 +101,8 @@ const uiLoginPage = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>stockd: sign in</title>
 <link rel="stylesheet" href="/ui/status.css"></head>
 <body><header><h1>stockd</h1></header><main>
-<p class="error">Not signed in. The status page needs the admin token: give it as the password
-(any user name) when the browser asks, or open <code>/#token=&lt;admin token&gt;</code>.</p>
+<p class="error">Not signed in. The status page needs the admin token or the read token: give it
+as the password (any user name) when the browser asks, or open <code>/#token=&lt;token&gt;</code>.</p>
 <p><a href="/login">Sign in again</a></p>
 </main></body></html>
 `

@@ -35,6 +35,13 @@ type Config struct {
 	AdminAddr string `yaml:"admin_addr"`
 	// AdminToken is the bearer token every admin route but /healthz needs.
 	AdminToken string `yaml:"admin_token"`
+	// ReadToken, optional, is a read-only admin token: GET and HEAD
+	// routes, the status page and /metrics; changes answer 403.
+	ReadToken string `yaml:"read_token"`
+	// MetricsAddr, optional, is a listener that serves GET /metrics only,
+	// without a token, for scrapers. Empty: none. Bind it to a private
+	// interface.
+	MetricsAddr string `yaml:"metrics_addr"`
 	// ReservationSecret signs reservation tokens; every node of a cluster
 	// needs the same one. Required, at least 32 bytes, unless Demo.
 	ReservationSecret string `yaml:"reservation_secret"`
@@ -278,6 +285,14 @@ func (c Config) Validate() error {
 	if len(c.AdminToken) < 8 {
 		bad(errors.New("admin_token: required, at least 8 characters"))
 	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			bad(fmt.Errorf("metrics_addr %q: %w", c.MetricsAddr, err))
+		}
+	}
+	if err := c.validateTokens(); err != nil {
+		bad(err)
+	}
 	if err := c.validateSecrets(); err != nil {
 		bad(err)
 	}
@@ -343,6 +358,35 @@ func (c Config) Validate() error {
 	badUnder("scheduler.", c.Scheduler.Validate())
 	badUnder("preallocate.", c.Preallocate.Validate())
 	badUnder("sync.", c.Sync.Validate())
+	return errors.Join(errs...)
+}
+
+// The demo's tokens (configs/stockd.yaml, the README's examples): published,
+// so refused unless Demo.
+const (
+	DemoAdminToken = "dev-token"
+	DemoReadToken  = "dev-read-token"
+)
+
+// validateTokens checks the read token and refuses the demo's tokens
+// outside demo mode (admin_token's length is checked with the rest).
+func (c Config) validateTokens() error {
+	var errs []error
+	if c.ReadToken != "" {
+		switch {
+		case len(c.ReadToken) < 8:
+			errs = append(errs, errors.New("read_token: at least 8 characters (or empty: no read-only token)"))
+		case c.ReadToken == c.AdminToken:
+			errs = append(errs, errors.New("read_token: must differ from admin_token"))
+		}
+	}
+	if !c.Demo {
+		for _, f := range []struct{ name, value string }{{"admin_token", c.AdminToken}, {"read_token", c.ReadToken}} {
+			if f.value == DemoAdminToken || f.value == DemoReadToken {
+				errs = append(errs, fmt.Errorf("%s: %q is the demo's token; set your own or demo: true", f.name, f.value))
+			}
+		}
+	}
 	return errors.Join(errs...)
 }
 

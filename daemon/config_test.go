@@ -12,13 +12,15 @@ import (
 // on purpose, equals the defaults: the documentation cannot drift from the
 // code without this failing.
 func TestExampleConfigIsTheDefaults(t *testing.T) {
-	// The secret has no default and belongs in the environment.
-	cfg, err := LoadConfig("../configs/stockd.example.yaml", []string{"STOCKD_RESERVATION_SECRET=" + testSecret})
+	// The secret and the admin token have no default and belong in the
+	// environment.
+	cfg, err := LoadConfig("../configs/stockd.example.yaml", []string{"STOCKD_RESERVATION_SECRET=" + testSecret, "STOCKD_ADMIN_TOKEN=" + testToken})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := DefaultConfig()
-	want.NodeName, want.AdminToken, want.Shards = cfg.NodeName, cfg.AdminToken, cfg.Shards
+	want.NodeName, want.Shards = cfg.NodeName, cfg.Shards
+	want.AdminToken = testToken
 	want.ReservationSecret = testSecret
 	want.MySQLDSN = cfg.MySQLDSN // the example names its own database
 	if len(cfg.Join) == 0 {
@@ -54,6 +56,11 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"STOCKD_SHARDS=s1", "STOCKD_SHARDS"},
 		{"STOCKD_SHARD_DEFAULTS_DURABILITY=sometimes", "shard_defaults.durability"},
 		{"STOCKD_SHARD_DEFAULTS_DURABILITY=replica", "shard_defaults.replicas"},
+		{"STOCKD_READ_TOKEN=short", "read_token: at least 8 characters"},
+		{"STOCKD_READ_TOKEN=long-enough-token", "read_token: must differ from admin_token"},
+		{"STOCKD_ADMIN_TOKEN=dev-token", `admin_token: "dev-token" is the demo's token; set your own or demo: true`},
+		{"STOCKD_READ_TOKEN=dev-read-token", `read_token: "dev-read-token" is the demo's token`},
+		{"STOCKD_METRICS_ADDR=9100", "metrics_addr"},
 	}
 	for _, c := range cases {
 		_, err := LoadConfig("", append(append([]string{}, base...), strings.Split(c.env, "\n")...))
@@ -63,6 +70,14 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 	}
 	if _, err := LoadConfig("", base); err != nil {
 		t.Fatalf("valid environment: %v", err)
+	}
+	// A read token and a metrics listener.
+	if _, err := LoadConfig("", append(append([]string{}, base...), "STOCKD_READ_TOKEN=other-long-token", "STOCKD_METRICS_ADDR=127.0.0.1:9100")); err != nil {
+		t.Fatalf("read token and metrics_addr: %v", err)
+	}
+	// Demo mode takes the demo's tokens.
+	if _, err := LoadConfig("", append(append([]string{}, base...), "STOCKD_DEMO=1", "STOCKD_ADMIN_TOKEN=dev-token", "STOCKD_READ_TOKEN=dev-read-token")); err != nil {
+		t.Fatalf("demo mode with the demo's tokens: %v", err)
 	}
 	// Demo mode needs no secret (one is generated at start).
 	if _, err := LoadConfig("", append(append([]string{}, base...), "STOCKD_RESERVATION_SECRET=", "STOCKD_DEMO=1")); err != nil {

@@ -39,11 +39,12 @@ type Daemon struct {
 	logger *slog.Logger
 	ready  atomic.Bool
 
-	addrsOnce  sync.Once
-	addrsCh    chan struct{}
-	httpAddr   string
-	adminAddr  string
-	gossipAddr string
+	addrsOnce   sync.Once
+	addrsCh     chan struct{}
+	httpAddr    string
+	adminAddr   string
+	gossipAddr  string
+	metricsAddr string
 }
 
 // Version is this build's version, stamped at build time (-ldflags -X);
@@ -68,6 +69,10 @@ func (d *Daemon) Ready() <-chan struct{} { return d.addrsCh }
 
 // Addrs returns the bound hot and admin addresses (after Ready).
 func (d *Daemon) Addrs() (hotAddr, adminAddr string) { return d.httpAddr, d.adminAddr }
+
+// MetricsAddr returns where the token-less /metrics listener is bound
+// (after Ready); empty without metrics_addr.
+func (d *Daemon) MetricsAddr() string { return d.metricsAddr }
 
 // GossipAddr returns where this node gossips (after Ready).
 func (d *Daemon) GossipAddr() string { return d.gossipAddr }
@@ -122,6 +127,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("admin_addr: %w", err)
 	}
 	defer adminLn.Close()
+	var metricsLn net.Listener
+	if cfg.MetricsAddr != "" {
+		if metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return fmt.Errorf("metrics_addr: %w", err)
+		}
+		defer metricsLn.Close()
+	}
 	peer, err := cluster.New(cluster.Config{
 		Name:          cfg.NodeName,
 		BindAddr:      cfg.GossipAddr,
@@ -272,12 +284,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Threshold:  cfg.SKUDefaults.Threshold,
 	}}
 	heal.changed = cat.healed
+	metricsHandler := promhttp.HandlerFor(metrics, promhttp.HandlerOpts{})
 	adm := admin.New(admin.Options{
-		Token:   cfg.AdminToken,
-		Catalog: cat,
-		Cluster: func() any { return newClusterView(peer, reg) },
-		Metrics: promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}),
-		Logger:  log,
+		Token:     cfg.AdminToken,
+		ReadToken: cfg.ReadToken,
+		Catalog:   cat,
+		Cluster:   func() any { return newClusterView(peer, reg) },
+		Metrics:   metricsHandler,
+		Logger:    log,
 	})
 
 	hotSrv := h.server()
@@ -285,6 +299,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// after a chunked request and relies on the admin API closing it;
 	// net/http's own "OPTIONS *" answer would keep it open.
 	adminSrv := &http.Server{Handler: adm, ReadHeaderTimeout: 10 * time.Second, DisableGeneralOptionsHandler: true}
+	// metrics_addr: GET /metrics only, without a token (every other path
+	// 404), for scrapers on a private interface. Framing is checked as on
+	// the admin port (a chunked request ends its connection).
+	metricsMux := http.NewServeMux()
+	metricsMux.Handle("GET /metrics", metricsHandler)
+	metricsSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.TransferEncoding) > 0 {
+			w.Header().Set("Connection", "close")
+		}
+		metricsMux.ServeHTTP(w, r)
+	}), ReadHeaderTimeout: 10 * time.Second, DisableGeneralOptionsHandler: true}
 
 	// Background work outlives the HTTP servers by a little: in-flight
 	// deductions may still ask for refills while they finish.
@@ -373,6 +398,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	if metricsLn != nil {
+		g.Go(func() error {
+			if err := metricsSrv.Serve(httpframe.Listener(metricsLn)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("metrics: %w", err)
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		d.ready.Store(false)
@@ -391,14 +424,21 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if err := adminSrv.Shutdown(sctx); err != nil {
 			log.Warn("admin shutdown", "err", err)
 		}
+		// Unstarted without metrics_addr: Shutdown then returns at once.
+		if err := metricsSrv.Shutdown(sctx); err != nil {
+			log.Warn("metrics shutdown", "err", err)
+		}
 		stopWork()
 		return nil
 	})
 
 	d.httpAddr, d.adminAddr = hotLn.Addr().String(), adminLn.Addr().String()
+	if metricsLn != nil {
+		d.metricsAddr = metricsLn.Addr().String()
+	}
 	d.ready.Store(true)
 	d.addrsOnce.Do(func() { close(d.addrsCh) })
-	log.Info("serving", "http", d.httpAddr, "admin", d.adminAddr, "gossip", d.gossipAddr, "shards", len(cfg.Shards), "skus", len(reg.Names()))
+	log.Info("serving", "http", d.httpAddr, "admin", d.adminAddr, "metrics", d.metricsAddr, "gossip", d.gossipAddr, "shards", len(cfg.Shards), "skus", len(reg.Names()))
 
 	err = g.Wait()
 	log.Info("stopped", "err", err)

@@ -27,7 +27,7 @@ func Problems(err error) []error {
 const Redacted = "REDACTED"
 
 // Redact returns cfg with every secret replaced by Redacted: the admin
-// token, the reservation secrets (current and previous), the gossip key, the passwords of the
+// and read tokens, the reservation secrets (current and previous), the gossip key, the passwords of the
 // MySQL DSN and the AMQP URL, and the Redis passwords. Empty secrets stay
 // empty (an operator needs to see that one is missing).
 func Redact(cfg Config) Config {
@@ -37,6 +37,7 @@ func Redact(cfg Config) Config {
 		}
 	}
 	hide(&cfg.AdminToken)
+	hide(&cfg.ReadToken)
 	hide(&cfg.ReservationSecret)
 	cfg.ReservationSecretPrevious = append(cfg.ReservationSecretPrevious[:0:0], cfg.ReservationSecretPrevious...)
 	for i := range cfg.ReservationSecretPrevious {

@@ -23,8 +23,9 @@ import (
 
 // The status page (GET / on the admin port) in a real headless Chromium:
 // its partition rows carry the levels the admin API reports, both with a
-// #token= fragment and with HTTP Basic credentials, it shows no data with
-// a wrong token, and it renders a non-blank 1280x800 page.
+// #token= fragment and with HTTP Basic credentials (the admin token or the
+// read token), it shows no data with a wrong token, and it renders a
+// non-blank 1280x800 page.
 //
 // Chromium is required: /usr/bin/chromium, or the binary CHROMIUM names.
 // `make test` installs it first (scripts/chromium.sh). Set
@@ -32,7 +33,9 @@ import (
 func TestStatusPage(t *testing.T) {
 	browser := chromiumBinary(t)
 	e := newEnv(t, 2)
-	n := startNode(t, e.config())
+	cfg := e.config()
+	cfg.ReadToken = testReadToken
+	n := startNode(t, cfg)
 	const sku = "ui-demo"
 	putSKU(t, n, sku, 2000, 4, 50, 10)
 
@@ -67,6 +70,14 @@ func TestStatusPage(t *testing.T) {
 	dom = chromiumRun(t, browser, "--dump-dom", "--virtual-time-budget=5000",
 		"http://anyone:"+testToken+"@"+n.admin+"/")
 	checkPartitionRows(t, "Basic-auth page", dom, sku, want)
+
+	// The read token signs in the same ways and shows the same page.
+	dom = chromiumRun(t, browser, "--dump-dom", "--virtual-time-budget=5000",
+		"http://anyone:"+testReadToken+"@"+n.admin+"/")
+	checkPartitionRows(t, "Basic-auth page, read token", dom, sku, want)
+	dom = chromiumRun(t, browser, "--dump-dom", "--virtual-time-budget=5000",
+		"http://"+n.admin+"/#token="+testReadToken)
+	checkPartitionRows(t, "#token= page, read token", dom, sku, want)
 
 	// A wrong token: an error banner saying so, and no SKU data.
 	dom = chromiumRun(t, browser, "--dump-dom", "--virtual-time-budget=3000", "http://"+n.admin+"/#token=wrong-token")
@@ -147,8 +158,10 @@ func checkServedUI(t *testing.T, n *node, sku string) {
 				pass, resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
 		}
 	}
-	if resp, _ := get("/login", basic(testToken)); resp.StatusCode != 303 || resp.Header.Get("Location") != "/#signed-in" {
-		t.Errorf("GET /login with the token: %d, Location %q; want 303 to /#signed-in", resp.StatusCode, resp.Header.Get("Location"))
+	for _, tok := range []string{testToken, testReadToken} {
+		if resp, _ := get("/login", basic(tok)); resp.StatusCode != 303 || resp.Header.Get("Location") != "/#signed-in" {
+			t.Errorf("GET /login with %q: %d, Location %q; want 303 to /#signed-in", tok, resp.StatusCode, resp.Header.Get("Location"))
+		}
 	}
 	// The JSON routes take Basic as well as Bearer.
 	if resp, _ := get("/admin/skus", basic(testToken)); resp.StatusCode != 200 {

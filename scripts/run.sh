@@ -40,7 +40,10 @@ CONFIG=${STOCKD_CONFIG:-configs/stockd.yaml}
 export -n STOCKD_BIN STOCKD_CONFIG
 # Demo mode: without STOCKD_RESERVATION_SECRET, a node generates a random
 # secret into var/demo-reservation-secret, which a restarted node and the
-# other demo nodes (same directory) share. STOCKD_DEMO=0 turns it off.
+# other demo nodes (same directory) share; and the demo's published tokens
+# of configs/stockd.yaml (dev-token, dev-read-token) are accepted.
+# STOCKD_DEMO=0 turns it off (then set STOCKD_ADMIN_TOKEN, and
+# STOCKD_READ_TOKEN or STOCKD_READ_TOKEN= for none).
 export STOCKD_DEMO=${STOCKD_DEMO:-1}
 READY_TIMEOUT=${RUN_READY_TIMEOUT:-30}
 STOP_TIMEOUT=${RUN_STOP_TIMEOUT:-20}

@@ -7,7 +7,7 @@
 // (so a reload still works) and removed from the address bar. Without one,
 // the browser's own HTTP Basic credentials for this origin are used; if it
 // has none, the page goes to /login, where the browser asks for them (user
-// name: anything, password: the admin token) and comes back.
+// name: anything, password: the admin or read token) and comes back.
 'use strict';
 
 (function () {
@@ -350,10 +350,10 @@
     let msg = errs.map((e) => e.message).join(' · ');
     if (errs.some((e) => e.status === 401)) {
       if (token) {
-        msg = 'The admin token from #token= was refused. ' + msg;
+        msg = 'The token from #token= was refused. ' + msg;
         try { sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* storage off */ }
       } else if (signedIn) {
-        msg = 'Signed in, but this browser does not send its credentials with the page\'s requests: open /#token=<admin token> instead. ' + msg;
+        msg = 'Signed in, but this browser does not send its credentials with the page\'s requests: open /#token=<admin or read token> instead. ' + msg;
       }
     }
     setText(box, msg);

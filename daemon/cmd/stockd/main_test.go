@@ -211,6 +211,7 @@ shards:
 func TestCheckConfigPrintsEffectiveConfigRedacted(t *testing.T) {
 	secrets := map[string]string{
 		"admin_token":        "admin-secret-1234",
+		"read_token":         "read-secret-4321",
 		"reservation_secret": "reservation-secret-5678-at-least-32-bytes",
 		"gossip_key":         "MDEyMzQ1Njc4OWFiY2RlZg==", // 16 bytes
 		"mysql password":     "my-sql-pa@ss/word",
@@ -222,6 +223,7 @@ func TestCheckConfigPrintsEffectiveConfigRedacted(t *testing.T) {
 	os.WriteFile(path, []byte(fmt.Sprintf(`
 node_name: n1
 admin_token: %s
+read_token: %s
 reservation_secret: %s
 gossip_key: %s
 mysql_dsn: "stockd:%s@tcp(db.internal:3306)/stockd?tls=true"
@@ -230,7 +232,7 @@ shards:
   - {id: s1, addr: "10.0.0.1:6379", password: %s}
 shard_defaults: {password: %s}
 max_qty: 5
-`, secrets["admin_token"], secrets["reservation_secret"], secrets["gossip_key"], secrets["mysql password"],
+`, secrets["admin_token"], secrets["read_token"], secrets["reservation_secret"], secrets["gossip_key"], secrets["mysql password"],
 		secrets["amqp password"], secrets["redis password"], secrets["redis default pw"])), 0o600)
 	r := stockd(t, []string{"STOCKD_MAX_QTY=7", "STOCKD_LOG_FORMAT=json"}, "check-config", "-config", path)
 	if r.code != 0 {
@@ -255,6 +257,7 @@ max_qty: 5
 		{"node_name (file)", got.NodeName, "n1"},
 		{"sync (defaults)", got.Sync, def.Sync},
 		{"admin_token", got.AdminToken, daemon.Redacted},
+		{"read_token", got.ReadToken, daemon.Redacted},
 		{"reservation_secret", got.ReservationSecret, daemon.Redacted},
 		{"gossip_key", got.GossipKey, daemon.Redacted},
 		{"mysql_dsn", got.MySQLDSN, "stockd:REDACTED@tcp(db.internal:3306)/stockd?tls=true"},
