@@ -343,17 +343,12 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 			case shard.Reused:
 				return Result{Status: Reused, Partition: p.H, Seq: r.Seq, Qty: r.Qty}, nil
 			case shard.Moved:
-				if pid, ok := shard.ParseRedirect(r.Pointer); ok {
-					// Another attempt claimed this home for a newer one
-					// before this one took or pointed here.
-					if home, err = s.follow(ctx, sku, reqID, home, pid, -1); err != nil {
-						return Result{}, err
-					}
-					cur, tried = pointer{home.H.ID, 1}, tried[:0]
-					continue
-				}
-				if cur, err = parsePointer(r.Pointer); err != nil {
+				var rehomed bool
+				if home, cur, rehomed, err = s.elsewhere(ctx, sku, reqID, home, r.Pointer); err != nil {
 					return Result{}, err
+				}
+				if rehomed {
+					tried = tried[:0]
 				}
 				continue
 			case shard.Lost:
@@ -402,15 +397,7 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 					}
 					return Result{Status: OK, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
 				}
-				if pid, ok := shard.ParseRedirect(pr.Pointer); ok {
-					// Claimed for a newer home meanwhile: go there.
-					if home, err = s.follow(ctx, sku, reqID, home, pid, -1); err != nil {
-						return Result{}, err
-					}
-					cur, tried = pointer{home.H.ID, 1}, tried[:0]
-					continue
-				}
-				if cur, err = parsePointer(pr.Pointer); err != nil {
+				if home, cur, _, err = s.elsewhere(ctx, sku, reqID, home, pr.Pointer); err != nil {
 					return Result{}, err
 				}
 				tried = tried[:0]
@@ -432,17 +419,12 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 		case shard.PointMoved:
 			cur = to
 		case shard.PointConflict:
-			if pid, ok := shard.ParseRedirect(pr.Pointer); ok {
-				// Claimed for a newer home while this attempt found the
-				// old one short: nothing was taken for the request here.
-				if home, err = s.follow(ctx, sku, reqID, home, pid, -1); err != nil {
-					return Result{}, err
-				}
-				cur, tried = pointer{home.H.ID, 1}, tried[:0]
-				continue
-			}
-			if cur, err = parsePointer(pr.Pointer); err != nil {
+			var rehomed bool
+			if home, cur, rehomed, err = s.elsewhere(ctx, sku, reqID, home, pr.Pointer); err != nil {
 				return Result{}, err
+			}
+			if rehomed {
+				tried = tried[:0]
 			}
 		case shard.PointTook:
 			if pr.Qty != qty {
@@ -498,6 +480,24 @@ func (s *Scheduler) homeOf(ctx context.Context, sku *SKU, reqID string) (*Partit
 		i = j - 1
 	}
 	return chain[len(chain)-1], nil
+}
+
+// elsewhere resolves what a take or point answered instead of acting at
+// the request's current (partition, round). A redirect means another
+// attempt claimed the home for a newer one before this one took or
+// pointed there (nothing was taken for the request at the old home): the
+// named partition becomes the home, taken at in round 1 with nothing
+// tried (rehomed). Otherwise the answer is the pointer to follow.
+func (s *Scheduler) elsewhere(ctx context.Context, sku *SKU, reqID string, home *Partition, answer string) (*Partition, pointer, bool, error) {
+	if pid, ok := shard.ParseRedirect(answer); ok {
+		h, err := s.follow(ctx, sku, reqID, home, pid, -1)
+		if err != nil {
+			return nil, pointer{}, false, err
+		}
+		return h, pointer{h.H.ID, 1}, true, nil
+	}
+	cur, err := parsePointer(answer)
+	return home, cur, false, err
 }
 
 // follow resolves a redirect to pid found in reqID's slot on at. A pid this
