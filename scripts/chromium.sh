@@ -27,18 +27,7 @@ if works; then
 	exit 0
 fi
 
-as_root() {
-	if [ "$(id -u)" = 0 ]; then
-		"$@"
-	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-		sudo -n "$@"
-	else
-		return 126
-	fi
-}
-can_root() {
-	[ "$(id -u)" = 0 ] || { command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; }
-}
+. "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 if [ "$BIN" != /usr/bin/chromium ]; then
 	err "$BIN (from CHROMIUM) is missing or does not run; fix the path or unset CHROMIUM"
@@ -54,19 +43,10 @@ fi
 say "installing Debian's chromium package (apt-get install -y chromium) ..."
 export DEBIAN_FRONTEND=noninteractive
 log=${TMPDIR:-/tmp}/stockd-chromium-apt.log
-install() {
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold chromium >"$log" 2>&1
-}
-# A stale package index is the usual reason for a failed install: update it
-# once and try again.
-if ! install; then
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$log" 2>&1
-	if ! install; then
-		err "apt-get install chromium failed; last lines of $log:"
-		tail -n 20 "$log" >&2
-		exit 1
-	fi
+if ! apt_install chromium "$log"; then
+	err "apt-get install chromium failed; last lines of $log:"
+	tail -n 20 "$log" >&2
+	exit 1
 fi
 if ! works; then
 	err "chromium was installed but /usr/bin/chromium --version fails; see $log"

@@ -27,18 +27,7 @@ if works; then
 	exit 0
 fi
 
-as_root() {
-	if [ "$(id -u)" = 0 ]; then
-		"$@"
-	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-		sudo -n "$@"
-	else
-		return 126
-	fi
-}
-can_root() {
-	[ "$(id -u)" = 0 ] || { command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; }
-}
+. "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 if [ -n "${PROMTOOL:-}" ]; then
 	err "$BIN (from PROMTOOL) is missing or does not run; fix the path or unset PROMTOOL"
@@ -64,19 +53,10 @@ if [ ! -e "$policy" ]; then
 fi
 cleanup() { [ "$own_policy" = 0 ] || as_root rm -f "$policy"; }
 trap cleanup EXIT
-install() {
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold prometheus >"$log" 2>&1
-}
-# A stale package index is the usual reason for a failed install: update it
-# once and try again.
-if ! install; then
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$log" 2>&1
-	if ! install; then
-		err "apt-get install prometheus failed; last lines of $log:"
-		tail -n 20 "$log" >&2
-		exit 1
-	fi
+if ! apt_install prometheus "$log"; then
+	err "apt-get install prometheus failed; last lines of $log:"
+	tail -n 20 "$log" >&2
+	exit 1
 fi
 BIN=/usr/bin/promtool
 if ! works; then
