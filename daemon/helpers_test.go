@@ -80,7 +80,7 @@ type node struct {
 
 func startNode(t *testing.T, cfg Config) *node {
 	t.Helper()
-	d, err := New(cfg, NewLogger(testWriter{t}, cfg.LogLevel))
+	d, err := New(cfg, NewLogger(newTestWriter(t), cfg.LogLevel))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,10 +116,35 @@ func (n *node) stop() {
 	}
 }
 
-type testWriter struct{ t *testing.T }
+// testWriter sends a node's log lines to its test's log until the test
+// ends. memberlist's goroutines may log a line after the node stopped,
+// and testing forbids a Log after the test finished (the race detector
+// flags it): the gate closes in the test's last cleanup, and a line
+// being written holds it open until it is done.
+type testWriter struct{ g *logGate }
+
+type logGate struct {
+	mu   sync.RWMutex
+	t    *testing.T
+	done bool
+}
+
+func newTestWriter(t *testing.T) testWriter {
+	g := &logGate{t: t}
+	t.Cleanup(func() {
+		g.mu.Lock()
+		g.done = true
+		g.mu.Unlock()
+	})
+	return testWriter{g}
+}
 
 func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
+	w.g.mu.RLock()
+	defer w.g.mu.RUnlock()
+	if !w.g.done {
+		w.g.t.Log(strings.TrimRight(string(p), "\n"))
+	}
 	return len(p), nil
 }
 

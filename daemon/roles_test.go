@@ -231,7 +231,7 @@ func TestDemoTokensRefusedOutsideDemo(t *testing.T) {
 	} {
 		cfg := e.config()
 		c.set(&cfg)
-		if _, err := New(cfg, NewLogger(testWriter{t}, cfg.LogLevel)); err == nil || !strings.Contains(err.Error(), c.want) {
+		if _, err := New(cfg, NewLogger(newTestWriter(t), cfg.LogLevel)); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: start-up error %v; want one containing %q", c.field, err, c.want)
 		}
 	}

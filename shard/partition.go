@@ -33,14 +33,21 @@ var (
 	//go:embed scripts/find.lua
 	findSrc string
 
-	takeScript    = newReplicated(takeSrc)
-	pointScript   = newReplicated(pointSrc)
-	refillScript  = newReplicated(refillSrc)
-	drainScript   = newReplicated(drainSrc)
-	initScript    = newReplicated(initSrc)
-	claimScript   = newReplicated(claimSrc)
-	inspectScript = rueidis.NewLuaScriptReadOnly(inspectSrc)
-	findScript    = rueidis.NewLuaScriptReadOnly(findSrc)
+	takeScript   = newReplicated(takeSrc)
+	pointScript  = newReplicated(pointSrc)
+	refillScript = newReplicated(refillSrc)
+	drainScript  = newReplicated(drainSrc)
+	initScript   = newReplicated(initSrc)
+	claimScript  = newReplicated(claimSrc)
+	// inspect and find only read, but they go out as plain EVALSHA, not
+	// EVALSHA_RO: rueidis retries read-only commands by itself across a
+	// reconnect, which waits out a dead shard for the caller's whole
+	// context, and it recycles such a retried command while the dead
+	// connection's writer may still read it (a data race the race detector
+	// caught with a shard killed under confirms). The callers decide about
+	// retries (a 503, the next sweep).
+	inspectScript = rueidis.NewLuaScript(inspectSrc)
+	findScript    = rueidis.NewLuaScript(findSrc)
 )
 
 // ErrBadReply means a script answered in a shape this code does not know;
