@@ -43,7 +43,7 @@ fi
 say "installing Debian's chromium package (apt-get install -y chromium) ..."
 export DEBIAN_FRONTEND=noninteractive
 log=${TMPDIR:-/tmp}/stockd-chromium-apt.log
-if ! apt_install chromium "$log"; then
+if ! apt_get_install "$log" chromium; then
 	err "apt-get install chromium failed; last lines of $log:"
 	tail -n 20 "$log" >&2
 	exit 1

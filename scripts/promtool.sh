@@ -53,7 +53,7 @@ if [ ! -e "$policy" ]; then
 fi
 cleanup() { [ "$own_policy" = 0 ] || as_root rm -f "$policy"; }
 trap cleanup EXIT
-if ! apt_install prometheus "$log"; then
+if ! apt_get_install "$log" prometheus; then
 	err "apt-get install prometheus failed; last lines of $log:"
 	tail -n 20 "$log" >&2
 	exit 1

@@ -64,21 +64,8 @@ is_local() {
 	case "$1" in 127.0.0.1 | localhost | ::1) return 0 ;; *) return 1 ;; esac
 }
 
-# Run a command as root: directly when we are root, via passwordless sudo
-# otherwise.  Returns 126 when neither is possible.
-as_root() {
-	if [ "$(id -u)" = 0 ]; then
-		"$@"
-	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-		sudo -n "$@"
-	else
-		return 126
-	fi
-}
-
-can_root() {
-	[ "$(id -u)" = 0 ] || { command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; }
-}
+# as_root, can_root, apt_get_install
+. "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 # apt_install PKG...: install Debian packages if allowed and possible.
 apt_install() {
@@ -87,13 +74,10 @@ apt_install() {
 	fi
 	local log="$LOGDIR/stockd-apt.log"
 	say "   installing $* with apt-get (log: $log) ..."
-	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >"$log" 2>&1; then
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get update >>"$log" 2>&1 || true
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >>"$log" 2>&1 || {
-			err "   apt-get install $* failed, see $log"
-			return 1
-		}
-	fi
+	apt_get_install "$log" "$@" || {
+		err "   apt-get install $* failed, see $log"
+		return 1
+	}
 }
 
 # wait_for SECONDS CHECK...: poll CHECK every 0.5 s until it succeeds.
