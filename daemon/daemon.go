@@ -421,6 +421,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if err := hotSrv.ShutdownWithContext(sctx); err != nil {
 			log.Warn("http shutdown", "err", err)
 		}
+		// fasthttp's Shutdown closes only the listeners Serve has
+		// registered: a stop right after the start can come before Serve
+		// ran, and Serve would then accept for ever. Closing the listener
+		// here makes that Serve return at once (a closed listener is its
+		// normal end).
+		_ = hotLn.Close()
 		if err := adminSrv.Shutdown(sctx); err != nil {
 			log.Warn("admin shutdown", "err", err)
 		}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -112,7 +113,10 @@ func (n *node) stop() {
 			n.t.Errorf("daemon stopped with error: %v", err)
 		}
 	case <-time.After(30 * time.Second):
-		n.t.Error("daemon did not stop within 30s")
+		// The stacks say what the node waits for.
+		buf := make([]byte, 1<<22)
+		buf = buf[:runtime.Stack(buf, true)]
+		n.t.Errorf("daemon did not stop within 30s; goroutines:\n%s", buf)
 	}
 }
 
