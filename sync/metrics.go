@@ -64,7 +64,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Reservations released because they were not confirmed in time.",
 		}),
 		backlog: f.NewGauge(prometheus.GaugeOpts{
-			Name: "stockd_sync_stream_backlog",
+			Name: "stockd_sync_stream_backlog_entries",
 			Help: "Stream entries (one per take call, up to 64 details each) in the streams this node reads, not yet confirmed by the broker.",
 		}),
 	}

@@ -44,7 +44,7 @@ type Sync struct {
 
 // Backlog is the stream entries not yet confirmed by the broker in the
 // streams this node reads, as counted last (every second); the gauge
-// stockd_sync_stream_backlog has the same figure.
+// stockd_sync_stream_backlog_entries has the same figure.
 func (s *Sync) Backlog() int64 { return s.m.backlogNow.Load() }
 
 // TakeApplyLag returns the largest time from a deduction in Redis to its
