@@ -301,7 +301,7 @@
     const flush = () => {
       if (!run.length) return;
       // A value alone between gaps: a short dash, so that it shows.
-      if (run.length === 1) run.unshift([Math.max(0, run[0][0] - step / 2).toFixed(1), run[0][1]]);
+      if (run.length === 1) run.unshift([Math.max(0, run[0][0] - step).toFixed(1), run[0][1]]);
       line += 'M' + run.map(([x, yy]) => x + ' ' + yy).join('L');
       area += `M${run[0][0]} ${SPARK_H}L` + run.map(([x, yy]) => x + ' ' + yy).join('L') + `L${run[run.length - 1][0]} ${SPARK_H}Z`;
       run = [];
