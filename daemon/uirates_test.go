@@ -49,9 +49,10 @@ func getStats(t *testing.T, n *node) statsView {
 // The status page under load, in headless Chromium signed in with the read
 // token: a SKU whose last units were taken (and that nobody asked for
 // since) shows SOLD OUT, and GET /admin/stats counted exactly its answers;
-// while a sale runs, the node's and the SKU's rates (deductions, 429s)
-// and p99 are above zero and their sparklines have points, and the
-// screenshot shows the sparklines and the sold-out badge.
+// while a sale runs, the node's and the SKUs' rates (deductions, 429s, and
+// sold_out from a SKU that sells out meanwhile) and p99 are above zero and
+// their sparklines have points, and the screenshot shows the sparklines
+// and the sold-out badge.
 func TestStatusPageRatesUnderLoad(t *testing.T) {
 	browser := chromiumBinary(t)
 	e := newEnv(t, 2)
@@ -85,10 +86,12 @@ func TestStatusPageRatesUnderLoad(t *testing.T) {
 		return st.Minute.Answers == uint64(total), "answers of " + gone + " in /admin/stats: " + strconv.FormatUint(st.Minute.Answers, 10)
 	})
 
-	// A sale that runs through the rest of the test.
-	const sale = "ui-sale"
+	// A sale that runs through the rest of the test, and a small one that
+	// sells out during it and then answers sold_out.
+	const sale, late = "ui-sale", "ui-late"
 	putSKU(t, n, sale, 1_000_000, 4, 500, 100)
-	var ok, shed, other atomic.Int64
+	putSKU(t, n, late, 200, 2, 50, 10)
+	var ok, shed, soldOut, other atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for w := 0; w < 6; w++ {
@@ -101,12 +104,18 @@ func TestStatusPageRatesUnderLoad(t *testing.T) {
 					return
 				default:
 				}
-				a, err := b.deduct(n.hot, sale, 1, "sale-"+strconv.Itoa(w)+"-"+strconv.Itoa(i))
+				sku := sale
+				if w == 0 {
+					sku = late
+				}
+				a, err := b.deduct(n.hot, sku, 1, "sale-"+strconv.Itoa(w)+"-"+strconv.Itoa(i))
 				switch {
 				case err == nil && a.Code == 200:
 					ok.Add(1)
 				case err == nil && a.Code == 429:
 					shed.Add(1)
+				case err == nil && a.Code == 409 && a.Status == "sold_out":
+					soldOut.Add(1)
 				default:
 					other.Add(1)
 				}
@@ -118,8 +127,10 @@ func TestStatusPageRatesUnderLoad(t *testing.T) {
 	eventually(t, func() (bool, string) {
 		st := getStats(t, n)
 		s := st.SKUs[sale].Minute
-		return positive(st.Node.Minute.Deductions) && positive(s.Deductions) && positive(s.Shed) && positive(s.P99),
-			"stats of the sale: " + mustJSON(s)
+		l := st.SKUs[late].Minute
+		return positive(st.Node.Minute.Deductions) && positive(st.Node.Minute.SoldOut) &&
+				positive(s.Deductions) && positive(s.Shed) && positive(s.P99) && positive(l.SoldOut),
+			"stats of the sale: " + mustJSON(s) + ", of " + late + ": " + mustJSON(l)
 	})
 
 	dom := chromiumRun(t, browser, "--dump-dom", "--virtual-time-budget=5000",
@@ -128,13 +139,16 @@ func TestStatusPageRatesUnderLoad(t *testing.T) {
 	saleTiles := rateTiles(t, sale, section(dom, `data-sku="`+sale+`"`, "</article>"))
 	goneCard := section(dom, `data-sku="`+gone+`"`, "</article>")
 	goneTiles := rateTiles(t, gone, goneCard)
+	lateCard := section(dom, `data-sku="`+late+`"`, "</article>")
+	lateTiles := rateTiles(t, late, lateCard)
 	for _, c := range []struct {
 		what  string
 		tiles map[string]tile
 		keys  []string
 	}{
-		{"node", node, []string{"deductions", "p99"}},
+		{"node", node, []string{"deductions", "sold_out", "shed", "p99"}},
 		{sale, saleTiles, []string{"deductions", "shed", "p99"}},
+		{late, lateTiles, []string{"sold_out"}},
 	} {
 		for _, k := range c.keys {
 			tl, found := c.tiles[k]
@@ -153,13 +167,15 @@ func TestStatusPageRatesUnderLoad(t *testing.T) {
 			t.Errorf("%s tiles: no %q tile (have %v)", gone, k, goneTiles)
 		}
 	}
-	if !strings.Contains(goneCard, `data-sold-out="true"`) || !regexp.MustCompile(`<span class="badge b-soldout">sold out</span>`).MatchString(goneCard) {
-		t.Errorf("card of %s, all units taken: not marked sold out:\n%s", gone, clip(goneCard, 2000))
+	for _, c := range []struct{ sku, card string }{{gone, goneCard}, {late, lateCard}} {
+		if !strings.Contains(c.card, `data-sold-out="true"`) || !strings.Contains(c.card, `<span class="badge b-soldout">sold out</span>`) {
+			t.Errorf("card of %s, all units taken: not marked sold out:\n%s", c.sku, clip(c.card, 2000))
+		}
 	}
 	if saleCard := section(dom, `data-sku="`+sale+`"`, "</article>"); !strings.Contains(saleCard, `<span class="badge b-onsale">on sale</span>`) {
 		t.Errorf("card of %s: not on sale:\n%s", sale, clip(saleCard, 2000))
 	}
-	t.Logf("page under load: node %+v; %s %+v; %s %+v", node, sale, saleTiles, gone, goneTiles)
+	t.Logf("page under load: node %+v; %s %+v; %s %+v; %s %+v", node, sale, saleTiles, late, lateTiles, gone, goneTiles)
 
 	// The screenshot under load: sparklines drawn and the sold-out badge.
 	shot := filepath.Join(t.TempDir(), "status-load.png")
@@ -176,13 +192,14 @@ func TestStatusPageRatesUnderLoad(t *testing.T) {
 
 	stopSale()
 	if other.Load() > 0 {
-		t.Errorf("sale: %d answers neither 200 nor 429", other.Load())
+		t.Errorf("sale: %d answers neither 200, 409 sold_out nor 429", other.Load())
 	}
-	t.Logf("sale: %d ok, %d shed (429)", ok.Load(), shed.Load())
+	t.Logf("sale: %d ok, %d shed (429), %d sold_out", ok.Load(), shed.Load(), soldOut.Load())
 	// The sampler counts no answer the buyers did not get (the sale may
 	// have lasted longer than the minute kept, so fewer is possible).
-	bought := uint64(ok.Load() + shed.Load())
-	if got := getStats(t, n).SKUs[sale].Minute.Answers; got == 0 || got > bought {
+	bought := uint64(ok.Load() + shed.Load() + soldOut.Load())
+	st := getStats(t, n)
+	if got := st.SKUs[sale].Minute.Answers + st.SKUs[late].Minute.Answers; got == 0 || got > bought {
 		t.Errorf("answers of %s in /admin/stats: %d; the buyers got %d", sale, got, bought)
 	}
 }
