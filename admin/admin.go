@@ -190,7 +190,11 @@ type Options struct {
 	Cluster func() any
 	// Metrics serves GET /metrics (Prometheus text); nil leaves it out.
 	Metrics http.Handler
-	Logger  *slog.Logger
+	// Stats returns the last minute of this node's rates, latency and
+	// write-back for GET /admin/stats (the status page); nil leaves it
+	// out.
+	Stats  func() any
+	Logger *slog.Logger
 }
 
 // New returns the admin API.
@@ -254,6 +258,11 @@ func New(o Options) *Server {
 	}
 	if o.Metrics != nil {
 		s.handle("GET /metrics", o.Metrics.ServeHTTP)
+	}
+	if o.Stats != nil {
+		s.handle("GET /admin/stats", func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusOK, o.Stats())
+		})
 	}
 	RegisterUI(s)
 	// Profiles, for the hot path under load (behind the token like the rest).

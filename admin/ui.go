@@ -10,7 +10,7 @@ import (
 
 // The status page: plain HTML, one script and one style sheet, embedded in
 // the binary. It holds no data itself; its script reads the JSON routes
-// (/admin/cluster, /admin/shards, /admin/skus) once a second, with the same
+// (/admin/cluster, /admin/shards, /admin/skus, /admin/stats) once a second, with the same
 // credentials as any other admin client.
 //
 //go:embed ui/*

@@ -85,10 +85,29 @@ func (c *catalog) GetSKU(ctx context.Context, name string) (admin.SKUView, error
 		}
 		v.Partitions = append(v.Partitions, pv)
 	}
-	if r := c.sched.Registry().Get(name); r != nil {
-		v.SoldOut = r.SoldOut()
-	}
+	v.SoldOut = soldOut(v, c.sched.Registry().Get(name))
 	return v, nil
+}
+
+// soldOut tells whether a SKU view shows no unit for sale. The registry's
+// verdict alone is not enough: it is set only when a deduction found the
+// SKU empty, so a SKU whose last units were taken by successful
+// deductions, with no request after them, has none and would read "on
+// sale" with nothing left. Nothing available counts too, when every
+// partition answered (a level not read is not a zero).
+func soldOut(v admin.SKUView, entry *scheduler.SKU) bool {
+	if entry != nil && entry.SoldOut() {
+		return true
+	}
+	if v.Available > 0 {
+		return false
+	}
+	for _, p := range v.Partitions {
+		if p.Error != "" {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *catalog) ListSKUs(ctx context.Context) ([]admin.SKUView, error) {

@@ -78,8 +78,8 @@ func alertQueries(t *testing.T) []string {
 	return out
 }
 
-// scrapeNames returns the metric family names a node's /metrics serves.
-func scrapeNames(t *testing.T, n *node) map[string]bool {
+// scrape returns a node's /metrics.
+func scrape(t *testing.T, n *node) string {
 	t.Helper()
 	req, _ := http.NewRequest("GET", "http://"+n.admin+"/metrics", nil)
 	req.Header.Set("Authorization", "Bearer "+testToken)
@@ -89,8 +89,14 @@ func scrapeNames(t *testing.T, n *node) map[string]bool {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// scrapeNames returns the metric family names a node's /metrics serves.
+func scrapeNames(t *testing.T, n *node) map[string]bool {
+	t.Helper()
 	names := map[string]bool{}
-	for _, line := range strings.Split(string(b), "\n") {
+	for _, line := range strings.Split(scrape(t, n), "\n") {
 		if f := strings.Fields(line); len(f) >= 3 && f[0] == "#" && f[1] == "TYPE" {
 			names[f[2]] = true
 		}
@@ -114,7 +120,8 @@ func served(names map[string]bool, name string) bool {
 
 // Every stockd metric the dashboard and the alert rules query is one a
 // node serves: a renamed or removed metric fails here instead of leaving
-// an empty panel or an alert that can never fire.
+// an empty panel or an alert that can never fire. And every metric a node
+// serves passes promtool's name lint.
 func TestDashboardAndAlertsQueryServedMetrics(t *testing.T) {
 	want := map[string][]string{} // metric -> where
 	for _, q := range dashboardQueries(t) {
@@ -152,7 +159,7 @@ func TestDashboardAndAlertsQueryServedMetrics(t *testing.T) {
 		}
 		if len(missing) == 0 {
 			t.Logf("%d stockd metrics queried, all served", len(want))
-			return
+			break
 		}
 		if time.Now().After(deadline) {
 			sort.Strings(missing)
@@ -160,12 +167,24 @@ func TestDashboardAndAlertsQueryServedMetrics(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+
+	// The names follow Prometheus's naming guide as far as its linter
+	// checks (counters end in _total, base units, no unit in a label):
+	// promtool check metrics, over everything a node serves.
+	out, err := promtoolCmd(t, "check", "metrics").CombinedOutputWithInput(scrape(t, n))
+	if err != nil || len(strings.TrimSpace(out)) > 0 {
+		t.Fatalf("promtool check metrics on a node's /metrics: %v\n%s", err, out)
+	}
 }
 
-// The alert rules are valid Prometheus rules and pass their unit tests.
-// promtool comes from Debian's prometheus package; `make test` installs it
-// (scripts/promtool.sh).
-func TestAlertRulesPassPromtool(t *testing.T) {
+// promtool is Debian's; `make test` installs it (scripts/promtool.sh).
+type promtoolRun struct {
+	bin  string
+	args []string
+}
+
+func promtoolCmd(t *testing.T, args ...string) promtoolRun {
+	t.Helper()
 	bin := os.Getenv("PROMTOOL")
 	if bin == "" {
 		var err error
@@ -173,6 +192,22 @@ func TestAlertRulesPassPromtool(t *testing.T) {
 			t.Fatal("promtool not found: run scripts/promtool.sh (make test does; it installs Debian's prometheus package), or set PROMTOOL")
 		}
 	}
+	return promtoolRun{bin, args}
+}
+
+// CombinedOutputWithInput runs promtool with stdin.
+func (p promtoolRun) CombinedOutputWithInput(stdin string) (string, error) {
+	cmd := exec.Command(p.bin, p.args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// The alert rules are valid Prometheus rules and pass their unit tests.
+// promtool comes from Debian's prometheus package; `make test` installs it
+// (scripts/promtool.sh).
+func TestAlertRulesPassPromtool(t *testing.T) {
+	bin := promtoolCmd(t).bin
 	for _, args := range [][]string{
 		{"check", "rules", "../contrib/prometheus/alerts.yml"},
 		// Each alert fires on the series it is meant for, quiet otherwise.

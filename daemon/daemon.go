@@ -24,6 +24,7 @@ import (
 
 	"github.com/stockd/stockd/admin"
 	"github.com/stockd/stockd/daemon/cluster"
+	"github.com/stockd/stockd/internal/hotstats"
 	"github.com/stockd/stockd/internal/httpframe"
 	"github.com/stockd/stockd/internal/schema"
 	"github.com/stockd/stockd/internal/tlsx"
@@ -270,7 +271,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		http:    cfg.HTTP,
 		limits:  cfg.Limits,
 		clients: newClientLimiter(cfg.Limits),
+		other:   new(hotstats.Counters),
 	}
+	status := newStatusSampler(reg, h.other, time.Second, func() (int64, time.Duration, bool) {
+		lag, applied := wb.TakeApplyLag()
+		return wb.Backlog(), lag, applied
+	})
 	// An unknown SKU is confirmed with MySQL before a 404.
 	h.catalogue = &catalogue{maxAge: cfg.Cluster.ViewMaxAge, loader: loader, reg: reg,
 		reads: promauto.With(metrics).NewCounter(prometheus.CounterOpts{
@@ -291,6 +297,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Catalog:   cat,
 		Cluster:   func() any { return newClusterView(peer, reg) },
 		Metrics:   metricsHandler,
+		Stats:     func() any { return status.view() },
 		Logger:    log,
 	})
 
@@ -329,6 +336,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	shards.OnBack(heal.back)
 	g.Go(func() error { shards.Probe(workCtx, 250*time.Millisecond); return nil })
 	g.Go(func() error { heal.run(workCtx); return nil })
+	g.Go(func() error { status.run(workCtx); return nil })
 	if h.clients != nil {
 		g.Go(func() error {
 			t := time.NewTicker(time.Minute)

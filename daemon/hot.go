@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/valyala/fasthttp"
 
+	"github.com/stockd/stockd/internal/hotstats"
 	"github.com/stockd/stockd/internal/httpframe"
 	"github.com/stockd/stockd/internal/ident"
 	"github.com/stockd/stockd/internal/reservation"
@@ -50,6 +51,10 @@ type hot struct {
 	clients *clientLimiter // nil: no per-client limit
 	// catalogue confirms an unknown SKU with MySQL before a 404.
 	catalogue *catalogue
+	// other counts, for the status page, the answers that have no SKU
+	// entry to count them (scheduler.SKU.Stats): a client over its limit,
+	// a SKU this node has not loaded.
+	other *hotstats.Counters
 }
 
 // hotMetrics are the hot path's: deductions by outcome and their latency.
@@ -275,7 +280,7 @@ func (h *hot) check(r deductRequest, hasUser bool) string {
 
 func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	if h.clients != nil && !h.clients.allow(ctx.RemoteIP(), time.Now()) {
-		h.shed(ctx, "too many requests from this client, slow down")
+		h.shed(ctx, h.other, "too many requests from this client, slow down")
 		return
 	}
 	r, bad := h.parseDeduct(ctx.PostBody())
@@ -283,14 +288,15 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		h.badRequest(ctx, bad)
 		return
 	}
-	if h.limits.SKUInflight > 0 {
-		if sku := h.sched.Registry().Get(r.sku); sku != nil {
-			n := sku.Inflight.Add(1)
-			defer sku.Inflight.Add(-1)
-			if n > int64(h.limits.SKUInflight) {
-				h.shed(ctx, "too many requests for this sku in progress, retry shortly")
-				return
-			}
+	// The SKU's entry counts its answers for the status page (nil: not
+	// loaded here, counted in h.other).
+	entry := h.sched.Registry().Get(r.sku)
+	if h.limits.SKUInflight > 0 && entry != nil {
+		n := entry.Inflight.Add(1)
+		defer entry.Inflight.Add(-1)
+		if n > int64(h.limits.SKUInflight) {
+			h.shed(ctx, &entry.Stats, "too many requests for this sku in progress, retry shortly")
+			return
 		}
 	}
 
@@ -320,13 +326,22 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		}
 		cancel()
 	}
-	h.m.latency.Observe(time.Since(start).Seconds())
+	took := time.Since(start)
+	h.m.latency.Observe(took.Seconds())
+	stats := h.other
+	if entry == nil && err == nil {
+		entry = h.sched.Registry().Get(r.sku) // loaded by the catalogue just now
+	}
+	if entry != nil {
+		stats = &entry.Stats
+	}
 	switch {
 	case errors.Is(err, scheduler.ErrUnknownSKU):
 		h.m.unknown.Inc()
 		writeErr(ctx, fasthttp.StatusNotFound, "sku: unknown")
 	case err != nil:
 		h.m.unavailable.Inc()
+		stats.Observe(hotstats.Unavailable, took)
 		h.logger.Debug("deduct unavailable", "sku", r.sku, "request_id", r.requestID, "err", err)
 		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
 		buf := append(make([]byte, 0, 96+len(r.requestID)), `{"error":"unavailable, retry with the same request_id","request_id":`...)
@@ -334,6 +349,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		ctx.SetBody(append(buf, '}'))
 	case res.Status == scheduler.SoldOut:
 		h.m.soldOut.Inc()
+		stats.Observe(hotstats.SoldOut, took)
 		ctx.SetStatusCode(fasthttp.StatusConflict)
 		ctx.SetBodyString(`{"status":"sold_out"}`)
 	case res.Status == scheduler.Reused:
@@ -344,6 +360,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		ctx.SetBodyString(`{"error":"request_id: reused with another qty","code":"request_id_reused"}`)
 	default:
 		h.m.ok.Inc()
+		stats.Observe(hotstats.OK, took)
 		var arr [320]byte
 		buf := append(arr[:0], `{"status":"ok","reservation":"`...)
 		p := res.Partition
@@ -453,8 +470,10 @@ func (h *hot) stock(ctx *fasthttp.RequestCtx, name string) {
 }
 
 // shed answers 429: the request was not admitted and touched no stock.
-func (h *hot) shed(ctx *fasthttp.RequestCtx, msg string) {
+// stats are the counters of the SKU asked for, or h.other.
+func (h *hot) shed(ctx *fasthttp.RequestCtx, stats *hotstats.Counters, msg string) {
 	h.m.shed.Inc()
+	stats.Count(hotstats.Shed)
 	ctx.Response.Header.Set("Retry-After", "1")
 	writeErr(ctx, fasthttp.StatusTooManyRequests, msg)
 }

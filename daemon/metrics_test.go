@@ -82,7 +82,7 @@ func TestMetrics(t *testing.T) {
 	}
 	for _, name := range []string{"stockd_partition_units", "stockd_preallocate_refills_total",
 		"stockd_scheduler_redis_calls_total", "stockd_sync_batch_details", "stockd_sync_apply_lag_seconds",
-		"stockd_sync_publish_total", "stockd_sync_stream_backlog", "stockd_scheduler_subdomain_swaps_total"} {
+		"stockd_sync_publish_total", "stockd_sync_stream_backlog_entries", "stockd_scheduler_subdomain_swaps_total"} {
 		if _, ok := fams[name]; !ok {
 			t.Errorf("metric %s missing", name)
 		}

@@ -94,7 +94,7 @@ func TestAdminReadToken(t *testing.T) {
 
 	// Reads: the same status with either token, and 200 or 404.
 	reads := []string{"/admin/skus", "/admin/skus/R", "/admin/skus/none", "/admin/skus/R/verify",
-		"/admin/skus/none/verify", "/admin/skus/R/in-doubt", "/admin/shards", "/admin/cluster",
+		"/admin/skus/none/verify", "/admin/skus/R/in-doubt", "/admin/shards", "/admin/cluster", "/admin/stats",
 		"/metrics", "/debug/pprof/", "/debug/pprof/symbol"}
 	for _, path := range reads {
 		for _, method := range []string{"GET", "HEAD"} {

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/stockd/stockd/internal/hashx"
+	"github.com/stockd/stockd/internal/hotstats"
 	"github.com/stockd/stockd/shard"
 )
 
@@ -68,6 +69,9 @@ type SKU struct {
 	// Inflight counts this node's deductions of the SKU in progress (the
 	// hot endpoint's admission limit).
 	Inflight atomic.Int64
+	// Stats counts the hot endpoint's answers for the status page; the
+	// entry lives as long as the SKU, so do its counts.
+	Stats hotstats.Counters
 }
 
 type soldOut struct {

@@ -122,9 +122,13 @@ func (a *Applier) handle(ctx context.Context, d amqp.Delivery) {
 			a.m.applied.WithLabelValues("duplicate").Add(float64(res.Duplicates))
 			a.m.applied.WithLabelValues("doubled").Add(float64(res.Doubled))
 			now := time.Now()
+			maxLag := int64(-1)
 			for _, det := range batch.Details {
-				a.m.applyLag.Observe(now.Sub(time.UnixMilli(det.TimeMs)).Seconds())
+				lag := now.Sub(time.UnixMilli(det.TimeMs))
+				a.m.applyLag.Observe(lag.Seconds())
+				maxLag = max(maxLag, lag.Milliseconds())
 			}
+			a.m.lagSeen(maxLag)
 			if res.Doubled > 0 {
 				a.logger.Error("double deductions undone by the (sku, request_id) backstop", "batch", batch.ID, "units", res.DoubledUnits)
 			}

@@ -74,6 +74,7 @@ func (b *Batcher) Run(ctx context.Context) error {
 			}
 		}
 		b.m.backlog.Set(float64(backlog))
+		b.m.backlogNow.Store(backlog)
 		for k, cancel := range running {
 			if _, ok := want[k]; !ok {
 				cancel()

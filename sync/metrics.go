@@ -1,6 +1,8 @@
 package sync
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 )
@@ -16,11 +18,17 @@ type metrics struct {
 	deadLettered     prometheus.Counter
 	expired          prometheus.Counter
 	backlog          prometheus.Gauge
+
+	// In-process copies for the status page (Sync.Backlog,
+	// Sync.TakeApplyLag): the backlog as last counted, and the largest
+	// apply lag (ms) since the sampler last took it, -1 for none.
+	backlogNow atomic.Int64
+	lagMaxMs   atomic.Int64
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	f := promauto.With(reg)
-	return &metrics{
+	m := &metrics{
 		batchSize: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "stockd_sync_batch_details",
 			Help:    "Details per published batch.",
@@ -56,8 +64,20 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Reservations released because they were not confirmed in time.",
 		}),
 		backlog: f.NewGauge(prometheus.GaugeOpts{
-			Name: "stockd_sync_stream_backlog",
+			Name: "stockd_sync_stream_backlog_entries",
 			Help: "Stream entries (one per take call, up to 64 details each) in the streams this node reads, not yet confirmed by the broker.",
 		}),
+	}
+	m.lagMaxMs.Store(-1)
+	return m
+}
+
+// lagSeen keeps the largest apply lag (ms) seen since the last take.
+func (m *metrics) lagSeen(ms int64) {
+	for {
+		cur := m.lagMaxMs.Load()
+		if ms <= cur || m.lagMaxMs.CompareAndSwap(cur, ms) {
+			return
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"database/sql"
 	"log/slog"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
@@ -38,6 +39,23 @@ type Sync struct {
 	Batcher *Batcher
 	Applier *Applier
 	Ledger  *Ledger
+	m       *metrics
+}
+
+// Backlog is the stream entries not yet confirmed by the broker in the
+// streams this node reads, as counted last (every second); the gauge
+// stockd_sync_stream_backlog_entries has the same figure.
+func (s *Sync) Backlog() int64 { return s.m.backlogNow.Load() }
+
+// TakeApplyLag returns the largest time from a deduction in Redis to its
+// detail row in MySQL among the details this node applied since the last
+// call, and false when it applied none. One caller: the status sampler.
+func (s *Sync) TakeApplyLag() (time.Duration, bool) {
+	ms := s.m.lagMaxMs.Swap(-1)
+	if ms < 0 {
+		return 0, false
+	}
+	return time.Duration(ms) * time.Millisecond, true
 }
 
 // New builds the pipeline; it connects nothing until Run.
@@ -46,6 +64,7 @@ func New(cfg Config, d Deps) *Sync {
 	log := d.Logger.With("component", "sync")
 	pubBroker := newBroker(d.AMQPURL, cfg.Queue, d.AMQPTLS, log)
 	return &Sync{
+		m: m,
 		Batcher: &Batcher{
 			cfg:        cfg,
 			consumer:   d.Node,

@@ -1,5 +1,6 @@
 // stockd status page. No framework, no build step: it reads the admin JSON
-// routes once a second and updates the page in place (rows are keyed, and
+// routes (/admin/cluster, /admin/shards, /admin/skus, /admin/stats) once a
+// second and updates the page in place (rows are keyed, and
 // only what changed is touched, so nothing flickers).
 //
 // Credentials: a token in the URL fragment (/#token=...) is sent as
@@ -209,6 +210,127 @@
       });
   }
 
+  // ---- rates and latency (GET /admin/stats) ---------------------------------
+  //
+  // The node samples its own counters every second and keeps a minute of
+  // samples; the big number of a tile is the figure over that minute, the
+  // sparkline one point per second (newest on the right).
+
+  const SVGNS = 'http://www.w3.org/2000/svg';
+  const WINDOW = 60; // samples a series holds (GET /admin/stats window_seconds / interval_seconds)
+  const SPARK_W = 120;
+  const SPARK_H = 26;
+
+  function perSecond(v) {
+    if (typeof v !== 'number') return '–';
+    if (v === 0) return '0';
+    if (v < 10) return v.toFixed(v < 1 ? 2 : 1);
+    return nf.format(Math.round(v));
+  }
+  function seconds(v) {
+    if (typeof v !== 'number') return '–';
+    if (v < 0.001) return Math.round(v * 1e6) + ' µs';
+    if (v < 1) return (v * 1000).toFixed(v < 0.01 ? 2 : 1) + ' ms';
+    return v.toFixed(2) + ' s';
+  }
+
+  // [key, label, series field, minute field, format, title]
+  const RATES = [
+    ['deductions', 'deductions/s', 'deductions_per_second', 'deductions_per_second', perSecond, 'deductions that took units (200), per second'],
+    ['sold_out', 'sold out/s', 'sold_out_per_second', 'sold_out_per_second', perSecond, 'sold_out answers (409) per second'],
+    ['unavailable', '503/s', 'unavailable_per_second', 'unavailable_per_second', perSecond, 'unavailable answers (503: a shard or MySQL did not answer in time) per second'],
+    ['shed', '429/s', 'shed_per_second', 'shed_per_second', perSecond, 'requests not admitted (429: over a client or SKU limit) per second'],
+    ['p99', 'p99', 'p99_seconds', 'p99_seconds', seconds, '99th percentile of the time to decide a deduction'],
+  ];
+  const WRITEBACK = [
+    ['lag', 'write-back lag', 'writeback_lag_seconds', 'writeback_lag_max_seconds', seconds, 'largest time from a deduction in Redis to its row in MySQL, among the details this node applied (the big number: the minute\'s largest)'],
+    ['backlog', 'write-back backlog', 'writeback_backlog', 'writeback_backlog_now', (v) => num(v), 'stream entries not yet confirmed by the broker in the streams this node reads (the big number: now)'],
+  ];
+
+  function createRates(defs) {
+    const box = el('div', 'rates');
+    for (const [key, label, , , , title] of defs) {
+      const d = el('div', 'rate');
+      d.dataset.rate = key;
+      d.title = title;
+      const svg = document.createElementNS(SVGNS, 'svg');
+      svg.setAttribute('class', 'spark');
+      svg.setAttribute('viewBox', `0 0 ${SPARK_W} ${SPARK_H}`);
+      svg.setAttribute('preserveAspectRatio', 'none');
+      const area = document.createElementNS(SVGNS, 'path');
+      area.setAttribute('class', 'spark-area');
+      const line = document.createElementNS(SVGNS, 'path');
+      line.setAttribute('class', 'spark-line');
+      svg.append(area, line);
+      d.append(el('span', 'rate-l', label), el('span', 'rate-v'), svg);
+      box.appendChild(d);
+    }
+    return box;
+  }
+
+  // updateRates fills a box made by createRates from a view of
+  // GET /admin/stats (null: nothing answered within the minute).
+  function updateRates(box, defs, view) {
+    const minute = (view && view.minute) || {};
+    defs.forEach(([key, , series, total, fmt], i) => {
+      const d = box.children[i];
+      const v = view ? minute[total] : (key === 'p99' ? null : 0);
+      setAttr(d, 'data-value', typeof v === 'number' ? v : '');
+      setClass(d, 'rate' + ((key === 'unavailable' || key === 'shed') && v > 0 ? ' alarm' : ''));
+      setText(d.children[1], fmt(v));
+      spark(d.lastChild, (view && view[series]) || []);
+    });
+  }
+
+  // spark draws values (oldest first, null for "none") as a line over an
+  // area, right-aligned in a window of WINDOW points, scaled to the largest.
+  function spark(svg, values) {
+    const n = values.length;
+    let top = 0;
+    let points = 0;
+    for (const v of values) {
+      if (typeof v === 'number') { points++; if (v > top) top = v; }
+    }
+    setAttr(svg, 'data-points', points);
+    setAttr(svg, 'data-max', top);
+    const step = SPARK_W / (WINDOW - 1);
+    const y = (v) => (SPARK_H - 1 - (top > 0 ? v / top : 0) * (SPARK_H - 3)).toFixed(1);
+    let line = '';
+    let area = '';
+    let run = [];
+    const flush = () => {
+      if (!run.length) return;
+      // A value alone between gaps: a short dash, so that it shows.
+      if (run.length === 1) run.unshift([Math.max(0, run[0][0] - step).toFixed(1), run[0][1]]);
+      line += 'M' + run.map(([x, yy]) => x + ' ' + yy).join('L');
+      area += `M${run[0][0]} ${SPARK_H}L` + run.map(([x, yy]) => x + ' ' + yy).join('L') + `L${run[run.length - 1][0]} ${SPARK_H}Z`;
+      run = [];
+    };
+    values.forEach((v, i) => {
+      if (typeof v !== 'number') { flush(); return; }
+      run.push([((WINDOW - n + i) * step).toFixed(1), y(v)]);
+    });
+    flush();
+    const [a, l] = svg.children;
+    setAttr(a, 'd', area);
+    setAttr(l, 'd', line);
+  }
+
+  let stats = null; // the last GET /admin/stats
+
+  function renderStats(st) {
+    stats = st;
+    const box = $('node-rates');
+    if (!box.firstChild) {
+      box.append(createRates(RATES), createRates(WRITEBACK));
+    }
+    const node = st && st.node;
+    updateRates(box.children[0], RATES, node);
+    // The write-back's summary fields sit next to its series.
+    updateRates(box.children[1], WRITEBACK, node && Object.assign({}, node, { minute: node }));
+    setText($('rates-note'), node ? `${Math.round(node.minute.seconds)} s sampled · ${num(node.minute.answers)} answers` : 'not served by this node');
+  }
+
   // ---- SKUs ---------------------------------------------------------------------
 
   const STATS = [
@@ -253,7 +375,7 @@
       thead.appendChild(th);
     }
     table.appendChild(el('tbody'));
-    card.append(head, stats, table);
+    card.append(head, createRates(RATES), stats, table);
     return card;
   }
 
@@ -265,6 +387,10 @@
     setText(name, s.sku);
     setText(badge, s.sold_out ? 'sold out' : 'on sale');
     setClass(badge, 'badge ' + (s.sold_out ? 'b-soldout' : 'b-onsale'));
+    const rates = card.children[1];
+    const view = stats && stats.skus ? stats.skus[s.sku] || null : null;
+    updateRates(rates, RATES, view);
+    setAttr(rates, 'title', view ? '' : 'no deductions of this SKU answered by this node in the last minute');
     setText(meta, `chunk ${num(s.chunk)} · threshold ${num(s.threshold)} · ${s.partitions.length} partitions · version ${s.version}`);
     for (const d of card.querySelectorAll('.stat')) {
       const key = d.dataset.stat;
@@ -376,10 +502,15 @@
 
   async function tick() {
     const started = performance.now();
-    const [cluster, shards, skus] = await Promise.allSettled([
-      api('/admin/cluster'), api('/admin/shards'), api('/admin/skus'),
+    const [cluster, shards, skus, st] = await Promise.allSettled([
+      api('/admin/cluster'), api('/admin/shards'), api('/admin/skus'), api('/admin/stats'),
     ]);
     const errs = [];
+    // Before the SKUs, whose cards show their part of it. A node without
+    // /admin/stats (an older build) shows no rates; that is no error.
+    if (st.status === 'fulfilled') renderStats(st.value);
+    else if (st.reason.status === 404) renderStats(null);
+    else errs.push(st.reason);
     // A node without clustering has no /admin/cluster; that is no error.
     if (cluster.status === 'fulfilled') renderCluster(cluster.value);
     else if (cluster.reason.status === 404) renderCluster(null);
