@@ -28,6 +28,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/stockd/stockd/api"
 	"github.com/stockd/stockd/internal/apierr"
 	"github.com/stockd/stockd/internal/ident"
 	"github.com/stockd/stockd/internal/strictjson"
@@ -206,6 +207,16 @@ func New(o Options) *Server {
 	}
 	s.public("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	// The API's description is no secret (it is in the repository), and
+	// tools fetch it before they hold a token.
+	s.public("GET /openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/yaml")
+		w.Header().Set("Content-Length", strconv.Itoa(len(api.OpenAPI)))
+		w.WriteHeader(http.StatusOK)
+		if r.Method != http.MethodHead {
+			w.Write(api.OpenAPI)
+		}
 	})
 	s.handle("GET /admin/skus", func(w http.ResponseWriter, r *http.Request) {
 		views, err := s.catalog.ListSKUs(r.Context())

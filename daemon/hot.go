@@ -102,6 +102,18 @@ func (h *hot) server() *fasthttp.Server {
 	}
 }
 
+// hotRoutes are the routes handle serves ("METHOD /path", {name} for a
+// path segment), as api/openapi.yaml lists them; TestOpenAPI holds the
+// two, and handle's path literals, in step.
+var hotRoutes = []string{
+	"POST /v1/deduct",
+	"POST /v1/confirm",
+	"POST /v1/release",
+	"GET /v1/stock/{sku}",
+	"GET /healthz",
+	"GET /readyz",
+}
+
 func (h *hot) handle(ctx *fasthttp.RequestCtx) {
 	ctx.SetContentType("application/json")
 	// fasthttp refuses most bad framing itself (duplicate or invalid
