@@ -24,6 +24,7 @@ import (
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/gorillamux"
+	"github.com/valyala/fasthttp"
 
 	"github.com/stockd/stockd/admin"
 	"github.com/stockd/stockd/api"
@@ -50,6 +51,8 @@ func TestOpenAPI(t *testing.T) {
 	// /readyz answers 503 while a stopping node drains.
 	cfg.ShutdownDelay = 5 * time.Second
 	cfg.RequestTimeout = 3 * time.Second
+	// A request that does not arrive in time is answered 408.
+	cfg.HTTP.ReadTimeout = 2 * time.Second
 	n := startNode(t, cfg)
 	v.n = n
 
@@ -59,6 +62,7 @@ func TestOpenAPI(t *testing.T) {
 	v.adminOther(t)
 	v.outsideDocument(t)
 	v.unavailable(t, e, my)
+	v.noActiveShard(t)
 	v.notReady(t)
 	v.report()
 }
@@ -384,9 +388,9 @@ func (v *apiValidator) checkCode(t *testing.T, what string, status int, h http.H
 // schema its status documents.
 func (v *apiValidator) outsideAnswer(t *testing.T, what string, status int, h http.Header, body []byte) {
 	t.Helper()
-	schema := map[int]string{400: "ErrorInvalidArgument", 404: "ErrorNotFound", 405: "ErrorMethodNotAllowed"}[status]
+	schema := map[int]string{400: "ErrorInvalidArgument", 404: "ErrorNotFound", 405: "ErrorMethodNotAllowed", 408: "ErrorRequestTimeout"}[status]
 	if schema == "" {
-		t.Errorf("%s: outside the document, want 400, 404 or 405", what)
+		t.Errorf("%s: outside the document, want 400, 404, 405 or 408", what)
 		return
 	}
 	if status == http.StatusMethodNotAllowed && h.Get("Allow") == "" {
@@ -601,26 +605,34 @@ func (v *apiValidator) outsideDocument(t *testing.T) {
 	v.do(t, exchange{port: "admin", method: "POST", path: "/admin/skus", body: "{}", want: 405})
 	v.do(t, exchange{port: "admin", method: "DELETE", path: "/admin/skus/S1/verify", want: 405})
 
+	v.rawExchange(t, "hot", v.n.hot, "POST /v1/deduct HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{\"sku\":", 408)
 	smuggled := "POST /v1/deduct HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nB\r\n0\r\n\r\n"
 	for port, addr := range map[string]string{"hot": v.n.hot, "admin": v.n.admin} {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		io.WriteString(c, smuggled)
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatalf("%s: framing: %v", port, err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		c.Close()
-		what := fmt.Sprintf("smuggled request (%s) -> %d %s", port, resp.StatusCode, body)
-		if resp.StatusCode != 400 {
-			t.Errorf("%s, want 400", what)
-		}
-		v.outsideAnswer(t, what, resp.StatusCode, resp.Header, body)
+		v.rawExchange(t, port, addr, smuggled, 400)
 	}
+}
+
+// rawExchange writes raw bytes to addr and checks the answer against the
+// error schema of want.
+func (v *apiValidator) rawExchange(t *testing.T, port, addr, raw string, want int) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	io.WriteString(c, raw)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("%s: %q: %v", port, raw, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	what := fmt.Sprintf("raw %q (%s) -> %d %s", raw, port, resp.StatusCode, body)
+	if resp.StatusCode != want {
+		t.Errorf("%s, want %d", what, want)
+	}
+	v.outsideAnswer(t, what, resp.StatusCode, resp.Header, body)
 }
 
 // unavailable: 503 and 429 from a dependency that does not answer.
@@ -635,6 +647,20 @@ func (v *apiValidator) unavailable(t *testing.T, e *env, my *testenv.Proxy) {
 	hot("GET", "/v1/stock/fresh-name", "", 503)
 	hot("POST", "/v1/confirm", settleBodyOf(tok), 503)
 	hot("POST", "/v1/release", settleBodyOf(tok), 503)
+	// The admin API answers what MySQL's failure leaves it: 500.
+	adm := func(ex exchange) { ex.port, ex.want = "admin", 500; v.do(t, ex) }
+	adm(exchange{method: "GET", path: "/admin/skus"})
+	adm(exchange{method: "GET", path: "/admin/skus/S1"})
+	adm(exchange{method: "GET", path: "/admin/skus/S1/verify"})
+	adm(exchange{method: "GET", path: "/admin/skus/S1/in-doubt"})
+	adm(exchange{method: "POST", path: "/admin/skus/S1/in-doubt/resolve"})
+	adm(exchange{method: "PUT", path: "/admin/skus/S1", body: `{"total":100}`})
+	adm(exchange{method: "POST", path: "/admin/skus/S1/rebalance", body: `{"partitions":2}`})
+	adm(exchange{method: "GET", path: "/admin/shards"})
+	adm(exchange{method: "POST", path: "/admin/shards", body: fmt.Sprintf(`{"id":"s1","addr":%q}`, e.shards[0].Addr)})
+	adm(exchange{method: "PUT", path: "/admin/shards/s1", body: fmt.Sprintf(`{"addr":%q}`, e.shards[0].Addr)})
+	adm(exchange{method: "POST", path: "/admin/shards/s1/drain"})
+	adm(exchange{method: "DELETE", path: "/admin/shards/s1"})
 	my.Restore()
 
 	// Redis frozen: a deduction cannot be decided (503, with its request
@@ -670,6 +696,14 @@ func (v *apiValidator) unavailable(t *testing.T, e *env, my *testenv.Proxy) {
 	if !got[503] || !got[429] {
 		t.Errorf("deductions with Redis frozen answered %v, want 503 and 429", got)
 	}
+}
+
+// noActiveShard: draining the only shard leaves nowhere to move its
+// partitions, nor to rebalance to (409). It leaves the node without an
+// active shard: the last step before the node stops.
+func (v *apiValidator) noActiveShard(t *testing.T) {
+	v.do(t, exchange{port: "admin", method: "POST", path: "/admin/shards/s1/drain", want: 409})
+	v.do(t, exchange{port: "admin", method: "POST", path: "/admin/skus/S1/rebalance", body: `{"partitions":3}`, want: 409})
 }
 
 // notReady: a stopping node answers /readyz 503 while it drains.
@@ -734,4 +768,23 @@ func (v *apiValidator) report() {
 	t.Logf("openapi coverage: %d routes, %d of %d documented route x status pairs exercised (%d exchanges validated); %d answers outside the document validated against their error schema (%v)",
 		len(v.documented()), len(all)-len(missing), len(all), exchanges, outside, v.outside)
 	t.Logf("openapi coverage: documented but not exercised: %s", strings.Join(missing, ", "))
+}
+
+// An error answer of the hot endpoint costs no allocation (fail appends
+// into a stack buffer), so shedding and bad input stay cheap under load.
+func TestHotErrorAnswerDoesNotAllocate(t *testing.T) {
+	var ctx fasthttp.RequestCtx
+	for _, e := range []apierr.Error{
+		{Message: "too many requests for this sku in progress, retry shortly", Code: apierr.RateLimited},
+		{Message: "sku: unknown", Code: apierr.UnknownSKU, Field: "sku"},
+		{Message: "unavailable, retry with the same request_id", Code: apierr.Unavailable, RequestID: "order-1001"},
+	} {
+		if n := testing.AllocsPerRun(100, func() { fail(&ctx, e) }); n != 0 {
+			t.Errorf("%s: %v allocations per answer, want 0", e.Code, n)
+		}
+		var got apierr.Error
+		if err := json.Unmarshal(ctx.Response.Body(), &got); err != nil || got != e || ctx.Response.StatusCode() != e.Status() {
+			t.Errorf("%s: answered %d %s", e.Code, ctx.Response.StatusCode(), ctx.Response.Body())
+		}
+	}
 }
