@@ -45,6 +45,9 @@ type Daemon struct {
 	adminAddr   string
 	gossipAddr  string
 	metricsAddr string
+	// adminRoutes are the patterns the admin API registered (set before
+	// Ready), for the test that holds api/openapi.yaml to them.
+	adminRoutes []string
 }
 
 // Version is this build's version, stamped at build time (-ldflags -X);
@@ -293,6 +296,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Metrics:   metricsHandler,
 		Logger:    log,
 	})
+
+	d.adminRoutes = adm.Routes()
 
 	hotSrv := h.server()
 	// The framing check (httpframe.Listener) stops following a connection
