@@ -28,6 +28,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/stockd/stockd/api"
+	"github.com/stockd/stockd/internal/apierr"
 	"github.com/stockd/stockd/internal/ident"
 	"github.com/stockd/stockd/internal/strictjson"
 )
@@ -174,6 +176,7 @@ type Server struct {
 	catalog   Catalog
 	logger    *slog.Logger
 	mux       *http.ServeMux
+	routes    []string // every pattern registered, in order (Routes)
 }
 
 // Options configure the admin API.
@@ -206,8 +209,18 @@ func New(o Options) *Server {
 		logger:    o.Logger.With("component", "admin"),
 		mux:       http.NewServeMux(),
 	}
-	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	s.public("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	// The API's description is no secret (it is in the repository), and
+	// tools fetch it before they hold a token.
+	s.public("GET /openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/yaml")
+		w.Header().Set("Content-Length", strconv.Itoa(len(api.OpenAPI)))
+		w.WriteHeader(http.StatusOK)
+		if r.Method != http.MethodHead {
+			w.Write(api.OpenAPI)
+		}
 	})
 	s.handle("GET /admin/skus", func(w http.ResponseWriter, r *http.Request) {
 		views, err := s.catalog.ListSKUs(r.Context())
@@ -281,7 +294,60 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// a chunked one: end the connection with it.
 		w.Header().Set("Connection", "close")
 	}
+	h, pattern := s.mux.Handler(r)
+	if pattern == "" {
+		// No route: the mux answers 404, or 405 with Allow, in plain
+		// text (or redirects to a cleaned path). Keep its status and
+		// Allow, answer in JSON like every other error.
+		var c capture
+		h.ServeHTTP(&c, r)
+		switch c.status {
+		case http.StatusNotFound:
+			writeErr(w, apierr.Error{Message: "no such route", Code: apierr.NotFound})
+			return
+		case http.StatusMethodNotAllowed:
+			w.Header().Set("Allow", c.header.Get("Allow"))
+			writeErr(w, apierr.Error{Message: "method not allowed", Code: apierr.MethodNotAllowed})
+			return
+		}
+	}
 	s.mux.ServeHTTP(w, r)
+}
+
+// Routes returns every pattern the API registered ("GET /admin/skus"),
+// for the test that keeps api/openapi.yaml in step.
+func (s *Server) Routes() []string { return append([]string(nil), s.routes...) }
+
+// capture records the status and headers of the mux's own answers.
+type capture struct {
+	header http.Header
+	status int
+}
+
+func (c *capture) Header() http.Header {
+	if c.header == nil {
+		c.header = http.Header{}
+	}
+	return c.header
+}
+
+func (c *capture) Write(b []byte) (int, error) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	return len(b), nil
+}
+
+func (c *capture) WriteHeader(status int) {
+	if c.status == 0 {
+		c.status = status
+	}
+}
+
+// public registers a route that needs no token.
+func (s *Server) public(pattern string, h http.HandlerFunc) {
+	s.routes = append(s.routes, pattern)
+	s.mux.HandleFunc(pattern, h)
 }
 
 // handle registers an authenticated route. Authentication comes before
@@ -291,12 +357,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // state with credentials a browser attaches by itself (HTTP Basic) must
 // also show it was not sent by another site (crossSite).
 func (s *Server) handle(pattern string, h http.HandlerFunc) {
+	s.routes = append(s.routes, pattern)
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		how, role := s.authenticate(r)
 		if role == roleNone {
 			w.Header().Set("WWW-Authenticate", `Basic realm="stockd admin (password: the admin or read token)"`)
 			w.Header().Add("WWW-Authenticate", `Bearer realm="stockd"`)
-			writeError(w, http.StatusUnauthorized, "unauthorized")
+			writeErr(w, apierr.Error{Message: "unauthorized", Code: apierr.Unauthorized})
 			return
 		}
 		if r.Method == http.MethodGet || r.Method == http.MethodHead {
@@ -304,16 +371,12 @@ func (s *Server) handle(pattern string, h http.HandlerFunc) {
 			return
 		}
 		if role != roleAdmin {
-			writeCodeError(w, http.StatusForbidden, "the read token cannot change anything: use the admin token", "forbidden", "")
+			writeErr(w, apierr.Error{Message: "the read token cannot change anything: use the admin token", Code: apierr.Forbidden})
 			return
 		}
 		if how == authBasic {
-			if status, msg := crossSite(r); status != 0 {
-				code := "forbidden"
-				if status == http.StatusUnsupportedMediaType {
-					code = "unsupported_media_type"
-				}
-				writeCodeError(w, status, msg, code, "")
+			if code, msg := crossSite(r); code != "" {
+				writeErr(w, apierr.Error{Message: msg, Code: code})
 				return
 			}
 		}
@@ -396,26 +459,26 @@ func (s *Server) authorized(r *http.Request) bool {
 // none), 415 when the content type is one a plain cross-site form or fetch
 // can send without a CORS preflight. Only application/json passes, even on
 // routes without a body: a page of another origin cannot send it without a
-// preflight, which this API never grants. A zero status passes.
-func crossSite(r *http.Request) (int, string) {
+// preflight, which this API never grants. An empty code passes.
+func crossSite(r *http.Request) (apierr.Code, string) {
 	if origin := r.Header.Get("Origin"); origin != "" {
 		scheme := "http://"
 		if r.TLS != nil {
 			scheme = "https://"
 		}
 		if !strings.EqualFold(origin, scheme+r.Host) {
-			return http.StatusForbidden, "cross-origin request refused: origin " + strconv.Quote(origin) + " is not this admin API's"
+			return apierr.Forbidden, "cross-origin request refused: origin " + strconv.Quote(origin) + " is not this admin API's"
 		}
 	}
 	switch site := r.Header.Get("Sec-Fetch-Site"); site {
 	case "", "same-origin", "none":
 	default:
-		return http.StatusForbidden, "cross-origin request refused: Sec-Fetch-Site " + strconv.Quote(site)
+		return apierr.Forbidden, "cross-origin request refused: Sec-Fetch-Site " + strconv.Quote(site)
 	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		return http.StatusUnsupportedMediaType, "content type: want application/json for a change signed in with HTTP Basic (or use Authorization: Bearer)"
+		return apierr.UnsupportedMediaType, "content type: want application/json for a change signed in with HTTP Basic (or use Authorization: Bearer)"
 	}
-	return 0, ""
+	return "", ""
 }
 
 type putBody struct {
@@ -428,7 +491,7 @@ type putBody struct {
 func (s *Server) putSKU(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("sku")
 	if err := ident.ValidSKU(name); err != nil {
-		writeError(w, http.StatusBadRequest, "sku: "+err.Error())
+		writeErr(w, apierr.Invalid("sku: "+err.Error()))
 		return
 	}
 	var b putBody
@@ -438,7 +501,7 @@ func (s *Server) putSKU(w http.ResponseWriter, r *http.Request) {
 	}
 	spec, err := s.spec(b)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		writeErr(w, apierr.Invalid(err.Error()))
 		return
 	}
 	view, created, err := s.catalog.PutSKU(r.Context(), name, spec)
@@ -486,7 +549,7 @@ func (s *Server) spec(b putBody) (Spec, error) {
 func (s *Server) getSKU(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("sku")
 	if err := ident.ValidSKU(name); err != nil {
-		writeError(w, http.StatusBadRequest, "sku: "+err.Error())
+		writeErr(w, apierr.Invalid("sku: "+err.Error()))
 		return
 	}
 	view, err := s.catalog.GetSKU(r.Context(), name)
@@ -516,17 +579,17 @@ func (s *Server) addShard(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case b.ID == nil || *b.ID == "":
-		writeError(w, http.StatusBadRequest, "id: required")
+		writeErr(w, apierr.Invalid("id: required"))
 		return
 	case strings.ContainsAny(*b.ID, " ,={}:") || len(*b.ID) > 64:
-		writeError(w, http.StatusBadRequest, "id: at most 64 characters, none of space , = { } :")
+		writeErr(w, apierr.Invalid("id: at most 64 characters, none of space , = { } :"))
 		return
 	case b.Addr == nil || *b.Addr == "":
-		writeError(w, http.StatusBadRequest, "addr: required")
+		writeErr(w, apierr.Invalid("addr: required"))
 		return
 	}
 	if _, _, err := net.SplitHostPort(*b.Addr); err != nil {
-		writeError(w, http.StatusBadRequest, "addr: want host:port")
+		writeErr(w, apierr.Invalid("addr: want host:port"))
 		return
 	}
 	v, err := s.catalog.AddShard(r.Context(), *b.ID, *b.Addr)
@@ -549,11 +612,11 @@ func (s *Server) moveShard(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if b.Addr == nil || *b.Addr == "" {
-		writeError(w, http.StatusBadRequest, "addr: required")
+		writeErr(w, apierr.Invalid("addr: required"))
 		return
 	}
 	if _, _, err := net.SplitHostPort(*b.Addr); err != nil {
-		writeError(w, http.StatusBadRequest, "addr: want host:port")
+		writeErr(w, apierr.Invalid("addr: want host:port"))
 		return
 	}
 	v, err := s.catalog.MoveShard(r.Context(), r.PathValue("id"), *b.Addr)
@@ -568,7 +631,7 @@ func (s *Server) moveShard(w http.ResponseWriter, r *http.Request) {
 func (s *Server) rebalance(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("sku")
 	if err := ident.ValidSKU(name); err != nil {
-		writeError(w, http.StatusBadRequest, "sku: "+err.Error())
+		writeErr(w, apierr.Invalid("sku: "+err.Error()))
 		return
 	}
 	var b RebalanceSpec
@@ -580,30 +643,30 @@ func (s *Server) rebalance(w http.ResponseWriter, r *http.Request) {
 	if b.Partitions != nil {
 		n++
 		if *b.Partitions < 1 || *b.Partitions > MaxPartitions {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("partitions: must be between 1 and %d", MaxPartitions))
+			writeErr(w, apierr.Invalid(fmt.Sprintf("partitions: must be between 1 and %d", MaxPartitions)))
 			return
 		}
 	}
 	if b.Move != nil {
 		n++
 		if b.Move.Partition == nil || *b.Move.Partition < 0 {
-			writeError(w, http.StatusBadRequest, "move.partition: required, a partition id")
+			writeErr(w, apierr.Invalid("move.partition: required, a partition id"))
 			return
 		}
 		if b.Move.Shard == "" {
-			writeError(w, http.StatusBadRequest, "move.shard: required")
+			writeErr(w, apierr.Invalid("move.shard: required"))
 			return
 		}
 	}
 	if b.Pin != nil {
 		n++
 		if len(b.Pin) == 0 {
-			writeError(w, http.StatusBadRequest, "pin: at least one shard")
+			writeErr(w, apierr.Invalid("pin: at least one shard"))
 			return
 		}
 	}
 	if n != 1 {
-		writeError(w, http.StatusBadRequest, "body: exactly one of partitions, move or pin")
+		writeErr(w, apierr.Invalid("body: exactly one of partitions, move or pin"))
 		return
 	}
 	out, err := s.catalog.Rebalance(r.Context(), name, b)
@@ -621,7 +684,7 @@ func (s *Server) inDoubt(resolve bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("sku")
 		if err := ident.ValidSKU(name); err != nil {
-			writeError(w, http.StatusBadRequest, "sku: "+err.Error())
+			writeErr(w, apierr.Invalid("sku: "+err.Error()))
 			return
 		}
 		out, err := s.catalog.InDoubt(r.Context(), name, resolve)
@@ -639,7 +702,7 @@ func (s *Server) inDoubt(resolve bool) http.HandlerFunc {
 func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("sku")
 	if err := ident.ValidSKU(name); err != nil {
-		writeError(w, http.StatusBadRequest, "sku: "+err.Error())
+		writeErr(w, apierr.Invalid("sku: "+err.Error()))
 		return
 	}
 	rep, err := s.catalog.Verify(r.Context(), name)
@@ -653,19 +716,23 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
 func (s *Server) fail(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrNotFound):
-		writeError(w, http.StatusNotFound, err.Error())
+		writeErr(w, apierr.Error{Message: err.Error(), Code: apierr.NotFound})
 	case errors.Is(err, ErrConflict):
-		writeError(w, http.StatusConflict, err.Error())
+		writeErr(w, apierr.Error{Message: err.Error(), Code: apierr.Conflict})
 	case errors.Is(err, ErrInvalid):
-		writeError(w, http.StatusBadRequest, err.Error())
+		writeErr(w, apierr.Invalid(err.Error()))
 	default:
 		s.logger.Error("admin request failed", "err", err)
-		writeError(w, http.StatusInternalServerError, err.Error())
+		writeErr(w, apierr.Error{Message: err.Error(), Code: apierr.Internal})
 	}
 }
 
-// badBody is a 400 for a request body, naming the field (or key) at fault.
-type badBody struct{ field, msg string }
+// badBody is a 400 for a request body, naming the field (or key) at fault
+// (413 for one too large).
+type badBody struct {
+	field, msg string
+	tooLarge   bool
+}
 
 func (e *badBody) Error() string { return e.msg }
 
@@ -679,35 +746,35 @@ func decode(r *http.Request, v any, keys strictjson.Keys) error {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return &badBody{"body", fmt.Sprintf("body: larger than %d bytes", maxBody)}
+			return &badBody{"body", fmt.Sprintf("body: larger than %d bytes", maxBody), true}
 		}
-		return &badBody{"body", "body: " + err.Error()}
+		return &badBody{field: "body", msg: "body: " + err.Error()}
 	}
 	if len(bytes.TrimSpace(b)) == 0 {
-		return &badBody{"body", "body: empty, want a JSON object"}
+		return &badBody{field: "body", msg: "body: empty, want a JSON object"}
 	}
 	if err := strictjson.Check(b, keys); err != nil {
 		var ke *strictjson.KeyError
 		switch {
 		case errors.As(err, &ke):
-			return &badBody{ke.Key, ke.Error()}
+			return &badBody{field: ke.Key, msg: ke.Error()}
 		case errors.Is(err, strictjson.ErrNotObject):
-			return &badBody{"body", "body: want a JSON object"}
+			return &badBody{field: "body", msg: "body: want a JSON object"}
 		}
 		// Malformed: encoding/json says where.
 		if jerr := json.Unmarshal(b, new(any)); jerr != nil {
-			return &badBody{"body", "body: malformed JSON: " + jerr.Error()}
+			return &badBody{field: "body", msg: "body: malformed JSON: " + jerr.Error()}
 		}
-		return &badBody{"body", "body: malformed JSON"}
+		return &badBody{field: "body", msg: "body: malformed JSON"}
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields() // the keys are exact already; kept as a backstop
 	if err := dec.Decode(v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return &badBody{te.Field, fmt.Sprintf("%s: must be %s", te.Field, te.Type)}
+			return &badBody{field: te.Field, msg: fmt.Sprintf("%s: must be %s", te.Field, te.Type)}
 		}
-		return &badBody{"body", fmt.Sprintf("body: malformed JSON: %v", err)}
+		return &badBody{field: "body", msg: fmt.Sprintf("body: malformed JSON: %v", err)}
 	}
 	return nil
 }
@@ -720,14 +787,18 @@ var (
 	rebalanceKeys = strictjson.KeysOf(RebalanceSpec{})
 )
 
-// writeBadBody answers 400 invalid_argument for a decode error.
+// writeBadBody answers 400 invalid_argument (413 body_too_large) for a
+// decode error.
 func writeBadBody(w http.ResponseWriter, err error) {
 	var bb *badBody
-	if errors.As(err, &bb) {
-		writeCodeError(w, http.StatusBadRequest, bb.msg, "invalid_argument", bb.field)
-		return
+	switch {
+	case errors.As(err, &bb) && bb.tooLarge:
+		writeErr(w, apierr.Error{Message: bb.msg, Code: apierr.BodyTooLarge, Field: bb.field})
+	case errors.As(err, &bb):
+		writeErr(w, apierr.Error{Message: bb.msg, Code: apierr.InvalidArgument, Field: bb.field})
+	default:
+		writeErr(w, apierr.Invalid(err.Error()))
 	}
-	writeCodeError(w, http.StatusBadRequest, err.Error(), "invalid_argument", "")
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -738,16 +809,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc.Encode(v)
 }
 
-func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg})
-}
-
-// writeCodeError answers an error with its code and, when set, the field
-// it names.
-func writeCodeError(w http.ResponseWriter, status int, msg, code, field string) {
-	writeJSON(w, status, struct {
-		Error string `json:"error"`
-		Code  string `json:"code"`
-		Field string `json:"field,omitempty"`
-	}{msg, code, field})
+// writeErr writes an error answer: every one of the admin API comes here,
+// with its status from its code (apierr).
+func writeErr(w http.ResponseWriter, e apierr.Error) {
+	writeJSON(w, e.Status(), e)
 }

@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"net/http"
 	"strings"
+
+	"github.com/stockd/stockd/internal/apierr"
 )
 
 // The status page: plain HTML, one script and one style sheet, embedded in
@@ -49,17 +51,18 @@ const uiCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 
 // Once the password is the token, /login redirects back to the page, whose
 // requests then carry the same credentials.
 func RegisterUI(s *Server) {
-	s.mux.HandleFunc("GET /{$}", s.ui)
-	s.mux.HandleFunc("GET /login", s.uiLogin)
+	s.public("GET /{$}", s.ui)
+	s.public("GET /login", s.uiLogin)
 	assets, err := fs.Sub(uiFiles, "ui")
 	if err != nil {
 		panic(err)
 	}
 	files := http.StripPrefix("/ui/", http.FileServer(http.FS(assets)))
-	s.mux.HandleFunc("GET /ui/", func(w http.ResponseWriter, r *http.Request) {
+	s.public("GET /ui/", func(w http.ResponseWriter, r *http.Request) {
 		// Files only: no directory listing, and the page has its own route.
-		if strings.HasSuffix(r.URL.Path, "/") || r.URL.Path == "/ui/index.html" {
-			http.NotFound(w, r)
+		name := strings.TrimPrefix(r.URL.Path, "/ui/")
+		if fi, err := fs.Stat(assets, name); err != nil || fi.IsDir() || name == "index.html" {
+			writeErr(w, apierr.Error{Message: "no such file", Code: apierr.NotFound})
 			return
 		}
 		uiHeaders(w)

@@ -204,6 +204,14 @@ func TestDefiniteOutcomes(t *testing.T) {
 		{"extend released", "extend", 409, `{"status":"released","error":"reservation: released"}`, ErrReleased, "", "released"},
 		{"stock unknown", "stock", 404, `{"error":"sku: unknown"}`, ErrUnknownSKU, "", ""},
 		{"extend without server support", "extend", 404, `{"error":"no such route"}`, nil, "", ""},
+		// The same answers with their error codes (servers since the codes).
+		{"coded unknown sku", "deduct", 404, `{"error":"sku: unknown","code":"unknown_sku","field":"sku"}`, ErrUnknownSKU, "sku", "unknown_sku"},
+		{"coded stock unknown", "stock", 404, `{"error":"sku: unknown","code":"unknown_sku","field":"sku"}`, ErrUnknownSKU, "sku", "unknown_sku"},
+		{"coded too large", "deduct", 413, `{"error":"body: larger than 4096 bytes","code":"body_too_large","field":"body"}`, nil, "body", "body_too_large"},
+		{"coded confirm unknown", "confirm", 404, `{"error":"reservation: unknown","code":"unknown_reservation","field":"reservation"}`, ErrNotFound, "reservation", "unknown_reservation"},
+		{"coded confirm released", "confirm", 409, `{"status":"released","error":"reservation: already released, cannot confirm","code":"conflict"}`, ErrReleased, "", "released"},
+		{"coded release confirmed", "release", 409, `{"status":"confirmed","error":"reservation: already confirmed, cannot release","code":"conflict"}`, ErrConfirmed, "", "confirmed"},
+		{"coded no such route", "confirm", 404, `{"error":"no such route","code":"not_found"}`, nil, "", "not_found"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			node := newFakeNode(t, answerStatus(tc.code, tc.body))

@@ -49,8 +49,9 @@ var (
 type APIError struct {
 	// Status is the HTTP status code.
 	Status int
-	// Code is the answer's "code" (invalid_argument, request_id_reused,
-	// ...) or, for 409 answers, its "status" (sold_out, released, ...).
+	// Code is the answer's "code" (invalid_argument, unknown_sku,
+	// rate_limited, ...: the list is in README and api/openapi.yaml) or,
+	// for 409 answers, its "status" (sold_out, released, ...).
 	Code string
 	// Message is the answer's "error".
 	Message string
@@ -130,27 +131,30 @@ func outcome(op string, status int, a answer) *APIError {
 	e := &APIError{Status: status, Code: a.Code, Message: a.Error, Field: a.Field}
 	switch status {
 	case http.StatusNotFound:
-		if a.Error == "no such route" {
+		switch {
+		case a.Code == "unknown_sku":
+			e.kind = ErrUnknownSKU
+		case a.Code == "unknown_reservation":
+			e.kind = ErrNotFound
+		case a.Code == "not_found" || a.Error == "no such route":
 			// The node has no such endpoint (Extend against a server
 			// without it, or an endpoint URL with a wrong path): not an
 			// answer about the SKU or the reservation.
-			break
-		}
-		if op == "deduct" || op == "stock" {
+		case op == "deduct" || op == "stock":
+			// A server older than the error codes.
 			e.kind = ErrUnknownSKU
-		} else {
+		default:
 			e.kind = ErrNotFound
 		}
 	case http.StatusConflict:
-		// The 409 outcomes name themselves in "status"; a later server
-		// may add a "code" beside it.
+		// The 409 outcomes name themselves in "status" (sold_out,
+		// released, ...), which is more precise than their "code"
+		// (conflict, when there is one): Code is the status.
 		kind := a.Status
 		if kind == "" {
 			kind = a.Code
 		}
-		if e.Code == "" {
-			e.Code = kind
-		}
+		e.Code = kind
 		switch kind {
 		case "sold_out":
 			e.kind = ErrSoldOut

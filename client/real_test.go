@@ -189,20 +189,26 @@ func TestOutcomesRealNode(t *testing.T) {
 		name string
 		call func() error
 		want error
+		code string // the APIError's Code: the server's error code, or a 409's status
 	}{
-		{"confirm", func() error { return c.Confirm(ctx, a.Token) }, nil},
-		{"confirm again", func() error { return c.Confirm(ctx, a.Token) }, nil},
-		{"release confirmed", func() error { return c.Release(ctx, a.Token) }, ErrConfirmed},
-		{"release", func() error { return c.Release(ctx, b.Token) }, nil},
-		{"release again", func() error { return c.Release(ctx, b.Token) }, nil},
-		{"confirm released", func() error { return c.Confirm(ctx, b.Token) }, ErrReleased},
-		{"confirm unknown", func() error { return c.Confirm(ctx, "no-such-token") }, ErrNotFound},
-		{"unknown sku", func() error { _, err := c.Deduct(ctx, DeductRequest{SKU: "nope", Qty: 1}); return err }, ErrUnknownSKU},
-		{"stock unknown sku", func() error { _, err := c.Stock(ctx, "nope"); return err }, ErrUnknownSKU},
+		{"confirm", func() error { return c.Confirm(ctx, a.Token) }, nil, ""},
+		{"confirm again", func() error { return c.Confirm(ctx, a.Token) }, nil, ""},
+		{"release confirmed", func() error { return c.Release(ctx, a.Token) }, ErrConfirmed, "confirmed"},
+		{"release", func() error { return c.Release(ctx, b.Token) }, nil, ""},
+		{"release again", func() error { return c.Release(ctx, b.Token) }, nil, ""},
+		{"confirm released", func() error { return c.Confirm(ctx, b.Token) }, ErrReleased, "released"},
+		{"confirm unknown", func() error { return c.Confirm(ctx, "no-such-token") }, ErrNotFound, "unknown_reservation"},
+		{"unknown sku", func() error { _, err := c.Deduct(ctx, DeductRequest{SKU: "nope", Qty: 1}); return err }, ErrUnknownSKU, "unknown_sku"},
+		{"stock unknown sku", func() error { _, err := c.Stock(ctx, "nope"); return err }, ErrUnknownSKU, "unknown_sku"},
 	}
 	for _, s := range steps {
-		if err := s.call(); !errors.Is(err, s.want) || (s.want == nil) != (err == nil) {
+		err := s.call()
+		if !errors.Is(err, s.want) || (s.want == nil) != (err == nil) {
 			t.Fatalf("%s: %v, want %v", s.name, err, s.want)
+		}
+		var api *APIError
+		if s.code != "" && (!errors.As(err, &api) || api.Code != s.code) {
+			t.Fatalf("%s: %v, want code %q", s.name, err, s.code)
 		}
 	}
 	// Bad input: a 400 naming the field, never retried.
@@ -218,7 +224,7 @@ func TestOutcomesRealNode(t *testing.T) {
 	// answer is a 404 about the route, not about the reservation. When the
 	// server serves it, this becomes a test of Extend.
 	_, err = c.Extend(ctx, b.Token, time.Minute)
-	if !errors.As(err, &api) || api.Status != 404 || errors.Is(err, ErrNotFound) {
+	if !errors.As(err, &api) || api.Status != 404 || api.Code != "not_found" || errors.Is(err, ErrNotFound) {
 		t.Fatalf("extend: %v, want a 404 no such route that is not ErrNotFound", err)
 	}
 	st, err := c.Stock(ctx, sku)

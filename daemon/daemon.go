@@ -46,6 +46,9 @@ type Daemon struct {
 	adminAddr   string
 	gossipAddr  string
 	metricsAddr string
+	// adminRoutes are the patterns the admin API registered (set before
+	// Ready), for the test that holds api/openapi.yaml to them.
+	adminRoutes []string
 }
 
 // Version is this build's version, stamped at build time (-ldflags -X);
@@ -300,6 +303,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Stats:     func() any { return status.view() },
 		Logger:    log,
 	})
+
+	d.adminRoutes = adm.Routes()
 
 	hotSrv := h.server()
 	// The framing check (httpframe.Listener) stops following a connection

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/valyala/fasthttp"
 
+	"github.com/stockd/stockd/internal/apierr"
 	"github.com/stockd/stockd/internal/hotstats"
 	"github.com/stockd/stockd/internal/httpframe"
 	"github.com/stockd/stockd/internal/ident"
@@ -106,6 +107,18 @@ func (h *hot) server() *fasthttp.Server {
 	}
 }
 
+// hotRoutes are the routes handle serves ("METHOD /path", {name} for a
+// path segment), as api/openapi.yaml lists them; TestOpenAPI holds the
+// two, and handle's path literals, in step.
+var hotRoutes = []string{
+	"POST /v1/deduct",
+	"POST /v1/confirm",
+	"POST /v1/release",
+	"GET /v1/stock/{sku}",
+	"GET /healthz",
+	"GET /readyz",
+}
+
 func (h *hot) handle(ctx *fasthttp.RequestCtx) {
 	ctx.SetContentType("application/json")
 	// fasthttp refuses most bad framing itself (duplicate or invalid
@@ -116,7 +129,7 @@ func (h *hot) handle(ctx *fasthttp.RequestCtx) {
 	if _, err := httpframe.Check(ctx.Request.Header.RawHeaders(), !ctx.Request.Header.IsHTTP11()); err != nil {
 		ctx.SetConnectionClose()
 		h.m.bad.Inc()
-		writeErrCode(ctx, fasthttp.StatusBadRequest, "request: "+err.Error(), "invalid_argument", "")
+		fail(ctx, apierr.Error{Message: "request: " + err.Error(), Code: apierr.InvalidArgument})
 		return
 	}
 	path := ctx.Path()
@@ -151,7 +164,7 @@ func (h *hot) handle(ctx *fasthttp.RequestCtx) {
 			h.stock(ctx, string(path[len("/v1/stock/"):]))
 			return
 		}
-		writeErr(ctx, fasthttp.StatusNotFound, "no such route")
+		fail(ctx, apierr.Error{Message: "no such route", Code: apierr.NotFound})
 	}
 }
 
@@ -161,11 +174,11 @@ func (h *hot) parseError(ctx *fasthttp.RequestCtx, err error) {
 	var ne *net.OpError
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		writeErr(ctx, fasthttp.StatusRequestEntityTooLarge, "body: larger than 4096 bytes")
+		fail(ctx, apierr.Error{Message: "body: larger than 4096 bytes", Code: apierr.BodyTooLarge, Field: "body"})
 	case errors.As(err, &ne) && ne.Timeout():
-		writeErr(ctx, fasthttp.StatusRequestTimeout, "request timeout")
+		fail(ctx, apierr.Error{Message: "request timeout", Code: apierr.RequestTimeout})
 	default:
-		writeErr(ctx, fasthttp.StatusBadRequest, "malformed HTTP request")
+		fail(ctx, apierr.Error{Message: "malformed HTTP request", Code: apierr.InvalidArgument})
 	}
 }
 
@@ -338,15 +351,12 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	switch {
 	case errors.Is(err, scheduler.ErrUnknownSKU):
 		h.m.unknown.Inc()
-		writeErr(ctx, fasthttp.StatusNotFound, "sku: unknown")
+		fail(ctx, apierr.Error{Message: "sku: unknown", Code: apierr.UnknownSKU, Field: "sku"})
 	case err != nil:
 		h.m.unavailable.Inc()
 		stats.Observe(hotstats.Unavailable, took)
 		h.logger.Debug("deduct unavailable", "sku", r.sku, "request_id", r.requestID, "err", err)
-		ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
-		buf := append(make([]byte, 0, 96+len(r.requestID)), `{"error":"unavailable, retry with the same request_id","request_id":`...)
-		buf = strconv.AppendQuote(buf, r.requestID)
-		ctx.SetBody(append(buf, '}'))
+		fail(ctx, apierr.Error{Message: "unavailable, retry with the same request_id", Code: apierr.Unavailable, RequestID: r.requestID})
 	case res.Status == scheduler.SoldOut:
 		h.m.soldOut.Inc()
 		stats.Observe(hotstats.SoldOut, took)
@@ -356,8 +366,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		// The id already took for another qty: not a retry of that
 		// request, and nothing was deducted for this one.
 		h.m.reused.Inc()
-		ctx.SetStatusCode(fasthttp.StatusUnprocessableEntity)
-		ctx.SetBodyString(`{"error":"request_id: reused with another qty","code":"request_id_reused"}`)
+		fail(ctx, apierr.Error{Message: "request_id: reused with another qty", Code: apierr.RequestIDReused})
 	default:
 		h.m.ok.Inc()
 		stats.Observe(hotstats.OK, took)
@@ -377,6 +386,13 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 type settleBody struct {
 	Reservation *string `json:"reservation"`
 }
+
+// The 409 answers of settle: an outcome (status) that is also an error of
+// this call (code).
+const (
+	releasedBody  = `{"status":"released","error":"reservation: already released, cannot confirm","code":"` + string(apierr.Conflict) + `"}`
+	confirmedBody = `{"status":"confirmed","error":"reservation: already confirmed, cannot release","code":"` + string(apierr.Conflict) + `"}`
+)
 
 // settleKeys are the only keys of a confirm or release body.
 var settleKeys = strictjson.KeysOf(settleBody{})
@@ -404,7 +420,7 @@ func (h *hot) settle(ctx *fasthttp.RequestCtx, confirm bool) {
 	}
 	detailID, qty, err := h.signer.Decode(*b.Reservation)
 	if err != nil {
-		writeErr(ctx, fasthttp.StatusNotFound, "reservation: unknown")
+		fail(ctx, apierr.Error{Message: "reservation: unknown", Code: apierr.UnknownReservation, Field: "reservation"})
 		return
 	}
 	c, cancel := context.WithTimeout(context.Background(), h.timeout)
@@ -417,19 +433,19 @@ func (h *hot) settle(ctx *fasthttp.RequestCtx, confirm bool) {
 	switch {
 	case errors.Is(err, stocksync.ErrReleased):
 		ctx.SetStatusCode(fasthttp.StatusConflict)
-		ctx.SetBodyString(`{"status":"released","error":"reservation: already released, cannot confirm"}`)
+		ctx.SetBodyString(releasedBody)
 	case errors.Is(err, stocksync.ErrConfirmed):
 		ctx.SetStatusCode(fasthttp.StatusConflict)
-		ctx.SetBodyString(`{"status":"confirmed","error":"reservation: already confirmed, cannot release"}`)
+		ctx.SetBodyString(confirmedBody)
 	case errors.Is(err, stocksync.ErrUnknown):
-		writeErr(ctx, fasthttp.StatusNotFound, "reservation: unknown")
+		fail(ctx, apierr.Error{Message: "reservation: unknown", Code: apierr.UnknownReservation, Field: "reservation"})
 	case errors.Is(err, stocksync.ErrUnverified):
 		h.logger.Debug("settle cannot verify yet", "reservation", *b.Reservation, "err", err)
 		ctx.Response.Header.Set("Retry-After", "1")
-		writeErr(ctx, fasthttp.StatusServiceUnavailable, "reservation: cannot be verified yet, retry")
+		fail(ctx, apierr.Error{Message: "reservation: cannot be verified yet, retry", Code: apierr.Unavailable})
 	case err != nil:
 		h.logger.Warn("settle unavailable", "reservation", *b.Reservation, "err", err)
-		writeErr(ctx, fasthttp.StatusServiceUnavailable, "unavailable, retry")
+		fail(ctx, apierr.Error{Message: "unavailable, retry", Code: apierr.Unavailable})
 	case confirm:
 		ctx.SetBodyString(`{"status":"confirmed"}`)
 	default:
@@ -439,7 +455,7 @@ func (h *hot) settle(ctx *fasthttp.RequestCtx, confirm bool) {
 
 func (h *hot) stock(ctx *fasthttp.RequestCtx, name string) {
 	if err := ident.ValidSKU(name); err != nil {
-		writeErr(ctx, fasthttp.StatusBadRequest, "sku: "+err.Error())
+		fail(ctx, apierr.Invalid("sku: "+err.Error()))
 		return
 	}
 	sku := h.sched.Registry().Get(name)
@@ -448,11 +464,11 @@ func (h *hot) stock(ctx *fasthttp.RequestCtx, name string) {
 		known, err := h.catalogue.known(c, name)
 		cancel()
 		if err != nil {
-			writeErr(ctx, fasthttp.StatusServiceUnavailable, "unavailable, retry")
+			fail(ctx, apierr.Error{Message: "unavailable, retry", Code: apierr.Unavailable})
 			return
 		}
 		if !known {
-			writeErr(ctx, fasthttp.StatusNotFound, "sku: unknown")
+			fail(ctx, apierr.Error{Message: "sku: unknown", Code: apierr.UnknownSKU, Field: "sku"})
 			return
 		}
 		sku = h.sched.Registry().Get(name)
@@ -475,7 +491,7 @@ func (h *hot) shed(ctx *fasthttp.RequestCtx, stats *hotstats.Counters, msg strin
 	h.m.shed.Inc()
 	stats.Count(hotstats.Shed)
 	ctx.Response.Header.Set("Retry-After", "1")
-	writeErr(ctx, fasthttp.StatusTooManyRequests, msg)
+	fail(ctx, apierr.Error{Message: msg, Code: apierr.RateLimited})
 }
 
 func (h *hot) badRequest(ctx *fasthttp.RequestCtx, bad badInput) {
@@ -485,32 +501,21 @@ func (h *hot) badRequest(ctx *fasthttp.RequestCtx, bad badInput) {
 
 // writeBad answers 400 invalid_argument, naming the field.
 func writeBad(ctx *fasthttp.RequestCtx, bad badInput) {
-	writeErrCode(ctx, fasthttp.StatusBadRequest, bad.msg, "invalid_argument", bad.field)
+	fail(ctx, apierr.Error{Message: bad.msg, Code: apierr.InvalidArgument, Field: bad.field})
 }
 
 func methodNotAllowed(ctx *fasthttp.RequestCtx, allow string) {
 	ctx.Response.Header.Set("Allow", allow)
-	writeErr(ctx, fasthttp.StatusMethodNotAllowed, "method not allowed")
+	fail(ctx, apierr.Error{Message: "method not allowed", Code: apierr.MethodNotAllowed})
 }
 
-func writeErr(ctx *fasthttp.RequestCtx, status int, msg string) {
-	ctx.SetStatusCode(status)
-	buf := append(make([]byte, 0, 16+len(msg)), `{"error":`...)
-	buf = strconv.AppendQuote(buf, msg)
-	ctx.SetBody(append(buf, '}'))
-}
-
-// writeErrCode answers an error with its code and, when set, the field it
-// names. The message and field may repeat what a caller sent (a key), so
-// encoding/json quotes them: strconv's quoting is not JSON's.
-func writeErrCode(ctx *fasthttp.RequestCtx, status int, msg, code, field string) {
-	ctx.SetStatusCode(status)
-	b, _ := json.Marshal(struct {
-		Error string `json:"error"`
-		Code  string `json:"code"`
-		Field string `json:"field,omitempty"`
-	}{msg, code, field})
-	ctx.SetBody(b)
+// fail writes an error answer: every one of the hot endpoint comes here,
+// with its status from its code (apierr). It allocates only for a message
+// that does not fit the stack buffer.
+func fail(ctx *fasthttp.RequestCtx, e apierr.Error) {
+	ctx.SetStatusCode(e.Status())
+	var arr [256]byte
+	ctx.SetBody(e.AppendJSON(arr[:0]))
 }
 
 // slogPrintf adapts slog to fasthttp's Printf logger, at debug level.

@@ -135,7 +135,7 @@ func TestListener(t *testing.T) {
 	smuggled := "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nB\r\n0\r\n\r\n"
 	for _, step := range []int{0, 1, 7} {
 		got := exchange(t, s.addr, post("first")+post("GET / HTTP/1.1\r\n\r\n")+smuggled+post("after"), step)
-		if len(got) != 3 || got[0] != "200 ok first" || got[1] != "200 ok GET / HTTP/1.1" || !strings.HasPrefix(got[2], `400 {"code":"invalid_argument","error":"request: Content-Length and Transfer-Encoding together"}`) {
+		if len(got) != 3 || got[0] != "200 ok first" || got[1] != "200 ok GET / HTTP/1.1" || !strings.HasPrefix(got[2], `400 {"error":"request: Content-Length and Transfer-Encoding together","code":"invalid_argument"}`) {
 			t.Errorf("step %d: answers %q", step, got)
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/stockd/stockd/internal/apierr"
 )
 
 // maxHead is the largest request head passed on (ErrHeadTooLarge); the
@@ -173,7 +175,7 @@ func (c *conn) refuse(err error) {
 	c.in, c.body, c.raw = nil, 0, false
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	msg, _ := json.Marshal(map[string]string{"error": "request: " + err.Error(), "code": "invalid_argument"})
+	msg, _ := json.Marshal(apierr.Error{Message: "request: " + err.Error(), Code: apierr.InvalidArgument})
 	msg = append(msg, '\n')
 	c.refused = append([]byte("HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: "+
 		strconv.Itoa(len(msg))+"\r\n\r\n"), msg...)
