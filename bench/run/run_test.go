@@ -98,3 +98,41 @@ func TestRedisHelpersAndCPU(t *testing.T) {
 		t.Fatal("redis still running")
 	}
 }
+
+// A profile's samples go to the first part with a function on their stack.
+func TestAttributeProfile(t *testing.T) {
+	traces := `File: stockd
+Type: cpu
+Duration: 5s, Total samples = 1.10s (22%)
+-----------+-------------------------------------------------------
+     100ms   internal/runtime/syscall/linux.Syscall6
+             github.com/valyala/fasthttp.(*Server).serveConn
+-----------+-------------------------------------------------------
+     1.50s   database/sql.(*DB).ExecContext
+             github.com/stockd/stockd/shard.(*Partition).Read (inline)
+             github.com/stockd/stockd/sync.(*applier).apply
+-----------+-------------------------------------------------------
+      30ms   github.com/redis/rueidis.(*pipe)._backgroundRead
+-----------+-------------------------------------------------------
+      20ms   runtime.scanobject
+             runtime.gcBgMarkWorker
+-----------+-------------------------------------------------------
+      10ms   runtime.findRunnable
+             runtime.schedule
+-----------+-------------------------------------------------------
+`
+	total, shares := attribute([]byte(traces))
+	if total < 1.659 || total > 1.661 {
+		t.Fatalf("total %v", total)
+	}
+	got := map[string]float64{}
+	for _, s := range shares {
+		got[strings.SplitN(s.part, " ", 2)[0]] = s.sec
+	}
+	want := map[string]float64{"write-back": 1.5, "hot": 0.1, "Redis": 0.03, "garbage": 0.02, "other": 0.01, "refills": 0}
+	for k, v := range want {
+		if d := got[k] - v; d > 1e-9 || d < -1e-9 {
+			t.Errorf("%s: %v, want %v (all: %v)", k, got[k], v, got)
+		}
+	}
+}
