@@ -191,9 +191,10 @@ type bench struct {
 	loadavg    string // at the start
 	http       *http.Client
 
-	hotAcked int64 // ok units on the hot SKU, warmups included, all runs
-	mqAcked  int64 // ok answers of the mqpeer runs, warmups included
-	mqPurged bool  // a backlog was purged: the exactness check of mqpeer is void
+	hotAcked           int64 // ok units on the hot SKU, warmups included, all runs
+	mqAcked            int64 // ok answers of the mqpeer runs, warmups included
+	mqPurged           bool  // a backlog was purged: the exactness check of mqpeer is void
+	mqRows, mqDistinct int64 // mqpeer's order rows at the end, and their distinct request ids
 
 	profile    *profileResult
 	scaleRuns  []*scaleResult
@@ -1308,8 +1309,15 @@ func (b *bench) lagRun(ctx context.Context, rep int) (*lagResult, error) {
 	return l, nil
 }
 
-// verifyAll runs stockd's conservation check on every SKU it sold.
+// verifyAll runs stockd's conservation check on every SKU it sold, and
+// counts mqpeer's order rows.
 func (b *bench) verifyAll(ctx context.Context) {
+	if b.mqAcked > 0 {
+		q := "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM " + b.baseDB + "." + mqOrders
+		if err := b.root.QueryRowContext(ctx, q).Scan(&b.mqRows, &b.mqDistinct); err != nil {
+			b.note("mqpeer: %s: %v", q, err)
+		}
+	}
 	skus := []string{}
 	if b.wants("stockd") {
 		skus = append(skus, hotSKU)

@@ -509,7 +509,11 @@ func (b *bench) writeReport() error {
 		if b.mqPurged {
 			p("- mqpeer: a backlog was purged during the run (see the notes): its order rows are not checked against its ok answers.\n")
 		} else {
-			p("- mqpeer: %s order rows in MySQL for %s ok answers over all its runs (each request id at most once: a unique key).\n", fmtInt(float64(b.mqAcked)), fmtInt(float64(b.mqAcked)))
+			st := "ok"
+			if b.mqRows != b.mqAcked || b.mqDistinct != b.mqRows {
+				st = "**MISMATCH**"
+			}
+			p("- mqpeer: %s order rows (%s distinct request ids) in MySQL at the end for %s ok answers over all its runs: %s.\n", fmtInt(float64(b.mqRows)), fmtInt(float64(b.mqDistinct)), fmtInt(float64(b.mqAcked)), st)
 		}
 	}
 	if len(b.notes) > 0 {
