@@ -34,7 +34,7 @@ help:
 	@echo "  shards-start  start the demo Redis shards 7001-7003 (var/redis/<port>)"
 	@echo "  shards-stop   stop the demo Redis shards"
 	@echo "  clean         stop the demo shards, rm -rf bin var, drop the demo database stockd_demo"
-	@echo "  bench         setup, then the benchmarks (go run ./bench/run, < 10 min): writes docs/BENCHMARKS.md"
+	@echo "  bench         setup, then the benchmarks (go run ./bench/run, < 12 min): writes docs/BENCHMARKS.md"
 	@echo "  bench-quick   setup, then a short smoke run of the benchmarks (< 2 min): writes /tmp/BENCHMARKS.quick.md"
 
 setup:

@@ -80,6 +80,11 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
+	// Process-wide counters (other tests' nodes may add to them): every
+	// take call carries at least one request.
+	if calls, reqs := value("stockd_take_script_calls_total", nil), value("stockd_take_script_requests_total", nil); calls < 1 || reqs < calls {
+		t.Errorf("take script calls %v, requests %v", calls, reqs)
+	}
 	for _, name := range []string{"stockd_partition_units", "stockd_preallocate_refills_total",
 		"stockd_scheduler_redis_calls_total", "stockd_sync_batch_details", "stockd_sync_apply_lag_seconds",
 		"stockd_sync_publish_total", "stockd_sync_stream_backlog_entries", "stockd_scheduler_subdomain_swaps_total"} {

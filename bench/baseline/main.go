@@ -16,6 +16,11 @@
 //	            UPDATE … SET stock = stock - ? WHERE id = ? AND stock >= ?
 //	rediskey    one Redis key, a Lua check-and-decrement script called through
 //	            rueidis (auto-pipelining).
+//	mqpeer      what most teams build instead: one Redis key, a Lua
+//	            check-and-decrement with a dedup by request id, one
+//	            RabbitMQ message per ok order (persistent, publisher
+//	            confirms) and consumers inserting one order row per message
+//	            into MySQL in its own transaction (unique request id).
 //	floor       no engine at all: reads the body and answers ok. The HTTP
 //	            floor of the machine.
 //
@@ -66,7 +71,14 @@ end
 return 0`
 
 type options struct {
-	mode    string
+	mode       string
+	orders     string
+	queue      string
+	amqp       string
+	dedupTTL   time.Duration
+	mqChannels int
+	consumers  int
+
 	addr    string
 	dsn     string
 	table   string
@@ -80,13 +92,19 @@ type options struct {
 
 // engine takes qty units; ok=false means sold out.
 type engine interface {
-	take(ctx context.Context, qty int64) (ok bool, err error)
+	take(ctx context.Context, sku, reqID string, qty int64) (ok bool, err error)
 	close()
 }
 
 func main() {
 	var o options
-	flag.StringVar(&o.mode, "mode", "", "rowlock | condupdate | rediskey | floor")
+	flag.StringVar(&o.mode, "mode", "", "rowlock | condupdate | rediskey | mqpeer | floor")
+	flag.StringVar(&o.orders, "orders", "bench_orders", "MySQL table of the orders (mqpeer; created if missing)")
+	flag.StringVar(&o.queue, "queue", "", "RabbitMQ queue of the orders (mqpeer; declared durable if missing)")
+	flag.StringVar(&o.amqp, "amqp", "amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ URL (mqpeer)")
+	flag.DurationVar(&o.dedupTTL, "dedup-ttl", time.Hour, "lifetime of a request id's dedup record in Redis (mqpeer)")
+	flag.IntVar(&o.mqChannels, "mq-channels", 4, "publisher channels (confirm mode) on the one publisher connection (mqpeer)")
+	flag.IntVar(&o.consumers, "consumers", 32, "consumer goroutines inserting orders, each one transaction per message (mqpeer; prefetch 4 per consumer)")
 	flag.StringVar(&o.addr, "addr", "127.0.0.1:9090", "listen address of the HTTP front")
 	flag.StringVar(&o.dsn, "mysql", "root@tcp(127.0.0.1:3306)/stockd_bench", "MySQL DSN with a database name (rowlock, condupdate); the database is created if missing")
 	flag.StringVar(&o.table, "table", "bench_stock", "MySQL table (created if missing; row id 1 holds the stock)")
@@ -117,10 +135,12 @@ func run(o options) error {
 		eng, err = newSQLEngine(ctx, o)
 	case "rediskey":
 		eng, err = newRedisEngine(ctx, o)
+	case "mqpeer":
+		eng, err = newMQEngine(ctx, o)
 	case "floor":
 		eng = nil
 	default:
-		return fmt.Errorf("-mode %q: want rowlock, condupdate, rediskey or floor", o.mode)
+		return fmt.Errorf("-mode %q: want rowlock, condupdate, rediskey, mqpeer or floor", o.mode)
 	}
 	if err != nil {
 		return err
@@ -223,7 +243,7 @@ func (f *front) handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	c, cancel := context.WithTimeout(context.Background(), f.timeout)
-	ok, err := f.eng.take(c, qty)
+	ok, err := f.eng.take(c, *b.SKU, *b.RequestID, qty)
 	cancel()
 	switch {
 	case err != nil:
@@ -354,7 +374,7 @@ func newSQLEngine(ctx context.Context, o options) (*sqlEngine, error) {
 	return e, nil
 }
 
-func (e *sqlEngine) take(ctx context.Context, qty int64) (bool, error) {
+func (e *sqlEngine) take(ctx context.Context, _, _ string, qty int64) (bool, error) {
 	if !e.rowlock {
 		res, err := e.db.ExecContext(ctx, e.cond, qty, qty)
 		if err != nil {
@@ -421,14 +441,14 @@ func newRedisEngine(ctx context.Context, o options) (*redisEngine, error) {
 	}
 	e := &redisEngine{c: c, key: o.key, script: rueidis.NewLuaScript(checkAndDecr)}
 	// Load the script so the first calls are EVALSHA hits.
-	if _, err := e.take(ctx, 1); err != nil {
+	if _, err := e.take(ctx, "", "", 1); err != nil {
 		c.Close()
 		return nil, err
 	}
 	return e, nil
 }
 
-func (e *redisEngine) take(ctx context.Context, qty int64) (bool, error) {
+func (e *redisEngine) take(ctx context.Context, _, _ string, qty int64) (bool, error) {
 	n, err := e.script.Exec(ctx, e.c, []string{e.key}, []string{strconv.FormatInt(qty, 10)}).AsInt64()
 	if err != nil {
 		return false, err
@@ -437,3 +457,5 @@ func (e *redisEngine) take(ctx context.Context, qty int64) (bool, error) {
 }
 
 func (e *redisEngine) close() { e.c.Close() }
+
+var jsonUnmarshal = json.Unmarshal

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,7 +23,7 @@ type fakeEngine struct {
 	fail  bool
 }
 
-func (e *fakeEngine) take(_ context.Context, qty int64) (bool, error) {
+func (e *fakeEngine) take(_ context.Context, _, _ string, qty int64) (bool, error) {
 	if e.fail {
 		return false, errors.New("boom")
 	}
@@ -129,11 +131,11 @@ func TestRedisEngine(t *testing.T) {
 	}
 	defer e.close()
 	// 5 units left: 2 ok, 4 short, 3 ok, then nothing.
-	for _, step := range []struct {
+	for i, step := range []struct {
 		qty  int64
 		want bool
 	}{{2, true}, {4, false}, {3, true}, {1, false}} {
-		ok, err := e.take(ctx, step.qty)
+		ok, err := e.take(ctx, "s", "r"+strconv.Itoa(i), step.qty)
 		if err != nil || ok != step.want {
 			t.Fatalf("take %d: %v %v, want %v", step.qty, ok, err, step.want)
 		}
@@ -155,7 +157,7 @@ func TestSQLEngines(t *testing.T) {
 			errs := make(chan error, 20)
 			for i := 0; i < 20; i++ {
 				go func() {
-					ok, err := e.take(ctx, 1)
+					ok, err := e.take(ctx, "s", "r", 1)
 					if ok {
 						oks.Add(1)
 					}
@@ -175,5 +177,80 @@ func TestSQLEngines(t *testing.T) {
 				t.Fatalf("stock left %d, %v", left, err)
 			}
 		})
+	}
+}
+
+// mqpeer sells exactly its stock, answers a replayed request id with its
+// first outcome without taking again, and its consumers write exactly one
+// order row per ok request id.
+func TestMQPeerEngine(t *testing.T) {
+	r := testenv.StartRedis(t)
+	dsn := testenv.Database(t)
+	queue := testenv.Queue(t)
+	ctx := context.Background()
+	e, err := newMQEngine(ctx, options{redis: r.Addr, key: testenv.Name("k"), stock: 5, dsn: dsn, orders: "orders", dbConns: 4, interp: true,
+		queue: queue, amqp: testenv.AMQPURL(), dedupTTL: time.Minute, mqChannels: 2, consumers: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.close()
+	// 5 units, 20 concurrent requests of 1, each sent twice: 5 request ids ok.
+	var mu sync.Mutex
+	okIDs := map[string]int{}
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := "r" + strconv.Itoa(i)
+			first, err := e.take(ctx, "s1", id, 1)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			again, err := e.take(ctx, "s1", id, 1)
+			if err != nil || again != first {
+				t.Errorf("%s: replay answered %v (%v), first %v", id, again, err, first)
+			}
+			if first {
+				mu.Lock()
+				okIDs[id]++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(okIDs) != 5 {
+		t.Fatalf("%d ok request ids for 5 units: %v", len(okIDs), okIDs)
+	}
+	db := testenv.OpenDB(t, dsn)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var n int
+		if err := db.QueryRow("SELECT COUNT(*) FROM orders").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == len(okIDs) {
+			break
+		}
+		if n > len(okIDs) || time.Now().After(deadline) {
+			t.Fatalf("%d order rows for %d ok request ids", n, len(okIDs))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	rows, err := db.Query("SELECT request_id, sku, qty FROM orders")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, sku string
+		var qty int
+		if err := rows.Scan(&id, &sku, &qty); err != nil {
+			t.Fatal(err)
+		}
+		if okIDs[id] != 1 || sku != "s1" || qty != 1 {
+			t.Fatalf("order row %s %s %d: not an ok request", id, sku, qty)
+		}
 	}
 }

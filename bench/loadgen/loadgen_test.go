@@ -34,6 +34,7 @@ type stub struct {
 
 	mu       sync.Mutex
 	seen     map[string]int  // request_id -> times seen
+	skus     map[string]int  // sku -> requests
 	got503   map[string]bool // ids that were answered 503
 	bodies   []string        // first few raw bodies
 	arriveAt []time.Duration // arrival times since start (if recordTimes)
@@ -46,7 +47,7 @@ type stub struct {
 
 func newStub(t *testing.T, configure func(s *stub)) *stub {
 	t.Helper()
-	s := &stub{t: t, seen: map[string]int{}, got503: map[string]bool{}}
+	s := &stub{t: t, seen: map[string]int{}, skus: map[string]int{}, got503: map[string]bool{}}
 	if configure != nil {
 		configure(s)
 	}
@@ -104,6 +105,7 @@ func (s *stub) handle(ctx *fasthttp.RequestCtx) {
 	}
 	s.mu.Lock()
 	s.seen[body.RequestID]++
+	s.skus[body.SKU]++
 	first := s.seen[body.RequestID] == 1
 	if first && s.every503 > 0 && n%s.every503 == 0 {
 		s.got503[body.RequestID] = true
@@ -120,7 +122,7 @@ func (s *stub) handle(ctx *fasthttp.RequestCtx) {
 		ctx.SetBodyString(`{"status":"sold_out"}`)
 		return
 	}
-	res := "res-" + strconv.FormatInt(s.reservN.Add(1), 10)
+	res := "res-" + s.addr + "-" + strconv.FormatInt(s.reservN.Add(1), 10)
 	if s.sameRes {
 		res = "res-same"
 	}
@@ -380,6 +382,39 @@ func TestBodyTemplate(t *testing.T) {
 	}
 }
 
+// -skus spreads the requests evenly over N SKUs, and several -url targets
+// share the workers round robin.
+func TestSpreadOverSKUsAndTargets(t *testing.T) {
+	a, b := newStub(t, func(s *stub) { s.stock.Store(1 << 40) }), newStub(t, func(s *stub) { s.stock.Store(1 << 40) })
+	const skus, n = 10, 400
+	o := runMain(t, "-url", a.url()+","+b.url(), "-c", "4", "-n", strconv.Itoa(n), "-skus", strconv.Itoa(skus), "-sku", "S", "-id-prefix", "sp-")
+	if o.code != 0 || o.res.OK != n {
+		t.Fatalf("exit %d %+v", o.code, o.res)
+	}
+	got := map[string]int{}
+	total := 0
+	for _, s := range []*stub{a, b} {
+		s.mu.Lock()
+		if len(s.seen) == 0 {
+			t.Errorf("target %s got no requests", s.addr)
+		}
+		for k, v := range s.skus {
+			got[k] += v
+			total += v
+		}
+		s.mu.Unlock()
+	}
+	if total != n || len(got) != skus {
+		t.Fatalf("requests %d over %d SKUs: %v", total, len(got), got)
+	}
+	for i := range skus {
+		// Request k goes to SKU k mod N: at most one request off even.
+		if c := got["S-"+strconv.Itoa(i)]; c < n/skus-1 || c > n/skus+1 {
+			t.Errorf("SKU S-%d got %d requests, want about %d: %v", i, c, n/skus, got)
+		}
+	}
+}
+
 func TestTransportErrors(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := ln.Addr().String()
@@ -402,6 +437,9 @@ func TestBadFlags(t *testing.T) {
 		{"-id-prefix", `a"b`},
 		{"-url", "ftp://x/y", "-n", "1"},
 		{"-conns", "bogus"},
+		{"-skus", "0", "-n", "1"},
+		{"-skus", "2", "-body-template", "id=%s", "-n", "1"},
+		{"-url", "http://a/x,http://b/x,http://c/x", "-c", "2", "-n", "1"},
 	} {
 		var out, errb bytes.Buffer
 		code := realMain(args, &out, &errb)

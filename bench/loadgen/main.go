@@ -32,6 +32,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -42,8 +43,10 @@ const (
 )
 
 type config struct {
-	URL          string
+	URL          string   // the first of URLs
+	URLs         []string // targets; worker i sends to URLs[i % len]
 	SKU          string
+	SKUs         int // spread requests over SKUs <SKU>-0 … <SKU>-(SKUs-1); 1 = SKU alone
 	Qty          int
 	Concurrency  int
 	Duration     time.Duration // 0 = unlimited (only valid with N > 0)
@@ -64,6 +67,7 @@ func defaultConfig() config {
 	return config{
 		URL:         "http://127.0.0.1:8080/v1/deduct",
 		SKU:         "demo-1",
+		SKUs:        1,
 		Qty:         1,
 		Concurrency: 64,
 		Duration:    10 * time.Second,
@@ -91,7 +95,7 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 
-	fmt.Fprintf(stderr, "loadgen: %s c=%d %s id-prefix=%q\n", cfg.URL, cfg.Concurrency, describeMode(cfg), cfg.IDPrefix)
+	fmt.Fprintf(stderr, "loadgen: %s c=%d %s id-prefix=%q\n", strings.Join(cfg.URLs, ","), cfg.Concurrency, describeMode(cfg), cfg.IDPrefix)
 	res, err := run(ctx, cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "loadgen: %v\n", err)
@@ -127,6 +131,9 @@ func describeMode(cfg config) string {
 	if cfg.N > 0 {
 		s += fmt.Sprintf(" n=%d", cfg.N)
 	}
+	if cfg.SKUs > 1 {
+		s += fmt.Sprintf(" skus=%d", cfg.SKUs)
+	}
 	if cfg.Warmup > 0 {
 		s += " warmup=" + cfg.Warmup.String()
 	}
@@ -137,8 +144,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	cfg := defaultConfig()
 	fs := flag.NewFlagSet("loadgen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.URL, "url", cfg.URL, "target URL (http or https)")
+	fs.StringVar(&cfg.URL, "url", cfg.URL, "target URL (http or https); several comma-separated: the workers are spread over them round robin (worker i sends to URL i mod n)")
 	fs.StringVar(&cfg.SKU, "sku", cfg.SKU, "SKU to deduct (default body only)")
+	fs.IntVar(&cfg.SKUs, "skus", cfg.SKUs, "spread the requests over this many SKUs, named <sku>-0 … <sku>-(N-1), request k going to SKU k mod N (default body only); 1: -sku itself")
 	fs.IntVar(&cfg.Qty, "qty", cfg.Qty, "units per request (default body; also the units counted per ok answer lacking a \"qty\" field)")
 	fs.IntVar(&cfg.Concurrency, "c", cfg.Concurrency, "number of workers, each with its own keep-alive connection")
 	fs.DurationVar(&cfg.Duration, "d", cfg.Duration, "measured duration (after -warmup); if only -n is given there is no time limit")
@@ -166,6 +174,15 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if cfg.IDPrefix == "" {
 		cfg.IDPrefix = randomPrefix()
 	}
+	cfg.URLs = nil
+	for _, u := range strings.Split(cfg.URL, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			cfg.URLs = append(cfg.URLs, u)
+		}
+	}
+	if len(cfg.URLs) > 0 {
+		cfg.URL = cfg.URLs[0]
+	}
 	return cfg, cfg.validate()
 }
 
@@ -187,6 +204,12 @@ func (cfg *config) validate() error {
 		return errors.New("-timeout must be > 0")
 	case cfg.Conns != connsPerWorker && cfg.Conns != connsShared:
 		return fmt.Errorf("-conns must be %q or %q", connsPerWorker, connsShared)
+	case cfg.SKUs < 1:
+		return errors.New("-skus must be >= 1")
+	case cfg.SKUs > 1 && cfg.BodyTemplate != "":
+		return errors.New("-skus spreads the default body; it does not combine with -body-template")
+	case len(cfg.URLs) > cfg.Concurrency:
+		return fmt.Errorf("%d URLs but -c %d: every URL needs a worker", len(cfg.URLs), cfg.Concurrency)
 	}
 	for _, r := range cfg.IDPrefix {
 		if r < 0x20 || r == '"' || r == '\\' || r == 0x7f {

@@ -57,7 +57,7 @@ func ms(d time.Duration) float64 { return float64(d) / 1e6 }
 func merge(r *runner, workers []*worker) *Results {
 	cfg := r.cfg
 	res := &Results{
-		URL:          cfg.URL,
+		URL:          strings.Join(cfg.URLs, ","),
 		IDPrefix:     cfg.IDPrefix,
 		Concurrency:  cfg.Concurrency,
 		Rate:         cfg.Rate,

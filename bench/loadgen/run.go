@@ -65,7 +65,8 @@ type runner struct {
 	interrupted  bool // the run was cancelled (set before merge)
 	done         chan struct{}
 	stopOnce     sync.Once
-	bodyParts    [][]byte // body = parts[0] id parts[1] id ... parts[k]
+	bodyParts    [][]byte   // body = parts[0] id parts[1] id ... parts[k]
+	skuParts     [][][]byte // -skus > 1: the body parts of each SKU; request seq uses skuParts[seq % len]
 	prefix       []byte
 }
 
@@ -98,6 +99,22 @@ func buildBodyParts(cfg config) ([][]byte, error) {
 		return [][]byte{[]byte(head), []byte(`"}`)}, nil
 	}
 	return parseTemplate(cfg.BodyTemplate)
+}
+
+// buildSKUParts is the default body's parts for each of cfg.SKUs SKUs,
+// named <sku>-<i>; nil for one SKU.
+func buildSKUParts(cfg config) [][][]byte {
+	if cfg.SKUs <= 1 {
+		return nil
+	}
+	out := make([][][]byte, cfg.SKUs)
+	for i := range out {
+		c := cfg
+		c.SKU = cfg.SKU + "-" + strconv.Itoa(i)
+		c.BodyTemplate = ""
+		out[i], _ = buildBodyParts(c)
+	}
+	return out
 }
 
 // parseTemplate splits a printf-style template that may only use %s (the
@@ -156,12 +173,19 @@ func newHostClient(u *url.URL, conns int, timeout time.Duration) *fasthttp.HostC
 
 // run executes one load test and returns its merged results.
 func run(ctx context.Context, cfg config) (*Results, error) {
-	u, err := url.Parse(cfg.URL)
-	if err != nil {
-		return nil, fmt.Errorf("-url: %v", err)
+	if len(cfg.URLs) == 0 {
+		cfg.URLs = []string{cfg.URL}
 	}
-	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("-url %q: need http(s)://host[:port]/path", cfg.URL)
+	var urls []*url.URL
+	for _, s := range cfg.URLs {
+		u, err := url.Parse(s)
+		if err != nil {
+			return nil, fmt.Errorf("-url: %v", err)
+		}
+		if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("-url %q: need http(s)://host[:port]/path", s)
+		}
+		urls = append(urls, u)
 	}
 	parts, err := buildBodyParts(cfg)
 	if err != nil {
@@ -173,6 +197,7 @@ func run(ctx context.Context, cfg config) (*Results, error) {
 		end:          math.MaxInt64,
 		done:         make(chan struct{}),
 		bodyParts:    parts,
+		skuParts:     buildSKUParts(cfg),
 		prefix:       []byte(cfg.IDPrefix),
 	}
 	if cfg.Duration > 0 {
@@ -182,19 +207,30 @@ func run(ctx context.Context, cfg config) (*Results, error) {
 		r.period = 1e9 / cfg.Rate
 	}
 
-	var shared *fasthttp.HostClient
+	// Worker i sends to target i mod n; with shared connections, each
+	// target has one HostClient with as many connections as its workers.
+	var shared []*fasthttp.HostClient
 	if cfg.Conns == connsShared {
-		shared = newHostClient(u, cfg.Concurrency, cfg.Timeout)
+		for t, u := range urls {
+			n := cfg.Concurrency / len(urls)
+			if t < cfg.Concurrency%len(urls) {
+				n++
+			}
+			shared = append(shared, newHostClient(u, n, cfg.Timeout))
+		}
 	}
 	workers := make([]*worker, cfg.Concurrency)
 	for i := range workers {
-		w := &worker{r: r, client: shared}
-		if w.client == nil {
-			w.client = newHostClient(u, 1, cfg.Timeout)
+		t := i % len(urls)
+		w := &worker{r: r}
+		if shared != nil {
+			w.client = shared[t]
+		} else {
+			w.client = newHostClient(urls[t], 1, cfg.Timeout)
 		}
 		w.req = fasthttp.AcquireRequest()
 		w.resp = fasthttp.AcquireResponse()
-		w.req.SetRequestURI(cfg.URL)
+		w.req.SetRequestURI(cfg.URLs[t])
 		w.req.Header.SetMethod(fasthttp.MethodPost)
 		w.req.Header.SetContentType("application/json")
 		w.buf = make([]byte, 0, 256)
@@ -242,8 +278,8 @@ func run(ctx context.Context, cfg config) (*Results, error) {
 			w.client.CloseIdleConnections()
 		}
 	}
-	if shared != nil {
-		shared.CloseIdleConnections()
+	for _, c := range shared {
+		c.CloseIdleConnections()
 	}
 	return res, nil
 }
@@ -331,6 +367,9 @@ func (w *worker) sleep(d time.Duration) bool {
 
 func (w *worker) buildBody(seq uint64) {
 	parts := w.r.bodyParts
+	if sp := w.r.skuParts; sp != nil {
+		parts = sp[seq%uint64(len(sp))]
+	}
 	b := append(w.buf[:0], parts[0]...)
 	for _, p := range parts[1:] {
 		b = append(b, w.r.prefix...)

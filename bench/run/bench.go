@@ -51,6 +51,7 @@ var scenarios = []scenario{
 	{"rowlock", "MySQL row lock (`SELECT … FOR UPDATE` + `UPDATE`, one row)", "rowlock"},
 	{"condupdate", "MySQL conditional `UPDATE … WHERE stock >= ?` (autocommit)", "condupdate"},
 	{"rediskey", "Redis, one key, Lua check-and-decrement", "rediskey"},
+	{"mqpeer", "what teams build instead: Redis key + Lua with request-id dedup, a confirmed persistent RabbitMQ message per order, a consumer inserting one MySQL row per order", "mqpeer"},
 	{"floor", "HTTP floor: fasthttp answering 200 without work", "floor"},
 	{"stockd", "stockd: 1 node, 1 hot SKU, 4 partitions on 3 Redis shards", ""},
 	{"soldout", "stockd after sell-out (every answer `sold_out`)", ""},
@@ -122,17 +123,19 @@ func (r *lgResult) windowAnswers() float64 {
 
 // runResult is one row × concurrency × rep.
 type runResult struct {
-	sc       *scenario
-	c, rep   int
-	lg       *lgResult
-	cpu      map[string]float64 // CPU seconds during the run (warmup included)
-	cpuDrain map[string]float64 // stockd rows: from the start until write-back drained
-	pipe     float64            // Redis commands per socket read on the engine's Redis
-	settle   time.Duration      // stockd rows: write-back drain after the load stopped
-	settled  bool
-	busy     float64       // machine CPU busy, fraction of all cores
-	foreign  float64       // CPU of processes outside the bench, in cores (approx.)
-	waited   time.Duration // for the machine to be quiet before the run
+	sc                  *scenario
+	c, rep              int
+	lg                  *lgResult
+	cpu                 map[string]float64 // CPU seconds during the run (warmup included)
+	cpuDrain            map[string]float64 // stockd rows: from the start until write-back drained
+	pipe                float64            // Redis commands per socket read on the engine's Redis
+	settle              time.Duration      // stockd rows: write-back drain after the load stopped
+	settled             bool
+	backlog             int64         // mqpeer: orders not yet in MySQL when the load stopped
+	takeCalls, takeReqs float64       // stockd rows: take script calls and the requests they carried
+	busy                float64       // machine CPU busy, fraction of all cores
+	foreign             float64       // CPU of processes outside the bench, in cores (approx.)
+	waited              time.Duration // for the machine to be quiet before the run
 }
 
 type halfResult struct {
@@ -179,14 +182,24 @@ type bench struct {
 	stockdDB   string
 	baseDB     string
 	queue      string
-	root       *sql.DB // no default database; queries name theirs
+	mqQueue    string   // the mqpeer baseline's
+	queues     []string // every queue of the run (deleted at the end, with their .dlq)
+	root       *sql.DB  // no default database; queries name theirs
 	mariadbPID int
 	rabbitPID  int
 	rabbitVer  string
 	loadavg    string // at the start
 	http       *http.Client
 
-	hotAcked int64 // ok units on the hot SKU, warmups included, all runs
+	hotAcked           int64 // ok units on the hot SKU, warmups included, all runs
+	mqAcked            int64 // ok answers of the mqpeer runs, warmups included
+	mqPurged           bool  // a backlog was purged: the exactness check of mqpeer is void
+	mqRows, mqDistinct int64 // mqpeer's order rows at the end, and their distinct request ids
+
+	profile    *profileResult
+	scaleRuns  []*scaleResult
+	scaleRedis []*redisProc
+	goBin      string
 
 	gateBudget, gateUsed time.Duration // waits for a quiet machine
 
@@ -211,14 +224,17 @@ type soldOutSetup struct {
 }
 
 type verifyResult struct {
-	sku string
-	ok  bool
-	raw string
+	sku     string
+	row     string // the scale row, "" for the main node
+	skipped bool   // not checked: the write-back had not drained
+	ok      bool
+	raw     string
 }
 
 func newBench(opt options) *bench {
 	b := &bench{opt: opt, start: time.Now(), clk: 100, http: &http.Client{Timeout: 30 * time.Second}}
 	b.loadavg = readLoadavg()
+	setScaleSKUs(opt.scaleSKUs)
 	b.gateBudget = 120 * time.Second
 	if opt.quick {
 		b.gateBudget = 15 * time.Second
@@ -254,8 +270,8 @@ func randHex(n int) string {
 
 func (b *bench) run(ctx context.Context) error {
 	o := b.opt
-	b.logf("plan: %d rows × c=%v × %d reps × (%s warmup + %s), then p99 at half max and write-back lag; report -> %s",
-		len(b.rows()), o.conc, o.reps, o.warmup, o.duration, o.out)
+	b.logf("plan: %d rows × c=%v × %d reps × (%s warmup + %s), then a profile, p99 at half max, write-back lag, and %d scale rows × %d reps × (%s + %s) at c=%d; report -> %s",
+		len(b.rows()), o.conc, o.reps, o.warmup, o.duration, len(scaleRows), o.scaleReps, o.warmup, o.scaleDuration, slices.Max(o.conc), o.out)
 	if err := b.build(ctx); err != nil {
 		return err
 	}
@@ -278,6 +294,9 @@ func (b *bench) run(ctx context.Context) error {
 		}
 	}
 	if b.wants("stockd") {
+		if err := b.profileRun(ctx); err != nil {
+			return fmt.Errorf("profile: %w", err)
+		}
 		if err := b.halfMax(ctx); err != nil {
 			return err
 		}
@@ -287,6 +306,11 @@ func (b *bench) run(ctx context.Context) error {
 				return fmt.Errorf("write-back lag rep %d: %w", rep, err)
 			}
 			b.lags = append(b.lags, l)
+		}
+	}
+	if b.wants("scale") {
+		if err := b.runScaleRows(ctx); err != nil {
+			return err
 		}
 	}
 	b.verifyAll(ctx)
@@ -322,6 +346,7 @@ func (b *bench) build(ctx context.Context) error {
 			goBin = "/usr/local/go/bin/go"
 		}
 	}
+	b.goBin = goBin
 	for _, t := range [][2]string{
 		{"stockd", "./daemon/cmd/stockd"},
 		{"loadgen", "./bench/loadgen"},
@@ -364,6 +389,13 @@ func (b *bench) setup(ctx context.Context) error {
 	b.stockdDB = "stockd_bench_" + id
 	b.baseDB = "stockd_bench_base_" + id
 	b.queue = "stockd.bench." + id
+	b.mqQueue = b.queue + ".mqpeer"
+	b.queues = []string{b.queue, b.mqQueue}
+	dbs := []string{b.stockdDB, b.baseDB}
+	for _, sr := range scaleRows {
+		dbs = append(dbs, b.stockdDB+"_"+sr.id)
+		b.queues = append(b.queues, b.queue+"."+sr.id)
+	}
 	b.token = randHex(16)
 	b.secret = randHex(32)
 
@@ -380,7 +412,7 @@ func (b *bench) setup(ctx context.Context) error {
 	root.SetMaxOpenConns(2)
 	b.root = root
 	b.onCleanup(func() {
-		for _, db := range []string{b.stockdDB, b.baseDB} {
+		for _, db := range dbs {
 			if _, err := root.Exec("DROP DATABASE IF EXISTS " + db); err != nil {
 				b.logf("cleanup: drop database %s: %v", db, err)
 			}
@@ -392,7 +424,7 @@ func (b *bench) setup(ctx context.Context) error {
 	}
 	// Note what we are about to create, so that a later run can remove it
 	// should this one be killed before its cleanup (SIGKILL).
-	own, _ := json.Marshal(ownerFile{PID: os.Getpid(), Databases: []string{b.stockdDB, b.baseDB}, Queue: b.queue})
+	own, _ := json.Marshal(ownerFile{PID: os.Getpid(), Databases: dbs, Queue: b.queue, Queues: b.queues})
 	if err := os.WriteFile(filepath.Join(tmp, ownerName), own, 0o644); err != nil {
 		return err
 	}
@@ -449,7 +481,11 @@ func (b *bench) setup(ctx context.Context) error {
 	return b.putSKU(ctx, soldSKU, soldTotal, hotParts, soldChunk, soldThreshold)
 }
 
-func (b *bench) deleteQueues() { b.deleteQueue(b.queue) }
+func (b *bench) deleteQueues() {
+	for _, q := range b.queues {
+		b.deleteQueue(q)
+	}
+}
 
 func (b *bench) deleteQueue(queue string) {
 	conn, err := amqp.Dial(b.opt.amqpURL)
@@ -478,6 +514,7 @@ type ownerFile struct {
 	PID       int      `json:"pid"`
 	Databases []string `json:"databases"`
 	Queue     string   `json:"queue"`
+	Queues    []string `json:"queues,omitempty"`
 }
 
 const ownerName = "bench-owner.json"
@@ -508,8 +545,10 @@ func (b *bench) sweepStale(ctx context.Context, self string) {
 				_, _ = b.root.ExecContext(ctx, "DROP DATABASE IF EXISTS "+db)
 			}
 		}
-		if strings.HasPrefix(o.Queue, "stockd.bench.") {
-			b.deleteQueue(o.Queue)
+		for _, q := range append([]string{o.Queue}, o.Queues...) {
+			if strings.HasPrefix(q, "stockd.bench.") {
+				b.deleteQueue(q)
+			}
 		}
 		os.RemoveAll(dir)
 		b.logf("removed the leftovers of a killed earlier run (pid %d): %s, %v, queue %s", o.PID, dir, o.Databases, o.Queue)
@@ -523,53 +562,80 @@ func (b *bench) dsn(db string) string {
 }
 
 func (b *bench) startStockd(ctx context.Context) error {
+	n, err := b.startNode(ctx, nodeSpec{name: "bench-node", prefix: b.prefix, db: b.stockdDB, queue: b.queue, shards: b.shards, log: "stockd.log"})
+	if err != nil {
+		return fmt.Errorf("stockd: %w", err)
+	}
+	b.stockd, b.hot, b.admin = n.p, n.hot, n.admin
+	b.logf("stockd ready: hot %s, admin %s, database %s, queue %s, key prefix %s", b.hot, b.admin, b.stockdDB, b.queue, b.prefix)
+	return nil
+}
+
+// nodeSpec is one stockd process: its cluster's key prefix, database,
+// queue and shards, and the gossip addresses it joins.
+type nodeSpec struct {
+	name, prefix, db, queue, log string
+	shards                       []*redisProc
+	join                         []string
+}
+
+// stockNode is a running stockd.
+type stockNode struct {
+	p                  *proc
+	hot, admin, gossip string
+}
+
+// startNode starts a stockd and waits until it is ready. Its cleanup
+// (stop) is registered before it returns.
+func (b *bench) startNode(ctx context.Context, s nodeSpec) (*stockNode, error) {
 	var ports [3]int
 	for i := range ports {
 		p, err := freePort()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		ports[i] = p
 	}
-	b.hot = "127.0.0.1:" + strconv.Itoa(ports[0])
-	b.admin = "127.0.0.1:" + strconv.Itoa(ports[1])
+	n := &stockNode{hot: "127.0.0.1:" + strconv.Itoa(ports[0]), admin: "127.0.0.1:" + strconv.Itoa(ports[1]), gossip: "127.0.0.1:" + strconv.Itoa(ports[2])}
 	var shards []string
-	for i, r := range b.shards {
+	for i, r := range s.shards {
 		shards = append(shards, fmt.Sprintf("s%d=%s", i+1, r.addr))
 	}
 	env := append(cleanEnv(),
-		"STOCKD_NODE_NAME=bench-node",
-		"STOCKD_HTTP_ADDR="+b.hot,
-		"STOCKD_ADMIN_ADDR="+b.admin,
-		"STOCKD_GOSSIP_ADDR=127.0.0.1:"+strconv.Itoa(ports[2]),
+		"STOCKD_NODE_NAME="+s.name,
+		"STOCKD_HTTP_ADDR="+n.hot,
+		"STOCKD_ADMIN_ADDR="+n.admin,
+		"STOCKD_GOSSIP_ADDR="+n.gossip,
 		"STOCKD_ADMIN_TOKEN="+b.token,
 		"STOCKD_RESERVATION_SECRET="+b.secret,
-		"STOCKD_MYSQL_DSN="+b.dsn(b.stockdDB),
+		"STOCKD_MYSQL_DSN="+b.dsn(s.db),
 		"STOCKD_AMQP_URL="+b.opt.amqpURL,
-		"STOCKD_KEY_PREFIX="+b.prefix,
+		"STOCKD_KEY_PREFIX="+s.prefix,
 		"STOCKD_SHARDS="+strings.Join(shards, ","),
-		"STOCKD_SYNC_QUEUE="+b.queue,
+		"STOCKD_SYNC_QUEUE="+s.queue,
 		"STOCKD_LOG_LEVEL=warn",
 	)
-	p, err := startProc("stockd", filepath.Join(b.bin, "stockd"), nil, env, filepath.Join(b.tmp, "stockd.log"))
-	if err != nil {
-		return err
+	if len(s.join) > 0 {
+		env = append(env, "STOCKD_JOIN="+strings.Join(s.join, ","))
 	}
-	b.stockd = p
+	p, err := startProc(s.name, filepath.Join(b.bin, "stockd"), nil, env, filepath.Join(b.tmp, s.log))
+	if err != nil {
+		return nil, err
+	}
+	n.p = p
 	b.onCleanup(func() {
 		p.stop(syscall.SIGTERM, 15*time.Second)
 		if b.opt.keep {
 			return
 		}
 		if t := p.tail(5); t != "" && p.err != nil {
-			b.logf("stockd log (last lines):\n%s", t)
+			b.logf("%s log (last lines):\n%s", s.name, t)
 		}
 	})
-	if err := b.waitHTTP(ctx, p, "http://"+b.hot+"/readyz", 60*time.Second); err != nil {
-		return fmt.Errorf("stockd: %w", err)
+	if err := b.waitHTTP(ctx, p, "http://"+n.hot+"/readyz", 60*time.Second); err != nil {
+		return nil, err
 	}
-	b.logf("stockd ready: hot %s, admin %s, database %s, queue %s, key prefix %s", b.hot, b.admin, b.stockdDB, b.queue, b.prefix)
-	return nil
+	return n, nil
 }
 
 // waitHTTP waits for url to answer 200 while p runs.
@@ -595,7 +661,12 @@ func (b *bench) waitHTTP(ctx context.Context, p *proc, url string, limit time.Du
 }
 
 func (b *bench) adminDo(ctx context.Context, method, path, body string) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+b.admin+path, strings.NewReader(body))
+	return b.adminAt(ctx, b.admin, method, path, body)
+}
+
+// adminAt calls the admin API of the node at admin.
+func (b *bench) adminAt(ctx context.Context, admin, method, path, body string) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+admin+path, strings.NewReader(body))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -611,8 +682,12 @@ func (b *bench) adminDo(ctx context.Context, method, path, body string) (int, []
 }
 
 func (b *bench) putSKU(ctx context.Context, sku string, total int64, parts int, chunk, thr int64) error {
+	return b.putSKUAt(ctx, b.admin, sku, total, parts, chunk, thr)
+}
+
+func (b *bench) putSKUAt(ctx context.Context, admin, sku string, total int64, parts int, chunk, thr int64) error {
 	body := fmt.Sprintf(`{"total":%d,"partitions":%d,"chunk":%d,"threshold":%d}`, total, parts, chunk, thr)
-	code, out, err := b.adminDo(ctx, http.MethodPut, "/admin/skus/"+sku, body)
+	code, out, err := b.adminAt(ctx, admin, http.MethodPut, "/admin/skus/"+sku, body)
 	if err != nil {
 		return fmt.Errorf("PUT /admin/skus/%s: %w", sku, err)
 	}
@@ -719,7 +794,8 @@ func (b *bench) startBaseline(ctx context.Context, mode string) (*proc, string, 
 	args := []string{"-mode", mode, "-addr", addr,
 		"-mysql", b.dsn(b.baseDB), "-table", "bench_stock",
 		"-redis", b.baseRedis.addr, "-key", b.prefix + ":stock",
-		"-stock", strconv.FormatInt(baselineStock, 10), "-db-conns", strconv.Itoa(baselineConns)}
+		"-stock", strconv.FormatInt(baselineStock, 10), "-db-conns", strconv.Itoa(baselineConns),
+		"-queue", b.mqQueue, "-amqp", b.opt.amqpURL, "-orders", mqOrders}
 	p, err := startProc("baseline-"+mode, filepath.Join(b.bin, "baseline"), args, cleanEnv(), filepath.Join(b.tmp, "baseline-"+mode+".log"))
 	if err != nil {
 		return nil, "", err
@@ -841,6 +917,9 @@ func (b *bench) runRow(ctx context.Context, sc *scenario, c, rep int) (*runResul
 		case "rediskey":
 			groups = append(groups, cpuGroup{"redis", []int{b.baseRedis.pid()}})
 			redisAddrs = []string{b.baseRedis.addr}
+		case "mqpeer":
+			groups = append(groups, cpuGroup{"redis", []int{b.baseRedis.pid()}}, cpuGroup{"mariadb", []int{b.mariadbPID}}, cpuGroup{"rabbitmq", []int{b.rabbitPID}})
+			redisAddrs = []string{b.baseRedis.addr}
 		}
 		// Every process of the bench, to tell how much CPU went elsewhere.
 		groups = append(groups, cpuGroup{"stockd_idle", bystanders}, cpuGroup{"all", append(b.ourPIDs(), p.pid())})
@@ -854,17 +933,32 @@ func (b *bench) runRow(ctx context.Context, sc *scenario, c, rep int) (*runResul
 
 	args := append(b.lgArgs(url, sku, c, fmt.Sprintf("b%s-%s-c%d-r%d-", b.prefix, sc.name, c, rep)),
 		"-d", b.opt.duration.String(), "-warmup", b.opt.warmup.String())
-	mres, err := b.measure(ctx, groups, redisAddrs, args...)
+	var admins []string
+	if sc.mode == "" {
+		admins = []string{b.admin}
+	}
+	mres, err := b.measureNodes(ctx, groups, redisAddrs, admins, args...)
 	if err != nil {
 		return nil, err
 	}
 	lg := mres.lg
 	res.lg, res.cpu, res.busy, res.foreign, res.pipe = lg, mres.cpu, mres.busy, mres.foreign, mres.pipe
+	res.takeCalls, res.takeReqs = mres.takeCalls, mres.takeReqs
 	for _, f := range lg.Failures {
 		b.note("%s c=%d rep %d: loadgen: %s", sc.name, c, rep, f)
 	}
 	if sc.name == "soldout" && lg.TotalOK > 0 {
 		b.note("soldout c=%d rep %d: %d ok answers after the sell-out", c, rep, lg.TotalOK)
+	}
+	if sc.name == "mqpeer" {
+		b.mqAcked += int64(lg.TotalOK)
+		res.settle, res.settled, res.backlog, err = b.waitOrders(ctx, lg)
+		if err != nil {
+			return nil, err
+		}
+		res.cpuDrain = b.cpuDelta(mres.before, b.snapshot(groups))
+		delete(res.cpuDrain, "all")
+		delete(res.cpuDrain, "stockd_idle")
 	}
 	if sc.name == "stockd" {
 		b.hotAcked += int64(lg.TotalOKUnits)
@@ -883,11 +977,79 @@ func (b *bench) runRow(ctx context.Context, sc *scenario, c, rep int) (*runResul
 	}
 	msg := fmt.Sprintf("rep %d/%d %-10s c=%-3d %8.0f/s  p50 %6.2fms p99 %7.2fms p999 %7.2fms  ok %d sold_out %d errors %d  busy %.0f%% foreign %.2f cores",
 		rep, b.opt.reps, sc.name, c, lg.throughput(), lg.P50Ms, lg.P99Ms, lg.P999Ms, lg.OK, lg.SoldOut, lg.errors(), 100*res.busy, res.foreign)
-	if sc.name == "stockd" {
+	if sc.name == "stockd" || sc.name == "mqpeer" {
 		msg += fmt.Sprintf("  write-back drained in %s", res.settle.Round(10*time.Millisecond))
+	}
+	if res.takeCalls > 0 {
+		msg += fmt.Sprintf("  %.1f requests per take call", res.takeReqs/res.takeCalls)
 	}
 	b.logf("%s", msg)
 	return res, nil
+}
+
+// mqOrders is the mqpeer baseline's orders table (in the baseline database).
+const mqOrders = "bench_orders"
+
+// waitOrders waits until the mqpeer consumer has inserted an order row for
+// every ok answer of the mqpeer runs so far: the peer's write-back lag,
+// from the load generator's exit. A backlog that does not drain in time is
+// purged (and the count rebased), so that it does not slow the next run.
+func (b *bench) waitOrders(ctx context.Context, lg *lgResult) (time.Duration, bool, int64, error) {
+	q := "SELECT COUNT(*) FROM " + b.baseDB + "." + mqOrders
+	limit := 60 * time.Second
+	if b.opt.quick {
+		limit = 20 * time.Second
+	}
+	backlog := int64(-1)
+	for {
+		var n int64
+		if err := b.root.QueryRowContext(ctx, q).Scan(&n); err != nil {
+			if ctx.Err() != nil {
+				return 0, false, 0, ctx.Err()
+			}
+			return 0, false, 0, fmt.Errorf("%s: %w", q, err)
+		}
+		if backlog < 0 {
+			backlog = b.mqAcked - n
+		}
+		if n >= b.mqAcked {
+			if n > b.mqAcked {
+				b.note("mqpeer: %d order rows for %d ok answers (a confirmed order whose answer was lost)", n, b.mqAcked)
+				b.mqAcked = n
+			}
+			return time.Since(lg.exited), true, backlog, nil
+		}
+		if time.Since(lg.exited) > limit {
+			lag := time.Since(lg.exited)
+			b.purgeQueue(b.mqQueue)
+			_ = sleepCtx(ctx, time.Second) // let in-flight inserts land
+			_ = b.root.QueryRowContext(ctx, q).Scan(&n)
+			b.note("mqpeer: %d of %d orders still not in MySQL %s after the load; queue purged, count rebased", b.mqAcked-n, b.mqAcked, limit)
+			b.mqAcked = n
+			b.mqPurged = true
+			return lag, false, backlog, nil
+		}
+		if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
+			return 0, false, 0, err
+		}
+	}
+}
+
+func (b *bench) purgeQueue(queue string) {
+	conn, err := amqp.Dial(b.opt.amqpURL)
+	if err != nil {
+		b.logf("purge %s: %v", queue, err)
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return
+	}
+	defer ch.Close()
+	if _, err := ch.QueuePurge(queue, false); err != nil {
+		b.logf("purge %s: %v", queue, err)
+	}
 }
 
 // drainLimit bounds a wait for the write-back. If one wait ran out, the
@@ -952,7 +1114,7 @@ func (b *bench) halfMax(ctx context.Context) error {
 		args := append(b.lgArgs(b.hotURL(), hotSKU, c, fmt.Sprintf("b%s-half-r%d-", b.prefix, rep)),
 			"-rate", strconv.FormatFloat(rate, 'f', 0, 64), "-d", b.opt.duration.String(), "-warmup", b.opt.warmup.String())
 		groups, addrs := b.stockdGroups()
-		mres, err := b.measure(ctx, groups, addrs, args...)
+		mres, err := b.measureNodes(ctx, groups, addrs, []string{b.admin}, args...)
 		if err != nil {
 			return fmt.Errorf("half max: %w", err)
 		}
@@ -1003,6 +1165,8 @@ type measurement struct {
 	busy    float64            // machine CPU busy, fraction of all cores
 	foreign float64            // CPU of processes outside the bench, in cores (approx.)
 	pipe    float64            // Redis commands per socket read over redisAddrs
+
+	takeCalls, takeReqs float64 // stockd's take script calls and their requests (when admins is set)
 }
 
 // measure runs loadgen with args and reads the CPU of groups, of the whole
@@ -1010,10 +1174,17 @@ type measurement struct {
 // "all" must hold every process of the bench: the rest of the machine's
 // CPU is counted as foreign.
 func (b *bench) measure(ctx context.Context, groups []cpuGroup, redisAddrs []string, args ...string) (*measurement, error) {
+	return b.measureNodes(ctx, groups, redisAddrs, nil, args...)
+}
+
+// measureNodes is measure that also reads the take script counters of the
+// stockd nodes whose admin addresses are admins.
+func (b *bench) measureNodes(ctx context.Context, groups []cpuGroup, redisAddrs, admins []string, args ...string) (*measurement, error) {
 	st0, err := sumStats(redisAddrs)
 	if err != nil {
 		return nil, err
 	}
+	tc0, tr0 := b.takeStats(ctx, admins)
 	c0, m0 := b.snapshot(groups), machineTicks()
 	lg, err := b.loadgen(ctx, args...)
 	if err != nil {
@@ -1025,6 +1196,10 @@ func (b *bench) measure(ctx context.Context, groups []cpuGroup, redisAddrs []str
 		return nil, err
 	}
 	m := &measurement{lg: lg, cpu: b.cpuDelta(c0, c1), before: c0}
+	if len(admins) > 0 {
+		tc1, tr1 := b.takeStats(ctx, admins)
+		m.takeCalls, m.takeReqs = tc1-tc0, tr1-tr0
+	}
 	m.cpu["loadgen"] = lg.cpu
 	if m1.total > m0.total {
 		m.busy = float64(m1.busy-m0.busy) / float64(m1.total-m0.total)
@@ -1039,6 +1214,34 @@ func (b *bench) measure(ctx context.Context, groups []cpuGroup, redisAddrs []str
 		m.pipe = float64(st1.commands-st0.commands) / float64(dr)
 	}
 	return m, nil
+}
+
+// takeStats sums stockd_take_script_calls_total and
+// stockd_take_script_requests_total over the nodes at admins.
+func (b *bench) takeStats(ctx context.Context, admins []string) (calls, reqs float64) {
+	for _, a := range admins {
+		code, out, err := b.adminAt(ctx, a, http.MethodGet, "/metrics", "")
+		if err != nil || code != 200 {
+			continue
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			name, val, ok := strings.Cut(line, " ")
+			if !ok {
+				continue
+			}
+			v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+			if err != nil {
+				continue
+			}
+			switch name {
+			case "stockd_take_script_calls_total":
+				calls += v
+			case "stockd_take_script_requests_total":
+				reqs += v
+			}
+		}
+	}
+	return calls, reqs
 }
 
 // stockdGroups are the processes of the stockd rows.
@@ -1107,8 +1310,15 @@ func (b *bench) lagRun(ctx context.Context, rep int) (*lagResult, error) {
 	return l, nil
 }
 
-// verifyAll runs stockd's conservation check on every SKU it sold.
+// verifyAll runs stockd's conservation check on every SKU it sold, and
+// counts mqpeer's order rows.
 func (b *bench) verifyAll(ctx context.Context) {
+	if b.mqAcked > 0 {
+		q := "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM " + b.baseDB + "." + mqOrders
+		if err := b.root.QueryRowContext(ctx, q).Scan(&b.mqRows, &b.mqDistinct); err != nil {
+			b.note("mqpeer: %s: %v", q, err)
+		}
+	}
 	skus := []string{}
 	if b.wants("stockd") {
 		skus = append(skus, hotSKU)

@@ -9,14 +9,19 @@
 //  1. rowlock     MySQL SELECT … FOR UPDATE + UPDATE in a transaction
 //  2. condupdate  MySQL UPDATE … WHERE stock >= ? (autocommit)
 //  3. rediskey    one Redis key, Lua check-and-decrement
-//  4. floor       fasthttp answering 200 without work
-//  5. stockd      one node, one hot SKU, 4 partitions on 3 Redis shards
-//  6. soldout     stockd after sell-out
+//  4. mqpeer      Redis key + Lua with request-id dedup, a confirmed RabbitMQ
+//     message per order, a consumer inserting one MySQL row per order
+//  5. floor       fasthttp answering 200 without work
+//  6. stockd      one node, one hot SKU, 4 partitions on 3 Redis shards
+//  7. soldout     stockd after sell-out
 //
 // each at every concurrency of -c and -reps times, interleaved (rep 1 of
-// every row, then rep 2, …). Then it measures p99 at half of stockd's
-// maximum throughput (open loop) and the write-back lag, and writes a
-// Markdown report (-out).
+// every row, then rep 2, …). Then it profiles stockd under the same load
+// (CPU by part: hot path, write-back, …), measures p99 at half of stockd's
+// maximum throughput (open loop) and the write-back lag, runs the scale
+// rows (1, 3, 6 shards; 1,000 hot SKUs; 3 nodes: each a cluster of its
+// own, -scale-reps times at the highest concurrency), and writes a
+// Markdown report (-out) with a capacity projection.
 //
 // It starts everything it measures itself: its own Redis processes on free
 // ports, its own MySQL databases, its own RabbitMQ queue and key prefix,
@@ -40,19 +45,22 @@ import (
 )
 
 type options struct {
-	quick       bool
-	out         string
-	reps        int
-	duration    time.Duration
-	warmup      time.Duration
-	conc        []int
-	lagDuration time.Duration
-	lagConc     int
-	mysqlBase   string
-	amqpURL     string
-	keep        bool
-	only        map[string]bool
-	args        []string // as given, for the report
+	quick         bool
+	out           string
+	reps          int
+	duration      time.Duration
+	warmup        time.Duration
+	conc          []int
+	lagDuration   time.Duration
+	lagConc       int
+	mysqlBase     string
+	amqpURL       string
+	keep          bool
+	scaleReps     int
+	scaleSKUs     int
+	scaleDuration time.Duration
+	only          map[string]bool
+	args          []string // as given, for the report
 }
 
 func parseFlags(args []string) (options, error) {
@@ -69,7 +77,10 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.mysqlBase, "mysql", "root@tcp(127.0.0.1:3306)/", "MySQL DSN without database name")
 	fs.StringVar(&o.amqpURL, "amqp", "amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ URL")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temp directory (logs) after the run")
-	only := fs.String("only", "", "debug: run only these rows (comma-separated names: rowlock,condupdate,rediskey,floor,stockd,soldout); the report is incomplete")
+	fs.IntVar(&o.scaleReps, "scale-reps", 2, "repetitions of every scale row (quick: 1)")
+	fs.IntVar(&o.scaleSKUs, "scale-skus", 1000, "hot SKUs of the many-SKU scale row (quick: 100: creating 1,000 SKUs takes about a minute here)")
+	fs.DurationVar(&o.scaleDuration, "scale-duration", 3*time.Second, "measured time of one scale run (quick: 1.5s)")
+	only := fs.String("only", "", "debug: run only these rows (comma-separated names: rowlock,condupdate,rediskey,mqpeer,floor,stockd,soldout, and scale for the scale rows); the report is incomplete")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -94,6 +105,15 @@ func parseFlags(args []string) (options, error) {
 		if !set["lag-duration"] {
 			o.lagDuration = 2 * time.Second
 		}
+		if !set["scale-reps"] {
+			o.scaleReps = 1
+		}
+		if !set["scale-skus"] {
+			o.scaleSKUs = 100
+		}
+		if !set["scale-duration"] {
+			o.scaleDuration = 1500 * time.Millisecond
+		}
 	}
 	for _, s := range strings.Split(*conc, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -105,15 +125,19 @@ func parseFlags(args []string) (options, error) {
 	if *only != "" {
 		o.only = map[string]bool{}
 		for _, s := range strings.Split(*only, ",") {
-			if scenarioByName(s) == nil {
+			if scenarioByName(s) == nil && s != "scale" {
 				return o, fmt.Errorf("-only: unknown row %q", s)
 			}
 			o.only[s] = true
 		}
 	}
 	switch {
-	case o.reps < 1:
-		return o, errors.New("-reps must be >= 1")
+	case o.reps < 1 || o.scaleReps < 1:
+		return o, errors.New("-reps and -scale-reps must be >= 1")
+	case o.scaleSKUs < 2:
+		return o, errors.New("-scale-skus must be >= 2")
+	case o.scaleDuration <= 0:
+		return o, errors.New("-scale-duration must be > 0")
 	case o.duration <= 0 || o.warmup < 0 || o.lagDuration <= 0:
 		return o, errors.New("-duration and -lag-duration must be > 0, -warmup >= 0")
 	case o.lagConc < 1:

@@ -98,3 +98,96 @@ func TestRedisHelpersAndCPU(t *testing.T) {
 		t.Fatal("redis still running")
 	}
 }
+
+// A profile's samples go to the first part with a function on their stack.
+func TestAttributeProfile(t *testing.T) {
+	traces := `File: stockd
+Type: cpu
+Duration: 5s, Total samples = 1.10s (22%)
+-----------+-------------------------------------------------------
+     100ms   internal/runtime/syscall/linux.Syscall6
+             github.com/valyala/fasthttp.(*Server).serveConn
+-----------+-------------------------------------------------------
+     1.50s   database/sql.(*DB).ExecContext
+             github.com/stockd/stockd/shard.(*Partition).Read (inline)
+             github.com/stockd/stockd/sync.(*applier).apply
+-----------+-------------------------------------------------------
+      30ms   github.com/redis/rueidis.(*pipe)._backgroundRead
+-----------+-------------------------------------------------------
+      20ms   runtime.scanobject
+             runtime.gcBgMarkWorker
+-----------+-------------------------------------------------------
+      10ms   runtime.findRunnable
+             runtime.schedule
+-----------+-------------------------------------------------------
+`
+	total, shares := attribute([]byte(traces))
+	if total < 1.659 || total > 1.661 {
+		t.Fatalf("total %v", total)
+	}
+	got := map[string]float64{}
+	for _, s := range shares {
+		got[strings.SplitN(s.part, " ", 2)[0]] = s.sec
+	}
+	want := map[string]float64{"write-back": 1.5, "hot": 0.1, "Redis": 0.03, "garbage": 0.02, "other": 0.01, "refills": 0}
+	for k, v := range want {
+		if d := got[k] - v; d > 1e-9 || d < -1e-9 {
+			t.Errorf("%s: %v, want %v (all: %v)", k, got[k], v, got)
+		}
+	}
+}
+
+// The report holds the issue's targets, the mqpeer row, the profile, the
+// scale rows and the capacity projection, from synthetic runs.
+func TestReportSections(t *testing.T) {
+	o, err := parseFlags([]string{"-quick", "-out", filepath.Join(t.TempDir(), "B.md"), "-scale-skus", "1000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBench(o)
+	b.machine.nproc = "2"
+	lg := func(ok, sold uint64) *lgResult {
+		return &lgResult{OK: ok, SoldOut: sold, TotalOK: ok, TotalOKUnits: ok, DurationS: 1, P99Ms: 3}
+	}
+	cpu := map[string]float64{"server": 0.5, "redis": 0.25, "mariadb": 0.3, "rabbitmq": 0.05, "loadgen": 0.2}
+	for _, name := range []string{"rediskey", "mqpeer", "floor", "stockd", "soldout"} {
+		for _, c := range o.conc {
+			n := map[string]uint64{"rediskey": 20000, "mqpeer": 4000, "floor": 40000, "stockd": 21000, "soldout": 0}[name]
+			r := &runResult{sc: scenarioByName(name), c: c, rep: 1, lg: lg(n, 0), cpu: cpu, cpuDrain: cpu, settled: true, takeCalls: 100, takeReqs: 1900}
+			if name == "soldout" {
+				r.lg = lg(0, 38000)
+			}
+			b.runs = append(b.runs, r)
+		}
+	}
+	b.mqAcked, b.mqRows, b.mqDistinct = 8000, 8000, 8000
+	b.halves = []*halfResult{{rep: 1, rate: 10500, lg: lg(10500, 0), m: &measurement{cpu: cpu, takeCalls: 10, takeReqs: 20}, floor: lg(10500, 0)}}
+	b.profile = &profileResult{lg: lg(21000, 0), seconds: 2, total: 1, shares: []profileShare{{profileParts[0].part, 0.2}, {profileParts[2].part, 0.7}, {otherPart, 0.1}}}
+	for i := range scaleRows {
+		sr := &scaleRows[i]
+		b.scaleRuns = append(b.scaleRuns, &scaleResult{row: sr, rep: 1, lg: lg(20000, 0), m: &measurement{cpu: cpu, takeCalls: 10, takeReqs: 50}, cpuDrain: cpu, settled: true})
+	}
+	b.verifies = []verifyResult{{sku: "x", ok: true}, {sku: "y", row: "skus-1000", skipped: true, raw: "not checked: the write-back had not drained 35s after the last run"}}
+	if err := b.writeReport(); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(o.out)
+	s := string(raw)
+	for _, want := range []string{
+		"stockd ≥ 1× rediskey", "stockd ≥ 0.5× HTTP floor", "stockd ≥ 2× mqpeer", "✅ met: stockd ≥ 2× mqpeer",
+		"p99 ≤ 5 ms at half", "the HTTP floor at the same rate: 3", "soldout ≥ 0.9× HTTP floor at c = 64",
+		"1 not checked", "1, 3 and 6 shards", "1,000 hot SKUs ≥ 0.8×", "1 node vs 3 nodes",
+		"| mqpeer | 256 |", "mqpeer's write-back lag", "8,000 order rows (8,000 distinct request ids)",
+		"## Where stockd's CPU goes", "**70%**", "| stockd row, c = 256 | **19.0** |",
+		"## Scale rows", "| skus-1000 |", "## Capacity (projection)", "**A projection", "| Redis shards | 11.9 |",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	for _, gone := range []string{"MySQL row lock at c", "vs row lock", "≥ 40×", "≥ 0.7×"} {
+		if strings.Contains(s, gone) {
+			t.Errorf("report still has the retired %q", gone)
+		}
+	}
+}
