@@ -133,6 +133,12 @@ type Options struct {
 	StartUnreachable bool
 	// Logger receives warnings (durability, health).
 	Logger *slog.Logger
+	// RecordWindow is the generation length of the partitions' records
+	// and pointers (scheduler.retry_window): each is kept for at least one
+	// and at most two windows after it was last written, then expires
+	// (ARCHITECTURE 2). 0: DefaultRecordWindow. Every node must use the
+	// same value.
+	RecordWindow time.Duration
 }
 
 // Shard is one Redis instance. Its address can change under a live node (a
