@@ -2,6 +2,10 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -229,4 +233,372 @@ func TestRecordsExpireAfterRetryWindow(t *testing.T) {
 		}
 		t.Log(line)
 	}
+}
+
+// commandCalls is the shard's INFO commandstats: calls per command.
+func commandCalls(t *testing.T, c rueidis.Client) map[string]int64 {
+	t.Helper()
+	s, err := c.Do(context.Background(), c.B().Info().Section("commandstats").Build()).ToString()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int64{}
+	for _, line := range strings.Split(s, "\r\n") {
+		name, rest, ok := strings.Cut(line, ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") {
+			continue
+		}
+		calls, _, _ := strings.Cut(strings.TrimPrefix(rest, "calls="), ",")
+		out[strings.TrimPrefix(name, "cmdstat_")], _ = strconv.ParseInt(calls, 10, 64)
+	}
+	return out
+}
+
+// callsBetween is the calls made between two commandstats reads (the
+// second read's own INFO left out).
+func callsBetween(a, b map[string]int64) (total int64, by map[string]int64) {
+	by = map[string]int64{}
+	for k, v := range b {
+		if d := v - a[k]; d > 0 {
+			by[k] = d
+			total += d
+		}
+	}
+	by["info"]--
+	total--
+	return total, by
+}
+
+// adminGet sends a GET to the admin port and returns the status, the
+// time it took and the X-Next-Cursor header.
+func adminGet(t *testing.T, n *node, path string, out any) (int, time.Duration, string) {
+	t.Helper()
+	req, err := http.NewRequest("GET", "http://"+n.admin+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	took := time.Since(start)
+	if out != nil && resp.StatusCode == 200 {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+	}
+	return resp.StatusCode, took, resp.Header.Get("X-Next-Cursor")
+}
+
+// 1,000 SKUs: GET /admin/skus and the status page's poll (cluster, shards,
+// SKUs) make no per-partition Redis call. Background work calls Redis too
+// (write-back's reconcile inspects every partition it owns every second;
+// the test turns the stream polling and the sweep down), so the script
+// calls (EVALSHA: a partition read is one) during polls are compared with
+// those during an idle spell as long: reading levels would add one per
+// partition, 1,000 per poll; the listing adds none. The answer times are
+// logged (the note's figure), not asserted.
+func TestListingCostAt1000SKUs(t *testing.T) {
+	e := newEnv(t, 1)
+	cfg := e.config()
+	cfg.Sync.PollInterval = time.Hour
+	cfg.Scheduler.SweepEvery = time.Hour
+	n := startNode(t, cfg)
+	const skus = 1000
+	// Every unit in the partition (total = 2 chunks): the pool is empty,
+	// so the sweep leaves the SKUs alone and the background is write-back
+	// only.
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1) - 1; i < skus; i = next.Add(1) - 1 {
+				body := `{"total":20,"partitions":1,"chunk":10,"threshold":2}`
+				req, _ := http.NewRequest("PUT", "http://"+n.admin+"/admin/skus/list-"+strconv.FormatInt(1000+i, 10), strings.NewReader(body))
+				req.Header.Set("Authorization", "Bearer "+testToken)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 201 {
+					t.Errorf("put list-%d: status %d", 1000+i, resp.StatusCode)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	// Pages: 1,000 SKUs in pages of 300 come back whole, in order, once.
+	var names []string
+	cursor := ""
+	for pages := 0; ; pages++ {
+		if pages > skus/300+1 {
+			t.Fatal("pagination does not end")
+		}
+		var page []skuView
+		path := "/admin/skus?limit=300"
+		if cursor != "" {
+			path += "&cursor=" + cursor
+		}
+		code, _, nextCursor := adminGet(t, n, path, &page)
+		if code != 200 {
+			t.Fatalf("GET %s: %d", path, code)
+		}
+		for _, v := range page {
+			names = append(names, v.SKU)
+			if len(v.Partitions) != 1 {
+				t.Fatalf("%s lists %d partitions, want 1", v.SKU, len(v.Partitions))
+			}
+		}
+		if cursor = nextCursor; cursor == "" {
+			break
+		}
+	}
+	if len(names) != skus {
+		t.Fatalf("pages list %d SKUs, want %d", len(names), skus)
+	}
+	for i := range names {
+		if want := "list-" + strconv.Itoa(1000+i); names[i] != want {
+			t.Fatalf("SKU %d of the listing is %s, want %s", i, names[i], want)
+		}
+	}
+
+	// Polls for at least 5 s and 20 polls, then an idle spell as long: the
+	// idle count may differ by a reconcile (1,000 inspects) at each edge,
+	// which 20 polls spread thin.
+	c := e.shards[0].Client()
+	polls := 0
+	var listTimes, pollTimes []time.Duration
+	a := commandCalls(t, c)
+	start := time.Now()
+	for ; time.Since(start) < 5*time.Second || polls < 20; polls++ {
+		pollStart := time.Now()
+		var list []skuView
+		code, took, _ := adminGet(t, n, "/admin/skus", &list)
+		if code != 200 || len(list) != skus {
+			t.Fatalf("GET /admin/skus: %d, %d SKUs", code, len(list))
+		}
+		listTimes = append(listTimes, took)
+		for _, p := range []string{"/admin/cluster", "/admin/shards"} {
+			if code, _, _ := adminGet(t, n, p, nil); code != 200 {
+				t.Fatalf("GET %s: %d", p, code)
+			}
+		}
+		pollTimes = append(pollTimes, time.Since(pollStart))
+	}
+	spell := time.Since(start)
+	busy, busyBy := callsBetween(a, commandCalls(t, c))
+	a = commandCalls(t, c)
+	time.Sleep(spell)
+	idle, idleBy := callsBetween(a, commandCalls(t, c))
+	extra := float64(busyBy["evalsha"]-idleBy["evalsha"]) / float64(polls)
+	t.Logf("%d SKUs: %d polls in %s; Redis calls %d while polling (%v), %d idle (%v): %.1f extra script calls per poll",
+		skus, polls, spell, busy, busyBy, idle, idleBy, extra)
+	t.Logf("GET /admin/skus: median %s, max %s; whole status poll: median %s, max %s",
+		median(listTimes), slicesMax(listTimes), median(pollTimes), slicesMax(pollTimes))
+	// Reading levels would add 1,000 script calls per poll; the idle
+	// spell's count varies by a reconcile (1,000 inspects) at each edge,
+	// spread over the polls.
+	if limit := float64(skus) / 2; extra > limit {
+		t.Errorf("%.1f extra script calls per poll, want under %.0f: the listing reads Redis per partition", extra, limit)
+	}
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func slicesMax(d []time.Duration) time.Duration { return slices.Max(d) }
+
+// metricsText is a node's /metrics.
+func metricsText(t *testing.T, n *node) string {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+n.admin+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// skuKeys counts the keys of sku's partitions on a shard.
+func skuKeys(t *testing.T, c rueidis.Client, prefix, sku string) int {
+	t.Helper()
+	n := 0
+	var cursor uint64
+	for {
+		e, err := c.Do(context.Background(), c.B().Scan().Cursor(cursor).Match("{"+prefix+":"+sku+":*").Count(1000).Build()).AsScanEntry()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += len(e.Elements)
+		if cursor = e.Cursor; cursor == 0 {
+			return n
+		}
+	}
+}
+
+// Archiving on a three-node cluster: refused (409) while reservations are
+// unconfirmed, without closing anything; a sold-out SKU, once settled, is
+// archived: no key of it on any shard, no metric series on any node, verify
+// ok, GET shows it archived, deductions answer 404 everywhere and PUT of
+// the name is refused. A SKU with unsold stock returns it to the pool.
+func TestArchiveSKUOnThreeNodes(t *testing.T) {
+	e := newEnv(t, 3)
+	nodes := startCluster(t, e, 3)
+	b := newBuyer(16)
+	confirmAll := func(o *outcomes) {
+		t.Helper()
+		for tok := range o.reservations {
+			if a, err := b.post(nodes[1].hot, "/v1/confirm", `{"reservation":"`+tok+`"}`); err != nil || a.Code != 200 {
+				t.Fatalf("confirm: %+v %v", a, err)
+			}
+		}
+	}
+
+	// A live sale: reservations not confirmed yet.
+	putSKU(t, nodes[0], "live", 100, 3, 10, 2)
+	waitKnown(t, nodes, "live")
+	live := crowdOver(t, b, []string{nodes[0].hot, nodes[1].hot, nodes[2].hot}, "live", 20, "live-")
+	if live.ok != 20 {
+		t.Fatalf("live sale: %d ok of 20 (%+v)", live.ok, live.other)
+	}
+	var refusal struct {
+		Error string `json:"error"`
+	}
+	// At once: the deductions are still on their way to MySQL (or, if
+	// write-back was quick, reserved there).
+	if code := adminDoAny(t, nodes[2], "DELETE", "/admin/skus/live", &refusal); code != 409 ||
+		!(strings.Contains(refusal.Error, "write-back") || strings.Contains(refusal.Error, "reserved")) {
+		t.Fatalf("DELETE during a live sale: %d %q, want 409 naming the backlog or the reservations", code, refusal.Error)
+	}
+	// Written back, not confirmed: refused for the reservations.
+	waitSynced(t, nodes[0], "live", 30*time.Second)
+	if code := adminDoAny(t, nodes[2], "DELETE", "/admin/skus/live", &refusal); code != 409 || !strings.Contains(refusal.Error, "reserved") {
+		t.Fatalf("DELETE with unconfirmed reservations: %d %q, want 409 naming them", code, refusal.Error)
+	}
+	// Refused means untouched: it still sells.
+	if a, err := b.deduct(nodes[0].hot, "live", 1, "live-after-refusal"); err != nil || a.Code != 200 {
+		t.Fatalf("deduct after the refused DELETE: %+v %v", a, err)
+	}
+
+	// A sold-out SKU: 30 units, 60 buyers on three nodes, all confirmed.
+	putSKU(t, nodes[0], "gone", 30, 3, 5, 1)
+	waitKnown(t, nodes, "gone")
+	sale := crowdOver(t, b, []string{nodes[0].hot, nodes[1].hot, nodes[2].hot}, "gone", 60, "gone-")
+	if sale.ok != 30 || sale.units != 30 {
+		t.Fatalf("sale: %d ok, %d units; want 30, 30", sale.ok, sale.units)
+	}
+	waitSynced(t, nodes[0], "gone", 30*time.Second)
+	confirmAll(sale)
+	for _, n := range nodes {
+		if !strings.Contains(metricsText(t, n), `sku="gone"`) {
+			t.Fatalf("node %s has no metric series of gone before the archive", n.d.cfg.NodeName)
+		}
+	}
+	var done struct {
+		Status   string `json:"status"`
+		Returned int64  `json:"returned_to_pool"`
+		Keys     int64  `json:"keys_removed"`
+		KeysErr  string `json:"keys_error"`
+	}
+	if code := adminDoAny(t, nodes[1], "DELETE", "/admin/skus/gone", &done); code != 200 || done.Status != "archived" || done.KeysErr != "" {
+		t.Fatalf("DELETE of the sold-out SKU: %d %+v", code, done)
+	}
+	if done.Keys == 0 {
+		t.Errorf("the archive removed no key")
+	}
+	for i, r := range e.shards {
+		if k := skuKeys(t, r.Client(), e.prefix, "gone"); k != 0 {
+			t.Errorf("shard s%d still holds %d keys of gone", i+1, k)
+		}
+	}
+	for _, n := range nodes {
+		waitUntil(t, 30*time.Second, "metric series of gone removed on "+n.d.cfg.NodeName, func() bool {
+			return !strings.Contains(metricsText(t, n), `sku="gone"`)
+		})
+		if r := verify(t, n, "gone"); !r.OK || r.Confirmed != 30 {
+			t.Errorf("verify of the archived SKU on %s: %+v", n.d.cfg.NodeName, r)
+		}
+		var v map[string]any
+		if code := adminDo(t, n, "GET", "/admin/skus/gone", "", &v); code != 200 || v["archived"] != true {
+			t.Errorf("GET of the archived SKU on %s: %d %v", n.d.cfg.NodeName, code, v)
+		}
+		if a, err := b.deduct(n.hot, "gone", 1, "late-buyer"); err != nil || a.Code != 404 {
+			t.Errorf("deduct of the archived SKU on %s: %+v %v, want 404", n.d.cfg.NodeName, a, err)
+		}
+		var list []skuView
+		adminGet(t, n, "/admin/skus", &list)
+		for _, s := range list {
+			if s.SKU == "gone" {
+				t.Errorf("node %s lists the archived SKU", n.d.cfg.NodeName)
+			}
+		}
+	}
+	if code := adminDo(t, nodes[2], "PUT", "/admin/skus/gone", `{"total":10}`, nil); code != 409 {
+		t.Errorf("PUT of an archived name: %d, want 409", code)
+	}
+	if code := adminDoAny(t, nodes[0], "DELETE", "/admin/skus/gone", &done); code != 200 || done.Status != "archived" {
+		t.Errorf("DELETE again: %d %+v", code, done)
+	}
+
+	// The live SKU once settled: its unsold units go back to the pool.
+	waitSynced(t, nodes[0], "live", 30*time.Second)
+	confirmAll(live)
+	// The deduction made after the refusal (its retry returns its token),
+	// confirmed too.
+	if a, err := b.deduct(nodes[0].hot, "live", 1, "live-after-refusal"); err != nil || a.Code != 200 {
+		t.Fatalf("retry of live-after-refusal: %+v %v", a, err)
+	} else if c, err := b.post(nodes[0].hot, "/v1/confirm", `{"reservation":"`+a.Reservation+`"}`); err != nil || c.Code != 200 {
+		t.Fatalf("confirm: %+v %v", c, err)
+	}
+	waitSynced(t, nodes[0], "live", 30*time.Second)
+	if code := adminDoAny(t, nodes[0], "DELETE", "/admin/skus/live", &done); code != 200 || done.Returned <= 0 {
+		t.Fatalf("DELETE of the settled SKU: %d %+v", code, done)
+	}
+	var v struct {
+		Pool      int64 `json:"pool"`
+		Confirmed int64 `json:"confirmed"`
+		Archived  bool  `json:"archived"`
+	}
+	if code := adminDo(t, nodes[2], "GET", "/admin/skus/live", "", &v); code != 200 || !v.Archived || v.Pool+v.Confirmed != 100 || v.Confirmed != 21 {
+		t.Errorf("archived live SKU: %d %+v, want pool 79 and confirmed 21", code, v)
+	}
+	if r := verify(t, nodes[1], "live"); !r.OK {
+		t.Errorf("verify of the archived live SKU: %+v", r)
+	}
+}
+
+// adminDoAny is adminDo that decodes error answers too.
+func adminDoAny(t *testing.T, n *node, method, path string, out any) int {
+	t.Helper()
+	req, _ := http.NewRequest(method, "http://"+n.admin+path, nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(b, out); err != nil {
+		t.Fatalf("%s %s: %d %s: %v", method, path, resp.StatusCode, b, err)
+	}
+	return resp.StatusCode
 }
