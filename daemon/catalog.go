@@ -50,14 +50,13 @@ func (c *catalog) PutSKU(ctx context.Context, name string, spec admin.Spec) (adm
 
 func (c *catalog) GetSKU(ctx context.Context, name string) (admin.SKUView, error) {
 	sku, err := c.store.Get(ctx, name)
+	if errors.Is(err, preallocate.ErrArchived) {
+		return c.archivedView(ctx, name)
+	}
 	if err != nil {
 		return admin.SKUView{}, adminErr(err)
 	}
-	v := admin.SKUView{
-		SKU: sku.Name, Total: sku.Total, Pool: sku.Pool, Reserved: sku.Reserved, Confirmed: sku.Confirmed,
-		Released: sku.Released, InDoubt: sku.InDoubt, Doubled: sku.Doubled, Chunk: sku.Chunk,
-		Threshold: sku.Threshold, Version: sku.Version, TargetPartitions: sku.Target, Partitions: []admin.PartitionView{},
-	}
+	v := rowView(sku)
 	v.Available = sku.Pool
 	for _, rp := range sku.Partitions {
 		pv := admin.PartitionView{ID: rp.ID, Shard: rp.Shard, State: rp.State}
@@ -110,19 +109,211 @@ func soldOut(v admin.SKUView, entry *scheduler.SKU) bool {
 	return true
 }
 
-func (c *catalog) ListSKUs(ctx context.Context) ([]admin.SKUView, error) {
-	out := []admin.SKUView{}
-	for _, name := range c.sched.Registry().Names() {
-		v, err := c.GetSKU(ctx, name)
-		if err != nil {
-			if errors.Is(err, admin.ErrNotFound) {
-				continue // deleted meanwhile
+// ListSKUs serves GET /admin/skus from MySQL's rows (one page: two
+// queries) and the registry's last known levels, with no Redis call: the
+// status page polls it every second per open tab, whatever the number of
+// SKUs and partitions.
+func (c *catalog) ListSKUs(ctx context.Context, cursor string, limit int) ([]admin.SKUView, string, error) {
+	skus, more, err := c.store.Page(ctx, cursor, limit)
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]admin.SKUView, 0, len(skus))
+	for _, sku := range skus {
+		out = append(out, c.cachedView(sku))
+	}
+	next := ""
+	if more && len(skus) > 0 {
+		next = skus[len(skus)-1].Name
+	}
+	return out, next, nil
+}
+
+// cachedView is sku's view with the registry's last known levels.
+func (c *catalog) cachedView(sku preallocate.SKU) admin.SKUView {
+	v := rowView(sku)
+	v.Cached = true
+	v.Available = sku.Pool
+	reg := c.sched.Registry().Get(sku.Name)
+	for _, rp := range sku.Partitions {
+		pv := admin.PartitionView{ID: rp.ID, Shard: rp.Shard, State: rp.State, Active: "a", Seq: rp.SeenSeq}
+		if reg != nil {
+			if p := reg.Partition(rp.ID); p != nil && p.H.Epoch == rp.Epoch {
+				l := p.Levels()
+				pv.A, pv.B, pv.Active = l.A, l.B, string(l.Active)
+				pv.Seq = max(pv.Seq, p.H.LastSeq())
+				if rp.State == "open" {
+					v.Available += l.Total()
+				}
 			}
-			return nil, err
 		}
-		out = append(out, v)
+		v.Partitions = append(v.Partitions, pv)
+	}
+	v.SoldOut = soldOut(v, reg)
+	if v.SoldOut {
+		v.Available = 0
+	}
+	return v
+}
+
+// rowView is the part of a SKU's view MySQL's row gives.
+func rowView(sku preallocate.SKU) admin.SKUView {
+	return admin.SKUView{
+		SKU: sku.Name, Total: sku.Total, Pool: sku.Pool, Reserved: sku.Reserved, Confirmed: sku.Confirmed,
+		Released: sku.Released, InDoubt: sku.InDoubt, Doubled: sku.Doubled, Chunk: sku.Chunk,
+		Threshold: sku.Threshold, Version: sku.Version, TargetPartitions: sku.Target, Partitions: []admin.PartitionView{},
+	}
+}
+
+// archivedView shows an archived SKU from MySQL alone: its final counters
+// and its (closed) partitions; nothing of it is left in Redis.
+func (c *catalog) archivedView(ctx context.Context, name string) (admin.SKUView, error) {
+	sku, err := c.store.GetArchived(ctx, name)
+	if err != nil {
+		return admin.SKUView{}, adminErr(err)
+	}
+	v := rowView(sku)
+	v.Archived, v.Available, v.SoldOut = true, 0, true
+	at := sku.ArchivedAt
+	v.ArchivedAt = &at
+	for _, rp := range sku.Partitions {
+		v.Partitions = append(v.Partitions, admin.PartitionView{ID: rp.ID, Shard: rp.Shard, State: rp.State, Active: "a", Seq: rp.SeenSeq})
+	}
+	return v, nil
+}
+
+// archiveResult is DELETE /admin/skus/{sku}'s answer.
+type archiveResult struct {
+	SKU    string `json:"sku"`
+	Status string `json:"status"` // "archived"
+	// Returned is the units the partitions still held, back in the pool.
+	Returned int64 `json:"returned_to_pool"`
+	// KeysRemoved counts the Redis keys deleted (every shard).
+	KeysRemoved int64 `json:"keys_removed"`
+	// KeysError names shards whose keys could not be deleted; the SKU is
+	// archived all the same, and DELETE again removes what is left.
+	KeysError string `json:"keys_error,omitempty"`
+	// Unconfirmed: the members that did not confirm in time that they
+	// dropped the SKU (as in shardMoves).
+	Unconfirmed []string `json:"unconfirmed,omitempty"`
+}
+
+// ArchiveSKU archives name (ARCHITECTURE 12.5):
+//
+//  1. refuse (409, with the reason) unless the SKU is settled: nothing
+//     reserved and unconfirmed, nothing in doubt, no allocation pending,
+//     every deduction written back to MySQL;
+//  2. close every open partition, returning its units to the pool, and
+//     make every node reload (no node sells it from then on);
+//  3. check 1 again: a deduction that got in before the close must land
+//     and be settled first (409; the partitions stay closed, and DELETE
+//     again finishes once it is);
+//  4. mark it archived in MySQL (target 0, version + 1) and make every
+//     node drop it: registry entry, levels, metric series;
+//  5. delete its keys from every shard.
+//
+// An archived SKU answers DELETE with 200 again (removing keys a failed
+// pass left), GET /admin/skus/{sku} with its final ledger, deductions with
+// 404, and PUT with 409: its name is not reused.
+func (c *catalog) ArchiveSKU(ctx context.Context, name string) (any, error) {
+	out := archiveResult{SKU: name, Status: "archived"}
+	sku, err := c.store.Get(ctx, name)
+	if errors.Is(err, preallocate.ErrArchived) {
+		out.KeysRemoved, err = c.loader.shards.DeleteSKUKeys(ctx, name)
+		if err != nil {
+			out.KeysError = err.Error()
+		}
+		return out, nil
+	}
+	if err != nil {
+		return nil, adminErr(err)
+	}
+	if err := c.settled(ctx, sku); err != nil {
+		return nil, err
+	}
+	// Nothing heals (replaces) the partitions about to close.
+	if err := c.store.Untarget(ctx, name); err != nil {
+		return nil, err
+	}
+	for _, p := range sku.Partitions {
+		if p.State != "open" {
+			continue
+		}
+		n, err := c.alloc.ClosePartition(ctx, name, p.ID)
+		if err != nil {
+			if m, ok := c.reload(ctx, name); ok {
+				c.notices.publish(ctx, m)
+			}
+			return nil, adminErr(fmt.Errorf("close partition %d: %w", p.ID, err))
+		}
+		out.Returned += n
+	}
+	if m, ok := c.reload(ctx, name); ok {
+		c.notices.publish(ctx, m)
+	}
+	if sku, err = c.store.Get(ctx, name); err != nil {
+		return nil, adminErr(err)
+	}
+	if err := c.settled(ctx, sku); err != nil {
+		return nil, &adminError{kind: admin.ErrConflict, err: fmt.Errorf(
+			"%w; its partitions are closed now (units returned to the pool): DELETE again once that is settled", err)}
+	}
+	ok, err := c.store.Archive(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, &adminError{kind: admin.ErrConflict, err: fmt.Errorf("sku %s changed while it was being archived: try again", name)}
+	}
+	c.loader.forget(name)
+	out.Unconfirmed = c.notices.publish(ctx, notice{Kind: noticeChanged, SKU: name})
+	out.KeysRemoved, err = c.loader.shards.DeleteSKUKeys(ctx, name)
+	if err != nil {
+		out.KeysError = err.Error()
 	}
 	return out, nil
+}
+
+// settled is nil when nothing of sku is in flight, else a conflict naming
+// what is: reservations not yet confirmed or released, units in doubt,
+// allocations pending, deductions not yet written back to MySQL.
+func (c *catalog) settled(ctx context.Context, sku preallocate.SKU) error {
+	busy := func(format string, args ...any) error {
+		return &adminError{kind: admin.ErrConflict, err: fmt.Errorf("sku %s cannot be archived: "+format, append([]any{sku.Name}, args...)...)}
+	}
+	if sku.Reserved > 0 {
+		return busy("%d units are reserved and not yet confirmed or released (a live sale, or reservations within their TTL)", sku.Reserved)
+	}
+	if sku.InDoubt > 0 {
+		return busy("%d units are in doubt after a shard lost data; resolve them first (in-doubt/resolve)", sku.InDoubt)
+	}
+	if _, pending, err := c.store.PoolState(ctx, sku.Name); err != nil {
+		return adminErr(err)
+	} else if pending > 0 {
+		return busy("allocations between the pool and its partitions are in progress")
+	}
+	for _, rp := range sku.Partitions {
+		if rp.State == "fenced" {
+			continue // its Redis is not trusted; its doubt is settled (in_doubt 0)
+		}
+		h, err := c.loader.shards.Partition(sku.Name, rp.ID, rp.Epoch, rp.Shard)
+		if err != nil {
+			continue // closed on a removed shard: drained, nothing there
+		}
+		if !h.Shard.Healthy() {
+			return busy("shard %s of partition %d does not answer", rp.Shard, rp.ID)
+		}
+		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := h.Inspect(ictx)
+		cancel()
+		if err != nil {
+			return busy("partition %d: %v", rp.ID, err)
+		}
+		if st.Exists && st.Seq > rp.SeenSeq {
+			return busy("write-back backlog: partition %d holds deductions up to %d, MySQL has them up to %d", rp.ID, st.Seq, rp.SeenSeq)
+		}
+	}
+	return nil
 }
 
 func (c *catalog) Shards(ctx context.Context) ([]admin.ShardView, error) {

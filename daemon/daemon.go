@@ -111,6 +111,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Prefix:          cfg.KeyPrefix,
 		Timeout:         cfg.RedisTimeout,
 		CheckDurability: cfg.DurabilityCheck != "warn",
+		RecordWindow:    cfg.Scheduler.RetryWindow,
 		// A shard that is down must not keep the node down: the others
 		// sell, and its partitions answer 503 until it answers.
 		StartUnreachable: true,
@@ -485,7 +486,7 @@ func Verify(ctx context.Context, cfg Config, sku string) (stocksync.Report, erro
 	if err != nil {
 		return stocksync.Report{}, err
 	}
-	shards, err := shard.Open(ctx, shardCfgs, shard.Options{Prefix: cfg.KeyPrefix, Timeout: cfg.RedisTimeout}, slog.Default())
+	shards, err := shard.Open(ctx, shardCfgs, shard.Options{Prefix: cfg.KeyPrefix, Timeout: cfg.RedisTimeout, RecordWindow: cfg.Scheduler.RetryWindow}, slog.Default())
 	if err != nil {
 		return stocksync.Report{}, fmt.Errorf("redis: %w", err)
 	}

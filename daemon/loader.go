@@ -203,6 +203,27 @@ func (l *loader) registryInfo(ctx context.Context, sku preallocate.SKU, now time
 	return info, due, nil
 }
 
+// forget drops an archived SKU from this node: its registry entry (and
+// with it its partitions' levels, metric series and write-back readers)
+// and the figures its metrics came from.
+func (l *loader) forget(name string) {
+	l.sched.Registry().Remove(name)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.due, name)
+	if _, ok := l.heads[name]; ok {
+		// reload ranges over the map it stored, without the lock: replace
+		// it rather than change it.
+		heads := make(map[string]preallocate.Head, len(l.heads))
+		for k, v := range l.heads {
+			if k != name {
+				heads[k] = v
+			}
+		}
+		l.heads = heads
+	}
+}
+
 // lingerRecheck is how often a closed partition kept past the retry window
 // for its unsynced details is looked at again.
 const lingerRecheck = 30 * time.Second
@@ -288,6 +309,16 @@ func (l *loader) reload(ctx context.Context) error {
 	l.heads = heads
 	l.mu.Unlock()
 	reg := l.sched.Registry()
+	for _, name := range reg.Names() {
+		if _, ok := heads[name]; ok {
+			continue
+		}
+		// Not among the live SKUs: archived (or the heads were read before
+		// a SKU that a notice just loaded was created): ask for it.
+		if _, err := l.store.Get(ctx, name); errors.Is(err, preallocate.ErrUnknownSKU) {
+			l.forget(name)
+		}
+	}
 	now := time.Now()
 	for name, h := range heads {
 		sku := reg.Get(name)

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stockd/stockd/daemon/cluster"
+	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
 )
 
@@ -316,6 +318,11 @@ func (n *notices) apply(ctx context.Context, sched *scheduler.Scheduler, reg *sc
 
 func (n *notices) reloadSKU(ctx context.Context, name string) bool {
 	sku, err := n.loader.store.Get(ctx, name)
+	if errors.Is(err, preallocate.ErrUnknownSKU) {
+		// Archived (or never created): nothing of it stays here.
+		n.loader.forget(name)
+		return true
+	}
 	if err == nil {
 		err = n.loader.load(ctx, sku)
 	}

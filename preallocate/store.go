@@ -16,6 +16,10 @@ import (
 var (
 	// ErrUnknownSKU is returned for a SKU that does not exist.
 	ErrUnknownSKU = errors.New("unknown sku")
+	// ErrArchived is returned for a SKU that was archived: to everything
+	// but the archive's own view it does not exist (it is an
+	// ErrUnknownSKU), and its name is not reused.
+	ErrArchived = fmt.Errorf("%w (archived)", ErrUnknownSKU)
 	// ErrConflict is returned for a change the current state does not allow.
 	ErrConflict = errors.New("conflict")
 	// ErrInvalid is returned for parameters that do not fit together.
@@ -65,6 +69,9 @@ type SKU struct {
 	Version    int64
 	Target     int // open partitions to keep (PUT, rebalance to a count); Heal replaces fenced ones
 	Partitions []Partition
+	// ArchivedAt is when the SKU was archived (zero: live); only
+	// GetArchived returns an archived SKU.
+	ArchivedAt time.Time
 }
 
 // Partition is a partition's registry row.
@@ -99,6 +106,8 @@ func (s *Store) Put(ctx context.Context, name string, spec, defaults Spec, shard
 	err := sqltx.Run(ctx, s.db, func(tx *sql.Tx) error {
 		cur, err := getSKU(ctx, tx, name, true)
 		switch {
+		case errors.Is(err, ErrArchived):
+			return conflictf("sku %s is archived: an archived name is not reused", name)
 		case errors.Is(err, ErrUnknownSKU):
 			if len(shards) == 0 {
 				return conflictf("no shards configured")
@@ -175,7 +184,7 @@ func (s *Store) Get(ctx context.Context, name string) (SKU, error) {
 
 // List reads every SKU with its partitions.
 func (s *Store) List(ctx context.Context) ([]SKU, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT sku FROM skus ORDER BY sku`)
+	rows, err := s.db.QueryContext(ctx, `SELECT sku FROM skus WHERE archived_at IS NULL ORDER BY sku`)
 	if err != nil {
 		return nil, fmt.Errorf("list skus: %w", err)
 	}
@@ -201,6 +210,62 @@ func (s *Store) List(ctx context.Context) ([]SKU, error) {
 		out = append(out, sku)
 	}
 	return out, nil
+}
+
+// Page reads up to limit SKUs whose names sort after after (all from the
+// start when after is ""), in name order, with their partitions: two
+// queries whatever the number of SKUs and partitions. more tells whether
+// SKUs follow the page.
+func (s *Store) Page(ctx context.Context, after string, limit int) (skus []SKU, more bool, err error) {
+	rows, err := s.db.QueryContext(ctx,
+		`SELECT sku, total, pool, reserved, confirmed, released, in_doubt, doubled, chunk, threshold, version, target_partitions
+		   FROM skus WHERE sku > ? AND archived_at IS NULL ORDER BY sku LIMIT ?`, after, limit+1)
+	if err != nil {
+		return nil, false, fmt.Errorf("list skus: %w", err)
+	}
+	for rows.Next() {
+		var k SKU
+		if err := rows.Scan(&k.Name, &k.Total, &k.Pool, &k.Reserved, &k.Confirmed, &k.Released, &k.InDoubt,
+			&k.Doubled, &k.Chunk, &k.Threshold, &k.Version, &k.Target); err != nil {
+			rows.Close()
+			return nil, false, fmt.Errorf("list skus: %w", err)
+		}
+		skus = append(skus, k)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, false, fmt.Errorf("list skus: %w", err)
+	}
+	if len(skus) > limit {
+		skus, more = skus[:limit], true
+	}
+	if len(skus) == 0 {
+		return skus, more, nil
+	}
+	at := make(map[string]int, len(skus))
+	for i, k := range skus {
+		at[k.Name] = i
+	}
+	prow, err := s.db.QueryContext(ctx,
+		`SELECT sku, pid, shard, epoch, state, gen, seen_seq, created_at, closed_at, fenced_at
+		   FROM partitions WHERE sku > ? AND sku <= ? ORDER BY sku, pid`, after, skus[len(skus)-1].Name)
+	if err != nil {
+		return nil, false, fmt.Errorf("list partitions: %w", err)
+	}
+	defer prow.Close()
+	for prow.Next() {
+		var name string
+		var p Partition
+		var closed, fenced sql.NullTime
+		if err := prow.Scan(&name, &p.ID, &p.Shard, &p.Epoch, &p.State, &p.Gen, &p.SeenSeq, &p.CreatedAt, &closed, &fenced); err != nil {
+			return nil, false, fmt.Errorf("list partitions: %w", err)
+		}
+		p.ClosedAt, p.FencedAt = closed.Time, fenced.Time
+		if i, ok := at[name]; ok {
+			skus[i].Partitions = append(skus[i].Partitions, p)
+		}
+	}
+	return skus, more, prow.Err()
 }
 
 // PoolState is what may still reach a SKU's partitions: the pool, and
@@ -247,20 +312,61 @@ type querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
+// GetArchived reads a SKU, archived or not, and its partitions.
+func (s *Store) GetArchived(ctx context.Context, name string) (SKU, error) {
+	return readSKU(ctx, s.db, name, false, true)
+}
+
+// Archive marks a settled SKU archived: nothing reserved, in doubt or
+// pending, no open partition. Its target goes to 0, so nothing heals it,
+// and its version moves, so every node drops it. false: it was not
+// settled (or is archived already).
+func (s *Store) Archive(ctx context.Context, name string) (bool, error) {
+	res, err := s.db.ExecContext(ctx,
+		`UPDATE skus SET archived_at = NOW(6), target_partitions = 0, version = version + 1
+		  WHERE sku = ? AND archived_at IS NULL AND reserved = 0 AND in_doubt = 0
+		    AND NOT EXISTS (SELECT 1 FROM partitions WHERE sku = ? AND state = 'open')
+		    AND NOT EXISTS (SELECT 1 FROM allocations WHERE sku = ? AND state = 'pending')`, name, name, name)
+	if err != nil {
+		return false, fmt.Errorf("archive sku: %w", err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// Untarget sets a SKU's partition target to 0 before its partitions are
+// closed for an archive, so that nothing replaces them meanwhile.
+func (s *Store) Untarget(ctx context.Context, name string) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE skus SET target_partitions = 0 WHERE sku = ?`, name); err != nil {
+		return fmt.Errorf("untarget sku: %w", err)
+	}
+	return nil
+}
+
 func getSKU(ctx context.Context, q querier, name string, forUpdate bool) (SKU, error) {
-	query := `SELECT sku, total, pool, reserved, confirmed, released, in_doubt, doubled, chunk, threshold, version, target_partitions
+	return readSKU(ctx, q, name, forUpdate, false)
+}
+
+// readSKU reads a SKU and its partitions; an archived one is ErrArchived
+// unless archived is set.
+func readSKU(ctx context.Context, q querier, name string, forUpdate, archived bool) (SKU, error) {
+	query := `SELECT sku, total, pool, reserved, confirmed, released, in_doubt, doubled, chunk, threshold, version, target_partitions, archived_at
 	            FROM skus WHERE sku = ?`
 	if forUpdate {
 		query += " FOR UPDATE"
 	}
 	var k SKU
+	var at sql.NullTime
 	err := q.QueryRowContext(ctx, query, name).Scan(&k.Name, &k.Total, &k.Pool, &k.Reserved, &k.Confirmed,
-		&k.Released, &k.InDoubt, &k.Doubled, &k.Chunk, &k.Threshold, &k.Version, &k.Target)
+		&k.Released, &k.InDoubt, &k.Doubled, &k.Chunk, &k.Threshold, &k.Version, &k.Target, &at)
 	if errors.Is(err, sql.ErrNoRows) {
 		return SKU{}, fmt.Errorf("%w: %s", ErrUnknownSKU, name)
 	}
 	if err != nil {
 		return SKU{}, fmt.Errorf("read sku: %w", err)
+	}
+	if k.ArchivedAt = at.Time; at.Valid && !archived {
+		return SKU{}, fmt.Errorf("%w: %s", ErrArchived, name)
 	}
 	rows, err := q.QueryContext(ctx, `SELECT pid, shard, epoch, state, gen, seen_seq, created_at, closed_at, fenced_at FROM partitions WHERE sku = ? ORDER BY pid`, name)
 	if err != nil {
@@ -307,7 +413,7 @@ type Head struct {
 
 // Heads reads every SKU's head in one query.
 func (s *Store) Heads(ctx context.Context) (map[string]Head, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT sku, version, pool, in_doubt FROM skus`)
+	rows, err := s.db.QueryContext(ctx, `SELECT sku, version, pool, in_doubt FROM skus WHERE archived_at IS NULL`)
 	if err != nil {
 		return nil, fmt.Errorf("sku heads: %w", err)
 	}

@@ -144,6 +144,9 @@ func (s *SKU) Available() int64 {
 	return n
 }
 
+// Partition returns the entry of partition pid, or nil.
+func (s *SKU) Partition(pid int) *Partition { return s.partition(pid) }
+
 func (s *SKU) partition(pid int) *Partition {
 	parts := s.Partitions()
 	i := sort.Search(len(parts), func(i int) bool { return parts[i].H.ID >= pid })
@@ -337,6 +340,25 @@ func (r *Registry) Upsert(info SKUInfo) *SKU {
 	slices.Sort(retired)
 	s.retired.Store(&retired)
 	return s
+}
+
+// Remove drops a SKU from the registry (it was archived): its levels,
+// its metric series and its sold-out verdict go with it. Requests for it
+// then find no entry (404 once MySQL confirms, 12.4).
+func (r *Registry) Remove(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := *r.skus.Load()
+	if _, ok := old[name]; !ok {
+		return
+	}
+	next := make(map[string]*SKU, len(old))
+	for k, v := range old {
+		if k != name {
+			next[k] = v
+		}
+	}
+	r.skus.Store(&next)
 }
 
 // isRetired tells whether pid is a partition that left the home set.

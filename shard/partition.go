@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/rueidis"
 )
@@ -64,8 +65,11 @@ type Partition struct {
 
 	epoch string
 	pid   string
-	// keys: state, records, pointers, stream, applied
+	// keys: state, records, pointers, stream, applied; records and
+	// pointers are the bases of their generation hashes (RecordWindow)
 	state, records, pointers, stream, applied string
+	// window is the records' generation length in ms (RecordWindow).
+	window string
 
 	comb combiner
 	// lastSeq is the highest detail sequence seen of this partition (its
@@ -99,8 +103,16 @@ func (s *Set) Partition(sku string, id int, epoch int64, shardID string) (*Parti
 	if err != nil {
 		return nil, err
 	}
-	return NewPartition(s.prefix, sku, id, epoch, sh), nil
+	p := NewPartition(s.prefix, sku, id, epoch, sh)
+	if s.opt.RecordWindow > 0 {
+		p.window = strconv.FormatInt(s.opt.RecordWindow.Milliseconds(), 10)
+	}
+	return p, nil
 }
+
+// DefaultRecordWindow is the generation length of records and pointers
+// when Options.RecordWindow is not set (scheduler.retry_window's default).
+const DefaultRecordWindow = 15 * time.Minute
 
 // NewPartition builds the handle; tag is {prefix:sku:id}.
 func NewPartition(prefix, sku string, id int, epoch int64, sh *Shard) *Partition {
@@ -115,14 +127,19 @@ func NewPartition(prefix, sku string, id int, epoch int64, sh *Shard) *Partition
 		pointers: tag + ":p",
 		stream:   tag + ":x",
 		applied:  tag + ":a",
+		window:   strconv.FormatInt(DefaultRecordWindow.Milliseconds(), 10),
 	}
 }
 
 // StreamKey is the detail stream of the partition.
 func (p *Partition) StreamKey() string { return p.stream }
 
-// RecordsKey is the hash of per-request records.
+// RecordsKey is the base name of the per-request records' generation
+// hashes: generation g is RecordsKey()+g (see RecordWindow).
 func (p *Partition) RecordsKey() string { return p.records }
+
+// PointersKey is the base name of the pointers' generation hashes.
+func (p *Partition) PointersKey() string { return p.pointers }
 
 // DetailID names one deduction everywhere (MySQL key, reservation token):
 // sku, partition, epoch and the partition's sequence number.
@@ -306,8 +323,8 @@ func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
 	// was sent is what the state's must not be below (the script refuses
 	// to take on a state that went back) and its new sequences must exceed.
 	prev := p.lastSeq.Load()
-	args := make([]string, 0, 3+5*len(batch))
-	args = append(args, p.epoch, strconv.Itoa(len(batch)), strconv.FormatInt(prev, 10))
+	args := make([]string, 0, 4+5*len(batch))
+	args = append(args, p.epoch, strconv.Itoa(len(batch)), strconv.FormatInt(prev, 10), p.window)
 	for _, c := range batch {
 		self := ""
 		if c.home {
@@ -393,7 +410,7 @@ const (
 
 // Point moves reqID's pointer on this (home) partition from expect to next.
 func (p *Partition) Point(ctx context.Context, reqID, expect, next string) (PointResult, error) {
-	vals, err := pointScript.exec(ctx, p.Shard, p.state, []string{p.records, p.pointers}, []string{reqID, expect, next, p.pid})
+	vals, err := pointScript.exec(ctx, p.Shard, p.state, []string{p.records, p.pointers}, []string{reqID, expect, next, p.pid, p.window})
 	if err != nil {
 		return PointResult{}, fmt.Errorf("point on %s: %w", p.Shard.ID, err)
 	}
@@ -538,7 +555,7 @@ func (p *Partition) Claim(ctx context.Context, reqID string, next, stale int) (C
 	if stale >= 0 {
 		st = strconv.Itoa(stale)
 	}
-	vals, err := claimScript.exec(ctx, p.Shard, p.state, []string{p.records, p.pointers}, []string{reqID, nx, st})
+	vals, err := claimScript.exec(ctx, p.Shard, p.state, []string{p.records, p.pointers}, []string{reqID, nx, st, p.window})
 	if err != nil {
 		return ClaimResult{}, fmt.Errorf("claim on %s: %w", p.Shard.ID, err)
 	}
@@ -579,13 +596,13 @@ type State struct {
 	Status    string // open, fenced, closed
 	Epoch     string
 	Backlog   int64 // entries in the detail stream (not yet trimmed by sync)
-	Records   int64 // per-request records kept for dedup
+	Records   int64 // per-request records kept for dedup (the generations still read)
 }
 
 // Inspect reads the partition's state.
 func (p *Partition) Inspect(ctx context.Context) (State, error) {
 	vals, err := inspectScript.Exec(ctx, p.Shard.client(),
-		[]string{p.state, p.stream, p.records}, nil).ToArray()
+		[]string{p.state, p.stream, p.records}, []string{p.window}).ToArray()
 	if err != nil {
 		return State{}, fmt.Errorf("inspect on %s: %w", p.Shard.ID, err)
 	}
@@ -611,13 +628,35 @@ func (p *Partition) Inspect(ctx context.Context) (State, error) {
 	return st, nil
 }
 
-// Successes calls fn with every request id that took on this partition. It
-// scans the records hash; callers use it once a partition's set of
-// successes is final (the SKU is sold out).
+// Successes calls fn with every request id that took on this partition
+// and whose record is still kept (the generations of records within the
+// retry window, RecordWindow). It scans the record generations around the
+// shard's clock; callers use it once a partition's set of successes is
+// final (the SKU is sold out).
 func (p *Partition) Successes(ctx context.Context, fn func(reqID string)) error {
+	c := p.Shard.client()
+	t, err := c.Do(ctx, c.B().Time().Build()).AsIntSlice()
+	if err != nil {
+		return fmt.Errorf("time on %s: %w", p.Shard.ID, err)
+	}
+	if len(t) != 2 {
+		return fmt.Errorf("time on %s: %w", p.Shard.ID, ErrBadReply)
+	}
+	w, _ := strconv.ParseInt(p.window, 10, 64)
+	g := (t[0]*1000 + t[1]/1000) / w
+	// g+1 too: the clock may pass a generation's end during the scan.
+	for _, gen := range []int64{g - 1, g, g + 1} {
+		if err := p.scanRecords(ctx, p.records+strconv.FormatInt(gen, 10), fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *Partition) scanRecords(ctx context.Context, key string, fn func(reqID string)) error {
 	var cursor uint64
 	for {
-		e, err := p.Shard.client().Do(ctx, p.Shard.client().B().Hscan().Key(p.records).Cursor(cursor).Count(1000).Build()).AsScanEntry()
+		e, err := p.Shard.client().Do(ctx, p.Shard.client().B().Hscan().Key(key).Cursor(cursor).Count(1000).Build()).AsScanEntry()
 		if err != nil {
 			return fmt.Errorf("scan records on %s: %w", p.Shard.ID, err)
 		}

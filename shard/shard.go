@@ -133,6 +133,12 @@ type Options struct {
 	StartUnreachable bool
 	// Logger receives warnings (durability, health).
 	Logger *slog.Logger
+	// RecordWindow is the generation length of the partitions' records
+	// and pointers (scheduler.retry_window): each is kept for at least one
+	// and at most two windows after it was last written, then expires
+	// (ARCHITECTURE 2). 0: DefaultRecordWindow. Every node must use the
+	// same value.
+	RecordWindow time.Duration
 }
 
 // Shard is one Redis instance. Its address can change under a live node (a
@@ -544,4 +550,64 @@ func (s *Shard) Stats(ctx context.Context) (Stats, error) {
 		}
 	}
 	return st, nil
+}
+
+// DeleteSKUKeys removes every key of sku's partitions from every shard
+// (state, records and pointers of every generation, stream, applied
+// fills): an archived SKU leaves nothing in Redis. It finds them with
+// SCAN by their hash tag, so it costs a pass over each shard's keyspace;
+// archiving is rare. It returns the keys removed. Shards that do not
+// answer are named in the error (their keys stay; run it again).
+func (s *Set) DeleteSKUKeys(ctx context.Context, sku string) (int64, error) {
+	head := "{" + s.prefix + ":" + sku + ":"
+	var n int64
+	var errs []error
+	for _, id := range s.IDs() {
+		sh, err := s.Get(id)
+		if err != nil {
+			continue
+		}
+		c := sh.client()
+		var cursor uint64
+		for {
+			e, err := c.Do(ctx, c.B().Scan().Cursor(cursor).Match(head+"*").Count(1000).Build()).AsScanEntry()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("scan %s: %w", id, err))
+				break
+			}
+			var keys []string
+			for _, k := range e.Elements {
+				// Only "{prefix:sku:<pid>}:…": not the keys of a SKU whose
+				// name continues with ':'.
+				rest := k[len(head):]
+				end := strings.Index(rest, "}:")
+				if end > 0 && strings.Trim(rest[:end], "0123456789") == "" {
+					keys = append(keys, k)
+				}
+			}
+			// One UNLINK per key: the partitions' keys are in different
+			// slots (Redis Cluster refuses a multi-key command across them).
+			cmds := make(rueidis.Commands, 0, len(keys))
+			for _, k := range keys {
+				cmds = append(cmds, c.B().Unlink().Key(k).Build())
+			}
+			failed := false
+			for _, r := range c.DoMulti(ctx, cmds...) {
+				m, err := r.AsInt64()
+				if err != nil {
+					errs = append(errs, fmt.Errorf("unlink on %s: %w", id, err))
+					failed = true
+					break
+				}
+				n += m
+			}
+			if failed {
+				break
+			}
+			if cursor = e.Cursor; cursor == 0 {
+				break
+			}
+		}
+	}
+	return n, errors.Join(errs...)
 }

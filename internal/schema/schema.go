@@ -156,6 +156,10 @@ ALTER TABLE shards CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
 	// open partitions. (Statements separated by ";\n" run one by one.)
 	15: `ALTER TABLE skus ADD COLUMN IF NOT EXISTS target_partitions INT NOT NULL DEFAULT 0;
 UPDATE skus SET target_partitions = (SELECT COUNT(*) FROM partitions p WHERE p.sku = skus.sku AND p.state = 'open')`,
+	// When a SKU was archived (DELETE /admin/skus/{sku}): its rows stay as
+	// the ledger, its Redis keys and registry entries are gone, and its
+	// name is not reused (issue 14).
+	16: `ALTER TABLE skus ADD COLUMN IF NOT EXISTS archived_at DATETIME(6) NULL`,
 }
 
 // statements splits a migration into its statements (";" at a line's

@@ -7,13 +7,14 @@
 -- claim and every take or point made at this partition as the request's
 -- home are serialised by this Redis.
 --
--- KEYS[1] records hash
--- KEYS[2] pointers hash
+-- KEYS[1] records base, KEYS[2] pointers base: the generation hashes
+--         "<base><g>" as in take.lua (g, then g-1, are read; g is written)
 -- ARGV[1] request id
 -- ARGV[2] pid of the request's next home (the redirect to write); "" only
 --         with ARGV[3]: remove the stale redirect, making this the home
 -- ARGV[3] pid of a redirect the caller knows to be stale (its partition
 --         left the home set), to be replaced; "" when none
+-- ARGV[4] generation length in ms (scheduler.retry_window)
 --
 -- The slot holds "<pid>:<round>" (a pointer: this is the home), or
 -- "h<pid>" (a redirect: the home is partition pid), or nothing.
@@ -24,25 +25,41 @@
 --     count, a request passing through as a non-home leaves one
 --   1 redirected: text = the pid the slot redirects to (written now, or
 --     earlier by another attempt)
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local glen = tonumber(ARGV[4])
+local g = math.floor(ms / glen)
+local rcur, rprev = KEYS[1] .. string.format('%d', g), KEYS[1] .. string.format('%d', g - 1)
+local pcur, pprev = KEYS[2] .. string.format('%d', g), KEYS[2] .. string.format('%d', g - 1)
+-- A field of generation g, else of g-1.
+local function get(cur, prev, field)
+  return redis.call('HGET', cur, field) or redis.call('HGET', prev, field)
+end
+-- A write goes to generation g, which is read until g+1 ends.
+local function setptr(field, value)
+  redis.call('HSET', pcur, field, value)
+  redis.call('PEXPIREAT', pcur, (g + 2) * glen)
+end
 local reqid = ARGV[1]
-local cur = redis.call('HGET', KEYS[2], reqid)
+local cur = get(pcur, pprev, reqid)
 if cur then
   if string.sub(cur, 1, 1) == 'h' then
     if ARGV[3] ~= '' and cur == 'h' .. ARGV[3] then
       if ARGV[2] == '' then
-        redis.call('HDEL', KEYS[2], reqid)
+        redis.call('HDEL', pcur, reqid)
+        redis.call('HDEL', pprev, reqid)
         return {0, ''}
       end
-      redis.call('HSET', KEYS[2], reqid, 'h' .. ARGV[2])
+      setptr(reqid, 'h' .. ARGV[2])
       return {1, ARGV[2]}
     end
     return {1, string.sub(cur, 2)}
   end
   return {0, cur}
 end
-local rec = redis.call('HGET', KEYS[1], reqid)
+local rec = get(rcur, rprev, reqid)
 if rec and string.sub(rec, 1, 2) == 'o:' then
   return {0, rec}
 end
-redis.call('HSET', KEYS[2], reqid, 'h' .. ARGV[2])
+setptr(reqid, 'h' .. ARGV[2])
 return {1, ARGV[2]}

@@ -8,9 +8,14 @@
 -- the work of one request.
 --
 -- KEYS[1] state hash   a, b (sub-domain levels), act ("a"|"b"), thr, ep, seq, st
--- KEYS[2] records hash request id -> "o:<seq>:<qty>" (took here) | "s:<round>" (short here)
--- KEYS[3] pointers hash (home role) request id -> "<pid>:<round>" (where the request goes)
+-- KEYS[2] records base: request id -> "o:<seq>:<qty>" (took here) | "s:<round>" (short here)
+-- KEYS[3] pointers base (home role): request id -> "<pid>:<round>" (where the request goes)
 --         | "h<pid>" (redirect, written by claim: the request's home is pid)
+--         Records and pointers live in generation hashes "<base><g>", g =
+--         floor(Redis time ms / ARGV[4]): a lookup reads generation g, then
+--         g-1; writes go to g, which expires at the end of g+1 (ARCHITECTURE
+--         2, "Generations of records"). The generation keys share the hash
+--         tag of the declared base keys.
 -- KEYS[4] detail stream: one entry per batch that took, id "<first seq>-0",
 --         fields n (details), t (ms), then per detail i (0-based):
 --         r<i> request id, q<i> qty, and u<i> user id when there is one;
@@ -19,6 +24,7 @@
 -- ARGV[2] number of requests n
 -- ARGV[3] the highest detail sequence the caller has seen of the partition
 --         (0 when none): a state below it went back (the shard lost writes)
+-- ARGV[4] generation length in ms (scheduler.retry_window)
 -- then 5 values per request:
 --   request id; qty (> 0); round (>= 1); this partition's pid when it is
 --   the request's home, "" otherwise; user id ("" when none)
@@ -38,17 +44,40 @@ local n = tonumber(ARGV[2])
 local seen = tonumber(ARGV[3])
 local out = {0, 0, 0, 0}
 
-local f = redis.call('HMGET', KEYS[1], 'a', 'b', 'act', 'thr', 'ep', 'seq', 'st')
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local glen = tonumber(ARGV[4])
+local g = math.floor(ms / glen)
+local gs = string.format('%d', g)
+local rcur, rprev = KEYS[2] .. gs, KEYS[2] .. string.format('%d', g - 1)
+local pcur, pprev = KEYS[3] .. gs, KEYS[3] .. string.format('%d', g - 1)
+
+-- lookup reads fields from generation g, then g-1 for those it lacks.
+local function lookup(cur, prev, fields, into)
+  local got = redis.call('HMGET', cur, unpack(fields))
+  local miss = {}
+  for i = 1, #fields do
+    if got[i] then into[fields[i]] = got[i] else miss[#miss + 1] = fields[i] end
+  end
+  if #miss > 0 then
+    got = redis.call('HMGET', prev, unpack(miss))
+    for i = 1, #miss do
+      if got[i] then into[miss[i]] = got[i] end
+    end
+  end
+end
+
+local f = redis.call('HMGET', KEYS[1], 'a', 'b', 'act', 'thr', 'ep', 'seq', 'st', 'rg')
 if not f[5] or f[5] ~= ARGV[1] then
   -- Lost. A request homed here still follows a pointer written since the
   -- shard came back (it moved on to another partition), so that its retry
   -- meets its first outcome; the rest are told the state is gone.
   for i = 1, n do
-    local base = 3 + (i - 1) * 5
+    local base = 4 + (i - 1) * 5
     local code, text = 5, ''
     local self = ARGV[base + 4]
     if self ~= '' then
-      local p = redis.call('HGET', KEYS[3], ARGV[base + 1])
+      local p = redis.call('HGET', pcur, ARGV[base + 1]) or redis.call('HGET', pprev, ARGV[base + 1])
       if p and p ~= self .. ':' .. ARGV[base + 3] then
         code, text = 4, p
       end
@@ -75,20 +104,14 @@ end
 -- read each.
 local ids, homes = {}, {}
 for i = 1, n do
-  local base = 3 + (i - 1) * 5
+  local base = 4 + (i - 1) * 5
   ids[i] = ARGV[base + 1]
   if ARGV[base + 4] ~= '' then homes[#homes + 1] = ARGV[base + 1] end
 end
 local recs, ptrs = {}, {}
-local got = redis.call('HMGET', KEYS[2], unpack(ids))
-for i = 1, n do
-  if got[i] then recs[ids[i]] = got[i] end
-end
+lookup(rcur, rprev, ids, recs)
 if #homes > 0 then
-  got = redis.call('HMGET', KEYS[3], unpack(homes))
-  for i = 1, #homes do
-    if got[i] then ptrs[homes[i]] = got[i] end
-  end
+  lookup(pcur, pprev, homes, ptrs)
 end
 
 local written = {} -- records to write, as HSET arguments
@@ -97,7 +120,7 @@ local first = seq + 1
 local took = 0
 
 for i = 1, n do
-  local base = 3 + (i - 1) * 5
+  local base = 4 + (i - 1) * 5
   local reqid, qty, round = ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
   local self, user = ARGV[base + 4], ARGV[base + 5]
   local code, rseq, rqty, text = 0, 0, 0, ''
@@ -170,12 +193,16 @@ end
 -- script's writes before an error stay. Failing here writes nothing, so
 -- no record can answer a retry with a deduction that never happened.
 if took > 0 then
-  local t = redis.call('TIME')
-  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   redis.call('XADD', KEYS[4], first .. '-0', 'n', took, 't', ms, unpack(entry))
 end
 if #written > 0 then
-  redis.call('HSET', KEYS[2], unpack(written))
+  redis.call('HSET', rcur, unpack(written))
+  -- The first write of a generation sets its end: generation g is read
+  -- until g+1 ends. rg in the state remembers that it is set.
+  if f[8] ~= gs then
+    redis.call('PEXPIREAT', rcur, (g + 2) * glen)
+    redis.call('HSET', KEYS[1], 'rg', gs)
+  end
 end
 if took > 0 then
   local actname = 'a'
