@@ -50,6 +50,9 @@ type hot struct {
 	clients *clientLimiter // nil: no per-client limit
 	// catalogue confirms an unknown SKU with MySQL before a 404.
 	catalogue *catalogue
+	// ext and maxExtension serve POST /v1/extend (sale.go).
+	ext          extender
+	maxExtension time.Duration
 }
 
 // hotMetrics are the hot path's: deductions by outcome and their latency.
@@ -128,6 +131,12 @@ func (h *hot) handle(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		h.settle(ctx, string(path) == "/v1/confirm")
+	case "/v1/extend":
+		if !ctx.IsPost() {
+			methodNotAllowed(ctx, "POST")
+			return
+		}
+		h.extend(ctx)
 	case "/healthz":
 		ctx.SetBodyString(`{"status":"ok"}`)
 	case "/readyz":
@@ -297,6 +306,10 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	// Deductions finish even while the server shuts down; only the timeout
 	// ends them early.
 	start := time.Now()
+	// Sale rules (sale.go): one atomic load while no SKU has any.
+	if rules := h.sched.Rules(r.sku); rules != nil && h.refused(ctx, rules, r, start) {
+		return
+	}
 	var res scheduler.Result
 	var err error
 	if h.sched.SoldOutFromMemory(r.sku, r.requestID) {
@@ -305,7 +318,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		res.Status = scheduler.SoldOut
 	} else {
 		c, cancel := context.WithTimeout(context.Background(), h.timeout)
-		res, err = h.sched.Deduct(c, r.sku, r.qty, r.requestID, r.userID)
+		res, err = h.take(c, r)
 		if errors.Is(err, scheduler.ErrUnknownSKU) {
 			// Created on another node a moment ago? Ask MySQL (at most
 			// once per view_max_age for every unknown name).
@@ -313,7 +326,11 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 			if known, err = h.catalogue.known(c, r.sku); err != nil {
 				err = fmt.Errorf("%w: %v", scheduler.ErrUnavailable, err)
 			} else if known {
-				res, err = h.sched.Deduct(c, r.sku, r.qty, r.requestID, r.userID)
+				if rules := h.sched.Rules(r.sku); rules != nil && h.refused(ctx, rules, r, time.Now()) {
+					cancel()
+					return
+				}
+				res, err = h.take(c, r)
 			} else {
 				err = scheduler.ErrUnknownSKU
 			}
@@ -336,6 +353,8 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		h.m.soldOut.Inc()
 		ctx.SetStatusCode(fasthttp.StatusConflict)
 		ctx.SetBodyString(`{"status":"sold_out"}`)
+	case res.Status == scheduler.LimitReached:
+		writeLimitReached(ctx, res)
 	case res.Status == scheduler.Reused:
 		// The id already took for another qty: not a retry of that
 		// request, and nothing was deducted for this one.

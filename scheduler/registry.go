@@ -22,6 +22,8 @@ type SKUInfo struct {
 	// Partitions are every partition of the SKU, open or not: closed and
 	// fenced ones still hold the pointers of requests homed on them.
 	Partitions []PartitionInfo
+	// Rules are the sale rules; nil when the SKU has none.
+	Rules *Rules
 	// Retired are the pids of partitions that left the home set (closed
 	// longer than the retry window ago, or on a removed shard). A pointer
 	// naming one of them is treated as short; a pointer naming a pid that
@@ -65,6 +67,8 @@ type SKU struct {
 	soldOut atomic.Pointer[soldOut]
 	// changed wakes requests waiting for stock.
 	changed signal
+	// rules are the sale rules, nil when none (rules.go).
+	rules atomic.Pointer[Rules]
 	// Inflight counts this node's deductions of the SKU in progress (the
 	// hot endpoint's admission limit).
 	Inflight atomic.Int64
@@ -248,6 +252,9 @@ func contains(s []int, v int) bool {
 type Registry struct {
 	mu   sync.Mutex
 	skus atomic.Pointer[map[string]*SKU]
+	// ruled counts the SKUs with sale rules: while it is 0 the hot path
+	// does not even look a SKU's rules up (Scheduler.Rules).
+	ruled atomic.Int64
 }
 
 // NewRegistry returns an empty registry.
@@ -307,6 +314,13 @@ func (r *Registry) Upsert(info SKUInfo) *SKU {
 	s.threshold.Store(info.Threshold)
 	s.version.Store(info.Version)
 	s.pool.Store(info.Pool)
+	if old := s.rules.Swap(info.Rules); (old == nil) != (info.Rules == nil) {
+		if info.Rules != nil {
+			r.ruled.Add(1)
+		} else {
+			r.ruled.Add(-1)
+		}
+	}
 
 	prev := s.Partitions()
 	parts := make([]*Partition, 0, len(info.Partitions))

@@ -151,6 +151,9 @@ const (
 	// Reused: the request id already took for another quantity; nothing
 	// was deducted (the first deduction stands).
 	Reused
+	// LimitReached: the user's per-user allowance is used up (Held says
+	// how many units the user holds); nothing was deducted.
+	LimitReached
 )
 
 // Result of a deduction.
@@ -160,6 +163,9 @@ type Result struct {
 	Partition *shard.Partition
 	Seq       int64
 	Qty       int64
+	// Held and Limit are the units the user holds and the SKU's
+	// per-user limit when Status is LimitReached.
+	Held, Limit int64
 }
 
 // Scheduler chooses partitions and runs takes.

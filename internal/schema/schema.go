@@ -156,6 +156,27 @@ ALTER TABLE shards CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`,
 	// open partitions. (Statements separated by ";\n" run one by one.)
 	15: `ALTER TABLE skus ADD COLUMN IF NOT EXISTS target_partitions INT NOT NULL DEFAULT 0;
 UPDATE skus SET target_partitions = (SELECT COUNT(*) FROM partitions p WHERE p.sku = skus.sku AND p.state = 'open')`,
+	// 16 is reserved for issue "bounded" (DELETE /admin/skus); the lead
+	// merges it before 17 reaches a database.
+	//
+	// Sale rules (issue 15): a per-user limit (0: none), the sale's
+	// opening and closing times (NULL: unbounded), and the shard that
+	// holds the SKU's per-user allowance hash, chosen once when a limit is
+	// first set. reservation_extensions holds the expiry a buyer who is
+	// paying pushed out (POST /v1/extend); a reservation without a row
+	// expires reservation_ttl after its deduction, as before. Its row may
+	// come before the detail's row (the detail still on its way to MySQL).
+	17: `ALTER TABLE skus
+  ADD COLUMN IF NOT EXISTS per_user_limit BIGINT NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS opens_at DATETIME(6) NULL,
+  ADD COLUMN IF NOT EXISTS closes_at DATETIME(6) NULL,
+  ADD COLUMN IF NOT EXISTS limit_shard VARCHAR(64) NULL;
+CREATE TABLE IF NOT EXISTS reservation_extensions (
+  detail_id  VARCHAR(128) NOT NULL PRIMARY KEY,
+  sku        VARCHAR(64) NOT NULL,
+  expires_at DATETIME(6) NOT NULL,
+  KEY by_expiry (sku, expires_at)
+) ENGINE=InnoDB`,
 }
 
 // statements splits a migration into its statements (";" at a line's
