@@ -78,6 +78,7 @@ func (s *Scheduler) DeductLimited(ctx context.Context, name string, qty int64, r
 	if !a.Shard.Healthy() {
 		return Result{}, fmt.Errorf("%w: allowance shard %s of %s does not answer", ErrUnavailable, a.Shard.Config().ID, name)
 	}
+	s.allowCalls.Inc()
 	code, held, err := a.Take(ctx, reqID, userID, qty, r.PerUserLimit)
 	if err != nil {
 		return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -104,11 +105,14 @@ func (s *Scheduler) DeductLimited(ctx context.Context, name string, qty int64, r
 	defer cancel()
 	switch res.Status {
 	case OK:
+		s.allowCalls.Inc()
 		err = a.Settle(c, reqID, userID, res.Qty, res.Partition.DetailID(res.Seq))
 	case SoldOut:
+		s.allowCalls.Inc()
 		_, err = a.GiveBack(c, reqID)
 	case Reused:
 		if code == shard.AllowTaken {
+			s.allowCalls.Inc()
 			_, err = a.GiveBack(c, reqID)
 		}
 	}

@@ -180,6 +180,7 @@ type Scheduler struct {
 	takeCalls     prometheus.Counter
 	pointCalls    prometheus.Counter
 	claimCalls    prometheus.Counter
+	allowCalls    prometheus.Counter
 	memorySoldOut prometheus.Counter
 	verdictReads  prometheus.Counter
 	refillAsks    prometheus.Counter
@@ -191,11 +192,12 @@ func New(cfg Config, reg *Registry, hooks Hooks, logger *slog.Logger) *Scheduler
 	s := &Scheduler{cfg: cfg, reg: reg, hooks: hooks, logger: logger.With("component", "scheduler")}
 	s.calls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stockd_scheduler_redis_calls_total",
-		Help: "Redis script calls made to serve deductions, by script (take, point, claim).",
+		Help: "Redis script calls made to serve deductions, by script (take, point, claim, allow).",
 	}, []string{"script"})
 	s.takeCalls = s.calls.WithLabelValues("take")
 	s.pointCalls = s.calls.WithLabelValues("point")
 	s.claimCalls = s.calls.WithLabelValues("claim")
+	s.allowCalls = s.calls.WithLabelValues("allow")
 	s.memorySoldOut = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "stockd_scheduler_sold_out_from_memory_total",
 		Help: "Deductions answered sold_out from memory, without Redis.",
