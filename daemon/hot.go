@@ -59,13 +59,15 @@ type hot struct {
 type hotMetrics struct {
 	ok, soldOut, reused, unavailable, unknown, bad, shed prometheus.Counter
 	latency                                              prometheus.Histogram
+	// Sale rules (sale.go).
+	limitReached, notOpen, closed prometheus.Counter
 }
 
 func newHotMetrics(reg prometheus.Registerer) *hotMetrics {
 	f := promauto.With(reg)
 	out := f.NewCounterVec(prometheus.CounterOpts{
 		Name: "stockd_deductions_total",
-		Help: "Deduction requests answered, by outcome (ok, sold_out, request_id_reused, unavailable, unknown_sku, bad_request, shed).",
+		Help: "Deduction requests answered, by outcome (ok, sold_out, request_id_reused, unavailable, unknown_sku, bad_request, shed, limit_reached, not_open, closed).",
 	}, []string{"outcome"})
 	return &hotMetrics{
 		ok:          out.WithLabelValues("ok"),
@@ -75,6 +77,10 @@ func newHotMetrics(reg prometheus.Registerer) *hotMetrics {
 		unknown:     out.WithLabelValues("unknown_sku"),
 		bad:         out.WithLabelValues("bad_request"),
 		shed:        out.WithLabelValues("shed"),
+
+		limitReached: out.WithLabelValues("limit_reached"),
+		notOpen:      out.WithLabelValues("not_open"),
+		closed:       out.WithLabelValues("closed"),
 		latency: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "stockd_deduct_seconds",
 			Help:    "Time to decide a deduction (valid requests), waits for refills included.",
@@ -354,7 +360,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		ctx.SetStatusCode(fasthttp.StatusConflict)
 		ctx.SetBodyString(`{"status":"sold_out"}`)
 	case res.Status == scheduler.LimitReached:
-		writeLimitReached(ctx, res)
+		h.limitReached(ctx, res)
 	case res.Status == scheduler.Reused:
 		// The id already took for another qty: not a retry of that
 		// request, and nothing was deducted for this one.

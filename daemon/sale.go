@@ -32,11 +32,13 @@ var _ extender = (*stocksync.Ledger)(nil)
 func (h *hot) refused(ctx *fasthttp.RequestCtx, rules *scheduler.Rules, r deductRequest, now time.Time) bool {
 	switch rules.Check(now, r.userID != "") {
 	case scheduler.NotOpen:
+		h.m.notOpen.Inc()
 		ctx.SetStatusCode(fasthttp.StatusConflict)
 		buf := append(make([]byte, 0, 64), `{"status":"not_open","opens_at":"`...)
 		buf = rules.OpensAt.UTC().AppendFormat(buf, time.RFC3339Nano)
 		ctx.SetBody(append(buf, `"}`...))
 	case scheduler.Closed:
+		h.m.closed.Inc()
 		ctx.SetStatusCode(fasthttp.StatusConflict)
 		ctx.SetBodyString(`{"status":"closed"}`)
 	case scheduler.NeedsUser:
@@ -56,8 +58,9 @@ func (h *hot) take(c context.Context, r deductRequest) (scheduler.Result, error)
 	return h.sched.Deduct(c, r.sku, r.qty, r.requestID, r.userID)
 }
 
-// writeLimitReached answers 409 limit_reached with the limit.
-func writeLimitReached(ctx *fasthttp.RequestCtx, res scheduler.Result) {
+// limitReached answers 409 limit_reached with the limit.
+func (h *hot) limitReached(ctx *fasthttp.RequestCtx, res scheduler.Result) {
+	h.m.limitReached.Inc()
 	ctx.SetStatusCode(fasthttp.StatusConflict)
 	buf := append(make([]byte, 0, 64), `{"status":"limit_reached","limit":`...)
 	buf = strconv.AppendInt(buf, res.Limit, 10)

@@ -232,8 +232,34 @@ func TestSalePerUserLimitAcrossNodes(t *testing.T) {
 			mu.Unlock()
 		}(i)
 	}
+	// While the burst runs, alice's allowance count (an upper bound of
+	// the units she holds: it is taken before the stock) never passes
+	// the limit.
+	ac, akey, _ := e.allowance("lim")
+	peak, samples := int64(0), 0
+	sampled := make(chan struct{})
+	burstDone := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-burstDone:
+				return
+			default:
+			}
+			if n, err := ac.Do(context.Background(), ac.B().Hget().Key(akey).Field("u:alice").Build()).AsInt64(); err == nil {
+				peak = max(peak, n)
+				samples++
+			}
+		}
+	}()
 	close(start)
 	wg.Wait()
+	close(burstDone)
+	<-sampled
+	if peak > limit {
+		t.Fatalf("alice's allowance count reached %d during the burst, limit %d", peak, limit)
+	}
 	units := map[string]int64{}
 	var aliceOK []sent
 	limited := 0
@@ -315,7 +341,7 @@ func TestSalePerUserLimitAcrossNodes(t *testing.T) {
 
 		t.Fatalf("MySQL: alice holds %d, bob %d; allowance counts alice %q, bob %q", held["alice"], held["bob"], m["u:alice"], m["u:bob"])
 	}
-	t.Logf("alice: %d of 40 requests ok (%d units), %d limit_reached; bob 3 of 3", len(aliceOK), units["alice"], limited)
+	t.Logf("alice: %d of 40 requests ok (%d units), %d limit_reached; bob 3 of 3; count sampled %d times during the burst, peak %d", len(aliceOK), units["alice"], limited, samples, peak)
 }
 
 // A node killed with kill -9 in the middle of a burst of a limited SKU:
@@ -399,6 +425,33 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 			}
 		}(w)
 	}
+	// All along, no user's allowance count (an upper bound of what the
+	// user holds) passes the limit.
+	ac, akey, _ := e.allowance("k9l")
+	peak, samples := int64(0), 0
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			m, err := ac.Do(context.Background(), ac.B().Hgetall().Key(akey).Build()).AsStrMap()
+			if err != nil {
+				continue
+			}
+			for f, v := range m {
+				if strings.HasPrefix(f, "u:") {
+					n, _ := strconv.ParseInt(v, 10, 64)
+					peak = max(peak, n)
+				}
+			}
+			samples++
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
 	time.Sleep(1500 * time.Millisecond)
 	procs[1].kill9()
 	killed := time.Now()
@@ -411,6 +464,10 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	close(stop)
 	wg.Wait()
+	<-sampled
+	if peak > limit {
+		t.Fatalf("a user's allowance count reached %d, limit %d", peak, limit)
+	}
 	// Bring the victim back, as an operator would: the sale's state must
 	// not depend on it.
 	cfg := base
@@ -443,8 +500,8 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 	if answers[200] == 0 || answers[409] == 0 {
 		t.Fatalf("answers %v: want both successes and limit_reached", answers)
 	}
-	t.Logf("answers %v (-200: releases); %d users hold %d units (limit %d each); ownership moved %s after the kill",
-		answers, len(held), sum, limit, moved.Round(time.Millisecond))
+	t.Logf("answers %v (-200: releases); %d users hold %d units (limit %d each); allowance counts sampled %d times, peak %d; ownership moved %s after the kill",
+		answers, len(held), sum, limit, samples, peak, moved.Round(time.Millisecond))
 }
 
 // opens_at in the future: a burst before it gets not_open and touches no
