@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -245,7 +246,7 @@ func (l *Ledger) SweepAllowance(ctx context.Context, sku string, a *shard.Allowa
 	}
 	for len(held) > 0 {
 		n := min(len(held), 500)
-		if err := l.releasedHeld(ctx, a, held[:n]); err != nil {
+		if err := l.releasedHeld(ctx, sku, a, held[:n]); err != nil {
 			return err
 		}
 		held = held[n:]
@@ -291,37 +292,73 @@ func (l *Ledger) settlePending(ctx context.Context, sku string, a *shard.Allowan
 	return nil
 }
 
-// releasedHeld gives back the held entries whose rows are released.
-func (l *Ledger) releasedHeld(ctx context.Context, a *shard.Allowance, held []shard.AllowEntry) error {
+// releasedHeld gives back the held entries whose deduction no longer
+// holds units: its row is released, or it has no row and its partition
+// was fenced and its doubt resolved (Redis lost the detail; its units
+// went back to the pool with the doubt, 8.3), so no row will ever come.
+func (l *Ledger) releasedHeld(ctx context.Context, sku string, a *shard.Allowance, held []shard.AllowEntry) error {
 	args := make([]any, len(held))
-	byDetail := make(map[string]shard.AllowEntry, len(held))
 	for i, e := range held {
 		args[i] = e.Detail
-		byDetail[e.Detail] = e
 	}
 	rows, err := l.db.QueryContext(ctx,
-		`SELECT detail_id FROM deductions WHERE state = 'released' AND detail_id IN (?`+strings.Repeat(",?", len(held)-1)+`)`, args...)
+		`SELECT detail_id, state FROM deductions WHERE detail_id IN (?`+strings.Repeat(",?", len(held)-1)+`)`, args...)
 	if err != nil {
 		return fmt.Errorf("read held details: %w", err)
 	}
-	var gone []string
+	states := make(map[string]string, len(held))
 	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
+		var id, state string
+		if err := rows.Scan(&id, &state); err != nil {
 			rows.Close()
 			return err
 		}
-		gone = append(gone, id)
+		states[id] = state
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	for _, id := range gone {
-		e := byDetail[id]
+	var resolved map[string]bool // "pid:epoch" of fenced partitions whose doubt resolved
+	for _, e := range held {
+		state, landed := states[e.Detail]
+		if !landed {
+			if resolved == nil {
+				if resolved, err = l.resolvedFenced(ctx, sku); err != nil {
+					return err
+				}
+			}
+			_, pid, epoch, _, perr := shard.ParseDetailID(e.Detail)
+			if perr != nil || !resolved[strconv.Itoa(pid)+":"+strconv.FormatInt(epoch, 10)] {
+				continue // on its way to MySQL
+			}
+		} else if state != "released" {
+			continue
+		}
 		if _, err := a.GiveBackEntry(ctx, e.ReqID, e.Raw, true); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// resolvedFenced lists sku's fenced partitions whose doubt was resolved,
+// as "pid:epoch".
+func (l *Ledger) resolvedFenced(ctx context.Context, sku string) (map[string]bool, error) {
+	rows, err := l.db.QueryContext(ctx,
+		`SELECT pid, epoch FROM partitions WHERE sku = ? AND state = 'fenced' AND doubt_resolved_at IS NOT NULL`, sku)
+	if err != nil {
+		return nil, fmt.Errorf("read fenced partitions: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var pid int
+		var epoch int64
+		if err := rows.Scan(&pid, &epoch); err != nil {
+			return nil, err
+		}
+		out[strconv.Itoa(pid)+":"+strconv.FormatInt(epoch, 10)] = true
+	}
+	return out, rows.Err()
 }
