@@ -766,7 +766,8 @@ func TestSaleRulesBadInput(t *testing.T) {
 // it counts (the limit is never exceeded) until the sweep gives it back
 // one reservation TTL later. One that died after the stock take and
 // before recording it leaves a pending entry for a real deduction: the
-// sweep settles it as held from MySQL's row, never gives it back.
+// sweep settles it as held from MySQL's row, never gives it back. A
+// give-back lost after a release is made up by the sweep too.
 func TestSaleAllowanceConvergesAfterCrash(t *testing.T) {
 	e := newEnv(t, 2)
 	cfg := e.config()
@@ -836,6 +837,34 @@ func TestSaleAllowanceConvergesAfterCrash(t *testing.T) {
 	if a := userDeduct(t, b, n.hot, "cr", "erin", 1, "erin-3"); a.Code != 200 {
 		t.Fatalf("erin's second unit: %d %s", a.Code, a.raw)
 	}
+	// Frank released, and the give-back after the release's commit was
+	// lost: his entry still reads held. The sweep gives it back.
+	fr := userDeduct(t, b, n.hot, "cr", "frank", 2, "frank-1")
+	if fr.Code != 200 {
+		t.Fatalf("frank: %d %s", fr.Code, fr.raw)
+	}
+	_, _, m = e.allowance("cr")
+	entry, counted := m["r:frank-1"], m["u:frank"]
+	var frDetail string
+	for f, v := range m {
+		if strings.HasPrefix(f, "d:") && v == "frank-1" {
+			frDetail = f[2:]
+		}
+	}
+	if a := salePost(t, b, n.hot, "/v1/release", fmt.Sprintf(`{"reservation":%q}`, fr.Reservation)); a.Code != 200 {
+		t.Fatalf("release: %d %s", a.Code, a.raw)
+	}
+	if err := c.Do(ctx, c.B().Hset().Key(key).FieldValue().FieldValue("r:frank-1", entry).FieldValue("u:frank", counted).FieldValue("d:"+frDetail, "frank-1").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if a := userDeduct(t, b, n.hot, "cr", "frank", 1, "frank-2"); a.Code != 409 {
+		t.Fatalf("with the lost give-back, frank's third unit: %d %s", a.Code, a.raw)
+	}
+	eventually(t, "the sweep gives back a held entry whose row is released", func() bool {
+		_, _, m := e.allowance("cr")
+		return m["u:frank"] == "" && strings.HasPrefix(m["r:frank-1"], "x:")
+	})
+
 	waitSynced(t, n, "cr", 30*time.Second)
 	eventually(t, "every row has its ids", func() bool { return e.heldInMySQL("cr")["?"] == 0 })
 	held := e.heldInMySQL("cr")
