@@ -313,7 +313,8 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	// ends them early.
 	start := time.Now()
 	// Sale rules (sale.go): one atomic load while no SKU has any.
-	if rules := h.sched.Rules(r.sku); rules != nil && h.refused(ctx, rules, r, start) {
+	rules := h.sched.Rules(r.sku)
+	if rules != nil && h.refused(ctx, rules, r, start) {
 		return
 	}
 	var res scheduler.Result
@@ -324,7 +325,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		res.Status = scheduler.SoldOut
 	} else {
 		c, cancel := context.WithTimeout(context.Background(), h.timeout)
-		res, err = h.take(c, r)
+		res, err = h.take(c, r, rules)
 		if errors.Is(err, scheduler.ErrUnknownSKU) {
 			// Created on another node a moment ago? Ask MySQL (at most
 			// once per view_max_age for every unknown name).
@@ -332,11 +333,11 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 			if known, err = h.catalogue.known(c, r.sku); err != nil {
 				err = fmt.Errorf("%w: %v", scheduler.ErrUnavailable, err)
 			} else if known {
-				if rules := h.sched.Rules(r.sku); rules != nil && h.refused(ctx, rules, r, time.Now()) {
+				if rules = h.sched.Rules(r.sku); rules != nil && h.refused(ctx, rules, r, time.Now()) {
 					cancel()
 					return
 				}
-				res, err = h.take(c, r)
+				res, err = h.take(c, r, rules)
 			} else {
 				err = scheduler.ErrUnknownSKU
 			}

@@ -50,9 +50,9 @@ func (h *hot) refused(ctx *fasthttp.RequestCtx, rules *scheduler.Rules, r deduct
 }
 
 // take runs a deduction: through the per-user allowance when the SKU has
-// a limit.
-func (h *hot) take(c context.Context, r deductRequest) (scheduler.Result, error) {
-	if rules := h.sched.Rules(r.sku); rules != nil && rules.PerUserLimit > 0 {
+// a limit (rules as the request found them, nil: none).
+func (h *hot) take(c context.Context, r deductRequest, rules *scheduler.Rules) (scheduler.Result, error) {
+	if rules != nil && rules.PerUserLimit > 0 {
 		return h.sched.DeductLimited(c, r.sku, r.qty, r.requestID, r.userID, rules)
 	}
 	return h.sched.Deduct(c, r.sku, r.qty, r.requestID, r.userID)
