@@ -691,6 +691,12 @@ func TestSaleExtend(t *testing.T) {
 	if r.Confirmed != 2 || r.Reserved != 0 || r.Released != 2 {
 		t.Fatalf("verify %+v", r)
 	}
+	// Extensions of settled reservations go once they ran out.
+	eventually(t, "the extensions of settled reservations are forgotten", func() bool {
+		var n int
+		e.db.QueryRow(`SELECT COUNT(*) FROM reservation_extensions WHERE sku = 'ext'`).Scan(&n)
+		return n == 0
+	})
 }
 
 // Bad input answers 400 naming the field and changes nothing.

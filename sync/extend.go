@@ -119,23 +119,25 @@ func extendedPast(ctx context.Context, tx *sql.Tx, id string, now time.Time) (bo
 }
 
 // expireExtended releases sku's extended reservations whose extension
-// ran out, and forgets the extensions of settled reservations.
+// ran out, and forgets (by key) the extensions of settled reservations.
+// One read without locks per call; writes only for what it found.
 func (l *Ledger) expireExtended(ctx context.Context, sku string) (int, error) {
 	now := time.Now()
 	rows, err := l.db.QueryContext(ctx,
-		`SELECT d.detail_id, d.qty FROM reservation_extensions e JOIN deductions d ON d.detail_id = e.detail_id
-		  WHERE e.sku = ? AND e.expires_at < ? AND d.state = 'reserved' LIMIT 500`, sku, now.UTC())
+		`SELECT e.detail_id, COALESCE(d.state, ''), COALESCE(d.qty, 0) FROM reservation_extensions e
+		   LEFT JOIN deductions d ON d.detail_id = e.detail_id
+		  WHERE e.sku = ? AND e.expires_at < ? LIMIT 500`, sku, now.UTC())
 	if err != nil {
 		return 0, fmt.Errorf("expired extensions: %w", err)
 	}
 	type due struct {
-		id  string
-		qty int64
+		id, state string
+		qty       int64
 	}
 	var todo []due
 	for rows.Next() {
 		var d due
-		if err := rows.Scan(&d.id, &d.qty); err != nil {
+		if err := rows.Scan(&d.id, &d.state, &d.qty); err != nil {
 			rows.Close()
 			return 0, err
 		}
@@ -147,21 +149,25 @@ func (l *Ledger) expireExtended(ctx context.Context, sku string) (int, error) {
 	}
 	released := 0
 	for _, d := range todo {
-		err := l.release(ctx, d.id, d.qty, now)
-		switch {
-		case err == nil:
-			released++
-			l.m.expired.Inc()
-		case errors.Is(err, ErrConfirmed), errors.Is(err, ErrReleased), errors.Is(err, errExtended):
+		switch d.state {
+		case "":
+			continue // its detail has not landed: expired once it does
+		case "reserved":
+			err := l.release(ctx, d.id, d.qty, now)
+			switch {
+			case err == nil:
+				released++
+				l.m.expired.Inc()
+			case errors.Is(err, ErrConfirmed), errors.Is(err, ErrReleased), errors.Is(err, errExtended):
+			default:
+				return released, err
+			}
 		default:
-			return released, err
+			// Settled: the extension is of no use any more.
+			if _, err := l.db.ExecContext(ctx, `DELETE FROM reservation_extensions WHERE detail_id = ? AND expires_at < ?`, d.id, now.UTC()); err != nil {
+				return released, fmt.Errorf("forget extension: %w", err)
+			}
 		}
-	}
-	// Extensions of settled reservations are of no use any more.
-	if _, err := l.db.ExecContext(ctx,
-		`DELETE e FROM reservation_extensions e JOIN deductions d ON d.detail_id = e.detail_id
-		  WHERE e.sku = ? AND e.expires_at < ? AND d.state <> 'reserved'`, sku, now.UTC()); err != nil {
-		return released, fmt.Errorf("forget extensions: %w", err)
 	}
 	return released, nil
 }
