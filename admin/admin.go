@@ -62,6 +62,11 @@ type Spec struct {
 	Partitions int
 	Chunk      int64
 	Threshold  int64
+	// Sale rules (issue 15): nil was left out (keeps the current value);
+	// a zero time clears a bound (JSON null or ""), a limit of 0 removes
+	// the limit.
+	PerUserLimit      *int64
+	OpensAt, ClosesAt *time.Time
 }
 
 // SKUView is what GET /admin/skus/{sku} shows.
@@ -100,6 +105,12 @@ type SKUView struct {
 	// the node's last known ones (no Redis read), backlog is not known
 	// (0); GET /admin/skus/{sku} reads them from Redis.
 	Cached bool `json:"cached,omitempty"`
+
+	// Sale rules (issue 15): the per-user limit (0: none) and the sale's
+	// bounds (null: unbounded).
+	PerUserLimit int64      `json:"per_user_limit"`
+	OpensAt      *time.Time `json:"opens_at"`
+	ClosesAt     *time.Time `json:"closes_at"`
 }
 
 // PartitionView is one partition's live state.
@@ -498,10 +509,63 @@ func crossSite(r *http.Request) (apierr.Code, string) {
 }
 
 type putBody struct {
-	Total      *int64 `json:"total"`
-	Partitions *int   `json:"partitions"`
-	Chunk      *int64 `json:"chunk"`
-	Threshold  *int64 `json:"threshold"`
+	Total        *int64          `json:"total"`
+	Partitions   *int            `json:"partitions"`
+	Chunk        *int64          `json:"chunk"`
+	Threshold    *int64          `json:"threshold"`
+	PerUserLimit *int64          `json:"per_user_limit"`
+	OpensAt      json.RawMessage `json:"opens_at"`
+	ClosesAt     json.RawMessage `json:"closes_at"`
+}
+
+// MaxPerUserLimit bounds per_user_limit (as total is bounded).
+const MaxPerUserLimit = MaxTotal
+
+// saleRules checks the sale-rule fields of a PUT into sp; the error names
+// the field (400).
+func saleRules(b putBody, sp *Spec) error {
+	if b.PerUserLimit != nil {
+		if n := *b.PerUserLimit; n < 0 || n > MaxPerUserLimit {
+			return &badBody{field: "per_user_limit", msg: fmt.Sprintf("per_user_limit: must be between 0 (no limit) and %d", int64(MaxPerUserLimit))}
+		}
+		sp.PerUserLimit = b.PerUserLimit
+	}
+	var err error
+	if sp.OpensAt, err = saleTime("opens_at", b.OpensAt); err != nil {
+		return err
+	}
+	if sp.ClosesAt, err = saleTime("closes_at", b.ClosesAt); err != nil {
+		return err
+	}
+	if sp.OpensAt != nil && sp.ClosesAt != nil && !sp.OpensAt.IsZero() && !sp.ClosesAt.IsZero() && !sp.ClosesAt.After(*sp.OpensAt) {
+		return &badBody{field: "closes_at", msg: "closes_at: must be after opens_at"}
+	}
+	return nil
+}
+
+// saleTime reads an RFC 3339 time; null or "" clears it (a zero time),
+// absent keeps it (nil).
+func saleTime(field string, raw json.RawMessage) (*time.Time, error) {
+	if raw == nil {
+		return nil, nil
+	}
+	var t time.Time
+	if string(raw) == "null" {
+		return &t, nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, &badBody{field: field, msg: field + `: must be an RFC 3339 time string like "2026-11-11T00:00:00Z", or null`}
+	}
+	if s == "" {
+		return &t, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil || t.Year() < 2000 || t.Year() > 9999 {
+		return nil, &badBody{field: field, msg: field + `: must be an RFC 3339 time like "2026-11-11T00:00:00Z" (years 2000 to 9999)`}
+	}
+	t = t.UTC()
+	return &t, nil
 }
 
 func (s *Server) putSKU(w http.ResponseWriter, r *http.Request) {
@@ -516,6 +580,14 @@ func (s *Server) putSKU(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	spec, err := s.spec(b)
+	if err == nil {
+		err = saleRules(b, &spec)
+	}
+	var bb *badBody
+	if errors.As(err, &bb) {
+		writeBadBody(w, err)
+		return
+	}
 	if err != nil {
 		writeErr(w, apierr.Invalid(err.Error()))
 		return
@@ -822,7 +894,7 @@ func decode(r *http.Request, v any, keys strictjson.Keys) error {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return &badBody{"body", fmt.Sprintf("body: larger than %d bytes", maxBody), true}
+			return &badBody{field: "body", msg: fmt.Sprintf("body: larger than %d bytes", maxBody), tooLarge: true}
 		}
 		return &badBody{field: "body", msg: "body: " + err.Error()}
 	}

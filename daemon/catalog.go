@@ -35,6 +35,7 @@ var _ admin.Catalog = (*catalog)(nil)
 func (c *catalog) PutSKU(ctx context.Context, name string, spec admin.Spec) (admin.SKUView, bool, error) {
 	sku, created, err := c.alloc.Provision(ctx, name, preallocate.Spec{
 		Total: spec.Total, Partitions: spec.Partitions, Chunk: spec.Chunk, Threshold: spec.Threshold,
+		PerUserLimit: spec.PerUserLimit, OpensAt: spec.OpensAt, ClosesAt: spec.ClosesAt,
 	}, c.defaults)
 	if err != nil {
 		return admin.SKUView{}, false, adminErr(err)
@@ -162,6 +163,7 @@ func rowView(sku preallocate.SKU) admin.SKUView {
 		SKU: sku.Name, Total: sku.Total, Pool: sku.Pool, Reserved: sku.Reserved, Confirmed: sku.Confirmed,
 		Released: sku.Released, InDoubt: sku.InDoubt, Doubled: sku.Doubled, Chunk: sku.Chunk,
 		Threshold: sku.Threshold, Version: sku.Version, TargetPartitions: sku.Target, Partitions: []admin.PartitionView{},
+		PerUserLimit: sku.PerUserLimit, OpensAt: timeOrNil(sku.OpensAt), ClosesAt: timeOrNil(sku.ClosesAt),
 	}
 }
 
@@ -535,6 +537,15 @@ func (c *catalog) Verify(ctx context.Context, name string) (any, error) {
 		return nil, adminErr(err)
 	}
 	return rep, nil
+}
+
+// timeOrNil is t for a JSON view: null when zero.
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
 }
 
 func adminErr(err error) error {

@@ -284,11 +284,34 @@ func (d *Daemon) Run(ctx context.Context) error {
 		limits:  cfg.Limits,
 		clients: newClientLimiter(cfg.Limits),
 		other:   new(hotstats.Counters),
+
+		ext:          wb.Ledger,
+		maxExtension: cfg.Sync.MaxExtension,
 	}
 	status := newStatusSampler(reg, h.other, time.Second, func() (int64, time.Duration, bool) {
 		lag, applied := wb.TakeApplyLag()
 		return wb.Backlog(), lag, applied
 	})
+	// A limited SKU's per-user allowance is given back on release and
+	// expiry, and swept by the SKU's owner (sync/extend.go).
+	wb.Ledger.Allowance = func(sku string) *shard.Allowance {
+		if r := sched.Rules(sku); r != nil {
+			return r.Allowance
+		}
+		return nil
+	}
+	wb.Ledger.Partitions = func(name string) []*shard.Partition {
+		sku := reg.Get(name)
+		if sku == nil {
+			return nil
+		}
+		var out []*shard.Partition
+		for _, p := range sku.Partitions() {
+			out = append(out, p.H)
+		}
+		return out
+	}
+	wb.Ledger.AllowanceWindow = cfg.Scheduler.RetryWindow
 	// An unknown SKU is confirmed with MySQL before a 404.
 	h.catalogue = &catalogue{maxAge: cfg.Cluster.ViewMaxAge, loader: loader, reg: reg,
 		reads: promauto.With(metrics).NewCounter(prometheus.CounterOpts{

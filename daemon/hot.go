@@ -56,19 +56,25 @@ type hot struct {
 	// entry to count them (scheduler.SKU.Stats): a client over its limit,
 	// a SKU this node has not loaded.
 	other *hotstats.Counters
+
+	// ext and maxExtension serve POST /v1/extend (sale.go).
+	ext          extender
+	maxExtension time.Duration
 }
 
 // hotMetrics are the hot path's: deductions by outcome and their latency.
 type hotMetrics struct {
 	ok, soldOut, reused, unavailable, unknown, bad, shed prometheus.Counter
 	latency                                              prometheus.Histogram
+	// Sale rules (sale.go).
+	limitReached, notOpen, closed prometheus.Counter
 }
 
 func newHotMetrics(reg prometheus.Registerer) *hotMetrics {
 	f := promauto.With(reg)
 	out := f.NewCounterVec(prometheus.CounterOpts{
 		Name: "stockd_deductions_total",
-		Help: "Deduction requests answered, by outcome (ok, sold_out, request_id_reused, unavailable, unknown_sku, bad_request, shed).",
+		Help: "Deduction requests answered, by outcome (ok, sold_out, request_id_reused, unavailable, unknown_sku, bad_request, shed, limit_reached, not_open, closed).",
 	}, []string{"outcome"})
 	return &hotMetrics{
 		ok:          out.WithLabelValues("ok"),
@@ -78,6 +84,10 @@ func newHotMetrics(reg prometheus.Registerer) *hotMetrics {
 		unknown:     out.WithLabelValues("unknown_sku"),
 		bad:         out.WithLabelValues("bad_request"),
 		shed:        out.WithLabelValues("shed"),
+
+		limitReached: out.WithLabelValues("limit_reached"),
+		notOpen:      out.WithLabelValues("not_open"),
+		closed:       out.WithLabelValues("closed"),
 		latency: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "stockd_deduct_seconds",
 			Help:    "Time to decide a deduction (valid requests), waits for refills included.",
@@ -146,6 +156,12 @@ func (h *hot) handle(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		h.settle(ctx, string(path) == "/v1/confirm")
+	case "/v1/extend":
+		if !ctx.IsPost() {
+			methodNotAllowed(ctx, "POST")
+			return
+		}
+		h.extend(ctx)
 	case "/healthz":
 		ctx.SetBodyString(`{"status":"ok"}`)
 	case "/readyz":
@@ -316,6 +332,11 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	// Deductions finish even while the server shuts down; only the timeout
 	// ends them early.
 	start := time.Now()
+	// Sale rules (sale.go): one atomic load while no SKU has any.
+	rules := h.sched.Rules(r.sku)
+	if rules != nil && h.refused(ctx, rules, r, start) {
+		return
+	}
 	var res scheduler.Result
 	var err error
 	if h.sched.SoldOutFromMemory(r.sku, r.requestID) {
@@ -324,7 +345,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		res.Status = scheduler.SoldOut
 	} else {
 		c, cancel := context.WithTimeout(context.Background(), h.timeout)
-		res, err = h.sched.Deduct(c, r.sku, r.qty, r.requestID, r.userID)
+		res, err = h.take(c, r, rules)
 		if errors.Is(err, scheduler.ErrUnknownSKU) {
 			// Created on another node a moment ago? Ask MySQL (at most
 			// once per view_max_age for every unknown name).
@@ -332,7 +353,11 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 			if known, err = h.catalogue.known(c, r.sku); err != nil {
 				err = fmt.Errorf("%w: %v", scheduler.ErrUnavailable, err)
 			} else if known {
-				res, err = h.sched.Deduct(c, r.sku, r.qty, r.requestID, r.userID)
+				if rules = h.sched.Rules(r.sku); rules != nil && h.refused(ctx, rules, r, time.Now()) {
+					cancel()
+					return
+				}
+				res, err = h.take(c, r, rules)
 			} else {
 				err = scheduler.ErrUnknownSKU
 			}
@@ -362,6 +387,8 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		stats.Observe(hotstats.SoldOut, took)
 		ctx.SetStatusCode(fasthttp.StatusConflict)
 		ctx.SetBodyString(`{"status":"sold_out"}`)
+	case res.Status == scheduler.LimitReached:
+		h.limitReached(ctx, res)
 	case res.Status == scheduler.Reused:
 		// The id already took for another qty: not a retry of that
 		// request, and nothing was deducted for this one.

@@ -141,6 +141,11 @@ func (l *loader) load(ctx context.Context, sku preallocate.SKU) error {
 // It also returns when this view next changes by the clock alone.
 func (l *loader) registryInfo(ctx context.Context, sku preallocate.SKU, now time.Time) (scheduler.SKUInfo, time.Time, error) {
 	info := scheduler.SKUInfo{Name: sku.Name, Chunk: sku.Chunk, Threshold: sku.Threshold, Pool: sku.Pool, Version: sku.Version}
+	rules, err := l.rules(sku)
+	if err != nil {
+		return info, time.Time{}, err
+	}
+	info.Rules = rules
 	var due time.Time
 	soonest := func(t time.Time) {
 		if t.After(now) && (due.IsZero() || t.Before(due)) {
@@ -222,6 +227,22 @@ func (l *loader) forget(name string) {
 		}
 		l.heads = heads
 	}
+}
+
+// rules are sku's sale rules for the registry, nil when it has none.
+func (l *loader) rules(sku preallocate.SKU) (*scheduler.Rules, error) {
+	if sku.PerUserLimit == 0 && sku.OpensAt.IsZero() && sku.ClosesAt.IsZero() {
+		return nil, nil
+	}
+	r := &scheduler.Rules{PerUserLimit: sku.PerUserLimit, OpensAt: sku.OpensAt, ClosesAt: sku.ClosesAt}
+	if r.PerUserLimit > 0 {
+		a, err := l.shards.Allowance(sku.Name, sku.LimitShard)
+		if err != nil {
+			return nil, fmt.Errorf("sku %s allowance on shard %q: %w", sku.Name, sku.LimitShard, err)
+		}
+		r.Allowance = a
+	}
+	return r, nil
 }
 
 // lingerRecheck is how often a closed partition kept past the retry window

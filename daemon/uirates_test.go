@@ -81,7 +81,7 @@ func TestStatusPageRatesUnderLoad(t *testing.T) {
 		t.Fatalf("GET /admin/skus/%s after all %d units were taken: sold_out false (%+v)", gone, total, v)
 	}
 	// Its answers, counted by the sampler within a second or two.
-	eventually(t, func() (bool, string) {
+	eventuallyMsg(t, func() (bool, string) {
 		st := getStats(t, n).SKUs[gone]
 		return st.Minute.Answers == uint64(total), "answers of " + gone + " in /admin/stats: " + strconv.FormatUint(st.Minute.Answers, 10)
 	})
@@ -124,7 +124,7 @@ func TestStatusPageRatesUnderLoad(t *testing.T) {
 	}
 	stopSale := sync.OnceFunc(func() { close(stop); wg.Wait() })
 	t.Cleanup(stopSale)
-	eventually(t, func() (bool, string) {
+	eventuallyMsg(t, func() (bool, string) {
 		st := getStats(t, n)
 		s := st.SKUs[sale].Minute
 		l := st.SKUs[late].Minute
@@ -302,8 +302,8 @@ func checkLoadScreenshot(t *testing.T, path string) {
 	t.Logf("screenshot %s: %dx%d, %d colours, %d sparkline pixels, %d sold-out badge pixels", path, b.Dx(), b.Dy(), len(colors), sparkPx, badgePx)
 }
 
-// eventually waits up to 30 s for cond, and fails with its last message.
-func eventually(t *testing.T, cond func() (bool, string)) {
+// eventuallyMsg waits up to 30 s for cond, and fails with its last message.
+func eventuallyMsg(t *testing.T, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -52,6 +52,36 @@ type Spec struct {
 	Partitions int
 	Chunk      int64
 	Threshold  int64
+	// Sale rules: nil keeps the SKU's current value (none on creation).
+	// A zero time clears a bound; a limit of 0 removes the limit.
+	PerUserLimit      *int64
+	OpensAt, ClosesAt *time.Time
+}
+
+// applyRules sets the rules spec gives on k and checks them together
+// with those it keeps.
+func (spec Spec) applyRules(k *SKU) error {
+	if spec.PerUserLimit != nil {
+		k.PerUserLimit = *spec.PerUserLimit
+	}
+	if spec.OpensAt != nil {
+		k.OpensAt = *spec.OpensAt
+	}
+	if spec.ClosesAt != nil {
+		k.ClosesAt = *spec.ClosesAt
+	}
+	if !k.OpensAt.IsZero() && !k.ClosesAt.IsZero() && !k.ClosesAt.After(k.OpensAt) {
+		if spec.ClosesAt == nil {
+			return invalidf("opens_at: must be before closes_at (%s)", k.ClosesAt.UTC().Format(time.RFC3339Nano))
+		}
+		return invalidf("closes_at: must be after opens_at (%s)", k.OpensAt.UTC().Format(time.RFC3339Nano))
+	}
+	return nil
+}
+
+// nullTime is t for MySQL: NULL when zero.
+func nullTime(t time.Time) sql.NullTime {
+	return sql.NullTime{Time: t.UTC(), Valid: !t.IsZero()}
 }
 
 // SKU is a SKU's row.
@@ -72,6 +102,12 @@ type SKU struct {
 	// ArchivedAt is when the SKU was archived (zero: live); only
 	// GetArchived returns an archived SKU.
 	ArchivedAt time.Time
+
+	// Sale rules (0 and zero times: none); LimitShard holds the per-user
+	// allowance (chosen when a limit is first set).
+	PerUserLimit      int64
+	OpensAt, ClosesAt time.Time
+	LimitShard        string
 }
 
 // Partition is a partition's registry row.
@@ -129,9 +165,18 @@ func (s *Store) Put(ctx context.Context, name string, spec, defaults Spec, shard
 			if sp.Threshold > sp.Chunk {
 				return invalidf("threshold: %d is above chunk %d", sp.Threshold, sp.Chunk)
 			}
+			var rules SKU
+			if err := spec.applyRules(&rules); err != nil {
+				return err
+			}
+			if rules.PerUserLimit > 0 {
+				rules.LimitShard = limitShard(name, shards)
+			}
 			if _, err := tx.ExecContext(ctx,
-				`INSERT INTO skus (sku, total, pool, chunk, threshold, target_partitions) VALUES (?, ?, ?, ?, ?, ?)`,
-				name, sp.Total, sp.Total, sp.Chunk, sp.Threshold, sp.Partitions); err != nil {
+				`INSERT INTO skus (sku, total, pool, chunk, threshold, target_partitions, per_user_limit, opens_at, closes_at, limit_shard)
+				 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''))`,
+				name, sp.Total, sp.Total, sp.Chunk, sp.Threshold, sp.Partitions,
+				rules.PerUserLimit, nullTime(rules.OpensAt), nullTime(rules.ClosesAt), rules.LimitShard); err != nil {
 				return fmt.Errorf("insert sku: %w", err)
 			}
 			off := spread(name, len(shards))
@@ -165,9 +210,21 @@ func (s *Store) Put(ctx context.Context, name string, spec, defaults Spec, shard
 			if delta < 0 && cur.Pool < -delta {
 				return conflictf("total: lowering it by %d needs that many unallocated units, the pool has %d", -delta, cur.Pool)
 			}
+			rules := cur
+			if err := spec.applyRules(&rules); err != nil {
+				return err
+			}
+			if rules.PerUserLimit > 0 && rules.LimitShard == "" {
+				if len(shards) == 0 {
+					return conflictf("per_user_limit: no active shard to hold the allowance")
+				}
+				rules.LimitShard = limitShard(name, shards)
+			}
 			if _, err := tx.ExecContext(ctx,
-				`UPDATE skus SET total = total + ?, pool = pool + ?, chunk = ?, threshold = ?, version = version + 1 WHERE sku = ?`,
-				delta, delta, chunk, threshold, name); err != nil {
+				`UPDATE skus SET total = total + ?, pool = pool + ?, chunk = ?, threshold = ?,
+				        per_user_limit = ?, opens_at = ?, closes_at = ?, limit_shard = NULLIF(?, ''), version = version + 1 WHERE sku = ?`,
+				delta, delta, chunk, threshold,
+				rules.PerUserLimit, nullTime(rules.OpensAt), nullTime(rules.ClosesAt), rules.LimitShard, name); err != nil {
 				return fmt.Errorf("restock: %w", err)
 			}
 		}
@@ -218,18 +275,22 @@ func (s *Store) List(ctx context.Context) ([]SKU, error) {
 // SKUs follow the page.
 func (s *Store) Page(ctx context.Context, after string, limit int) (skus []SKU, more bool, err error) {
 	rows, err := s.db.QueryContext(ctx,
-		`SELECT sku, total, pool, reserved, confirmed, released, in_doubt, doubled, chunk, threshold, version, target_partitions
+		`SELECT sku, total, pool, reserved, confirmed, released, in_doubt, doubled, chunk, threshold, version, target_partitions,
+		        per_user_limit, opens_at, closes_at, COALESCE(limit_shard, '')
 		   FROM skus WHERE sku > ? AND archived_at IS NULL ORDER BY sku LIMIT ?`, after, limit+1)
 	if err != nil {
 		return nil, false, fmt.Errorf("list skus: %w", err)
 	}
 	for rows.Next() {
 		var k SKU
+		var opens, closes sql.NullTime
 		if err := rows.Scan(&k.Name, &k.Total, &k.Pool, &k.Reserved, &k.Confirmed, &k.Released, &k.InDoubt,
-			&k.Doubled, &k.Chunk, &k.Threshold, &k.Version, &k.Target); err != nil {
+			&k.Doubled, &k.Chunk, &k.Threshold, &k.Version, &k.Target,
+			&k.PerUserLimit, &opens, &closes, &k.LimitShard); err != nil {
 			rows.Close()
 			return nil, false, fmt.Errorf("list skus: %w", err)
 		}
+		k.OpensAt, k.ClosesAt = opens.Time, closes.Time
 		skus = append(skus, k)
 	}
 	rows.Close()
@@ -350,15 +411,23 @@ func getSKU(ctx context.Context, q querier, name string, forUpdate bool) (SKU, e
 // readSKU reads a SKU and its partitions; an archived one is ErrArchived
 // unless archived is set.
 func readSKU(ctx context.Context, q querier, name string, forUpdate, archived bool) (SKU, error) {
-	query := `SELECT sku, total, pool, reserved, confirmed, released, in_doubt, doubled, chunk, threshold, version, target_partitions, archived_at
+	query := `SELECT sku, total, pool, reserved, confirmed, released, in_doubt, doubled, chunk, threshold, version, target_partitions, archived_at,
+	                 per_user_limit, opens_at, closes_at, COALESCE(limit_shard, '')
 	            FROM skus WHERE sku = ?`
 	if forUpdate {
 		query += " FOR UPDATE"
 	}
 	var k SKU
-	var at sql.NullTime
+	var at, opens, closes sql.NullTime
 	err := q.QueryRowContext(ctx, query, name).Scan(&k.Name, &k.Total, &k.Pool, &k.Reserved, &k.Confirmed,
-		&k.Released, &k.InDoubt, &k.Doubled, &k.Chunk, &k.Threshold, &k.Version, &k.Target, &at)
+		&k.Released, &k.InDoubt, &k.Doubled, &k.Chunk, &k.Threshold, &k.Version, &k.Target, &at,
+		&k.PerUserLimit, &opens, &closes, &k.LimitShard)
+	if opens.Valid {
+		k.OpensAt = opens.Time
+	}
+	if closes.Valid {
+		k.ClosesAt = closes.Time
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return SKU{}, fmt.Errorf("%w: %s", ErrUnknownSKU, name)
 	}
@@ -393,6 +462,16 @@ func NewEpoch() int64 {
 		panic(err) // crypto/rand never fails on Linux
 	}
 	return int64(binary.BigEndian.Uint64(b[:])>>1) | 1
+}
+
+// limitShard is the shard that holds a SKU's per-user allowance: one of
+// the active shards, spread by name like partitions. It is recorded once
+// (skus.limit_shard) and kept, so that later shard changes do not move it.
+func limitShard(name string, shards []string) string {
+	if len(shards) == 0 {
+		return ""
+	}
+	return shards[spread(name+":allow", len(shards))]
 }
 
 // spread picks where a SKU's partitions start on the shard list, so that

@@ -23,6 +23,8 @@ type SKUInfo struct {
 	// Partitions are every partition of the SKU, open or not: closed and
 	// fenced ones still hold the pointers of requests homed on them.
 	Partitions []PartitionInfo
+	// Rules are the sale rules; nil when the SKU has none.
+	Rules *Rules
 	// Retired are the pids of partitions that left the home set (closed
 	// longer than the retry window ago, or on a removed shard). A pointer
 	// naming one of them is treated as short; a pointer naming a pid that
@@ -66,6 +68,8 @@ type SKU struct {
 	soldOut atomic.Pointer[soldOut]
 	// changed wakes requests waiting for stock.
 	changed signal
+	// rules are the sale rules, nil when none (rules.go).
+	rules atomic.Pointer[Rules]
 	// Inflight counts this node's deductions of the SKU in progress (the
 	// hot endpoint's admission limit).
 	Inflight atomic.Int64
@@ -255,6 +259,9 @@ func contains(s []int, v int) bool {
 type Registry struct {
 	mu   sync.Mutex
 	skus atomic.Pointer[map[string]*SKU]
+	// ruled counts the SKUs with sale rules: while it is 0 the hot path
+	// does not even look a SKU's rules up (Scheduler.Rules).
+	ruled atomic.Int64
 }
 
 // NewRegistry returns an empty registry.
@@ -314,6 +321,13 @@ func (r *Registry) Upsert(info SKUInfo) *SKU {
 	s.threshold.Store(info.Threshold)
 	s.version.Store(info.Version)
 	s.pool.Store(info.Pool)
+	if old := s.rules.Swap(info.Rules); (old == nil) != (info.Rules == nil) {
+		if info.Rules != nil {
+			r.ruled.Add(1)
+		} else {
+			r.ruled.Add(-1)
+		}
+	}
 
 	prev := s.Partitions()
 	parts := make([]*Partition, 0, len(info.Partitions))
@@ -349,8 +363,13 @@ func (r *Registry) Remove(name string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	old := *r.skus.Load()
-	if _, ok := old[name]; !ok {
+	gone, ok := old[name]
+	if !ok {
 		return
+	}
+	// The hot path skips the rules lookup while no SKU has rules.
+	if gone.rules.Swap(nil) != nil {
+		r.ruled.Add(-1)
 	}
 	next := make(map[string]*SKU, len(old))
 	for k, v := range old {

@@ -161,6 +161,9 @@ const (
 	// Reused: the request id already took for another quantity; nothing
 	// was deducted (the first deduction stands).
 	Reused
+	// LimitReached: the user's per-user allowance is used up (Held says
+	// how many units the user holds); nothing was deducted.
+	LimitReached
 )
 
 // Result of a deduction.
@@ -170,6 +173,9 @@ type Result struct {
 	Partition *shard.Partition
 	Seq       int64
 	Qty       int64
+	// Held and Limit are the units the user holds and the SKU's
+	// per-user limit when Status is LimitReached.
+	Held, Limit int64
 }
 
 // Scheduler chooses partitions and runs takes.
@@ -184,6 +190,7 @@ type Scheduler struct {
 	takeCalls     prometheus.Counter
 	pointCalls    prometheus.Counter
 	claimCalls    prometheus.Counter
+	allowCalls    prometheus.Counter
 	memorySoldOut prometheus.Counter
 	verdictReads  prometheus.Counter
 	refillAsks    prometheus.Counter
@@ -195,11 +202,12 @@ func New(cfg Config, reg *Registry, hooks Hooks, logger *slog.Logger) *Scheduler
 	s := &Scheduler{cfg: cfg, reg: reg, hooks: hooks, logger: logger.With("component", "scheduler")}
 	s.calls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stockd_scheduler_redis_calls_total",
-		Help: "Redis script calls made to serve deductions, by script (take, point, claim).",
+		Help: "Redis script calls made to serve deductions, by script (take, point, claim, allow).",
 	}, []string{"script"})
 	s.takeCalls = s.calls.WithLabelValues("take")
 	s.pointCalls = s.calls.WithLabelValues("point")
 	s.claimCalls = s.calls.WithLabelValues("claim")
+	s.allowCalls = s.calls.WithLabelValues("allow")
 	s.memorySoldOut = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "stockd_scheduler_sold_out_from_memory_total",
 		Help: "Deductions answered sold_out from memory, without Redis.",

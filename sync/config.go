@@ -51,6 +51,9 @@ type Config struct {
 	ReservationTTL time.Duration `yaml:"reservation_ttl"`
 	// ExpireEvery is how often expired reservations are looked for.
 	ExpireEvery time.Duration `yaml:"expire_every"`
+	// MaxExtension caps POST /v1/extend: a reservation's expiry is pushed
+	// to at most now + MaxExtension.
+	MaxExtension time.Duration `yaml:"max_extension"`
 }
 
 // DefaultConfig returns the defaults.
@@ -66,6 +69,7 @@ func DefaultConfig() Config {
 		MaxAttempts:    5,
 		ReservationTTL: 15 * time.Minute,
 		ExpireEvery:    time.Second,
+		MaxExtension:   15 * time.Minute,
 	}
 }
 
@@ -101,6 +105,9 @@ func (c Config) Validate() error {
 	}
 	if c.ExpireEvery <= 0 {
 		errs = append(errs, errors.New("expire_every: must be positive"))
+	}
+	if c.MaxExtension < time.Second {
+		errs = append(errs, errors.New("max_extension: must be at least 1s"))
 	}
 	return errors.Join(errs...)
 }

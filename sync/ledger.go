@@ -48,6 +48,16 @@ type Ledger struct {
 	Returned func(sku string)
 	// skus lists the SKUs whose reservations this node expires.
 	skus func() []string
+	// Allowance returns a SKU's per-user allowance, nil when the SKU has
+	// no per-user limit (sale rules, allowance.go). Set before Run.
+	Allowance func(sku string) *shard.Allowance
+	// Partitions lists a SKU's partitions (its home set): the sweep
+	// reads a request's record on them before it gives back the
+	// allowance of a request MySQL has no row of.
+	Partitions func(sku string) []*shard.Partition
+	// AllowanceWindow is how long a given-back allowance record answers a
+	// retry (the scheduler's retry window).
+	AllowanceWindow time.Duration
 }
 
 // landWait bounds how long a confirm or release waits for a detail that
@@ -57,15 +67,23 @@ const landWait = time.Second
 
 // Confirm confirms the reservation of detailID (qty units).
 func (l *Ledger) Confirm(ctx context.Context, detailID string, qty int64) error {
-	return l.move(ctx, detailID, qty, "confirmed")
+	return l.move(ctx, detailID, qty, "confirmed", time.Time{})
 }
 
 // Release releases the reservation of detailID (qty units): its units go
 // back to the pool.
 func (l *Ledger) Release(ctx context.Context, detailID string, qty int64) error {
-	if err := l.move(ctx, detailID, qty, "released"); err != nil {
+	return l.release(ctx, detailID, qty, time.Time{})
+}
+
+// release releases the reservation; with a non-zero expiring it is the
+// expiry sweep's, and leaves a reservation extended past expiring alone
+// (errExtended).
+func (l *Ledger) release(ctx context.Context, detailID string, qty int64, expiring time.Time) error {
+	if err := l.move(ctx, detailID, qty, "released", expiring); err != nil {
 		return err
 	}
+	l.giveBack(ctx, detailID)
 	if l.Returned != nil {
 		sku, _, _, _, _ := shard.ParseDetailID(detailID)
 		l.Returned(sku)
@@ -82,8 +100,9 @@ type deduction struct {
 	qty        int64
 }
 
-// move takes the deduction to state (confirmed or released).
-func (l *Ledger) move(ctx context.Context, detailID string, qty int64, to string) error {
+// move takes the deduction to state (confirmed or released). expiring:
+// see release.
+func (l *Ledger) move(ctx context.Context, detailID string, qty int64, to string, expiring time.Time) error {
 	sku, pid, epoch, seq, err := shard.ParseDetailID(detailID)
 	if err != nil || seq < 1 || qty < 1 {
 		return ErrUnknown
@@ -93,7 +112,7 @@ func (l *Ledger) move(ctx context.Context, detailID string, qty int64, to string
 	deadline := time.Now().Add(landWait)
 	pause := 20 * time.Millisecond
 	for races := 0; ; {
-		err := l.moveOnce(ctx, d, to, proven)
+		err := l.moveOnce(ctx, d, to, proven, expiring)
 		var need *needProof
 		switch {
 		case errors.As(err, &need):
@@ -177,7 +196,7 @@ func (l *Ledger) prove(ctx context.Context, d deduction, to string, need *needPr
 
 // moveOnce runs one transaction of the move. proven says that the
 // partition's stream held the detail (prove).
-func (l *Ledger) moveOnce(ctx context.Context, d deduction, to string, proven bool) error {
+func (l *Ledger) moveOnce(ctx context.Context, d deduction, to string, proven bool, expiring time.Time) error {
 	return sqltx.Run(ctx, l.db, func(tx *sql.Tx) error {
 		id := d.id
 		var state string
@@ -225,6 +244,16 @@ func (l *Ledger) moveOnce(ctx context.Context, d deduction, to string, proven bo
 			return ErrReleased
 		case state == "confirmed":
 			return ErrConfirmed
+		}
+		if !expiring.IsZero() {
+			// Extend locks the row too: an extension committed before
+			// this read holds, one after it finds the row released.
+			if held, err := extendedPast(ctx, tx, id, expiring); err != nil || held {
+				if err == nil {
+					err = errExtended
+				}
+				return err
+			}
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE deductions SET state = ? WHERE detail_id = ?`, to, id); err != nil {
 			return fmt.Errorf("move reservation: %w", err)
@@ -335,10 +364,15 @@ func bump(ctx context.Context, tx *sql.Tx, sku string, qty int64, from, to strin
 func (l *Ledger) Run(ctx context.Context) error {
 	t := time.NewTicker(l.every)
 	defer t.Stop()
+	sweep := time.NewTicker(allowanceEvery(l.ttl, l.every))
+	defer sweep.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-sweep.C:
+			l.sweepAllowances(ctx)
+			continue
 		case <-t.C:
 		}
 		var skus []string
@@ -355,13 +389,34 @@ func (l *Ledger) Run(ctx context.Context) error {
 	}
 }
 
+// sweepAllowances runs SweepAllowance on the limited SKUs this node owns.
+func (l *Ledger) sweepAllowances(ctx context.Context) {
+	if l.Allowance == nil || l.skus == nil {
+		return
+	}
+	window := max(l.AllowanceWindow, l.ttl)
+	for _, sku := range l.skus() {
+		a := l.Allowance(sku)
+		if a == nil || !a.Shard.Healthy() {
+			continue
+		}
+		if err := l.SweepAllowance(ctx, sku, a, time.Now(), window); err != nil && ctx.Err() == nil {
+			l.logger.Warn("allowance sweep", "sku", sku, "err", err)
+		}
+	}
+}
+
 // Expire releases sku's reservations still unconfirmed that were made
 // before cutoff, and returns how many it released.
 func (l *Ledger) Expire(ctx context.Context, sku string, cutoff time.Time) (int, error) {
 	released := 0
 	for {
+		// A reservation extended (POST /v1/extend) expires at its
+		// extension instead (expireExtended).
 		rows, err := l.db.QueryContext(ctx,
-			`SELECT detail_id, qty FROM deductions WHERE sku = ? AND state = 'reserved' AND deducted_at < ? ORDER BY deducted_at LIMIT 500`,
+			`SELECT detail_id, qty FROM deductions d WHERE sku = ? AND state = 'reserved' AND deducted_at < ?
+			    AND NOT EXISTS (SELECT 1 FROM reservation_extensions e WHERE e.detail_id = d.detail_id)
+			  ORDER BY deducted_at LIMIT 500`,
 			sku, cutoff.UTC())
 		if err != nil {
 			return released, fmt.Errorf("expired reservations: %w", err)
@@ -384,19 +439,20 @@ func (l *Ledger) Expire(ctx context.Context, sku string, cutoff time.Time) (int,
 			return released, err
 		}
 		for _, d := range todo {
-			err := l.Release(ctx, d.id, d.qty)
+			err := l.release(ctx, d.id, d.qty, time.Now())
 			switch {
 			case err == nil:
 				released++
 				l.m.expired.Inc()
-			case errors.Is(err, ErrConfirmed), errors.Is(err, ErrReleased):
-				// Confirmed or released meanwhile.
+			case errors.Is(err, ErrConfirmed), errors.Is(err, ErrReleased), errors.Is(err, errExtended):
+				// Confirmed, released or extended meanwhile.
 			default:
 				return released, err
 			}
 		}
 		if len(todo) < 500 {
-			return released, nil
+			n, err := l.expireExtended(ctx, sku)
+			return released + n, err
 		}
 	}
 }

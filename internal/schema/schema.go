@@ -160,6 +160,25 @@ UPDATE skus SET target_partitions = (SELECT COUNT(*) FROM partitions p WHERE p.s
 	// the ledger, its Redis keys and registry entries are gone, and its
 	// name is not reused (issue 14).
 	16: `ALTER TABLE skus ADD COLUMN IF NOT EXISTS archived_at DATETIME(6) NULL`,
+
+	// Sale rules (issue 15): a per-user limit (0: none), the sale's
+	// opening and closing times (NULL: unbounded), and the shard that
+	// holds the SKU's per-user allowance hash, chosen once when a limit is
+	// first set. reservation_extensions holds the expiry a buyer who is
+	// paying pushed out (POST /v1/extend); a reservation without a row
+	// expires reservation_ttl after its deduction, as before. Its row may
+	// come before the detail's row (the detail still on its way to MySQL).
+	17: `ALTER TABLE skus
+  ADD COLUMN IF NOT EXISTS per_user_limit BIGINT NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS opens_at DATETIME(6) NULL,
+  ADD COLUMN IF NOT EXISTS closes_at DATETIME(6) NULL,
+  ADD COLUMN IF NOT EXISTS limit_shard VARCHAR(64) NULL;
+CREATE TABLE IF NOT EXISTS reservation_extensions (
+  detail_id  VARCHAR(128) NOT NULL PRIMARY KEY,
+  sku        VARCHAR(64) NOT NULL,
+  expires_at DATETIME(6) NOT NULL,
+  KEY by_expiry (sku, expires_at)
+) ENGINE=InnoDB`,
 }
 
 // statements splits a migration into its statements (";" at a line's

@@ -1,0 +1,134 @@
+package shard
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"sync"
+	"testing"
+
+	"github.com/stockd/stockd/internal/testenv"
+)
+
+func oneAllowance(t *testing.T) *Allowance {
+	t.Helper()
+	set, err := Open(context.Background(), []Config{{ID: "s1", Addr: testenv.StartRedis(t).Addr}}, Options{Prefix: testenv.Name("allow")}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(set.Close)
+	a, err := set.Allowance("sku", "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func held(t *testing.T, a *Allowance, user string) int64 {
+	t.Helper()
+	st, err := a.State(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Users[user]
+}
+
+// The allowance's life: taken, retried, refused at the limit, settled,
+// given back (pending by request id, held by detail), and what a retry of
+// each finds.
+func TestAllowanceLifecycle(t *testing.T) {
+	ctx := context.Background()
+	a := oneAllowance(t)
+	take := func(req string, qty int64, want AllowCode, wantHeld int64) {
+		t.Helper()
+		code, h, err := a.Take(ctx, req, "u:1", qty, 3)
+		if err != nil || code != want || h != wantHeld {
+			t.Fatalf("take %s qty %d: code %d held %d err %v; want %d held %d", req, qty, code, h, err, want, wantHeld)
+		}
+	}
+	take("r1", 2, AllowTaken, 2)
+	take("r1", 2, AllowAgain, 2) // a retry counts nothing
+	take("r2", 2, AllowLimit, 2) // 2 + 2 > 3: nothing written
+	take("r3", 1, AllowTaken, 3)
+	if err := a.Settle(ctx, "r1", "u:1", 2, "sku:0:42:7"); err != nil {
+		t.Fatal(err)
+	}
+	// A request that found no stock gives its pending units back; a held
+	// entry is not given back that way.
+	if ok, err := a.GiveBack(ctx, "r3"); !ok || err != nil {
+		t.Fatalf("give back pending r3: %v %v", ok, err)
+	}
+	if ok, _ := a.GiveBack(ctx, "r1"); ok {
+		t.Fatal("a held entry was given back as if its take found no stock")
+	}
+	if h := held(t, a, "u:1"); h != 2 {
+		t.Fatalf("held %d, want 2", h)
+	}
+	// Release by detail: the entry becomes a tombstone, twice is once.
+	for i := 0; i < 2; i++ {
+		ok, err := a.GiveBackDetail(ctx, "sku:0:42:7")
+		if err != nil || ok != (i == 0) {
+			t.Fatalf("give back detail #%d: %v %v", i, ok, err)
+		}
+	}
+	if h := held(t, a, "u:1"); h != 0 {
+		t.Fatalf("held %d after the release, want 0", h)
+	}
+	take("r1", 2, AllowGivenBack, 0) // a retry of the released request
+	take("r3", 3, AllowTaken, 3)     // r3 was deleted: counted anew
+	st, err := a.State(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds string
+	for _, e := range st.Entries {
+		kinds += e.ReqID + "=" + string(e.Kind) + " "
+		if e.ReqID == "r3" && (e.Qty != 3 || e.User != "u:1") {
+			t.Fatalf("r3 parsed as %+v", e)
+		}
+	}
+	if len(st.Entries) != 2 || len(st.Details) != 0 {
+		t.Fatalf("entries %s details %v", kinds, st.Details)
+	}
+	// Settle of an entry the sweep dropped records it again: the
+	// deduction exists, so it counts.
+	if err := a.Settle(ctx, "r9", "u:2", 2, "sku:1:5:1"); err != nil {
+		t.Fatal(err)
+	}
+	if h := held(t, a, "u:2"); h != 2 {
+		t.Fatalf("u:2 held %d after a settle without entry, want 2", h)
+	}
+	// Compare-and-give: a stale read gives nothing.
+	if ok, _ := a.GiveBackEntry(ctx, "r3", "p:3:0:u:1", false); ok {
+		t.Fatal("gave back an entry that no longer reads as expected")
+	}
+}
+
+// Concurrent takes of one user never pass the limit.
+func TestAllowanceConcurrentTakes(t *testing.T) {
+	a := oneAllowance(t)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var units int64
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			qty := int64(1 + i%2)
+			code, _, err := a.Take(context.Background(), "r"+strconv.Itoa(i), "u", qty, 5)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if code == AllowTaken {
+				mu.Lock()
+				units += qty
+				mu.Unlock()
+			}
+		}(i)
+	}
+	wg.Wait()
+	if h := held(t, a, "u"); units > 5 || h != units {
+		t.Fatalf("taken %d units, count %d, limit 5", units, h)
+	}
+}

@@ -1,0 +1,224 @@
+package shard
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+var (
+	//go:embed scripts/allow.lua
+	allowSrc    string
+	allowScript = newReplicated(allowSrc)
+)
+
+// Allowance is the per-user allowance of one limited SKU (allow.lua): the
+// units each user holds, across every partition and node, with one entry
+// per request so that a retry is never counted twice.
+type Allowance struct {
+	SKU   string
+	Shard *Shard
+	key   string
+}
+
+// Allowance returns the handle of sku's allowance hash on shardID.
+func (s *Set) Allowance(sku, shardID string) (*Allowance, error) {
+	sh, err := s.Get(shardID)
+	if err != nil {
+		return nil, err
+	}
+	return &Allowance{SKU: sku, Shard: sh, key: "{" + s.prefix + ":" + sku + ":allow}"}, nil
+}
+
+// Key is the allowance hash's key.
+func (a *Allowance) Key() string { return a.key }
+
+// AllowCode is an allowance outcome; the numbers are allow.lua's.
+type AllowCode int
+
+// Allowance outcomes.
+const (
+	// AllowTaken: the units were added to the user's count (pending).
+	AllowTaken AllowCode = 1
+	// AllowAgain: the request id holds an entry already (a retry).
+	AllowAgain AllowCode = 2
+	// AllowLimit: the user's count plus qty is above the limit; nothing
+	// was written.
+	AllowLimit AllowCode = 3
+	// AllowGivenBack: the request was released or expired; its retry
+	// needs no allowance (it meets its first outcome).
+	AllowGivenBack AllowCode = 4
+)
+
+func (a *Allowance) run(ctx context.Context, args ...string) ([]int64, error) {
+	vals, err := allowScript.exec(ctx, a.Shard, a.key, []string{a.key}, args)
+	if err != nil {
+		return nil, fmt.Errorf("allowance of %s: %w", a.SKU, err)
+	}
+	out := make([]int64, len(vals))
+	for i, v := range vals {
+		if out[i], err = v.AsInt64(); err != nil {
+			return nil, fmt.Errorf("allowance of %s: %w", a.SKU, ErrBadReply)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("allowance of %s: %w", a.SKU, ErrBadReply)
+	}
+	return out, nil
+}
+
+func nowMs() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
+
+// Take counts qty units of user for reqID when the user's count stays
+// within limit. held is the user's count afterwards (before, when the
+// limit was reached).
+func (a *Allowance) Take(ctx context.Context, reqID, user string, qty, limit int64) (code AllowCode, held int64, err error) {
+	out, err := a.run(ctx, "take", reqID, user, strconv.FormatInt(qty, 10), strconv.FormatInt(limit, 10), nowMs())
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(out) != 2 {
+		return 0, 0, fmt.Errorf("allowance of %s: %w", a.SKU, ErrBadReply)
+	}
+	return AllowCode(out[0]), out[1], nil
+}
+
+// Settle records that reqID took (detail): its entry is held until the
+// reservation is released or expires.
+func (a *Allowance) Settle(ctx context.Context, reqID, user string, qty int64, detail string) error {
+	_, err := a.run(ctx, "settle", reqID, user, strconv.FormatInt(qty, 10), detail)
+	return err
+}
+
+// GiveBack removes reqID's entry when it is still pending (its take found
+// no stock): the user's count drops by its qty.
+func (a *Allowance) GiveBack(ctx context.Context, reqID string) (bool, error) {
+	out, err := a.run(ctx, "give", reqID, "p", nowMs(), "0")
+	return err == nil && out[0] == 1, err
+}
+
+// GiveBackEntry gives reqID's entry back when it still reads entry; tomb
+// leaves a record that the request was given back (release, expiry).
+func (a *Allowance) GiveBackEntry(ctx context.Context, reqID, entry string, tomb bool) (bool, error) {
+	t := "0"
+	if tomb {
+		t = "1"
+	}
+	out, err := a.run(ctx, "give", reqID, entry, nowMs(), t)
+	return err == nil && out[0] == 1, err
+}
+
+// GiveBackDetail gives back the entry held for a deduction (release,
+// expiry). Nothing happens when the detail holds none.
+func (a *Allowance) GiveBackDetail(ctx context.Context, detail string) (bool, error) {
+	out, err := a.run(ctx, "givedetail", detail, nowMs())
+	return err == nil && out[0] == 1, err
+}
+
+// Forget deletes field when it still reads value.
+func (a *Allowance) Forget(ctx context.Context, field, value string) error {
+	_, err := a.run(ctx, "forget", field, value)
+	return err
+}
+
+// AllowEntry is one request's entry, as the sweep reads it.
+type AllowEntry struct {
+	ReqID string
+	Raw   string // the value, for compare-and-give
+	Kind  byte   // 'p' pending, 'h' held, 'x' given back
+	Qty   int64
+	User  string
+	At    time.Time // pending: when taken; given back: when given back
+	// Detail is the deduction of a held entry.
+	Detail string
+}
+
+// AllowState is a whole allowance hash.
+type AllowState struct {
+	Users   map[string]int64
+	Entries []AllowEntry
+	// Details maps a held entry's detail id to its request id.
+	Details map[string]string
+}
+
+// State reads the whole hash (the sweep; bounded by the SKU's buyers
+// and the requests of the retry window).
+func (a *Allowance) State(ctx context.Context) (AllowState, error) {
+	st := AllowState{Users: map[string]int64{}, Details: map[string]string{}}
+	c := a.Shard.client()
+	m, err := c.Do(ctx, c.B().Hgetall().Key(a.key).Build()).AsStrMap()
+	a.Shard.observe(err)
+	if err != nil {
+		return st, fmt.Errorf("allowance of %s: %w", a.SKU, err)
+	}
+	for f, v := range m {
+		switch {
+		case strings.HasPrefix(f, "u:"):
+			st.Users[f[2:]], _ = strconv.ParseInt(v, 10, 64)
+		case strings.HasPrefix(f, "d:"):
+			st.Details[f[2:]] = v
+		case strings.HasPrefix(f, "r:"):
+			st.Entries = append(st.Entries, parseAllowEntry(f[2:], v))
+		}
+	}
+	return st, nil
+}
+
+func parseAllowEntry(reqID, v string) AllowEntry {
+	e := AllowEntry{ReqID: reqID, Raw: v}
+	if v == "" {
+		return e
+	}
+	e.Kind = v[0]
+	parts := strings.SplitN(v, ":", 3)
+	switch e.Kind {
+	case 'x':
+		if len(parts) >= 2 {
+			ms, _ := strconv.ParseInt(parts[1], 10, 64)
+			e.At = time.UnixMilli(ms)
+		}
+	case 'p':
+		// p:<qty>:<ms>:<user>
+		rest := strings.SplitN(v, ":", 4)
+		if len(rest) == 4 {
+			e.Qty, _ = strconv.ParseInt(rest[1], 10, 64)
+			ms, _ := strconv.ParseInt(rest[2], 10, 64)
+			e.At, e.User = time.UnixMilli(ms), rest[3]
+		}
+	case 'h':
+		// h:<qty>:<sku>:<pid>:<epoch>:<seq>:<user>
+		rest := strings.SplitN(v, ":", 7)
+		if len(rest) == 7 {
+			e.Qty, _ = strconv.ParseInt(rest[1], 10, 64)
+			e.Detail = strings.Join(rest[2:6], ":")
+			e.User = rest[6]
+		}
+	}
+	return e
+}
+
+// Took reads reqID's record on the partition: whether it took here, and
+// the deduction's sequence and qty when it did. The allowance sweep asks
+// it before it gives back the allowance of a request MySQL has no row of
+// (its detail may still be on its way).
+func (p *Partition) Took(ctx context.Context, reqID string) (took bool, seq, qty int64, err error) {
+	c := p.Shard.client()
+	rec, err := c.Do(ctx, c.B().Hget().Key(p.records).Field(reqID).Build()).ToString()
+	if rueidis.IsRedisNil(err) {
+		return false, 0, 0, nil
+	}
+	p.Shard.observe(err)
+	if err != nil {
+		return false, 0, 0, err
+	}
+	if !strings.HasPrefix(rec, "o:") {
+		return false, 0, 0, nil
+	}
+	seq, qty, err = parseTookRecord(rec)
+	return err == nil, seq, qty, err
+}

@@ -1,0 +1,111 @@
+-- allow: a SKU's per-user allowance (sale rules, issue 15). One hash per
+-- limited SKU, on one shard (skus.limit_shard), so that the count of a
+-- user is exact across every partition and node. The scheduler takes a
+-- request's allowance BEFORE its stock take and settles or gives it back
+-- after; the ledger gives it back on release and expiry; the ledger's
+-- allowance sweep resolves what a crash left pending (ARCHITECTURE.md,
+-- "Sale rules").
+--
+-- KEYS[1] allowance hash:
+--   "u:" .. user   -> units the user holds (sum of the user's entries)
+--   "r:" .. reqid  -> "p:<qty>:<ms>:<user>"     pending: taken, stock take not settled
+--                   | "h:<qty>:<detail>:<user>" held: the request took, detail id
+--                   | "x:<ms>"                  given back (released or expired);
+--                                               a retry of it takes no allowance
+--   "d:" .. detail -> reqid of a held entry (a release names the detail only)
+-- ARGV[1] op, then per op:
+--   take   reqid, user, qty, limit, now ms -> {code, held}
+--          code 1 taken, 2 again (the id holds an entry: a retry), 3 limit
+--          reached (nothing written), 4 given back earlier (a retry of a
+--          released request: no allowance needed)
+--   settle reqid, user, qty, detail       -> {code}  1 held now, 2 held already,
+--          4 given back earlier (nothing changed). An entry the sweep dropped
+--          is recorded again: the deduction exists, so it counts.
+--   give   reqid, expect, now ms, tomb    -> {code}  1 given back, 0 nothing to
+--          give (absent, already given, or not equal to expect when expect is
+--          not ""; expect "p" matches any pending entry). tomb "1" leaves the
+--          "x" record, "0" deletes the entry (a take that found no stock).
+--   givedetail detail, now ms             -> {code}  as give with tomb "1"
+--   forget field, expect                  -> {code}  deletes field when it
+--          still equals expect (the sweep's old tombstones and orphans)
+local key, op = KEYS[1], ARGV[1]
+
+local function parse(e)
+  local kind = string.sub(e, 1, 1)
+  if kind == 'p' then
+    local qty, ms, user = string.match(e, '^p:(%d+):(%d+):(.*)$')
+    return kind, tonumber(qty), user, ms
+  elseif kind == 'h' then
+    local qty, detail, user = string.match(e, '^h:(%d+):([^:]*:%d+:%d+:%d+):(.*)$')
+    return kind, tonumber(qty), user, detail
+  end
+  return kind, 0, '', ''
+end
+
+local function giveback(reqid, e, now, tomb)
+  local kind, qty, user, detail = parse(e)
+  if kind ~= 'p' and kind ~= 'h' then return 0 end
+  local left = redis.call('HINCRBY', key, 'u:' .. user, -qty)
+  if left <= 0 then redis.call('HDEL', key, 'u:' .. user) end
+  if kind == 'h' then redis.call('HDEL', key, 'd:' .. detail) end
+  if tomb == '1' then
+    redis.call('HSET', key, 'r:' .. reqid, 'x:' .. now)
+  else
+    redis.call('HDEL', key, 'r:' .. reqid)
+  end
+  return 1
+end
+
+if op == 'take' then
+  local reqid, user, qty, limit, now = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+  local held = tonumber(redis.call('HGET', key, 'u:' .. user) or '0')
+  local e = redis.call('HGET', key, 'r:' .. reqid)
+  if e then
+    if string.sub(e, 1, 1) == 'x' then return {4, held} end
+    return {2, held}
+  end
+  if held + qty > limit then return {3, held} end
+  redis.call('HINCRBY', key, 'u:' .. user, qty)
+  redis.call('HSET', key, 'r:' .. reqid, 'p:' .. qty .. ':' .. now .. ':' .. user)
+  return {1, held + qty}
+elseif op == 'settle' then
+  local reqid, user, qty, detail = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+  local e = redis.call('HGET', key, 'r:' .. reqid)
+  if e then
+    local kind, eqty, euser = parse(e)
+    if kind == 'h' then return {2} end
+    if kind == 'x' then return {4} end
+    -- Pending: the units are counted already, under the entry's qty.
+    redis.call('HSET', key, 'r:' .. reqid, 'h:' .. eqty .. ':' .. detail .. ':' .. euser, 'd:' .. detail, reqid)
+    return {1}
+  end
+  redis.call('HINCRBY', key, 'u:' .. user, qty)
+  redis.call('HSET', key, 'r:' .. reqid, 'h:' .. qty .. ':' .. detail .. ':' .. user, 'd:' .. detail, reqid)
+  return {1}
+elseif op == 'give' then
+  local reqid, expect, now, tomb = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+  local e = redis.call('HGET', key, 'r:' .. reqid)
+  if not e then return {0} end
+  if expect == 'p' then
+    if string.sub(e, 1, 1) ~= 'p' then return {0} end
+  elseif expect ~= '' and e ~= expect then
+    return {0}
+  end
+  return {giveback(reqid, e, now, tomb)}
+elseif op == 'givedetail' then
+  local detail, now = ARGV[2], ARGV[3]
+  local reqid = redis.call('HGET', key, 'd:' .. detail)
+  if not reqid then return {0} end
+  redis.call('HDEL', key, 'd:' .. detail)
+  local e = redis.call('HGET', key, 'r:' .. reqid)
+  if not e then return {0} end
+  return {giveback(reqid, e, now, '1')}
+elseif op == 'forget' then
+  local field, expect = ARGV[2], ARGV[3]
+  if redis.call('HGET', key, field) == expect then
+    redis.call('HDEL', key, field)
+    return {1}
+  end
+  return {0}
+end
+return redis.error_reply('allow: unknown op ' .. tostring(op))
