@@ -271,6 +271,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		limits:  cfg.Limits,
 		clients: newClientLimiter(cfg.Limits),
 	}
+	h.deadlines.timeout = cfg.RequestTimeout
 	// An unknown SKU is confirmed with MySQL before a 404.
 	h.catalogue = &catalogue{maxAge: cfg.Cluster.ViewMaxAge, loader: loader, reg: reg,
 		reads: promauto.With(metrics).NewCounter(prometheus.CounterOpts{

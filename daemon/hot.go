@@ -9,6 +9,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -50,6 +51,9 @@ type hot struct {
 	clients *clientLimiter // nil: no per-client limit
 	// catalogue confirms an unknown SKU with MySQL before a 404.
 	catalogue *catalogue
+
+	// deadlines bounds deductions (timeout), one context per tick.
+	deadlines deadlines
 }
 
 // hotMetrics are the hot path's: deductions by outcome and their latency.
@@ -304,7 +308,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		// without a context or timer.
 		res.Status = scheduler.SoldOut
 	} else {
-		c, cancel := context.WithTimeout(context.Background(), h.timeout)
+		c := h.deadlines.get(start)
 		res, err = h.sched.Deduct(c, r.sku, r.qty, r.requestID, r.userID)
 		if errors.Is(err, scheduler.ErrUnknownSKU) {
 			// Created on another node a moment ago? Ask MySQL (at most
@@ -318,7 +322,6 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 				err = scheduler.ErrUnknownSKU
 			}
 		}
-		cancel()
 	}
 	h.m.latency.Observe(time.Since(start).Seconds())
 	switch {
@@ -344,8 +347,10 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		ctx.SetBodyString(`{"error":"request_id: reused with another qty","code":"request_id_reused"}`)
 	default:
 		h.m.ok.Inc()
-		var arr [320]byte
-		buf := append(arr[:0], `{"status":"ok","reservation":"`...)
+		// Signing hands the token to an interface (the HMAC), so a buffer
+		// on the stack would escape: a pooled one allocates nothing.
+		bp := okBodies.Get().(*[]byte)
+		buf := append((*bp)[:0], `{"status":"ok","reservation":"`...)
 		p := res.Partition
 		buf = h.signer.AppendDetailToken(buf, p.SKU, p.ID, p.Epoch, res.Seq, res.Qty)
 		buf = append(buf, `","sku":"`...)
@@ -354,8 +359,13 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		buf = strconv.AppendInt(buf, res.Qty, 10)
 		buf = append(buf, '}')
 		ctx.SetBody(buf)
+		*bp = buf
+		okBodies.Put(bp)
 	}
 }
+
+// okBodies are the buffers ok answers are built in (SetBody copies).
+var okBodies = sync.Pool{New: func() any { b := make([]byte, 0, 320); return &b }}
 
 type settleBody struct {
 	Reservation *string `json:"reservation"`
