@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/stockd/stockd/internal/httpframe"
 	"github.com/stockd/stockd/internal/ident"
+	"github.com/stockd/stockd/internal/mono"
 	"github.com/stockd/stockd/internal/reservation"
 	"github.com/stockd/stockd/internal/strictjson"
 	"github.com/stockd/stockd/scheduler"
@@ -175,11 +177,24 @@ type deductBody struct {
 	UserID    *string         `json:"user_id"`
 }
 
-// deductRequest is a valid deduct body.
+// deductRequest is a valid deduct body. Its strings may point into the
+// request's body (parseDeduct's plain path): own copies them before
+// anything that may keep them (a Redis command can outlive the handler).
 type deductRequest struct {
 	sku, requestID, userID string
 	qty                    int64
 }
+
+// own makes r's strings its own: most requests of a flash sale are
+// answered sold_out from memory without needing them past the handler,
+// so the copies are made only for the others.
+func (r *deductRequest) own() {
+	r.sku, r.requestID, r.userID = strings.Clone(r.sku), strings.Clone(r.requestID), strings.Clone(r.userID)
+}
+
+// bodyString is b as a string without a copy; it is valid only while b
+// is (see deductRequest.own).
+func bodyString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // badInput is a 400 answer: its message and the field (or key) it names.
 type badInput struct{ msg, field string }
@@ -214,9 +229,9 @@ func (h *hot) parseDeduct(body []byte) (deductRequest, badInput) {
 		return r, bodyErr(err, "sku, qty and request_id")
 	}
 	if !f.slow && f.has(keySKU) && f.has(keyQty) && f.has(keyRequestID) {
-		r.sku, r.requestID, r.qty = string(f.sku), string(f.requestID), f.qty
+		r.sku, r.requestID, r.qty = bodyString(f.sku), bodyString(f.requestID), f.qty
 		if f.has(keyUserID) {
-			r.userID = string(f.userID)
+			r.userID = bodyString(f.userID)
 		}
 		return r, inputErr(h.check(r, f.has(keyUserID)))
 	}
@@ -299,15 +314,17 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	}
 
 	// Deductions finish even while the server shuts down; only the timeout
-	// ends them early.
-	start := time.Now()
+	// ends them early. One clock read serves the verdict's freshness, the
+	// deadline and the latency.
+	start := mono.Now()
 	var res scheduler.Result
 	var err error
-	if h.sched.SoldOutFromMemory(r.sku, r.requestID) {
-		// Most of a flash sale's traffic: answered without Redis, and
-		// without a context or timer.
+	if h.sched.SoldOutFromMemoryAt(r.sku, r.requestID, start) {
+		// Most of a flash sale's traffic: answered without Redis, without
+		// a context or timer, and without copying the body's strings.
 		res.Status = scheduler.SoldOut
 	} else {
+		r.own()
 		c := h.deadlines.get(start)
 		res, err = h.sched.Deduct(c, r.sku, r.qty, r.requestID, r.userID)
 		if errors.Is(err, scheduler.ErrUnknownSKU) {
@@ -323,7 +340,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 			}
 		}
 	}
-	h.m.latency.Observe(time.Since(start).Seconds())
+	h.m.latency.Observe(mono.Since(start).Seconds())
 	switch {
 	case errors.Is(err, scheduler.ErrUnknownSKU):
 		h.m.unknown.Inc()
