@@ -292,6 +292,8 @@ func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
 	// was sent is what the state's must not be below (the script refuses
 	// to take on a state that went back) and its new sequences must exceed.
 	prev := p.lastSeq.Load()
+	p.Shard.takeCalls.Add(1)
+	p.Shard.takeRequests.Add(int64(len(batch)))
 	args := make([]string, 0, 3+5*len(batch))
 	args = append(args, p.epoch, strconv.Itoa(len(batch)), strconv.FormatInt(prev, 10))
 	for _, c := range batch {
