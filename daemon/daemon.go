@@ -251,14 +251,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	metrics.MustRegister(sched.Collectors()...)
 	metrics.MustRegister(alloc.Collectors()...)
 	metrics.MustRegister(&skuCollector{loader: loader}, &shardCollector{shards: shards})
-	metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Name: "stockd_take_script_calls_total",
-		Help: "Take script calls (one per batch of takes on a partition); stockd_take_script_requests_total / this = mean requests per call.",
-	}, func() float64 { c, _ := shard.TakeBatchStats(); return float64(c) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "stockd_take_script_requests_total",
-			Help: "Deduction requests carried by take script calls.",
-		}, func() float64 { _, r := shard.TakeBatchStats(); return float64(r) }))
 	hotMetrics := newHotMetrics(metrics)
 	metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "stockd_cluster_members",
@@ -312,6 +304,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return out
 	}
 	wb.Ledger.AllowanceWindow = cfg.Scheduler.RetryWindow
+	h.deadlines.timeout = cfg.RequestTimeout
 	// An unknown SKU is confirmed with MySQL before a 404.
 	h.catalogue = &catalogue{maxAge: cfg.Cluster.ViewMaxAge, loader: loader, reg: reg,
 		reads: promauto.With(metrics).NewCounter(prometheus.CounterOpts{

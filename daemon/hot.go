@@ -9,8 +9,10 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -20,6 +22,7 @@ import (
 	"github.com/stockd/stockd/internal/hotstats"
 	"github.com/stockd/stockd/internal/httpframe"
 	"github.com/stockd/stockd/internal/ident"
+	"github.com/stockd/stockd/internal/mono"
 	"github.com/stockd/stockd/internal/reservation"
 	"github.com/stockd/stockd/internal/strictjson"
 	"github.com/stockd/stockd/scheduler"
@@ -60,6 +63,9 @@ type hot struct {
 	// ext and maxExtension serve POST /v1/extend (sale.go).
 	ext          extender
 	maxExtension time.Duration
+
+	// deadlines bounds deductions (timeout), one context per tick.
+	deadlines deadlines
 }
 
 // hotMetrics are the hot path's: deductions by outcome and their latency.
@@ -205,11 +211,24 @@ type deductBody struct {
 	UserID    *string         `json:"user_id"`
 }
 
-// deductRequest is a valid deduct body.
+// deductRequest is a valid deduct body. Its strings may point into the
+// request's body (parseDeduct's plain path): own copies them before
+// anything that may keep them (a Redis command can outlive the handler).
 type deductRequest struct {
 	sku, requestID, userID string
 	qty                    int64
 }
+
+// own makes r's strings its own: most requests of a flash sale are
+// answered sold_out from memory without needing them past the handler,
+// so the copies are made only for the others.
+func (r *deductRequest) own() {
+	r.sku, r.requestID, r.userID = strings.Clone(r.sku), strings.Clone(r.requestID), strings.Clone(r.userID)
+}
+
+// bodyString is b as a string without a copy; it is valid only while b
+// is (see deductRequest.own).
+func bodyString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // badInput is a 400 answer: its message and the field (or key) it names.
 type badInput struct{ msg, field string }
@@ -244,9 +263,9 @@ func (h *hot) parseDeduct(body []byte) (deductRequest, badInput) {
 		return r, bodyErr(err, "sku, qty and request_id")
 	}
 	if !f.slow && f.has(keySKU) && f.has(keyQty) && f.has(keyRequestID) {
-		r.sku, r.requestID, r.qty = string(f.sku), string(f.requestID), f.qty
+		r.sku, r.requestID, r.qty = bodyString(f.sku), bodyString(f.requestID), f.qty
 		if f.has(keyUserID) {
-			r.userID = string(f.userID)
+			r.userID = bodyString(f.userID)
 		}
 		return r, inputErr(h.check(r, f.has(keyUserID)))
 	}
@@ -330,21 +349,24 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	}
 
 	// Deductions finish even while the server shuts down; only the timeout
-	// ends them early.
-	start := time.Now()
-	// Sale rules (sale.go): one atomic load while no SKU has any.
+	// ends them early. One clock read serves the verdict's freshness, the
+	// deadline and the latency.
+	start := mono.Now()
+	// Sale rules (sale.go): one atomic load while no SKU has any; the
+	// wall clock is read only for a SKU that has rules.
 	rules := h.sched.Rules(r.sku)
-	if rules != nil && h.refused(ctx, rules, r, start) {
+	if rules != nil && h.refused(ctx, rules, r, time.Now()) {
 		return
 	}
 	var res scheduler.Result
 	var err error
-	if h.sched.SoldOutFromMemory(r.sku, r.requestID) {
-		// Most of a flash sale's traffic: answered without Redis, and
-		// without a context or timer.
+	if h.sched.SoldOutFromMemoryAt(r.sku, r.requestID, start) {
+		// Most of a flash sale's traffic: answered without Redis, without
+		// a context or timer, and without copying the body's strings.
 		res.Status = scheduler.SoldOut
 	} else {
-		c, cancel := context.WithTimeout(context.Background(), h.timeout)
+		r.own()
+		c := h.deadlines.get(start)
 		res, err = h.take(c, r, rules)
 		if errors.Is(err, scheduler.ErrUnknownSKU) {
 			// Created on another node a moment ago? Ask MySQL (at most
@@ -354,7 +376,6 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 				err = fmt.Errorf("%w: %v", scheduler.ErrUnavailable, err)
 			} else if known {
 				if rules = h.sched.Rules(r.sku); rules != nil && h.refused(ctx, rules, r, time.Now()) {
-					cancel()
 					return
 				}
 				res, err = h.take(c, r, rules)
@@ -362,9 +383,8 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 				err = scheduler.ErrUnknownSKU
 			}
 		}
-		cancel()
 	}
-	took := time.Since(start)
+	took := mono.Since(start)
 	h.m.latency.Observe(took.Seconds())
 	stats := h.other
 	if entry == nil && err == nil {
@@ -397,8 +417,10 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	default:
 		h.m.ok.Inc()
 		stats.Observe(hotstats.OK, took)
-		var arr [320]byte
-		buf := append(arr[:0], `{"status":"ok","reservation":"`...)
+		// Signing hands the token to an interface (the HMAC), so a buffer
+		// on the stack would escape: a pooled one allocates nothing.
+		bp := okBodies.Get().(*[]byte)
+		buf := append((*bp)[:0], `{"status":"ok","reservation":"`...)
 		p := res.Partition
 		buf = h.signer.AppendDetailToken(buf, p.SKU, p.ID, p.Epoch, res.Seq, res.Qty)
 		buf = append(buf, `","sku":"`...)
@@ -407,8 +429,13 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		buf = strconv.AppendInt(buf, res.Qty, 10)
 		buf = append(buf, '}')
 		ctx.SetBody(buf)
+		*bp = buf
+		okBodies.Put(bp)
 	}
 }
+
+// okBodies are the buffers ok answers are built in (SetBody copies).
+var okBodies = sync.Pool{New: func() any { b := make([]byte, 0, 320); return &b }}
 
 type settleBody struct {
 	Reservation *string `json:"reservation"`

@@ -80,9 +80,8 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
-	// Process-wide counters (other tests' nodes may add to them): every
-	// take call carries at least one request.
-	if calls, reqs := value("stockd_take_script_calls_total", nil), value("stockd_take_script_requests_total", nil); calls < 1 || reqs < calls {
+	// Every take call carries at least one request.
+	if calls, reqs := value("stockd_shard_take_calls_total", map[string]string{"shard": "s1"}), value("stockd_shard_take_requests_total", map[string]string{"shard": "s1"}); calls < 1 || reqs < calls {
 		t.Errorf("take script calls %v, requests %v", calls, reqs)
 	}
 	for _, name := range []string{"stockd_partition_units", "stockd_preallocate_refills_total",

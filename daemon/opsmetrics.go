@@ -15,7 +15,20 @@ var shardHealthyDesc = prometheus.NewDesc("stockd_shard_healthy",
 	"1 while the Redis shard answers this node, 0 while it does not (its partitions then answer 503).",
 	[]string{"shard"}, nil)
 
-func (c *shardCollector) Describe(ch chan<- *prometheus.Desc) { ch <- shardHealthyDesc }
+var (
+	shardTakeCallsDesc = prometheus.NewDesc("stockd_shard_take_calls_total",
+		"Take script calls this node sent to the shard (one per batch of requests on one partition).",
+		[]string{"shard"}, nil)
+	shardTakeRequestsDesc = prometheus.NewDesc("stockd_shard_take_requests_total",
+		"Requests carried by this node's take script calls to the shard; divided by stockd_shard_take_calls_total, the batch size.",
+		[]string{"shard"}, nil)
+)
+
+func (c *shardCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- shardHealthyDesc
+	ch <- shardTakeCallsDesc
+	ch <- shardTakeRequestsDesc
+}
 
 func (c *shardCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, id := range c.shards.IDs() {
@@ -28,5 +41,8 @@ func (c *shardCollector) Collect(ch chan<- prometheus.Metric) {
 			v = 1
 		}
 		ch <- prometheus.MustNewConstMetric(shardHealthyDesc, prometheus.GaugeValue, v, id)
+		calls, reqs := sh.TakeBatches()
+		ch <- prometheus.MustNewConstMetric(shardTakeCallsDesc, prometheus.CounterValue, float64(calls), id)
+		ch <- prometheus.MustNewConstMetric(shardTakeRequestsDesc, prometheus.CounterValue, float64(reqs), id)
 	}
 }

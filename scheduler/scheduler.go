@@ -284,11 +284,20 @@ func parsePointer(s string) (pointer, error) {
 // certainly did not take before (not in the filter of ids that did):
 // Deduct would answer sold out without I/O.
 func (s *Scheduler) SoldOutFromMemory(name, reqID string) bool {
+	return s.SoldOutFromMemoryAt(name, reqID, mono.Now())
+}
+
+// SoldOutFromMemoryAt is SoldOutFromMemory for a request that arrived at
+// arrived (mono.Now): its verdict must rest on a confirmation read started
+// less than VerdictMaxAge before that, as in verdictHolds. The hot path
+// reads the clock once per request for this and its latency. It keeps
+// neither string, so they may point into a request buffer.
+func (s *Scheduler) SoldOutFromMemoryAt(name, reqID string, arrived int64) bool {
 	sku := s.reg.Get(name)
 	if sku == nil {
 		return false
 	}
-	if so := sku.soldOut.Load(); so != nil && s.verdictFresh(so) && !so.successes.mayContain(reqID) {
+	if so := sku.soldOut.Load(); so != nil && s.verdictFresh(so, arrived) && !so.successes.mayContain(reqID) {
 		s.memorySoldOut.Inc()
 		return true
 	}

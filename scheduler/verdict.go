@@ -20,9 +20,14 @@ import (
 // also stops at its own deadline, answering 503).
 const recheckTimeout = 3 * time.Second
 
-// verdictFresh tells whether so may answer without confirmation.
-func (s *Scheduler) verdictFresh(so *soldOut) bool {
-	return s.cfg.VerdictMaxAge <= 0 || s.hooks.Head == nil || mono.Fresh(so.checked.Load(), s.cfg.VerdictMaxAge)
+// verdictFresh tells whether so may answer, without confirmation, a
+// request that arrived at arrived (mono.Now).
+func (s *Scheduler) verdictFresh(so *soldOut, arrived int64) bool {
+	if s.cfg.VerdictMaxAge <= 0 || s.hooks.Head == nil {
+		return true
+	}
+	at := so.checked.Load()
+	return at != 0 && arrived-at < int64(s.cfg.VerdictMaxAge)
 }
 
 // verdictHolds tells whether sku is still sold out, confirming its verdict

@@ -303,26 +303,14 @@ func (p *Partition) Take(ctx context.Context, reqID string, qty int64, round int
 	return res, err
 }
 
-// Take script calls and the requests they carried, over every partition of
-// the process: their ratio is the combiner's mean batch size (exported by
-// the daemon as stockd_take_script_calls_total and
-// stockd_take_script_requests_total).
-var takeScriptCalls, takeScriptRequests atomic.Uint64
-
-// TakeBatchStats returns the take script calls made so far and the requests
-// they carried.
-func TakeBatchStats() (calls, requests uint64) {
-	return takeScriptCalls.Load(), takeScriptRequests.Load()
-}
-
 // takeBatch runs one take call for batch and fills every call's result.
 func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
-	takeScriptCalls.Add(1)
-	takeScriptRequests.Add(uint64(len(batch)))
 	// The combiner runs one batch at a time: the sequence seen before it
 	// was sent is what the state's must not be below (the script refuses
 	// to take on a state that went back) and its new sequences must exceed.
 	prev := p.lastSeq.Load()
+	p.Shard.takeCalls.Add(1)
+	p.Shard.takeRequests.Add(int64(len(batch)))
 	args := make([]string, 0, 4+5*len(batch))
 	args = append(args, p.epoch, strconv.Itoa(len(batch)), strconv.FormatInt(prev, 10), p.window)
 	for _, c := range batch {

@@ -154,6 +154,15 @@ type Shard struct {
 	// unchecked: added while it did not answer; its durability is checked
 	// (by Probe) before it counts as healthy.
 	unchecked atomic.Bool
+	// takeCalls and takeRequests count the take script calls sent to the
+	// shard and the requests they carried (their ratio is the batch size).
+	takeCalls, takeRequests atomic.Int64
+}
+
+// TakeBatches returns how many take script calls this node sent to the
+// shard and how many requests they carried in all.
+func (s *Shard) TakeBatches() (calls, requests int64) {
+	return s.takeCalls.Load(), s.takeRequests.Load()
 }
 
 func (s *Shard) client() rueidis.Client { return *s.c.Load() }

@@ -294,3 +294,27 @@ func TestFindDetailWaitsForReplicas(t *testing.T) {
 		t.Fatalf("unreplicated detail without waiting: %+v %v", got, err)
 	}
 }
+
+// TestTakeBatchesCountCallsAndRequests: concurrent takes on one partition
+// share script calls, and the shard's counters say how many calls carried
+// how many requests.
+func TestTakeBatchesCountCallsAndRequests(t *testing.T) {
+	ctx := context.Background()
+	p := onePartition(t)
+	const n = 16 // within the partition's 20 units
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if r, err := p.Take(ctx, "b"+strconv.Itoa(i), 1, 1, true, ""); err != nil || r.Code != Took {
+				t.Errorf("take %d: %+v %v", i, r, err)
+			}
+		}()
+	}
+	wg.Wait()
+	calls, reqs := p.Shard.TakeBatches()
+	if reqs != n || calls < 1 || calls > n {
+		t.Errorf("TakeBatches = %d calls, %d requests; want %d requests in 1..%d calls", calls, reqs, n, n)
+	}
+}

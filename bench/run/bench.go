@@ -1216,8 +1216,8 @@ func (b *bench) measureNodes(ctx context.Context, groups []cpuGroup, redisAddrs,
 	return m, nil
 }
 
-// takeStats sums stockd_take_script_calls_total and
-// stockd_take_script_requests_total over the nodes at admins.
+// takeStats sums stockd_shard_take_calls_total and
+// stockd_shard_take_requests_total over the shards and the nodes at admins.
 func (b *bench) takeStats(ctx context.Context, admins []string) (calls, reqs float64) {
 	for _, a := range admins {
 		code, out, err := b.adminAt(ctx, a, http.MethodGet, "/metrics", "")
@@ -1229,14 +1229,15 @@ func (b *bench) takeStats(ctx context.Context, admins []string) (calls, reqs flo
 			if !ok {
 				continue
 			}
+			name, _, _ = strings.Cut(name, "{") // one series per shard
 			v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
 			if err != nil {
 				continue
 			}
 			switch name {
-			case "stockd_take_script_calls_total":
+			case "stockd_shard_take_calls_total":
 				calls += v
-			case "stockd_take_script_requests_total":
+			case "stockd_shard_take_requests_total":
 				reqs += v
 			}
 		}

@@ -113,7 +113,7 @@ func (b *bench) writeScale(p func(string, ...any)) {
 	o := b.opt
 	c := slices.Max(o.conc)
 	p("## Scale rows\n\n")
-	p("Same machine, so the figure to compare is **CPU per deduction**, not throughput (every row saturates the same %s cores). Each row is a stockd cluster of its own (own nodes, Redis shards, database, queue and key prefix), started for its runs and stopped after them; the rows run one after the other, %s each, at c = %d, **%s warmup + %s measured — shorter and fewer than the rows above**, so noisier. The hot SKU of the single-SKU rows has %d partitions (so that 6 shards all hold some). CPU µs per deduction from the start of the run until MySQL held every detail (write-back included; *during the load alone*: stockd + Redis from the start of the warmup to the end of the load, without the write-back's tail); *stockd* is all nodes of the row, *Redis* all its shards. *Req/take* is requests per take script call (`stockd_take_script_requests_total / stockd_take_script_calls_total`).\n\n",
+	p("Same machine, so the figure to compare is **CPU per deduction**, not throughput (every row saturates the same %s cores). Each row is a stockd cluster of its own (own nodes, Redis shards, database, queue and key prefix), started for its runs and stopped after them; the rows run one after the other, %s each, at c = %d, **%s warmup + %s measured — shorter and fewer than the rows above**, so noisier. The hot SKU of the single-SKU rows has %d partitions (so that 6 shards all hold some). CPU µs per deduction from the start of the run until MySQL held every detail (write-back included; *during the load alone*: stockd + Redis from the start of the warmup to the end of the load, without the write-back's tail); *stockd* is all nodes of the row, *Redis* all its shards. *Req/take* is requests per take script call (`stockd_shard_take_requests_total / stockd_shard_take_calls_total`, summed over shards,).\n\n",
 		b.machine.nproc, plural(o.scaleReps, "repetition"), c, o.warmup, o.scaleDuration, scaleParts)
 	p("| Row | Deductions/s | p99 | stockd µs/ded | Redis µs/ded | stockd + Redis | (during the load alone) | MariaDB µs/ded | RabbitMQ µs/ded | load generator µs/ded | Req/take | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, sr := range scaleRows {
@@ -197,7 +197,7 @@ func (b *bench) writeProfile(p func(string, ...any)) {
 			}
 		}
 	}
-	p("**Requests per take script call** (mean batch of the partitions' combiners, from stockd's `stockd_take_script_requests_total / stockd_take_script_calls_total` around each run):\n\n| Run | Requests per take call |\n|---|---|\n")
+	p("**Requests per take script call** (mean batch of the partitions' combiners, from stockd's `stockd_shard_take_requests_total / stockd_shard_take_calls_total`, summed over shards, around each run):\n\n| Run | Requests per take call |\n|---|---|\n")
 	for _, cc := range b.opt.conc {
 		if a := b.aggregate("stockd", cc); a != nil {
 			p("| stockd row, c = %d | **%s** |\n", cc, fmtBatch(a.takeCalls, a.takeReqs))
