@@ -132,6 +132,18 @@ func TestStatusPageRatesUnderLoad(t *testing.T) {
 				positive(s.Deductions) && positive(s.Shed) && positive(s.P99) && positive(l.SoldOut),
 			"stats of the sale: " + mustJSON(s) + ", of " + late + ": " + mustJSON(l)
 	})
+	// Sparklines long enough to show in the screenshot: the sale's
+	// deductions over at least five seconds.
+	eventuallyMsg(t, func() (bool, string) {
+		st := getStats(t, n)
+		points := 0
+		for _, v := range st.Node.Deductions {
+			if positive(v) {
+				points++
+			}
+		}
+		return points >= 5, "seconds with deductions in the node's series: " + strconv.Itoa(points)
+	})
 
 	dom := chromiumRun(t, browser, "--dump-dom", "--virtual-time-budget=5000",
 		"http://"+n.admin+"/#token="+testReadToken)
