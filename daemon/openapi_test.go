@@ -798,6 +798,15 @@ func (v *apiValidator) archive(t *testing.T) {
 	if !view.Archived || view.ArchivedAt == nil {
 		t.Errorf("GET an archived SKU: archived %v, archived_at %v", view.Archived, view.ArchivedAt)
 	}
+	var listed []struct {
+		SKU string `json:"sku"`
+	}
+	json.Unmarshal(adm(exchange{method: "GET", path: "/admin/skus", auth: "read", want: 200}), &listed)
+	for _, l := range listed {
+		if l.SKU == "A1" {
+			t.Error("GET /admin/skus lists the archived SKU A1")
+		}
+	}
 	adm(exchange{method: "PUT", path: del.path, body: `{"total":5}`, want: 409}) // names are not reused
 	v.deduct(t, "A1", "arch-2", 404)
 }
