@@ -690,7 +690,9 @@ func (v *apiValidator) saleRules(t *testing.T) {
 	wantStatus(t, "deduct before opens_at", ded(`{"sku":"R1","qty":1,"request_id":"rule-1","user_id":"u1"}`, 409), "not_open")
 	adm(`{"total":10,"opens_at":null}`, 200, false)
 	wantField(t, "deduct without user_id on a limited SKU", ded(`{"sku":"R1","qty":1,"request_id":"rule-2"}`, 400), "user_id")
-	ded(`{"sku":"R1","qty":2,"request_id":"rule-3","user_id":"u1"}`, 200)
+	// not_open took nothing: the same request id buys once the sale opens.
+	ded(`{"sku":"R1","qty":1,"request_id":"rule-1","user_id":"u1"}`, 200)
+	ded(`{"sku":"R1","qty":1,"request_id":"rule-3","user_id":"u1"}`, 200)
 	wantStatus(t, "deduct beyond the limit", ded(`{"sku":"R1","qty":1,"request_id":"rule-4","user_id":"u1"}`, 409), "limit_reached")
 	adm(fmt.Sprintf(`{"total":10,"opens_at":%q,"closes_at":%q}`, at(-2*time.Hour), at(-time.Hour)), 200, false)
 	wantStatus(t, "deduct after closes_at", ded(`{"sku":"R1","qty":1,"request_id":"rule-5","user_id":"u2"}`, 409), "closed")
