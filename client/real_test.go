@@ -220,16 +220,99 @@ func TestOutcomesRealNode(t *testing.T) {
 	if re := (*RequestError)(nil); !errors.As(err, &re) || re.Attempts != 1 || re.RequestID != "bad-qty" {
 		t.Fatalf("qty 0: %+v, want one attempt carrying the request id", err)
 	}
-	// This daemon has no POST /v1/extend yet (a later issue adds it): the
-	// answer is a 404 about the route, not about the reservation. When the
-	// server serves it, this becomes a test of Extend.
-	_, err = c.Extend(ctx, b.Token, time.Minute)
-	if !errors.As(err, &api) || api.Status != 404 || api.Code != "not_found" || errors.Is(err, ErrNotFound) {
-		t.Fatalf("extend: %v, want a 404 no such route that is not ErrNotFound", err)
+	// Extend's definite outcomes (its success is TestSaleRulesRealNode's).
+	for _, s := range []struct {
+		name, token string
+		want        error
+		code        string
+	}{
+		{"extend confirmed", a.Token, ErrConfirmed, "confirmed"},
+		{"extend released", b.Token, ErrReleased, "released"},
+		{"extend unknown", "no-such-token", ErrNotFound, "unknown_reservation"},
+	} {
+		_, err := c.Extend(ctx, s.token, time.Minute)
+		if !errors.Is(err, s.want) || !errors.As(err, &api) || api.Code != s.code {
+			t.Fatalf("%s: %v, want %v with code %q", s.name, err, s.want, s.code)
+		}
 	}
 	st, err := c.Stock(ctx, sku)
 	if err != nil || st.SKU != sku || st.Available > 10-2 {
 		t.Fatalf("stock %+v, %v", st, err)
+	}
+}
+
+// TestSaleRulesRealNode runs the client against a real node's sale rules
+// (issue 15): a deduction before opens_at is ErrNotOpen, one beyond the
+// per-user limit ErrLimitReached, one after closes_at ErrClosed, one
+// without a user on a limited SKU a 400 naming user_id; Extend pushes a
+// reservation's expiry out, capped at sync.max_extension.
+func TestSaleRulesRealNode(t *testing.T) {
+	const maxExtension = 2 * time.Minute
+	cl := newCluster(t, 1, 1, map[string]string{"STOCKD_SYNC_MAX_EXTENSION": maxExtension.String()})
+	n := cl.nodes[0]
+	const sku, limit = "rules", 2
+	at := func(d time.Duration) string { return time.Now().Add(d).UTC().Format(time.RFC3339) }
+	put := func(body string) {
+		t.Helper()
+		if code, b := n.adminDo("PUT", "/admin/skus/"+sku, body, nil); code != 200 && code != 201 {
+			t.Fatalf("PUT %s: %d %s", body, code, b)
+		}
+	}
+	put(fmt.Sprintf(`{"total":10,"partitions":1,"chunk":5,"threshold":1,"per_user_limit":%d,"opens_at":%q}`, limit, at(time.Hour)))
+	c, err := New(Config{Endpoints: cl.endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	var api *APIError
+
+	_, err = c.Deduct(ctx, DeductRequest{SKU: sku, Qty: 1, UserID: "u-1"})
+	if !errors.Is(err, ErrNotOpen) || !errors.As(err, &api) || api.Code != "not_open" {
+		t.Fatalf("deduct before opens_at: %v, want ErrNotOpen", err)
+	}
+	put(`{"total":10,"opens_at":null}`)
+	_, err = c.Deduct(ctx, DeductRequest{SKU: sku, Qty: 1})
+	if !errors.As(err, &api) || api.Status != 400 || api.Field != "user_id" {
+		t.Fatalf("deduct without a user on a limited sku: %v, want a 400 naming user_id", err)
+	}
+	held, err := c.Deduct(ctx, DeductRequest{SKU: sku, Qty: limit, UserID: "u-1"})
+	if err != nil {
+		t.Fatalf("deduct up to the limit: %v", err)
+	}
+	_, err = c.Deduct(ctx, DeductRequest{SKU: sku, Qty: 1, UserID: "u-1"})
+	if !errors.Is(err, ErrLimitReached) || !errors.As(err, &api) || api.Code != "limit_reached" {
+		t.Fatalf("deduct beyond the limit: %v, want ErrLimitReached", err)
+	}
+	if _, err := c.Deduct(ctx, DeductRequest{SKU: sku, Qty: 1, UserID: "u-2"}); err != nil {
+		t.Fatalf("another user: %v, want a reservation", err)
+	}
+	again, err := c.Deduct(ctx, DeductRequest{SKU: sku, Qty: limit, UserID: "u-1", RequestID: held.RequestID})
+	if err != nil || again.Token != held.Token {
+		t.Fatalf("retry of the request that took the allowance: %+v, %v; want its first reservation", again, err)
+	}
+
+	// Extend: now + d, and at most now + sync.max_extension.
+	for _, d := range []time.Duration{time.Minute, 10 * maxExtension} {
+		granted := min(d, maxExtension)
+		before := time.Now()
+		until, err := c.Extend(ctx, held.Token, d)
+		after := time.Now()
+		if err != nil {
+			t.Fatalf("extend by %v: %v", d, err)
+		}
+		if until.Before(before.Add(granted).Add(-time.Second)) || until.After(after.Add(granted)) {
+			t.Fatalf("extend by %v: expires at %v, want now + %v (between %v and %v)", d, until, granted, before.Add(granted), after.Add(granted))
+		}
+	}
+	if err := c.Confirm(ctx, held.Token); err != nil {
+		t.Fatalf("confirm the extended reservation: %v", err)
+	}
+
+	put(fmt.Sprintf(`{"total":10,"opens_at":%q,"closes_at":%q}`, at(-2*time.Hour), at(-time.Hour)))
+	_, err = c.Deduct(ctx, DeductRequest{SKU: sku, Qty: 1, UserID: "u-3"})
+	if !errors.Is(err, ErrClosed) || !errors.As(err, &api) || api.Code != "closed" {
+		t.Fatalf("deduct after closes_at: %v, want ErrClosed", err)
 	}
 }
 

@@ -130,6 +130,7 @@ var hotRoutes = []string{
 	"POST /v1/deduct",
 	"POST /v1/confirm",
 	"POST /v1/release",
+	"POST /v1/extend",
 	"GET /v1/stock/{sku}",
 	"GET /healthz",
 	"GET /readyz",

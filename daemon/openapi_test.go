@@ -56,7 +56,11 @@ func TestOpenAPI(t *testing.T) {
 	v.checkRoutes()
 
 	v.hotRoutes(t)
+	v.saleRules(t)
+	v.extend(t)
 	v.adminSKUs(t)
+	v.listPages(t)
+	v.archive(t)
 	v.adminShards(t)
 	v.adminOther(t)
 	v.outsideDocument(t)
@@ -426,6 +430,32 @@ func (v *apiValidator) deduct(t *testing.T, sku, reqID string, want int) string 
 
 func settleBodyOf(tok string) string { return fmt.Sprintf(`{"reservation":%q}`, tok) }
 
+// answerOf reads an answer's status (an outcome's) and field (a 400's).
+func answerOf(body []byte) (status, field string) {
+	var a struct {
+		Status string `json:"status"`
+		Field  string `json:"field"`
+	}
+	json.Unmarshal(body, &a)
+	return a.Status, a.Field
+}
+
+// wantField fails unless body is an error naming field.
+func wantField(t *testing.T, what string, body []byte, field string) {
+	t.Helper()
+	if _, got := answerOf(body); got != field {
+		t.Errorf("%s: field %q, want %q: %s", what, got, field, body)
+	}
+}
+
+// wantStatus fails unless body is an answer with status.
+func wantStatus(t *testing.T, what string, body []byte, status string) {
+	t.Helper()
+	if got, _ := answerOf(body); got != status {
+		t.Errorf("%s: status %q, want %q: %s", what, got, status, body)
+	}
+}
+
 func (v *apiValidator) hotRoutes(t *testing.T) {
 	hot := func(method, path, body string, want int, invalid bool) []byte {
 		return v.do(t, exchange{port: "hot", method: method, path: path, body: body, want: want, invalid: invalid})
@@ -638,6 +668,151 @@ func (v *apiValidator) rawExchange(t *testing.T, port, addr, raw string, want in
 	v.outsideAnswer(t, what, resp.StatusCode, resp.Header, body)
 }
 
+// saleRules: a SKU with a per-user limit and a sale window answers
+// not_open, closed and limit_reached (409 outcomes), and 400 naming
+// user_id for a deduction without one; bad rules are 400s.
+func (v *apiValidator) saleRules(t *testing.T) {
+	adm := func(body string, want int, invalid bool) []byte {
+		return v.do(t, exchange{port: "admin", method: "PUT", path: "/admin/skus/R1", body: body, want: want, invalid: invalid})
+	}
+	ded := func(body string, want int) []byte {
+		return v.do(t, exchange{port: "hot", method: "POST", path: "/v1/deduct", body: body, want: want})
+	}
+	at := func(d time.Duration) string { return time.Now().Add(d).UTC().Format(time.RFC3339) }
+	var view struct {
+		PerUserLimit int64   `json:"per_user_limit"`
+		OpensAt      *string `json:"opens_at"`
+	}
+	json.Unmarshal(adm(fmt.Sprintf(`{"total":10,"partitions":1,"chunk":5,"threshold":1,"per_user_limit":2,"opens_at":%q}`, at(time.Hour)), 201, false), &view)
+	if view.PerUserLimit != 2 || view.OpensAt == nil {
+		t.Errorf("PUT R1 with rules: the view shows per_user_limit %d, opens_at %v", view.PerUserLimit, view.OpensAt)
+	}
+	wantStatus(t, "deduct before opens_at", ded(`{"sku":"R1","qty":1,"request_id":"rule-1","user_id":"u1"}`, 409), "not_open")
+	adm(`{"total":10,"opens_at":null}`, 200, false)
+	wantField(t, "deduct without user_id on a limited SKU", ded(`{"sku":"R1","qty":1,"request_id":"rule-2"}`, 400), "user_id")
+	// not_open took nothing: the same request id buys once the sale opens.
+	ded(`{"sku":"R1","qty":1,"request_id":"rule-1","user_id":"u1"}`, 200)
+	ded(`{"sku":"R1","qty":1,"request_id":"rule-3","user_id":"u1"}`, 200)
+	wantStatus(t, "deduct beyond the limit", ded(`{"sku":"R1","qty":1,"request_id":"rule-4","user_id":"u1"}`, 409), "limit_reached")
+	adm(fmt.Sprintf(`{"total":10,"opens_at":%q,"closes_at":%q}`, at(-2*time.Hour), at(-time.Hour)), 200, false)
+	wantStatus(t, "deduct after closes_at", ded(`{"sku":"R1","qty":1,"request_id":"rule-5","user_id":"u2"}`, 409), "closed")
+	adm(`{"total":10,"opens_at":"","closes_at":null,"per_user_limit":0}`, 200, false)
+	wantField(t, "a negative limit", adm(`{"total":10,"per_user_limit":-1}`, 400, true), "per_user_limit")
+	wantField(t, "an unparsable time", adm(`{"total":10,"opens_at":"tomorrow"}`, 400, true), "opens_at")
+	wantField(t, "closes_at before opens_at", adm(fmt.Sprintf(`{"total":10,"opens_at":%q,"closes_at":%q}`, at(2*time.Hour), at(time.Hour)), 400, false), "closes_at")
+}
+
+// extend: POST /v1/extend's answers.
+func (v *apiValidator) extend(t *testing.T) {
+	ext := func(body string, want int, invalid bool) []byte {
+		return v.do(t, exchange{port: "hot", method: "POST", path: "/v1/extend", body: body, want: want, invalid: invalid})
+	}
+	body := func(tok string, secs int64) string { return fmt.Sprintf(`{"reservation":%q,"seconds":%d}`, tok, secs) }
+	tok := v.deduct(t, "S1", "ext-1", 200)
+	ext(body(tok, 60), 200, false)
+	var capped struct {
+		Capped     bool  `json:"capped"`
+		MaxSeconds int64 `json:"max_seconds"`
+	}
+	json.Unmarshal(ext(body(tok, 1<<40), 200, false), &capped)
+	if !capped.Capped || capped.MaxSeconds < 1 {
+		t.Errorf("extend beyond sync.max_extension: %+v, want capped with max_seconds", capped)
+	}
+	ext(body("bogus-token", 60), 404, false)
+	wantField(t, "extend without seconds", ext(settleBodyOf(tok), 400, true), "seconds")
+	wantField(t, "extend by 0 seconds", ext(body(tok, 0), 400, true), "seconds")
+	wantField(t, "extend without a reservation", ext(`{"seconds":60}`, 400, true), "reservation")
+	ext(`{"reservation":"`+strings.Repeat("t", 5000)+`","seconds":60}`, 413, false)
+	v.do(t, exchange{port: "hot", method: "POST", path: "/v1/confirm", body: settleBodyOf(tok), want: 200})
+	wantStatus(t, "extend a confirmed reservation", ext(body(tok, 60), 409, false), "confirmed")
+	tok = v.deduct(t, "S1", "ext-2", 200)
+	v.do(t, exchange{port: "hot", method: "POST", path: "/v1/release", body: settleBodyOf(tok), want: 200})
+	wantStatus(t, "extend a released reservation", ext(body(tok, 60), 409, false), "released")
+}
+
+// listPages: GET /admin/skus a page at a time.
+func (v *apiValidator) listPages(t *testing.T) {
+	ex := exchange{port: "admin", method: "GET", path: "/admin/skus?limit=1", want: 200}
+	resp, err := v.client.Do(v.request(ex))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	v.validate(t, ex, resp, body)
+	next := resp.Header.Get("X-Next-Cursor")
+	if resp.StatusCode != 200 || next == "" || !strings.Contains(resp.Header.Get("Link"), `rel="next"`) {
+		t.Fatalf("GET /admin/skus?limit=1 with more SKUs: %d, X-Next-Cursor %q, Link %q", resp.StatusCode, next, resp.Header.Get("Link"))
+	}
+	v.do(t, exchange{port: "admin", method: "GET", path: "/admin/skus?limit=1&cursor=" + next, auth: "read", want: 200})
+	for path, field := range map[string]string{"/admin/skus?limit=0": "limit", "/admin/skus?limit=1001": "limit", "/admin/skus?cursor=S%7B": "cursor"} {
+		wantField(t, path, v.do(t, exchange{port: "admin", method: "GET", path: path, want: 400, invalid: true}), field)
+	}
+}
+
+// archive: DELETE /admin/skus/{sku} refuses a SKU with a reservation in
+// flight, archives it once settled, and again; the archived view.
+func (v *apiValidator) archive(t *testing.T) {
+	adm := func(ex exchange) []byte { ex.port = "admin"; return v.do(t, ex) }
+	adm(exchange{method: "PUT", path: "/admin/skus/A1", body: `{"total":5,"partitions":1,"chunk":2,"threshold":1}`, want: 201})
+	del := exchange{method: "DELETE", path: "/admin/skus/A1"}
+	for _, ex := range []exchange{
+		{auth: "none", want: 401},
+		{auth: "read", want: 403},
+		{auth: "basic", want: 415},
+		{auth: "basic", header: map[string]string{"Content-Type": "application/json", "Origin": "http://evil.example"}, want: 403},
+	} {
+		ex.method, ex.path = del.method, del.path
+		adm(ex)
+	}
+	adm(exchange{method: "DELETE", path: "/admin/skus/nope", want: 404})
+	adm(exchange{method: "DELETE", path: "/admin/skus/S%7B", want: 400, invalid: true})
+	tok := v.deduct(t, "A1", "arch-1", 200)
+	adm(exchange{method: "DELETE", path: del.path, want: 409}) // reserved, not settled
+	v.do(t, exchange{port: "hot", method: "POST", path: "/v1/release", body: settleBodyOf(tok), want: 200})
+	// Settled once the release is written back to MySQL.
+	del.port, del.want = "admin", http.StatusOK
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := v.client.Do(v.request(del))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusConflict && time.Now().Before(deadline) {
+			v.validate(t, exchange{port: "admin", method: del.method, path: del.path, want: 409}, resp, body)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("DELETE A1 after its release: %d %s", resp.StatusCode, body)
+		}
+		v.validate(t, del, resp, body)
+		break
+	}
+	adm(exchange{method: "DELETE", path: del.path, auth: "basic", header: map[string]string{"Content-Type": "application/json"}, want: 200}) // again
+	var view struct {
+		Archived   bool    `json:"archived"`
+		ArchivedAt *string `json:"archived_at"`
+	}
+	json.Unmarshal(adm(exchange{method: "GET", path: del.path, auth: "read", want: 200}), &view)
+	if !view.Archived || view.ArchivedAt == nil {
+		t.Errorf("GET an archived SKU: archived %v, archived_at %v", view.Archived, view.ArchivedAt)
+	}
+	var listed []struct {
+		SKU string `json:"sku"`
+	}
+	json.Unmarshal(adm(exchange{method: "GET", path: "/admin/skus", auth: "read", want: 200}), &listed)
+	for _, l := range listed {
+		if l.SKU == "A1" {
+			t.Error("GET /admin/skus lists the archived SKU A1")
+		}
+	}
+	adm(exchange{method: "PUT", path: del.path, body: `{"total":5}`, want: 409}) // names are not reused
+	v.deduct(t, "A1", "arch-2", 404)
+}
+
 // unavailable: 503 and 429 from a dependency that does not answer.
 func (v *apiValidator) unavailable(t *testing.T, e *env, my *testenv.Proxy) {
 	hot := func(method, path, body string, want int) {
@@ -650,6 +825,7 @@ func (v *apiValidator) unavailable(t *testing.T, e *env, my *testenv.Proxy) {
 	hot("GET", "/v1/stock/fresh-name", "", 503)
 	hot("POST", "/v1/confirm", settleBodyOf(tok), 503)
 	hot("POST", "/v1/release", settleBodyOf(tok), 503)
+	hot("POST", "/v1/extend", fmt.Sprintf(`{"reservation":%q,"seconds":60}`, tok), 503)
 	// The admin API answers what MySQL's failure leaves it: 500.
 	adm := func(ex exchange) { ex.port, ex.want = "admin", 500; v.do(t, ex) }
 	adm(exchange{method: "GET", path: "/admin/skus"})
@@ -658,6 +834,7 @@ func (v *apiValidator) unavailable(t *testing.T, e *env, my *testenv.Proxy) {
 	adm(exchange{method: "GET", path: "/admin/skus/S1/in-doubt"})
 	adm(exchange{method: "POST", path: "/admin/skus/S1/in-doubt/resolve"})
 	adm(exchange{method: "PUT", path: "/admin/skus/S1", body: `{"total":100}`})
+	adm(exchange{method: "DELETE", path: "/admin/skus/S1"})
 	adm(exchange{method: "POST", path: "/admin/skus/S1/rebalance", body: `{"partitions":2}`})
 	adm(exchange{method: "GET", path: "/admin/shards"})
 	adm(exchange{method: "POST", path: "/admin/shards", body: fmt.Sprintf(`{"id":"s1","addr":%q}`, e.shards[0].Addr)})
