@@ -481,3 +481,68 @@ func TestFencedSettleBoundedByDoubt(t *testing.T) {
 		t.Fatalf("books do not add up to the total 5")
 	}
 }
+
+// Both forms of the detail insert (LOAD DATA LOCAL INFILE, and the INSERT
+// a server that refuses local files gets) write the same rows byte for
+// byte, also for ids that LOAD DATA's text format must escape, and count
+// repeats and doubles the same way.
+func TestInsertForms(t *testing.T) {
+	ctx := context.Background()
+	t.Cleanup(func() { loadRefused.Store(false) })
+	for _, refused := range []bool{false, true} {
+		name := "load"
+		if refused {
+			name = "insert"
+		}
+		t.Run(name, func(t *testing.T) {
+			loadRefused.Store(refused)
+			db := newDB(t)
+			if _, err := db.Exec(`INSERT INTO skus (sku, total, pool, chunk, threshold) VALUES ('odd', 10, 5, 10, 2)`); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.Exec(`INSERT INTO partitions (sku, pid, shard, epoch) VALUES ('odd', 0, 's1', 3)`); err != nil {
+				t.Fatal(err)
+			}
+			ms := time.Date(2026, 1, 2, 3, 4, 5, 678e6, time.UTC).UnixMilli()
+			ds := []wireDetail{
+				{DetailID: shard.DetailID("odd", 0, 3, 1), SKU: "odd", RequestID: `a\b`, UserID: `\N`, Qty: 2, TimeMs: ms},
+				{DetailID: shard.DetailID("odd", 0, 3, 2), SKU: "odd", RequestID: `\N`, Qty: 1, TimeMs: ms},
+				{DetailID: shard.DetailID("odd", 0, 3, 3), SKU: "odd", RequestID: `NULL`, UserID: `u\\t"'`, Qty: 1, TimeMs: ms},
+				{DetailID: shard.DetailID("odd", 0, 3, 4), SKU: "odd", RequestID: `a\b`, Qty: 1, TimeMs: ms}, // a double of seq 1
+			}
+			r, err := Apply(ctx, db, append(ds, ds[1]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Inserted != 3 || r.Doubled != 1 || r.Duplicates != 1 {
+				t.Fatalf("result %+v; want 3 inserted, 1 doubled, 1 duplicate", r)
+			}
+			for _, d := range ds[:3] {
+				var req string
+				var user sql.NullString
+				var qty int64
+				var at time.Time
+				var state string
+				if err := db.QueryRow(`SELECT request_id, user_id, qty, deducted_at, state FROM deductions WHERE detail_id = ?`, d.DetailID).
+					Scan(&req, &user, &qty, &at, &state); err != nil {
+					t.Fatalf("%s: %v", d.DetailID, err)
+				}
+				if req != d.RequestID || user.String != d.UserID || user.Valid != (d.UserID != "") || qty != d.Qty ||
+					at.UnixMilli() != d.TimeMs || state != "reserved" {
+					t.Errorf("%s: row %q %v %d %s %s; want %q %q %d %s reserved", d.DetailID, req, user, qty, at, state,
+						d.RequestID, d.UserID, d.Qty, time.UnixMilli(d.TimeMs).UTC())
+				}
+			}
+			if c := readCounters(t, db, "odd"); c.reserved != 4 || c.doubled != 1 || c.pool != 6 {
+				t.Errorf("counters %+v; want reserved 4, doubled 1, pool 6", c)
+			}
+			// Applied again: nothing moves.
+			if r, err := Apply(ctx, db, ds); err != nil || r.Inserted != 0 || r.Doubled != 0 || r.Duplicates != 4 {
+				t.Fatalf("again: %+v %v", r, err)
+			}
+			if c := readCounters(t, db, "odd"); c.reserved != 4 || c.doubled != 1 || c.pool != 6 {
+				t.Errorf("again: counters %+v; want reserved 4, doubled 1, pool 6", c)
+			}
+		})
+	}
+}
