@@ -546,3 +546,80 @@ func TestInsertForms(t *testing.T) {
 		})
 	}
 }
+
+// One batch over several SKUs and partitions (one fenced with its doubt
+// open, one whose doubt was resolved, one of an older epoch than the
+// partition's row) moves each SKU's and partition's counters by exactly
+// its own details: the counters of a batch move in one statement per
+// table, not one per SKU or partition.
+func TestApplyManySKUs(t *testing.T) {
+	ctx := context.Background()
+	db := newDB(t)
+	for _, sku := range []string{"m-a", "m-b", "m-c"} {
+		if _, err := db.Exec(`INSERT INTO skus (sku, total, pool, chunk, threshold) VALUES (?, 100, 50, 10, 2)`, sku); err != nil {
+			t.Fatal(err)
+		}
+		for pid := 0; pid < 2; pid++ {
+			if _, err := db.Exec(`INSERT INTO partitions (sku, pid, shard, epoch) VALUES (?, ?, 's1', 5)`, sku, pid); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// m-b/1 fenced, doubt open (4 units); m-c/0 fenced, doubt resolved.
+	mustExec := func(q string, args ...any) {
+		if _, err := db.Exec(q, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustExec(`UPDATE partitions SET state = 'fenced', fenced_at = NOW(6), doubt_units = 4 WHERE sku = 'm-b' AND pid = 1`)
+	mustExec(`UPDATE skus SET in_doubt = 4 WHERE sku = 'm-b'`)
+	mustExec(`UPDATE partitions SET state = 'fenced', fenced_at = NOW(6), doubt_resolved_at = NOW(6) WHERE sku = 'm-c' AND pid = 0`)
+	ms := time.Now().UnixMilli()
+	var ds []wireDetail
+	add := func(sku string, pid int, epoch, seq, qty int64) {
+		ds = append(ds, wireDetail{DetailID: shard.DetailID(sku, pid, epoch, seq), SKU: sku, PID: pid,
+			RequestID: sku + "-" + itoa(pid) + "-" + itoa(int(epoch)) + "-" + itoa(int(seq)), Qty: qty, TimeMs: ms})
+	}
+	add("m-a", 0, 5, 1, 1)
+	add("m-a", 0, 5, 2, 2)
+	add("m-a", 1, 5, 7, 3)
+	add("m-a", 1, 4, 9, 5) // an older epoch of m-a/1: lands, moves no partition row
+	add("m-b", 0, 5, 3, 1)
+	add("m-b", 1, 5, 2, 3) // fenced, doubt open
+	add("m-c", 0, 5, 6, 2) // doubt resolved: lands released
+	add("m-c", 1, 5, 1, 1)
+	r, err := Apply(ctx, db, ds)
+	if err != nil || r.Inserted != len(ds) {
+		t.Fatalf("apply: %+v %v", r, err)
+	}
+	type pc struct{ reserved, released, inDoubt, pool int64 }
+	for sku, want := range map[string]pc{
+		"m-a": {11, 0, 0, 50},
+		"m-b": {4, 0, 1, 50},
+		"m-c": {1, 2, 0, 50},
+	} {
+		var got pc
+		db.QueryRow(`SELECT reserved, released, in_doubt, pool FROM skus WHERE sku = ?`, sku).Scan(&got.reserved, &got.released, &got.inDoubt, &got.pool)
+		if got != want {
+			t.Errorf("%s: counters %+v, want %+v", sku, got, want)
+		}
+	}
+	type ps struct {
+		sku      string
+		pid      int
+		seen     int64
+		doubtNow int64
+	}
+	for _, want := range []ps{{"m-a", 0, 2, 0}, {"m-a", 1, 7, 0}, {"m-b", 0, 3, 0}, {"m-b", 1, 2, 1}, {"m-c", 0, 6, 0}, {"m-c", 1, 1, 0}} {
+		got := ps{sku: want.sku, pid: want.pid}
+		db.QueryRow(`SELECT seen_seq, doubt_units FROM partitions WHERE sku = ? AND pid = ?`, want.sku, want.pid).Scan(&got.seen, &got.doubtNow)
+		if got != want {
+			t.Errorf("partition %s/%d: seen_seq %d, doubt_units %d; want %d, %d", want.sku, want.pid, got.seen, got.doubtNow, want.seen, want.doubtNow)
+		}
+	}
+	var state string
+	db.QueryRow(`SELECT state FROM deductions WHERE detail_id = ?`, shard.DetailID("m-c", 0, 5, 6)).Scan(&state)
+	if state != "released" {
+		t.Errorf("detail of the resolved partition is %s, want released", state)
+	}
+}
