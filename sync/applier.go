@@ -115,7 +115,7 @@ func (a *Applier) handle(ctx context.Context, d amqp.Delivery) {
 	backoff := 50 * time.Millisecond
 	failures := 0
 	for {
-		res, err := Apply(ctx, a.db, batch.Details)
+		res, err := apply(ctx, a.db, batch.Details, a.cfg.LoadData)
 		if err == nil {
 			if err := d.Ack(false); err != nil {
 				// Redelivered later; applying again is a no-op.
@@ -219,6 +219,11 @@ type ApplyResult struct {
 // A batch may carry a detail more than once (a reader that restarted
 // re-read its stream into the same batch); each detail id is applied once.
 func Apply(ctx context.Context, db *sql.DB, all []wireDetail) (ApplyResult, error) {
+	return apply(ctx, db, all, true)
+}
+
+// apply is Apply; load false inserts with INSERT only (sync.load_data).
+func apply(ctx context.Context, db *sql.DB, all []wireDetail, load bool) (ApplyResult, error) {
 	details := distinct(all)
 	rows := make([]row, len(details))
 	for i := range details {
@@ -233,7 +238,7 @@ func Apply(ctx context.Context, db *sql.DB, all []wireDetail) (ApplyResult, erro
 		if err != nil {
 			return err
 		}
-		n, err := insert(ctx, tx, rows, parts, applyID)
+		n, err := insert(ctx, tx, rows, parts, applyID, load)
 		if err != nil {
 			return fmt.Errorf("insert details: %w", err)
 		}
@@ -290,8 +295,8 @@ var readerSeq atomic.Uint64
 
 // insert inserts rows (their keys may exist: those are skipped) and
 // returns how many it inserted.
-func insert(ctx context.Context, tx *sql.Tx, rows []row, parts map[partKey]partState, applyID int64) (int64, error) {
-	if !loadRefused.Load() {
+func insert(ctx context.Context, tx *sql.Tx, rows []row, parts map[partKey]partState, applyID int64, load bool) (int64, error) {
+	if load && !loadRefused.Load() {
 		n, err := loadRows(ctx, tx, rows, parts, applyID)
 		var me *mysql.MySQLError
 		if err == nil || !errors.As(err, &me) || (me.Number != errNotAllowedCommand && me.Number != errLocalFilesDisabled) {

@@ -51,6 +51,11 @@ type Config struct {
 	ReservationTTL time.Duration `yaml:"reservation_ttl"`
 	// ExpireEvery is how often expired reservations are looked for.
 	ExpireEvery time.Duration `yaml:"expire_every"`
+	// LoadData: the applier writes detail rows with LOAD DATA LOCAL INFILE
+	// (cheaper for MySQL), falling back to INSERT when the server refuses
+	// local files. false: always INSERT (for a proxy that breaks LOAD DATA
+	// LOCAL in another way).
+	LoadData bool `yaml:"load_data"`
 }
 
 // DefaultConfig returns the defaults.
@@ -66,6 +71,7 @@ func DefaultConfig() Config {
 		MaxAttempts:    5,
 		ReservationTTL: 15 * time.Minute,
 		ExpireEvery:    time.Second,
+		LoadData:       true,
 	}
 }
 
