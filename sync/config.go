@@ -62,7 +62,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Queue:          "stockd.details",
-		BatchSize:      500,
+		BatchSize:      2000,
 		BatchInterval:  time.Second,
 		PollInterval:   50 * time.Millisecond,
 		PublishTimeout: 5 * time.Second,
