@@ -326,11 +326,21 @@ func TestWireFormat(t *testing.T) {
 	if err != nil || got.ID != "b1" || got.Node != "n1" || len(got.Details) != 2 || got.Details[1] != w.Details[1] || got.Details[0] != w.Details[0] {
 		t.Fatalf("round trip: %+v %v", got, err)
 	}
+	w.Details = append(w.Details, wireDetail{DetailID: "S2:3:1:9", SKU: "S2", PID: 3, RequestID: `a\b"c`, Qty: 7, TimeMs: 1})
+	if got, err := decodeBatch(encodeWire(w)); err != nil || len(got.Details) != 3 || got.Details[2] != w.Details[2] || got.Details[1] != w.Details[1] {
+		t.Fatalf("round trip of 3: %+v %v", got, err)
+	}
 	js := []byte(`{"id":"b2","node":"n","details":[{"d":"S1:0:7:3","s":"S1","p":0,"r":"r-3","q":1,"t":5}]}`)
 	if got, err := decodeBatch(js); err != nil || got.Details[0].RequestID != "r-3" {
 		t.Fatalf("json: %+v %v", got, err)
 	}
-	for _, bad := range []string{"", "not a batch", wireMagic + "\tb\tn\nS1:0:7:1\tS1\t0\tr\t\t1", wireMagic + "\tb\tn\nS1:0:7:1\tS2\t0\tr\t\t1\t5", `{"id":"x"}`} {
+	for _, bad := range []string{"", "not a batch", wireMagic + "\tb\tn\nS1:0:7:1\tS1\t0\tr\t\t1", wireMagic + "\tb\tn\nS1:0:7:1\tS2\t0\tr\t\t1\t5", `{"id":"x"}`,
+		wireMagic + "\tb\tn", // no details
+		wireMagic + "\tb\tn\nS1:0:7:1\tS1\t0\tr\t\t1\t5\t9",                 // 8 fields
+		wireMagic + "\tb\tn\nS1:0:7:1\tS1\t0\tr\t\t1\t5\n",                  // an empty line after
+		wireMagic + "\tb\tn\nS1:0:7:1\tS1\t0\tr\t\t-1\t5",                   // a sign
+		wireMagic + "\tb\tn\nS1:0:7:1\tS1\t0\tr\t\t1\t99999999999999999999", // too long
+	} {
 		if _, err := decodeBatch([]byte(bad)); !errors.Is(err, errPoison) {
 			t.Errorf("%q: %v, want poison", bad, err)
 		}
