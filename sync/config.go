@@ -54,13 +54,19 @@ type Config struct {
 	// MaxExtension caps POST /v1/extend: a reservation's expiry is pushed
 	// to at most now + MaxExtension.
 	MaxExtension time.Duration `yaml:"max_extension"`
+
+	// LoadData: the applier writes detail rows with LOAD DATA LOCAL INFILE
+	// (cheaper for MySQL), falling back to INSERT when the server refuses
+	// local files. false: always INSERT (for a proxy that breaks LOAD DATA
+	// LOCAL in another way).
+	LoadData bool `yaml:"load_data"`
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
 		Queue:          "stockd.details",
-		BatchSize:      500,
+		BatchSize:      2000,
 		BatchInterval:  time.Second,
 		PollInterval:   50 * time.Millisecond,
 		PublishTimeout: 5 * time.Second,
@@ -70,6 +76,7 @@ func DefaultConfig() Config {
 		ReservationTTL: 15 * time.Minute,
 		ExpireEvery:    time.Second,
 		MaxExtension:   15 * time.Minute,
+		LoadData:       true,
 	}
 }
 

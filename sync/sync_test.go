@@ -326,11 +326,21 @@ func TestWireFormat(t *testing.T) {
 	if err != nil || got.ID != "b1" || got.Node != "n1" || len(got.Details) != 2 || got.Details[1] != w.Details[1] || got.Details[0] != w.Details[0] {
 		t.Fatalf("round trip: %+v %v", got, err)
 	}
+	w.Details = append(w.Details, wireDetail{DetailID: "S2:3:1:9", SKU: "S2", PID: 3, RequestID: `a\b"c`, Qty: 7, TimeMs: 1})
+	if got, err := decodeBatch(encodeWire(w)); err != nil || len(got.Details) != 3 || got.Details[2] != w.Details[2] || got.Details[1] != w.Details[1] {
+		t.Fatalf("round trip of 3: %+v %v", got, err)
+	}
 	js := []byte(`{"id":"b2","node":"n","details":[{"d":"S1:0:7:3","s":"S1","p":0,"r":"r-3","q":1,"t":5}]}`)
 	if got, err := decodeBatch(js); err != nil || got.Details[0].RequestID != "r-3" {
 		t.Fatalf("json: %+v %v", got, err)
 	}
-	for _, bad := range []string{"", "not a batch", wireMagic + "\tb\tn\nS1:0:7:1\tS1\t0\tr\t\t1", wireMagic + "\tb\tn\nS1:0:7:1\tS2\t0\tr\t\t1\t5", `{"id":"x"}`} {
+	for _, bad := range []string{"", "not a batch", wireMagic + "\tb\tn\nS1:0:7:1\tS1\t0\tr\t\t1", wireMagic + "\tb\tn\nS1:0:7:1\tS2\t0\tr\t\t1\t5", `{"id":"x"}`,
+		wireMagic + "\tb\tn", // no details
+		wireMagic + "\tb\tn\nS1:0:7:1\tS1\t0\tr\t\t1\t5\t9",                 // 8 fields
+		wireMagic + "\tb\tn\nS1:0:7:1\tS1\t0\tr\t\t1\t5\n",                  // an empty line after
+		wireMagic + "\tb\tn\nS1:0:7:1\tS1\t0\tr\t\t-1\t5",                   // a sign
+		wireMagic + "\tb\tn\nS1:0:7:1\tS1\t0\tr\t\t1\t99999999999999999999", // too long
+	} {
 		if _, err := decodeBatch([]byte(bad)); !errors.Is(err, errPoison) {
 			t.Errorf("%q: %v, want poison", bad, err)
 		}
@@ -479,5 +489,147 @@ func TestFencedSettleBoundedByDoubt(t *testing.T) {
 	// the forged confirm keeps from sale; nothing can be sold twice.
 	if pool+reserved+confirmed+inDoubt != 5 {
 		t.Fatalf("books do not add up to the total 5")
+	}
+}
+
+// Both forms of the detail insert (LOAD DATA LOCAL INFILE, and the INSERT
+// a server that refuses local files gets) write the same rows byte for
+// byte, also for ids that LOAD DATA's text format must escape, and count
+// repeats and doubles the same way.
+func TestInsertForms(t *testing.T) {
+	ctx := context.Background()
+	t.Cleanup(func() { loadRefused.Store(false) })
+	for _, refused := range []bool{false, true} {
+		name := "load"
+		if refused {
+			name = "insert"
+		}
+		t.Run(name, func(t *testing.T) {
+			loadRefused.Store(refused)
+			db := newDB(t)
+			if _, err := db.Exec(`INSERT INTO skus (sku, total, pool, chunk, threshold) VALUES ('odd', 10, 5, 10, 2)`); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.Exec(`INSERT INTO partitions (sku, pid, shard, epoch) VALUES ('odd', 0, 's1', 3)`); err != nil {
+				t.Fatal(err)
+			}
+			ms := time.Date(2026, 1, 2, 3, 4, 5, 678e6, time.UTC).UnixMilli()
+			ds := []wireDetail{
+				{DetailID: shard.DetailID("odd", 0, 3, 1), SKU: "odd", RequestID: `a\b`, UserID: `\N`, Qty: 2, TimeMs: ms},
+				{DetailID: shard.DetailID("odd", 0, 3, 2), SKU: "odd", RequestID: `\N`, Qty: 1, TimeMs: ms},
+				{DetailID: shard.DetailID("odd", 0, 3, 3), SKU: "odd", RequestID: `NULL`, UserID: `u\\t"'`, Qty: 1, TimeMs: ms},
+				{DetailID: shard.DetailID("odd", 0, 3, 4), SKU: "odd", RequestID: `a\b`, Qty: 1, TimeMs: ms}, // a double of seq 1
+			}
+			r, err := Apply(ctx, db, append(ds, ds[1]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Inserted != 3 || r.Doubled != 1 || r.Duplicates != 1 {
+				t.Fatalf("result %+v; want 3 inserted, 1 doubled, 1 duplicate", r)
+			}
+			for _, d := range ds[:3] {
+				var req string
+				var user sql.NullString
+				var qty int64
+				var at time.Time
+				var state string
+				if err := db.QueryRow(`SELECT request_id, user_id, qty, deducted_at, state FROM deductions WHERE detail_id = ?`, d.DetailID).
+					Scan(&req, &user, &qty, &at, &state); err != nil {
+					t.Fatalf("%s: %v", d.DetailID, err)
+				}
+				if req != d.RequestID || user.String != d.UserID || user.Valid != (d.UserID != "") || qty != d.Qty ||
+					at.UnixMilli() != d.TimeMs || state != "reserved" {
+					t.Errorf("%s: row %q %v %d %s %s; want %q %q %d %s reserved", d.DetailID, req, user, qty, at, state,
+						d.RequestID, d.UserID, d.Qty, time.UnixMilli(d.TimeMs).UTC())
+				}
+			}
+			if c := readCounters(t, db, "odd"); c.reserved != 4 || c.doubled != 1 || c.pool != 6 {
+				t.Errorf("counters %+v; want reserved 4, doubled 1, pool 6", c)
+			}
+			// Applied again: nothing moves.
+			if r, err := Apply(ctx, db, ds); err != nil || r.Inserted != 0 || r.Doubled != 0 || r.Duplicates != 4 {
+				t.Fatalf("again: %+v %v", r, err)
+			}
+			if c := readCounters(t, db, "odd"); c.reserved != 4 || c.doubled != 1 || c.pool != 6 {
+				t.Errorf("again: counters %+v; want reserved 4, doubled 1, pool 6", c)
+			}
+		})
+	}
+}
+
+// One batch over several SKUs and partitions (one fenced with its doubt
+// open, one whose doubt was resolved, one of an older epoch than the
+// partition's row) moves each SKU's and partition's counters by exactly
+// its own details: the counters of a batch move in one statement per
+// table, not one per SKU or partition.
+func TestApplyManySKUs(t *testing.T) {
+	ctx := context.Background()
+	db := newDB(t)
+	for _, sku := range []string{"m-a", "m-b", "m-c"} {
+		if _, err := db.Exec(`INSERT INTO skus (sku, total, pool, chunk, threshold) VALUES (?, 100, 50, 10, 2)`, sku); err != nil {
+			t.Fatal(err)
+		}
+		for pid := 0; pid < 2; pid++ {
+			if _, err := db.Exec(`INSERT INTO partitions (sku, pid, shard, epoch) VALUES (?, ?, 's1', 5)`, sku, pid); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// m-b/1 fenced, doubt open (4 units); m-c/0 fenced, doubt resolved.
+	mustExec := func(q string, args ...any) {
+		if _, err := db.Exec(q, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustExec(`UPDATE partitions SET state = 'fenced', fenced_at = NOW(6), doubt_units = 4 WHERE sku = 'm-b' AND pid = 1`)
+	mustExec(`UPDATE skus SET in_doubt = 4 WHERE sku = 'm-b'`)
+	mustExec(`UPDATE partitions SET state = 'fenced', fenced_at = NOW(6), doubt_resolved_at = NOW(6) WHERE sku = 'm-c' AND pid = 0`)
+	ms := time.Now().UnixMilli()
+	var ds []wireDetail
+	add := func(sku string, pid int, epoch, seq, qty int64) {
+		ds = append(ds, wireDetail{DetailID: shard.DetailID(sku, pid, epoch, seq), SKU: sku, PID: pid,
+			RequestID: sku + "-" + itoa(pid) + "-" + itoa(int(epoch)) + "-" + itoa(int(seq)), Qty: qty, TimeMs: ms})
+	}
+	add("m-a", 0, 5, 1, 1)
+	add("m-a", 0, 5, 2, 2)
+	add("m-a", 1, 5, 7, 3)
+	add("m-a", 1, 4, 9, 5) // an older epoch of m-a/1: lands, moves no partition row
+	add("m-b", 0, 5, 3, 1)
+	add("m-b", 1, 5, 2, 3) // fenced, doubt open
+	add("m-c", 0, 5, 6, 2) // doubt resolved: lands released
+	add("m-c", 1, 5, 1, 1)
+	r, err := Apply(ctx, db, ds)
+	if err != nil || r.Inserted != len(ds) {
+		t.Fatalf("apply: %+v %v", r, err)
+	}
+	type pc struct{ reserved, released, inDoubt, pool int64 }
+	for sku, want := range map[string]pc{
+		"m-a": {11, 0, 0, 50},
+		"m-b": {4, 0, 1, 50},
+		"m-c": {1, 2, 0, 50},
+	} {
+		var got pc
+		db.QueryRow(`SELECT reserved, released, in_doubt, pool FROM skus WHERE sku = ?`, sku).Scan(&got.reserved, &got.released, &got.inDoubt, &got.pool)
+		if got != want {
+			t.Errorf("%s: counters %+v, want %+v", sku, got, want)
+		}
+	}
+	type ps struct {
+		sku      string
+		pid      int
+		seen     int64
+		doubtNow int64
+	}
+	for _, want := range []ps{{"m-a", 0, 2, 0}, {"m-a", 1, 7, 0}, {"m-b", 0, 3, 0}, {"m-b", 1, 2, 1}, {"m-c", 0, 6, 0}, {"m-c", 1, 1, 0}} {
+		got := ps{sku: want.sku, pid: want.pid}
+		db.QueryRow(`SELECT seen_seq, doubt_units FROM partitions WHERE sku = ? AND pid = ?`, want.sku, want.pid).Scan(&got.seen, &got.doubtNow)
+		if got != want {
+			t.Errorf("partition %s/%d: seen_seq %d, doubt_units %d; want %d, %d", want.sku, want.pid, got.seen, got.doubtNow, want.seen, want.doubtNow)
+		}
+	}
+	var state string
+	db.QueryRow(`SELECT state FROM deductions WHERE detail_id = ?`, shard.DetailID("m-c", 0, 5, 6)).Scan(&state)
+	if state != "released" {
+		t.Errorf("detail of the resolved partition is %s, want released", state)
 	}
 }

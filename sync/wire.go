@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 )
 
@@ -61,28 +62,68 @@ func decodeWire(body []byte) (wireBatch, error) {
 		}
 		return b, nil
 	}
-	lines := bytes.Split(body, []byte{'\n'})
-	head := bytes.Split(lines[0], []byte{'\t'})
-	if len(head) != 3 || string(head[0]) != wireMagic {
+	head, rest, more := bytes.Cut(body, []byte{'\n'})
+	hf := bytes.Split(head, []byte{'\t'})
+	if len(hf) != 3 || string(hf[0]) != wireMagic {
 		return b, fmt.Errorf("%w: not a stockd batch", errPoison)
 	}
-	b.ID, b.Node = string(head[1]), string(head[2])
-	b.Details = make([]wireDetail, 0, len(lines)-1)
-	for i, line := range lines[1:] {
-		f := bytes.Split(line, []byte{'\t'})
-		if len(f) != 7 {
-			return b, fmt.Errorf("%w: line %d: %d fields, want 7", errPoison, i+2, len(f))
+	b.ID, b.Node = string(hf[1]), string(hf[2])
+	if !more {
+		return b, nil
+	}
+	b.Details = make([]wireDetail, 0, bytes.Count(rest, []byte{'\n'})+1)
+	// Every detail line but the last ends in '\n'; the fields are cut in
+	// place and only the ids become strings (a batch's SKU once per run of
+	// equal SKUs): decoding allocated five times per detail before.
+	var f [7][]byte
+	sku := ""
+	for i := 2; more; i++ {
+		var line []byte
+		line, rest, more = bytes.Cut(rest, []byte{'\n'})
+		n, tab := 0, true
+		for tab && n < len(f) {
+			f[n], line, tab = bytes.Cut(line, []byte{'\t'})
+			n++
 		}
-		pid, err1 := strconv.Atoi(string(f[2]))
-		qty, err2 := strconv.ParseInt(string(f[5]), 10, 64)
-		ms, err3 := strconv.ParseInt(string(f[6]), 10, 64)
-		if err1 != nil || err2 != nil || err3 != nil {
-			return b, fmt.Errorf("%w: line %d: bad number", errPoison, i+2)
+		if n != len(f) || tab { // fewer fields, or more after the 7th
+			if tab {
+				n += 1 + bytes.Count(line, []byte{'\t'})
+			}
+			return b, fmt.Errorf("%w: line %d: %d fields, want 7", errPoison, i, n)
+		}
+		pid, ok1 := parseUint(f[2])
+		qty, ok2 := parseUint(f[5])
+		ms, ok3 := parseUint(f[6])
+		if !ok1 || !ok2 || !ok3 || pid > math.MaxInt32 {
+			return b, fmt.Errorf("%w: line %d: bad number", errPoison, i)
+		}
+		if string(f[1]) != sku {
+			sku = string(f[1])
+		}
+		var user string
+		if len(f[4]) > 0 {
+			user = string(f[4])
 		}
 		b.Details = append(b.Details, wireDetail{
-			DetailID: string(f[0]), SKU: string(f[1]), PID: pid, RequestID: string(f[3]),
-			UserID: string(f[4]), Qty: qty, TimeMs: ms,
+			DetailID: string(f[0]), SKU: sku, PID: int(pid), RequestID: string(f[3]),
+			UserID: user, Qty: qty, TimeMs: ms,
 		})
 	}
 	return b, nil
+}
+
+// parseUint reads a decimal number of 1 to 18 digits (what the encoder
+// writes for pids, quantities and times).
+func parseUint(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
 }
