@@ -243,6 +243,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Registerer: metrics,
 		Logger:     log,
 	})
+	// A write-back queue of the other type stops the start here, named,
+	// rather than as a broker error repeated by every publish.
+	if err := wb.CheckQueue(ctx); err != nil {
+		return fmt.Errorf("sync.%w", err)
+	}
 	metrics.MustRegister(sched.Collectors()...)
 	metrics.MustRegister(alloc.Collectors()...)
 	metrics.MustRegister(&skuCollector{loader: loader}, &shardCollector{shards: shards})

@@ -44,7 +44,7 @@ type Sync struct {
 func New(cfg Config, d Deps) *Sync {
 	m := newMetrics(d.Registerer)
 	log := d.Logger.With("component", "sync")
-	pubBroker := newBroker(d.AMQPURL, cfg.Queue, d.AMQPTLS, log)
+	pubBroker := newBroker(d.AMQPURL, cfg.Queue, cfg.QueueType, d.AMQPTLS, log)
 	return &Sync{
 		Batcher: &Batcher{
 			cfg:        cfg,
@@ -59,7 +59,7 @@ func New(cfg Config, d Deps) *Sync {
 		Applier: &Applier{
 			cfg:    cfg,
 			db:     d.DB,
-			brk:    newBroker(d.AMQPURL, cfg.Queue, d.AMQPTLS, log),
+			brk:    newBroker(d.AMQPURL, cfg.Queue, cfg.QueueType, d.AMQPTLS, log),
 			logger: log.With("part", "applier"),
 			m:      m,
 		},
