@@ -27,6 +27,7 @@ import (
 	"net/http/pprof"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/stockd/stockd/internal/ident"
 	"github.com/stockd/stockd/internal/strictjson"
@@ -163,6 +164,16 @@ type ShardView struct {
 	Keys       int64  `json:"keys"`
 	MemoryUsed int64  `json:"memory_bytes"`
 	Error      string `json:"error,omitempty"`
+	// Kind is addr, sentinel or cluster; Master the current master
+	// (sentinel) or masters (cluster, Masters), Replicas the up replicas
+	// Sentinel reports; Failovers and LastFailover the master changes this
+	// node saw.
+	Kind         string     `json:"kind,omitempty"`
+	Master       string     `json:"master,omitempty"`
+	Replicas     []string   `json:"replicas,omitempty"`
+	Masters      []string   `json:"masters,omitempty"`
+	Failovers    int64      `json:"failovers"`
+	LastFailover *time.Time `json:"last_failover,omitempty"`
 	// Unconfirmed: as in SKUView (the answer of an add or a move).
 	Unconfirmed []string `json:"unconfirmed,omitempty"`
 }

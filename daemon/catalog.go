@@ -127,6 +127,11 @@ func (c *catalog) Shards(ctx context.Context) ([]admin.ShardView, error) {
 		if sh, err := c.loader.shards.Get(r.ID); err == nil {
 			v.Durability = sh.Config().Mode()
 			v.Healthy = sh.Healthy()
+			tp := sh.Topology()
+			v.Kind, v.Master, v.Replicas, v.Masters, v.Failovers = tp.Kind, tp.Master, tp.Replicas, tp.Masters, tp.Failovers
+			if !tp.LastFailover.IsZero() {
+				v.LastFailover = &tp.LastFailover
+			}
 		}
 		if sh, err := c.loader.shards.Get(r.ID); err != nil {
 			if r.State != "removed" {

@@ -333,6 +333,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// still open in its Redis: mark them before requests use it.
 	shards.OnBack(heal.back)
 	g.Go(func() error { shards.Probe(workCtx, 250*time.Millisecond); return nil })
+	g.Go(func() error { shards.Watch(workCtx, time.Second); return nil })
 	g.Go(func() error { heal.run(workCtx); return nil })
 	if h.clients != nil {
 		g.Go(func() error {
@@ -483,7 +484,7 @@ func Verify(ctx context.Context, cfg Config, sku string) (stocksync.Report, erro
 func recordedShards(ctx context.Context, store *preallocate.Store, configured []shard.Config, log *slog.Logger) ([]shard.Config, error) {
 	seed := make(map[string]string, len(configured))
 	for _, sc := range configured {
-		seed[sc.ID] = sc.Addr
+		seed[sc.ID] = sc.Location()
 	}
 	if err := store.SeedShards(ctx, seed); err != nil {
 		return nil, err
@@ -498,9 +499,9 @@ func recordedShards(ctx context.Context, store *preallocate.Store, configured []
 	}
 	out := make([]shard.Config, len(configured))
 	for i, sc := range configured {
-		if a := addr[sc.ID]; a != "" && a != sc.Addr {
-			log.Warn("shard address from an admin failover, not the config file", "shard", sc.ID, "config", sc.Addr, "recorded", a)
-			sc.Addr = a
+		if a := addr[sc.ID]; a != "" && a != sc.Location() {
+			log.Warn("shard address from an admin failover, not the config file", "shard", sc.ID, "config", sc.Location(), "recorded", a)
+			sc = sc.At(a)
 		}
 		out[i] = sc
 	}

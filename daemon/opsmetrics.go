@@ -15,7 +15,14 @@ var shardHealthyDesc = prometheus.NewDesc("stockd_shard_healthy",
 	"1 while the Redis shard answers this node, 0 while it does not (its partitions then answer 503).",
 	[]string{"shard"}, nil)
 
-func (c *shardCollector) Describe(ch chan<- *prometheus.Desc) { ch <- shardHealthyDesc }
+var shardFailoversDesc = prometheus.NewDesc("stockd_shard_failovers_total",
+	"Master changes of a sentinel or cluster shard this node saw (Sentinel promoted a replica, a cluster master failed over).",
+	[]string{"shard"}, nil)
+
+func (c *shardCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- shardHealthyDesc
+	ch <- shardFailoversDesc
+}
 
 func (c *shardCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, id := range c.shards.IDs() {
@@ -28,5 +35,6 @@ func (c *shardCollector) Collect(ch chan<- prometheus.Metric) {
 			v = 1
 		}
 		ch <- prometheus.MustNewConstMetric(shardHealthyDesc, prometheus.GaugeValue, v, id)
+		ch <- prometheus.MustNewConstMetric(shardFailoversDesc, prometheus.CounterValue, float64(sh.Failovers()), id)
 	}
 }

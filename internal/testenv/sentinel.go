@@ -1,0 +1,161 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// SentinelSet is a Sentinel-managed master set the test owns: a primary,
+// its replicas and the sentinels that watch them, each a redis-server on a
+// free port, killed when the test ends.
+type SentinelSet struct {
+	Name      string
+	Primary   *Redis
+	Replicas  []*Redis
+	Sentinels []*Redis
+	t         testing.TB
+}
+
+// StartSentinelSet starts a primary with n replicas (extra are more
+// redis-server arguments for all of them) and k sentinels (quorum k/2+1,
+// down-after 1 s), and waits until the sentinels know the replicas and each
+// other, so that a failover can happen.
+func StartSentinelSet(t testing.TB, name string, n, k int, extra ...string) *SentinelSet {
+	t.Helper()
+	s := &SentinelSet{Name: name, t: t}
+	s.Primary = StartRedis(t, append([]string{"--repl-diskless-sync-delay", "0"}, extra...)...)
+	for i := 0; i < n; i++ {
+		s.Replicas = append(s.Replicas, StartRedis(t, append([]string{"--replicaof", "127.0.0.1", strconv.Itoa(s.Primary.Port), "--repl-diskless-sync-delay", "0"}, extra...)...))
+	}
+	WaitReplicas(t, s.Primary, n)
+	for i := 0; i < k; i++ {
+		s.Sentinels = append(s.Sentinels, s.startSentinel(k/2+1))
+	}
+	s.waitKnown(n, k)
+	return s
+}
+
+func (s *SentinelSet) startSentinel(quorum int) *Redis {
+	t := s.t
+	t.Helper()
+	r := &Redis{Dir: t.TempDir(), t: t}
+	r.conf = filepath.Join(r.Dir, "sentinel.conf")
+	conf := fmt.Sprintf(`bind 127.0.0.1
+protected-mode no
+dir %s
+sentinel monitor %s 127.0.0.1 %d %d
+sentinel down-after-milliseconds %s 1000
+sentinel failover-timeout %s 10000
+sentinel parallel-syncs %s 1
+`, r.Dir, s.Name, s.Primary.Port, quorum, s.Name, s.Name, s.Name)
+	if err := os.WriteFile(r.conf, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.args = []string{"--sentinel"}
+	for attempt := 0; ; attempt++ {
+		r.Port = FreePort(t)
+		r.Addr = "127.0.0.1:" + strconv.Itoa(r.Port)
+		if err := r.start(); err == nil {
+			break
+		} else if attempt >= 5 {
+			t.Fatalf("start sentinel: %v", err)
+		}
+	}
+	t.Cleanup(func() { r.Kill() })
+	return r
+}
+
+// SentinelAddrs are the sentinels' addresses.
+func (s *SentinelSet) SentinelAddrs() []string {
+	var out []string
+	for _, r := range s.Sentinels {
+		out = append(out, r.Addr)
+	}
+	return out
+}
+
+// Master is the master's address as the first answering sentinel says.
+func (s *SentinelSet) Master() (string, error) {
+	var last error
+	for _, r := range s.Sentinels {
+		c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, DisableCache: true, ForceSingleClient: true})
+		if err != nil {
+			last = err
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		hp, err := c.Do(ctx, c.B().SentinelGetMasterAddrByName().Master(s.Name).Build()).AsStrSlice()
+		cancel()
+		c.Close()
+		if err == nil && len(hp) == 2 {
+			return net.JoinHostPort(hp[0], hp[1]), nil
+		}
+		last = err
+	}
+	return "", fmt.Errorf("no sentinel names the master of %s: %v", s.Name, last)
+}
+
+// Instance is the primary or replica at addr.
+func (s *SentinelSet) Instance(addr string) *Redis {
+	for _, r := range append([]*Redis{s.Primary}, s.Replicas...) {
+		if r.Addr == addr {
+			return r
+		}
+	}
+	return nil
+}
+
+// waitKnown waits until every sentinel sees n replicas and k-1 other
+// sentinels (they find each other through the master's hello channel).
+func (s *SentinelSet) waitKnown(n, k int) {
+	t := s.t
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for _, r := range s.Sentinels {
+		c := r.Client()
+		for {
+			kv, err := c.Do(context.Background(), c.B().Arbitrary("SENTINEL", "MASTER", s.Name).Build()).AsStrMap()
+			if err == nil && kv["num-slaves"] == strconv.Itoa(n) && kv["num-other-sentinels"] == strconv.Itoa(k-1) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("sentinel %s does not see %d replicas and %d other sentinels: %v %v", r.Addr, n, k-1, kv, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// WaitReplicas waits until primary has n replicas online (their first sync
+// done: until then they acknowledge no WAIT).
+func WaitReplicas(t testing.TB, primary *Redis, n int) {
+	t.Helper()
+	c := primary.Client()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		info, _ := c.Do(context.Background(), c.B().Info().Section("replication").Build()).ToString()
+		if strings.Contains(info, "connected_slaves:"+strconv.Itoa(n)+"\r\n") && strings.Count(info, "state=online") == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("primary %s: %d replicas not online: %s", primary.Addr, n, info)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// RedisCLI runs redis-cli with args and returns its output.
+func RedisCLI(args ...string) (string, error) {
+	out, err := exec.Command("redis-cli", args...).CombinedOutput()
+	return string(out), err
+}
