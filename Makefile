@@ -60,12 +60,16 @@ test: setup
 # It kills and freezes its own Redis and stockd processes, proxies its own
 # connections to MariaDB and RabbitMQ, and raises RabbitMQ's memory alarm
 # for ten seconds (restored at the end of that case).
-# Each case appends its figures to var/faults-report.jsonl; the table of
+# The high-availability cases that kill Sentinel- and Cluster-managed
+# Redis (daemon/ha_faults_test.go, tag faults) run after it and print their
+# figures. Each ./faults/ case appends its figures to var/faults-report.jsonl; the table of
 # docs/RELIABILITY.md is printed from it at the end (go run ./faults/table).
 test-faults: setup
 	@mkdir -p var && rm -f var/faults-report.jsonl
 	STOCKD_TEST_FAULTS_REPORT=$(CURDIR)/var/faults-report.jsonl $(GO) test -race -count=1 -tags faults -timeout 15m $(TESTFLAGS) ./faults/; \
-	rc=$$?; $(GO) run ./faults/table var/faults-report.jsonl; exit $$rc
+	rc=$$?; $(GO) test -race -count=1 -tags faults -timeout 5m -v -run '^TestHA' ./daemon/ > var/ha-faults.log 2>&1 || rc=1; \
+	grep -E '^(---|ok|FAIL)|ha_[a-z_]*test.go' var/ha-faults.log; \
+	$(GO) run ./faults/table var/faults-report.jsonl; exit $$rc
 
 vet:
 	@files="$$(gofmt -l .)"; \

@@ -127,7 +127,7 @@ func haShard(t *testing.T, n *node, id string) haShardView {
 // admin call. Buyers retry 503s with the same request id; every unit sells
 // exactly once, MySQL holds what callers were told, nothing is in doubt,
 // and the shard list shows the new master and the failover.
-func TestSentinelFailoverFollowed(t *testing.T) {
+func TestHASentinelFailoverFollowed(t *testing.T) {
 	e := newEnv(t, 1)
 	set := testenv.StartSentinelSet(t, testenv.Name("set"), 2, 3)
 	cfg := e.config()

@@ -114,6 +114,11 @@ func (c Config) Validate() error {
 	switch c.Mode() {
 	case DurabilityNone, DurabilityAOF:
 	case DurabilityReplica:
+		if c.Kind() == KindCluster {
+			// WAIT has no key: in a cluster it goes to some node, not
+			// the one the take went to, and would prove nothing.
+			return errors.New("durability replica: not with kind cluster (WAIT would reach another node than the write); use aof")
+		}
 		if c.Replicas < 1 {
 			return errors.New("replicas: at least 1 in replica mode")
 		}

@@ -159,3 +159,99 @@ func RedisCLI(args ...string) (string, error) {
 	out, err := exec.Command("redis-cli", args...).CombinedOutput()
 	return string(out), err
 }
+
+// RedisCluster is a Redis Cluster the test owns: masters with a replica
+// each, created by redis-cli --cluster create.
+type RedisCluster struct {
+	Nodes []*Redis
+}
+
+// StartRedisCluster starts masters×2 cluster-enabled instances and makes
+// them a cluster with one replica per master; it waits until every node
+// says cluster_state:ok.
+func StartRedisCluster(t testing.TB, masters int) *RedisCluster {
+	t.Helper()
+	c := &RedisCluster{}
+	args := []string{"create"}
+	for i := 0; i < masters*2; i++ {
+		r := StartRedis(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+			"--repl-diskless-sync-delay", "0")
+		c.Nodes = append(c.Nodes, r)
+		args = append(args, r.Addr)
+	}
+	out, err := exec.Command("redis-cli", append([]string{"--cluster"}, append(args, "--cluster-replicas", "1", "--cluster-yes")...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("redis-cli --cluster create: %v: %s", err, out)
+	}
+	c.WaitOK(t)
+	return c
+}
+
+// Seeds are the nodes' addresses.
+func (c *RedisCluster) Seeds() []string {
+	var out []string
+	for _, r := range c.Nodes {
+		out = append(out, r.Addr)
+	}
+	return out
+}
+
+// WaitOK waits until every live node says cluster_state:ok and agrees on
+// the slots (redis-cli --cluster check).
+func (c *RedisCluster) WaitOK(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for _, r := range c.Nodes {
+		if r.cmd == nil || r.cmd.ProcessState != nil {
+			continue
+		}
+		for {
+			out, _ := RedisCLI("-p", strconv.Itoa(r.Port), "cluster", "info")
+			if strings.Contains(out, "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("cluster node %s: %s", r.Addr, out)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// MasterOf is the node serving key's slot now.
+func (c *RedisCluster) MasterOf(t testing.TB, key string) *Redis {
+	t.Helper()
+	out, err := RedisCLI("-p", strconv.Itoa(c.Nodes[0].Port), "cluster", "keyslot", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot, _ := strconv.Atoi(strings.TrimSpace(out))
+	nodes, err := RedisCLI("-p", strconv.Itoa(c.Nodes[0].Port), "cluster", "nodes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(nodes, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 9 || !strings.Contains(f[2], "master") {
+			continue
+		}
+		addr, _, _ := strings.Cut(f[1], "@")
+		for _, rg := range f[8:] {
+			lo, hi, ok := strings.Cut(rg, "-")
+			if !ok {
+				hi = lo
+			}
+			l, err1 := strconv.Atoi(lo)
+			h, err2 := strconv.Atoi(hi)
+			if err1 == nil && err2 == nil && slot >= l && slot <= h {
+				for _, r := range c.Nodes {
+					if r.Addr == addr {
+						return r
+					}
+				}
+			}
+		}
+	}
+	t.Fatalf("no master serves slot %d of %s", slot, key)
+	return nil
+}
