@@ -115,15 +115,38 @@ func TestHAClusterShardSale(t *testing.T) {
 		t.Fatalf("partitions %+v on %d masters, want 3", v.Partitions, len(held))
 	}
 	victim := cl.MasterOf(t, "{"+e.prefix+":"+sku+":"+strconv.Itoa(v.Partitions[0].ID)+"}")
+	t.Cleanup(func() { victim.Restart() })
+	var moved string
 	r := haSale(t, n, sku, total, func() {
 		victim.Kill()
+		// Then, while buyers buy, the slot of a partition on another
+		// master moves to a third master.
+		for _, p := range v.Partitions {
+			tag := "{" + e.prefix + ":" + sku + ":" + strconv.Itoa(p.ID) + "}"
+			from := cl.MasterOf(t, tag)
+			if from == victim {
+				continue
+			}
+			for _, to := range cl.Nodes {
+				if to != victim && to != from && cl.IsMaster(t, to) {
+					cl.MigrateSlot(t, tag, to)
+					moved = fmt.Sprintf("partition %d's slot from %s to %s", p.ID, from.Addr, to.Addr)
+					break
+				}
+			}
+			if moved != "" {
+				break
+			}
+		}
 	})
-	t.Cleanup(func() { victim.Restart() })
+	if moved == "" {
+		t.Fatal("no slot migrated")
+	}
 	if r.o.ok != total || len(r.o.errs) != 0 || len(r.o.other) != 0 {
 		t.Fatalf("sold %d of %d (errors %v, statuses %v)", r.o.ok, total, r.o.errs, r.o.other)
 	}
-	t.Logf("cluster master kill: %d sold before, %d answers 503 after the kill (retried), the last %s after it",
-		r.soldBeforeMid, r.after503, r.last503.Round(time.Millisecond))
+	t.Logf("cluster master kill, then %s: %d sold before, %d answers 503 after the kill (retried), the last %s after it",
+		moved, r.soldBeforeMid, r.after503, r.last503.Round(time.Millisecond))
 	rep := checkConserved(t, e, n, sku, total)
 	if rep.InDoubt != 0 || rep.Doubled != 0 || rep.Pool != 0 {
 		t.Fatalf("after the cluster failover: %+v", rep)

@@ -221,12 +221,22 @@ func (c *RedisCluster) WaitOK(t testing.TB) {
 // MasterOf is the node serving key's slot now.
 func (c *RedisCluster) MasterOf(t testing.TB, key string) *Redis {
 	t.Helper()
-	out, err := RedisCLI("-p", strconv.Itoa(c.Nodes[0].Port), "cluster", "keyslot", key)
+	var live *Redis
+	for _, r := range c.Nodes {
+		if r.ping() == nil {
+			live = r
+			break
+		}
+	}
+	if live == nil {
+		t.Fatal("no cluster node answers")
+	}
+	out, err := RedisCLI("-p", strconv.Itoa(live.Port), "cluster", "keyslot", key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	slot, _ := strconv.Atoi(strings.TrimSpace(out))
-	nodes, err := RedisCLI("-p", strconv.Itoa(c.Nodes[0].Port), "cluster", "nodes")
+	nodes, err := RedisCLI("-p", strconv.Itoa(live.Port), "cluster", "nodes")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,4 +264,44 @@ func (c *RedisCluster) MasterOf(t testing.TB, key string) *Redis {
 	}
 	t.Fatalf("no master serves slot %d of %s", slot, key)
 	return nil
+}
+
+// MigrateSlot moves the slot of key from the master that serves it to
+// master to, the way redis-cli --cluster reshard does it for one slot:
+// IMPORTING on the target, MIGRATING on the source, MIGRATE of its keys in
+// small steps (clients meanwhile get ASK and TRYAGAIN), then SETSLOT NODE
+// on both. It returns the source.
+func (c *RedisCluster) MigrateSlot(t testing.TB, key string, to *Redis) *Redis {
+	t.Helper()
+	from := c.MasterOf(t, key)
+	cli := func(r *Redis, args ...string) string {
+		t.Helper()
+		out, err := RedisCLI(append([]string{"-p", strconv.Itoa(r.Port)}, args...)...)
+		if err != nil || strings.HasPrefix(out, "ERR") {
+			t.Fatalf("redis-cli -p %d %v: %v %s", r.Port, args, err, out)
+		}
+		return strings.TrimSpace(out)
+	}
+	slot := cli(to, "cluster", "keyslot", key)
+	fromID, toID := cli(from, "cluster", "myid"), cli(to, "cluster", "myid")
+	cli(to, "cluster", "setslot", slot, "importing", fromID)
+	cli(from, "cluster", "setslot", slot, "migrating", toID)
+	for {
+		keys := strings.Fields(cli(from, "cluster", "getkeysinslot", slot, "2"))
+		if len(keys) == 0 {
+			break
+		}
+		cli(from, append([]string{"migrate", "127.0.0.1", strconv.Itoa(to.Port), "", "0", "5000", "keys"}, keys...)...)
+		time.Sleep(20 * time.Millisecond) // buyers meet the half-moved slot
+	}
+	cli(to, "cluster", "setslot", slot, "node", toID)
+	cli(from, "cluster", "setslot", slot, "node", toID)
+	return from
+}
+
+// IsMaster tells whether r answers as a cluster master.
+func (c *RedisCluster) IsMaster(t testing.TB, r *Redis) bool {
+	t.Helper()
+	out, err := RedisCLI("-p", strconv.Itoa(r.Port), "role")
+	return err == nil && strings.HasPrefix(strings.TrimSpace(out), "master")
 }
