@@ -168,12 +168,15 @@ type ShardView struct {
 	// (sentinel) or masters (cluster, Masters), Replicas the up replicas
 	// Sentinel reports; Failovers and LastFailover the master changes this
 	// node saw.
-	Kind         string     `json:"kind,omitempty"`
-	Master       string     `json:"master,omitempty"`
-	Replicas     []string   `json:"replicas,omitempty"`
-	Masters      []string   `json:"masters,omitempty"`
-	Failovers    int64      `json:"failovers"`
-	LastFailover *time.Time `json:"last_failover,omitempty"`
+	Kind     string   `json:"kind,omitempty"`
+	Master   string   `json:"master,omitempty"`
+	Replicas []string `json:"replicas,omitempty"`
+	Masters  []string `json:"masters,omitempty"`
+	// PartitionsByMaster: for a cluster shard, the open partitions
+	// ("sku/pid") each master holds.
+	PartitionsByMaster map[string][]string `json:"partitions_by_master,omitempty"`
+	Failovers          int64               `json:"failovers"`
+	LastFailover       *time.Time          `json:"last_failover,omitempty"`
 	// Unconfirmed: as in SKUView (the answer of an add or a move).
 	Unconfirmed []string `json:"unconfirmed,omitempty"`
 }

@@ -108,11 +108,21 @@ func (c *catalog) ListSKUs(ctx context.Context) ([]admin.SKUView, error) {
 
 func (c *catalog) Shards(ctx context.Context) ([]admin.ShardView, error) {
 	open := map[string]int{}
+	// byMaster: for cluster shards, which master holds each open partition.
+	byMaster := map[string]map[string][]string{}
 	for _, name := range c.sched.Registry().Names() {
 		if sku := c.sched.Registry().Get(name); sku != nil {
 			for _, p := range sku.Partitions() {
 				if p.Open() {
 					open[p.H.Shard.ID]++
+					if tp := p.H.Shard.Topology(); tp.Kind == shard.KindCluster {
+						if m := tp.MasterOf(p.H.StateKey()); m != "" {
+							if byMaster[p.H.Shard.ID] == nil {
+								byMaster[p.H.Shard.ID] = map[string][]string{}
+							}
+							byMaster[p.H.Shard.ID][m] = append(byMaster[p.H.Shard.ID][m], fmt.Sprintf("%s/%d", p.H.SKU, p.H.ID))
+						}
+					}
 				}
 			}
 		}
@@ -129,6 +139,7 @@ func (c *catalog) Shards(ctx context.Context) ([]admin.ShardView, error) {
 			v.Healthy = sh.Healthy()
 			tp := sh.Topology()
 			v.Kind, v.Master, v.Replicas, v.Masters, v.Failovers = tp.Kind, tp.Master, tp.Replicas, tp.Masters, tp.Failovers
+			v.PartitionsByMaster = byMaster[r.ID]
 			if !tp.LastFailover.IsZero() {
 				v.LastFailover = &tp.LastFailover
 			}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -113,6 +114,38 @@ func TestHAClusterShardSale(t *testing.T) {
 	}
 	if len(held) != 3 {
 		t.Fatalf("partitions %+v on %d masters, want 3", v.Partitions, len(held))
+	}
+	// GET /admin/shards shows the masters and which partitions each holds,
+	// as the cluster itself places them.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		var all []struct {
+			ID                 string              `json:"id"`
+			Kind               string              `json:"kind"`
+			Masters            []string            `json:"masters"`
+			PartitionsByMaster map[string][]string `json:"partitions_by_master"`
+		}
+		adminDo(t, n, "GET", "/admin/shards", "", &all)
+		placed := 0
+		for _, sv := range all {
+			for m, ps := range sv.PartitionsByMaster {
+				for _, p := range ps {
+					pid := p[strings.LastIndexByte(p, '/')+1:]
+					if want := cl.MasterOf(t, "{"+e.prefix+":"+sku+":"+pid+"}").Addr; m != want {
+						t.Fatalf("view puts %s on %s, the cluster on %s", p, m, want)
+					}
+					placed++
+				}
+			}
+			if sv.ID == "c1" && (sv.Kind != shard.KindCluster || len(sv.Masters) != 3) {
+				placed = -1
+			}
+		}
+		if placed == len(v.Partitions) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shard view does not place the %d partitions: %+v", len(v.Partitions), all)
+		}
 	}
 	victim := cl.MasterOf(t, "{"+e.prefix+":"+sku+":"+strconv.Itoa(v.Partitions[0].ID)+"}")
 	t.Cleanup(func() { victim.Restart() })

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -289,6 +290,8 @@ type Topology struct {
 	Replicas []string `json:"replicas,omitempty"`
 	// Masters are a cluster's masters.
 	Masters []string `json:"masters,omitempty"`
+	// slots are the slot ranges of each cluster master.
+	slots map[string][][2]int
 	// Failovers counts master changes this node saw.
 	Failovers int64 `json:"failovers"`
 	// LastFailover is when this node last saw the master change.
@@ -353,11 +356,11 @@ func (s *Set) observeTopology(ctx context.Context, sh *Shard) {
 		}
 		next.Master, next.Replicas = master, replicas
 	case KindCluster:
-		masters, err := clusterMasters(ctx, sh.client())
+		masters, slots, err := clusterMasters(ctx, sh.client())
 		if err != nil {
 			return
 		}
-		next.Masters = masters
+		next.Masters, next.slots = masters, slots
 		next.Master = strings.Join(masters, ",")
 	}
 	prev := sh.topo.cur.Load()
@@ -424,13 +427,15 @@ func sentinelView(ctx context.Context, cfg Config, opt Options) (string, []strin
 	return "", nil, errors.Join(errs...)
 }
 
-// clusterMasters lists the masters of a cluster that are not failed.
-func clusterMasters(ctx context.Context, c rueidis.Client) ([]string, error) {
+// clusterMasters lists the masters of a cluster that are not failed, and
+// the slot ranges each serves.
+func clusterMasters(ctx context.Context, c rueidis.Client) ([]string, map[string][][2]int, error) {
 	nodes, err := c.Do(ctx, c.B().ClusterNodes().Build()).ToString()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var masters []string
+	slots := map[string][][2]int{}
 	for _, line := range strings.Split(nodes, "\n") {
 		f := strings.Fields(line)
 		if len(f) < 3 || !strings.Contains(f[2], "master") || strings.Contains(f[2], "fail") {
@@ -438,7 +443,57 @@ func clusterMasters(ctx context.Context, c rueidis.Client) ([]string, error) {
 		}
 		addr, _, _ := strings.Cut(f[1], "@")
 		masters = append(masters, addr)
+		for _, rg := range f[min(len(f), 8):] {
+			lo, hi, ok := strings.Cut(rg, "-")
+			if !ok {
+				hi = lo
+			}
+			l, err1 := strconv.Atoi(lo)
+			h, err2 := strconv.Atoi(hi)
+			if err1 == nil && err2 == nil {
+				slots[addr] = append(slots[addr], [2]int{l, h})
+			}
+		}
 	}
 	sort.Strings(masters)
-	return masters, nil
+	return masters, slots, nil
 }
+
+// MasterOf is the cluster master serving the slot of key, as last
+// observed ("" when unknown or not a cluster).
+func (t Topology) MasterOf(key string) string {
+	slot := int(KeySlot(key))
+	for m, rs := range t.slots {
+		for _, r := range rs {
+			if slot >= r[0] && slot <= r[1] {
+				return m
+			}
+		}
+	}
+	return ""
+}
+
+// KeySlot is Redis Cluster's slot of key: CRC16 (XMODEM) of its hash tag
+// (the part between the first { and the next }, when not empty) mod 16384.
+func KeySlot(key string) uint16 {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			key = key[i+1 : i+1+j]
+		}
+	}
+	var crc uint16
+	for k := 0; k < len(key); k++ {
+		crc ^= uint16(key[k]) << 8
+		for b := 0; b < 8; b++ {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc % 16384
+}
+
+// StateKey is the partition's state key (its hash tag decides its slot).
+func (p *Partition) StateKey() string { return p.state }
