@@ -246,3 +246,7 @@ func TestHASentinelAOFRollbackFenced(t *testing.T) {
 	s.finish(cancel, wg, 60*time.Second)
 	checkFenced(t, e.db, "rb", "s2", 1)
 }
+
+// The sentinel case at full size: 8,000 units at full speed, kill
+// -9 of the primary mid-sale, no admin call.
+func TestHASentinelFailover8000(t *testing.T) { sentinelFailoverSale(t, 8000) }

@@ -127,7 +127,11 @@ func haShard(t *testing.T, n *node, id string) haShardView {
 // admin call. Buyers retry 503s with the same request id; every unit sells
 // exactly once, MySQL holds what callers were told, nothing is in doubt,
 // and the shard list shows the new master and the failover.
-func TestHASentinelFailoverFollowed(t *testing.T) {
+func TestHASentinelFailoverFollowed(t *testing.T) { sentinelFailoverSale(t, 1500) }
+
+// sentinelFailoverSale is TestHASentinelFailoverFollowed with total units
+// (the faults-tagged TestHASentinelFailover8000 sells the 8,000).
+func sentinelFailoverSale(t *testing.T, total int64) {
 	e := newEnv(t, 1)
 	set := testenv.StartSentinelSet(t, testenv.Name("set"), 2, 3)
 	cfg := e.config()
@@ -137,7 +141,6 @@ func TestHASentinelFailoverFollowed(t *testing.T) {
 	if v := haShard(t, n, "s2"); v.Kind != shard.KindSentinel {
 		t.Fatalf("s2 kind %q, want sentinel", v.Kind)
 	}
-	const total = 1500
 	// Four partitions over two shards: the sentinel shard holds some.
 	putSKU(t, n, "ha", total, 4, 50, 10)
 
@@ -204,7 +207,7 @@ func TestHASentinelFailoverFollowed(t *testing.T) {
 	promoted := time.Duration(time.Now().UnixNano() - killedAt.Load())
 	wg.Wait()
 	close(stop)
-	if o.ok != total || len(o.errs) != 0 || len(o.other) != 0 {
+	if int64(o.ok) != total || len(o.errs) != 0 || len(o.other) != 0 {
 		t.Fatalf("sold %d of %d (errors %v, statuses %v)", o.ok, total, o.errs, o.other)
 	}
 	// 503s stop once the shard's partitions sell again (the other shard
