@@ -8,7 +8,10 @@
 #      lives in var/ha/<port>/ and is started fresh
 #   2. write var/ha/stockd.yaml: the config file (STOCKD_CONFIG, default
 #      configs/stockd.yaml) with one more shard, s-ha, of kind sentinel
-#      (durability replica: WAIT 1 replica in the same pipeline)
+#      (durability HA_DURABILITY: aof by default, so the sale on s-ha goes
+#      on by itself after the failover; replica waits for 1 replica in the
+#      same pipeline: nothing acknowledged lost, but with the one replica
+#      promoted s-ha answers 503 until the old primary is back as replica)
 #   3. run scripts/run.sh with it (services, standalone shards, the node,
 #      the demo SKU), in the foreground
 # Ctrl-C stops run.sh (which stops what it started), then the primary,
@@ -20,12 +23,13 @@
 # Sentinel promotes the replica within a few seconds; stockd follows it
 # without an admin call (GET /admin/shards: master, failovers,
 # last_failover; metric stockd_shard_failovers_total). Deductions homed on
-# s-ha answer 503 meanwhile (retry with the same request_id); with no
-# replica left, replica mode answers 503 until one is back: restart the old
-# primary (the banner shows the command) and Sentinel makes it the new replica.
+# s-ha answer 503 meanwhile (retry with the same request_id). Restart the
+# old primary (the banner shows the command) and Sentinel makes it the new
+# replica (HA_DURABILITY=replica needs that before s-ha sells again).
 #
 # Settings: HA_PRIMARY_PORT [7101], HA_REPLICA_PORT [7102],
 # HA_SENTINEL_PORTS ["26401 26402 26403"], HA_SET [stockd-ha],
+# HA_DURABILITY [aof] (aof or replica),
 # STOCKD_CONFIG [configs/stockd.yaml].
 set -uo pipefail
 
@@ -36,6 +40,12 @@ PRIMARY=${HA_PRIMARY_PORT:-7101}
 REPLICA=${HA_REPLICA_PORT:-7102}
 read -r -a SENTINELS <<<"${HA_SENTINEL_PORTS:-26401 26402 26403}"
 SET=${HA_SET:-stockd-ha}
+DURABILITY=${HA_DURABILITY:-aof}
+case "$DURABILITY" in
+aof) durability="durability: aof" ;;
+replica) durability="durability: replica, replicas: 1, wait_timeout: 1s" ;;
+*) echo "run-ha: HA_DURABILITY must be aof or replica" >&2; exit 2 ;;
+esac
 CONFIG=${STOCKD_CONFIG:-configs/stockd.yaml}
 
 log() { echo "run-ha: $*" >&2; }
@@ -125,17 +135,17 @@ addrs=$(
 	IFS=,
 	echo "${sentinel_addrs[*]}"
 )
-awk -v entry="  - {id: s-ha, sentinel: {master_set: $SET, addrs: [$addrs]}, durability: replica, replicas: 1, wait_timeout: 1s}" \
+awk -v entry="  - {id: s-ha, sentinel: {master_set: $SET, addrs: [$addrs]}, $durability}" \
 	'{print} /^shards:/ {print entry}' "$CONFIG" >"$ha_config" || die "cannot write $ha_config"
 grep -q 'id: s-ha' "$ha_config" || die "$CONFIG has no top-level shards: list to add s-ha to"
-log "config $ha_config: $CONFIG plus shard s-ha (kind sentinel)"
+log "config $ha_config: $CONFIG plus shard s-ha (kind sentinel, $durability)"
 cat <<EOF >&2
 
  Sentinel shard s-ha: kill its primary mid-sale and watch stockd follow:
    kill -9 "\$(cat $HA_DIR/$PRIMARY/redis.pid)"
    redis-cli -p ${SENTINELS[0]} sentinel get-master-addr-by-name $SET
    curl -s -H 'Authorization: Bearer <admin token>' localhost:8081/admin/shards
- Bring the old primary back as a replica (replica mode needs one):
+ Bring the old primary back (Sentinel makes it the new master's replica):
    redis-server --port $PRIMARY --dir $HA_DIR/$PRIMARY --appendonly yes --daemonize yes --pidfile $HA_DIR/$PRIMARY/redis.pid --logfile $HA_DIR/$PRIMARY/redis.log
 
 EOF
