@@ -511,6 +511,64 @@ type removed struct {
 type addShardBody struct {
 	ID   *string `json:"id"`
 	Addr *string `json:"addr"`
+	// Sentinel or Cluster instead of Addr: a shard of kind sentinel or
+	// cluster (its credentials and TLS are the node's shard_defaults).
+	Sentinel *addShardSentinel `json:"sentinel"`
+	Cluster  *addShardCluster  `json:"cluster"`
+}
+
+type addShardSentinel struct {
+	MasterSet string   `json:"master_set"`
+	Addrs     []string `json:"addrs"`
+}
+
+type addShardCluster struct {
+	Addrs []string `json:"addrs"`
+}
+
+// location is the shard's location string (shard.Config.Location): the
+// address, sentinel://SET@addrs or cluster://addrs; the message names the
+// field that is wrong.
+func (b addShardBody) location() (string, string) {
+	kinds := 0
+	for _, set := range []bool{b.Addr != nil && *b.Addr != "", b.Sentinel != nil, b.Cluster != nil} {
+		if set {
+			kinds++
+		}
+	}
+	if kinds != 1 {
+		return "", "addr, sentinel, cluster: exactly one is required"
+	}
+	hostPorts := func(field string, addrs []string) string {
+		if len(addrs) == 0 {
+			return field + ": at least one host:port"
+		}
+		for i, a := range addrs {
+			if _, _, err := net.SplitHostPort(a); err != nil || strings.ContainsAny(a, ",@") {
+				return fmt.Sprintf("%s[%d]: want host:port", field, i)
+			}
+		}
+		return ""
+	}
+	switch {
+	case b.Sentinel != nil:
+		if b.Sentinel.MasterSet == "" || strings.ContainsAny(b.Sentinel.MasterSet, "@, ") {
+			return "", "sentinel.master_set: required, without spaces, commas or @"
+		}
+		if msg := hostPorts("sentinel.addrs", b.Sentinel.Addrs); msg != "" {
+			return "", msg
+		}
+		return "sentinel://" + b.Sentinel.MasterSet + "@" + strings.Join(b.Sentinel.Addrs, ","), ""
+	case b.Cluster != nil:
+		if msg := hostPorts("cluster.addrs", b.Cluster.Addrs); msg != "" {
+			return "", msg
+		}
+		return "cluster://" + strings.Join(b.Cluster.Addrs, ","), ""
+	}
+	if _, _, err := net.SplitHostPort(*b.Addr); err != nil {
+		return "", "addr: want host:port"
+	}
+	return *b.Addr, ""
 }
 
 func (s *Server) addShard(w http.ResponseWriter, r *http.Request) {
@@ -526,20 +584,21 @@ func (s *Server) addShard(w http.ResponseWriter, r *http.Request) {
 	case strings.ContainsAny(*b.ID, " ,={}:") || len(*b.ID) > 64:
 		writeError(w, http.StatusBadRequest, "id: at most 64 characters, none of space , = { } :")
 		return
-	case b.Addr == nil || *b.Addr == "":
+	case (b.Addr == nil || *b.Addr == "") && b.Sentinel == nil && b.Cluster == nil:
 		writeError(w, http.StatusBadRequest, "addr: required")
 		return
 	}
-	if _, _, err := net.SplitHostPort(*b.Addr); err != nil {
-		writeError(w, http.StatusBadRequest, "addr: want host:port")
+	loc, msg := b.location()
+	if msg != "" {
+		writeError(w, http.StatusBadRequest, msg)
 		return
 	}
-	v, err := s.catalog.AddShard(r.Context(), *b.ID, *b.Addr)
+	v, err := s.catalog.AddShard(r.Context(), *b.ID, loc)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	s.logger.Info("shard added", "shard", *b.ID, "addr", *b.Addr)
+	s.logger.Info("shard added", "shard", *b.ID, "addr", loc)
 	writeJSON(w, http.StatusCreated, v)
 }
 

@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -257,5 +259,49 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 	testenv.WaitReplicas(t, set.Instance(newMaster), 2)
 	if rep, err := Verify(context.Background(), cfg, "ha"); err != nil || !rep.OK {
 		t.Fatalf("stockd verify after the failover: %+v %v", rep, err)
+	}
+}
+
+// POST /admin/shards takes the kinds too: a sentinel shard is added and
+// shown with its kind and master; an entry of two kinds, and a master set
+// no sentinel monitors, are refused naming the field.
+func TestHAAddShardKinds(t *testing.T) {
+	e := newEnv(t, 1)
+	set := testenv.StartSentinelSet(t, testenv.Name("set"), 0, 1)
+	n := startNode(t, e.config())
+	addrs := `["` + strings.Join(set.SentinelAddrs(), `","`) + `"]`
+	for _, tc := range []struct {
+		body string
+		code int
+		want string
+	}{
+		{`{"id":"x1","addr":"127.0.0.1:1","cluster":{"addrs":["127.0.0.1:2"]}}`, 400, "addr, sentinel, cluster: exactly one"},
+		{`{"id":"x2","sentinel":{"master_set":"no-such-set","addrs":` + addrs + `}}`, 409, "sentinel.master_set"},
+		{`{"id":"x3","sentinel":{"master_set":"` + set.Name + `","addrs":["nope"]}}`, 400, "sentinel.addrs[0]: want host:port"},
+	} {
+		req, _ := http.NewRequest("POST", "http://"+n.admin+"/admin/shards", strings.NewReader(tc.body))
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code || !strings.Contains(string(b), tc.want) {
+			t.Errorf("%s: %d %s, want %d saying %q", tc.body, resp.StatusCode, b, tc.code, tc.want)
+		}
+	}
+	var v haShardView
+	body := `{"id":"s9","sentinel":{"master_set":"` + set.Name + `","addrs":` + addrs + `}}`
+	if code := adminDo(t, n, "POST", "/admin/shards", body, &v); code != 201 {
+		t.Fatalf("add sentinel shard: %d", code)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if v = haShard(t, n, "s9"); v.Kind == shard.KindSentinel && v.Master == set.Primary.Addr {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("s9 after the add: %+v", v)
+		}
 	}
 }
