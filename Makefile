@@ -20,7 +20,7 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS   := -X github.com/stockd/stockd/daemon.Version=$(VERSION) -X github.com/stockd/stockd/daemon.Revision=$(REVISION)
 
-.PHONY: help setup build run run-cluster test test-faults vet shards-start shards-stop clean bench bench-quick
+.PHONY: help setup build run run-cluster run-ha test test-faults vet shards-start shards-stop clean bench bench-quick
 
 help:
 	@echo "stockd make targets:"
@@ -28,6 +28,7 @@ help:
 	@echo "  build         go build -o $(BIN) ./daemon/cmd/stockd, stamped VERSION=$(VERSION) (git describe --always --dirty; VERSION=... overrides)"
 	@echo "  run           build, then run the demo in the foreground: services, shards, one node (Ctrl-C stops it; ARGS=...)"
 	@echo "  run-cluster   build, then the same with three nodes on :8080, :8090, :8100 (Ctrl-C stops it; ARGS=...)"
+	@echo "  run-ha        build, then the demo with one more shard managed by Redis Sentinel (primary, replica, 3 sentinels; kill the primary and watch)"
 	@echo "  test          setup (services, chromium, promtool), then go test -race (PKG=$(PKG), TESTFLAGS=...)"
 	@echo "  test-faults   setup, then the fault-injection suite in ./faults/ (-tags faults, < 15 min; docs/RELIABILITY.md)"
 	@echo "  vet           gofmt -l check + go vet ./..."
@@ -51,6 +52,9 @@ run: build
 run-cluster: build
 	@bash scripts/run-cluster.sh $(ARGS)
 
+run-ha: build
+	@bash scripts/run-ha.sh $(ARGS)
+
 test: setup
 	@bash scripts/chromium.sh
 	@bash scripts/promtool.sh
@@ -60,12 +64,16 @@ test: setup
 # It kills and freezes its own Redis and stockd processes, proxies its own
 # connections to MariaDB and RabbitMQ, and raises RabbitMQ's memory alarm
 # for ten seconds (restored at the end of that case).
-# Each case appends its figures to var/faults-report.jsonl; the table of
+# The high-availability cases that kill Sentinel- and Cluster-managed
+# Redis (daemon/ha_faults_test.go, tag faults) run after it and print their
+# figures. Each ./faults/ case appends its figures to var/faults-report.jsonl; the table of
 # docs/RELIABILITY.md is printed from it at the end (go run ./faults/table).
 test-faults: setup
 	@mkdir -p var && rm -f var/faults-report.jsonl
 	STOCKD_TEST_FAULTS_REPORT=$(CURDIR)/var/faults-report.jsonl $(GO) test -race -count=1 -tags faults -timeout 15m $(TESTFLAGS) ./faults/; \
-	rc=$$?; $(GO) run ./faults/table var/faults-report.jsonl; exit $$rc
+	rc=$$?; $(GO) test -race -count=1 -tags faults -timeout 5m -v -run '^TestHA' ./daemon/ > var/ha-faults.log 2>&1 || rc=1; \
+	grep -E '^(---|ok|FAIL)|ha_[a-z_]*test.go' var/ha-faults.log; \
+	$(GO) run ./faults/table var/faults-report.jsonl; exit $$rc
 
 vet:
 	@files="$$(gofmt -l .)"; \

@@ -198,6 +198,19 @@ type ShardView struct {
 	Keys       int64  `json:"keys"`
 	MemoryUsed int64  `json:"memory_bytes"`
 	Error      string `json:"error,omitempty"`
+	// Kind is addr, sentinel or cluster; Master the current master
+	// (sentinel) or masters (cluster, Masters), Replicas the up replicas
+	// Sentinel reports; Failovers and LastFailover the master changes this
+	// node saw.
+	Kind     string   `json:"kind,omitempty"`
+	Master   string   `json:"master,omitempty"`
+	Replicas []string `json:"replicas,omitempty"`
+	Masters  []string `json:"masters,omitempty"`
+	// PartitionsByMaster: for a cluster shard, the open partitions
+	// ("sku/pid") each master holds.
+	PartitionsByMaster map[string][]string `json:"partitions_by_master,omitempty"`
+	Failovers          int64               `json:"failovers"`
+	LastFailover       *time.Time          `json:"last_failover,omitempty"`
 	// Unconfirmed: as in SKUView (the answer of an add or a move).
 	Unconfirmed []string `json:"unconfirmed,omitempty"`
 }
@@ -717,6 +730,64 @@ type removed struct {
 type addShardBody struct {
 	ID   *string `json:"id"`
 	Addr *string `json:"addr"`
+	// Sentinel or Cluster instead of Addr: a shard of kind sentinel or
+	// cluster (its credentials and TLS are the node's shard_defaults).
+	Sentinel *addShardSentinel `json:"sentinel"`
+	Cluster  *addShardCluster  `json:"cluster"`
+}
+
+type addShardSentinel struct {
+	MasterSet string   `json:"master_set"`
+	Addrs     []string `json:"addrs"`
+}
+
+type addShardCluster struct {
+	Addrs []string `json:"addrs"`
+}
+
+// location is the shard's location string (shard.Config.Location): the
+// address, sentinel://SET@addrs or cluster://addrs; the message names the
+// field that is wrong.
+func (b addShardBody) location() (string, string) {
+	kinds := 0
+	for _, set := range []bool{b.Addr != nil && *b.Addr != "", b.Sentinel != nil, b.Cluster != nil} {
+		if set {
+			kinds++
+		}
+	}
+	if kinds != 1 {
+		return "", "addr, sentinel, cluster: exactly one is required"
+	}
+	hostPorts := func(field string, addrs []string) string {
+		if len(addrs) == 0 {
+			return field + ": at least one host:port"
+		}
+		for i, a := range addrs {
+			if _, _, err := net.SplitHostPort(a); err != nil || strings.ContainsAny(a, ",@") {
+				return fmt.Sprintf("%s[%d]: want host:port", field, i)
+			}
+		}
+		return ""
+	}
+	switch {
+	case b.Sentinel != nil:
+		if b.Sentinel.MasterSet == "" || strings.ContainsAny(b.Sentinel.MasterSet, "@, ") {
+			return "", "sentinel.master_set: required, without spaces, commas or @"
+		}
+		if msg := hostPorts("sentinel.addrs", b.Sentinel.Addrs); msg != "" {
+			return "", msg
+		}
+		return "sentinel://" + b.Sentinel.MasterSet + "@" + strings.Join(b.Sentinel.Addrs, ","), ""
+	case b.Cluster != nil:
+		if msg := hostPorts("cluster.addrs", b.Cluster.Addrs); msg != "" {
+			return "", msg
+		}
+		return "cluster://" + strings.Join(b.Cluster.Addrs, ","), ""
+	}
+	if _, _, err := net.SplitHostPort(*b.Addr); err != nil {
+		return "", "addr: want host:port"
+	}
+	return *b.Addr, ""
 }
 
 func (s *Server) addShard(w http.ResponseWriter, r *http.Request) {
@@ -732,20 +803,21 @@ func (s *Server) addShard(w http.ResponseWriter, r *http.Request) {
 	case strings.ContainsAny(*b.ID, " ,={}:") || len(*b.ID) > 64:
 		writeErr(w, apierr.Invalid("id: at most 64 characters, none of space , = { } :"))
 		return
-	case b.Addr == nil || *b.Addr == "":
+	case (b.Addr == nil || *b.Addr == "") && b.Sentinel == nil && b.Cluster == nil:
 		writeErr(w, apierr.Invalid("addr: required"))
 		return
 	}
-	if _, _, err := net.SplitHostPort(*b.Addr); err != nil {
-		writeErr(w, apierr.Invalid("addr: want host:port"))
+	loc, msg := b.location()
+	if msg != "" {
+		writeErr(w, apierr.Invalid(msg))
 		return
 	}
-	v, err := s.catalog.AddShard(r.Context(), *b.ID, *b.Addr)
+	v, err := s.catalog.AddShard(r.Context(), *b.ID, loc)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	s.logger.Info("shard added", "shard", *b.ID, "addr", *b.Addr)
+	s.logger.Info("shard added", "shard", *b.ID, "addr", loc)
 	writeJSON(w, http.StatusCreated, v)
 }
 

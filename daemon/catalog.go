@@ -320,11 +320,21 @@ func (c *catalog) settled(ctx context.Context, sku preallocate.SKU) error {
 
 func (c *catalog) Shards(ctx context.Context) ([]admin.ShardView, error) {
 	open := map[string]int{}
+	// byMaster: for cluster shards, which master holds each open partition.
+	byMaster := map[string]map[string][]string{}
 	for _, name := range c.sched.Registry().Names() {
 		if sku := c.sched.Registry().Get(name); sku != nil {
 			for _, p := range sku.Partitions() {
 				if p.Open() {
 					open[p.H.Shard.ID]++
+					if tp := p.H.Shard.Topology(); tp.Kind == shard.KindCluster {
+						if m := tp.MasterOf(p.H.StateKey()); m != "" {
+							if byMaster[p.H.Shard.ID] == nil {
+								byMaster[p.H.Shard.ID] = map[string][]string{}
+							}
+							byMaster[p.H.Shard.ID][m] = append(byMaster[p.H.Shard.ID][m], fmt.Sprintf("%s/%d", p.H.SKU, p.H.ID))
+						}
+					}
 				}
 			}
 		}
@@ -339,6 +349,12 @@ func (c *catalog) Shards(ctx context.Context) ([]admin.ShardView, error) {
 		if sh, err := c.loader.shards.Get(r.ID); err == nil {
 			v.Durability = sh.Config().Mode()
 			v.Healthy = sh.Healthy()
+			tp := sh.Topology()
+			v.Kind, v.Master, v.Replicas, v.Masters, v.Failovers = tp.Kind, tp.Master, tp.Replicas, tp.Masters, tp.Failovers
+			v.PartitionsByMaster = byMaster[r.ID]
+			if !tp.LastFailover.IsZero() {
+				v.LastFailover = &tp.LastFailover
+			}
 		}
 		if sh, err := c.loader.shards.Get(r.ID); err != nil {
 			if r.State != "removed" {

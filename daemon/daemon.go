@@ -248,6 +248,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Registerer: metrics,
 		Logger:     log,
 	})
+	// A write-back queue of the other type stops the start here, named,
+	// rather than as a broker error repeated by every publish.
+	if err := wb.CheckQueue(ctx); err != nil {
+		return fmt.Errorf("sync.%w", err)
+	}
 	metrics.MustRegister(sched.Collectors()...)
 	metrics.MustRegister(alloc.Collectors()...)
 	metrics.MustRegister(&skuCollector{loader: loader}, &shardCollector{shards: shards})
@@ -365,6 +370,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// still open in its Redis: mark them before requests use it.
 	shards.OnBack(heal.back)
 	g.Go(func() error { shards.Probe(workCtx, 250*time.Millisecond); return nil })
+	g.Go(func() error { shards.Watch(workCtx, time.Second); return nil })
 	g.Go(func() error { heal.run(workCtx); return nil })
 	g.Go(func() error { status.run(workCtx); return nil })
 	if h.clients != nil {
@@ -522,7 +528,7 @@ func Verify(ctx context.Context, cfg Config, sku string) (stocksync.Report, erro
 func recordedShards(ctx context.Context, store *preallocate.Store, configured []shard.Config, log *slog.Logger) ([]shard.Config, error) {
 	seed := make(map[string]string, len(configured))
 	for _, sc := range configured {
-		seed[sc.ID] = sc.Addr
+		seed[sc.ID] = sc.Location()
 	}
 	if err := store.SeedShards(ctx, seed); err != nil {
 		return nil, err
@@ -537,9 +543,9 @@ func recordedShards(ctx context.Context, store *preallocate.Store, configured []
 	}
 	out := make([]shard.Config, len(configured))
 	for i, sc := range configured {
-		if a := addr[sc.ID]; a != "" && a != sc.Addr {
-			log.Warn("shard address from an admin failover, not the config file", "shard", sc.ID, "config", sc.Addr, "recorded", a)
-			sc.Addr = a
+		if a := addr[sc.ID]; a != "" && a != sc.Location() {
+			log.Warn("shard address from an admin failover, not the config file", "shard", sc.ID, "config", sc.Location(), "recorded", a)
+			sc = sc.At(a)
 		}
 		out[i] = sc
 	}

@@ -22,12 +22,16 @@ var (
 	shardTakeRequestsDesc = prometheus.NewDesc("stockd_shard_take_requests_total",
 		"Requests carried by this node's take script calls to the shard; divided by stockd_shard_take_calls_total, the batch size.",
 		[]string{"shard"}, nil)
+	shardFailoversDesc = prometheus.NewDesc("stockd_shard_failovers_total",
+		"Master changes of a sentinel or cluster shard this node saw (Sentinel promoted a replica, a cluster master failed over).",
+		[]string{"shard"}, nil)
 )
 
 func (c *shardCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- shardHealthyDesc
 	ch <- shardTakeCallsDesc
 	ch <- shardTakeRequestsDesc
+	ch <- shardFailoversDesc
 }
 
 func (c *shardCollector) Collect(ch chan<- prometheus.Metric) {
@@ -44,5 +48,6 @@ func (c *shardCollector) Collect(ch chan<- prometheus.Metric) {
 		calls, reqs := sh.TakeBatches()
 		ch <- prometheus.MustNewConstMetric(shardTakeCallsDesc, prometheus.CounterValue, float64(calls), id)
 		ch <- prometheus.MustNewConstMetric(shardTakeRequestsDesc, prometheus.CounterValue, float64(reqs), id)
+		ch <- prometheus.MustNewConstMetric(shardFailoversDesc, prometheus.CounterValue, float64(sh.Failovers()), id)
 	}
 }

@@ -51,8 +51,15 @@ type Config struct {
 	// ID names the shard in the registry; partitions refer to it. Never
 	// reuse an id for another instance: the registry trusts it.
 	ID string `yaml:"id"`
-	// Addr is host:port.
-	Addr     string `yaml:"addr"`
+	// KindName is addr, sentinel or cluster; optional, the kind is the one
+	// whose field (addr, sentinel, cluster) the entry sets.
+	KindName string `yaml:"kind"`
+	// Addr is host:port of a standalone instance (kind addr).
+	Addr string `yaml:"addr"`
+	// Sentinel is a Sentinel-managed master set (kind sentinel).
+	Sentinel *SentinelConfig `yaml:"sentinel,omitempty"`
+	// Cluster is a Redis Cluster (kind cluster).
+	Cluster  *ClusterConfig `yaml:"cluster,omitempty"`
 	Settings `yaml:",inline"`
 }
 
@@ -72,10 +79,18 @@ type Settings struct {
 	Replicas int `yaml:"replicas"`
 	// WaitTimeout bounds the WAIT for them (replica mode).
 	WaitTimeout time.Duration `yaml:"wait_timeout"`
+	// SentinelUsername and SentinelPassword authenticate to the sentinels
+	// of a sentinel shard (Username and Password are the Redis ones).
+	SentinelUsername string `yaml:"sentinel_username"`
+	SentinelPassword string `yaml:"sentinel_password"`
+	// SentinelTLS and SentinelCAFile: TLS to the sentinels.
+	SentinelTLS    bool   `yaml:"sentinel_tls"`
+	SentinelCAFile string `yaml:"sentinel_ca_file"`
 }
 
-// For is the configuration of shard id at addr with these settings.
-func (s Settings) For(id, addr string) Config { return Config{ID: id, Addr: addr, Settings: s} }
+// For is the configuration of shard id at loc (a Config.Location: host:port,
+// sentinel://SET@addrs or cluster://addrs) with these settings.
+func (s Settings) For(id, loc string) Config { return Config{ID: id, Settings: s}.At(loc) }
 
 // Mode is the durability mode, aof when not set.
 func (c Config) Mode() string {
@@ -93,12 +108,17 @@ func (c Config) Validate() error {
 	if strings.ContainsAny(c.ID, " ,={}:") {
 		return fmt.Errorf("id %q: must not contain spaces or any of ,={}:", c.ID)
 	}
-	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
-		return fmt.Errorf("addr %q: %w", c.Addr, err)
+	if err := c.validateKind(); err != nil {
+		return err
 	}
 	switch c.Mode() {
 	case DurabilityNone, DurabilityAOF:
 	case DurabilityReplica:
+		if c.Kind() == KindCluster {
+			// WAIT has no key: in a cluster it goes to some node, not
+			// the one the take went to, and would prove nothing.
+			return errors.New("durability replica: not with kind cluster (WAIT would reach another node than the write); use aof")
+		}
 		if c.Replicas < 1 {
 			return errors.New("replicas: at least 1 in replica mode")
 		}
@@ -157,6 +177,11 @@ type Shard struct {
 	// takeCalls and takeRequests count the take script calls sent to the
 	// shard and the requests they carried (their ratio is the batch size).
 	takeCalls, takeRequests atomic.Int64
+	// redial: a sentinel or cluster shard none of whose addresses
+	// answered when it was added; its client is a stand-in until Probe
+	// dials it for real.
+	redial atomic.Bool
+	topo   topo
 }
 
 // TakeBatches returns how many take script calls this node sent to the
@@ -170,8 +195,9 @@ func (s *Shard) client() rueidis.Client { return *s.c.Load() }
 // Client gives direct access for non-stock keys.
 func (s *Shard) Client() rueidis.Client { return s.client() }
 
-// Addr is the shard's current address.
-func (s *Shard) Addr() string { return s.cfg.Load().Addr }
+// Addr is the shard's location (Config.Location): its address for kind
+// addr, sentinel://SET@sentinels or cluster://seeds otherwise.
+func (s *Shard) Addr() string { return s.cfg.Load().Location() }
 
 // Config is the shard's current configuration.
 func (s *Shard) Config() Config { return *s.cfg.Load() }
@@ -269,6 +295,7 @@ func (s *Set) AddUnreachable(ctx context.Context, cfg Config) error {
 	sh.c.Store(&ue.c)
 	sh.cfg.Store(&cfg)
 	sh.unchecked.Store(true)
+	sh.redial.Store(ue.redial)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.shards[cfg.ID]; ok {
@@ -276,7 +303,7 @@ func (s *Set) AddUnreachable(ctx context.Context, cfg Config) error {
 		return nil
 	}
 	s.shards[cfg.ID] = sh
-	s.logger.Error("shard does not answer: started without it; its partitions answer 503 until it does", "shard", cfg.ID, "addr", cfg.Addr, "err", ue.err)
+	s.logger.Error("shard does not answer: started without it; its partitions answer 503 until it does", "shard", cfg.ID, "addr", cfg.Location(), "err", ue.err)
 	return nil
 }
 
@@ -285,6 +312,9 @@ func (s *Set) AddUnreachable(ctx context.Context, cfg Config) error {
 type unreachableError struct {
 	c   rueidis.Client
 	err error
+	// redial: c is a stand-in (a sentinel or cluster shard); Probe dials
+	// the real client.
+	redial bool
 }
 
 func (e *unreachableError) Error() string { return e.err.Error() }
@@ -304,14 +334,14 @@ func (s *Set) add(ctx context.Context, cfg Config, keep bool) error {
 	cur, ok := s.shards[cfg.ID]
 	s.mu.RUnlock()
 	if ok {
-		if cur.Addr() == cfg.Addr {
+		if cur.Addr() == cfg.Location() {
 			return nil
 		}
-		return fmt.Errorf("shard %s: already at %s, not %s", cfg.ID, cur.Addr(), cfg.Addr)
+		return fmt.Errorf("shard %s: already at %s, not %s", cfg.ID, cur.Addr(), cfg.Location())
 	}
 	c, err := dial(ctx, cfg, s.opt, keep)
 	if err != nil {
-		return fmt.Errorf("shard %s (%s): %w", cfg.ID, cfg.Addr, err)
+		return fmt.Errorf("shard %s (%s): %w", cfg.ID, cfg.Location(), err)
 	}
 	sh := &Shard{ID: cfg.ID}
 	sh.c.Store(&c)
@@ -332,21 +362,12 @@ func (s *Set) add(ctx context.Context, cfg Config, keep bool) error {
 // *unreachableError holding the client (which redials on its next
 // command); without, that client is closed.
 func dial(ctx context.Context, cfg Config, opt Options, keep bool) (rueidis.Client, error) {
-	o := rueidis.ClientOption{
-		InitAddress:       []string{cfg.Addr},
-		Username:          cfg.Username,
-		Password:          cfg.Password,
-		DisableCache:      true,
-		ForceSingleClient: true,
-		ConnWriteTimeout:  opt.Timeout,
-		Dialer:            net.Dialer{Timeout: opt.DialTimeout, KeepAlive: time.Second},
+	if cfg.Kind() != KindAddr {
+		return dialManaged(ctx, cfg, opt, keep)
 	}
-	if cfg.TLS {
-		tc, err := tlsx.Client(cfg.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("ca_file: %w", err)
-		}
-		o.TLSConfig = tc
+	o, err := clientOption(cfg, opt)
+	if err != nil {
+		return nil, err
 	}
 	// ForceSingleClient: NewClient returns a client even when the first
 	// dial fails; it dials again on the next command.
@@ -377,6 +398,114 @@ func dial(ctx context.Context, cfg Config, opt Options, keep bool) (rueidis.Clie
 		}
 		c.Close()
 		return nil, err
+	}
+	if err := checkDurability(pctx, c, cfg, opt); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// clientOption is the rueidis option of a standalone instance at cfg.Addr.
+func clientOption(cfg Config, opt Options) (rueidis.ClientOption, error) {
+	o := rueidis.ClientOption{
+		InitAddress:       []string{cfg.Addr},
+		Username:          cfg.Username,
+		Password:          cfg.Password,
+		DisableCache:      true,
+		ForceSingleClient: true,
+		ConnWriteTimeout:  opt.Timeout,
+		Dialer:            net.Dialer{Timeout: opt.DialTimeout, KeepAlive: time.Second},
+	}
+	if cfg.TLS {
+		tc, err := tlsx.Client(cfg.CAFile)
+		if err != nil {
+			return o, fmt.Errorf("ca_file: %w", err)
+		}
+		o.TLSConfig = tc
+	}
+	return o, nil
+}
+
+// dialManaged connects to a sentinel or cluster shard. A configuration
+// that cannot work (a master set no sentinel monitors, a cluster seed that
+// is a standalone node) is an error naming the field; with keep, a shard
+// none of whose addresses answers comes back as an *unreachableError
+// holding a stand-in client (Probe dials the real one later).
+func dialManaged(ctx context.Context, cfg Config, opt Options, keep bool) (rueidis.Client, error) {
+	o, err := clientOption(cfg, opt)
+	if err != nil {
+		return nil, err
+	}
+	unreachable := func(err error) (rueidis.Client, error) {
+		if !keep {
+			return nil, err
+		}
+		// The stand-in answers nothing: a single client to a port no one
+		// listens on (it is never marked healthy: the shard is unchecked).
+		so := o
+		so.InitAddress = []string{"127.0.0.1:1"}
+		c, _ := rueidis.NewClient(so)
+		if c == nil {
+			return nil, err
+		}
+		return nil, &unreachableError{c: c, err: err, redial: true}
+	}
+	pctx, cancel := context.WithTimeout(ctx, opt.DialTimeout+2*time.Second)
+	defer cancel()
+	switch cfg.Kind() {
+	case KindSentinel:
+		if _, err := sentinelMaster(pctx, cfg, opt); err != nil {
+			if errors.Is(err, ErrMasterSetUnknown) {
+				return nil, err
+			}
+			return unreachable(err)
+		}
+		o.InitAddress = cfg.Sentinel.Addrs
+		o.ForceSingleClient = false
+		o.Sentinel = rueidis.SentinelOption{
+			MasterSet: cfg.Sentinel.MasterSet,
+			Username:  cfg.SentinelUsername,
+			Password:  cfg.SentinelPassword,
+			Dialer:    o.Dialer,
+			// +switch-master is the fast path; this catches a missed one.
+			TopologyRefreshInterval: 2 * time.Second,
+		}
+		if cfg.SentinelTLS {
+			tc, err := tlsx.Client(cfg.SentinelCAFile)
+			if err != nil {
+				return nil, fmt.Errorf("sentinel_ca_file: %w", err)
+			}
+			o.Sentinel.TLSConfig = tc
+		}
+	case KindCluster:
+		if err := checkClusterSeeds(pctx, cfg, opt); err != nil {
+			if errors.Is(err, ErrNotCluster) {
+				return nil, err
+			}
+			if _, isRedis := rueidis.IsRedisErr(errors.Unwrap(err)); isRedis {
+				return nil, err
+			}
+			return unreachable(err)
+		}
+		o.InitAddress = cfg.Cluster.Addrs
+		o.ForceSingleClient = false
+	}
+	c, err := rueidis.NewClient(o)
+	if err != nil {
+		if _, isRedis := rueidis.IsRedisErr(err); isRedis {
+			return nil, err
+		}
+		return unreachable(err)
+	}
+	if err := c.Do(pctx, c.B().Ping().Build()).Error(); err != nil {
+		if _, isRedis := rueidis.IsRedisErr(err); isRedis || !keep {
+			c.Close()
+			return nil, err
+		}
+		// The master is down (a failover under way): the client follows
+		// the sentinels or the cluster by itself.
+		return nil, &unreachableError{c: c, err: err}
 	}
 	if err := checkDurability(pctx, c, cfg, opt); err != nil {
 		c.Close()
@@ -429,10 +558,13 @@ func (s *Set) Replace(ctx context.Context, id, addr string) error {
 		return err
 	}
 	cfg := sh.Config()
-	if cfg.Addr == addr {
+	if cfg.Location() == addr {
 		return nil
 	}
-	cfg.Addr = addr
+	if cfg.Kind() != KindAddr {
+		return fmt.Errorf("shard %s is a %s shard: its failovers are %s's, not an admin call", id, cfg.Kind(), map[string]string{KindSentinel: "Sentinel", KindCluster: "the cluster"}[cfg.Kind()])
+	}
+	cfg = cfg.At(addr)
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("shard: %w", err)
 	}
@@ -470,6 +602,18 @@ func (s *Set) Probe(ctx context.Context, every time.Duration) {
 		s.mu.RUnlock()
 		for _, sh := range sick {
 			pctx, cancel := context.WithTimeout(ctx, every)
+			if sh.redial.Load() {
+				// Added while none of its sentinels or seeds answered.
+				dctx, dcancel := context.WithTimeout(ctx, s.opt.DialTimeout+2*time.Second)
+				c, err := dial(dctx, sh.Config(), s.opt, false)
+				dcancel()
+				if err != nil {
+					cancel()
+					continue
+				}
+				sh.redial.Store(false)
+				(*sh.c.Swap(&c)).Close()
+			}
 			c := sh.client()
 			err := c.Do(pctx, c.B().Ping().Build()).Error()
 			if err == nil && sh.unchecked.Load() {

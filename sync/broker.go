@@ -20,6 +20,7 @@ type broker struct {
 	url    string
 	tls    *tls.Config // nil: amqps URLs use the system roots
 	queue  string
+	typ    string // QueueQuorum or QueueClassic
 	logger *slog.Logger
 
 	mu   gosync.Mutex
@@ -29,8 +30,8 @@ type broker struct {
 	blocked atomic.Bool
 }
 
-func newBroker(url, queue string, tc *tls.Config, logger *slog.Logger) *broker {
-	return &broker{url: url, queue: queue, tls: tc, logger: logger}
+func newBroker(url, queue, typ string, tc *tls.Config, logger *slog.Logger) *broker {
+	return &broker{url: url, queue: queue, typ: typ, tls: tc, logger: logger}
 }
 
 // channel returns a new channel on the live connection, dialing when needed.
@@ -57,12 +58,7 @@ func (b *broker) channel() (*amqp.Channel, error) {
 				}
 			}
 		}()
-		ch, err := conn.Channel()
-		if err == nil {
-			err = declare(ch, b.queue)
-			ch.Close()
-		}
-		if err != nil {
+		if err := declare(conn, b.queue, b.typ); err != nil {
 			conn.Close()
 			return nil, fmt.Errorf("amqp topology: %w", err)
 		}
@@ -76,15 +72,94 @@ func (b *broker) channel() (*amqp.Channel, error) {
 	return ch, nil
 }
 
-// declare makes the durable batch queue and its dead-letter queue.
-func declare(ch *amqp.Channel, queue string) error {
-	if _, err := ch.QueueDeclare(dlq(queue), true, false, false, false, nil); err != nil {
+// ErrQueueType means a queue stockd declares already exists with another
+// type than sync.queue_type: RabbitMQ cannot change a queue's type in
+// place, so the start stops and says what to do.
+var ErrQueueType = errors.New("queue exists with another type")
+
+// queueTypeError is ErrQueueType with the queue and both types.
+type queueTypeError struct{ queue, want, have string }
+
+func (e *queueTypeError) Error() string {
+	return fmt.Sprintf("queue_type: %s, but the RabbitMQ queue %q exists as a %s queue (a queue's type cannot change): "+
+		"set sync.queue_type: %s to keep using it, or move it to %s as docs/OPERATIONS.md says (drain the queue, delete it and its .dlq, start again)",
+		e.want, e.queue, e.have, e.have, e.want)
+}
+
+func (e *queueTypeError) Unwrap() error { return ErrQueueType }
+
+// queueArgs are the declaration arguments of queue (the batch queue, whose
+// dead letters go to dlq(queue)) or, with dead false, of its dead-letter
+// queue. They never change for a type: RabbitMQ refuses a declaration whose
+// arguments differ from the existing queue's.
+//
+// Quorum queues (RabbitMQ 3.10 and later) are always durable, never
+// exclusive or auto-delete. Dead-lettering from them is at-least-once
+// (x-dead-letter-strategy, which needs x-overflow reject-publish): a batch
+// on its way to the dead-letter queue is not dropped by a node crash. No
+// x-delivery-limit: the applier decides what is poison (sync.max_attempts);
+// a limit would dead-letter a sound batch that was only redelivered by
+// connection losses. (RabbitMQ 4.0 gives quorum queues a default delivery
+// limit of 20; see docs/OPERATIONS.md for the policy that lifts it.)
+func queueArgs(queue, typ string, dead bool) amqp.Table {
+	switch {
+	case typ == QueueClassic && dead:
+		return nil
+	case typ == QueueClassic:
+		return amqp.Table{
+			"x-dead-letter-exchange":    "",
+			"x-dead-letter-routing-key": dlq(queue),
+		}
+	case dead:
+		return amqp.Table{"x-queue-type": QueueQuorum}
+	default:
+		return amqp.Table{
+			"x-queue-type":              QueueQuorum,
+			"x-dead-letter-exchange":    "",
+			"x-dead-letter-routing-key": dlq(queue),
+			"x-dead-letter-strategy":    "at-least-once",
+			"x-overflow":                "reject-publish",
+		}
+	}
+}
+
+// declare makes the durable batch queue and its dead-letter queue of type
+// typ. A queue that exists with the other type gives a *queueTypeError
+// rather than the broker's PRECONDITION_FAILED: after that refusal (which
+// closes the channel) the queue is declared with the other type's
+// arguments on a fresh channel, and if the broker accepts them that is the
+// type the queue has.
+func declare(conn *amqp.Connection, queue, typ string) error {
+	other := QueueClassic
+	if typ == QueueClassic {
+		other = QueueQuorum
+	}
+	for _, q := range []struct {
+		name string
+		dead bool
+	}{{queue, false}, {dlq(queue), true}} {
+		err := declareOne(conn, q.name, queueArgs(queue, typ, q.dead))
+		var ae *amqp.Error
+		if errors.As(err, &ae) && ae.Code == amqp.PreconditionFailed &&
+			declareOne(conn, q.name, queueArgs(queue, other, q.dead)) == nil {
+			return &queueTypeError{queue: q.name, want: typ, have: other}
+		}
+		if err != nil {
+			return fmt.Errorf("declare %s: %w", q.name, err)
+		}
+	}
+	return nil
+}
+
+// declareOne declares one durable queue on its own channel (a refusal
+// closes the channel it came on).
+func declareOne(conn *amqp.Connection, name string, args amqp.Table) error {
+	ch, err := conn.Channel()
+	if err != nil {
 		return err
 	}
-	_, err := ch.QueueDeclare(queue, true, false, false, false, amqp.Table{
-		"x-dead-letter-exchange":    "",
-		"x-dead-letter-routing-key": dlq(queue),
-	})
+	defer ch.Close()
+	_, err = ch.QueueDeclare(name, true, false, false, false, args)
 	return err
 }
 
@@ -161,4 +236,24 @@ func (p *publisher) reset() {
 		go p.ch.Close()
 		p.ch = nil
 	}
+}
+
+// CheckQueue declares the queues once before the node starts, so that a
+// queue of the wrong type (ErrQueueType) stops the start with a message
+// that says what to do. A broker that does not answer is no reason to stop:
+// the hot path sells without it and write-back catches up when it is back.
+func (s *Sync) CheckQueue(ctx context.Context) error {
+	ch, err := s.Batcher.brk.channel()
+	if err == nil {
+		ch.Close()
+		return nil
+	}
+	var qe *queueTypeError
+	if errors.As(err, &qe) {
+		return qe
+	}
+	if ctx.Err() == nil {
+		s.Batcher.logger.Warn("broker not reachable at start; write-back waits for it", "err", err)
+	}
+	return nil
 }

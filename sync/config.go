@@ -23,7 +23,20 @@ package sync
 
 import (
 	"errors"
+	"fmt"
 	"time"
+)
+
+// Queue types (Config.QueueType).
+const (
+	// QueueQuorum: a replicated, durable RabbitMQ quorum queue; its
+	// dead-letter queue is a quorum queue too and dead-lettering is
+	// at-least-once, so a batch on its way to the dead-letter queue
+	// survives a broker node's crash.
+	QueueQuorum = "quorum"
+	// QueueClassic: a durable classic queue (stockd's queue before
+	// quorum queues).
+	QueueClassic = "classic"
 )
 
 // Config tunes write-back and the reservation lifecycle.
@@ -31,6 +44,13 @@ type Config struct {
 	// Queue is the durable RabbitMQ queue of detail batches; poison
 	// messages go to Queue+".dlq".
 	Queue string `yaml:"queue"`
+	// QueueType is the RabbitMQ queue type of Queue and its dead-letter
+	// queue: quorum (the default; replicated over the broker cluster's
+	// nodes by Raft, survives the loss of a minority) or classic (one
+	// node's queue, what stockd declared before quorum queues). A queue
+	// that already exists with the other type stops the start with
+	// ErrQueueType: the broker cannot change a queue's type in place.
+	QueueType string `yaml:"queue_type"`
 	// BatchSize: a batch is published as soon as it holds this many details.
 	BatchSize int `yaml:"batch_size"`
 	// BatchInterval: a batch is published at the latest this long after its
@@ -66,6 +86,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Queue:          "stockd.details",
+		QueueType:      QueueQuorum,
 		BatchSize:      2000,
 		BatchInterval:  time.Second,
 		PollInterval:   50 * time.Millisecond,
@@ -85,6 +106,11 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.Queue == "" {
 		errs = append(errs, errors.New("queue: required"))
+	}
+	switch c.QueueType {
+	case QueueQuorum, QueueClassic:
+	default:
+		errs = append(errs, fmt.Errorf("queue_type %q: want quorum or classic", c.QueueType))
 	}
 	if c.BatchSize < 1 || c.BatchSize > 10000 {
 		errs = append(errs, errors.New("batch_size: must be between 1 and 10000"))

@@ -62,7 +62,7 @@ func (s *Sync) TakeApplyLag() (time.Duration, bool) {
 func New(cfg Config, d Deps) *Sync {
 	m := newMetrics(d.Registerer)
 	log := d.Logger.With("component", "sync")
-	pubBroker := newBroker(d.AMQPURL, cfg.Queue, d.AMQPTLS, log)
+	pubBroker := newBroker(d.AMQPURL, cfg.Queue, cfg.QueueType, d.AMQPTLS, log)
 	return &Sync{
 		m: m,
 		Batcher: &Batcher{
@@ -78,7 +78,7 @@ func New(cfg Config, d Deps) *Sync {
 		Applier: &Applier{
 			cfg:    cfg,
 			db:     d.DB,
-			brk:    newBroker(d.AMQPURL, cfg.Queue, d.AMQPTLS, log),
+			brk:    newBroker(d.AMQPURL, cfg.Queue, cfg.QueueType, d.AMQPTLS, log),
 			logger: log.With("part", "applier"),
 			m:      m,
 		},

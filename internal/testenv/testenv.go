@@ -106,6 +106,9 @@ type Redis struct {
 	Addr string
 	Port int
 	Dir  string
+	// conf: a config file that comes first on the command line (a
+	// sentinel's, which Sentinel rewrites).
+	conf string
 	args []string
 	cmd  *exec.Cmd
 	t    testing.TB
@@ -137,6 +140,9 @@ func StartRedis(t testing.TB, extra ...string) *Redis {
 
 func (r *Redis) start() error {
 	args := append([]string{"--port", strconv.Itoa(r.Port)}, r.args...)
+	if r.conf != "" {
+		args = append([]string{r.conf}, args...)
+	}
 	cmd := exec.Command("redis-server", args...)
 	logf, err := os.OpenFile(filepath.Join(r.Dir, "redis.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
