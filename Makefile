@@ -30,7 +30,7 @@ help:
 	@echo "  run-cluster   build, then the same with three nodes on :8080, :8090, :8100 (Ctrl-C stops it; ARGS=...)"
 	@echo "  run-ha        build, then the demo with one more shard managed by Redis Sentinel (primary, replica, 3 sentinels; kill the primary and watch)"
 	@echo "  test          setup (services, chromium, promtool), then go test -race (PKG=$(PKG), TESTFLAGS=...)"
-	@echo "  test-faults   setup, then the fault-injection suite in ./faults/ (-tags faults, < 15 min; docs/RELIABILITY.md)"
+	@echo "  test-faults   setup, then the fault-injection suite in ./faults/ and the HA cases of daemon/ (-tags faults, < 15 min), one table (docs/RELIABILITY.md)"
 	@echo "  vet           gofmt -l check + go vet ./..."
 	@echo "  shards-start  start the demo Redis shards 7001-7003 (var/redis/<port>)"
 	@echo "  shards-stop   stop the demo Redis shards"
@@ -71,7 +71,7 @@ test: setup
 test-faults: setup
 	@mkdir -p var && rm -f var/faults-report.jsonl
 	STOCKD_TEST_FAULTS_REPORT=$(CURDIR)/var/faults-report.jsonl $(GO) test -race -count=1 -tags faults -timeout 15m $(TESTFLAGS) ./faults/; \
-	rc=$$?; $(GO) test -race -count=1 -tags faults -timeout 5m -v -run '^TestHA' ./daemon/ > var/ha-faults.log 2>&1 || rc=1; \
+	rc=$$?; STOCKD_TEST_FAULTS_REPORT=$(CURDIR)/var/faults-report.jsonl $(GO) test -race -count=1 -tags faults -timeout 5m -v -run '^TestHA' ./daemon/ > var/ha-faults.log 2>&1 || rc=1; \
 	grep -E '^(---|ok|FAIL)|ha_[a-z_]*test.go' var/ha-faults.log; \
 	$(GO) run ./faults/table var/faults-report.jsonl; exit $$rc
 

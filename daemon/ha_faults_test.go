@@ -21,7 +21,8 @@ import (
 // haSale runs buyers of one unit each against sku until it is sold out;
 // a 503 is retried with the same request id (what a gateway does). mid
 // runs once a third of total is sold. It returns the outcomes and how
-// many 503s were answered after mid started, and when the last one was.
+// many 503s were answered after mid started, and when the last one was;
+// hr gets every answer (mid should call hr.killed at its fault).
 type haSaleResult struct {
 	o             *outcomes
 	after503      int64
@@ -29,7 +30,7 @@ type haSaleResult struct {
 	soldBeforeMid int64
 }
 
-func haSale(t *testing.T, n *node, sku string, total int64, mid func()) haSaleResult {
+func haSale(t *testing.T, n *node, sku string, total int64, hr *haReport, mid func()) haSaleResult {
 	t.Helper()
 	b := newBuyer(16)
 	o := newOutcomes()
@@ -50,10 +51,12 @@ func haSale(t *testing.T, n *node, sku string, total int64, mid func()) haSaleRe
 							unavailable.Add(1)
 							last503.Store(time.Now().UnixNano())
 						}
+						hr.unavailable()
 						time.Sleep(20 * time.Millisecond)
 						continue
 					}
 					o.add(t, id, a, err)
+					hr.answer(id, a, err)
 					if err == nil && a.Code == 200 {
 						sold.Add(1)
 					}
@@ -149,8 +152,11 @@ func TestHAClusterShardSale(t *testing.T) {
 	}
 	victim := cl.MasterOf(t, "{"+e.prefix+":"+sku+":"+strconv.Itoa(v.Partitions[0].ID)+"}")
 	t.Cleanup(func() { victim.Restart() })
+	hr := newHAReport(t, e.db, sku, total, fmt.Sprintf("Redis Cluster shard (3 masters, 3 replicas), %d units in %d partitions on every master; "+
+		"kill -9 of a master holding partitions once a third sold (the cluster promotes its replica), then one partition's slot migrated to another master while buyers buy", total, partitions))
 	var moved string
-	r := haSale(t, n, sku, total, func() {
+	r := haSale(t, n, sku, total, hr, func() {
+		hr.killed()
 		victim.Kill()
 		// Then, while buyers buy, the slot of a partition on another
 		// master moves to a third master.
@@ -175,12 +181,14 @@ func TestHAClusterShardSale(t *testing.T) {
 	if moved == "" {
 		t.Fatal("no slot migrated")
 	}
+	hr.extra("slot migrated", moved)
 	if r.o.ok != total || len(r.o.errs) != 0 || len(r.o.other) != 0 {
 		t.Fatalf("sold %d of %d (errors %v, statuses %v)", r.o.ok, total, r.o.errs, r.o.other)
 	}
 	t.Logf("cluster master kill, then %s: %d sold before, %d answers 503 after the kill (retried), the last %s after it",
 		moved, r.soldBeforeMid, r.after503, r.last503.Round(time.Millisecond))
 	rep := checkConserved(t, e, n, sku, total)
+	hr.books(rep.OK, rep.Reserved, rep.Confirmed)
 	if rep.InDoubt != 0 || rep.Doubled != 0 || rep.Pool != 0 {
 		t.Fatalf("after the cluster failover: %+v", rep)
 	}
@@ -209,7 +217,9 @@ func TestHASentinelAOFRollbackFenced(t *testing.T) {
 	if err := e.db.QueryRow(`SELECT COUNT(*) FROM partitions WHERE sku = 'rb' AND shard = 's2'`).Scan(&onS2); err != nil || onS2 == 0 {
 		t.Fatalf("no partition on the sentinel shard (%d, %v)", onS2, err)
 	}
-	s := &healSale{t: t, db: e.db, sku: "rb", total: total, nodes: []*node{n}, b: newBuyer(32), giveUp: 300 * time.Millisecond}
+	hr := newHAReport(t, e.db, "rb", total, fmt.Sprintf("Sentinel shard (primary, 1 replica, 3 sentinels; durability aof) beside a standalone shard, %d units in 6 partitions; "+
+		"the replication link cut so the replica falls behind, then kill -9 of the primary: Sentinel promotes the stale replica, stockd fences its partitions", total))
+	s := &healSale{t: t, db: e.db, sku: "rb", total: total, nodes: []*node{n}, b: newBuyer(32), giveUp: 300 * time.Millisecond, report: hr}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	wg := s.run(ctx, 16, "k")
@@ -228,6 +238,7 @@ func TestHASentinelAOFRollbackFenced(t *testing.T) {
 	// promote a replica whose link has been down for more than ten times
 	// down-after-milliseconds.
 	s.waitSold(s.ok.Load()+total/10, 30*time.Second)
+	hr.killed()
 	old.Kill()
 	killed := time.Now()
 	t.Cleanup(old.Restart)
@@ -242,7 +253,9 @@ func TestHASentinelAOFRollbackFenced(t *testing.T) {
 			t.Fatalf("sentinel did not promote the replica in 60s: %s", b)
 		}
 	}
-	t.Logf("sentinel promoted the stale replica %s after the kill", time.Since(killed).Round(time.Millisecond))
+	promoted := time.Since(killed).Round(time.Millisecond)
+	hr.extra("promoted after the kill", promoted.String())
+	t.Logf("sentinel promoted the stale replica %s after the kill", promoted)
 	s.finish(cancel, wg, 60*time.Second)
 	checkFenced(t, e.db, "rb", "s2", 1)
 }

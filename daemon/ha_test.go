@@ -145,6 +145,8 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 	}
 	// Four partitions over two shards: the sentinel shard holds some.
 	putSKU(t, n, "ha", total, 4, 50, 10)
+	hr := newHAReport(t, e.db, "ha", total, fmt.Sprintf("Sentinel shard (primary, 2 replicas, 3 sentinels; durability replica) beside a standalone shard, "+
+		"%d units in 4 partitions; kill -9 of the primary once a third sold, no admin call", total))
 
 	b := newBuyer(16)
 	o := newOutcomes()
@@ -163,10 +165,12 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 					if err == nil && a.Code == 503 {
 						unavailable.Add(1)
 						last503.Store(time.Now().UnixNano())
+						hr.unavailable()
 						time.Sleep(20 * time.Millisecond)
 						continue // the same request id: its first outcome or a new one
 					}
 					o.add(t, id, a, err)
+					hr.answer(id, a, err)
 					if err == nil && a.Code == 200 {
 						sold.Add(1)
 					}
@@ -193,6 +197,7 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 	soldBefore := sold.Load()
 	unavailBefore := unavailable.Load()
 	killedAt.Store(time.Now().UnixNano())
+	hr.killed()
 	old.Kill()
 	t.Cleanup(func() { old.Restart() }) // if the test stops early; see below
 	newMaster := ""
@@ -207,6 +212,7 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 		}
 	}
 	promoted := time.Duration(time.Now().UnixNano() - killedAt.Load())
+	hr.extra("promoted after the kill", promoted.Round(time.Millisecond).String())
 	wg.Wait()
 	close(stop)
 	if int64(o.ok) != total || len(o.errs) != 0 || len(o.other) != 0 {
@@ -235,6 +241,7 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 		}
 	}
 	r := checkConserved(t, e, n, "ha", total)
+	hr.books(r.OK, r.Reserved, r.Confirmed)
 	if r.InDoubt != 0 || r.Doubled != 0 || r.Pool != 0 {
 		t.Fatalf("after the failover: %+v", r)
 	}
@@ -257,7 +264,9 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 	// new master: the sale's outcome stands.
 	old.Restart()
 	testenv.WaitReplicas(t, set.Instance(newMaster), 2)
-	if rep, err := Verify(context.Background(), cfg, "ha"); err != nil || !rep.OK {
+	rep, err := Verify(context.Background(), cfg, "ha")
+	hr.books(err == nil && rep.OK, rep.Reserved, rep.Confirmed)
+	if err != nil || !rep.OK {
 		t.Fatalf("stockd verify after the failover: %+v %v", rep, err)
 	}
 }

@@ -46,6 +46,8 @@ type healSale struct {
 	nodes  []*node
 	b      *buyer
 	giveUp time.Duration
+	// report, when set, gets each request id's outcome (ha_faults_test.go).
+	report *haReport
 
 	ok        atomic.Int64 // 200 answers to deduct (units: qty is 1)
 	confirmed atomic.Int64 // confirms answered confirmed
@@ -118,21 +120,29 @@ func (s *healSale) run(ctx context.Context, workers int, prefix string) *sync.Wa
 // buy runs one request id to an outcome (or abandons it).
 func (s *healSale) buy(ctx context.Context, w int, id string) {
 	var failingSince time.Time
-	for attempt := 0; ctx.Err() == nil && !s.done(); attempt++ {
+	var a answer
+	var err error
+	attempt := 0
+	for ; ctx.Err() == nil && !s.done(); attempt++ {
 		n := s.nodes[(w+attempt)%len(s.nodes)]
-		a, err := s.b.deduct(n.hot, s.sku, 1, id)
+		a, err = s.b.deduct(n.hot, s.sku, 1, id)
 		switch {
 		case err == nil && a.Code == 200:
 			s.count(200)
+			s.report.answer(id, a, err)
 			s.sold(time.Now())
 			s.confirm(ctx, a.Reservation)
 			return
 		case err == nil && a.Code == 409:
 			s.count(409)
+			s.report.answer(id, a, err)
 			time.Sleep(20 * time.Millisecond) // in doubt, or between refills
 			return
 		case err == nil:
 			s.count(a.Code)
+			if a.Code == 503 {
+				s.report.unavailable()
+			}
 		default:
 			s.count(-1)
 		}
@@ -140,9 +150,13 @@ func (s *healSale) buy(ctx context.Context, w int, id string) {
 			failingSince = time.Now()
 		} else if time.Since(failingSince) > s.giveUp {
 			s.abandoned.Add(1)
+			s.report.answer(id, a, err) // unanswered
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	if attempt > 0 {
+		s.report.answer(id, a, err) // the sale ended while it was retried: unanswered
 	}
 }
 
@@ -220,6 +234,7 @@ func (s *healSale) finish(cancel context.CancelFunc, wg *sync.WaitGroup, within 
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	s.report.books(r.OK, r.Reserved, r.Confirmed)
 	if r.Confirmed != s.total || r.Pool != 0 || r.Doubled != 0 {
 		t.Errorf("MySQL: confirmed %d, pool %d, doubled %d; want %d, 0, 0 (%+v)", r.Confirmed, r.Pool, r.Doubled, s.total, r)
 	}
