@@ -199,8 +199,22 @@
         setText(td[0], s.id);
         setText(td[2], s.state);
         setClass(td[2], 'state st-' + s.state);
-        setText(td[1], s.addr);
-        setAttr(td[1], 'title', s.addr);
+        // Sentinel and cluster shards: the kind, the master now, and the
+        // failovers this node saw (GET /admin/shards).
+        let where = s.addr;
+        if (s.kind === 'sentinel') {
+          where = `sentinel · master ${s.master || '?'}` + (s.replicas && s.replicas.length ? ` · ${s.replicas.length} replica${s.replicas.length > 1 ? 's' : ''}` : '');
+        } else if (s.kind === 'cluster') {
+          where = `cluster · ${(s.masters || []).length} masters`;
+        }
+        if (s.failovers > 0) {
+          where += ` · ${s.failovers} failover${s.failovers > 1 ? 's' : ''}` + (s.last_failover ? `, last ${new Date(s.last_failover).toLocaleTimeString()}` : '');
+        }
+        setText(td[1], where);
+        setAttr(td[1], 'title', [s.addr, s.master && 'master ' + s.master, s.replicas && s.replicas.length && 'replicas ' + s.replicas.join(', '),
+          s.masters && s.masters.length && 'masters ' + s.masters.join(', '), s.last_failover && 'last failover ' + s.last_failover].filter(Boolean).join('\n'));
+        setAttr(tr, 'data-kind', s.kind || 'addr');
+        setAttr(tr, 'data-failovers', s.failovers || 0);
         setText(td[3], s.reachable ? 'yes' : 'no' + (s.error ? ': ' + s.error : ''));
         setClass(td[3], 'state ' + (s.reachable ? 'st-ok' : 'st-bad'));
         setAttr(td[3], 'title', s.error || '');
