@@ -33,11 +33,12 @@ type stub struct {
 	reservN  atomic.Int64
 
 	mu       sync.Mutex
-	seen     map[string]int  // request_id -> times seen
-	skus     map[string]int  // sku -> requests
-	got503   map[string]bool // ids that were answered 503
-	bodies   []string        // first few raw bodies
-	arriveAt []time.Duration // arrival times since start (if recordTimes)
+	seen     map[string]int    // request_id -> times seen
+	skus     map[string]int    // sku -> requests
+	userOf   map[string]string // request_id -> user_id ("" if absent)
+	got503   map[string]bool   // ids that were answered 503
+	bodies   []string          // first few raw bodies
+	arriveAt []time.Duration   // arrival times since start (if recordTimes)
 	start    time.Time
 
 	recordTimes bool
@@ -47,7 +48,7 @@ type stub struct {
 
 func newStub(t *testing.T, configure func(s *stub)) *stub {
 	t.Helper()
-	s := &stub{t: t, seen: map[string]int{}, skus: map[string]int{}, got503: map[string]bool{}}
+	s := &stub{t: t, seen: map[string]int{}, skus: map[string]int{}, userOf: map[string]string{}, got503: map[string]bool{}}
 	if configure != nil {
 		configure(s)
 	}
@@ -80,6 +81,7 @@ func (s *stub) handle(ctx *fasthttp.RequestCtx) {
 		SKU       string `json:"sku"`
 		Qty       int64  `json:"qty"`
 		RequestID string `json:"request_id"`
+		UserID    string `json:"user_id"`
 	}
 	raw := ctx.PostBody()
 	s.mu.Lock()
@@ -106,6 +108,7 @@ func (s *stub) handle(ctx *fasthttp.RequestCtx) {
 	s.mu.Lock()
 	s.seen[body.RequestID]++
 	s.skus[body.SKU]++
+	s.userOf[body.RequestID] = body.UserID
 	first := s.seen[body.RequestID] == 1
 	if first && s.every503 > 0 && n%s.every503 == 0 {
 		s.got503[body.RequestID] = true
@@ -415,6 +418,57 @@ func TestSpreadOverSKUsAndTargets(t *testing.T) {
 	}
 }
 
+// -users adds "user_id":"u<k mod N>" to request k (request_id prefix+k), so
+// the requests are spread evenly over N users, with -skus as well; without
+// -users no request carries a user_id.
+func TestSpreadOverUsers(t *testing.T) {
+	s := newStub(t, func(s *stub) { s.stock.Store(1 << 40) })
+	const users, n = 7, 420
+	o := runMain(t, "-url", s.url(), "-c", "4", "-n", strconv.Itoa(n), "-users", strconv.Itoa(users), "-skus", "3", "-sku", "U", "-id-prefix", "us-")
+	if o.code != 0 || o.res.OK != n {
+		t.Fatalf("exit %d %+v", o.code, o.res)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.userOf) != n {
+		t.Fatalf("%d distinct request ids, want %d", len(s.userOf), n)
+	}
+	per := map[string]int{}
+	for id, u := range s.userOf {
+		k, err := strconv.ParseUint(strings.TrimPrefix(id, "us-"), 10, 64)
+		if err != nil {
+			t.Fatalf("request_id %q: %v", id, err)
+		}
+		if want := "u" + strconv.FormatUint(k%users, 10); u != want {
+			t.Errorf("request %s carries user_id %q, want %q", id, u, want)
+		}
+		per[u]++
+	}
+	if len(per) != users {
+		t.Fatalf("requests over %d users, want %d: %v", len(per), users, per)
+	}
+	for u, c := range per {
+		if c < n/users-1 || c > n/users+1 {
+			t.Errorf("user %s got %d requests, want about %d", u, c, n/users)
+		}
+	}
+	if len(s.skus) != 3 {
+		t.Errorf("requests over %d SKUs, want 3: %v", len(s.skus), s.skus)
+	}
+
+	plain := newStub(t, func(s *stub) { s.stock.Store(1 << 40) })
+	if o := runMain(t, "-url", plain.url(), "-c", "2", "-n", "20"); o.code != 0 {
+		t.Fatalf("exit %d %+v", o.code, o.res)
+	}
+	plain.mu.Lock()
+	defer plain.mu.Unlock()
+	for id, u := range plain.userOf {
+		if u != "" {
+			t.Fatalf("request %s carries user_id %q without -users", id, u)
+		}
+	}
+}
+
 func TestTransportErrors(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := ln.Addr().String()
@@ -439,6 +493,8 @@ func TestBadFlags(t *testing.T) {
 		{"-conns", "bogus"},
 		{"-skus", "0", "-n", "1"},
 		{"-skus", "2", "-body-template", "id=%s", "-n", "1"},
+		{"-users", "-1", "-n", "1"},
+		{"-users", "2", "-body-template", "id=%s", "-n", "1"},
 		{"-url", "http://a/x,http://b/x,http://c/x", "-c", "2", "-n", "1"},
 	} {
 		var out, errb bytes.Buffer

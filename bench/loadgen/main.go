@@ -16,6 +16,7 @@
 //
 //	loadgen -c 64 -d 10s -warmup 2s -total 1000 -json out.json
 //	loadgen -rate 20000 -c 128 -d 30s -url http://10.0.0.5:8080/v1/deduct
+//	loadgen -c 256 -d 5s -sku limited-1 -users 10000   # user_id u<k mod 10000>
 //	loadgen -n 100000 -body-template '{"item":"x","id":"%s"}' -url http://127.0.0.1:9000/buy
 //
 // Exit codes: 0 success, 1 consistency failure (oversell / duplicate
@@ -47,6 +48,7 @@ type config struct {
 	URLs         []string // targets; worker i sends to URLs[i % len]
 	SKU          string
 	SKUs         int // spread requests over SKUs <SKU>-0 … <SKU>-(SKUs-1); 1 = SKU alone
+	Users        int // >0: request k carries "user_id":"u<k mod Users>"; 0 = no user_id
 	Qty          int
 	Concurrency  int
 	Duration     time.Duration // 0 = unlimited (only valid with N > 0)
@@ -134,6 +136,9 @@ func describeMode(cfg config) string {
 	if cfg.SKUs > 1 {
 		s += fmt.Sprintf(" skus=%d", cfg.SKUs)
 	}
+	if cfg.Users > 0 {
+		s += fmt.Sprintf(" users=%d", cfg.Users)
+	}
 	if cfg.Warmup > 0 {
 		s += " warmup=" + cfg.Warmup.String()
 	}
@@ -147,6 +152,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&cfg.URL, "url", cfg.URL, "target URL (http or https); several comma-separated: the workers are spread over them round robin (worker i sends to URL i mod n)")
 	fs.StringVar(&cfg.SKU, "sku", cfg.SKU, "SKU to deduct (default body only)")
 	fs.IntVar(&cfg.SKUs, "skus", cfg.SKUs, "spread the requests over this many SKUs, named <sku>-0 … <sku>-(N-1), request k going to SKU k mod N (default body only); 1: -sku itself")
+	fs.IntVar(&cfg.Users, "users", cfg.Users, "add \"user_id\":\"u<k mod N>\" to request k, spreading the requests over N users (default body only; for SKUs with a per_user_limit); 0: no user_id")
 	fs.IntVar(&cfg.Qty, "qty", cfg.Qty, "units per request (default body; also the units counted per ok answer lacking a \"qty\" field)")
 	fs.IntVar(&cfg.Concurrency, "c", cfg.Concurrency, "number of workers, each with its own keep-alive connection")
 	fs.DurationVar(&cfg.Duration, "d", cfg.Duration, "measured duration (after -warmup); if only -n is given there is no time limit")
@@ -208,6 +214,10 @@ func (cfg *config) validate() error {
 		return errors.New("-skus must be >= 1")
 	case cfg.SKUs > 1 && cfg.BodyTemplate != "":
 		return errors.New("-skus spreads the default body; it does not combine with -body-template")
+	case cfg.Users < 0:
+		return errors.New("-users must be >= 0")
+	case cfg.Users > 0 && cfg.BodyTemplate != "":
+		return errors.New("-users adds user_id to the default body; it does not combine with -body-template")
 	case len(cfg.URLs) > cfg.Concurrency:
 		return fmt.Errorf("%d URLs but -c %d: every URL needs a worker", len(cfg.URLs), cfg.Concurrency)
 	}

@@ -68,7 +68,11 @@ type runner struct {
 	bodyParts    [][]byte   // body = parts[0] id parts[1] id ... parts[k]
 	skuParts     [][][]byte // -skus > 1: the body parts of each SKU; request seq uses skuParts[seq % len]
 	prefix       []byte
+	users        uint64 // -users: request seq carries "user_id":"u<seq % users>"
 }
+
+// userTail closes the default body after the user number when -users > 0.
+var userTail = []byte(`"}`)
 
 type worker struct {
 	r      *runner
@@ -96,6 +100,10 @@ func buildBodyParts(cfg config) ([][]byte, error) {
 	if cfg.BodyTemplate == "" {
 		sku, _ := json.Marshal(cfg.SKU)
 		head := `{"sku":` + string(sku) + `,"qty":` + strconv.Itoa(cfg.Qty) + `,"request_id":"`
+		if cfg.Users > 0 {
+			// buildBody appends the user number and userTail.
+			return [][]byte{[]byte(head), []byte(`","user_id":"u`)}, nil
+		}
 		return [][]byte{[]byte(head), []byte(`"}`)}, nil
 	}
 	return parseTemplate(cfg.BodyTemplate)
@@ -199,6 +207,7 @@ func run(ctx context.Context, cfg config) (*Results, error) {
 		bodyParts:    parts,
 		skuParts:     buildSKUParts(cfg),
 		prefix:       []byte(cfg.IDPrefix),
+		users:        uint64(cfg.Users),
 	}
 	if cfg.Duration > 0 {
 		r.end = int64(cfg.Warmup + cfg.Duration)
@@ -375,6 +384,10 @@ func (w *worker) buildBody(seq uint64) {
 		b = append(b, w.r.prefix...)
 		b = strconv.AppendUint(b, seq, 10)
 		b = append(b, p...)
+	}
+	if u := w.r.users; u > 0 {
+		b = strconv.AppendUint(b, seq%u, 10)
+		b = append(b, userTail...)
 	}
 	w.buf = b
 	w.req.SetBody(b)

@@ -32,6 +32,15 @@ const (
 	hotChunk     = 1000
 	hotThreshold = 200
 
+	// The limited row: the hot SKU's sizes, plus a per-user limit that
+	// never refuses (limitUsers users share at most hotTotal units, far
+	// below limitPerUser each), so that the row measures the allowance
+	// scripts alone.
+	limitSKU      = "bench-limited"
+	limitPerUser  = 1_000_000
+	limitUsers    = 10_000
+	limitMaxCOnly = true // the limited row runs at the highest concurrency only (bench time)
+
 	soldSKU       = "bench-soldout"
 	soldTotal     = 2000
 	soldChunk     = 100
@@ -42,19 +51,21 @@ const (
 )
 
 type scenario struct {
-	name  string
-	title string
-	mode  string // bin/baseline -mode; "" for the stockd rows
+	name     string
+	title    string
+	mode     string // bin/baseline -mode; "" for the stockd rows
+	maxCOnly bool   // run at the highest concurrency of -c only
 }
 
 var scenarios = []scenario{
-	{"rowlock", "MySQL row lock (`SELECT … FOR UPDATE` + `UPDATE`, one row)", "rowlock"},
-	{"condupdate", "MySQL conditional `UPDATE … WHERE stock >= ?` (autocommit)", "condupdate"},
-	{"rediskey", "Redis, one key, Lua check-and-decrement", "rediskey"},
-	{"mqpeer", "what teams build instead: Redis key + Lua with request-id dedup, a confirmed persistent RabbitMQ message per order, a consumer inserting one MySQL row per order", "mqpeer"},
-	{"floor", "HTTP floor: fasthttp answering 200 without work", "floor"},
-	{"stockd", "stockd: 1 node, 1 hot SKU, 4 partitions on 3 Redis shards", ""},
-	{"soldout", "stockd after sell-out (every answer `sold_out`)", ""},
+	{"rowlock", "MySQL row lock (`SELECT … FOR UPDATE` + `UPDATE`, one row)", "rowlock", false},
+	{"condupdate", "MySQL conditional `UPDATE … WHERE stock >= ?` (autocommit)", "condupdate", false},
+	{"rediskey", "Redis, one key, Lua check-and-decrement", "rediskey", false},
+	{"mqpeer", "what teams build instead: Redis key + Lua with request-id dedup, a confirmed persistent RabbitMQ message per order, a consumer inserting one MySQL row per order", "mqpeer", false},
+	{"floor", "HTTP floor: fasthttp answering 200 without work", "floor", false},
+	{"stockd", "stockd: 1 node, 1 hot SKU, 4 partitions on 3 Redis shards", "", false},
+	{"limited", "the stockd row on a SKU with a per-user limit that refuses nothing (`per_user_limit` 1,000,000), requests spread over 10,000 `user_id`s", "", limitMaxCOnly},
+	{"soldout", "stockd after sell-out (every answer `sold_out`)", "", false},
 }
 
 func scenarioByName(n string) *scenario {
@@ -192,6 +203,7 @@ type bench struct {
 	http       *http.Client
 
 	hotAcked           int64 // ok units on the hot SKU, warmups included, all runs
+	limitAcked         int64 // the same on the limited row's SKU
 	mqAcked            int64 // ok answers of the mqpeer runs, warmups included
 	mqPurged           bool  // a backlog was purged: the exactness check of mqpeer is void
 	mqRows, mqDistinct int64 // mqpeer's order rows at the end, and their distinct request ids
@@ -285,6 +297,9 @@ func (b *bench) run(ctx context.Context) error {
 	for rep := 1; rep <= o.reps; rep++ {
 		for _, sc := range b.rows() {
 			for _, c := range o.conc {
+				if sc.maxCOnly && c != slices.Max(o.conc) {
+					continue
+				}
 				r, err := b.runRow(ctx, sc, c, rep)
 				if err != nil {
 					return fmt.Errorf("%s c=%d rep %d: %w", sc.name, c, rep, err)
@@ -477,6 +492,12 @@ func (b *bench) setup(ctx context.Context) error {
 	}
 	if err := b.putSKU(ctx, hotSKU, hotTotal, hotParts, hotChunk, hotThreshold); err != nil {
 		return err
+	}
+	if b.wants("limited") {
+		body := fmt.Sprintf(`{"total":%d,"partitions":%d,"chunk":%d,"threshold":%d,"per_user_limit":%d}`, hotTotal, hotParts, hotChunk, hotThreshold, limitPerUser)
+		if err := b.putSKUBody(ctx, b.admin, limitSKU, body); err != nil {
+			return err
+		}
 	}
 	return b.putSKU(ctx, soldSKU, soldTotal, hotParts, soldChunk, soldThreshold)
 }
@@ -687,6 +708,10 @@ func (b *bench) putSKU(ctx context.Context, sku string, total int64, parts int, 
 
 func (b *bench) putSKUAt(ctx context.Context, admin, sku string, total int64, parts int, chunk, thr int64) error {
 	body := fmt.Sprintf(`{"total":%d,"partitions":%d,"chunk":%d,"threshold":%d}`, total, parts, chunk, thr)
+	return b.putSKUBody(ctx, admin, sku, body)
+}
+
+func (b *bench) putSKUBody(ctx context.Context, admin, sku, body string) error {
 	code, out, err := b.adminAt(ctx, admin, http.MethodPut, "/admin/skus/"+sku, body)
 	if err != nil {
 		return fmt.Errorf("PUT /admin/skus/%s: %w", sku, err)
@@ -898,9 +923,12 @@ func (b *bench) runRow(ctx context.Context, sc *scenario, c, rep int) (*runResul
 	var redisAddrs []string
 	bystanders := append([]int{b.stockd.pid()}, b.shardPIDs()...)
 	switch sc.name {
-	case "stockd", "soldout":
-		if sc.name == "soldout" {
+	case "stockd", "limited", "soldout":
+		switch sc.name {
+		case "soldout":
 			sku = soldSKU
+		case "limited":
+			sku = limitSKU
 		}
 		groups, redisAddrs = b.stockdGroups()
 	default:
@@ -933,6 +961,9 @@ func (b *bench) runRow(ctx context.Context, sc *scenario, c, rep int) (*runResul
 
 	args := append(b.lgArgs(url, sku, c, fmt.Sprintf("b%s-%s-c%d-r%d-", b.prefix, sc.name, c, rep)),
 		"-d", b.opt.duration.String(), "-warmup", b.opt.warmup.String())
+	if sc.name == "limited" {
+		args = append(args, "-users", strconv.Itoa(limitUsers))
+	}
 	var admins []string
 	if sc.mode == "" {
 		admins = []string{b.admin}
@@ -960,16 +991,20 @@ func (b *bench) runRow(ctx context.Context, sc *scenario, c, rep int) (*runResul
 		delete(res.cpuDrain, "all")
 		delete(res.cpuDrain, "stockd_idle")
 	}
-	if sc.name == "stockd" {
-		b.hotAcked += int64(lg.TotalOKUnits)
-		res.settle, res.settled, err = b.waitReserved(ctx, hotSKU, b.hotAcked, b.drainLimit())
+	if writesBack(sc.name) && sc.name != "mqpeer" {
+		acked := &b.hotAcked
+		if sc.name == "limited" {
+			acked = &b.limitAcked
+		}
+		*acked += int64(lg.TotalOKUnits)
+		res.settle, res.settled, err = b.waitReserved(ctx, sku, *acked, b.drainLimit())
 		if err != nil {
 			return nil, err
 		}
 		res.cpuDrain = b.cpuDelta(mres.before, b.snapshot(groups))
 		delete(res.cpuDrain, "all")
 		if !res.settled {
-			b.note("stockd c=%d rep %d: write-back had not drained %s after the run", c, rep, res.settle.Round(time.Second))
+			b.note("%s c=%d rep %d: write-back had not drained %s after the run", sc.name, c, rep, res.settle.Round(time.Second))
 		}
 	}
 	if b.stockd.exited() {
@@ -977,7 +1012,7 @@ func (b *bench) runRow(ctx context.Context, sc *scenario, c, rep int) (*runResul
 	}
 	msg := fmt.Sprintf("rep %d/%d %-10s c=%-3d %8.0f/s  p50 %6.2fms p99 %7.2fms p999 %7.2fms  ok %d sold_out %d errors %d  busy %.0f%% foreign %.2f cores",
 		rep, b.opt.reps, sc.name, c, lg.throughput(), lg.P50Ms, lg.P99Ms, lg.P999Ms, lg.OK, lg.SoldOut, lg.errors(), 100*res.busy, res.foreign)
-	if sc.name == "stockd" || sc.name == "mqpeer" {
+	if writesBack(sc.name) {
 		msg += fmt.Sprintf("  write-back drained in %s", res.settle.Round(10*time.Millisecond))
 	}
 	if res.takeCalls > 0 {
@@ -986,6 +1021,16 @@ func (b *bench) runRow(ctx context.Context, sc *scenario, c, rep int) (*runResul
 	b.logf("%s", msg)
 	return res, nil
 }
+
+// writesBack tells the rows whose runs wait for their write-back to drain
+// (and report it): stockd's deducting rows and mqpeer.
+func writesBack(name string) bool {
+	return name == "stockd" || name == "limited" || name == "mqpeer"
+}
+
+// perDeduction tells the rows whose CPU is per deduction (ok answer), not
+// per answer: stockd's deducting rows.
+func perDeduction(name string) bool { return name == "stockd" || name == "limited" }
 
 // mqOrders is the mqpeer baseline's orders table (in the baseline database).
 const mqOrders = "bench_orders"
@@ -1323,6 +1368,9 @@ func (b *bench) verifyAll(ctx context.Context) {
 	skus := []string{}
 	if b.wants("stockd") {
 		skus = append(skus, hotSKU)
+	}
+	if b.wants("limited") {
+		skus = append(skus, limitSKU)
 	}
 	if b.wants("soldout") {
 		skus = append(skus, soldSKU)

@@ -13,7 +13,9 @@
 //     message per order, a consumer inserting one MySQL row per order
 //  5. floor       fasthttp answering 200 without work
 //  6. stockd      one node, one hot SKU, 4 partitions on 3 Redis shards
-//  7. soldout     stockd after sell-out
+//  7. limited     the stockd row on a SKU with a per-user limit that refuses
+//     nothing, requests from 10,000 users (at the highest -c only)
+//  8. soldout     stockd after sell-out
 //
 // each at every concurrency of -c and -reps times, interleaved (rep 1 of
 // every row, then rep 2, …). Then it profiles stockd under the same load
@@ -80,7 +82,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.scaleReps, "scale-reps", 2, "repetitions of every scale row (quick: 1)")
 	fs.IntVar(&o.scaleSKUs, "scale-skus", 1000, "hot SKUs of the many-SKU scale row (quick: 100: creating 1,000 SKUs takes about a minute here)")
 	fs.DurationVar(&o.scaleDuration, "scale-duration", 3*time.Second, "measured time of one scale run (quick: 1.5s)")
-	only := fs.String("only", "", "debug: run only these rows (comma-separated names: rowlock,condupdate,rediskey,mqpeer,floor,stockd,soldout, and scale for the scale rows); the report is incomplete")
+	only := fs.String("only", "", "debug: run only these rows (comma-separated names: rowlock,condupdate,rediskey,mqpeer,floor,stockd,limited,soldout, and scale for the scale rows); the report is incomplete")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}

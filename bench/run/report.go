@@ -170,7 +170,7 @@ func (b *bench) aggregate(name string, c int) *agg {
 		busy = append(busy, r.busy)
 		foreign = append(foreign, r.foreign)
 		units := lg.windowAnswers()
-		if name == "stockd" {
+		if perDeduction(name) {
 			units = float64(lg.TotalOK)
 		}
 		for k, v := range r.cpu {
@@ -183,7 +183,7 @@ func (b *bench) aggregate(name string, c int) *agg {
 				drain[k] = append(drain[k], v/units*1000)
 			}
 		}
-		if name == "stockd" || name == "mqpeer" {
+		if writesBack(name) {
 			settle = append(settle, r.settle.Seconds())
 			a.settledAll = a.settledAll && r.settled
 		}
@@ -360,7 +360,7 @@ func (b *bench) writeReport() error {
 
 	// Cost.
 	p("## CPU cost and pipelining\n\n")
-	p("CPU seconds per 1,000 answers (for `stockd`: per 1,000 deductions), from `/proc/<pid>/stat` (utime+stime, %g ticks/s) over the whole run, warmup included, divided by the answers of that window. Medians of the repetitions. *Server* is stockd or the baseline process; *Redis* is stockd's 3 shards (or the baseline's one Redis); MariaDB and RabbitMQ are the shared services (whole process). *Busy* is the machine's CPU use (all %s cores) during the run; *Others* is the CPU that processes outside the bench used meanwhile, in cores (busy time minus the bench's processes, the load generator and irq/softirq time; approximate). *Cmds/read* is Redis `total_commands_processed` / `total_reads_processed` (INFO stats, deltas over the run, summed over the instances): the auto-pipelining depth.\n\n", b.clk, m.nproc)
+	p("CPU seconds per 1,000 answers (for `stockd` and `limited`: per 1,000 deductions), from `/proc/<pid>/stat` (utime+stime, %g ticks/s) over the whole run, warmup included, divided by the answers of that window. Medians of the repetitions. *Server* is stockd or the baseline process; *Redis* is stockd's 3 shards (or the baseline's one Redis); MariaDB and RabbitMQ are the shared services (whole process). *Busy* is the machine's CPU use (all %s cores) during the run; *Others* is the CPU that processes outside the bench used meanwhile, in cores (busy time minus the bench's processes, the load generator and irq/softirq time; approximate). *Cmds/read* is Redis `total_commands_processed` / `total_reads_processed` (INFO stats, deltas over the run, summed over the instances): the auto-pipelining depth.\n\n", b.clk, m.nproc)
 	p("| Row | c | Server | Redis | MariaDB | RabbitMQ | Load generator | Busy | Others | Cmds/read |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range o.conc {
 		for _, sc := range b.rows() {
@@ -377,10 +377,10 @@ func (b *bench) writeReport() error {
 		}
 	}
 	p("\n")
-	if b.wants("stockd") || b.wants("mqpeer") {
-		p("The rows with a write-back (stockd, mqpeer) with it finished: CPU seconds per 1,000 deductions (mqpeer: per 1,000 answers) from the start of the run until MySQL held every detail or order row of it (the write-back's tail after the load stopped included), and how long that tail took:\n\n")
+	if b.wants("stockd") || b.wants("limited") || b.wants("mqpeer") {
+		p("The rows with a write-back (stockd, limited, mqpeer) with it finished: CPU seconds per 1,000 deductions (mqpeer: per 1,000 answers) from the start of the run until MySQL held every detail or order row of it (the write-back's tail after the load stopped included), and how long that tail took:\n\n")
 		p("| Row | c | Server | Redis | MariaDB | RabbitMQ | write-back drained after the load |\n|---|---|---|---|---|---|---|\n")
-		for _, name := range []string{"stockd", "mqpeer"} {
+		for _, name := range []string{"stockd", "limited", "mqpeer"} {
 			for _, c := range o.conc {
 				a := b.aggregate(name, c)
 				if a == nil {
@@ -406,6 +406,8 @@ func (b *bench) writeReport() error {
 			p("During the baseline rows stockd and its shards stay up and idle; their background work (stream polls, sweeps, reloads, gossip) used a median %.1f%% of one core then.\n\n", 100*median(idle))
 		}
 	}
+
+	b.writeLimitCost(p)
 
 	// Half max.
 	if len(b.halves) > 0 {
@@ -558,7 +560,7 @@ func (b *bench) writeReport() error {
 		if r.pipe > 0 {
 			pipe = strconv.FormatFloat(r.pipe, 'f', 1, 64)
 		}
-		if r.sc.name == "stockd" || r.sc.name == "mqpeer" {
+		if writesBack(r.sc.name) {
 			drained = r.settle.Round(10 * time.Millisecond).String()
 			if !r.settled {
 				drained = "not drained"
@@ -722,14 +724,15 @@ func (b *bench) writeMethod(p func(string, ...any)) {
 	o := b.opt
 	p("## Method\n\n")
 	p("`make bench` builds `bin/stockd`, `bin/loadgen` and `bin/baseline` from the working tree, starts everything it measures itself, runs the rows below, writes this file, and removes what it started (processes, the MySQL databases `stockd_bench_<id>`, `stockd_bench_base_<id>` and one `stockd_bench_<id>_<row>` per scale row, the RabbitMQ queues `stockd.bench.<id>`, `stockd.bench.<id>.mqpeer` and one per scale row, with their `.dlq`, temp directories), also on failure or Ctrl-C. `make bench-quick` does the same with 1 repetition of short runs and writes `/tmp/BENCHMARKS.quick.md`.\n\n")
-	p("**The rows.** Every row is the same HTTP request, `POST /v1/deduct` with `{\"sku\",\"qty\":1,\"request_id\"}` (a unique request id per request), answered `200 {\"status\":\"ok\",\"reservation\":…,\"sku\":…,\"qty\":…}` or `409 {\"status\":\"sold_out\"}`. The baselines are one binary, `bench/baseline`, with stockd's fasthttp server settings and stockd's request struct parsed with `encoding/json`, so that rows 1–5 differ from stockd only in the stock engine:\n\n")
+	p("**The rows.** Every row is the same HTTP request, `POST /v1/deduct` with `{\"sku\",\"qty\":1,\"request_id\"}` (a unique request id per request; the `limited` row adds a `user_id`), answered `200 {\"status\":\"ok\",\"reservation\":…,\"sku\":…,\"qty\":…}` or `409 {\"status\":\"sold_out\"}`. The baselines are one binary, `bench/baseline`, with stockd's fasthttp server settings and stockd's request struct parsed with `encoding/json`, so that rows 1–5 differ from stockd only in the stock engine:\n\n")
 	p("1. **rowlock** — MySQL pessimistic lock: `BEGIN; SELECT stock … WHERE id = 1 FOR UPDATE; UPDATE … SET stock = stock - ?; COMMIT` on one row.\n")
 	p("2. **condupdate** — MySQL `UPDATE … SET stock = stock - ? WHERE id = 1 AND stock >= ?`, autocommit; 1 row affected = ok.\n")
 	p("3. **rediskey** — one Redis key, a Lua check-and-decrement script (`GET`, compare, `DECRBY`) through rueidis with auto-pipelining, on a Redis of its own (same settings as stockd's shards).\n")
 	p("4. **mqpeer** — what most teams build instead of stockd: the same Redis (its own instance) with a Lua script that checks a dedup record of the request id (answering a retry with its first outcome), checks and decrements one stock key and records the outcome; every ok order is published to a durable RabbitMQ queue as a persistent message with publisher confirms (4 channels in confirm mode; the answer waits for the broker's ack); 32 consumers (prefetch 4 each) insert one order row per message into MySQL, each in its own transaction, with a unique key on the request id (a redelivery is a duplicate key, acked without a second row), and ack after the commit. The consumers run while the load runs, in the same process; the bench waits for them to drain before the next run (its lag is reported).\n")
 	p("5. **floor** — fasthttp that reads the body and answers ok without parsing or any work: the HTTP floor of this machine and load generator.\n")
 	p("6. **stockd** — one node, one hot SKU: %s units (never sells out), %d partitions on 3 Redis shards, chunk %d, threshold %d. Every deduction is written back (Redis stream → RabbitMQ → MySQL) while the load runs.\n", fmtInt(hotTotal), hotParts, hotChunk, hotThreshold)
-	p("7. **soldout** — the same node on a second SKU (%d units) that was sold out before the first row; every answer is `sold_out`.\n\n", soldTotal)
+	p("7. **limited** — the same node on a third SKU, sized as the hot one (%s units, %d partitions, chunk %d, threshold %d) but created with `\"per_user_limit\": %d`; every request carries a `user_id`, request k user `u<k mod %s>` (`loadgen -users %d`), so no user comes near the limit and nothing is refused: the row measures what the allowance costs (take the allowance, take the stock, settle the allowance). %s\n", fmtInt(hotTotal), hotParts, hotChunk, hotThreshold, limitPerUser, fmtInt(limitUsers), limitUsers, limitCText())
+	p("8. **soldout** — the same node on a second SKU (%d units) that was sold out before the first row; every answer is `sold_out`.\n\n", soldTotal)
 	p("**Services.** stockd gets 3 `redis-server` processes of its own on free ports (`--appendonly yes --appendfsync everysec --save \"\"`, own temp directories), a fresh MySQL database, its own RabbitMQ queue and Redis key prefix, and is configured through `STOCKD_*` variables (log level warn); the `rediskey` baseline gets a fourth Redis. MariaDB and RabbitMQ are the machine's shared services, used as they are (not reconfigured). The MySQL baselines use a bounded pool of %d connections: MariaDB's `max_connections` (151) is below 256, so at c = 256 a handler waits for a free connection instead of failing, and every request gets a real outcome. The driver interpolates the arguments client-side, one round trip per statement (its default, a server-side prepare, execute and close per statement, makes both MySQL baselines slower; `bin/baseline -interpolate=false` has it). MariaDB commits with its settings above (`innodb_flush_log_at_trx_commit=1`: a redo-log flush per commit, grouped).\n\n", baselineConns)
 	p("**Load.** `bin/loadgen`, closed loop: c workers, each with its own keep-alive connection, sending back to back; %s warmup (not counted), then %s measured. Throughput = (ok + sold out) / measured time; errors never count (the load generator retries a 503 up to 5 times with the same request id; only the final answer counts). Latency is send-to-answer of each request, in a log-linear histogram (≤ 0.4%% error).\n\n", o.warmup, o.duration)
 	p("**Repetitions.** %d. Rows are interleaved: repetition 1 of every row at every concurrency, then repetition 2, …, so that machine noise hits all rows alike. Each baseline process is started before its run and stopped after it. After every stockd run the bench waits until MySQL holds every detail (the `reserved` counter of the SKU, moved in the transaction that inserts the details) before the next run starts, so no row pays for another row's write-back; the write-back of a stockd run is thus measured with it (during the load, and its tail in the drain table).\n\n", o.reps)

@@ -203,6 +203,11 @@ func (b *bench) writeProfile(p func(string, ...any)) {
 			p("| stockd row, c = %d | **%s** |\n", cc, fmtBatch(a.takeCalls, a.takeReqs))
 		}
 	}
+	for _, cc := range b.opt.conc {
+		if a := b.aggregate("limited", cc); a != nil {
+			p("| limited row, c = %d | %s |\n", cc, fmtBatch(a.takeCalls, a.takeReqs))
+		}
+	}
 	var hc, hr float64
 	for _, h := range b.halves {
 		hc += h.m.takeCalls
@@ -212,6 +217,56 @@ func (b *bench) writeProfile(p func(string, ...any)) {
 		p("| half of max, open loop | %s |\n", fmtBatch(hc, hr))
 	}
 	p("\n")
+}
+
+// limitCText says at which concurrencies the limited row runs.
+func limitCText() string {
+	if limitMaxCOnly {
+		return "It runs at the highest concurrency only, to keep the bench short."
+	}
+	return ""
+}
+
+// writeLimitCost sets the limited row beside the stockd row at each
+// concurrency both ran: what the per-user limit costs a deduction.
+func (b *bench) writeLimitCost(p func(string, ...any)) {
+	type pair struct{ st, lim *agg }
+	var pairs []pair
+	for _, c := range b.opt.conc {
+		if st, lim := b.aggregate("stockd", c), b.aggregate("limited", c); st != nil && lim != nil {
+			pairs = append(pairs, pair{st, lim})
+		}
+	}
+	if len(pairs) == 0 {
+		return
+	}
+	p("## Cost of the per-user limit\n\n")
+	p("The `limited` row beside the `stockd` row: the same node, partitions, sizes and load, on a SKU with `per_user_limit` %s and requests from %s users, so that nothing is refused and the difference is the allowance alone (take the allowance, take the stock, settle the allowance). Medians of %s; CPU seconds per 1,000 deductions over the whole run, warmup included, as in the cost table; *Server + Redis* is what one deduction costs stockd and its shards. A ratio above 1× in a CPU or latency column, or below 1× in answers/s, is the price of the limit.\n\n",
+		fmtInt(limitPerUser), fmtInt(limitUsers), plural(pairs[0].lim.n, "repetition"))
+	p("| c | Row | Answers/s | p50 | p99 | Server CPU s | Redis CPU s | Server + Redis | Cmds/read | Requests per take call | ok / refused / errors |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	sum := func(a *agg) float64 { return a.cpu["server"] + a.cpu["redis"] }
+	for _, pr := range pairs {
+		for _, a := range []*agg{pr.st, pr.lim} {
+			p("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s / %s |\n", a.c, a.sc.name, fmtInt(a.thr), fmtMs(a.p50), fmtMs(a.p99),
+				fmtSec(a.cpu["server"], true), fmtSec(a.cpu["redis"], true), fmtSec(sum(a), true), fmtPipe(a.pipe), fmtBatch(a.takeCalls, a.takeReqs),
+				fmtInt(float64(a.ok)), fmtInt(float64(a.sold)), fmtInt(float64(a.errs)))
+		}
+		st, lim := pr.st, pr.lim
+		p("| %d | **limited / stockd** | **%s** | %s | **%s** | %s | %s | **%s** | | | |\n", st.c, fmtRatio(lim.thr, st.thr), fmtRatio(lim.p50, st.p50), fmtRatio(lim.p99, st.p99),
+			fmtRatio(lim.cpu["server"], st.cpu["server"]), fmtRatio(lim.cpu["redis"], st.cpu["redis"]), fmtRatio(sum(lim), sum(st)))
+	}
+	p("\n")
+	for _, pr := range pairs {
+		st, lim := pr.st, pr.lim
+		if st.thr > 0 && sum(st) > 0 {
+			p("At c = %d the per-user limit changed the answers per second by **%+.0f%%** (%s → %s/s) and the CPU of stockd and its shards by **%+.3g** s per 1,000 deductions (%s → %s, %s).",
+				st.c, 100*(lim.thr/st.thr-1), fmtInt(st.thr), fmtInt(lim.thr), sum(lim)-sum(st), fmtSec(sum(st), true), fmtSec(sum(lim), true), fmtRatio(sum(lim), sum(st)))
+		}
+		if lim.sold > 0 || lim.errs > 0 {
+			p(" **The limited row had %s refused answers and %s errors: it did not measure an unrefused limit.**", fmtInt(float64(lim.sold)), fmtInt(float64(lim.errs)))
+		}
+		p("\n\n")
+	}
 }
 
 // writeMQPeer is the mqpeer row's write-back lag.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -150,10 +151,18 @@ func TestReportSections(t *testing.T) {
 		return &lgResult{OK: ok, SoldOut: sold, TotalOK: ok, TotalOKUnits: ok, DurationS: 1, P99Ms: 3}
 	}
 	cpu := map[string]float64{"server": 0.5, "redis": 0.25, "mariadb": 0.3, "rabbitmq": 0.05, "loadgen": 0.2}
-	for _, name := range []string{"rediskey", "mqpeer", "floor", "stockd", "soldout"} {
+	limCPU := map[string]float64{"server": 0.6, "redis": 0.4, "mariadb": 0.3, "rabbitmq": 0.05, "loadgen": 0.2}
+	for _, name := range []string{"rediskey", "mqpeer", "floor", "stockd", "limited", "soldout"} {
 		for _, c := range o.conc {
-			n := map[string]uint64{"rediskey": 20000, "mqpeer": 4000, "floor": 40000, "stockd": 21000, "soldout": 0}[name]
-			r := &runResult{sc: scenarioByName(name), c: c, rep: 1, lg: lg(n, 0), cpu: cpu, cpuDrain: cpu, settled: true, takeCalls: 100, takeReqs: 1900}
+			sc := scenarioByName(name)
+			if sc.maxCOnly && c != slices.Max(o.conc) {
+				continue
+			}
+			n := map[string]uint64{"rediskey": 20000, "mqpeer": 4000, "floor": 40000, "stockd": 21000, "limited": 16800, "soldout": 0}[name]
+			r := &runResult{sc: sc, c: c, rep: 1, lg: lg(n, 0), cpu: cpu, cpuDrain: cpu, settled: true, takeCalls: 100, takeReqs: 1900}
+			if name == "limited" {
+				r.cpu, r.cpuDrain = limCPU, limCPU
+			}
 			if name == "soldout" {
 				r.lg = lg(0, 38000)
 			}
@@ -173,12 +182,18 @@ func TestReportSections(t *testing.T) {
 	}
 	raw, _ := os.ReadFile(o.out)
 	s := string(raw)
+	// CPU per 1,000 deductions of server + Redis, limited over stockd.
+	perK := func(m map[string]float64, n float64) float64 { return (m["server"] + m["redis"]) / n * 1000 }
+	cpuRatio := fmtRatio(perK(limCPU, 16800), perK(cpu, 21000))
 	for _, want := range []string{
 		"stockd ≥ 1× rediskey", "stockd ≥ 0.5× HTTP floor", "stockd ≥ 2× mqpeer", "✅ met: stockd ≥ 2× mqpeer",
 		"p99 ≤ 5 ms at half", "the HTTP floor at the same rate: 3", "soldout ≥ 0.9× HTTP floor at c = 64",
 		"1 not checked", "1, 3 and 6 shards", "1,000 hot SKUs ≥ 0.8×", "1 node vs 3 nodes",
 		"| mqpeer | 256 |", "mqpeer's write-back lag", "8,000 order rows (8,000 distinct request ids)",
 		"## Where stockd's CPU goes", "**70%**", "| stockd row, c = 256 | **19.0** |",
+		"## Cost of the per-user limit", "| 256 | limited | 16,800 |", "| 256 | **limited / stockd** | **0.80×** |",
+		"changed the answers per second by **-20%** (21,000 → 16,800/s)", "| **" + cpuRatio + "** | | | |", ", " + cpuRatio + ").", "| limited | 256 |",
+		"**limited** = the stockd row on a SKU with a per-user limit", "7. **limited**", `"per_user_limit": 1000000`,
 		"## Scale rows", "| skus-1000 |", "## Capacity (projection)", "**A projection", "| Redis shards | 11.9 |",
 	} {
 		if !strings.Contains(s, want) {
