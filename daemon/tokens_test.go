@@ -10,6 +10,7 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	stocksync "github.com/stockd/stockd/sync"
 
 	"github.com/stockd/stockd/internal/reservation"
 	"github.com/stockd/stockd/internal/testenv"
@@ -220,12 +221,8 @@ func pauseApplier(t *testing.T, queue string) *pausedApplier {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The same declaration as the node's (sync/broker.go).
-	if _, err := ch.QueueDeclare(queue+".dlq", true, false, false, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ch.QueueDeclare(queue, true, false, false, false, amqp.Table{
-		"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue + ".dlq"}); err != nil {
+	// The same declaration as the node's, of the default type.
+	if err := stocksync.DeclareQueues(conn, queue, stocksync.DefaultConfig().QueueType); err != nil {
 		t.Fatal(err)
 	}
 	got, err := ch.Consume(queue, "test-pause", false, true, false, false, nil)

@@ -151,6 +151,13 @@ func declare(conn *amqp.Connection, queue, typ string) error {
 	return nil
 }
 
+// DeclareQueues declares queue and its dead-letter queue of type typ
+// exactly as a node does (for tools and tests that must meet a node's
+// declaration, e.g. a consumer started before it).
+func DeclareQueues(conn *amqp.Connection, queue, typ string) error {
+	return declare(conn, queue, typ)
+}
+
 // declareOne declares one durable queue on its own channel (a refusal
 // closes the channel it came on).
 func declareOne(conn *amqp.Connection, name string, args amqp.Table) error {
