@@ -350,11 +350,9 @@ func (b *Batcher) acked(ctx context.Context, id string, batch []item) {
 	b.m.published.WithLabelValues("confirmed").Inc()
 	b.m.batchSize.Observe(float64(n))
 	b.m.detailsPublished.Add(float64(n))
-	for p, e := range end {
-		if err := p.TrimBefore(ctx, e); err != nil {
-			// They stay and are published again later: harmless.
-			b.logger.Warn("trimming published details", "batch", id, "sku", p.SKU, "pid", p.ID, "err", err)
-		}
+	for p, err := range shard.TrimAll(ctx, end) {
+		// They stay and are published again later: harmless.
+		b.logger.Warn("trimming published details", "batch", id, "sku", p.SKU, "pid", p.ID, "err", err)
 	}
 }
 
