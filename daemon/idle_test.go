@@ -3,6 +3,7 @@ package daemon
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -88,5 +89,59 @@ func TestIdleSKUsRedisCallsBounded(t *testing.T) {
 	if ratio > 4 {
 		t.Errorf("500 idle SKUs make %.1fx the Redis calls of 50 (%s vs %s): idle work grows with the SKU count",
 			ratio, fmt.Sprint(manyBy), fmt.Sprint(fewBy))
+	}
+}
+
+// Takes on partitions another node owns reach the owner's write-back as a
+// "written" hint: with the safety reads and the idle sweep an hour away,
+// every deduction made through any of three nodes is still in MySQL.
+func TestClusterWriteHintsCarryOtherNodesTakes(t *testing.T) {
+	e := newEnv(t, 2)
+	nodes := startSaleCluster(t, e, func(c *Config) {
+		c.Sync.IdlePollInterval = time.Hour
+		c.Scheduler.IdleSweepEvery = time.Hour
+	})
+	putSKU(t, nodes[0], "hinted", 300, 4, 20, 5)
+	waitKnown(t, nodes, "hinted")
+	// Readers start with a read of the whole stream: let every owner
+	// start its readers first, so that only signals and hints are left.
+	time.Sleep(2 * time.Second)
+	// Buy through a node that owns none of the SKU's partitions: each of
+	// its takes lands in a stream another node reads.
+	var buyer *node
+	owners := clusterOf(t, nodes[0]).Owners
+	for _, n := range nodes {
+		owns := false
+		for _, p := range owners[n.d.cfg.NodeName].Partitions {
+			owns = owns || strings.HasPrefix(p, "hinted/")
+		}
+		if !owns {
+			buyer = n
+		}
+	}
+	if buyer == nil {
+		t.Fatalf("every node owns a partition of the SKU: %+v", owners)
+	}
+	b := newBuyer(32)
+	o := crowdOver(t, b, []string{buyer.hot}, "hinted", 150, "h-")
+	if o.ok == 0 {
+		t.Fatal("nothing sold")
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var got int
+		if err := e.db.QueryRow(`SELECT COUNT(*) FROM deductions WHERE sku = 'hinted'`).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got == o.ok {
+			break
+		}
+		if got > o.ok {
+			t.Fatalf("%d detail rows for %d deductions", got, o.ok)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d deductions written back after 30 s", got, o.ok)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
