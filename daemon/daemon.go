@@ -163,8 +163,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	var loadSKU func(ctx context.Context, sku string) error
 	schedCfg := cfg.Scheduler
 	schedCfg.VerdictMaxAge = cfg.Cluster.ViewMaxAge
+	hints := &writeHints{peer: peer, logger: log.With("component", "hints")}
 	var sched *scheduler.Scheduler
 	sched = scheduler.New(schedCfg, reg, scheduler.Hooks{
+		Took: hints.took,
 		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(scheduler.RefillResult)) bool {
 			return alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
 				done(scheduler.RefillResult{Levels: o.Levels, HaveLevels: o.HaveLevels, Applied: o.Applied, Pool: o.Pool, Failed: err != nil, Closed: o.Closed})
@@ -417,6 +419,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 				}
 			}
 		}
+	})
+	g.Go(func() error {
+		hints.run(workCtx, cfg.Sync.PollInterval)
+		return nil
 	})
 	g.Go(func() error {
 		t := time.NewTicker(cfg.Scheduler.SweepEvery)

@@ -16,6 +16,7 @@ import (
 	"github.com/stockd/stockd/daemon/cluster"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
+	"github.com/stockd/stockd/shard"
 )
 
 // Kinds of registry notices nodes gossip to each other. A notice is a hint
@@ -39,6 +40,10 @@ const (
 	noticeApply = "apply"
 	// noticeAck: From applied the notices of apply ID.
 	noticeAck = "ack"
+	// noticeWritten: sent to partitions' owner, listing (Items: SKU, PID)
+	// the partitions the sender took on: their streams have new details
+	// for the owner's write-back (see writeHints).
+	noticeWritten = "written"
 )
 
 type notice struct {
@@ -231,7 +236,7 @@ func (n *notices) run(ctx context.Context, sched *scheduler.Scheduler, reg *sche
 			}
 		}
 	})
-	go n.read(ctx)
+	go n.read(ctx, sched)
 	for {
 		select {
 		case <-ctx.Done():
@@ -265,7 +270,7 @@ func (n *notices) run(ctx context.Context, sched *scheduler.Scheduler, reg *sche
 // once, everything else goes to run's loop (dropped when it is that far
 // behind: the reload timer catches up, and the sender names this node
 // unconfirmed).
-func (n *notices) read(ctx context.Context) {
+func (n *notices) read(ctx context.Context, sched *scheduler.Scheduler) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -278,6 +283,13 @@ func (n *notices) read(ctx context.Context) {
 			}
 			if m.Kind == noticeAck {
 				n.acked(m.ID, m.From)
+				continue
+			}
+			if m.Kind == noticeWritten {
+				// In memory and at once: the write-back's lag waits on it.
+				for _, it := range m.Items {
+					sched.Touched(it.SKU, it.PID)
+				}
 				continue
 			}
 			select {
@@ -369,4 +381,65 @@ func newClusterView(peer *cluster.Peer, reg *scheduler.Registry) clusterView {
 		}
 	}
 	return v
+}
+
+// writeHints tells partitions' owners that this node took on them, so
+// that an owner's write-back reads those streams at once instead of
+// polling every stream it owns (sync.Batcher). Takes mark a partition
+// (one map look-up when it is marked already); every interval the marks
+// are cleared, then sent, one message per owner. Clearing before sending
+// makes a take that found its mark set covered by the message: its entry
+// was in the stream before the take returned. A lost message delays those
+// details to the owner's safety read (sync.idle_poll_interval).
+// hintBytes bounds the items of one write hint (memberlist's datagrams
+// hold about 1,400 bytes).
+const hintBytes = 1000
+
+type writeHints struct {
+	peer    *cluster.Peer
+	logger  *slog.Logger
+	pending sync.Map // *shard.Partition -> struct{}
+}
+
+func (h *writeHints) took(p *shard.Partition) {
+	if _, ok := h.pending.Load(p); ok {
+		return
+	}
+	h.pending.LoadOrStore(p, struct{}{})
+}
+
+func (h *writeHints) run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		byOwner := map[string][]notice{}
+		h.pending.Range(func(k, _ any) bool {
+			h.pending.Delete(k)
+			p := k.(*shard.Partition)
+			if owner := h.peer.Owner(partitionKey(p.SKU, p.ID)); owner != h.peer.Name() {
+				byOwner[owner] = append(byOwner[owner], notice{SKU: p.SKU, PID: p.ID})
+			}
+			return true
+		})
+		for owner, items := range byOwner {
+			// Best effort datagrams: a few hundred bytes of items each.
+			for len(items) > 0 {
+				n, size := 0, 0
+				for n < len(items) && (n == 0 || size+len(items[n].SKU)+24 <= hintBytes) {
+					size += len(items[n].SKU) + 24
+					n++
+				}
+				b, _ := json.Marshal(notice{Kind: noticeWritten, Items: items[:n]})
+				items = items[n:]
+				if err := h.peer.SendTo(owner, b); err != nil {
+					h.logger.Debug("write hint not sent", "member", owner, "err", err)
+				}
+			}
+		}
+	}
 }

@@ -100,6 +100,12 @@ type Partition struct {
 	activeB   atomic.Bool
 	open      atomic.Bool
 	refilling [2]atomic.Bool
+
+	// Sweep: the last sequence and time (mono) it read the partition at,
+	// and whether another node hinted a take since (Touched).
+	sweptSeq atomic.Int64
+	sweptAt  atomic.Int64
+	touched  atomic.Bool
 }
 
 // Levels are the last known levels.
@@ -341,6 +347,7 @@ func (r *Registry) Upsert(info SKUInfo) *SKU {
 		}
 		if p == nil {
 			p = &Partition{H: pi.Handle, seed: partitionSeed(info.Name, pi.Handle.ID)}
+			p.touched.Store(true) // swept once soon
 		} else {
 			p.H.ObserveSeq(pi.Handle.LastSeq())
 		}

@@ -73,6 +73,13 @@ type Config struct {
 	// SweepEvery is how often a node looks at the partitions it owns and
 	// refills low sub-domains (deductions on other nodes lower them).
 	SweepEvery time.Duration `yaml:"sweep_every"`
+	// IdleSweepEvery: the sweep reads a partition that saw no take since
+	// its last look (none here, no hint from another node) only this
+	// often, and IdleSweepsPerSecond caps those reads per node, so that
+	// idle partitions cost a bounded number of Redis calls however many
+	// there are. Partitions with takes are read every SweepEvery.
+	IdleSweepEvery      time.Duration `yaml:"idle_sweep_every"`
+	IdleSweepsPerSecond int           `yaml:"idle_sweeps_per_second"`
 	// RetryWindow is how long a retry of a request id is guaranteed its
 	// first outcome across partition changes: a closed partition stays the
 	// home of the ids hashed to it this long, and partitions added by a
@@ -97,7 +104,8 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{StockWait: 2 * time.Second, SweepEvery: 100 * time.Millisecond, RetryWindow: 15 * time.Minute}
+	return Config{StockWait: 2 * time.Second, SweepEvery: 100 * time.Millisecond, RetryWindow: 15 * time.Minute,
+		IdleSweepEvery: 5 * time.Second, IdleSweepsPerSecond: 20}
 }
 
 // Validate reports the first bad field.
@@ -107,6 +115,12 @@ func (c Config) Validate() error {
 	}
 	if c.SweepEvery <= 0 {
 		return errors.New("sweep_every: must be positive")
+	}
+	if c.IdleSweepEvery <= 0 {
+		return errors.New("idle_sweep_every: must be positive")
+	}
+	if c.IdleSweepsPerSecond < 1 {
+		return errors.New("idle_sweeps_per_second: must be at least 1")
 	}
 	if c.RetryWindow < time.Minute && !(c.ShortWindow && c.RetryWindow >= time.Second) {
 		return errors.New("retry_window: must be at least 1m")
@@ -136,6 +150,10 @@ type Hooks struct {
 	Consolidate func(ctx context.Context, parts []*shard.Partition, need, chunk, threshold int64) error
 	// Lost is told that p's Redis state is gone.
 	Lost func(p *shard.Partition)
+	// Took is told, after a take on p recorded details, when another node
+	// owns p (its write-back reads p's stream when told, see Touched).
+	// nil: every partition is this node's.
+	Took func(p *shard.Partition)
 	// Rollback is told that p's shard answered with an older sequence
 	// than already seen (it lost writes).
 	Rollback func(p *shard.Partition)
@@ -357,6 +375,11 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 		if p != nil {
 			s.takeCalls.Inc()
 			r, err := p.H.Take(ctx, reqID, qty, cur.round, p == home, userID)
+			if s.hooks.Took != nil && (err != nil || r.Code == shard.Took || r.Code == shard.TookEarl) {
+				// Its owner's write-back reads the stream when told (a
+				// failed call may have recorded details too).
+				s.hooks.Took(p.H)
+			}
 			if errors.Is(err, shard.ErrRollback) {
 				s.rollback(sku, p)
 			}
@@ -661,7 +684,17 @@ func (s *Scheduler) RefillFor(name string, pid int, sub byte, capAt int64) {
 // does not see, and a request forwarded here may have been lost. It also
 // refreshes the known levels of those partitions. Sold-out SKUs and SKUs
 // whose pool is known empty are skipped.
+//
+// A partition is read when it saw takes since its last read (this node's
+// raise its last sequence; other nodes' arrive as hints, Touched), and an
+// idle one only every IdleSweepEvery, at most IdleSweepsPerSecond of them
+// per second: the cost follows the activity, not the partition count.
+// Other nodes also forward the refills their takes ask for (Forward), so
+// the idle round is the net for a lost hint or request.
 func (s *Scheduler) Sweep(ctx context.Context) {
+	now := mono.Now()
+	idleEvery := s.cfg.IdleSweepEvery.Nanoseconds()
+	budget := max(1, int(int64(s.cfg.IdleSweepsPerSecond)*s.cfg.SweepEvery.Nanoseconds()/int64(time.Second)))
 	for _, name := range s.reg.Names() {
 		sku := s.reg.Get(name)
 		if sku == nil || sku.SoldOut() || sku.pool.Load() == 0 {
@@ -672,6 +705,16 @@ func (s *Scheduler) Sweep(ctx context.Context) {
 			if !p.Open() || (s.hooks.Owns != nil && !s.hooks.Owns(p.H)) {
 				continue
 			}
+			seq := p.H.LastSeq()
+			active := p.touched.Swap(false) || seq != p.sweptSeq.Load()
+			if !active {
+				if now-p.sweptAt.Load() < idleEvery || budget == 0 {
+					continue
+				}
+				budget--
+			}
+			p.sweptSeq.Store(seq)
+			p.sweptAt.Store(now)
 			st, err := p.H.Inspect(ctx)
 			if err != nil || !st.Exists {
 				continue
@@ -684,6 +727,20 @@ func (s *Scheduler) Sweep(ctx context.Context) {
 				s.requestRefill(sku, p, 'b')
 			}
 		}
+	}
+}
+
+// Touched tells the scheduler that another node took on partition pid of
+// name (a hint to its owner): the partition's stream has new entries for
+// the write-back, and the next sweep reads its levels.
+func (s *Scheduler) Touched(name string, pid int) {
+	sku := s.reg.Get(name)
+	if sku == nil {
+		return
+	}
+	if p := sku.partition(pid); p != nil {
+		p.touched.Store(true)
+		p.H.Notify()
 	}
 }
 

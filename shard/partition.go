@@ -76,6 +76,25 @@ type Partition struct {
 	// takes, and what write-back landed); a take that returns a sequence
 	// not above it means the shard rolled back.
 	lastSeq atomic.Int64
+	// written is signalled (without blocking, capacity one) after every
+	// take call of this handle that recorded details: the write-back reads
+	// the stream when it is, not on a timer (see Written).
+	written chan struct{}
+}
+
+// Written is signalled after a take call through this handle recorded
+// details in the stream (and by Notify). It holds at most one signal: a
+// reader that drains it and then reads the stream sees every entry
+// recorded before the signal.
+func (p *Partition) Written() <-chan struct{} { return p.written }
+
+// Notify signals Written without blocking: the stream may hold new
+// entries (another node's takes, as that node told this one).
+func (p *Partition) Notify() {
+	select {
+	case p.written <- struct{}{}:
+	default:
+	}
 }
 
 // ErrRollback means the partition's shard answered with a sequence lower
@@ -128,6 +147,7 @@ func NewPartition(prefix, sku string, id int, epoch int64, sh *Shard) *Partition
 		stream:   tag + ":x",
 		applied:  tag + ":a",
 		window:   strconv.FormatInt(DefaultRecordWindow.Milliseconds(), 10),
+		written:  make(chan struct{}, 1),
 	}
 }
 
@@ -321,6 +341,9 @@ func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
 		args = append(args, c.reqID, strconv.FormatInt(c.qty, 10), strconv.Itoa(c.round), self, c.userID)
 	}
 	vals, err := takeScript.exec(ctx, p.Shard, p.state, []string{p.state, p.records, p.pointers, p.stream}, args)
+	// The stream may hold new entries now (also when the reply was lost:
+	// the script may have run): the write-back reads it (Written).
+	p.Notify()
 	if err == nil && len(vals) != 4+4*len(batch) {
 		err = fmt.Errorf("%w: %d values for %d requests", ErrBadReply, len(vals), len(batch))
 	}

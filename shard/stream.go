@@ -117,6 +117,48 @@ func (p *Partition) TrimBefore(ctx context.Context, end int64) error {
 	return nil
 }
 
+// trimSlice is how many trims go in one pipeline (TrimAll).
+const trimSlice = 32
+
+// TrimAll trims several partitions' streams as TrimBefore does, in one
+// pipeline per shard (a batch spread over a thousand partitions would
+// otherwise wait a thousand round trips). It returns the partitions whose
+// trim failed, with their errors.
+func TrimAll(ctx context.Context, ends map[*Partition]int64) map[*Partition]error {
+	type call struct {
+		ps   []*Partition
+		cmds rueidis.Commands
+	}
+	byShard := map[*Shard]*call{}
+	for p, end := range ends {
+		cl := byShard[p.Shard]
+		if cl == nil {
+			cl = &call{}
+			byShard[p.Shard] = cl
+		}
+		c := p.Shard.client()
+		cl.ps = append(cl.ps, p)
+		cl.cmds = append(cl.cmds, c.B().Xtrim().Key(p.stream).Minid().Threshold(strconv.FormatInt(end, 10)+"-0").Build())
+	}
+	var failed map[*Partition]error
+	for sh, cl := range byShard {
+		// In slices: one pipeline of a thousand commands would queue the
+		// shard's takes (same connection) behind it.
+		for lo := 0; lo < len(cl.cmds); lo += trimSlice {
+			hi := min(lo+trimSlice, len(cl.cmds))
+			for i, r := range sh.client().DoMulti(ctx, cl.cmds[lo:hi]...) {
+				if err := r.Error(); err != nil {
+					if failed == nil {
+						failed = map[*Partition]error{}
+					}
+					failed[cl.ps[lo+i]] = fmt.Errorf("trim details on %s: %w", sh.ID, err)
+				}
+			}
+		}
+	}
+	return failed
+}
+
 // RangeDetails returns every detail still in the stream (not yet confirmed
 // by the broker), for verification; in replica mode too, replicated or not.
 func (p *Partition) RangeDetails(ctx context.Context) ([]Detail, error) {

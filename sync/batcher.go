@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	gosync "sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/stockd/stockd/shard"
@@ -50,9 +51,30 @@ type Batcher struct {
 	in         chan item
 }
 
+// reader is one partition stream's reader goroutine, as reconcile sees it.
+type reader struct {
+	p      *shard.Partition
+	cancel context.CancelFunc
+	// read: the reader got entries since reconcile last counted the
+	// stream; backlog is the stream's length as counted last. A stream
+	// with nothing read since a count of zero is not counted again: it
+	// is empty unless a take signalled it (and then the reader reads).
+	read    atomic.Bool
+	backlog int64
+	// polled is when reconcile last woke the reader for a safety read.
+	polled time.Time
+}
+
 // Run reads and publishes until ctx ends, then publishes what it holds
 // (bounded by PublishTimeout) and returns. Details it could not publish
 // stay pending in Redis for the next owner or the next start.
+//
+// A reader reads its stream when its partition signals new entries
+// (shard.Partition.Written: this node's takes, and other nodes' takes as
+// they tell the owner), not on a timer; reconcile, once a second, also
+// wakes at most IdleReadsPerSecond readers not read for IdlePollInterval
+// (entries whose signal was lost), so that the Redis calls of idle
+// partitions stay bounded however many partitions there are.
 func (b *Batcher) Run(ctx context.Context) error {
 	defer b.brk.close()
 	readCtx, stopReaders := context.WithCancel(ctx)
@@ -63,22 +85,22 @@ func (b *Batcher) Run(ctx context.Context) error {
 		b.loop(ctx)
 	}()
 
-	running := map[string]context.CancelFunc{}
+	running := map[string]*reader{}
+	var order []string // keys of running, for the round of safety reads
+	cursor := 0
 	reconcile := func() {
 		want := map[string]*shard.Partition{}
-		var backlog int64
 		for _, p := range b.partitions() {
 			want[p.StreamKey()+"/"+p.Shard.ID] = p
-			if st, err := p.Inspect(ctx); err == nil {
-				backlog += st.Backlog
-			}
 		}
-		b.m.backlog.Set(float64(backlog))
-		b.m.backlogNow.Store(backlog)
-		for k, cancel := range running {
-			if _, ok := want[k]; !ok {
-				cancel()
+		changed := false
+		for k, r := range running {
+			if p, ok := want[k]; !ok || p != r.p {
+				// Gone, or a new handle (a reload): a new handle's takes
+				// signal the new one, so its reader starts again.
+				r.cancel()
 				delete(running, k)
+				changed = true
 			}
 		}
 		for k, p := range want {
@@ -86,12 +108,51 @@ func (b *Batcher) Run(ctx context.Context) error {
 				continue
 			}
 			rctx, cancel := context.WithCancel(readCtx)
-			running[k] = cancel
+			r := &reader{p: p, cancel: cancel, polled: time.Now()}
+			r.read.Store(true) // count it once
+			running[k] = r
+			changed = true
 			readers.Add(1)
 			go func() {
 				defer readers.Done()
-				b.read(rctx, p)
+				b.read(rctx, r)
 			}()
+		}
+		if changed {
+			order = order[:0]
+			for k := range running {
+				order = append(order, k)
+			}
+			cursor = 0
+		}
+		// The backlog: only streams read from since their last count (or
+		// not empty then) are counted again.
+		var backlog int64
+		for _, r := range running {
+			if r.read.Swap(false) || r.backlog > 0 {
+				if st, err := r.p.Inspect(ctx); err == nil {
+					r.backlog = st.Backlog
+				} else {
+					r.read.Store(true)
+				}
+			}
+			backlog += r.backlog
+		}
+		b.m.backlog.Set(float64(backlog))
+		b.m.backlogNow.Store(backlog)
+		// Safety reads, round robin, bounded.
+		now := time.Now()
+		budget := b.cfg.IdleReadsPerSecond
+		for i := 0; i < len(order) && budget > 0; i++ {
+			k := order[cursor%len(order)]
+			cursor++
+			r := running[k]
+			if r == nil || now.Sub(r.polled) < b.cfg.IdlePollInterval {
+				continue
+			}
+			r.polled = now
+			r.p.Notify()
+			budget--
 		}
 	}
 	reconcile()
@@ -115,12 +176,24 @@ func (b *Batcher) Run(ctx context.Context) error {
 // a node that takes a partition over (its owner died) or restarts starts
 // with exactly the backlog. Two owners for a moment publish the same
 // details twice, which MySQL absorbs by detail id.
-func (b *Batcher) read(ctx context.Context, p *shard.Partition) {
+//
+// Once caught up (a read returned less than a batch), it waits for the
+// partition's signal (shard.Partition.Written), which it drains before
+// every read: an entry recorded after the drain signals again, so none
+// waits for more than PollInterval once signalled.
+func (b *Batcher) read(ctx context.Context, r *reader) {
+	p := r.p
 	log := b.logger.With("sku", p.SKU, "pid", p.ID)
 	after := ""
 	failing := false
+	count := int64(b.cfg.BatchSize)
 	for ctx.Err() == nil {
-		es, err := p.ReadEntries(ctx, after, int64(b.cfg.BatchSize))
+		select {
+		case <-p.Written():
+		default:
+		}
+		es, err := p.ReadEntries(ctx, after, count)
+		b.m.streamReads.Inc()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -133,10 +206,6 @@ func (b *Batcher) read(ctx context.Context, p *shard.Partition) {
 			continue
 		}
 		failing = false
-		if len(es) == 0 {
-			sleepCtx(ctx, b.cfg.PollInterval)
-			continue
-		}
 		for _, e := range es {
 			select {
 			case b.in <- item{p: p, e: e}:
@@ -144,7 +213,23 @@ func (b *Batcher) read(ctx context.Context, p *shard.Partition) {
 				return
 			}
 		}
-		after = es[len(es)-1].ID
+		if len(es) > 0 {
+			after = es[len(es)-1].ID
+			r.read.Store(true)
+		}
+		if int64(len(es)) >= count {
+			continue
+		}
+		// Caught up: at most one read per PollInterval (takes meanwhile
+		// gather into it), and none until something signals.
+		if !sleepCtx(ctx, b.cfg.PollInterval) {
+			return
+		}
+		select {
+		case <-p.Written():
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 
@@ -265,11 +350,9 @@ func (b *Batcher) acked(ctx context.Context, id string, batch []item) {
 	b.m.published.WithLabelValues("confirmed").Inc()
 	b.m.batchSize.Observe(float64(n))
 	b.m.detailsPublished.Add(float64(n))
-	for p, e := range end {
-		if err := p.TrimBefore(ctx, e); err != nil {
-			// They stay and are published again later: harmless.
-			b.logger.Warn("trimming published details", "batch", id, "sku", p.SKU, "pid", p.ID, "err", err)
-		}
+	for p, err := range shard.TrimAll(ctx, end) {
+		// They stay and are published again later: harmless.
+		b.logger.Warn("trimming published details", "batch", id, "sku", p.SKU, "pid", p.ID, "err", err)
 	}
 }
 

@@ -56,8 +56,19 @@ type Config struct {
 	// BatchInterval: a batch is published at the latest this long after its
 	// first detail.
 	BatchInterval time.Duration `yaml:"batch_interval"`
-	// PollInterval is how often an idle partition stream is read again.
+	// PollInterval: a partition stream is read at most this often while
+	// takes keep signalling it (they gather into one read); a take is read
+	// at the latest this long after it was recorded.
 	PollInterval time.Duration `yaml:"poll_interval"`
+	// IdlePollInterval: a stream no take signalled (this node's takes,
+	// other nodes' hints) is read anyway after this long, as a safety net
+	// for a lost hint, within the IdleReadsPerSecond budget.
+	IdlePollInterval time.Duration `yaml:"idle_poll_interval"`
+	// IdleReadsPerSecond caps those safety reads per node, so that idle
+	// partitions cost a bounded number of Redis calls however many there
+	// are (with more idle streams than IdlePollInterval*IdleReadsPerSecond
+	// a round over them takes longer).
+	IdleReadsPerSecond int `yaml:"idle_reads_per_second"`
 	// PublishTimeout bounds the wait for one broker confirm.
 	PublishTimeout time.Duration `yaml:"publish_timeout"`
 	// Appliers consume batches in parallel on this node.
@@ -85,19 +96,21 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		Queue:          "stockd.details",
-		QueueType:      QueueQuorum,
-		BatchSize:      2000,
-		BatchInterval:  time.Second,
-		PollInterval:   50 * time.Millisecond,
-		PublishTimeout: 5 * time.Second,
-		Appliers:       2,
-		Prefetch:       4,
-		MaxAttempts:    5,
-		ReservationTTL: 15 * time.Minute,
-		ExpireEvery:    time.Second,
-		MaxExtension:   15 * time.Minute,
-		LoadData:       true,
+		Queue:              "stockd.details",
+		QueueType:          QueueQuorum,
+		BatchSize:          2000,
+		BatchInterval:      time.Second,
+		PollInterval:       50 * time.Millisecond,
+		IdlePollInterval:   5 * time.Second,
+		IdleReadsPerSecond: 20,
+		PublishTimeout:     5 * time.Second,
+		Appliers:           2,
+		Prefetch:           4,
+		MaxAttempts:        5,
+		ReservationTTL:     15 * time.Minute,
+		ExpireEvery:        time.Second,
+		MaxExtension:       15 * time.Minute,
+		LoadData:           true,
 	}
 }
 
@@ -120,6 +133,12 @@ func (c Config) Validate() error {
 	}
 	if c.PollInterval <= 0 {
 		errs = append(errs, errors.New("poll_interval: must be positive"))
+	}
+	if c.IdlePollInterval <= 0 {
+		errs = append(errs, errors.New("idle_poll_interval: must be positive"))
+	}
+	if c.IdleReadsPerSecond < 1 {
+		errs = append(errs, errors.New("idle_reads_per_second: must be at least 1"))
 	}
 	if c.PublishTimeout <= 0 {
 		errs = append(errs, errors.New("publish_timeout: must be positive"))

@@ -18,6 +18,7 @@ type metrics struct {
 	deadLettered     prometheus.Counter
 	expired          prometheus.Counter
 	backlog          prometheus.Gauge
+	streamReads      prometheus.Counter
 
 	// In-process copies for the status page (Sync.Backlog,
 	// Sync.TakeApplyLag): the backlog as last counted, and the largest
@@ -29,6 +30,10 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) *metrics {
 	f := promauto.With(reg)
 	m := &metrics{
+		streamReads: f.NewCounter(prometheus.CounterOpts{
+			Name: "stockd_sync_stream_reads_total",
+			Help: "Reads of partition detail streams by the batcher (signalled by takes, or safety reads of idle streams).",
+		}),
 		batchSize: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "stockd_sync_batch_details",
 			Help:    "Details per published batch.",
