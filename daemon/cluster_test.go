@@ -439,18 +439,7 @@ func gatewaySale(t *testing.T, b *buyer, addrs []string, sku, idPrefix string, w
 func TestClusterKillNineMidSale(t *testing.T) {
 	e := newEnv(t, 3)
 	base := e.config()
-	var procs []*proc
-	var gossip []string
-	for i := 0; i < 3; i++ {
-		cfg := base
-		cfg.NodeName = "n" + strconv.Itoa(i+1)
-		cfg.GossipAddr = "127.0.0.1:" + strconv.Itoa(freePort(t))
-		if i > 0 {
-			cfg.Join = []string{gossip[0]}
-		}
-		gossip = append(gossip, cfg.GossipAddr)
-		procs = append(procs, startProc(t, cfg))
-	}
+	procs, _ := startProcCluster(t, base, 3)
 	admin := &node{t: t, admin: procs[0].admin}
 	deadline := time.Now().Add(20 * time.Second)
 	for alive(clusterOf(t, admin)) != 3 {

@@ -56,6 +56,26 @@ type proc struct {
 	hot, admin string
 }
 
+// startProcCluster starts n processes from base, named n1..nN, each on its
+// own gossip port and joining the first; it returns them and their
+// gossip addresses.
+func startProcCluster(t *testing.T, base Config, n int) ([]*proc, []string) {
+	t.Helper()
+	var procs []*proc
+	var gossip []string
+	for i := 0; i < n; i++ {
+		cfg := base
+		cfg.NodeName = "n" + strconv.Itoa(i+1)
+		cfg.GossipAddr = "127.0.0.1:" + strconv.Itoa(freePort(t))
+		if i > 0 {
+			cfg.Join = []string{gossip[0]}
+		}
+		gossip = append(gossip, cfg.GossipAddr)
+		procs = append(procs, startProc(t, cfg))
+	}
+	return procs, gossip
+}
+
 // startProc runs the binary with cfg passed as STOCKD_* variables.
 func startProc(t *testing.T, cfg Config) *proc {
 	t.Helper()

@@ -237,6 +237,19 @@ type answer struct {
 }
 
 func (b *buyer) post(addr, path, body string) (answer, error) {
+	code, raw, err := b.postRaw(addr, path, body)
+	if err != nil {
+		return answer{}, err
+	}
+	a := answer{Code: code}
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return a, fmt.Errorf("status %d, body %q: %w", a.Code, raw, err)
+	}
+	return a, nil
+}
+
+// postRaw POSTs a JSON body and returns the status and a copy of the body.
+func (b *buyer) postRaw(addr, path, body string) (int, []byte, error) {
 	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -246,13 +259,9 @@ func (b *buyer) post(addr, path, body string) (answer, error) {
 	req.Header.SetContentType("application/json")
 	req.SetBodyString(body)
 	if err := b.c.Do(req, resp); err != nil {
-		return answer{}, err
+		return 0, nil, err
 	}
-	a := answer{Code: resp.StatusCode()}
-	if err := json.Unmarshal(resp.Body(), &a); err != nil {
-		return a, fmt.Errorf("status %d, body %q: %w", a.Code, resp.Body(), err)
-	}
-	return a, nil
+	return resp.StatusCode(), append([]byte(nil), resp.Body()...), nil
 }
 
 func (b *buyer) deduct(addr, sku string, qty int64, reqID string) (answer, error) {
