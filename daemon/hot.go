@@ -353,15 +353,19 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	// ends them early. One clock read serves the verdict's freshness, the
 	// deadline and the latency.
 	start := mono.Now()
-	// Sale rules (sale.go): one atomic load while no SKU has any; the
-	// wall clock is read only for a SKU that has rules.
-	rules := h.sched.Rules(r.sku)
+	// Sale rules (sale.go) and the sold-out verdict come from the entry
+	// looked up above (one registry lookup per request before Deduct);
+	// the wall clock is read only for a SKU that has rules.
+	var rules *scheduler.Rules
+	if entry != nil {
+		rules = entry.Rules()
+	}
 	if rules != nil && h.refused(ctx, rules, r, time.Now()) {
 		return
 	}
 	var res scheduler.Result
 	var err error
-	if h.sched.SoldOutFromMemoryAt(r.sku, r.requestID, start) {
+	if h.sched.SoldOutFor(entry, r.requestID, start) {
 		// Most of a flash sale's traffic: answered without Redis, without
 		// a context or timer, and without copying the body's strings.
 		res.Status = scheduler.SoldOut

@@ -51,6 +51,9 @@ func (s *Scheduler) Rules(name string) *Rules {
 	return sku.rules.Load()
 }
 
+// Rules returns the entry's sale rules, nil when it has none.
+func (s *SKU) Rules() *Rules { return s.rules.Load() }
+
 // Check answers from memory whether r lets a deduction in at now.
 func (r *Rules) Check(now time.Time, hasUser bool) Gate {
 	switch {

@@ -311,7 +311,12 @@ func (s *Scheduler) SoldOutFromMemory(name, reqID string) bool {
 // reads the clock once per request for this and its latency. It keeps
 // neither string, so they may point into a request buffer.
 func (s *Scheduler) SoldOutFromMemoryAt(name, reqID string, arrived int64) bool {
-	sku := s.reg.Get(name)
+	return s.SoldOutFor(s.reg.Get(name), reqID, arrived)
+}
+
+// SoldOutFor is SoldOutFromMemoryAt for a registry entry the caller
+// already holds (nil: not loaded, never sold out from memory).
+func (s *Scheduler) SoldOutFor(sku *SKU, reqID string, arrived int64) bool {
 	if sku == nil {
 		return false
 	}
