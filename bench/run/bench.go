@@ -16,8 +16,9 @@ import (
 )
 
 // bench is one run of the orchestrator: the services it uses (services.go:
-// temp directory, MySQL, RabbitMQ, Redis), the stockd it measures
-// (stockd.go: binaries, nodes and their HTTP client), and what it measured,
+// temp directory, MySQL, RabbitMQ, Redis), the launcher of what it
+// measures (stockd.go: binaries, stockd nodes, baselines, the nodes' HTTP
+// client), and what it measured,
 // in report's types so that the report is rendered from them. Its own
 // methods are the runs, by file: measure.go (one measured loadgen run),
 // runs.go (the rows, half max, write-back lag, checks), profile.go,
@@ -25,15 +26,11 @@ import (
 type bench struct {
 	*life
 	*services
+	*launcher
 	opt options
 
-	bin        string // directory of the built binaries
-	goBin      string
-	stockd     *proc
+	stockd     *proc // the main node
 	hot, admin string
-	api        nodeClient
-	secret     string // reservation_secret
-	prefix     string
 	loadavg    string // at the start
 	scaleRows  []plan.ScaleRow
 
@@ -66,8 +63,9 @@ type life struct {
 
 func newBench(opt options) *bench {
 	lf := &life{start: time.Now()}
-	b := &bench{life: lf, opt: opt, api: nodeClient{http: &http.Client{Timeout: 30 * time.Second}}}
-	b.services = &services{life: lf, mysqlBase: opt.mysqlBase, amqpURL: opt.amqpURL, keep: opt.keep}
+	sv := &services{life: lf, mysqlBase: opt.mysqlBase, amqpURL: opt.amqpURL, keep: opt.keep}
+	b := &bench{life: lf, services: sv, opt: opt}
+	b.launcher = &launcher{life: lf, services: sv, api: nodeClient{http: &http.Client{Timeout: 30 * time.Second}}}
 	b.loadavg = measure.LoadAvg()
 	b.scaleRows = plan.ScaleRows(opt.scaleSKUs)
 	b.meter = measure.Meter{Clk: 100, GateBudget: 120 * time.Second, Logf: b.logf}

@@ -32,6 +32,7 @@ type services struct {
 	keep               bool // keep the temp directory
 
 	tmp        string
+	prefix     string  // Redis key prefix (scale rows: plus the row's id)
 	root       *sql.DB // no default database; queries name theirs
 	stockdDB   string
 	baseDB     string

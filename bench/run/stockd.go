@@ -21,15 +21,23 @@ import (
 	"github.com/stockd/stockd/internal/redisproc"
 )
 
-// stockd under test: building the binaries, starting nodes (one for the
-// main rows, clusters for the scale rows) and baselines, and the HTTP
-// client the bench talks to the nodes with.
+// launcher builds and starts what the bench measures: stockd nodes (one
+// for the main rows, clusters for the scale rows) and the baseline
+// servers; api is the HTTP client the bench talks to the nodes with.
+type launcher struct {
+	*life
+	*services
+	bin    string // directory of the built binaries
+	goBin  string
+	secret string // reservation_secret of every node
+	api    nodeClient
+}
 
 // build compiles the three binaries into bin/ (go build, whatever is in the
 // tree now).
-func (b *bench) build(ctx context.Context) error {
-	b.bin = "bin"
-	if err := os.MkdirAll(b.bin, 0o755); err != nil {
+func (ln *launcher) build(ctx context.Context) error {
+	ln.bin = "bin"
+	if err := os.MkdirAll(ln.bin, 0o755); err != nil {
 		return err
 	}
 	goBin := "go"
@@ -39,19 +47,19 @@ func (b *bench) build(ctx context.Context) error {
 			goBin = "/usr/local/go/bin/go"
 		}
 	}
-	b.goBin = goBin
+	ln.goBin = goBin
 	for _, t := range [][2]string{
 		{"stockd", "./daemon/cmd/stockd"},
 		{"loadgen", "./bench/loadgen"},
 		{"baseline", "./bench/baseline"},
 	} {
 		start := time.Now()
-		cmd := exec.CommandContext(ctx, goBin, "build", "-o", filepath.Join(b.bin, t[0]), t[1])
+		cmd := exec.CommandContext(ctx, goBin, "build", "-o", filepath.Join(ln.bin, t[0]), t[1])
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("go build %s: %v\n%s", t[1], err, out)
 		}
-		b.logf("built bin/%s (%s)", t[0], time.Since(start).Round(100*time.Millisecond))
+		ln.logf("built bin/%s (%s)", t[0], time.Since(start).Round(100*time.Millisecond))
 	}
 	return nil
 }
@@ -95,7 +103,7 @@ type stockNode struct {
 }
 
 // nodeEnv is the configuration of a node (STOCKD_* variables).
-func (b *bench) nodeEnv(s nodeSpec, n *stockNode) []string {
+func (ln *launcher) nodeEnv(s nodeSpec, n *stockNode) []string {
 	var shards []string
 	for i, r := range s.shards {
 		shards = append(shards, fmt.Sprintf("s%d=%s", i+1, r.Addr))
@@ -105,10 +113,10 @@ func (b *bench) nodeEnv(s nodeSpec, n *stockNode) []string {
 		"STOCKD_HTTP_ADDR="+n.hot,
 		"STOCKD_ADMIN_ADDR="+n.admin,
 		"STOCKD_GOSSIP_ADDR="+n.gossip,
-		"STOCKD_ADMIN_TOKEN="+b.api.token,
-		"STOCKD_RESERVATION_SECRET="+b.secret,
-		"STOCKD_MYSQL_DSN="+b.dsn(s.db),
-		"STOCKD_AMQP_URL="+b.opt.amqpURL,
+		"STOCKD_ADMIN_TOKEN="+ln.api.token,
+		"STOCKD_RESERVATION_SECRET="+ln.secret,
+		"STOCKD_MYSQL_DSN="+ln.dsn(s.db),
+		"STOCKD_AMQP_URL="+ln.amqpURL,
 		"STOCKD_KEY_PREFIX="+s.prefix,
 		"STOCKD_SHARDS="+strings.Join(shards, ","),
 		"STOCKD_SYNC_QUEUE="+s.queue,
@@ -122,7 +130,7 @@ func (b *bench) nodeEnv(s nodeSpec, n *stockNode) []string {
 
 // startNode starts a stockd and waits until it is ready. Its cleanup
 // (stop) is registered before it returns.
-func (b *bench) startNode(ctx context.Context, s nodeSpec) (*stockNode, error) {
+func (ln *launcher) startNode(ctx context.Context, s nodeSpec) (*stockNode, error) {
 	var addrs [3]string
 	for i := range addrs {
 		p, err := redisproc.FreePort()
@@ -132,18 +140,18 @@ func (b *bench) startNode(ctx context.Context, s nodeSpec) (*stockNode, error) {
 		addrs[i] = "127.0.0.1:" + strconv.Itoa(p)
 	}
 	n := &stockNode{hot: addrs[0], admin: addrs[1], gossip: addrs[2]}
-	p, err := startProc(s.name, filepath.Join(b.bin, "stockd"), nil, b.nodeEnv(s, n), filepath.Join(b.tmp, s.log))
+	p, err := startProc(s.name, filepath.Join(ln.bin, "stockd"), nil, ln.nodeEnv(s, n), filepath.Join(ln.tmp, s.log))
 	if err != nil {
 		return nil, err
 	}
 	n.p = p
-	b.onCleanup(func() {
+	ln.onCleanup(func() {
 		p.stop(syscall.SIGTERM, 15*time.Second)
-		if b.opt.keep {
+		if ln.keep {
 			return
 		}
 		if t := p.tail(5); t != "" && p.err != nil {
-			b.logf("%s log (last lines):\n%s", s.name, t)
+			ln.logf("%s log (last lines):\n%s", s.name, t)
 		}
 	})
 	if err := waitHTTP(ctx, p, "http://"+n.hot+"/readyz", 60*time.Second); err != nil {
@@ -153,18 +161,18 @@ func (b *bench) startNode(ctx context.Context, s nodeSpec) (*stockNode, error) {
 }
 
 // startBaseline runs bin/baseline in mode on a free port until stop.
-func (b *bench) startBaseline(ctx context.Context, mode string) (*proc, string, error) {
+func (ln *launcher) startBaseline(ctx context.Context, mode string) (*proc, string, error) {
 	port, err := redisproc.FreePort()
 	if err != nil {
 		return nil, "", err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	args := []string{"-mode", mode, "-addr", addr,
-		"-mysql", b.dsn(b.baseDB), "-table", "bench_stock",
-		"-redis", b.baseRedis.Addr, "-key", b.prefix + ":stock",
+		"-mysql", ln.dsn(ln.baseDB), "-table", "bench_stock",
+		"-redis", ln.baseRedis.Addr, "-key", ln.prefix + ":stock",
 		"-stock", strconv.FormatInt(plan.BaselineStock, 10), "-db-conns", strconv.Itoa(plan.BaselineConns),
-		"-queue", b.mqQueue, "-amqp", b.opt.amqpURL, "-orders", plan.MQOrders}
-	p, err := startProc("baseline-"+mode, filepath.Join(b.bin, "baseline"), args, cleanEnv(), filepath.Join(b.tmp, "baseline-"+mode+".log"))
+		"-queue", ln.mqQueue, "-amqp", ln.amqpURL, "-orders", plan.MQOrders}
+	p, err := startProc("baseline-"+mode, filepath.Join(ln.bin, "baseline"), args, cleanEnv(), filepath.Join(ln.tmp, "baseline-"+mode+".log"))
 	if err != nil {
 		return nil, "", err
 	}
