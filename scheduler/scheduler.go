@@ -187,7 +187,7 @@ const (
 // Result of a deduction.
 type Result struct {
 	Status Status
-	// Partition, Seq and Qty identify the deduction when Status is OK.
+	// Slot, Seq and Qty identify the deduction when Status is OK.
 	Partition *shard.Partition
 	Seq       int64
 	Qty       int64
@@ -260,13 +260,13 @@ func (c *levelCollector) Collect(ch chan<- prometheus.Metric) {
 		if sku == nil {
 			continue
 		}
-		for _, p := range sku.Partitions() {
+		for _, p := range sku.Slots() {
 			if !p.Open() {
 				continue
 			}
-			pid := strconv.Itoa(p.H.ID)
-			ch <- prometheus.MustNewConstMetric(levelDesc, prometheus.GaugeValue, float64(p.a.Load()), name, pid, "a", p.H.Shard.ID)
-			ch <- prometheus.MustNewConstMetric(levelDesc, prometheus.GaugeValue, float64(p.b.Load()), name, pid, "b", p.H.Shard.ID)
+			pid := strconv.Itoa(p.Handle.ID)
+			ch <- prometheus.MustNewConstMetric(levelDesc, prometheus.GaugeValue, float64(p.a.Load()), name, pid, "a", p.Handle.Shard.ID)
+			ch <- prometheus.MustNewConstMetric(levelDesc, prometheus.GaugeValue, float64(p.b.Load()), name, pid, "b", p.Handle.Shard.ID)
 		}
 	}
 }
@@ -352,7 +352,7 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 	if home == nil {
 		return Result{Status: SoldOut}, nil
 	}
-	cur := pointer{home.H.ID, 1}
+	cur := pointer{home.Handle.ID, 1}
 	var triedBuf [16]int
 	tried := triedBuf[:0]
 	var deadline time.Time
@@ -360,9 +360,9 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 	// the race for freshly refilled units several rounds in a row; the
 	// stock wait (awaitStock) and the request's context bound it in time,
 	// this only in calls.
-	maxSteps := 64 + 16*len(sku.Partitions())
+	maxSteps := 64 + 16*len(sku.Slots())
 	for step := 0; step < maxSteps; step++ {
-		p := sku.partition(cur.pid)
+		p := sku.Slot(cur.pid)
 		if p == nil && !sku.isRetired(cur.pid) {
 			// The pointer names a partition another node added and this
 			// one has not loaded yet (a notice, or reload_every, brings
@@ -370,20 +370,20 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 			// could deduct twice. A retry is safe.
 			return Result{}, fmt.Errorf("%w: partition %d of %s is not loaded on this node yet", ErrUnavailable, cur.pid, sku.Name)
 		}
-		if p != nil && !p.H.Shard.Healthy() {
+		if p != nil && !p.Handle.Shard.Healthy() {
 			// The request's path goes through a shard that does not
 			// answer: fail fast rather than queue behind its timeouts
 			// (its pointer or record may be there, so no other
 			// partition may take instead). A retry is safe.
-			return Result{}, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.H.Shard.ID, p.H.ID)
+			return Result{}, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.Handle.Shard.ID, p.Handle.ID)
 		}
 		if p != nil {
 			s.takeCalls.Inc()
-			r, err := p.H.Take(ctx, reqID, qty, cur.round, p == home, userID)
+			r, err := p.Handle.Take(ctx, reqID, qty, cur.round, p == home, userID)
 			if s.hooks.Took != nil && (err != nil || r.Code == shard.Took || r.Code == shard.TookEarl) {
 				// Its owner's write-back reads the stream when told (a
 				// failed call may have recorded details too).
-				s.hooks.Took(p.H)
+				s.hooks.Took(p.Handle)
 			}
 			if errors.Is(err, shard.ErrRollback) {
 				s.rollback(sku, p)
@@ -394,9 +394,9 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 			s.observe(sku, p, r.Levels, r.Refill)
 			switch r.Code {
 			case shard.Took, shard.TookEarl:
-				return Result{Status: OK, Partition: p.H, Seq: r.Seq, Qty: r.Qty}, nil
+				return Result{Status: OK, Partition: p.Handle, Seq: r.Seq, Qty: r.Qty}, nil
 			case shard.Reused:
-				return Result{Status: Reused, Partition: p.H, Seq: r.Seq, Qty: r.Qty}, nil
+				return Result{Status: Reused, Partition: p.Handle, Seq: r.Seq, Qty: r.Qty}, nil
 			case shard.Moved:
 				var rehomed bool
 				if home, cur, rehomed, err = s.elsewhere(ctx, sku, reqID, home, r.Pointer); err != nil {
@@ -439,7 +439,7 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 				// the pointer on and taken there meanwhile: sold out
 				// holds only while the pointer still names cur.
 				s.pointCalls.Inc()
-				pr, err := home.H.Point(ctx, reqID, cur.String(), cur.String())
+				pr, err := home.Handle.Point(ctx, reqID, cur.String(), cur.String())
 				if err != nil {
 					return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 				}
@@ -448,9 +448,9 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 					return Result{Status: SoldOut}, nil
 				case shard.PointTook:
 					if pr.Qty != qty {
-						return Result{Status: Reused, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
+						return Result{Status: Reused, Partition: home.Handle, Seq: pr.Seq, Qty: pr.Qty}, nil
 					}
-					return Result{Status: OK, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
+					return Result{Status: OK, Partition: home.Handle, Seq: pr.Seq, Qty: pr.Qty}, nil
 				}
 				if home, cur, _, err = s.elsewhere(ctx, sku, reqID, home, pr.Pointer); err != nil {
 					return Result{}, err
@@ -464,9 +464,9 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 				continue
 			}
 		}
-		to := pointer{next.H.ID, round}
+		to := pointer{next.Handle.ID, round}
 		s.pointCalls.Inc()
-		pr, err := home.H.Point(ctx, reqID, cur.String(), to.String())
+		pr, err := home.Handle.Point(ctx, reqID, cur.String(), to.String())
 		if err != nil {
 			return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
@@ -483,9 +483,9 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 			}
 		case shard.PointTook:
 			if pr.Qty != qty {
-				return Result{Status: Reused, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
+				return Result{Status: Reused, Partition: home.Handle, Seq: pr.Seq, Qty: pr.Qty}, nil
 			}
-			return Result{Status: OK, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
+			return Result{Status: OK, Partition: home.Handle, Seq: pr.Seq, Qty: pr.Qty}, nil
 		default:
 			return Result{}, fmt.Errorf("point: code %d: %w", pr.Code, shard.ErrBadReply)
 		}
@@ -502,7 +502,7 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 // point at that partition as the request's home run on one Redis, so all
 // copies of the request, whatever generations their nodes have loaded,
 // end at the same home (ARCHITECTURE 4.2, 4.3).
-func (s *Scheduler) homeOf(ctx context.Context, sku *SKU, reqID string) (*Partition, error) {
+func (s *Scheduler) homeOf(ctx context.Context, sku *SKU, reqID string) (*Slot, error) {
 	h := hashx.FNV64(reqID)
 	newest := sku.homeUpTo(h, -1)
 	if newest == nil || newest.gen.Load() == 0 {
@@ -511,18 +511,18 @@ func (s *Scheduler) homeOf(ctx context.Context, sku *SKU, reqID string) (*Partit
 	chain := sku.homeChain(h)
 	for i := 0; i < len(chain)-1; i++ {
 		p := chain[i]
-		if !p.H.Shard.Healthy() {
-			return nil, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.H.Shard.ID, p.H.ID)
+		if !p.Handle.Shard.Healthy() {
+			return nil, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.Handle.Shard.ID, p.Handle.ID)
 		}
 		s.claimCalls.Inc()
-		cr, err := p.H.Claim(ctx, reqID, chain[i+1].H.ID, -1)
+		cr, err := p.Handle.Claim(ctx, reqID, chain[i+1].Handle.ID, -1)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
 		if cr.Home {
 			return p, nil
 		}
-		q, err := s.follow(ctx, sku, reqID, p, cr.Next, chain[i+1].H.ID)
+		q, err := s.follow(ctx, sku, reqID, p, cr.Next, chain[i+1].Handle.ID)
 		if err != nil {
 			return nil, err
 		}
@@ -543,13 +543,13 @@ func (s *Scheduler) homeOf(ctx context.Context, sku *SKU, reqID string) (*Partit
 // pointed there (nothing was taken for the request at the old home): the
 // named partition becomes the home, taken at in round 1 with nothing
 // tried (rehomed). Otherwise the answer is the pointer to follow.
-func (s *Scheduler) elsewhere(ctx context.Context, sku *SKU, reqID string, home *Partition, answer string) (*Partition, pointer, bool, error) {
+func (s *Scheduler) elsewhere(ctx context.Context, sku *SKU, reqID string, home *Slot, answer string) (*Slot, pointer, bool, error) {
 	if pid, ok := shard.ParseRedirect(answer); ok {
 		h, err := s.follow(ctx, sku, reqID, home, pid, -1)
 		if err != nil {
 			return nil, pointer{}, false, err
 		}
-		return h, pointer{h.H.ID, 1}, true, nil
+		return h, pointer{h.Handle.ID, 1}, true, nil
 	}
 	cur, err := parsePointer(answer)
 	return home, cur, false, err
@@ -560,16 +560,16 @@ func (s *Scheduler) elsewhere(ctx context.Context, sku *SKU, reqID string, home 
 // A pid that left the home set (retired past the window) is stale: the
 // redirect is replaced by one to next, or removed when next < 0, in which
 // case at becomes the home.
-func (s *Scheduler) follow(ctx context.Context, sku *SKU, reqID string, at *Partition, pid, next int) (*Partition, error) {
+func (s *Scheduler) follow(ctx context.Context, sku *SKU, reqID string, at *Slot, pid, next int) (*Slot, error) {
 	for range 4 {
-		if q := sku.partition(pid); q != nil {
+		if q := sku.Slot(pid); q != nil {
 			return q, nil
 		}
 		if !sku.isRetired(pid) {
 			return nil, fmt.Errorf("%w: partition %d of %s is not loaded on this node yet", ErrUnavailable, pid, sku.Name)
 		}
 		s.claimCalls.Inc()
-		cr, err := at.H.Claim(ctx, reqID, next, pid)
+		cr, err := at.Handle.Claim(ctx, reqID, next, pid)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
@@ -583,7 +583,7 @@ func (s *Scheduler) follow(ctx context.Context, sku *SKU, reqID string, at *Part
 
 // observe records levels from a script reply and asks for a refill of the
 // idle sub-domain when the script said it is low.
-func (s *Scheduler) observe(sku *SKU, p *Partition, l shard.Levels, refill byte) {
+func (s *Scheduler) observe(sku *SKU, p *Slot, l shard.Levels, refill byte) {
 	if p.activeB.Load() != (l.Active == 'b') {
 		s.swaps.Inc() // seen here; a swap between two observations counts once
 	}
@@ -618,14 +618,14 @@ const (
 // requestRefill queues one refill per (partition, sub-domain) at a time,
 // and none while the pool is known empty. The refill applies while the
 // sub-domain holds less than the SKU's threshold.
-func (s *Scheduler) requestRefill(sku *SKU, p *Partition, sub byte) {
+func (s *Scheduler) requestRefill(sku *SKU, p *Slot, sub byte) {
 	s.requestRefillCap(sku, p, sub, sku.threshold.Load())
 }
 
 // requestRefillCap is requestRefill with the cap below which the refill
 // applies (a request for more than the threshold raises it). A partition
 // another node owns is refilled by its owner: the request goes there.
-func (s *Scheduler) requestRefillCap(sku *SKU, p *Partition, sub byte, capAt int64) {
+func (s *Scheduler) requestRefillCap(sku *SKU, p *Slot, sub byte, capAt int64) {
 	if s.hooks.Refill == nil || !p.Open() || sku.pool.Load() == 0 {
 		return
 	}
@@ -634,14 +634,14 @@ func (s *Scheduler) requestRefillCap(sku *SKU, p *Partition, sub byte, capAt int
 		return
 	}
 	s.refillAsks.Inc()
-	if s.hooks.Owns != nil && !s.hooks.Owns(p.H) {
+	if s.hooks.Owns != nil && !s.hooks.Owns(p.Handle) {
 		if s.hooks.Forward != nil {
-			s.hooks.Forward(p.H, sub, capAt)
+			s.hooks.Forward(p.Handle, sub, capAt)
 		}
 		time.AfterFunc(forwardHold, func() { p.refilling[i].Store(false) })
 		return
 	}
-	ok := s.hooks.Refill(p.H, sub, sku.chunk.Load(), capAt, func(r RefillResult) {
+	ok := s.hooks.Refill(p.Handle, sub, sku.chunk.Load(), capAt, func(r RefillResult) {
 		if r.HaveLevels {
 			p.setLevels(r.Levels)
 		}
@@ -675,7 +675,7 @@ func (s *Scheduler) RefillFor(name string, pid int, sub byte, capAt int64) {
 	if sku == nil || (sub != 'a' && sub != 'b') {
 		return
 	}
-	p := sku.partition(pid)
+	p := sku.Slot(pid)
 	if p == nil {
 		return
 	}
@@ -706,11 +706,11 @@ func (s *Scheduler) Sweep(ctx context.Context) {
 			continue
 		}
 		thr := sku.threshold.Load()
-		for _, p := range sku.Partitions() {
-			if !p.Open() || (s.hooks.Owns != nil && !s.hooks.Owns(p.H)) {
+		for _, p := range sku.Slots() {
+			if !p.Open() || (s.hooks.Owns != nil && !s.hooks.Owns(p.Handle)) {
 				continue
 			}
-			seq := p.H.LastSeq()
+			seq := p.Handle.LastSeq()
 			active := p.touched.Swap(false) || seq != p.sweptSeq.Load()
 			if !active {
 				if now-p.sweptAt.Load() < idleEvery || budget == 0 {
@@ -720,7 +720,7 @@ func (s *Scheduler) Sweep(ctx context.Context) {
 			}
 			p.sweptSeq.Store(seq)
 			p.sweptAt.Store(now)
-			st, err := p.H.Inspect(ctx)
+			st, err := p.Handle.Inspect(ctx)
 			if err != nil || !st.Exists {
 				continue
 			}
@@ -743,33 +743,33 @@ func (s *Scheduler) Touched(name string, pid int) {
 	if sku == nil {
 		return
 	}
-	if p := sku.partition(pid); p != nil {
+	if p := sku.Slot(pid); p != nil {
 		p.touched.Store(true)
-		p.H.Notify()
+		p.Handle.Notify()
 	}
 }
 
-func (s *Scheduler) fence(sku *SKU, p *Partition) {
+func (s *Scheduler) fence(sku *SKU, p *Slot) {
 	if p.open.CompareAndSwap(true, false) {
-		s.logger.Error("partition lost its state; fenced", "sku", sku.Name, "pid", p.H.ID, "shard", p.H.Shard.ID)
+		s.logger.Error("partition lost its state; fenced", "sku", sku.Name, "pid", p.Handle.ID, "shard", p.Handle.Shard.ID)
 		if s.hooks.Lost != nil {
-			s.hooks.Lost(p.H)
+			s.hooks.Lost(p.Handle)
 		}
 	}
 }
 
-func (s *Scheduler) rollback(sku *SKU, p *Partition) {
+func (s *Scheduler) rollback(sku *SKU, p *Slot) {
 	if p.open.CompareAndSwap(true, false) {
-		s.logger.Error("partition sequence went back; fenced", "sku", sku.Name, "pid", p.H.ID, "shard", p.H.Shard.ID,
-			"seen", p.H.LastSeq())
+		s.logger.Error("partition sequence went back; fenced", "sku", sku.Name, "pid", p.Handle.ID, "shard", p.Handle.Shard.ID,
+			"seen", p.Handle.LastSeq())
 		if s.hooks.Rollback != nil {
-			s.hooks.Rollback(p.H)
+			s.hooks.Rollback(p.Handle)
 		}
 	}
 }
 
 func (sku *SKU) refilling() bool {
-	for _, p := range sku.Partitions() {
+	for _, p := range sku.Slots() {
 		if p.refilling[0].Load() || p.refilling[1].Load() {
 			return true
 		}
@@ -795,7 +795,7 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 			// refilled (here or by its owner), then wait for one to land.
 			capAt := max(sku.threshold.Load(), qty)
 			remote := false
-			for _, p := range sku.Partitions() {
+			for _, p := range sku.Slots() {
 				l := p.Levels()
 				if l.A < capAt {
 					s.requestRefillCap(sku, p, 'a', capAt)
@@ -803,7 +803,7 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 				if l.B < capAt {
 					s.requestRefillCap(sku, p, 'b', capAt)
 				}
-				remote = remote || (s.hooks.Owns != nil && p.Open() && !s.hooks.Owns(p.H))
+				remote = remote || (s.hooks.Owns != nil && p.Open() && !s.hooks.Owns(p.Handle))
 			}
 			if !remote {
 				// Every refill that lands here wakes the waiters; the
@@ -911,20 +911,20 @@ func (s *Scheduler) refresh(ctx context.Context, sku *SKU) (tailState, error) {
 		}
 		sku.pool.Store(t.pool)
 	}
-	for _, p := range sku.Partitions() {
+	for _, p := range sku.Slots() {
 		if !p.Open() {
 			continue
 		}
-		if !p.H.Shard.Healthy() {
+		if !p.Handle.Shard.Healthy() {
 			// Its levels are unknown, so the total is too: not sold out,
 			// not enough. Failing at once also keeps a caller without a
 			// deadline from waiting on a shard that does not answer.
-			return t, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.H.Shard.ID, p.H.ID)
+			return t, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.Handle.Shard.ID, p.Handle.ID)
 		}
 		// Takes running meanwhile raise the sequence; only one seen before
 		// the read can prove that the shard went back.
-		seen := p.H.LastSeq()
-		st, err := p.H.Inspect(ctx)
+		seen := p.Handle.LastSeq()
+		st, err := p.Handle.Inspect(ctx)
 		if err != nil {
 			return t, err
 		}
@@ -956,9 +956,9 @@ func (s *Scheduler) consolidate(ctx context.Context, sku *SKU, need int64) error
 		return errors.New("no consolidation hook")
 	}
 	var parts []*shard.Partition
-	for _, p := range sku.Partitions() {
+	for _, p := range sku.Slots() {
 		if p.Open() {
-			parts = append(parts, p.H)
+			parts = append(parts, p.Handle)
 		}
 	}
 	s.logger.Info("consolidating scattered stock", "sku", sku.Name, "need", need)
@@ -982,8 +982,8 @@ func (s *Scheduler) markSoldOut(ctx context.Context, sku *SKU, t tailState) {
 		ctx, cancel := detached(ctx)
 		defer cancel()
 		var ids []string
-		for _, p := range sku.Partitions() {
-			if err := p.H.Successes(ctx, func(id string) { ids = append(ids, id) }); err != nil {
+		for _, p := range sku.Slots() {
+			if err := p.Handle.Successes(ctx, func(id string) { ids = append(ids, id) }); err != nil {
 				s.logger.Warn("load sold-out filter", "sku", sku.Name, "err", err)
 				return nil, err
 			}
@@ -1054,7 +1054,7 @@ func sleep(ctx context.Context, wake <-chan struct{}, d time.Duration) error {
 // gone, or it was closed).
 func (s *Scheduler) Fence(name string, pid int) {
 	if sku := s.reg.Get(name); sku != nil {
-		if p := sku.partition(pid); p != nil {
+		if p := sku.Slot(pid); p != nil {
 			p.open.Store(false)
 		}
 	}
