@@ -389,7 +389,7 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 				s.rollback(sku, p)
 			}
 			if err != nil {
-				return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+				return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 			}
 			s.observe(sku, p, r.Levels, r.Refill)
 			switch r.Code {
@@ -441,7 +441,7 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 				s.pointCalls.Inc()
 				pr, err := home.Handle.Point(ctx, reqID, cur.String(), cur.String())
 				if err != nil {
-					return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+					return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 				}
 				switch pr.Code {
 				case shard.PointMoved:
@@ -468,7 +468,7 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 		s.pointCalls.Inc()
 		pr, err := home.Handle.Point(ctx, reqID, cur.String(), to.String())
 		if err != nil {
-			return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		switch pr.Code {
 		case shard.PointMoved:
@@ -517,7 +517,7 @@ func (s *Scheduler) homeOf(ctx context.Context, sku *SKU, reqID string) (*Slot, 
 		s.claimCalls.Inc()
 		cr, err := p.Handle.Claim(ctx, reqID, chain[i+1].Handle.ID, -1)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		if cr.Home {
 			return p, nil
@@ -571,7 +571,7 @@ func (s *Scheduler) follow(ctx context.Context, sku *SKU, reqID string, at *Slot
 		s.claimCalls.Inc()
 		cr, err := at.Handle.Claim(ctx, reqID, next, pid)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		if cr.Home {
 			return at, nil
@@ -832,7 +832,7 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 			return s.refresh(ctx, sku)
 		})
 		if err != nil {
-			return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			return 0, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		t := v.(tailState)
 		switch {
@@ -852,11 +852,11 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 				defer cancel()
 				return nil, s.consolidate(ctx, sku, qty)
 			}); err != nil {
-				return 0, fmt.Errorf("%w: consolidate: %v", ErrUnavailable, err)
+				return 0, fmt.Errorf("%w: consolidate: %w", ErrUnavailable, err)
 			}
 		default:
 			if caught, err := s.catchUp(ctx, sku); err != nil {
-				return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+				return 0, fmt.Errorf("%w: %w", ErrUnavailable, err)
 			} else if caught {
 				continue // partitions or stock this node had not loaded: look again
 			}
@@ -1043,7 +1043,7 @@ func sleep(ctx context.Context, wake <-chan struct{}, d time.Duration) error {
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+		return fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
 	case <-wake:
 	case <-t.C:
 	}

@@ -60,10 +60,10 @@ func (s *Scheduler) verdictHolds(ctx context.Context, sku *SKU) (bool, error) {
 		})
 		select {
 		case <-ctx.Done():
-			return false, fmt.Errorf("%w: confirm the sold-out verdict of %s: %v", ErrUnavailable, sku.Name, ctx.Err())
+			return false, fmt.Errorf("%w: confirm the sold-out verdict of %s: %w", ErrUnavailable, sku.Name, ctx.Err())
 		case r := <-ch:
 			if r.Err != nil {
-				return false, fmt.Errorf("%w: confirm the sold-out verdict of %s: %v", ErrUnavailable, sku.Name, r.Err)
+				return false, fmt.Errorf("%w: confirm the sold-out verdict of %s: %w", ErrUnavailable, sku.Name, r.Err)
 			}
 		}
 	}
