@@ -298,199 +298,262 @@ func parsePointer(s string) (pointer, error) {
 	return pointer{pid, round}, nil
 }
 
-// SoldOutFromMemory answers true when sku is known sold out and reqID
-// certainly did not take before (not in the filter of ids that did):
-// Deduct would answer sold out without I/O.
-func (s *Scheduler) SoldOutFromMemory(name, reqID string) bool {
-	return s.SoldOutFromMemoryAt(name, reqID, mono.Now())
-}
-
-// SoldOutFromMemoryAt is SoldOutFromMemory for a request that arrived at
-// arrived (mono.Now): its verdict must rest on a confirmation read started
-// less than VerdictMaxAge before that, as in verdictHolds. The hot path
-// reads the clock once per request for this and its latency. It keeps
-// neither string, so they may point into a request buffer.
-func (s *Scheduler) SoldOutFromMemoryAt(name, reqID string, arrived int64) bool {
-	return s.SoldOutFor(s.reg.Get(name), reqID, arrived)
-}
-
-// SoldOutFor is SoldOutFromMemoryAt for a registry entry the caller
-// already holds (nil: not loaded, never sold out from memory).
-func (s *Scheduler) SoldOutFor(sku *SKU, reqID string, arrived int64) bool {
-	if sku == nil {
-		return false
-	}
-	if so := sku.soldOut.Load(); so != nil && s.verdictFresh(so, arrived) && !so.successes.mayContain(reqID) {
-		s.memorySoldOut.Inc()
-		return true
-	}
-	return false
-}
-
 // Deduct takes qty units of sku for reqID, or returns the outcome an
-// earlier attempt with the same id had.
+// earlier attempt with the same id had. Its steps, in order: the sold-out
+// verdict (soldOut), the request's home (homeOf), then the walk: take at
+// the pointer's (partition, round) (takeStep); when short there, choose
+// the next partition, waiting for stock if none has enough (pickStep), and
+// move the pointer there (pointTo).
 func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, userID string) (Result, error) {
 	sku := s.reg.Get(name)
 	if sku == nil {
 		return Result{}, ErrUnknownSKU
 	}
-	if so := sku.soldOut.Load(); so != nil && !so.successes.mayContain(reqID) {
-		sold, err := s.verdictHolds(ctx, sku)
-		if err != nil {
-			return Result{}, err
-		}
-		if sold {
-			s.memorySoldOut.Inc()
-			return Result{Status: SoldOut}, nil
-		}
+	sold, err := s.soldOut(ctx, sku, reqID)
+	if err != nil {
+		return Result{}, err
 	}
-	began := mono.Now()
-	home, err := s.homeOf(ctx, sku, reqID)
+	if sold {
+		return Result{Status: SoldOut}, nil
+	}
+	// d stays on the stack (escape analysis): a walk that takes at its
+	// home allocates nothing here; tried grows only on the short path.
+	d := deduction{s: s, sku: sku, qty: qty, reqID: reqID, userID: userID, began: mono.Now()}
+	return d.walk(ctx)
+}
+
+// deduction is one request's walk over its SKU's partitions: where its
+// pointer is (cur), at which home, and the partitions found short in the
+// current round (tried).
+type deduction struct {
+	s             *Scheduler
+	sku           *SKU
+	qty           int64
+	reqID, userID string
+	// began is when the walk began (mono.Now): a sold-out verdict
+	// installed before it covers every copy of the request.
+	began int64
+
+	home  *Slot
+	cur   pointer
+	tried []int
+	// deadline bounds the wait for stock (Config.StockWait), set at the
+	// first wait.
+	deadline time.Time
+}
+
+// next says what a step of the walk left to do.
+type next int
+
+const (
+	done     next = iota // the walk has its outcome
+	takeNext             // take at cur (the pointer moved, or stock arrived)
+	pickNext             // cur is short: choose another partition
+)
+
+// walk takes at the request's home, then wherever its pointer leads, until
+// one step has the outcome.
+func (d *deduction) walk(ctx context.Context) (Result, error) {
+	home, err := d.s.homeOf(ctx, d.sku, d.reqID)
 	if err != nil {
 		return Result{}, err
 	}
 	if home == nil {
 		return Result{Status: SoldOut}, nil
 	}
-	cur := pointer{home.Handle.ID, 1}
-	var triedBuf [16]int
-	tried := triedBuf[:0]
-	var deadline time.Time
+	d.home, d.cur = home, pointer{home.Handle.ID, 1}
 	// Each step is one script call. In a contended tail a request can lose
 	// the race for freshly refilled units several rounds in a row; the
 	// stock wait (awaitStock) and the request's context bound it in time,
 	// this only in calls.
-	maxSteps := 64 + 16*len(sku.Slots())
-	for step := 0; step < maxSteps; step++ {
-		p := sku.Slot(cur.pid)
-		if p == nil && !sku.isRetired(cur.pid) {
-			// The pointer names a partition another node added and this
-			// one has not loaded yet (a notice, or reload_every, brings
-			// it). Its records may say the request took there: moving on
-			// could deduct twice. A retry is safe.
-			return Result{}, fmt.Errorf("%w: partition %d of %s is not loaded on this node yet", ErrUnavailable, cur.pid, sku.Name)
+	maxSteps := 64 + 16*len(d.sku.Slots())
+	for range maxSteps {
+		res, then, err := d.takeStep(ctx)
+		if then == pickNext && err == nil {
+			res, then, err = d.pickStep(ctx)
 		}
-		if p != nil && !p.Handle.Shard.Healthy() {
-			// The request's path goes through a shard that does not
-			// answer: fail fast rather than queue behind its timeouts
-			// (its pointer or record may be there, so no other
-			// partition may take instead). A retry is safe.
-			return Result{}, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.Handle.Shard.ID, p.Handle.ID)
-		}
-		if p != nil {
-			s.takeCalls.Inc()
-			r, err := p.Handle.Take(ctx, reqID, qty, cur.round, p == home, userID)
-			if s.hooks.Took != nil && (err != nil || r.Code == shard.Took || r.Code == shard.TookEarl) {
-				// Its owner's write-back reads the stream when told (a
-				// failed call may have recorded details too).
-				s.hooks.Took(p.Handle)
-			}
-			if errors.Is(err, shard.ErrRollback) {
-				s.rollback(sku, p)
-			}
-			if err != nil {
-				return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
-			}
-			s.observe(sku, p, r.Levels, r.Refill)
-			switch r.Code {
-			case shard.Took, shard.TookEarl:
-				return Result{Status: OK, Partition: p.Handle, Seq: r.Seq, Qty: r.Qty}, nil
-			case shard.Reused:
-				return Result{Status: Reused, Partition: p.Handle, Seq: r.Seq, Qty: r.Qty}, nil
-			case shard.Moved:
-				var rehomed bool
-				if home, cur, rehomed, err = s.elsewhere(ctx, sku, reqID, home, r.Pointer); err != nil {
-					return Result{}, err
-				}
-				if rehomed {
-					tried = tried[:0]
-				}
-				continue
-			case shard.Lost:
-				s.fence(sku, p)
-			case shard.Closed:
-				// Redis says it is closed (a rebalance drained it); this
-				// node's registry hears it from MySQL a moment later.
-				p.open.Store(false)
-			case shard.Short:
-			default:
-				return Result{}, fmt.Errorf("take: code %d: %w", r.Code, shard.ErrBadReply)
-			}
-		}
-		// Short at cur: choose where to go next.
-		tried = append(tried, cur.pid)
-		round := cur.round
-		next := sku.pick(qty, tried)
-		if next == nil {
-			if deadline.IsZero() {
-				deadline = time.Now().Add(s.cfg.StockWait)
-			}
-			v, err := s.awaitStock(ctx, sku, qty, deadline)
-			if err != nil {
-				return Result{}, err
-			}
-			if so := sku.soldOut.Load(); v == SoldOut && so != nil && so.installed < began {
-				// Sold out since before this request began: no copy of it
-				// can have taken after its first take.
-				return Result{Status: SoldOut}, nil
-			}
-			if v == SoldOut {
-				// A copy of this request on another node may have moved
-				// the pointer on and taken there meanwhile: sold out
-				// holds only while the pointer still names cur.
-				s.pointCalls.Inc()
-				pr, err := home.Handle.Point(ctx, reqID, cur.String(), cur.String())
-				if err != nil {
-					return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
-				}
-				switch pr.Code {
-				case shard.PointMoved:
-					return Result{Status: SoldOut}, nil
-				case shard.PointTook:
-					if pr.Qty != qty {
-						return Result{Status: Reused, Partition: home.Handle, Seq: pr.Seq, Qty: pr.Qty}, nil
-					}
-					return Result{Status: OK, Partition: home.Handle, Seq: pr.Seq, Qty: pr.Qty}, nil
-				}
-				if home, cur, _, err = s.elsewhere(ctx, sku, reqID, home, pr.Pointer); err != nil {
-					return Result{}, err
-				}
-				tried = tried[:0]
-				continue
-			}
-			tried = tried[:0]
-			round++
-			if next = sku.pick(qty, tried); next == nil {
-				continue
-			}
-		}
-		to := pointer{next.Handle.ID, round}
-		s.pointCalls.Inc()
-		pr, err := home.Handle.Point(ctx, reqID, cur.String(), to.String())
-		if err != nil {
-			return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
-		}
-		switch pr.Code {
-		case shard.PointMoved:
-			cur = to
-		case shard.PointConflict:
-			var rehomed bool
-			if home, cur, rehomed, err = s.elsewhere(ctx, sku, reqID, home, pr.Pointer); err != nil {
-				return Result{}, err
-			}
-			if rehomed {
-				tried = tried[:0]
-			}
-		case shard.PointTook:
-			if pr.Qty != qty {
-				return Result{Status: Reused, Partition: home.Handle, Seq: pr.Seq, Qty: pr.Qty}, nil
-			}
-			return Result{Status: OK, Partition: home.Handle, Seq: pr.Seq, Qty: pr.Qty}, nil
-		default:
-			return Result{}, fmt.Errorf("point: code %d: %w", pr.Code, shard.ErrBadReply)
+		if err != nil || then == done {
+			return res, err
 		}
 	}
 	return Result{}, fmt.Errorf("%w: no outcome after %d steps", ErrUnavailable, maxSteps)
+}
+
+// takeStep takes at cur. A pointer to a retired partition is short there.
+func (d *deduction) takeStep(ctx context.Context) (Result, next, error) {
+	p := d.sku.Slot(d.cur.pid)
+	if p == nil {
+		if d.sku.isRetired(d.cur.pid) {
+			return Result{}, pickNext, nil
+		}
+		// The pointer names a partition another node added and this one
+		// has not loaded yet (a notice, or reload_every, brings it). Its
+		// records may say the request took there: moving on could deduct
+		// twice. A retry is safe.
+		return Result{}, done, fmt.Errorf("%w: partition %d of %s is not loaded on this node yet", ErrUnavailable, d.cur.pid, d.sku.Name)
+	}
+	if !p.Handle.Shard.Healthy() {
+		// The request's path goes through a shard that does not answer:
+		// fail fast rather than queue behind its timeouts (its pointer or
+		// record may be there, so no other partition may take instead).
+		// A retry is safe.
+		return Result{}, done, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.Handle.Shard.ID, p.Handle.ID)
+	}
+	r, err := d.take(ctx, p)
+	if err != nil {
+		return Result{}, done, err
+	}
+	switch r.Code {
+	case shard.Took, shard.TookEarl:
+		return Result{Status: OK, Partition: p.Handle, Seq: r.Seq, Qty: r.Qty}, done, nil
+	case shard.Reused:
+		return Result{Status: Reused, Partition: p.Handle, Seq: r.Seq, Qty: r.Qty}, done, nil
+	case shard.Moved:
+		if err := d.goElsewhere(ctx, r.Pointer); err != nil {
+			return Result{}, done, err
+		}
+		return Result{}, takeNext, nil
+	case shard.Lost:
+		d.s.fence(d.sku, p)
+	case shard.Closed:
+		// Redis says it is closed (a rebalance drained it); this node's
+		// registry hears it from MySQL a moment later.
+		p.open.Store(false)
+	case shard.Short:
+	default:
+		return Result{}, done, fmt.Errorf("take: code %d: %w", r.Code, shard.ErrBadReply)
+	}
+	return Result{}, pickNext, nil
+}
+
+// take runs the take script at p for the request's current round, and
+// tells what it learnt: p's owner that the stream has details, the
+// registry p's levels, and a rollback.
+func (d *deduction) take(ctx context.Context, p *Slot) (shard.TakeResult, error) {
+	s := d.s
+	s.takeCalls.Inc()
+	r, err := p.Handle.Take(ctx, d.reqID, d.qty, d.cur.round, p == d.home, d.userID)
+	if s.hooks.Took != nil && (err != nil || r.Code == shard.Took || r.Code == shard.TookEarl) {
+		// Its owner's write-back reads the stream when told (a failed
+		// call may have recorded details too).
+		s.hooks.Took(p.Handle)
+	}
+	if errors.Is(err, shard.ErrRollback) {
+		s.rollback(d.sku, p)
+	}
+	if err != nil {
+		return r, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	s.observe(d.sku, p, r.Levels, r.Refill)
+	return r, nil
+}
+
+// pickStep chooses where to go after cur was short: a partition known to
+// hold qty, else, once stock arrived, the next round; or it ends the walk
+// sold out.
+func (d *deduction) pickStep(ctx context.Context) (Result, next, error) {
+	d.tried = append(d.tried, d.cur.pid)
+	round := d.cur.round
+	to := d.sku.pick(d.qty, d.tried)
+	if to == nil {
+		if d.deadline.IsZero() {
+			d.deadline = time.Now().Add(d.s.cfg.StockWait)
+		}
+		v, err := d.s.awaitStock(ctx, d.sku, d.qty, d.deadline)
+		if err != nil {
+			return Result{}, done, err
+		}
+		if v == SoldOut {
+			return d.confirmSoldOut(ctx)
+		}
+		d.tried = d.tried[:0]
+		round++
+		if to = d.sku.pick(d.qty, d.tried); to == nil {
+			return Result{}, takeNext, nil
+		}
+	}
+	return d.pointTo(ctx, pointer{to.Handle.ID, round})
+}
+
+// confirmSoldOut ends the walk sold out when no copy of the request can
+// have taken meanwhile, else follows the pointer the copy moved.
+func (d *deduction) confirmSoldOut(ctx context.Context) (Result, next, error) {
+	if so := d.sku.soldOut.Load(); so != nil && so.installed < d.began {
+		// Sold out since before this request began: no copy of it can
+		// have taken after its first take.
+		return Result{Status: SoldOut}, done, nil
+	}
+	// A copy of this request on another node may have moved the pointer
+	// on and taken there meanwhile: sold out holds only while the pointer
+	// still names cur.
+	pr, err := d.point(ctx, d.cur)
+	if err != nil {
+		return Result{}, done, err
+	}
+	switch pr.Code {
+	case shard.PointMoved:
+		return Result{Status: SoldOut}, done, nil
+	case shard.PointTook:
+		return d.tookAtHome(pr), done, nil
+	}
+	if err := d.goElsewhere(ctx, pr.Pointer); err != nil {
+		return Result{}, done, err
+	}
+	d.tried = d.tried[:0]
+	return Result{}, takeNext, nil
+}
+
+// pointTo moves the request's pointer from cur to to, on its home.
+func (d *deduction) pointTo(ctx context.Context, to pointer) (Result, next, error) {
+	pr, err := d.point(ctx, to)
+	if err != nil {
+		return Result{}, done, err
+	}
+	switch pr.Code {
+	case shard.PointMoved:
+		d.cur = to
+	case shard.PointConflict:
+		if err := d.goElsewhere(ctx, pr.Pointer); err != nil {
+			return Result{}, done, err
+		}
+	case shard.PointTook:
+		return d.tookAtHome(pr), done, nil
+	default:
+		return Result{}, done, fmt.Errorf("point: code %d: %w", pr.Code, shard.ErrBadReply)
+	}
+	return Result{}, takeNext, nil
+}
+
+// point runs the point script on the home: cur to to.
+func (d *deduction) point(ctx context.Context, to pointer) (shard.PointResult, error) {
+	d.s.pointCalls.Inc()
+	pr, err := d.home.Handle.Point(ctx, d.reqID, d.cur.String(), to.String())
+	if err != nil {
+		return pr, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return pr, nil
+}
+
+// tookAtHome is the outcome of a request whose home says it took there.
+func (d *deduction) tookAtHome(pr shard.PointResult) Result {
+	if pr.Qty != d.qty {
+		return Result{Status: Reused, Partition: d.home.Handle, Seq: pr.Seq, Qty: pr.Qty}
+	}
+	return Result{Status: OK, Partition: d.home.Handle, Seq: pr.Seq, Qty: pr.Qty}
+}
+
+// goElsewhere follows what a take or point answered instead of acting at
+// cur (elsewhere): a new home starts with nothing tried.
+func (d *deduction) goElsewhere(ctx context.Context, answer string) error {
+	home, cur, rehomed, err := d.s.elsewhere(ctx, d.sku, d.reqID, d.home, answer)
+	if err != nil {
+		return err
+	}
+	d.home, d.cur = home, cur
+	if rehomed {
+		d.tried = d.tried[:0]
+	}
+	return nil
 }
 
 // homeOf is the request's home. Without partitions added within the
