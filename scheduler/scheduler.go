@@ -854,32 +854,12 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 		wake := sku.changed.wait()
 		slept := false
 		if sku.pool.Load() != 0 || sku.refilling() {
-			// Stock is on its way: make sure every low sub-domain is being
-			// refilled (here or by its owner), then wait for one to land.
-			capAt := max(sku.threshold.Load(), qty)
-			remote := false
-			for _, p := range sku.Slots() {
-				l := p.Levels()
-				if l.A < capAt {
-					s.requestRefillCap(sku, p, 'a', capAt)
-				}
-				if l.B < capAt {
-					s.requestRefillCap(sku, p, 'b', capAt)
-				}
-				remote = remote || (s.hooks.Owns != nil && p.Open() && !s.hooks.Owns(p.Handle))
+			remote, err := s.refillAndWait(ctx, sku, qty, wake)
+			if err != nil {
+				return 0, err
 			}
 			if !remote {
-				// Every refill that lands here wakes the waiters; the
-				// timer only covers what arrives unseen.
-				if err := sleep(ctx, wake, 100*time.Millisecond); err != nil {
-					return 0, err
-				}
 				continue
-			}
-			// Owners on other nodes refill, and their refills wake nobody
-			// here: wait a little, then look at the truth below.
-			if err := sleep(ctx, wake, 50*time.Millisecond); err != nil {
-				return 0, err
 			}
 			if sku.pick(qty, nil) != nil {
 				return OK, nil
@@ -929,6 +909,31 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 			return SoldOut, nil
 		}
 	}
+}
+
+// refillAndWait runs when stock is on its way (pool or refills in flight):
+// it makes sure every low sub-domain of sku is being refilled (here or by
+// its owner), then waits for one to land. remote tells that owners on
+// other nodes refill: their refills wake nobody here, so the wait is short
+// and the caller then looks at the truth.
+func (s *Scheduler) refillAndWait(ctx context.Context, sku *SKU, qty int64, wake <-chan struct{}) (remote bool, err error) {
+	capAt := max(sku.threshold.Load(), qty)
+	for _, p := range sku.Slots() {
+		l := p.Levels()
+		if l.A < capAt {
+			s.requestRefillCap(sku, p, 'a', capAt)
+		}
+		if l.B < capAt {
+			s.requestRefillCap(sku, p, 'b', capAt)
+		}
+		remote = remote || (s.hooks.Owns != nil && p.Open() && !s.hooks.Owns(p.Handle))
+	}
+	if !remote {
+		// Every refill that lands here wakes the waiters; the timer only
+		// covers what arrives unseen.
+		return false, sleep(ctx, wake, 100*time.Millisecond)
+	}
+	return true, sleep(ctx, wake, 50*time.Millisecond)
 }
 
 // catchUp asks MySQL (Head), once for all the requests of sku that ask
