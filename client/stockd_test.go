@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
 
@@ -91,7 +92,7 @@ func newCluster(t testing.TB, n, nShards int, env map[string]string) *cluster {
 		c.nodes = append(c.nodes, c.start("n"+strconv.Itoa(i+1), settings))
 	}
 	if n > 1 {
-		if !waitFor(60*time.Second, func() bool { return c.nodes[0].alive() == n }) {
+		if _, ok := stocktest.WaitFor(60*time.Second, func() bool { return c.nodes[0].alive() == n }); !ok {
 			t.Fatalf("%d nodes did not join", n)
 		}
 	}
@@ -186,7 +187,7 @@ func (d *stockd) startProc() {
 	d.cmd, d.exited = cmd, exited
 	d.mu.Unlock()
 	hc := &http.Client{Timeout: time.Second}
-	ready := waitFor(60*time.Second, func() bool {
+	_, ready := stocktest.WaitFor(60*time.Second, func() bool {
 		select {
 		case <-exited:
 			d.t.Fatalf("stockd %s exited before it was ready", d.name)
@@ -278,7 +279,7 @@ func (c *cluster) waitKnown(sku string) {
 	c.t.Helper()
 	hc := &http.Client{Timeout: time.Second}
 	for _, d := range c.nodes {
-		known := waitFor(30*time.Second, func() bool {
+		_, known := stocktest.WaitFor(30*time.Second, func() bool {
 			resp, err := hc.Get("http://" + d.hot + "/v1/stock/" + sku)
 			if err != nil {
 				return false
@@ -354,18 +355,4 @@ func (c *cluster) rows(sku string) (map[string]int, int64) {
 		c.t.Fatal(err)
 	}
 	return ids, units
-}
-
-// waitFor polls cond every 50 ms until it holds or within passes.
-func waitFor(within time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(within)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // usedMemory is the shard's INFO memory used_memory.
@@ -66,18 +68,6 @@ func dedupState(t *testing.T, c rueidis.Client, prefix, sku string, bytes bool) 
 	}
 }
 
-// waitUntil polls cond until it holds, failing the test after within.
-func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, within)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // 200,000 unique request ids on one SKU with a 3 s retry window: a retry
 // inside the window meets its first outcome; once the window has passed
 // the SKU keeps no record or pointer in Redis and the shard's memory is
@@ -102,7 +92,7 @@ func TestRecordsExpireAfterRetryWindow(t *testing.T) {
 		t.Fatalf("warm-up: %+v %v", a, err)
 	}
 	waitSynced(t, n, sku, 30*time.Second)
-	waitUntil(t, 30*time.Second, "warm-up record expired", func() bool {
+	stocktest.Until(t, 30*time.Second, "warm-up record expired", func() bool {
 		f, _ := dedupState(t, c, e.prefix, sku, false)
 		return f == 0
 	})
@@ -191,12 +181,12 @@ func TestRecordsExpireAfterRetryWindow(t *testing.T) {
 
 	// After the window: nothing of the sale's ids is left in Redis, and
 	// the memory is back (within 10% or 2 MB of the level before).
-	waitUntil(t, 30*time.Second, "records and pointers expired", func() bool {
+	stocktest.Until(t, 30*time.Second, "records and pointers expired", func() bool {
 		f, _ := dedupState(t, c, e.prefix, sku, false)
 		return f == 0
 	})
 	var after int64
-	waitUntil(t, 30*time.Second, "memory back to its level before the sale", func() bool {
+	stocktest.Until(t, 30*time.Second, "memory back to its level before the sale", func() bool {
 		after = usedMemory(t, c)
 		return after <= before+max(before/10, 2<<20)
 	})
@@ -528,7 +518,7 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 	deleteSettled := func(n *node, name string) int {
 		var code int
 		var returned int64
-		waitUntil(t, 30*time.Second, "DELETE of settled "+name+" answers other than 409", func() bool {
+		stocktest.Until(t, 30*time.Second, "DELETE of settled "+name+" answers other than 409", func() bool {
 			done.Status, done.Returned, done.Keys, done.KeysErr = "", 0, 0, ""
 			code = adminDoAny(t, n, "DELETE", "/admin/skus/"+name, &done)
 			returned += done.Returned
@@ -549,7 +539,7 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 		}
 	}
 	for _, n := range nodes {
-		waitUntil(t, 30*time.Second, "metric series of gone removed on "+n.d.cfg.NodeName, func() bool {
+		stocktest.Until(t, 30*time.Second, "metric series of gone removed on "+n.d.cfg.NodeName, func() bool {
 			return !strings.Contains(metricsText(t, n), `sku="gone"`)
 		})
 		if r := verify(t, n, "gone"); !r.OK || r.Confirmed != 30 {

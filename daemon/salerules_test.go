@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // Sale rules (issue 15): per-user limits, opening and closing times, and
@@ -299,7 +301,7 @@ func TestSalePerUserLimitAcrossNodes(t *testing.T) {
 	}
 	// The unconfirmed reservation expires: its allowance comes back.
 	var final saleAnswer
-	waitUntil(t, 30*time.Second, "an expired reservation gives its allowance back", func() bool {
+	stocktest.Until(t, 30*time.Second, "an expired reservation gives its allowance back", func() bool {
 		final = userDeduct(t, b, addrs[1], "lim", "alice", last.qty, "after-expiry")
 		return final.Code == 200
 	})
@@ -311,11 +313,11 @@ func TestSalePerUserLimitAcrossNodes(t *testing.T) {
 	if err := e.db.QueryRow(`SELECT state FROM deductions WHERE sku = 'lim' AND request_id = 'after-release'`).Scan(&state); err != nil || state != "released" {
 		t.Fatalf("after-release: state %q %v, want released (expired)", state, err)
 	}
-	waitUntil(t, 30*time.Second, "bob's unpaid reservations expire", func() bool {
+	stocktest.Until(t, 30*time.Second, "bob's unpaid reservations expire", func() bool {
 		return e.heldInMySQL("lim")["bob"] == 0
 	})
 	waitSynced(t, nodes[0], "lim", 30*time.Second)
-	waitUntil(t, 30*time.Second, "every row has its ids", func() bool { return e.heldInMySQL("lim")["?"] == 0 })
+	stocktest.Until(t, 30*time.Second, "every row has its ids", func() bool { return e.heldInMySQL("lim")["?"] == 0 })
 	held := e.heldInMySQL("lim")
 	_, _, m := e.allowance("lim")
 	if held["?"] != 0 || held["alice"] != limit || m["u:alice"] != strconv.Itoa(limit) || m["u:bob"] != "" {
@@ -333,7 +335,7 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 	base := e.config()
 	procs, gossip := startProcCluster(t, base, 3)
 	admin := &node{t: t, admin: procs[0].admin, hot: procs[0].hot}
-	waitUntil(t, 30*time.Second, "a cluster of 3 processes", func() bool { return alive(clusterOf(t, admin)) == 3 })
+	stocktest.Until(t, 30*time.Second, "a cluster of 3 processes", func() bool { return alive(clusterOf(t, admin)) == 3 })
 	const limit, users = 3, 25
 	mustPutSale(t, admin, "k9l", fmt.Sprintf(`{"total":100000,"partitions":6,"chunk":50,"threshold":10,"per_user_limit":%d}`, limit))
 	nodes := []*node{admin, {t: t, admin: procs[1].admin, hot: procs[1].hot}, {t: t, admin: procs[2].admin, hot: procs[2].hot}}
@@ -425,7 +427,7 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond)
 	procs[1].kill9()
 	killed := time.Now()
-	waitUntil(t, 30*time.Second, "the victim's ownership moves", func() bool {
+	stocktest.Until(t, 30*time.Second, "the victim's ownership moves", func() bool {
 		c := clusterOf(t, admin)
 		_, still := c.Owners["n2"]
 		return !still && alive(c) == 2
@@ -445,7 +447,7 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 	procs[1] = startProc(t, cfg)
 
 	r := waitSynced(t, admin, "k9l", 30*time.Second)
-	waitUntil(t, 30*time.Second, "every row has its ids", func() bool { return e.heldInMySQL("k9l")["?"] == 0 })
+	stocktest.Until(t, 30*time.Second, "every row has its ids", func() bool { return e.heldInMySQL("k9l")["?"] == 0 })
 	held := e.heldInMySQL("k9l")
 	_, _, m := e.allowance("k9l")
 	if held["?"] != 0 {
@@ -614,7 +616,7 @@ func TestSaleExtend(t *testing.T) {
 		t.Fatalf("extend again: %d %s", x.Code, x.raw)
 	}
 	// The one not extended expires after the TTL.
-	waitUntil(t, 30*time.Second, "the reservation not extended expires", func() bool {
+	stocktest.Until(t, 30*time.Second, "the reservation not extended expires", func() bool {
 		var state string
 		e.db.QueryRow(`SELECT state FROM deductions WHERE sku = 'ext' AND request_id = 'lapsed'`).Scan(&state)
 		return state == "released"
@@ -652,7 +654,7 @@ func TestSaleExtend(t *testing.T) {
 	if x := salePost(t, b, n.hot, "/v1/extend", fmt.Sprintf(`{"reservation":%q,"seconds":3}`, short.Reservation)); x.Code != 200 {
 		t.Fatalf("extend short: %d %s", x.Code, x.raw)
 	}
-	waitUntil(t, 30*time.Second, "an extension that ran out expires", func() bool {
+	stocktest.Until(t, 30*time.Second, "an extension that ran out expires", func() bool {
 		var state string
 		e.db.QueryRow(`SELECT state FROM deductions WHERE sku = 'ext' AND request_id = 'short'`).Scan(&state)
 		return state == "released"
@@ -662,7 +664,7 @@ func TestSaleExtend(t *testing.T) {
 		t.Fatalf("verify %+v", r)
 	}
 	// Extensions of settled reservations go once they ran out.
-	waitUntil(t, 30*time.Second, "the extensions of settled reservations are forgotten", func() bool {
+	stocktest.Until(t, 30*time.Second, "the extensions of settled reservations are forgotten", func() bool {
 		var n int
 		e.db.QueryRow(`SELECT COUNT(*) FROM reservation_extensions WHERE sku = 'ext'`).Scan(&n)
 		return n == 0
@@ -766,7 +768,7 @@ func TestSaleAllowanceConvergesAfterCrash(t *testing.T) {
 		t.Fatalf("while the crashed request's allowance is pending: %d %s", a.Code, a.raw)
 	}
 	var converged time.Duration
-	waitUntil(t, 30*time.Second, "the crashed request's allowance comes back", func() bool {
+	stocktest.Until(t, 30*time.Second, "the crashed request's allowance comes back", func() bool {
 		a := userDeduct(t, b, n.hot, "cr", "dave", 2, "dave-2")
 		converged = time.Since(crashed)
 		return a.Code == 200
@@ -803,7 +805,7 @@ func TestSaleAllowanceConvergesAfterCrash(t *testing.T) {
 	if a := salePost(t, b, n.hot, "/v1/confirm", fmt.Sprintf(`{"reservation":%q}`, took.Reservation)); a.Code != 200 {
 		t.Fatalf("confirm: %d %s", a.Code, a.raw)
 	}
-	waitUntil(t, 30*time.Second, "the sweep settles the pending entry of a real deduction", func() bool {
+	stocktest.Until(t, 30*time.Second, "the sweep settles the pending entry of a real deduction", func() bool {
 		_, _, m := e.allowance("cr")
 		return strings.HasPrefix(m["r:erin-1"], "h:1:"+detail) && m["d:"+detail] == "erin-1"
 	})
@@ -836,13 +838,13 @@ func TestSaleAllowanceConvergesAfterCrash(t *testing.T) {
 	if a := userDeduct(t, b, n.hot, "cr", "frank", 1, "frank-2"); a.Code != 409 {
 		t.Fatalf("with the lost give-back, frank's third unit: %d %s", a.Code, a.raw)
 	}
-	waitUntil(t, 30*time.Second, "the sweep gives back a held entry whose row is released", func() bool {
+	stocktest.Until(t, 30*time.Second, "the sweep gives back a held entry whose row is released", func() bool {
 		_, _, m := e.allowance("cr")
 		return m["u:frank"] == "" && strings.HasPrefix(m["r:frank-1"], "x:")
 	})
 
 	waitSynced(t, n, "cr", 30*time.Second)
-	waitUntil(t, 30*time.Second, "every row has its ids", func() bool { return e.heldInMySQL("cr")["?"] == 0 })
+	stocktest.Until(t, 30*time.Second, "every row has its ids", func() bool { return e.heldInMySQL("cr")["?"] == 0 })
 	held := e.heldInMySQL("cr")
 	if held["?"] != 0 || held["erin"] > 2 || held["dave"] > 2 {
 		t.Fatalf("held %v", held)

@@ -614,18 +614,3 @@ func (d *stockd) members() ([]string, error) {
 	sort.Strings(names)
 	return names, nil
 }
-
-// waitFor polls cond every 50 ms until it holds or within passes; it
-// returns how long it took and whether it held.
-func waitFor(within time.Duration, cond func() bool) (time.Duration, bool) {
-	start := time.Now()
-	for {
-		if cond() {
-			return time.Since(start), true
-		}
-		if time.Since(start) > within {
-			return time.Since(start), false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}

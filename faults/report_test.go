@@ -28,6 +28,7 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/scheduler"
 )
 
@@ -175,7 +176,7 @@ func settle(t *testing.T, e *env, d *stockd, sku string, h *history, w *doubtWat
 	start := time.Now()
 	var rep verifyReport
 	var verr error
-	_, r.VerifyOK = waitFor(o.drainWithin, func() bool {
+	_, r.VerifyOK = stocktest.WaitFor(o.drainWithin, func() bool {
 		rep, verr = d.verify(sku)
 		return verr == nil && rep.OK && rep.InFlightDetails == 0
 	})

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/stockd/stockd/internal/hashx"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
 
@@ -219,7 +220,7 @@ func runRedisFault(t *testing.T, rf redisFault) *result {
 	b.giveUp = 20 * time.Second
 	abort := make(chan struct{})
 	done := b.closedLoop(rf.workers, &ids{prefix: "buyer-", n: rf.requests}, 1, abort, false)
-	if _, ok := waitFor(60*time.Second, func() bool { return len(h.snapshot()) >= rf.faultAfter }); !ok {
+	if _, ok := stocktest.WaitFor(60*time.Second, func() bool { return len(h.snapshot()) >= rf.faultAfter }); !ok {
 		t.Fatalf("only %d answers before the fault", len(h.snapshot()))
 	}
 	faultStart := time.Now()
@@ -241,14 +242,14 @@ func runRedisFault(t *testing.T, rf redisFault) *result {
 	extra := map[string]string{"fault": fmt.Sprintf("%s; %s from start to end (%s..%s into the history)", what, faultEnd.Sub(faultStart).Round(time.Millisecond),
 		faultStart.Sub(h.base).Round(time.Millisecond), faultEnd.Sub(h.base).Round(time.Millisecond))}
 	if rf.wantDoubt {
-		if _, ok := waitFor(15*time.Second, func() bool { return w.maxSeen() > 0 }); !ok {
+		if _, ok := stocktest.WaitFor(15*time.Second, func() bool { return w.maxSeen() > 0 }); !ok {
 			t.Errorf("shard %s lost writes but nothing went in doubt", victim.ID)
 		}
 	}
 	if rf.loss {
 		// Fenced partitions hold their units in doubt until the
 		// reservation TTL has passed since the fence.
-		if _, ok := waitFor(60*time.Second, func() bool {
+		if _, ok := stocktest.WaitFor(60*time.Second, func() bool {
 			v, err := d.sku(sku)
 			return err == nil && v.InDoubt == 0
 		}); !ok {
@@ -263,7 +264,7 @@ func runRedisFault(t *testing.T, rf redisFault) *result {
 	if rf.reserveTTL > 0 {
 		settleWait += rf.reserveTTL
 	}
-	if _, ok := waitFor(settleWait, func() bool {
+	if _, ok := stocktest.WaitFor(settleWait, func() bool {
 		v, err := d.verify(sku)
 		return err == nil && v.Reserved == 0 && v.InFlightDetails == 0
 	}); !ok {
@@ -462,12 +463,12 @@ func runRebalanceRetry(t *testing.T, rr rebalanceRetry) *result {
 	a := e.startStockd(nodeOpts{name: "a"})
 	b := e.startStockd(nodeOpts{name: "b", env: map[string]string{"STOCKD_JOIN": a.gossip}})
 	c := e.startStockd(nodeOpts{name: "c", env: map[string]string{"STOCKD_JOIN": a.gossip}})
-	if _, ok := waitFor(20*time.Second, func() bool { m, _ := c.members(); return len(m) == 3 }); !ok {
+	if _, ok := stocktest.WaitFor(20*time.Second, func() bool { m, _ := c.members(); return len(m) == 3 }); !ok {
 		t.Fatal("the three nodes did not join")
 	}
 	c.putSKU(sku, rr.total, rr.start, 50, 10)
 	for _, d := range []*stockd{a, b} {
-		if _, ok := waitFor(10*time.Second, func() bool {
+		if _, ok := stocktest.WaitFor(10*time.Second, func() bool {
 			resp, err := http.Get("http://" + d.hot + "/v1/stock/" + sku)
 			if err != nil {
 				return false
