@@ -24,6 +24,7 @@ import (
 
 	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
+	stocksync "github.com/stockd/stockd/sync"
 )
 
 const testAdminToken = "client-test-admin-token"
@@ -293,22 +294,11 @@ func (c *cluster) waitKnown(sku string) {
 	}
 }
 
-// verification is the part of GET /admin/skus/{sku}/verify the tests read.
-type verification struct {
-	OK        bool  `json:"ok"`
-	Total     int64 `json:"total"`
-	Reserved  int64 `json:"reserved"`
-	Confirmed int64 `json:"confirmed"`
-	Doubled   int64 `json:"doubled"`
-	InFlight  int64 `json:"in_flight"`
-	InDoubt   int64 `json:"in_doubt"`
-}
-
-func (d *stockd) verify(sku string) (verification, string) {
-	var v verification
+func (d *stockd) verify(sku string) (stocksync.Report, string) {
+	var v stocksync.Report
 	code, b := d.adminDo("GET", "/admin/skus/"+sku+"/verify", "", &v)
 	if code != 200 {
-		return verification{}, fmt.Sprintf("%d %s", code, b)
+		return stocksync.Report{}, fmt.Sprintf("%d %s", code, b)
 	}
 	return v, b
 }

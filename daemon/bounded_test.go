@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/rueidis"
 
+	"github.com/stockd/stockd/admin"
 	"github.com/stockd/stockd/internal/stocktest"
 )
 
@@ -337,7 +338,7 @@ func TestListingCostAt1000SKUs(t *testing.T) {
 		if pages > skus/300+1 {
 			t.Fatal("pagination does not end")
 		}
-		var page []skuView
+		var page []admin.SKUView
 		path := "/admin/skus?limit=300"
 		if cursor != "" {
 			path += "&cursor=" + cursor
@@ -375,7 +376,7 @@ func TestListingCostAt1000SKUs(t *testing.T) {
 	start := time.Now()
 	for ; time.Since(start) < 5*time.Second || polls < 20; polls++ {
 		pollStart := time.Now()
-		var list []skuView
+		var list []admin.SKUView
 		code, took, _ := adminGet(t, n, "/admin/skus", &list)
 		if code != 200 || len(list) != skus {
 			t.Fatalf("GET /admin/skus: %d, %d SKUs", code, len(list))
@@ -552,7 +553,7 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 		if a, err := b.deduct(n.hot, "gone", 1, "late-buyer"); err != nil || a.Code != 404 {
 			t.Errorf("deduct of the archived SKU on %s: %+v %v, want 404", n.d.cfg.NodeName, a, err)
 		}
-		var list []skuView
+		var list []admin.SKUView
 		adminGet(t, n, "/admin/skus", &list)
 		for _, s := range list {
 			if s.SKU == "gone" {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/stockd/stockd/internal/testenv"
+	stocksync "github.com/stockd/stockd/sync"
 )
 
 var (
@@ -188,7 +189,7 @@ func TestKillNineMidSale(t *testing.T) {
 	cmd := exec.Command(stockdBinary(t), "verify", "k9")
 	cmd.Env = append(os.Environ(), procEnv(cfg, p2.hot, p2.admin)...)
 	out, err := cmd.Output()
-	var cli report
+	var cli stocksync.Report
 	if err != nil || json.Unmarshal(out, &cli) != nil || !cli.OK || cli.Reserved != r.Reserved {
 		t.Fatalf("stockd verify: %v, %s", err, out)
 	}

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/admin"
 )
 
 // idAnswer is a deduction's request id, quantity and answer.
@@ -267,7 +269,7 @@ func TestCaseVariantSKUs(t *testing.T) {
 	e := newEnv(t, 2)
 	n := startNode(t, e.config())
 	putSKU(t, n, "adv-x", 100, 2, 10, 2)
-	var v skuView
+	var v admin.SKUView
 	if code := adminDo(t, n, "PUT", "/admin/skus/ADV-X", `{"total":50,"partitions":2,"chunk":10,"threshold":2}`, &v); code != 201 {
 		t.Errorf("PUT ADV-X beside adv-x: status %d, want 201 (a new SKU)", code)
 	}

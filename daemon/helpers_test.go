@@ -18,6 +18,7 @@ import (
 	"github.com/redis/rueidis"
 	"github.com/valyala/fasthttp"
 
+	"github.com/stockd/stockd/admin"
 	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
@@ -174,27 +175,9 @@ func adminDo(t *testing.T, n *node, method, path, body string, out any) int {
 	return resp.StatusCode
 }
 
-type skuView struct {
-	SKU        string `json:"sku"`
-	Total      int64  `json:"total"`
-	Pool       int64  `json:"pool"`
-	SoldOut    bool   `json:"sold_out"`
-	Partitions []struct {
-		ID      int    `json:"id"`
-		Shard   string `json:"shard"`
-		A       int64  `json:"a"`
-		B       int64  `json:"b"`
-		Active  string `json:"active"`
-		State   string `json:"state"`
-		Seq     int64  `json:"seq"`
-		Backlog int64  `json:"backlog"`
-		Error   string `json:"error"`
-	} `json:"partitions"`
-}
-
-func putSKU(t *testing.T, n *node, sku string, total int64, partitions int, chunk, threshold int64) skuView {
+func putSKU(t *testing.T, n *node, sku string, total int64, partitions int, chunk, threshold int64) admin.SKUView {
 	t.Helper()
-	var v skuView
+	var v admin.SKUView
 	body := fmt.Sprintf(`{"total":%d,"partitions":%d,"chunk":%d,"threshold":%d}`, total, partitions, chunk, threshold)
 	if code := adminDo(t, n, "PUT", "/admin/skus/"+sku, body, &v); code != 200 && code != 201 {
 		t.Fatalf("put sku: status %d", code)
@@ -202,9 +185,9 @@ func putSKU(t *testing.T, n *node, sku string, total int64, partitions int, chun
 	return v
 }
 
-func getSKU(t *testing.T, n *node, sku string) skuView {
+func getSKU(t *testing.T, n *node, sku string) admin.SKUView {
 	t.Helper()
-	var v skuView
+	var v admin.SKUView
 	if code := adminDo(t, n, "GET", "/admin/skus/"+sku, "", &v); code != 200 {
 		t.Fatalf("get sku: status %d", code)
 	}

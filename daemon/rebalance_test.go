@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/admin"
 )
 
 func rebalance(t *testing.T, n *node, sku, body string) {
@@ -16,7 +18,7 @@ func rebalance(t *testing.T, n *node, sku, body string) {
 	}
 }
 
-func openOn(v skuView) (open int, byShard map[string]int) {
+func openOn(v admin.SKUView) (open int, byShard map[string]int) {
 	byShard = map[string]int{}
 	for _, p := range v.Partitions {
 		if p.State == "open" {

@@ -7,28 +7,13 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	stocksync "github.com/stockd/stockd/sync"
 )
 
-// report is the admin verify answer.
-type report struct {
-	OK              bool     `json:"ok"`
-	Total           int64    `json:"total"`
-	Pool            int64    `json:"pool"`
-	PendingFills    int64    `json:"pending_fills"`
-	SubDomains      int64    `json:"sub_domains"`
-	InFlight        int64    `json:"in_flight"`
-	InFlightDetails int64    `json:"in_flight_details"`
-	Reserved        int64    `json:"reserved"`
-	Confirmed       int64    `json:"confirmed"`
-	Released        int64    `json:"released"`
-	InDoubt         int64    `json:"in_doubt"`
-	Doubled         int64    `json:"doubled"`
-	Problems        []string `json:"problems"`
-}
-
-func verify(t *testing.T, n *node, sku string) report {
+func verify(t *testing.T, n *node, sku string) stocksync.Report {
 	t.Helper()
-	var r report
+	var r stocksync.Report
 	if code := adminDo(t, n, "GET", "/admin/skus/"+sku+"/verify", "", &r); code != 200 {
 		t.Fatalf("verify: status %d", code)
 	}
@@ -37,7 +22,7 @@ func verify(t *testing.T, n *node, sku string) report {
 
 // waitSynced waits until write-back has drained (nothing in flight) and
 // verify passes, and returns the report; it fails the test after within.
-func waitSynced(t *testing.T, n *node, sku string, within time.Duration) report {
+func waitSynced(t *testing.T, n *node, sku string, within time.Duration) stocksync.Report {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
@@ -54,7 +39,7 @@ func waitSynced(t *testing.T, n *node, sku string, within time.Duration) report 
 
 // checkConserved waits for write-back and asserts that every unit of sku
 // is accounted for and that MySQL holds exactly what callers were told.
-func checkConserved(t *testing.T, e *env, n *node, sku string, soldUnits int64) report {
+func checkConserved(t *testing.T, e *env, n *node, sku string, soldUnits int64) stocksync.Report {
 	t.Helper()
 	r := waitSynced(t, n, sku, 10*time.Second)
 	if got := r.Reserved + r.Confirmed; got != soldUnits {

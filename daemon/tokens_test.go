@@ -183,7 +183,7 @@ func TestForgedTokensCreateNothing(t *testing.T) {
 
 // waitLanded waits until no detail of sku is in flight (verify may fail)
 // and returns the report.
-func waitLanded(t *testing.T, n *node, sku string, within time.Duration) report {
+func waitLanded(t *testing.T, n *node, sku string, within time.Duration) stocksync.Report {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {

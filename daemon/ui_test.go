@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/admin"
 )
 
 // The status page (GET / on the admin port) in a real headless Chromium:
@@ -185,7 +187,7 @@ func checkServedUI(t *testing.T, n *node, sku string) {
 // levels is what a page must show of a SKU's partitions, comparable.
 type levels string
 
-func levelsOf(v skuView) levels {
+func levelsOf(v admin.SKUView) levels {
 	var sb strings.Builder
 	for _, p := range v.Partitions {
 		fmt.Fprintf(&sb, "[pid=%d shard=%s state=%s active=%s a=%d b=%d]", p.ID, p.Shard, p.State, p.Active, p.A, p.B)

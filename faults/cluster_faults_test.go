@@ -86,5 +86,5 @@ func TestNodeFrozen(t *testing.T) {
 	if okDuring-okBefore < 100 {
 		t.Errorf("only %d deductions while a was frozen: b did not carry the sale", okDuring-okBefore)
 	}
-	r.log(t)
+	r.Log(t)
 }

@@ -52,7 +52,7 @@ func TestSKUInflightLimit(t *testing.T) {
 	}
 	r.RecoveryWhat = "n/a (no fault to end)"
 	r.Extra["shed"] = fmt.Sprintf("%d answers 429 to %d requests, all retried to a definite answer", shed, shedOps)
-	r.log(t)
+	r.Log(t)
 }
 
 // Bodies the hot endpoint must refuse without touching stock: over 4 KiB

@@ -141,7 +141,7 @@ func TestFastClientFlood429(t *testing.T) {
 	r.Extra["flood"] = fmt.Sprintf("%d ok, %d answered 429 in %s (budget %d: burst %d + %d/s); refused requests with rows: %d",
 		ok.Load(), shed.Load(), elapsed.Round(time.Millisecond), budget, burst, rps, leaked)
 	r.Extra["other client"] = fmt.Sprintf("%d refused or retried", politeBad)
-	r.log(t)
+	r.Log(t)
 }
 
 // A node with another gossip key cannot join: its /admin/cluster shows

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/faults/report"
 	"github.com/stockd/stockd/internal/hashx"
 	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
@@ -177,7 +178,7 @@ type redisFault struct {
 	recoveryWhat string
 }
 
-func runRedisFault(t *testing.T, rf redisFault) *result {
+func runRedisFault(t *testing.T, rf redisFault) *report.Result {
 	const sku = "sale"
 	e := newEnv(t, envOpts{shards: 3, redisArgs: map[int][]string{1: rf.redisArgs}})
 	victim := e.shards[1]
@@ -326,7 +327,7 @@ func runRedisFault(t *testing.T, rf redisFault) *result {
 	if pay.failed.Load() > 0 {
 		t.Errorf("%d confirms never answered", pay.failed.Load())
 	}
-	r.log(t)
+	r.Log(t)
 	return r
 }
 
@@ -379,7 +380,7 @@ type timeoutStorm struct {
 	flapOn, flapOff time.Duration
 }
 
-func runTimeoutStorm(t *testing.T, ts timeoutStorm) *result {
+func runTimeoutStorm(t *testing.T, ts timeoutStorm) *report.Result {
 	const sku = "retry"
 	e := newEnv(t, envOpts{shards: 3, proxyShards: true})
 	d := e.startStockd(nodeOpts{env: map[string]string{"STOCKD_REDIS_TIMEOUT": ts.timeout.String()}})
@@ -443,7 +444,7 @@ func runTimeoutStorm(t *testing.T, ts timeoutStorm) *result {
 	r.Extra["retries"] = fmt.Sprintf("%d requests retried (%d extra attempts), then answered; re-asked %d acknowledged ids", retried, attempts, asked)
 	r.Extra["time to the answer"] = fmt.Sprintf("p50 %s, p99 %s, max %s (first attempt to definite answer)",
 		percentile(lat, 50).Round(100*time.Microsecond), percentile(lat, 99).Round(time.Millisecond), percentile(lat, 100).Round(time.Millisecond))
-	r.log(t)
+	r.Log(t)
 	return r
 }
 
@@ -457,7 +458,7 @@ type rebalanceRetry struct {
 	gap          time.Duration // between rebalances
 }
 
-func runRebalanceRetry(t *testing.T, rr rebalanceRetry) *result {
+func runRebalanceRetry(t *testing.T, rr rebalanceRetry) *report.Result {
 	const sku = "regrow"
 	e := newEnv(t, envOpts{shards: 3})
 	a := e.startStockd(nodeOpts{name: "a"})
@@ -525,6 +526,6 @@ func runRebalanceRetry(t *testing.T, rr rebalanceRetry) *result {
 	if r.Held != rr.total {
 		t.Errorf("sold %d of %d units", r.Held, rr.total)
 	}
-	r.log(t)
+	r.Log(t)
 	return r
 }

@@ -145,7 +145,7 @@ func TestWriteBackFaults(t *testing.T) {
 			if wf.selling && okDuring-okBefore < 100 {
 				t.Errorf("only %d deductions during the fault: selling stalled", okDuring-okBefore)
 			}
-			r.log(t)
+			r.Log(t)
 		})
 	}
 }
