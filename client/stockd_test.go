@@ -29,38 +29,6 @@ import (
 
 const testAdminToken = "client-test-admin-token"
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// stockdBinary builds the daemon once per test run, or takes
-// STOCKD_TEST_BIN, a binary built beforehand.
-func stockdBinary(t testing.TB) string {
-	t.Helper()
-	if p := os.Getenv("STOCKD_TEST_BIN"); p != "" {
-		return p
-	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "stockd-client-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "stockd")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/stockd/stockd/daemon/cmd/stockd").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("%v: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("build stockd: %v", buildErr)
-	}
-	return binPath
-}
-
-// cluster is one test's services and the stockd nodes sharing them.
 type cluster struct {
 	t      testing.TB
 	db     *sql.DB
@@ -173,7 +141,7 @@ func (d *stockd) startProc() {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	cmd := exec.Command(stockdBinary(d.t))
+	cmd := exec.Command(stocktest.StockdBinary(d.t))
 	cmd.Env = d.env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Pdeathsig: a test binary that dies takes the daemon with it.

@@ -30,6 +30,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/stockd/stockd/admin"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 	stocksync "github.com/stockd/stockd/sync"
 )
@@ -254,37 +255,6 @@ func (p *toxProxy) setUpstream(addr string) {
 
 // ---- the stockd binary ----
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// stockdBinary builds the daemon of this tree once per test run (or takes
-// STOCKD_TEST_BIN, a binary built beforehand).
-func stockdBinary(t testing.TB) string {
-	t.Helper()
-	if p := os.Getenv("STOCKD_TEST_BIN"); p != "" {
-		return p
-	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "stockd-faults-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "stockd")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/stockd/stockd/daemon/cmd/stockd").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("%v: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("build stockd: %v", buildErr)
-	}
-	return binPath
-}
-
 // stockd is one daemon process.
 type stockd struct {
 	t                  testing.TB
@@ -395,7 +365,7 @@ func (d *stockd) start(wait bool) {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	cmd := exec.Command(stockdBinary(d.t), "-config", d.cfgPath)
+	cmd := exec.Command(stocktest.StockdBinary(d.t), "-config", d.cfgPath)
 	cmd.Env = d.env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Pdeathsig: a test binary killed by its timeout or by hand takes
