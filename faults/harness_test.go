@@ -11,7 +11,6 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -467,38 +466,24 @@ func (d *stockd) logTail(n int) string {
 
 // ---- admin API ----
 
-var adminClient = &http.Client{Timeout: 30 * time.Second}
-
 // adminDo sends an admin request; out receives a 2xx JSON answer.
 func (d *stockd) adminDo(method, path, body string, out any) (int, []byte) {
 	d.t.Helper()
-	req, err := http.NewRequest(method, "http://"+d.admin+path, strings.NewReader(body))
-	if err != nil {
+	code, b, err := stocktest.Admin{Addr: d.admin, Token: adminToken}.Do(method, path, body, out)
+	switch {
+	case err != nil && code == 0:
+		return 0, []byte(err.Error())
+	case err != nil:
 		d.t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+adminToken)
-	resp, err := adminClient.Do(req)
-	if err != nil {
-		return 0, []byte(err.Error())
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode < 300 {
-		if err := json.Unmarshal(b, out); err != nil {
-			d.t.Fatalf("%s %s: %v: %s", method, path, err, b)
-		}
-	}
-	return resp.StatusCode, b
+	return code, b
 }
 
 // putSKU creates the SKU.
 func (d *stockd) putSKU(sku string, total int64, partitions int, chunk, threshold int64) admin.SKUView {
 	d.t.Helper()
 	var v admin.SKUView
-	body := fmt.Sprintf(`{"total":%d,"partitions":%d,"chunk":%d,"threshold":%d}`, total, partitions, chunk, threshold)
-	if code, b := d.adminDo("PUT", "/admin/skus/"+sku, body, &v); code != 200 && code != 201 {
-		d.t.Fatalf("put sku %s: %d %s", sku, code, b)
-	}
+	stocktest.Admin{Addr: d.admin, Token: adminToken}.PutSKU(d.t, sku, total, partitions, chunk, threshold, &v)
 	return v
 }
 
