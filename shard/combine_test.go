@@ -121,7 +121,7 @@ func TestCombinedTakeIsolatesPartitions(t *testing.T) {
 	runTake(ctx, ok.Shard, batch)
 
 	want := []struct {
-		code Code
+		code TakeCode
 		seq  int64
 		err  error
 	}{{Took, 1, nil}, {Lost, 0, nil}, {0, 0, ErrRollback}, {0, 0, errors.New("XADD")}, {Took, 2, nil}, {TookEarl, 1, nil}}

@@ -10,26 +10,31 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// Take outcomes (take.lua's codes, the same values in its header). Refill
-// and drain answer Took, TookEarl, Lost and Closed with the same meaning.
+// TakeCode is take.lua's outcome for one request. (The other scripts'
+// codes and decoders are in replies.go.)
+type TakeCode int
+
+// Take outcomes; the numbers are take.lua's own, the locals in its header
+// (TOOK, TOOK_EARLIER, SHORT, MOVED, LOST, CLOSED, ROLLED_BACK, REUSED,
+// STREAM_REFUSED).
 const (
-	Took     Code = 1 // deducted now
-	TookEarl Code = 2 // deducted by an earlier attempt of the same request
-	Short    Code = 3 // not enough stock here (recorded for the request)
-	Moved    Code = 4 // the request's pointer names another (partition, round)
-	Lost     Code = 5 // state missing or of another epoch: the shard lost data
-	Closed   Code = 6 // fenced or closed: never sells again
+	Took     TakeCode = 1 // deducted now
+	TookEarl TakeCode = 2 // deducted by an earlier attempt of the same request
+	Short    TakeCode = 3 // not enough stock here (recorded for the request)
+	Moved    TakeCode = 4 // the request's pointer names another (partition, round)
+	Lost     TakeCode = 5 // state missing or of another epoch: the shard lost data
+	Closed   TakeCode = 6 // fenced or closed: never sells again
 	// RolledBack: the state's sequence is below one already seen (the
 	// shard lost writes); the script did nothing. Take reports it as
 	// ErrRollback.
-	RolledBack Code = 7
+	RolledBack TakeCode = 7
 	// Reused: the request id took here earlier for another quantity (Seq
 	// and Qty are that deduction's); nothing was deducted.
-	Reused Code = 9
+	Reused TakeCode = 9
 	// StreamRefused: the partition's detail stream refused the batch's
 	// entry (the state went back, its stream did not); nothing of the
-	// partition was written. Take reports it as an error (Text is Redis's).
-	StreamRefused Code = 10
+	// partition was written. Take reports it as an error with Redis's message.
+	StreamRefused TakeCode = 10
 )
 
 // Refill needs, as take.lua answers them.
@@ -58,7 +63,7 @@ const (
 
 // TakeResult is what take answered for one request.
 type TakeResult struct {
-	Code   Code
+	Code   TakeCode
 	Levels Levels
 	Seq    int64 // the detail's sequence when Code is Took, TookEarl or Reused
 	Qty    int64 // the quantity taken (TookEarl, Reused: by the first attempt)
@@ -312,7 +317,7 @@ func decodeTake(sh *Shard, g *takeGroup, vals []rueidis.RedisMessage) []rueidis.
 			c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %w: %v", sh.ID, ErrBadReply, err)
 			continue
 		}
-		switch Code(code) {
+		switch TakeCode(code) {
 		case RolledBack:
 			c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %w", sh.ID, ErrRollback)
 			continue
@@ -321,7 +326,7 @@ func decodeTake(sh *Shard, g *takeGroup, vals []rueidis.RedisMessage) []rueidis.
 			c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %s", sh.ID, text)
 			continue
 		}
-		c.res = TakeResult{Code: Code(code), Levels: levels, Seq: seq, Qty: qty, Refill: refill}
+		c.res = TakeResult{Code: TakeCode(code), Levels: levels, Seq: seq, Qty: qty, Refill: refill}
 		c.err = nil
 		if c.res.Code == Moved {
 			c.res.Pointer, _ = v[3].ToString()
