@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -24,6 +25,10 @@ type Allowance struct {
 	SKU   string
 	Shard *Shard
 	key   string
+	// ops batches the takes and settles that arrive while an allowance
+	// call is in flight (allow.lua's batch op): one call per batch, not
+	// two per limited deduction.
+	ops allowBatcher
 }
 
 // Allowance returns the handle of sku's allowance hash on shardID.
@@ -51,20 +56,121 @@ func (a *Allowance) run(ctx context.Context, args ...string) (AllowResult, error
 	return r, nil
 }
 
+// allowOp is one op waiting in an allowance's batch.
+type allowOp struct {
+	args []string // op name, then its arguments
+	res  AllowResult
+	err  error
+	// wake is signalled when res is ready or when this op must lead the
+	// next batch.
+	wake chan struct{}
+	lead bool
+}
+
+var allowOpPool = sync.Pool{New: func() any { return &allowOp{wake: make(chan struct{}, 1)} }}
+
+// allowBatcher is the take combiner's scheme for one allowance hash: the
+// caller that finds no call in flight leads, the waiters share the next
+// call, a finished leader hands the lead to the first waiter. The hash is
+// one key, so this holds on a Redis Cluster too.
+type allowBatcher struct {
+	mu    sync.Mutex
+	busy  bool
+	queue []*allowOp
+}
+
+// batched runs one op (take or settle) in a batch of the ops waiting.
+func (a *Allowance) batched(ctx context.Context, args ...string) (AllowResult, error) {
+	op := allowOpPool.Get().(*allowOp)
+	op.args, op.lead = args, false
+	b := &a.ops
+	b.mu.Lock()
+	if b.busy {
+		b.queue = append(b.queue, op)
+		b.mu.Unlock()
+		<-op.wake
+		if !op.lead {
+			return op.done()
+		}
+		b.mu.Lock()
+	} else {
+		b.busy = true
+	}
+	k := min(len(b.queue), maxBatch-1)
+	batch := make([]*allowOp, 0, k+1)
+	batch = append(batch, op)
+	batch = append(batch, b.queue[:k]...)
+	rest := copy(b.queue, b.queue[k:])
+	clear(b.queue[rest:])
+	b.queue = b.queue[:rest]
+	b.mu.Unlock()
+
+	a.runBatch(ctx, batch)
+
+	b.mu.Lock()
+	if len(b.queue) > 0 {
+		next := b.queue[0]
+		b.queue = b.queue[1:]
+		next.lead = true
+		next.wake <- struct{}{}
+	} else {
+		b.busy = false
+	}
+	b.mu.Unlock()
+	for _, x := range batch[1:] {
+		x.wake <- struct{}{}
+	}
+	return op.done()
+}
+
+func (op *allowOp) done() (AllowResult, error) {
+	r, err := op.res, op.err
+	op.args = nil
+	allowOpPool.Put(op)
+	return r, err
+}
+
+// runBatch runs batch as one call: a single op as itself, several as
+// allow.lua's batch op (per op {code, held or 0}).
+func (a *Allowance) runBatch(ctx context.Context, batch []*allowOp) {
+	if len(batch) == 1 {
+		batch[0].res, batch[0].err = a.run(ctx, batch[0].args...)
+		return
+	}
+	args := []string{"batch", strconv.Itoa(len(batch))}
+	for _, op := range batch {
+		args = append(args, op.args[0], strconv.Itoa(len(op.args)-1))
+		args = append(args, op.args[1:]...)
+	}
+	vals, err := allowScript.exec(ctx, a.Shard, a.key, []string{a.key}, args)
+	if err == nil && len(vals) != 2*len(batch) {
+		err = fmt.Errorf("%d values for %d ops: %w", len(vals), len(batch), ErrBadReply)
+	}
+	for i, op := range batch {
+		op.res, op.err = AllowResult{}, err
+		if err == nil {
+			op.res, op.err = decodeAllow(vals[2*i : 2*i+2])
+		}
+		if op.err != nil {
+			op.err = fmt.Errorf("allowance of %s: %w", a.SKU, op.err)
+		}
+	}
+}
+
 func nowMs() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
 
 // Take counts qty units of user for reqID when the user's count stays
 // within limit. held is the user's count afterwards (before, when the
 // limit was reached).
 func (a *Allowance) Take(ctx context.Context, reqID, user string, qty, limit int64) (code AllowCode, held int64, err error) {
-	r, err := a.run(ctx, "take", reqID, user, strconv.FormatInt(qty, 10), strconv.FormatInt(limit, 10), nowMs())
+	r, err := a.batched(ctx, "take", reqID, user, strconv.FormatInt(qty, 10), strconv.FormatInt(limit, 10), nowMs())
 	return r.Code, r.Held, err
 }
 
 // Settle records that reqID took (detail): its entry is held until the
 // reservation is released or expires.
 func (a *Allowance) Settle(ctx context.Context, reqID, user string, qty int64, detail string) error {
-	_, err := a.run(ctx, "settle", reqID, user, strconv.FormatInt(qty, 10), detail)
+	_, err := a.batched(ctx, "settle", reqID, user, strconv.FormatInt(qty, 10), detail)
 	return err
 }
 

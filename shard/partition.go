@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -71,7 +70,10 @@ type Partition struct {
 	// window is the records' generation length in ms (RecordWindow).
 	window string
 
-	comb combiner
+	// takes batches this partition's takes when its shard cannot run one
+	// script over several partitions (a Redis Cluster); otherwise the
+	// shard's combiner does (take.go).
+	takes combiner
 	// lastSeq is the highest detail sequence seen of this partition (its
 	// takes, and what write-back landed); a take that returns a sequence
 	// not above it means the shard rolled back.
@@ -190,27 +192,6 @@ func ParseDetailID(id string) (sku string, pid int, epoch, seq int64, err error)
 	return parts[0], pid, epoch, seq, nil
 }
 
-// TakeCode is take.lua's outcome for one request. (The other scripts'
-// codes and decoders are in replies.go.)
-type TakeCode int
-
-// Take outcomes; the numbers are take.lua's own.
-const (
-	Took     TakeCode = 1 // deducted now
-	TookEarl TakeCode = 2 // deducted by an earlier attempt of the same request
-	Short    TakeCode = 3 // not enough stock here (recorded for the request)
-	Moved    TakeCode = 4 // the request's pointer names another (partition, round)
-	Lost     TakeCode = 5 // state missing or of another epoch: the shard lost data
-	Closed   TakeCode = 6 // fenced or closed: never sells again
-	// RolledBack: the state's sequence is below one already seen (the
-	// shard lost writes); the script did nothing. Take reports it as
-	// ErrRollback.
-	RolledBack TakeCode = 7
-	// Reused: the request id took here earlier for another quantity (Seq
-	// and Qty are that deduction's); nothing was deducted.
-	Reused TakeCode = 9
-)
-
 // Levels are a partition's two sub-domain levels and which one is active.
 type Levels struct {
 	A, B   int64
@@ -219,180 +200,6 @@ type Levels struct {
 
 // Total is the stock of both sub-domains.
 func (l Levels) Total() int64 { return l.A + l.B }
-
-// TakeResult is what take answered.
-type TakeResult struct {
-	Code   TakeCode
-	Levels Levels
-	Seq    int64 // the detail's sequence when Code is Took, TookEarl or Reused
-	Qty    int64 // the quantity taken (TookEarl, Reused: by the first attempt)
-	// Refill names the idle sub-domain ('a' or 'b') when it is below the
-	// threshold, 0 otherwise.
-	Refill  byte
-	Pointer string // Moved: "<pid>:<round>", or a redirect "h<pid>"
-}
-
-// maxBatch bounds the requests one take call carries.
-const maxBatch = 64
-
-// takeCall is one request waiting in a partition's batch.
-type takeCall struct {
-	reqID, userID string
-	qty           int64
-	round         int
-	home          bool
-
-	res TakeResult
-	err error
-	// wake is signalled (buffered, so the call can be pooled) when res is
-	// ready or when this call must lead the next batch.
-	wake chan struct{}
-	lead bool
-}
-
-var callPool = sync.Pool{New: func() any { return &takeCall{wake: make(chan struct{}, 1)} }}
-
-// combiner gathers the takes that arrive for a partition while a take call
-// is in flight, so that they share the next call: one script run and one
-// round trip instead of one per request. There is no timer and no extra
-// goroutine: the caller that finds the partition idle leads, and the
-// leader hands the lead to the first waiter when it is done.
-type combiner struct {
-	mu    sync.Mutex
-	busy  bool
-	queue []*takeCall
-}
-
-// Take deducts qty for reqID in round, or returns the request's earlier
-// outcome here. home tells whether this partition is the request's home (the
-// holder of its pointer). Concurrent takes on one partition are batched.
-func (p *Partition) Take(ctx context.Context, reqID string, qty int64, round int, home bool, userID string) (TakeResult, error) {
-	c := callPool.Get().(*takeCall)
-	c.reqID, c.userID, c.qty, c.round, c.home, c.lead = reqID, userID, qty, round, home, false
-	cb := &p.comb
-	cb.mu.Lock()
-	cb.queue = append(cb.queue, c)
-	if cb.busy {
-		cb.mu.Unlock()
-		<-c.wake
-		if !c.lead {
-			res, err := c.res, c.err
-			callPool.Put(c)
-			return res, err
-		}
-		cb.mu.Lock()
-	} else {
-		cb.busy = true
-	}
-	// Leading: take a batch (this call is in it), run it, pass the lead on.
-	k := min(len(cb.queue), maxBatch)
-	batch := make([]*takeCall, k)
-	copy(batch, cb.queue)
-	rest := copy(cb.queue, cb.queue[k:])
-	clear(cb.queue[rest:])
-	cb.queue = cb.queue[:rest]
-	cb.mu.Unlock()
-
-	p.takeBatch(ctx, batch)
-
-	cb.mu.Lock()
-	if len(cb.queue) > 0 {
-		next := cb.queue[0]
-		next.lead = true
-		next.wake <- struct{}{}
-	} else {
-		cb.busy = false
-	}
-	cb.mu.Unlock()
-	for _, x := range batch {
-		if x != c {
-			x.wake <- struct{}{}
-		}
-	}
-	res, err := c.res, c.err
-	callPool.Put(c)
-	return res, err
-}
-
-// takeBatch runs one take call for batch and fills every call's result.
-func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
-	// The combiner runs one batch at a time: the sequence seen before it
-	// was sent is what the state's must not be below (the script refuses
-	// to take on a state that went back) and its new sequences must exceed.
-	prev := p.lastSeq.Load()
-	p.Shard.takeCalls.Add(1)
-	p.Shard.takeRequests.Add(int64(len(batch)))
-	args := make([]string, 0, 4+5*len(batch))
-	args = append(args, p.epoch, strconv.Itoa(len(batch)), strconv.FormatInt(prev, 10), p.window)
-	for _, c := range batch {
-		self := ""
-		if c.home {
-			self = p.pid
-		}
-		args = append(args, c.reqID, strconv.FormatInt(c.qty, 10), strconv.Itoa(c.round), self, c.userID)
-	}
-	vals, err := takeScript.exec(ctx, p.Shard, p.state, []string{p.state, p.records, p.pointers, p.stream}, args)
-	// The stream may hold new entries now (also when the reply was lost:
-	// the script may have run): the write-back reads it (Written).
-	p.Notify()
-	if err == nil && len(vals) != 4+4*len(batch) {
-		err = fmt.Errorf("%w: %d values for %d requests", ErrBadReply, len(vals), len(batch))
-	}
-	var head [4]int64
-	for i := 0; err == nil && i < 4; i++ {
-		if head[i], err = vals[i].AsInt64(); err != nil {
-			err = fmt.Errorf("%w: %v", ErrBadReply, err)
-		}
-	}
-	if err != nil {
-		err = fmt.Errorf("take on %s: %w", p.Shard.ID, err)
-		for _, c := range batch {
-			c.res, c.err = TakeResult{}, err
-		}
-		return
-	}
-	levels := Levels{A: head[0], B: head[1], Active: activeName(head[2])}
-	var refill byte
-	switch head[3] {
-	case 1:
-		refill = 'a'
-	case 2:
-		refill = 'b'
-	}
-	rolledBack := false
-	for i, c := range batch {
-		v := vals[4+4*i:]
-		code, err1 := v[0].AsInt64()
-		seq, err2 := v[1].AsInt64()
-		qty, err3 := v[2].AsInt64()
-		if err := errors.Join(err1, err2, err3); err != nil {
-			c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %w: %v", p.Shard.ID, ErrBadReply, err)
-			continue
-		}
-		if TakeCode(code) == RolledBack {
-			c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %w", p.Shard.ID, ErrRollback)
-			continue
-		}
-		c.res = TakeResult{Code: TakeCode(code), Levels: levels, Seq: seq, Qty: qty, Refill: refill}
-		c.err = nil
-		if c.res.Code == Moved {
-			c.res.Pointer, _ = v[3].ToString()
-		}
-		if c.res.Code == Took {
-			if seq <= prev {
-				rolledBack = true
-			}
-			p.ObserveSeq(seq)
-		}
-	}
-	if rolledBack {
-		for _, c := range batch {
-			if c.res.Code == Took {
-				c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %w", p.Shard.ID, ErrRollback)
-			}
-		}
-	}
-}
 
 // Point moves reqID's pointer on this (home) partition from expect to next.
 func (p *Partition) Point(ctx context.Context, reqID, expect, next string) (PointResult, error) {

@@ -12,7 +12,7 @@ import (
 // constants here carry the same numbers under the same names, one Go type
 // per script, so a code of one script cannot be compared with another's.
 // take.lua's reply (TakeCode, TakeResult) is decoded with its batch in
-// partition.go.
+// take.go (decodeTake).
 
 // ClaimCode is claim.lua's outcome.
 type ClaimCode int

@@ -177,6 +177,8 @@ type Shard struct {
 	// takeCalls and takeRequests count the take script calls sent to the
 	// shard and the requests they carried (their ratio is the batch size).
 	takeCalls, takeRequests atomic.Int64
+	// takes batches the takes of the shard's partitions (take.go).
+	takes combiner
 	// redial: a sentinel or cluster shard none of whose addresses
 	// answered when it was added; its client is a stand-in until Probe
 	// dials it for real.
