@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/admin"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
@@ -566,11 +567,11 @@ func timeOrNil(t time.Time) *time.Time {
 
 func adminErr(err error) error {
 	switch {
-	case errors.Is(err, preallocate.ErrUnknownSKU), errors.Is(err, stocksync.ErrUnknownSKU):
+	case errors.Is(err, stockd.ErrUnknownSKU):
 		return &adminError{kind: admin.ErrNotFound, err: err}
 	case errors.Is(err, preallocate.ErrConflict):
 		return &adminError{kind: admin.ErrConflict, err: err}
-	case errors.Is(err, preallocate.ErrUnknownShard):
+	case errors.Is(err, stockd.ErrUnknownShard):
 		return &adminError{kind: admin.ErrNotFound, err: err}
 	case errors.Is(err, preallocate.ErrInvalid):
 		return &adminError{kind: admin.ErrInvalid, err: err}

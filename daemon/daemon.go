@@ -166,12 +166,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	hints := &writeHints{peer: peer, logger: log.With("component", "hints")}
 	var sched *scheduler.Scheduler
 	sched = scheduler.New(schedCfg, reg, scheduler.Hooks{
-		Took: hints.took,
-		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(scheduler.RefillResult)) bool {
-			return alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
-				done(scheduler.RefillResult{Levels: o.Levels, HaveLevels: o.HaveLevels, Applied: o.Applied, Pool: o.Pool, Failed: err != nil, Closed: o.Closed})
-			})
-		},
+		Took:   hints.took,
+		Refill: alloc.Request,
 		// One node refills a partition: its owner. The others forward
 		// what their deductions see, and the owner's sweep covers the rest.
 		Owns:        func(p *shard.Partition) bool { return peer.Owns(partitionKey(p.SKU, p.ID)) },

@@ -10,16 +10,15 @@ import (
 	"hash/fnv"
 	"time"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/sqltx"
 )
 
 var (
-	// ErrUnknownSKU is returned for a SKU that does not exist.
-	ErrUnknownSKU = errors.New("unknown sku")
 	// ErrArchived is returned for a SKU that was archived: to everything
-	// but the archive's own view it does not exist (it is an
-	// ErrUnknownSKU), and its name is not reused.
-	ErrArchived = fmt.Errorf("%w (archived)", ErrUnknownSKU)
+	// but the archive's own view it does not exist (it is a
+	// stockd.ErrUnknownSKU), and its name is not reused.
+	ErrArchived = fmt.Errorf("%w (archived)", stockd.ErrUnknownSKU)
 	// ErrConflict is returned for a change the current state does not allow.
 	ErrConflict = errors.New("conflict")
 	// ErrInvalid is returned for parameters that do not fit together.
@@ -144,7 +143,7 @@ func (s *Store) Put(ctx context.Context, name string, spec, defaults Spec, shard
 		switch {
 		case errors.Is(err, ErrArchived):
 			return conflictf("sku %s is archived: an archived name is not reused", name)
-		case errors.Is(err, ErrUnknownSKU):
+		case errors.Is(err, stockd.ErrUnknownSKU):
 			if len(shards) == 0 {
 				return conflictf("no shards configured")
 			}
@@ -343,7 +342,7 @@ func (s *Store) PoolState(ctx context.Context, name string) (pool, pending int64
 		           FROM allocations WHERE sku = ? AND state = 'pending' AND kind IN ('fill', 'drain'))
 		   FROM skus WHERE sku = ?`, name, name).Scan(&pool, &pending)
 	if errors.Is(err, sql.ErrNoRows) {
-		return 0, 0, fmt.Errorf("%w: %s", ErrUnknownSKU, name)
+		return 0, 0, fmt.Errorf("%w: %s", stockd.ErrUnknownSKU, name)
 	}
 	if err != nil {
 		return 0, 0, fmt.Errorf("pool state: %w", err)
@@ -360,7 +359,7 @@ func (s *Store) VersionedPoolState(ctx context.Context, name string) (version, p
 		           FROM allocations WHERE sku = ? AND state = 'pending' AND kind IN ('fill', 'drain'))
 		   FROM skus WHERE sku = ?`, name, name).Scan(&version, &pool, &pending)
 	if errors.Is(err, sql.ErrNoRows) {
-		return 0, 0, 0, fmt.Errorf("%w: %s", ErrUnknownSKU, name)
+		return 0, 0, 0, fmt.Errorf("%w: %s", stockd.ErrUnknownSKU, name)
 	}
 	if err != nil {
 		return 0, 0, 0, fmt.Errorf("pool state: %w", err)
@@ -429,7 +428,7 @@ func readSKU(ctx context.Context, q querier, name string, forUpdate, archived bo
 		k.ClosesAt = closes.Time
 	}
 	if errors.Is(err, sql.ErrNoRows) {
-		return SKU{}, fmt.Errorf("%w: %s", ErrUnknownSKU, name)
+		return SKU{}, fmt.Errorf("%w: %s", stockd.ErrUnknownSKU, name)
 	}
 	if err != nil {
 		return SKU{}, fmt.Errorf("read sku: %w", err)
@@ -611,7 +610,7 @@ func (s *Store) SetShardAddr(ctx context.Context, id, addr string) error {
 	if n, _ := res.RowsAffected(); n == 0 {
 		var addrNow string
 		if err := s.db.QueryRowContext(ctx, `SELECT addr FROM shards WHERE id = ? AND state <> 'removed'`, id).Scan(&addrNow); err != nil {
-			return &kindError{kind: ErrUnknownShard, msg: "unknown shard " + id}
+			return &kindError{kind: stockd.ErrUnknownShard, msg: "unknown shard " + id}
 		}
 	}
 	return nil
@@ -627,11 +626,8 @@ func (s *Store) SetShardState(ctx context.Context, id, state string) error {
 		var exists int
 		s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM shards WHERE id = ?`, id).Scan(&exists)
 		if exists == 0 {
-			return &kindError{kind: ErrUnknownShard, msg: "unknown shard " + id}
+			return &kindError{kind: stockd.ErrUnknownShard, msg: "unknown shard " + id}
 		}
 	}
 	return nil
 }
-
-// ErrUnknownShard is returned for a shard id MySQL does not know.
-var ErrUnknownShard = errors.New("unknown shard")

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/hashx"
 	"github.com/stockd/stockd/internal/hotstats"
 	"github.com/stockd/stockd/shard"
@@ -109,8 +110,8 @@ type Partition struct {
 }
 
 // Levels are the last known levels.
-func (p *Partition) Levels() shard.Levels {
-	l := shard.Levels{A: p.a.Load(), B: p.b.Load(), Active: 'a'}
+func (p *Partition) Levels() stockd.Levels {
+	l := stockd.Levels{A: p.a.Load(), B: p.b.Load(), Active: 'a'}
 	if p.activeB.Load() {
 		l.Active = 'b'
 	}
@@ -120,7 +121,7 @@ func (p *Partition) Levels() shard.Levels {
 // Open tells whether the partition may sell.
 func (p *Partition) Open() bool { return p.open.Load() }
 
-func (p *Partition) setLevels(l shard.Levels) {
+func (p *Partition) setLevels(l stockd.Levels) {
 	p.a.Store(l.A)
 	p.b.Store(l.B)
 	p.activeB.Store(l.Active == 'b')

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+	"github.com/stockd/stockd"
 )
 
 var (
@@ -164,30 +165,7 @@ func (p *Partition) PointersKey() string { return p.pointers }
 // DetailID names one deduction everywhere (MySQL key, reservation token):
 // sku, partition, epoch and the partition's sequence number.
 func (p *Partition) DetailID(seq int64) string {
-	return DetailID(p.SKU, p.ID, p.Epoch, seq)
-}
-
-// DetailID formats a detail id.
-func DetailID(sku string, pid int, epoch, seq int64) string {
-	return sku + ":" + strconv.Itoa(pid) + ":" + strconv.FormatInt(epoch, 10) + ":" + strconv.FormatInt(seq, 10)
-}
-
-// ParseDetailID splits a detail id made by DetailID.
-func ParseDetailID(id string) (sku string, pid int, epoch, seq int64, err error) {
-	parts := strings.Split(id, ":")
-	if len(parts) != 4 {
-		return "", 0, 0, 0, fmt.Errorf("detail id %q: want sku:pid:epoch:seq", id)
-	}
-	if pid, err = strconv.Atoi(parts[1]); err != nil {
-		return "", 0, 0, 0, fmt.Errorf("detail id %q: pid: %w", id, err)
-	}
-	if epoch, err = strconv.ParseInt(parts[2], 10, 64); err != nil {
-		return "", 0, 0, 0, fmt.Errorf("detail id %q: epoch: %w", id, err)
-	}
-	if seq, err = strconv.ParseInt(parts[3], 10, 64); err != nil {
-		return "", 0, 0, 0, fmt.Errorf("detail id %q: seq: %w", id, err)
-	}
-	return parts[0], pid, epoch, seq, nil
+	return stockd.DetailID(p.SKU, p.ID, p.Epoch, seq)
 }
 
 // Code is a script outcome.
@@ -220,19 +198,10 @@ const (
 	InitOther   Code = 5 // present with another epoch
 )
 
-// Levels are a partition's two sub-domain levels and which one is active.
-type Levels struct {
-	A, B   int64
-	Active byte // 'a' or 'b'
-}
-
-// Total is the stock of both sub-domains.
-func (l Levels) Total() int64 { return l.A + l.B }
-
 // TakeResult is what take answered.
 type TakeResult struct {
 	Code   Code
-	Levels Levels
+	Levels stockd.Levels
 	Seq    int64 // the detail's sequence when Code is Took, TookEarl or Reused
 	Qty    int64 // the quantity taken (TookEarl, Reused: by the first attempt)
 	// Refill names the idle sub-domain ('a' or 'b') when it is below the
@@ -360,7 +329,7 @@ func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
 		}
 		return
 	}
-	levels := Levels{A: head[0], B: head[1], Active: activeName(head[2])}
+	levels := stockd.Levels{A: head[0], B: head[1], Active: activeName(head[2])}
 	var refill byte
 	switch head[3] {
 	case 1:
@@ -463,7 +432,7 @@ func parseTookRecord(rec string) (seq, qty int64, err error) {
 // RefillResult is what refill answered.
 type RefillResult struct {
 	Code   Code // Took (applied now), TookEarl (applied before), Lost, Closed, Full, Refused
-	Levels Levels
+	Levels stockd.Levels
 }
 
 // Final reports whether an allocation answered with r will never apply.
@@ -483,7 +452,7 @@ func (p *Partition) Refill(ctx context.Context, allocID int64, sub byte, qty, ca
 	if len(vals) != 4 {
 		return RefillResult{}, fmt.Errorf("refill: %w", ErrBadReply)
 	}
-	return RefillResult{Code: Code(vals[0]), Levels: Levels{A: vals[1], B: vals[2], Active: activeName(vals[3])}}, nil
+	return RefillResult{Code: Code(vals[0]), Levels: stockd.Levels{A: vals[1], B: vals[2], Active: activeName(vals[3])}}, nil
 }
 
 // Drain takes every unit out of the partition under drain id; close also
@@ -601,7 +570,7 @@ func ParseRedirect(s string) (pid int, ok bool) {
 // State is a partition's state as inspect sees it.
 type State struct {
 	Exists    bool
-	Levels    Levels
+	Levels    stockd.Levels
 	Seq       int64
 	Threshold int64
 	Status    string // open, fenced, closed
@@ -628,7 +597,7 @@ func (p *Partition) Inspect(ctx context.Context) (State, error) {
 	}
 	st := State{
 		Exists:    n[0] == 1,
-		Levels:    Levels{A: n[1], B: n[2], Active: activeName(n[3])},
+		Levels:    stockd.Levels{A: n[1], B: n[2], Active: activeName(n[3])},
 		Seq:       n[4],
 		Threshold: n[5],
 	}

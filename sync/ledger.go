@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/sqltx"
 	"github.com/stockd/stockd/shard"
 )
@@ -85,7 +86,7 @@ func (l *Ledger) release(ctx context.Context, detailID string, qty int64, expiri
 	}
 	l.giveBack(ctx, detailID)
 	if l.Returned != nil {
-		sku, _, _, _, _ := shard.ParseDetailID(detailID)
+		sku, _, _, _, _ := stockd.ParseDetailID(detailID)
 		l.Returned(sku)
 	}
 	return nil
@@ -103,7 +104,7 @@ type deduction struct {
 // move takes the deduction to state (confirmed or released). expiring:
 // see release.
 func (l *Ledger) move(ctx context.Context, detailID string, qty int64, to string, expiring time.Time) error {
-	sku, pid, epoch, seq, err := shard.ParseDetailID(detailID)
+	sku, pid, epoch, seq, err := stockd.ParseDetailID(detailID)
 	if err != nil || seq < 1 || qty < 1 {
 		return ErrUnknown
 	}

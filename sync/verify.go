@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/shard"
 )
 
@@ -65,7 +66,7 @@ func Verify(ctx context.Context, db *sql.DB, shards *shard.Set, sku string) (Rep
 		`SELECT total, pool, reserved, confirmed, released, in_doubt, doubled FROM skus WHERE sku = ?`, sku).
 		Scan(&r.Total, &r.Pool, &r.Reserved, &r.Confirmed, &r.Released, &r.InDoubt, &r.Doubled)
 	if errors.Is(err, sql.ErrNoRows) {
-		return r, fmt.Errorf("verify %s: %w", sku, ErrUnknownSKU)
+		return r, fmt.Errorf("verify %s: %w", sku, stockd.ErrUnknownSKU)
 	}
 	if err != nil {
 		return r, fmt.Errorf("verify: %w", err)
@@ -251,6 +252,3 @@ func Verify(ctx context.Context, db *sql.DB, shards *shard.Set, sku string) (Rep
 	r.OK = len(r.Problems) == 0
 	return r, nil
 }
-
-// ErrUnknownSKU is returned for a SKU that does not exist.
-var ErrUnknownSKU = errors.New("unknown sku")
