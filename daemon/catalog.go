@@ -9,6 +9,7 @@ import (
 
 	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/admin"
+	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
 	"github.com/stockd/stockd/shard"
@@ -549,7 +550,7 @@ func (c *catalog) reload(ctx context.Context, name string) (notice, bool) {
 }
 
 func (c *catalog) Verify(ctx context.Context, name string) (any, error) {
-	rep, err := stocksync.Verify(ctx, c.db, c.loader.shards, name)
+	rep, err := audit.New(c.loader.store, stocksync.NewRecords(c.db), c.loader.shards).Verify(ctx, name)
 	if err != nil {
 		return nil, adminErr(err)
 	}

@@ -29,8 +29,8 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"github.com/rs/zerolog"
 
+	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/internal/testenv"
-	stocksync "github.com/stockd/stockd/sync"
 )
 
 const adminToken = "faults-admin-token"
@@ -579,7 +579,7 @@ func (d *stockd) shardOf(sku string) map[int]string {
 }
 
 // verifyReport is GET /admin/skus/{sku}/verify.
-type verifyReport = stocksync.Report
+type verifyReport = audit.Report
 
 func (d *stockd) verify(sku string) (verifyReport, error) {
 	var r verifyReport

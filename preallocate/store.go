@@ -120,6 +120,9 @@ type Partition struct {
 	CreatedAt time.Time
 	ClosedAt  time.Time // zero while open
 	FencedAt  time.Time // zero unless fenced
+	// Doubt is a fenced partition's units still held in doubt (0 once
+	// resolved, and for open or closed partitions).
+	Doubt int64
 }
 
 // Store is the MySQL side of the catalog: SKUs, their pool and partitions.
@@ -307,7 +310,7 @@ func (s *Store) Page(ctx context.Context, after string, limit int) (skus []SKU, 
 		at[k.Name] = i
 	}
 	prow, err := s.db.QueryContext(ctx,
-		`SELECT sku, pid, shard, epoch, state, gen, seen_seq, created_at, closed_at, fenced_at
+		`SELECT sku, pid, shard, epoch, state, gen, seen_seq, created_at, closed_at, fenced_at, doubt_units
 		   FROM partitions WHERE sku > ? AND sku <= ? ORDER BY sku, pid`, after, skus[len(skus)-1].Name)
 	if err != nil {
 		return nil, false, fmt.Errorf("list partitions: %w", err)
@@ -317,7 +320,7 @@ func (s *Store) Page(ctx context.Context, after string, limit int) (skus []SKU, 
 		var name string
 		var p Partition
 		var closed, fenced sql.NullTime
-		if err := prow.Scan(&name, &p.ID, &p.Shard, &p.Epoch, &p.State, &p.Gen, &p.SeenSeq, &p.CreatedAt, &closed, &fenced); err != nil {
+		if err := prow.Scan(&name, &p.ID, &p.Shard, &p.Epoch, &p.State, &p.Gen, &p.SeenSeq, &p.CreatedAt, &closed, &fenced, &p.Doubt); err != nil {
 			return nil, false, fmt.Errorf("list partitions: %w", err)
 		}
 		p.ClosedAt, p.FencedAt = closed.Time, fenced.Time
@@ -436,7 +439,7 @@ func readSKU(ctx context.Context, q querier, name string, forUpdate, archived bo
 	if k.ArchivedAt = at.Time; at.Valid && !archived {
 		return SKU{}, fmt.Errorf("%w: %s", ErrArchived, name)
 	}
-	rows, err := q.QueryContext(ctx, `SELECT pid, shard, epoch, state, gen, seen_seq, created_at, closed_at, fenced_at FROM partitions WHERE sku = ? ORDER BY pid`, name)
+	rows, err := q.QueryContext(ctx, `SELECT pid, shard, epoch, state, gen, seen_seq, created_at, closed_at, fenced_at, doubt_units FROM partitions WHERE sku = ? ORDER BY pid`, name)
 	if err != nil {
 		return SKU{}, fmt.Errorf("read partitions: %w", err)
 	}
@@ -444,7 +447,7 @@ func readSKU(ctx context.Context, q querier, name string, forUpdate, archived bo
 	for rows.Next() {
 		var p Partition
 		var closed, fenced sql.NullTime
-		if err := rows.Scan(&p.ID, &p.Shard, &p.Epoch, &p.State, &p.Gen, &p.SeenSeq, &p.CreatedAt, &closed, &fenced); err != nil {
+		if err := rows.Scan(&p.ID, &p.Shard, &p.Epoch, &p.State, &p.Gen, &p.SeenSeq, &p.CreatedAt, &closed, &fenced, &p.Doubt); err != nil {
 			return SKU{}, fmt.Errorf("read partitions: %w", err)
 		}
 		p.ClosedAt, p.FencedAt = closed.Time, fenced.Time
