@@ -339,18 +339,8 @@ func (s *Store) Page(ctx context.Context, after string, limit int) (skus []SKU, 
 // fills could answer sold_out while a drain (a rebalance, a consolidation
 // of the tail) carries the last units back.
 func (s *Store) PoolState(ctx context.Context, name string) (pool, pending int64, err error) {
-	err = s.db.QueryRowContext(ctx,
-		`SELECT pool,
-		        (SELECT COALESCE(SUM(CASE WHEN kind = 'fill' THEN qty ELSE 1 END), 0)
-		           FROM allocations WHERE sku = ? AND state = 'pending' AND kind IN ('fill', 'drain'))
-		   FROM skus WHERE sku = ?`, name, name).Scan(&pool, &pending)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, 0, fmt.Errorf("%w: %s", stockd.ErrUnknownSKU, name)
-	}
-	if err != nil {
-		return 0, 0, fmt.Errorf("pool state: %w", err)
-	}
-	return pool, pending, nil
+	_, pool, pending, err = s.VersionedPoolState(ctx, name)
+	return pool, pending, err
 }
 
 // VersionedPoolState is PoolState with the SKU's version, in one read:

@@ -63,9 +63,7 @@ func (l *Ledger) Extend(ctx context.Context, detailID string, qty int64, until t
 // when it does.
 func (l *Ledger) extendOnce(ctx context.Context, d deduction, until time.Time, proven bool) error {
 	return sqltx.Run(ctx, l.db, func(tx *sql.Tx) error {
-		var state string
-		var rowQty int64
-		err := tx.QueryRowContext(ctx, `SELECT state, qty FROM deductions WHERE detail_id = ? FOR UPDATE`, d.id).Scan(&state, &rowQty)
+		state, rowQty, err := lockDeduction(ctx, tx, d.id)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			var pstate, shardID string
