@@ -141,10 +141,10 @@ func (c *catalog) cachedView(sku preallocate.SKU) admin.SKUView {
 	for _, rp := range sku.Partitions {
 		pv := admin.PartitionView{ID: rp.ID, Shard: rp.Shard, State: rp.State, Active: "a", Seq: rp.SeenSeq}
 		if reg != nil {
-			if p := reg.Partition(rp.ID); p != nil && p.H.Epoch == rp.Epoch {
+			if p := reg.Slot(rp.ID); p != nil && p.Handle.Epoch == rp.Epoch {
 				l := p.Levels()
 				pv.A, pv.B, pv.Active = l.A, l.B, string(l.Active)
-				pv.Seq = max(pv.Seq, p.H.LastSeq())
+				pv.Seq = max(pv.Seq, p.Handle.LastSeq())
 				if rp.State == "open" {
 					v.Available += l.Total()
 				}
@@ -326,15 +326,15 @@ func (c *catalog) Shards(ctx context.Context) ([]admin.ShardView, error) {
 	byMaster := map[string]map[string][]string{}
 	for _, name := range c.sched.Registry().Names() {
 		if sku := c.sched.Registry().Get(name); sku != nil {
-			for _, p := range sku.Partitions() {
+			for _, p := range sku.Slots() {
 				if p.Open() {
-					open[p.H.Shard.ID]++
-					if tp := p.H.Shard.Topology(); tp.Kind == shard.KindCluster {
-						if m := tp.MasterOf(p.H.StateKey()); m != "" {
-							if byMaster[p.H.Shard.ID] == nil {
-								byMaster[p.H.Shard.ID] = map[string][]string{}
+					open[p.Handle.Shard.ID]++
+					if tp := p.Handle.Shard.Topology(); tp.Kind == shard.KindCluster {
+						if m := tp.MasterOf(p.Handle.StateKey()); m != "" {
+							if byMaster[p.Handle.Shard.ID] == nil {
+								byMaster[p.Handle.Shard.ID] = map[string][]string{}
 							}
-							byMaster[p.H.Shard.ID][m] = append(byMaster[p.H.Shard.ID][m], fmt.Sprintf("%s/%d", p.H.SKU, p.H.ID))
+							byMaster[p.Handle.Shard.ID][m] = append(byMaster[p.Handle.Shard.ID][m], fmt.Sprintf("%s/%d", p.Handle.SKU, p.Handle.ID))
 						}
 					}
 				}

@@ -302,8 +302,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return nil
 		}
 		var out []*shard.Partition
-		for _, p := range sku.Partitions() {
-			out = append(out, p.H)
+		for _, p := range sku.Slots() {
+			out = append(out, p.Handle)
 		}
 		return out
 	}

@@ -366,7 +366,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	}
 	var res scheduler.Result
 	var err error
-	if h.sched.SoldOutFor(entry, r.requestID, start) {
+	if h.sched.VerdictFor(entry, r.requestID, start) == scheduler.SoldOutNow {
 		// Most of a flash sale's traffic: answered without Redis, without
 		// a context or timer, and without copying the body's strings.
 		res.Status = scheduler.SoldOut

@@ -289,9 +289,9 @@ func (l *loader) observeSeen(ctx context.Context) error {
 		if sku == nil {
 			continue
 		}
-		for _, p := range sku.Partitions() {
-			if p.H.ID == s.PID && p.H.Epoch == s.Epoch {
-				p.H.ObserveSeq(s.Seq)
+		for _, p := range sku.Slots() {
+			if p.Handle.ID == s.PID && p.Handle.Epoch == s.Epoch {
+				p.Handle.ObserveSeq(s.Seq)
 				break
 			}
 		}

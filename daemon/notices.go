@@ -373,9 +373,9 @@ func newClusterView(peer *cluster.Peer, reg *scheduler.Registry) clusterView {
 			o.SKUs = append(o.SKUs, name)
 		}
 		if s := reg.Get(name); s != nil {
-			for _, p := range s.Partitions() {
-				if o := v.Owners[peer.Owner(partitionKey(name, p.H.ID))]; o != nil {
-					o.Partitions = append(o.Partitions, partitionKey(name, p.H.ID))
+			for _, p := range s.Slots() {
+				if o := v.Owners[peer.Owner(partitionKey(name, p.Handle.ID))]; o != nil {
+					o.Partitions = append(o.Partitions, partitionKey(name, p.Handle.ID))
 				}
 			}
 		}

@@ -268,17 +268,17 @@ func (a *Allocator) applyFill(ctx context.Context, p *shard.Partition, id int64,
 		if err := a.void(ctx, id); err != nil {
 			return stockd.Refill{}, err
 		}
-		if r.Code == shard.Lost {
+		if r.Code == shard.RefillLost {
 			a.lost(ctx, p)
 			return stockd.Refill{Lost: true, Voided: true}, nil
 		}
-		return stockd.Refill{Levels: r.Levels, HaveLevels: true, Voided: true, Closed: r.Code == shard.Closed}, nil
+		return stockd.Refill{Levels: r.Levels, HaveLevels: true, Voided: true, Closed: r.Code == shard.RefillClosed}, nil
 	}
 	if err := a.markFillApplied(ctx, p, id, n); err != nil {
 		return stockd.Refill{Applied: n, Levels: r.Levels, HaveLevels: true}, fmt.Errorf("mark applied: %w", err)
 	}
 	applied := n
-	if r.Code == shard.TookEarl {
+	if r.Code == shard.RefillAppliedBefore {
 		applied = 0 // applied by an earlier run of this allocation
 	}
 	return stockd.Refill{Applied: applied, Levels: r.Levels, HaveLevels: true}, nil
@@ -367,7 +367,7 @@ func (a *Allocator) applyDrain(ctx context.Context, p *shard.Partition, id int64
 	if err != nil {
 		return 0, err
 	}
-	if code == shard.Lost {
+	if code == shard.DrainLost {
 		a.lost(ctx, p)
 		amount = 0
 	}

@@ -38,38 +38,17 @@ func (s *Set) Allowance(sku, shardID string) (*Allowance, error) {
 // Key is the allowance hash's key.
 func (a *Allowance) Key() string { return a.key }
 
-// AllowCode is an allowance outcome; the numbers are allow.lua's.
-type AllowCode int
-
-// Allowance outcomes.
-const (
-	// AllowTaken: the units were added to the user's count (pending).
-	AllowTaken AllowCode = 1
-	// AllowAgain: the request id holds an entry already (a retry).
-	AllowAgain AllowCode = 2
-	// AllowLimit: the user's count plus qty is above the limit; nothing
-	// was written.
-	AllowLimit AllowCode = 3
-	// AllowGivenBack: the request was released or expired; its retry
-	// needs no allowance (it meets its first outcome).
-	AllowGivenBack AllowCode = 4
-)
-
-func (a *Allowance) run(ctx context.Context, args ...string) ([]int64, error) {
+// run runs one op of allow.lua on the SKU's allowance hash.
+func (a *Allowance) run(ctx context.Context, args ...string) (AllowResult, error) {
 	vals, err := allowScript.exec(ctx, a.Shard, a.key, []string{a.key}, args)
 	if err != nil {
-		return nil, fmt.Errorf("allowance of %s: %w", a.SKU, err)
+		return AllowResult{}, fmt.Errorf("allowance of %s: %w", a.SKU, err)
 	}
-	out := make([]int64, len(vals))
-	for i, v := range vals {
-		if out[i], err = v.AsInt64(); err != nil {
-			return nil, fmt.Errorf("allowance of %s: %w", a.SKU, ErrBadReply)
-		}
+	r, err := decodeAllow(vals)
+	if err != nil {
+		return AllowResult{}, fmt.Errorf("allowance of %s: %w", a.SKU, err)
 	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("allowance of %s: %w", a.SKU, ErrBadReply)
-	}
-	return out, nil
+	return r, nil
 }
 
 func nowMs() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
@@ -78,14 +57,8 @@ func nowMs() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
 // within limit. held is the user's count afterwards (before, when the
 // limit was reached).
 func (a *Allowance) Take(ctx context.Context, reqID, user string, qty, limit int64) (code AllowCode, held int64, err error) {
-	out, err := a.run(ctx, "take", reqID, user, strconv.FormatInt(qty, 10), strconv.FormatInt(limit, 10), nowMs())
-	if err != nil {
-		return 0, 0, err
-	}
-	if len(out) != 2 {
-		return 0, 0, fmt.Errorf("allowance of %s: %w", a.SKU, ErrBadReply)
-	}
-	return AllowCode(out[0]), out[1], nil
+	r, err := a.run(ctx, "take", reqID, user, strconv.FormatInt(qty, 10), strconv.FormatInt(limit, 10), nowMs())
+	return r.Code, r.Held, err
 }
 
 // Settle records that reqID took (detail): its entry is held until the
@@ -98,8 +71,8 @@ func (a *Allowance) Settle(ctx context.Context, reqID, user string, qty int64, d
 // GiveBack removes reqID's entry when it is still pending (its take found
 // no stock): the user's count drops by its qty.
 func (a *Allowance) GiveBack(ctx context.Context, reqID string) (bool, error) {
-	out, err := a.run(ctx, "give", reqID, "p", nowMs(), "0")
-	return err == nil && out[0] == 1, err
+	r, err := a.run(ctx, "give", reqID, "p", nowMs(), "0")
+	return err == nil && r.Code == AllowDone, err
 }
 
 // GiveBackEntry gives reqID's entry back when it still reads entry; tomb
@@ -109,15 +82,15 @@ func (a *Allowance) GiveBackEntry(ctx context.Context, reqID, entry string, tomb
 	if tomb {
 		t = "1"
 	}
-	out, err := a.run(ctx, "give", reqID, entry, nowMs(), t)
-	return err == nil && out[0] == 1, err
+	r, err := a.run(ctx, "give", reqID, entry, nowMs(), t)
+	return err == nil && r.Code == AllowDone, err
 }
 
 // GiveBackDetail gives back the entry held for a deduction (release,
 // expiry). Nothing happens when the detail holds none.
 func (a *Allowance) GiveBackDetail(ctx context.Context, detail string) (bool, error) {
-	out, err := a.run(ctx, "givedetail", detail, nowMs())
-	return err == nil && out[0] == 1, err
+	r, err := a.run(ctx, "givedetail", detail, nowMs())
+	return err == nil && r.Code == AllowDone, err
 }
 
 // Forget deletes field when it still reads value.

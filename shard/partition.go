@@ -168,39 +168,30 @@ func (p *Partition) DetailID(seq int64) string {
 	return stockd.DetailID(p.SKU, p.ID, p.Epoch, seq)
 }
 
-// Code is a script outcome.
-type Code int
+// TakeCode is take.lua's outcome for one request. (The other scripts'
+// codes and decoders are in replies.go.)
+type TakeCode int
 
-// Script outcomes; the numbers are the scripts' own.
+// Take outcomes; the numbers are take.lua's own.
 const (
-	Took     Code = 1 // deducted now
-	TookEarl Code = 2 // deducted by an earlier attempt of the same request
-	Short    Code = 3 // not enough stock here (recorded for the request)
-	Moved    Code = 4 // the request's pointer names another (partition, round)
-	Lost     Code = 5 // state missing or of another epoch: the shard lost data
-	Closed   Code = 6 // fenced or closed: never sells again
+	Took     TakeCode = 1 // deducted now
+	TookEarl TakeCode = 2 // deducted by an earlier attempt of the same request
+	Short    TakeCode = 3 // not enough stock here (recorded for the request)
+	Moved    TakeCode = 4 // the request's pointer names another (partition, round)
+	Lost     TakeCode = 5 // state missing or of another epoch: the shard lost data
+	Closed   TakeCode = 6 // fenced or closed: never sells again
 	// RolledBack: the state's sequence is below one already seen (the
 	// shard lost writes); the script did nothing. Take reports it as
 	// ErrRollback.
-	RolledBack Code = 7
-	Full       Code = 7 // refill refused: the sub-domain is at its cap
-	Refused    Code = 8 // refill refused by an earlier run of the same allocation
+	RolledBack TakeCode = 7
 	// Reused: the request id took here earlier for another quantity (Seq
 	// and Qty are that deduction's); nothing was deducted.
-	Reused Code = 9
-)
-
-// Init outcomes.
-const (
-	InitMissing Code = 0 // missing and not created
-	InitPresent Code = 1 // present with the expected epoch
-	InitCreated Code = 3 // created now
-	InitOther   Code = 5 // present with another epoch
+	Reused TakeCode = 9
 )
 
 // TakeResult is what take answered.
 type TakeResult struct {
-	Code   Code
+	Code   TakeCode
 	Levels stockd.Levels
 	Seq    int64 // the detail's sequence when Code is Took, TookEarl or Reused
 	Qty    int64 // the quantity taken (TookEarl, Reused: by the first attempt)
@@ -347,11 +338,11 @@ func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
 			c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %w: %v", p.Shard.ID, ErrBadReply, err)
 			continue
 		}
-		if Code(code) == RolledBack {
+		if TakeCode(code) == RolledBack {
 			c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %w", p.Shard.ID, ErrRollback)
 			continue
 		}
-		c.res = TakeResult{Code: Code(code), Levels: levels, Seq: seq, Qty: qty, Refill: refill}
+		c.res = TakeResult{Code: TakeCode(code), Levels: levels, Seq: seq, Qty: qty, Refill: refill}
 		c.err = nil
 		if c.res.Code == Moved {
 			c.res.Pointer, _ = v[3].ToString()
@@ -372,46 +363,13 @@ func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
 	}
 }
 
-// PointResult is what point answered.
-type PointResult struct {
-	Code Code // 1 moved, 0 conflict, 2 took here earlier
-	// Pointer is the current pointer after the call (moved or conflict).
-	Pointer string
-	// Seq and Qty describe the earlier take when Code is TookEarl.
-	Seq, Qty int64
-}
-
-// Point outcomes.
-const (
-	PointConflict Code = 0
-	PointMoved    Code = 1
-	PointTook     Code = 2
-)
-
 // Point moves reqID's pointer on this (home) partition from expect to next.
 func (p *Partition) Point(ctx context.Context, reqID, expect, next string) (PointResult, error) {
 	vals, err := pointScript.exec(ctx, p.Shard, p.state, []string{p.records, p.pointers}, []string{reqID, expect, next, p.pid, p.window})
 	if err != nil {
 		return PointResult{}, fmt.Errorf("point on %s: %w", p.Shard.ID, err)
 	}
-	if len(vals) != 2 {
-		return PointResult{}, fmt.Errorf("point: %w", ErrBadReply)
-	}
-	code, err := vals[0].AsInt64()
-	if err != nil {
-		return PointResult{}, fmt.Errorf("point: %w: %v", ErrBadReply, err)
-	}
-	text, _ := vals[1].ToString()
-	r := PointResult{Code: Code(code)}
-	if r.Code == PointTook {
-		r.Seq, r.Qty, err = parseTookRecord(text)
-		if err != nil {
-			return PointResult{}, err
-		}
-		return r, nil
-	}
-	r.Pointer = text
-	return r, nil
+	return decodePoint(vals)
 }
 
 // parseTookRecord parses "o:<seq>:<qty>".
@@ -429,55 +387,39 @@ func parseTookRecord(rec string) (seq, qty int64, err error) {
 	return seq, qty, nil
 }
 
-// RefillResult is what refill answered.
-type RefillResult struct {
-	Code   Code // Took (applied now), TookEarl (applied before), Lost, Closed, Full, Refused
-	Levels stockd.Levels
-}
-
-// Final reports whether an allocation answered with r will never apply.
-func (r RefillResult) Final() bool {
-	return r.Code == Lost || r.Code == Closed || r.Code == Full || r.Code == Refused
-}
-
 // Refill injects allocation id (qty units) into sub-domain sub, unless the
 // sub-domain already holds capAt or more.
 func (p *Partition) Refill(ctx context.Context, allocID int64, sub byte, qty, capAt int64) (RefillResult, error) {
-	vals, err := intSlice(refillScript.exec(ctx, p.Shard, p.state,
+	vals, err := refillScript.exec(ctx, p.Shard, p.state,
 		[]string{p.state, p.applied},
-		[]string{strconv.FormatInt(allocID, 10), string(sub), strconv.FormatInt(qty, 10), p.epoch, strconv.FormatInt(capAt, 10)}))
+		[]string{strconv.FormatInt(allocID, 10), string(sub), strconv.FormatInt(qty, 10), p.epoch, strconv.FormatInt(capAt, 10)})
 	if err != nil {
 		return RefillResult{}, fmt.Errorf("refill on %s: %w", p.Shard.ID, err)
 	}
-	if len(vals) != 4 {
-		return RefillResult{}, fmt.Errorf("refill: %w", ErrBadReply)
-	}
-	return RefillResult{Code: Code(vals[0]), Levels: stockd.Levels{A: vals[1], B: vals[2], Active: activeName(vals[3])}}, nil
+	return decodeRefill(vals)
 }
 
 // Drain takes every unit out of the partition under drain id; close also
-// stops it from selling or being refilled again. It returns the code (Took,
-// TookEarl or Lost) and the units drained.
-func (p *Partition) Drain(ctx context.Context, drainID int64, close bool) (Code, int64, error) {
+// stops it from selling or being refilled again. It returns the code
+// (Drained, DrainedBefore or DrainLost) and the units drained.
+func (p *Partition) Drain(ctx context.Context, drainID int64, close bool) (DrainCode, int64, error) {
 	c := "0"
 	if close {
 		c = "1"
 	}
-	vals, err := intSlice(drainScript.exec(ctx, p.Shard, p.state,
+	vals, err := drainScript.exec(ctx, p.Shard, p.state,
 		[]string{p.state, p.applied},
-		[]string{strconv.FormatInt(drainID, 10), p.epoch, c}))
+		[]string{strconv.FormatInt(drainID, 10), p.epoch, c})
 	if err != nil {
 		return 0, 0, fmt.Errorf("drain on %s: %w", p.Shard.ID, err)
 	}
-	if len(vals) != 2 {
-		return 0, 0, fmt.Errorf("drain: %w", ErrBadReply)
-	}
-	return Code(vals[0]), vals[1], nil
+	r, err := decodeDrain(vals)
+	return r.Code, r.Amount, err
 }
 
 // Init creates the partition's state when create is set and it is missing,
 // and sets its threshold.
-func (p *Partition) Init(ctx context.Context, threshold int64, create bool) (Code, error) {
+func (p *Partition) Init(ctx context.Context, threshold int64, create bool) (InitCode, error) {
 	c := "0"
 	if create {
 		c = "1"
@@ -488,14 +430,7 @@ func (p *Partition) Init(ctx context.Context, threshold int64, create bool) (Cod
 	if err != nil {
 		return 0, fmt.Errorf("init on %s: %w", p.Shard.ID, err)
 	}
-	if len(vals) != 2 {
-		return 0, fmt.Errorf("init: %w", ErrBadReply)
-	}
-	code, err := vals[0].AsInt64()
-	if err != nil {
-		return 0, fmt.Errorf("init: %w: %v", ErrBadReply, err)
-	}
-	return Code(code), nil
+	return decodeInit(vals)
 }
 
 // SetStatus sets the partition's status in Redis (fenced, closed) when its
@@ -510,14 +445,6 @@ func (p *Partition) SetStatus(ctx context.Context, status string) error {
 		return err
 	}
 	return c.Do(ctx, c.B().Hset().Key(p.state).FieldValue().FieldValue("st", status).Build()).Error()
-}
-
-// ClaimResult is what claim answered.
-type ClaimResult struct {
-	// Home: this partition is the request's home (it holds the request's
-	// pointer or took record). Otherwise Next is the pid it redirects to.
-	Home bool
-	Next int
 }
 
 // Claim decides whether this partition is reqID's home or redirects it to
@@ -539,22 +466,7 @@ func (p *Partition) Claim(ctx context.Context, reqID string, next, stale int) (C
 	if err != nil {
 		return ClaimResult{}, fmt.Errorf("claim on %s: %w", p.Shard.ID, err)
 	}
-	if len(vals) != 2 {
-		return ClaimResult{}, fmt.Errorf("claim: %w", ErrBadReply)
-	}
-	code, err := vals[0].AsInt64()
-	if err != nil {
-		return ClaimResult{}, fmt.Errorf("claim: %w: %v", ErrBadReply, err)
-	}
-	if code == 0 {
-		return ClaimResult{Home: true}, nil
-	}
-	text, _ := vals[1].ToString()
-	pid, err := strconv.Atoi(text)
-	if err != nil || code != 1 {
-		return ClaimResult{}, fmt.Errorf("claim: code %d %q: %w", code, text, ErrBadReply)
-	}
-	return ClaimResult{Next: pid}, nil
+	return decodeClaim(vals)
 }
 
 // ParseRedirect reads a redirect "h<pid>" found in a request's pointer
@@ -567,18 +479,6 @@ func ParseRedirect(s string) (pid int, ok bool) {
 	return pid, err == nil
 }
 
-// State is a partition's state as inspect sees it.
-type State struct {
-	Exists    bool
-	Levels    stockd.Levels
-	Seq       int64
-	Threshold int64
-	Status    string // open, fenced, closed
-	Epoch     string
-	Backlog   int64 // entries in the detail stream (not yet trimmed by sync)
-	Records   int64 // per-request records kept for dedup (the generations still read)
-}
-
 // Inspect reads the partition's state.
 func (p *Partition) Inspect(ctx context.Context) (State, error) {
 	vals, err := inspectScript.Exec(ctx, p.Shard.client(),
@@ -586,26 +486,7 @@ func (p *Partition) Inspect(ctx context.Context) (State, error) {
 	if err != nil {
 		return State{}, fmt.Errorf("inspect on %s: %w", p.Shard.ID, err)
 	}
-	if len(vals) != 10 {
-		return State{}, fmt.Errorf("inspect: %w", ErrBadReply)
-	}
-	var n [6]int64
-	for i := range n {
-		if n[i], err = vals[i].AsInt64(); err != nil {
-			return State{}, fmt.Errorf("inspect: %w: %v", ErrBadReply, err)
-		}
-	}
-	st := State{
-		Exists:    n[0] == 1,
-		Levels:    stockd.Levels{A: n[1], B: n[2], Active: activeName(n[3])},
-		Seq:       n[4],
-		Threshold: n[5],
-	}
-	st.Status, _ = vals[6].ToString()
-	st.Epoch, _ = vals[7].ToString()
-	st.Backlog, _ = vals[8].AsInt64()
-	st.Records, _ = vals[9].AsInt64()
-	return st, nil
+	return decodeInspect(vals)
 }
 
 // Successes calls fn with every request id that took on this partition
@@ -709,18 +590,4 @@ func (r *replicated) exec(ctx context.Context, sh *Shard, touch string, keys, ar
 		return nil, fmt.Errorf("%w: %d of %d replicas in %s", ErrNotReplicated, n, cfg.Replicas, cfg.WaitTimeout)
 	}
 	return vals, nil
-}
-
-// intSlice reads an array reply of integers.
-func intSlice(vals []rueidis.RedisMessage, err error) ([]int64, error) {
-	if err != nil {
-		return nil, err
-	}
-	out := make([]int64, len(vals))
-	for i := range vals {
-		if out[i], err = vals[i].AsInt64(); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrBadReply, err)
-		}
-	}
-	return out, nil
 }

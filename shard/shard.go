@@ -461,20 +461,8 @@ func dialManaged(ctx context.Context, cfg Config, opt Options, keep bool) (rueid
 		}
 		o.InitAddress = cfg.Sentinel.Addrs
 		o.ForceSingleClient = false
-		o.Sentinel = rueidis.SentinelOption{
-			MasterSet: cfg.Sentinel.MasterSet,
-			Username:  cfg.SentinelUsername,
-			Password:  cfg.SentinelPassword,
-			Dialer:    o.Dialer,
-			// +switch-master is the fast path; this catches a missed one.
-			TopologyRefreshInterval: 2 * time.Second,
-		}
-		if cfg.SentinelTLS {
-			tc, err := tlsx.Client(cfg.SentinelCAFile)
-			if err != nil {
-				return nil, fmt.Errorf("sentinel_ca_file: %w", err)
-			}
-			o.Sentinel.TLSConfig = tc
+		if o.Sentinel, err = sentinelOption(cfg, o); err != nil {
+			return nil, err
 		}
 	case KindCluster:
 		if err := checkClusterSeeds(pctx, cfg, opt); err != nil {
@@ -510,6 +498,27 @@ func dialManaged(ctx context.Context, cfg Config, opt Options, keep bool) (rueid
 		return nil, err
 	}
 	return c, nil
+}
+
+// sentinelOption is how the client of a sentinel shard (o) reaches its
+// sentinels.
+func sentinelOption(cfg Config, o rueidis.ClientOption) (rueidis.SentinelOption, error) {
+	so := rueidis.SentinelOption{
+		MasterSet: cfg.Sentinel.MasterSet,
+		Username:  cfg.SentinelUsername,
+		Password:  cfg.SentinelPassword,
+		Dialer:    o.Dialer,
+		// +switch-master is the fast path; this catches a missed one.
+		TopologyRefreshInterval: 2 * time.Second,
+	}
+	if cfg.SentinelTLS {
+		tc, err := tlsx.Client(cfg.SentinelCAFile)
+		if err != nil {
+			return so, fmt.Errorf("sentinel_ca_file: %w", err)
+		}
+		so.TLSConfig = tc
+	}
+	return so, nil
 }
 
 // checkDurability makes sure the instance can keep the promise of cfg's

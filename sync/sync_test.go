@@ -58,7 +58,7 @@ func seed(t *testing.T, db *sql.DB, set *shard.Set, sku string, n int) []wireDet
 	if _, err := p.Init(ctx, 1, true); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := p.Refill(ctx, 1, 'a', int64(n), int64(n)); n > 0 && (err != nil || r.Code != shard.Took) {
+	if r, err := p.Refill(ctx, 1, 'a', int64(n), int64(n)); n > 0 && (err != nil || r.Code != shard.RefillApplied) {
 		t.Fatalf("refill: %+v %v", r, err)
 	}
 	out := make([]wireDetail, n)
