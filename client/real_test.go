@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/internal/stocktest"
-	stocksync "github.com/stockd/stockd/sync"
 )
 
 // op is one logical deduction: every attempt of one request id.
@@ -99,7 +99,7 @@ func checkLanded(t *testing.T, cl *cluster, admin *stockd, sku string, cr *crowd
 	}
 	var rows map[string]int
 	var units int64
-	var v stocksync.Report
+	var v audit.Report
 	var vb string
 	_, landed := stocktest.WaitFor(120*time.Second, func() bool {
 		rows, units = cl.rows(sku)

@@ -20,9 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
-	stocksync "github.com/stockd/stockd/sync"
 )
 
 const testAdminToken = "client-test-admin-token"
@@ -243,11 +243,11 @@ func (c *cluster) waitKnown(sku string) {
 	}
 }
 
-func (d *stockd) verify(sku string) (stocksync.Report, string) {
-	var v stocksync.Report
+func (d *stockd) verify(sku string) (audit.Report, string) {
+	var v audit.Report
 	code, b := d.adminDo("GET", "/admin/skus/"+sku+"/verify", "", &v)
 	if code != 200 {
-		return stocksync.Report{}, fmt.Sprintf("%d %s", code, b)
+		return audit.Report{}, fmt.Sprintf("%d %s", code, b)
 	}
 	return v, b
 }

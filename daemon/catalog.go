@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/admin"
+	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
 	"github.com/stockd/stockd/shard"
@@ -548,7 +550,7 @@ func (c *catalog) reload(ctx context.Context, name string) (notice, bool) {
 }
 
 func (c *catalog) Verify(ctx context.Context, name string) (any, error) {
-	rep, err := stocksync.Verify(ctx, c.db, c.loader.shards, name)
+	rep, err := audit.New(c.loader.store, stocksync.NewRecords(c.db), c.loader.shards).Verify(ctx, name)
 	if err != nil {
 		return nil, adminErr(err)
 	}
@@ -566,11 +568,11 @@ func timeOrNil(t time.Time) *time.Time {
 
 func adminErr(err error) error {
 	switch {
-	case errors.Is(err, preallocate.ErrUnknownSKU), errors.Is(err, stocksync.ErrUnknownSKU):
+	case errors.Is(err, stockd.ErrUnknownSKU):
 		return &adminError{kind: admin.ErrNotFound, err: err}
 	case errors.Is(err, preallocate.ErrConflict):
 		return &adminError{kind: admin.ErrConflict, err: err}
-	case errors.Is(err, preallocate.ErrUnknownShard):
+	case errors.Is(err, stockd.ErrUnknownShard):
 		return &adminError{kind: admin.ErrNotFound, err: err}
 	case errors.Is(err, preallocate.ErrInvalid):
 		return &adminError{kind: admin.ErrInvalid, err: err}

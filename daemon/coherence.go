@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/mono"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
@@ -131,7 +132,7 @@ func (c *catalogue) catchUp(ctx context.Context) error {
 		if c.reg.Get(name) != nil {
 			continue
 		}
-		if err := c.loader.load(ctx, preallocate.SKU{Name: name}); err != nil && !errors.Is(err, preallocate.ErrUnknownSKU) {
+		if err := c.loader.load(ctx, preallocate.SKU{Name: name}); err != nil && !errors.Is(err, stockd.ErrUnknownSKU) {
 			errs = append(errs, err)
 		}
 	}

@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
-	stocksync "github.com/stockd/stockd/sync"
 )
 
 // proc is a stockd process.
@@ -155,7 +155,7 @@ func TestKillNineMidSale(t *testing.T) {
 	cmd := exec.Command(stocktest.StockdBinary(t), "verify", "k9")
 	cmd.Env = append(os.Environ(), procEnv(cfg, p2.hot, p2.admin)...)
 	out, err := cmd.Output()
-	var cli stocksync.Report
+	var cli audit.Report
 	if err != nil || json.Unmarshal(out, &cli) != nil || !cli.OK || cli.Reserved != r.Reserved {
 		t.Fatalf("stockd verify: %v, %s", err, out)
 	}

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stockd/stockd/admin"
+	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/daemon/cluster"
 	"github.com/stockd/stockd/internal/hotstats"
 	"github.com/stockd/stockd/internal/httpframe"
@@ -166,12 +167,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	hints := &writeHints{peer: peer, logger: log.With("component", "hints")}
 	var sched *scheduler.Scheduler
 	sched = scheduler.New(schedCfg, reg, scheduler.Hooks{
-		Took: hints.took,
-		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(scheduler.RefillResult)) bool {
-			return alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
-				done(scheduler.RefillResult{Levels: o.Levels, HaveLevels: o.HaveLevels, Applied: o.Applied, Pool: o.Pool, Failed: err != nil, Closed: o.Closed})
-			})
-		},
+		Took:   hints.took,
+		Refill: alloc.Request,
 		// One node refills a partition: its owner. The others forward
 		// what their deductions see, and the owner's sweep covers the rest.
 		Owns:        func(p *shard.Partition) bool { return peer.Owns(partitionKey(p.SKU, p.ID)) },
@@ -503,28 +500,28 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 // Verify runs the conservation check of sku against the services cfg
 // names, without starting a node (the `stockd verify` command).
-func Verify(ctx context.Context, cfg Config, sku string) (stocksync.Report, error) {
+func Verify(ctx context.Context, cfg Config, sku string) (audit.Report, error) {
 	db, err := schema.OpenTLS(ctx, cfg.MySQLDSN, cfg.MySQLCAFile)
 	if err != nil {
-		return stocksync.Report{}, fmt.Errorf("mysql: %w", err)
+		return audit.Report{}, fmt.Errorf("mysql: %w", err)
 	}
 	defer db.Close()
 	store := preallocate.NewStore(db)
 	shardCfgs, err := recordedShards(ctx, store, cfg.Shards, slog.Default())
 	if err != nil {
-		return stocksync.Report{}, err
+		return audit.Report{}, err
 	}
 	shards, err := shard.Open(ctx, shardCfgs, shard.Options{Prefix: cfg.KeyPrefix, Timeout: cfg.RedisTimeout, RecordWindow: cfg.Scheduler.RetryWindow}, slog.Default())
 	if err != nil {
-		return stocksync.Report{}, fmt.Errorf("redis: %w", err)
+		return audit.Report{}, fmt.Errorf("redis: %w", err)
 	}
 	defer shards.Close()
 	// The SKU may have partitions on shards added at runtime.
 	l := &loader{store: store, shards: shards, logger: slog.Default(), shardDefaults: cfg.ShardDefaults}
 	if err := l.syncShards(ctx); err != nil {
-		return stocksync.Report{}, fmt.Errorf("redis: %w", err)
+		return audit.Report{}, fmt.Errorf("redis: %w", err)
 	}
-	return stocksync.Verify(ctx, db, shards, sku)
+	return audit.New(store, stocksync.NewRecords(db), shards).Verify(ctx, sku)
 }
 
 // recordedShards records the configured shards in MySQL and returns them

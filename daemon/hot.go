@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/valyala/fasthttp"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/apierr"
 	"github.com/stockd/stockd/internal/hotstats"
 	"github.com/stockd/stockd/internal/httpframe"
@@ -373,7 +374,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		r.own()
 		c := h.deadlines.get(start)
 		res, err = h.take(c, r, rules)
-		if errors.Is(err, scheduler.ErrUnknownSKU) {
+		if errors.Is(err, stockd.ErrUnknownSKU) {
 			// Created on another node a moment ago? Ask MySQL (at most
 			// once per view_max_age for every unknown name).
 			var known bool
@@ -385,7 +386,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 				}
 				res, err = h.take(c, r, rules)
 			} else {
-				err = scheduler.ErrUnknownSKU
+				err = stockd.ErrUnknownSKU
 			}
 		}
 	}
@@ -399,7 +400,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		stats = &entry.Stats
 	}
 	switch {
-	case errors.Is(err, scheduler.ErrUnknownSKU):
+	case errors.Is(err, stockd.ErrUnknownSKU):
 		h.m.unknown.Inc()
 		fail(ctx, apierr.Error{Message: "sku: unknown", Code: apierr.UnknownSKU, Field: "sku"})
 	case err != nil:

@@ -13,8 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/daemon/cluster"
-	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
 	"github.com/stockd/stockd/shard"
 )
@@ -330,7 +330,7 @@ func (n *notices) apply(ctx context.Context, sched *scheduler.Scheduler, reg *sc
 
 func (n *notices) reloadSKU(ctx context.Context, name string) bool {
 	sku, err := n.loader.store.Get(ctx, name)
-	if errors.Is(err, preallocate.ErrUnknownSKU) {
+	if errors.Is(err, stockd.ErrUnknownSKU) {
 		// Archived (or never created): nothing of it stays here.
 		n.loader.forget(name)
 		return true

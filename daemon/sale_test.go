@@ -8,13 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/internal/stocktest"
-	stocksync "github.com/stockd/stockd/sync"
 )
 
-func verify(t *testing.T, n *node, sku string) stocksync.Report {
+func verify(t *testing.T, n *node, sku string) audit.Report {
 	t.Helper()
-	var r stocksync.Report
+	var r audit.Report
 	if code := adminDo(t, n, "GET", "/admin/skus/"+sku+"/verify", "", &r); code != 200 {
 		t.Fatalf("verify: status %d", code)
 	}
@@ -23,7 +23,7 @@ func verify(t *testing.T, n *node, sku string) stocksync.Report {
 
 // waitSynced waits until write-back has drained (nothing in flight) and
 // verify passes, and returns the report; it fails the test after within.
-func waitSynced(t *testing.T, n *node, sku string, within time.Duration) stocksync.Report {
+func waitSynced(t *testing.T, n *node, sku string, within time.Duration) audit.Report {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
@@ -40,7 +40,7 @@ func waitSynced(t *testing.T, n *node, sku string, within time.Duration) stocksy
 
 // checkConserved waits for write-back and asserts that every unit of sku
 // is accounted for and that MySQL holds exactly what callers were told.
-func checkConserved(t *testing.T, e *env, n *node, sku string, soldUnits int64) stocksync.Report {
+func checkConserved(t *testing.T, e *env, n *node, sku string, soldUnits int64) audit.Report {
 	t.Helper()
 	r := waitSynced(t, n, sku, 10*time.Second)
 	if got := r.Reserved + r.Confirmed; got != soldUnits {

@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
-	stocksync "github.com/stockd/stockd/sync"
 )
 
 // selfHealConfig is a node configuration for the self-healing tests: a
@@ -224,7 +224,7 @@ func (s *healSale) finish(cancel context.CancelFunc, wg *sync.WaitGroup, within 
 	}
 	// Write-back of the last details, expiry of abandoned reservations.
 	n := s.nodes[0]
-	var r stocksync.Report
+	var r audit.Report
 	deadline = time.Now().Add(20 * time.Second)
 	for {
 		r = verify(t, n, s.sku)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stockd/stockd/audit"
 	stocksync "github.com/stockd/stockd/sync"
 
 	"github.com/stockd/stockd/internal/reservation"
@@ -184,7 +185,7 @@ func TestForgedTokensCreateNothing(t *testing.T) {
 
 // waitLanded waits until no detail of sku is in flight (verify may fail)
 // and returns the report.
-func waitLanded(t *testing.T, n *node, sku string, within time.Duration) stocksync.Report {
+func waitLanded(t *testing.T, n *node, sku string, within time.Duration) audit.Report {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {

@@ -29,9 +29,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/stockd/stockd/admin"
+	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
-	stocksync "github.com/stockd/stockd/sync"
 )
 
 const adminToken = "faults-admin-token"
@@ -510,8 +510,8 @@ func (d *stockd) shardOf(sku string) map[int]string {
 	return m
 }
 
-func (d *stockd) verify(sku string) (stocksync.Report, error) {
-	var r stocksync.Report
+func (d *stockd) verify(sku string) (audit.Report, error) {
+	var r audit.Report
 	code, b := d.adminDo("GET", "/admin/skus/"+sku+"/verify", "", &r)
 	if code != 200 {
 		return r, fmt.Errorf("verify: %d %s", code, b)

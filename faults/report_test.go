@@ -15,10 +15,10 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
+	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/faults/report"
 	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/scheduler"
-	stocksync "github.com/stockd/stockd/sync"
 )
 
 // doubtWatch samples in_doubt from MySQL while a case runs.
@@ -131,7 +131,7 @@ func settle(t *testing.T, e *env, d *stockd, sku string, h *history, w *doubtWat
 
 	// Write-back drained and the books balance.
 	start := time.Now()
-	var rep stocksync.Report
+	var rep audit.Report
 	var verr error
 	_, r.VerifyOK = stocktest.WaitFor(o.drainWithin, func() bool {
 		rep, verr = d.verify(sku)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/hashx"
 	"github.com/stockd/stockd/internal/hotstats"
 	"github.com/stockd/stockd/shard"
@@ -112,8 +113,8 @@ type Slot struct {
 }
 
 // Levels are the last known levels.
-func (p *Slot) Levels() shard.Levels {
-	l := shard.Levels{A: p.a.Load(), B: p.b.Load(), Active: 'a'}
+func (p *Slot) Levels() stockd.Levels {
+	l := stockd.Levels{A: p.a.Load(), B: p.b.Load(), Active: 'a'}
 	if p.activeB.Load() {
 		l.Active = 'b'
 	}
@@ -123,7 +124,7 @@ func (p *Slot) Levels() shard.Levels {
 // Open tells whether the partition may sell.
 func (p *Slot) Open() bool { return p.open.Load() }
 
-func (p *Slot) setLevels(l shard.Levels) {
+func (p *Slot) setLevels(l stockd.Levels) {
 	p.a.Store(l.A)
 	p.b.Store(l.B)
 	p.activeB.Store(l.Active == 'b')

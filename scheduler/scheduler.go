@@ -51,14 +51,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/hashx"
 	"github.com/stockd/stockd/internal/mono"
 	"github.com/stockd/stockd/shard"
 )
 
 var (
-	// ErrUnknownSKU is returned for a SKU not in the registry.
-	ErrUnknownSKU = errors.New("unknown sku")
 	// ErrUnavailable means the outcome could not be decided now (a shard
 	// did not answer, or stock did not arrive in time); a retry with the
 	// same request id is safe.
@@ -133,8 +132,10 @@ func (c Config) Validate() error {
 type Hooks struct {
 	// Refill asks (without blocking) for sub-domain sub of p to be topped
 	// up with chunk units while it holds less than capAt; done reports
-	// what happened. It returns false when the request was not queued.
-	Refill func(p *shard.Partition, sub byte, chunk, capAt int64, done func(RefillResult)) bool
+	// what happened (an error: MySQL or Redis did not answer, and the
+	// refill may be retried). It returns false when the request was not
+	// queued. preallocate's Allocator.Request is one.
+	Refill func(p *shard.Partition, sub byte, chunk, capAt int64, done func(stockd.Refill, error)) bool
 	// Owns tells whether this node runs p's refills (its owner in the
 	// cluster). nil: every partition is this node's.
 	Owns func(p *shard.Partition) bool
@@ -307,7 +308,7 @@ func parsePointer(s string) (pointer, error) {
 func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, userID string) (Result, error) {
 	sku := s.reg.Get(name)
 	if sku == nil {
-		return Result{}, ErrUnknownSKU
+		return Result{}, stockd.ErrUnknownSKU
 	}
 	sold, err := s.soldOut(ctx, sku, reqID)
 	if err != nil {
@@ -646,7 +647,7 @@ func (s *Scheduler) follow(ctx context.Context, sku *SKU, reqID string, at *Slot
 
 // observe records levels from a script reply and asks for a refill of the
 // idle sub-domain when the script said it is low.
-func (s *Scheduler) observe(sku *SKU, p *Slot, l shard.Levels, refill byte) {
+func (s *Scheduler) observe(sku *SKU, p *Slot, l stockd.Levels, refill byte) {
 	if p.activeB.Load() != (l.Active == 'b') {
 		s.swaps.Inc() // seen here; a swap between two observations counts once
 	}
@@ -654,21 +655,6 @@ func (s *Scheduler) observe(sku *SKU, p *Slot, l shard.Levels, refill byte) {
 	if refill != 0 {
 		s.requestRefill(sku, p, refill)
 	}
-}
-
-// RefillResult is what a refill did.
-type RefillResult struct {
-	// Levels are the partition's levels afterwards, when HaveLevels.
-	Levels     shard.Levels
-	HaveLevels bool
-	// Applied is the units injected now.
-	Applied int64
-	// Pool is the pool afterwards, -1 when unknown.
-	Pool int64
-	// Failed: MySQL or Redis did not answer; the refill may be retried.
-	Failed bool
-	// Closed: Redis refused because the partition is closed.
-	Closed bool
 }
 
 const (
@@ -704,14 +690,14 @@ func (s *Scheduler) requestRefillCap(sku *SKU, p *Slot, sub byte, capAt int64) {
 		time.AfterFunc(forwardHold, func() { p.refilling[i].Store(false) })
 		return
 	}
-	ok := s.hooks.Refill(p.Handle, sub, sku.chunk.Load(), capAt, func(r RefillResult) {
+	ok := s.hooks.Refill(p.Handle, sub, sku.chunk.Load(), capAt, func(r stockd.Refill, err error) {
 		if r.HaveLevels {
 			p.setLevels(r.Levels)
 		}
 		if r.Closed {
 			p.open.Store(false)
 		}
-		if r.Failed {
+		if err != nil {
 			// MySQL or the shard unreachable: hold further requests for
 			// this sub-domain back for a moment instead of retrying on
 			// every deduction.
@@ -1094,7 +1080,7 @@ func (s *Scheduler) Invalidate(name string, pool int64) {
 func (s *Scheduler) Refresh(ctx context.Context, name string) error {
 	sku := s.reg.Get(name)
 	if sku == nil {
-		return ErrUnknownSKU
+		return stockd.ErrUnknownSKU
 	}
 	_, err := s.refresh(ctx, sku)
 	return err

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/schema"
 	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/preallocate"
@@ -53,11 +54,7 @@ func newRig(t *testing.T, nShards int) *rig {
 	}
 	r.alloc = preallocate.New(preallocate.DefaultConfig(), db, set, slog.Default())
 	r.sched = New(DefaultConfig(), NewRegistry(), Hooks{
-		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(RefillResult)) bool {
-			return r.alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
-				done(RefillResult{Levels: o.Levels, HaveLevels: o.HaveLevels, Applied: o.Applied, Pool: o.Pool, Failed: err != nil, Closed: o.Closed})
-			})
-		},
+		Refill:      r.alloc.Request,
 		PoolState:   r.store.PoolState,
 		Consolidate: r.alloc.Consolidate,
 	}, slog.Default())
@@ -117,7 +114,7 @@ func TestRetryAfterRefillMeetsFirstOutcome(t *testing.T) {
 	}
 	pool, _, _ := r.store.PoolState(ctx, "hard")
 	r.sched.Invalidate("hard", 0) // the node believes the pool is empty: no refill races the test
-	p0.setLevels(shard.Levels{Active: 'a'})
+	p0.setLevels(stockd.Levels{Active: 'a'})
 
 	x := idHomedOn(sku, 0, "x-")
 	first, err := r.sched.Deduct(ctx, "hard", 2, x, "")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+	"github.com/stockd/stockd"
 )
 
 var (
@@ -166,40 +167,8 @@ func (p *Partition) PointersKey() string { return p.pointers }
 // DetailID names one deduction everywhere (MySQL key, reservation token):
 // sku, partition, epoch and the partition's sequence number.
 func (p *Partition) DetailID(seq int64) string {
-	return DetailID(p.SKU, p.ID, p.Epoch, seq)
+	return stockd.DetailID(p.SKU, p.ID, p.Epoch, seq)
 }
-
-// DetailID formats a detail id.
-func DetailID(sku string, pid int, epoch, seq int64) string {
-	return sku + ":" + strconv.Itoa(pid) + ":" + strconv.FormatInt(epoch, 10) + ":" + strconv.FormatInt(seq, 10)
-}
-
-// ParseDetailID splits a detail id made by DetailID.
-func ParseDetailID(id string) (sku string, pid int, epoch, seq int64, err error) {
-	parts := strings.Split(id, ":")
-	if len(parts) != 4 {
-		return "", 0, 0, 0, fmt.Errorf("detail id %q: want sku:pid:epoch:seq", id)
-	}
-	if pid, err = strconv.Atoi(parts[1]); err != nil {
-		return "", 0, 0, 0, fmt.Errorf("detail id %q: pid: %w", id, err)
-	}
-	if epoch, err = strconv.ParseInt(parts[2], 10, 64); err != nil {
-		return "", 0, 0, 0, fmt.Errorf("detail id %q: epoch: %w", id, err)
-	}
-	if seq, err = strconv.ParseInt(parts[3], 10, 64); err != nil {
-		return "", 0, 0, 0, fmt.Errorf("detail id %q: seq: %w", id, err)
-	}
-	return parts[0], pid, epoch, seq, nil
-}
-
-// Levels are a partition's two sub-domain levels and which one is active.
-type Levels struct {
-	A, B   int64
-	Active byte // 'a' or 'b'
-}
-
-// Total is the stock of both sub-domains.
-func (l Levels) Total() int64 { return l.A + l.B }
 
 // Point moves reqID's pointer on this (home) partition from expect to next.
 func (p *Partition) Point(ctx context.Context, reqID, expect, next string) (PointResult, error) {

@@ -5,6 +5,7 @@ import (
 	"strconv"
 
 	"github.com/redis/rueidis"
+	"github.com/stockd/stockd"
 )
 
 // The replies of the scripts in scripts/, one result type and one decoder
@@ -151,7 +152,7 @@ const (
 // RefillResult is what refill answered.
 type RefillResult struct {
 	Code   RefillCode
-	Levels Levels
+	Levels stockd.Levels
 }
 
 // Final reports whether an allocation answered with r will never apply.
@@ -165,7 +166,7 @@ func decodeRefill(vals []rueidis.RedisMessage) (RefillResult, error) {
 	if err != nil {
 		return RefillResult{}, fmt.Errorf("refill: %w", err)
 	}
-	return RefillResult{Code: RefillCode(n[0]), Levels: Levels{A: n[1], B: n[2], Active: activeName(n[3])}}, nil
+	return RefillResult{Code: RefillCode(n[0]), Levels: stockd.Levels{A: n[1], B: n[2], Active: activeName(n[3])}}, nil
 }
 
 // DrainCode is drain.lua's outcome.
@@ -196,7 +197,7 @@ func decodeDrain(vals []rueidis.RedisMessage) (DrainResult, error) {
 // State is a partition's state as inspect sees it.
 type State struct {
 	Exists    bool
-	Levels    Levels
+	Levels    stockd.Levels
 	Seq       int64
 	Threshold int64
 	Status    string // open, fenced, closed
@@ -217,7 +218,7 @@ func decodeInspect(vals []rueidis.RedisMessage) (State, error) {
 	}
 	st := State{
 		Exists:    n[0] == 1,
-		Levels:    Levels{A: n[1], B: n[2], Active: activeName(n[3])},
+		Levels:    stockd.Levels{A: n[1], B: n[2], Active: activeName(n[3])},
 		Seq:       n[4],
 		Threshold: n[5],
 	}

@@ -22,11 +22,9 @@ import (
 
 	"github.com/redis/rueidis"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/tlsx"
 )
-
-// ErrUnknownShard is returned when a shard id is not configured.
-var ErrUnknownShard = errors.New("unknown shard")
 
 // Durability modes of a shard.
 const (
@@ -659,7 +657,7 @@ func (s *Set) Get(id string) (*Shard, error) {
 	sh, ok := s.shards[id]
 	s.mu.RUnlock()
 	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownShard, id)
+		return nil, fmt.Errorf("%w: %s", stockd.ErrUnknownShard, id)
 	}
 	return sh, nil
 }

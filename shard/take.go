@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/redis/rueidis"
+	"github.com/stockd/stockd"
 )
 
 // TakeCode is take.lua's outcome for one request. (The other scripts'
@@ -64,7 +65,7 @@ const (
 // TakeResult is what take answered for one request.
 type TakeResult struct {
 	Code   TakeCode
-	Levels Levels
+	Levels stockd.Levels
 	Seq    int64 // the detail's sequence when Code is Took, TookEarl or Reused
 	Qty    int64 // the quantity taken (TookEarl, Reused: by the first attempt)
 	// Refill names the idle sub-domain ('a' or 'b') when it is below the
@@ -299,7 +300,7 @@ func decodeTake(sh *Shard, g *takeGroup, vals []rueidis.RedisMessage) []rueidis.
 		}
 		return rest
 	}
-	levels := Levels{A: head[0], B: head[1], Active: activeName(head[2])}
+	levels := stockd.Levels{A: head[0], B: head[1], Active: activeName(head[2])}
 	var refill byte
 	switch head[3] {
 	case needA:
