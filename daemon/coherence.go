@@ -125,7 +125,7 @@ func (c *catalogue) catchUp(ctx context.Context) error {
 	heads, err := c.loader.store.Heads(ctx)
 	if err != nil {
 		c.failed.Store(mono.Now())
-		return fmt.Errorf("%w: %v", errUnconfirmed, err)
+		return fmt.Errorf("%w: %w", errUnconfirmed, err)
 	}
 	var errs []error
 	for name := range heads {
@@ -139,7 +139,7 @@ func (c *catalogue) catchUp(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		c.failed.Store(mono.Now())
 		c.loader.logger.Warn("load skus found unknown before a 404", "err", err)
-		return fmt.Errorf("%w: %v", errUnconfirmed, err)
+		return fmt.Errorf("%w: %w", errUnconfirmed, err)
 	}
 	c.read.Store(at)
 	return nil

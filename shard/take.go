@@ -290,7 +290,7 @@ func decodeTake(sh *Shard, g *takeGroup, vals []rueidis.RedisMessage) []rueidis.
 	var err error
 	for i := 0; err == nil && i < takeHead; i++ {
 		if head[i], err = vals[i].AsInt64(); err != nil {
-			err = fmt.Errorf("take on %s: %w: %v", sh.ID, ErrBadReply, err)
+			err = fmt.Errorf("take on %s: %w: %w", sh.ID, ErrBadReply, err)
 		}
 	}
 	rest := vals[takeHead+takeWidth*len(g.calls):]
@@ -315,7 +315,7 @@ func decodeTake(sh *Shard, g *takeGroup, vals []rueidis.RedisMessage) []rueidis.
 		seq, err2 := v[1].AsInt64()
 		qty, err3 := v[2].AsInt64()
 		if err := errors.Join(err1, err2, err3); err != nil {
-			c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %w: %v", sh.ID, ErrBadReply, err)
+			c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %w: %w", sh.ID, ErrBadReply, err)
 			continue
 		}
 		switch TakeCode(code) {

@@ -163,7 +163,7 @@ func (l *Ledger) prove(ctx context.Context, d deduction, to string, need *needPr
 	}
 	p, err := l.shards.Partition(d.sku, d.pid, d.epoch, need.shard)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnverified, err)
+		return fmt.Errorf("%w: %w", ErrUnverified, err)
 	}
 	if !p.Shard.Healthy() {
 		// Fail fast, as deductions do (4.4): the shard's probe says it
@@ -174,7 +174,7 @@ func (l *Ledger) prove(ctx context.Context, d deduction, to string, need *needPr
 	// replicas hold (see FindDetail).
 	found, err := p.FindDetail(ctx, d.seq, to == "released")
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnverified, err)
+		return fmt.Errorf("%w: %w", ErrUnverified, err)
 	}
 	switch {
 	case found.Code == shard.DetailFound && found.Qty == d.qty:
