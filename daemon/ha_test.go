@@ -167,7 +167,8 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 						unavailable.Add(1)
 						last503.Store(time.Now().UnixNano())
 						hr.unavailable()
-						time.Sleep(20 * time.Millisecond) // pacing: a gateway's backoff before its retry
+						// Pacing: a gateway's backoff before its retry.
+						time.Sleep(20 * time.Millisecond)
 						continue // the same request id: its first outcome or a new one
 					}
 					o.add(t, id, a, err)
