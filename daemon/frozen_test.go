@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/stockd/stockd/internal/schema"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // A node frozen (SIGSTOP) in the middle of a refill keeps its MySQL
@@ -59,18 +60,17 @@ func TestFrozenTransactionDoesNotStallSale(t *testing.T) {
 	// the whole sale.
 	stop := make(chan struct{})
 	o, wg := gatewaySale(t, newBuyer(32), hots(nodes), "frz", "f-", 16, stop)
-	deadline := time.Now().Add(90 * time.Second)
-	soldOutEarly := 0 // sold_out answers seen while units were left (50 ms grain)
-	for {
+	soldOutEarly := 0                                          // sold_out answers seen while units were left (polling grain, at most 50 ms)
+	_ = stocktest.Wait(90*time.Second, func() (bool, string) { // not sold out in time: the checks below say so
 		o.mu.Lock()
 		sold, errs, soldOut := o.units, len(o.errs), o.soldOut
 		o.mu.Unlock()
-		if sold >= total || errs > 0 || time.Now().After(deadline) {
-			break
+		if sold >= total || errs > 0 {
+			return true, ""
 		}
 		soldOutEarly = soldOut
-		time.Sleep(50 * time.Millisecond)
-	}
+		return false, ""
+	})
 	close(stop)
 	wg.Wait()
 	t.Logf("sold %d of %d in %s after the freeze began (pool %d then); sold_out answers %d (%d while units were left), other %v",

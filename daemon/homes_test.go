@@ -39,7 +39,7 @@ func deductUntilDefinite(b *buyer, addr, sku string, qty int64, id string, withi
 		if time.Now().After(deadline) {
 			return pairOutcome{err: fmt.Errorf("still 503 after %s", within)}
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // pacing: a gateway's backoff before its retry
 	}
 }
 
@@ -71,7 +71,7 @@ func TestRebalanceRetryPairsOnTwoNodes(t *testing.T) {
 	go func() {
 		defer close(rebalanced)
 		for _, n := range steps {
-			time.Sleep(time.Second)
+			time.Sleep(time.Second) // pacing: spreads the changes over the pairs' run, as described above
 			body := `{"partitions":` + strconv.Itoa(n) + `}`
 			var out map[string]any
 			if code := adminDo(t, nodes[2], "POST", "/admin/skus/"+sku+"/rebalance", body, &out); code != 200 {

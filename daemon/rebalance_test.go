@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 func rebalance(t *testing.T, n *node, sku, body string) {
@@ -45,6 +47,7 @@ func TestRebalanceUnderLoad(t *testing.T) {
 
 	var wg sync.WaitGroup
 	var during *outcomes
+	okBefore := metric(t, n, `stockd_deductions_total{outcome="ok"}`)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -53,7 +56,9 @@ func TestRebalanceUnderLoad(t *testing.T) {
 		// stock_wait and get 503, which they retry with the same id.
 		during = crowdOverRetrying(t, b, []string{n.hot}, "rb", 5000, "mid-", 5)
 	}()
-	time.Sleep(50 * time.Millisecond)
+	stocktest.Until(t, 30*time.Second, "the crowd's first answers", func() bool {
+		return metric(t, n, `stockd_deductions_total{outcome="ok"}`) > okBefore
+	})
 	rebalance(t, n, "rb", `{"partitions":8}`)
 	if open, _ := openOn(getSKU(t, n, "rb")); open != 8 {
 		t.Fatalf("%d open partitions after growing to 8", open)
@@ -129,6 +134,7 @@ func TestDrainShardUnderLoad(t *testing.T) {
 	b := newBuyer(256)
 	var wg sync.WaitGroup
 	var o *outcomes
+	okBefore := metric(t, n, `stockd_deductions_total{outcome="ok"}`)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -136,7 +142,9 @@ func TestDrainShardUnderLoad(t *testing.T) {
 		// (moving partitions while a herd waits on refills, on 2 cores).
 		o = crowdOverRetrying(t, b, []string{n.hot}, "dr", 3000, "x-", 5)
 	}()
-	time.Sleep(50 * time.Millisecond)
+	stocktest.Until(t, 30*time.Second, "the crowd's first answers", func() bool {
+		return metric(t, n, `stockd_deductions_total{outcome="ok"}`) > okBefore
+	})
 	var moved map[string]any
 	if code := adminDo(t, n, "POST", "/admin/shards/s1/drain", "", &moved); code != 200 {
 		t.Fatalf("drain: %d", code)
