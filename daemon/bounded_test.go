@@ -85,11 +85,11 @@ func TestRecordsExpireAfterRetryWindow(t *testing.T) {
 	const sku = "bounded"
 	putSKU(t, n, sku, ids+1000, 4, 5000, 1000)
 	c := e.shards[0].Client()
-	b := newBuyer(64)
+	b := stocktest.NewBuyer(64)
 
 	// One deduction first, so the scripts are loaded: the baseline is the
 	// SKU's partitions and the scripts, without any sale's records.
-	if a, err := b.deduct(n.hot, sku, 1, "warm-up"); err != nil || a.Code != 200 {
+	if a, err := b.Deduct(n.hot, sku, 1, "warm-up"); err != nil || a.Code != 200 {
 		t.Fatalf("warm-up: %+v %v", a, err)
 	}
 	waitSynced(t, n, sku, 30*time.Second)
@@ -141,11 +141,11 @@ func TestRecordsExpireAfterRetryWindow(t *testing.T) {
 
 	// The sale: 64 buyers, 200,000 ids. The first id is retried at once
 	// (inside the window) and must get its first reservation.
-	first, err := b.deduct(n.hot, sku, 1, "id-0")
+	first, err := b.Deduct(n.hot, sku, 1, "id-0")
 	if err != nil || first.Code != 200 {
 		t.Fatalf("id-0: %+v %v", first, err)
 	}
-	if again, err := b.deduct(n.hot, sku, 1, "id-0"); err != nil || again.Reservation != first.Reservation {
+	if again, err := b.Deduct(n.hot, sku, 1, "id-0"); err != nil || again.Reservation != first.Reservation {
 		t.Fatalf("retry of id-0 inside the window: %+v %v, want reservation %s", again, err, first.Reservation)
 	}
 	sold.Add(1)
@@ -162,7 +162,7 @@ func TestRecordsExpireAfterRetryWindow(t *testing.T) {
 				if i >= ids {
 					return
 				}
-				a, err := b.deduct(n.hot, sku, 1, "id-"+strconv.FormatInt(i, 10))
+				a, err := b.Deduct(n.hot, sku, 1, "id-"+strconv.FormatInt(i, 10))
 				if err != nil || a.Code != 200 {
 					if failed.Add(1) <= 5 {
 						t.Errorf("id-%d: %+v %v", i, a, err)
@@ -197,7 +197,7 @@ func TestRecordsExpireAfterRetryWindow(t *testing.T) {
 	// A retry after the window: its record is gone, so Redis deducts
 	// again; MySQL's key flags the second detail as doubled and returns its
 	// unit to the pool.
-	late, err := b.deduct(n.hot, sku, 1, "id-0")
+	late, err := b.Deduct(n.hot, sku, 1, "id-0")
 	if err != nil || late.Code != 200 {
 		t.Fatalf("retry of id-0 after the window: %+v %v", late, err)
 	}
@@ -454,11 +454,11 @@ func skuKeys(t *testing.T, c rueidis.Client, prefix, sku string) int {
 func TestArchiveSKUOnThreeNodes(t *testing.T) {
 	e := newEnv(t, 3)
 	nodes := startCluster(t, e, 3)
-	b := newBuyer(16)
-	confirmAll := func(o *outcomes) {
+	b := stocktest.NewBuyer(16)
+	confirmAll := func(o *stocktest.Tally) {
 		t.Helper()
-		for tok := range o.reservations {
-			if a, err := b.post(nodes[1].hot, "/v1/confirm", `{"reservation":"`+tok+`"}`); err != nil || a.Code != 200 {
+		for tok := range o.Reservations {
+			if a, err := b.Post(nodes[1].hot, "/v1/confirm", `{"reservation":"`+tok+`"}`); err != nil || a.Code != 200 {
 				t.Fatalf("confirm: %+v %v", a, err)
 			}
 		}
@@ -468,8 +468,8 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 	putSKU(t, nodes[0], "live", 100, 3, 10, 2)
 	waitKnown(t, nodes, "live")
 	live := crowdOver(t, b, []string{nodes[0].hot, nodes[1].hot, nodes[2].hot}, "live", 20, "live-")
-	if live.ok != 20 {
-		t.Fatalf("live sale: %d ok of 20 (%+v)", live.ok, live.other)
+	if live.OK != 20 {
+		t.Fatalf("live sale: %d ok of 20 (%+v)", live.OK, live.Other)
 	}
 	var refusal struct {
 		Error string `json:"error"`
@@ -486,7 +486,7 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 		t.Fatalf("DELETE with unconfirmed reservations: %d %q, want 409 naming them", code, refusal.Error)
 	}
 	// Refused means untouched: it still sells.
-	if a, err := b.deduct(nodes[0].hot, "live", 1, "live-after-refusal"); err != nil || a.Code != 200 {
+	if a, err := b.Deduct(nodes[0].hot, "live", 1, "live-after-refusal"); err != nil || a.Code != 200 {
 		t.Fatalf("deduct after the refused DELETE: %+v %v", a, err)
 	}
 
@@ -494,8 +494,8 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 	putSKU(t, nodes[0], "gone", 30, 3, 5, 1)
 	waitKnown(t, nodes, "gone")
 	sale := crowdOver(t, b, []string{nodes[0].hot, nodes[1].hot, nodes[2].hot}, "gone", 60, "gone-")
-	if sale.ok != 30 || sale.units != 30 {
-		t.Fatalf("sale: %d ok, %d units; want 30, 30", sale.ok, sale.units)
+	if sale.OK != 30 || sale.Units != 30 {
+		t.Fatalf("sale: %d ok, %d units; want 30, 30", sale.OK, sale.Units)
 	}
 	waitSynced(t, nodes[0], "gone", 30*time.Second)
 	confirmAll(sale)
@@ -550,7 +550,7 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 		if code := adminDo(t, n, "GET", "/admin/skus/gone", "", &v); code != 200 || v["archived"] != true {
 			t.Errorf("GET of the archived SKU on %s: %d %v", n.d.cfg.NodeName, code, v)
 		}
-		if a, err := b.deduct(n.hot, "gone", 1, "late-buyer"); err != nil || a.Code != 404 {
+		if a, err := b.Deduct(n.hot, "gone", 1, "late-buyer"); err != nil || a.Code != 404 {
 			t.Errorf("deduct of the archived SKU on %s: %+v %v, want 404", n.d.cfg.NodeName, a, err)
 		}
 		var list []admin.SKUView
@@ -573,9 +573,9 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 	confirmAll(live)
 	// The deduction made after the refusal (its retry returns its token),
 	// confirmed too.
-	if a, err := b.deduct(nodes[0].hot, "live", 1, "live-after-refusal"); err != nil || a.Code != 200 {
+	if a, err := b.Deduct(nodes[0].hot, "live", 1, "live-after-refusal"); err != nil || a.Code != 200 {
 		t.Fatalf("retry of live-after-refusal: %+v %v", a, err)
-	} else if c, err := b.post(nodes[0].hot, "/v1/confirm", `{"reservation":"`+a.Reservation+`"}`); err != nil || c.Code != 200 {
+	} else if c, err := b.Post(nodes[0].hot, "/v1/confirm", `{"reservation":"`+a.Reservation+`"}`); err != nil || c.Code != 200 {
 		t.Fatalf("confirm: %+v %v", c, err)
 	}
 	waitSynced(t, nodes[0], "live", 30*time.Second)

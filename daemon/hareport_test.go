@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/stockd/stockd/faults/report"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // haReport collects an HA case's answers while it runs; its t.Cleanup
@@ -109,7 +110,7 @@ func (h *haReport) sampleDoubt() {
 // answer records a request id's outcome: a 200 with its reservation, a
 // 409 sold_out, or anything else (a transport error, another status, a
 // 503 the buyer gave up on) as unanswered.
-func (h *haReport) answer(id string, a answer, err error) {
+func (h *haReport) answer(id string, a stocktest.Answer, err error) {
 	if h == nil {
 		return
 	}

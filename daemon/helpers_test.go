@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
-	"github.com/valyala/fasthttp"
 
 	"github.com/stockd/stockd/admin"
 	"github.com/stockd/stockd/internal/testenv"
@@ -192,118 +191,6 @@ func getSKU(t *testing.T, n *node, sku string) admin.SKUView {
 		t.Fatalf("get sku: status %d", code)
 	}
 	return v
-}
-
-// buyer is a keep-alive HTTP client for the hot endpoint.
-type buyer struct {
-	c *fasthttp.Client
-}
-
-func newBuyer(conns int) *buyer {
-	return &buyer{c: &fasthttp.Client{
-		MaxConnsPerHost:     conns,
-		MaxConnWaitTimeout:  30 * time.Second,
-		ReadTimeout:         30 * time.Second,
-		WriteTimeout:        30 * time.Second,
-		MaxIdleConnDuration: time.Minute,
-	}}
-}
-
-type answer struct {
-	Code        int    `json:"-"` // the HTTP status; the body's "code" is not this
-	Status      string `json:"status"`
-	Reservation string `json:"reservation"`
-	SKU         string `json:"sku"`
-	Qty         int64  `json:"qty"`
-	Error       string `json:"error"`
-	RequestID   string `json:"request_id"`
-}
-
-func (b *buyer) post(addr, path, body string) (answer, error) {
-	code, raw, err := b.postRaw(addr, path, body)
-	if err != nil {
-		return answer{}, err
-	}
-	a := answer{Code: code}
-	if err := json.Unmarshal(raw, &a); err != nil {
-		return a, fmt.Errorf("status %d, body %q: %w", a.Code, raw, err)
-	}
-	return a, nil
-}
-
-// postRaw POSTs a JSON body and returns the status and a copy of the body.
-func (b *buyer) postRaw(addr, path, body string) (int, []byte, error) {
-	req := fasthttp.AcquireRequest()
-	resp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI("http://" + addr + path)
-	req.Header.SetMethod("POST")
-	req.Header.SetContentType("application/json")
-	req.SetBodyString(body)
-	if err := b.c.Do(req, resp); err != nil {
-		return 0, nil, err
-	}
-	return resp.StatusCode(), append([]byte(nil), resp.Body()...), nil
-}
-
-func (b *buyer) deduct(addr, sku string, qty int64, reqID string) (answer, error) {
-	return b.post(addr, "/v1/deduct", fmt.Sprintf(`{"sku":%q,"qty":%d,"request_id":%q}`, sku, qty, reqID))
-}
-
-// outcomes counts what a crowd of buyers got.
-type outcomes struct {
-	mu           sync.Mutex
-	ok, soldOut  int
-	units        int64
-	other        map[int]int
-	reservations map[string]string // reservation -> request id
-	errs         []error
-}
-
-func newOutcomes() *outcomes {
-	return &outcomes{other: map[int]int{}, reservations: map[string]string{}}
-}
-
-func (o *outcomes) add(t *testing.T, reqID string, a answer, err error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	switch {
-	case err != nil:
-		o.errs = append(o.errs, err)
-	case a.Code == 200 && a.Status == "ok":
-		o.ok++
-		o.units += a.Qty
-		if prev, dup := o.reservations[a.Reservation]; dup && prev != reqID {
-			t.Errorf("reservation %s returned to %s and %s", a.Reservation, prev, reqID)
-		}
-		o.reservations[a.Reservation] = reqID
-	case a.Code == 409 && a.Status == "sold_out":
-		o.soldOut++
-	default:
-		o.other[a.Code]++
-	}
-}
-
-// crowd runs n concurrent buyers; qty(i) gives buyer i's quantity.
-func crowd(t *testing.T, b *buyer, addr, sku string, n int, idPrefix string, qty func(i int) int64) *outcomes {
-	t.Helper()
-	o := newOutcomes()
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			<-start
-			id := idPrefix + strconv.Itoa(i)
-			a, err := b.deduct(addr, sku, qty(i), id)
-			o.add(t, id, a, err)
-		}(i)
-	}
-	close(start)
-	wg.Wait()
-	return o
 }
 
 // ledger is what Redis and MySQL hold for a SKU, read directly.

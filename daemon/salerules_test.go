@@ -35,9 +35,9 @@ type saleAnswer struct {
 	raw         string
 }
 
-func salePost(t *testing.T, b *buyer, addr, path, body string) saleAnswer {
+func salePost(t *testing.T, b *stocktest.Buyer, addr, path, body string) saleAnswer {
 	t.Helper()
-	code, raw, err := b.postRaw(addr, path, body)
+	code, raw, err := b.PostRaw(addr, path, body)
 	if err != nil {
 		t.Fatalf("POST %s: %v", path, err)
 	}
@@ -48,7 +48,7 @@ func salePost(t *testing.T, b *buyer, addr, path, body string) saleAnswer {
 	return a
 }
 
-func userDeduct(t *testing.T, b *buyer, addr, sku, user string, qty int64, reqID string) saleAnswer {
+func userDeduct(t *testing.T, b *stocktest.Buyer, addr, sku, user string, qty int64, reqID string) saleAnswer {
 	t.Helper()
 	return salePost(t, b, addr, "/v1/deduct", fmt.Sprintf(`{"sku":%q,"qty":%d,"request_id":%q,"user_id":%q}`, sku, qty, reqID, user))
 }
@@ -187,7 +187,7 @@ func TestSalePerUserLimitAcrossNodes(t *testing.T) {
 	if v := getSale(t, nodes[2], "lim"); v.PerUserLimit != limit {
 		t.Fatalf("GET per_user_limit %d, want %d", v.PerUserLimit, limit)
 	}
-	b := newBuyer(64)
+	b := stocktest.NewBuyer(64)
 	addrs := hots(nodes)
 
 	// The burst: alice 40 times, bob 3 times, all at once.
@@ -341,7 +341,7 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 	nodes := []*node{admin, {t: t, admin: procs[1].admin, hot: procs[1].hot}, {t: t, admin: procs[2].admin, hot: procs[2].hot}}
 	waitKnown(t, nodes, "k9l")
 
-	b := newBuyer(32)
+	b := stocktest.NewBuyer(32)
 	stop := make(chan struct{})
 	var mu sync.Mutex
 	told := map[string]int64{} // units acknowledged per user
@@ -364,7 +364,7 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 				// Retry with the same id on every node until an answer
 				// that is not a transport error or a 503.
 				for try := 0; try < 30; try++ {
-					a, err := b.post(hots(nodes)[(w+i+try)%3], "/v1/deduct", body)
+					a, err := b.Post(hots(nodes)[(w+i+try)%3], "/v1/deduct", body)
 					if err != nil || a.Code == 503 {
 						time.Sleep(20 * time.Millisecond)
 						continue
@@ -381,7 +381,7 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 						// takes and give-backs go on around the kill.
 						rel := fmt.Sprintf(`{"reservation":%q}`, a.Reservation)
 						for try := 0; try < 30; try++ {
-							r, err := b.post(hots(nodes)[(w+try)%3], "/v1/release", rel)
+							r, err := b.Post(hots(nodes)[(w+try)%3], "/v1/release", rel)
 							if err == nil && r.Code == 200 {
 								mu.Lock()
 								told[user] -= a.Qty
@@ -483,7 +483,7 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 func TestSaleOpensAndClosesAt(t *testing.T) {
 	e := newEnv(t, 3)
 	nodes := startSaleCluster(t, e, func(*Config) {})
-	b := newBuyer(64)
+	b := stocktest.NewBuyer(64)
 	addrs := hots(nodes)
 
 	// Created closed for now, then opens_at set 2 s ahead: the PUT
@@ -590,7 +590,7 @@ func TestSaleExtend(t *testing.T) {
 	cfg.Sync.MaxExtension = 30 * time.Second
 	n := startNode(t, cfg)
 	mustPutSale(t, n, "ext", `{"total":100,"partitions":2,"chunk":10,"threshold":2}`)
-	b := newBuyer(8)
+	b := stocktest.NewBuyer(8)
 	kept := salePost(t, b, n.hot, "/v1/deduct", `{"sku":"ext","qty":2,"request_id":"kept"}`)
 	lapsed := salePost(t, b, n.hot, "/v1/deduct", `{"sku":"ext","qty":1,"request_id":"lapsed"}`)
 	if kept.Code != 200 || lapsed.Code != 200 {
@@ -709,7 +709,7 @@ func TestSaleRulesBadInput(t *testing.T) {
 	}
 	// Open the sale to check the hot endpoint's answers.
 	mustPutSale(t, n, "bad", `{"total":50,"opens_at":null}`)
-	b := newBuyer(4)
+	b := stocktest.NewBuyer(4)
 	if a := salePost(t, b, n.hot, "/v1/deduct", `{"sku":"bad","qty":1,"request_id":"nouser"}`); a.Code != 400 || a.Field != "user_id" {
 		t.Fatalf("deduct without user_id on a limited sku: %d %s", a.Code, a.raw)
 	}
@@ -753,7 +753,7 @@ func TestSaleAllowanceConvergesAfterCrash(t *testing.T) {
 	cfg.Sync.ExpireEvery = 100 * time.Millisecond
 	n := startNode(t, cfg)
 	mustPutSale(t, n, "cr", `{"total":100,"partitions":2,"chunk":10,"threshold":2,"per_user_limit":2}`)
-	b := newBuyer(8)
+	b := stocktest.NewBuyer(8)
 	ctx := context.Background()
 
 	// Dave's node died between the allowance and the stock: 2 units

@@ -71,10 +71,10 @@ func TestStatusPageRatesUnderLoad(t *testing.T) {
 	const gone = "ui-gone"
 	total := int64(20)
 	putSKU(t, n, gone, total, 2, 10, 2)
-	b := newBuyer(4)
+	b := stocktest.NewBuyer(4)
 	for i := int64(0); i < total; i++ {
 		id := "gone-" + strconv.FormatInt(i, 10)
-		a, err := b.deduct(n.hot, gone, 1, id)
+		a, err := b.Deduct(n.hot, gone, 1, id)
 		if err != nil || a.Code != 200 {
 			t.Fatalf("deduct %s of %s: %d %+v %v", id, gone, a.Code, a, err)
 		}
@@ -110,7 +110,7 @@ func TestStatusPageRatesUnderLoad(t *testing.T) {
 				if w == 0 {
 					sku = late
 				}
-				a, err := b.deduct(n.hot, sku, 1, "sale-"+strconv.Itoa(w)+"-"+strconv.Itoa(i))
+				a, err := b.Deduct(n.hot, sku, 1, "sale-"+strconv.Itoa(w)+"-"+strconv.Itoa(i))
 				switch {
 				case err == nil && a.Code == 200:
 					ok.Add(1)
