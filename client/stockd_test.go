@@ -22,7 +22,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
+	stocksync "github.com/stockd/stockd/sync"
 )
 
 const testAdminToken = "client-test-admin-token"
@@ -91,7 +93,7 @@ func newCluster(t testing.TB, n, nShards int, env map[string]string) *cluster {
 		c.nodes = append(c.nodes, c.start("n"+strconv.Itoa(i+1), settings))
 	}
 	if n > 1 {
-		if !waitFor(60*time.Second, func() bool { return c.nodes[0].alive() == n }) {
+		if _, ok := stocktest.WaitFor(60*time.Second, func() bool { return c.nodes[0].alive() == n }); !ok {
 			t.Fatalf("%d nodes did not join", n)
 		}
 	}
@@ -186,7 +188,7 @@ func (d *stockd) startProc() {
 	d.cmd, d.exited = cmd, exited
 	d.mu.Unlock()
 	hc := &http.Client{Timeout: time.Second}
-	ready := waitFor(60*time.Second, func() bool {
+	_, ready := stocktest.WaitFor(60*time.Second, func() bool {
 		select {
 		case <-exited:
 			d.t.Fatalf("stockd %s exited before it was ready", d.name)
@@ -278,7 +280,7 @@ func (c *cluster) waitKnown(sku string) {
 	c.t.Helper()
 	hc := &http.Client{Timeout: time.Second}
 	for _, d := range c.nodes {
-		known := waitFor(30*time.Second, func() bool {
+		_, known := stocktest.WaitFor(30*time.Second, func() bool {
 			resp, err := hc.Get("http://" + d.hot + "/v1/stock/" + sku)
 			if err != nil {
 				return false
@@ -292,22 +294,11 @@ func (c *cluster) waitKnown(sku string) {
 	}
 }
 
-// verification is the part of GET /admin/skus/{sku}/verify the tests read.
-type verification struct {
-	OK        bool  `json:"ok"`
-	Total     int64 `json:"total"`
-	Reserved  int64 `json:"reserved"`
-	Confirmed int64 `json:"confirmed"`
-	Doubled   int64 `json:"doubled"`
-	InFlight  int64 `json:"in_flight"`
-	InDoubt   int64 `json:"in_doubt"`
-}
-
-func (d *stockd) verify(sku string) (verification, string) {
-	var v verification
+func (d *stockd) verify(sku string) (stocksync.Report, string) {
+	var v stocksync.Report
 	code, b := d.adminDo("GET", "/admin/skus/"+sku+"/verify", "", &v)
 	if code != 200 {
-		return verification{}, fmt.Sprintf("%d %s", code, b)
+		return stocksync.Report{}, fmt.Sprintf("%d %s", code, b)
 	}
 	return v, b
 }
@@ -354,18 +345,4 @@ func (c *cluster) rows(sku string) (map[string]int, int64) {
 		c.t.Fatal(err)
 	}
 	return ids, units
-}
-
-// waitFor polls cond every 50 ms until it holds or within passes.
-func waitFor(within time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(within)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
+	stocksync "github.com/stockd/stockd/sync"
 )
 
 var (
@@ -153,11 +154,11 @@ func TestKillNineMidSale(t *testing.T) {
 	p := startProc(t, cfg)
 	n := &node{t: t, admin: p.admin} // admin calls only
 	putSKU(t, n, "k9", 50000, 4, 100, 20)
-	b := newBuyer(16)
+	b := stocktest.NewBuyer(16)
 
 	stop := make(chan struct{})
 	o, wg := steadySale(t, b, p.hot, "k9", "before-", 4, stop)
-	stocktest.Until(t, 60*time.Second, "the sale under way before the kill", func() bool { ok, _ := o.snapshot(); return ok >= 300 })
+	stocktest.Until(t, 60*time.Second, "the sale under way before the kill", func() bool { ok := o.Snapshot().OK; return ok >= 300 })
 	p.kill9()
 	close(stop)
 	wg.Wait()
@@ -166,14 +167,14 @@ func TestKillNineMidSale(t *testing.T) {
 	n.admin = p2.admin
 	stop2 := make(chan struct{})
 	o2, wg2 := steadySale(t, b, p2.hot, "k9", "after-", 4, stop2)
-	stocktest.Until(t, 60*time.Second, "the restarted process selling", func() bool { ok, _ := o2.snapshot(); return ok >= 200 })
+	stocktest.Until(t, 60*time.Second, "the restarted process selling", func() bool { ok := o2.Snapshot().OK; return ok >= 200 })
 	close(stop2)
 	wg2.Wait()
 
 	r := waitSynced(t, n, "k9", 15*time.Second)
 	// Every acknowledged reservation has its detail in MySQL.
-	for _, out := range []*outcomes{o, o2} {
-		for tok := range out.reservations {
+	for _, out := range []*stocktest.Tally{o, o2} {
+		for tok := range out.Reservations {
 			parts := strings.Split(tok, ":")
 			id := strings.Join(parts[:4], ":")
 			var qty int64
@@ -186,17 +187,17 @@ func TestKillNineMidSale(t *testing.T) {
 	cmd := exec.Command(stockdBinary(t), "verify", "k9")
 	cmd.Env = append(os.Environ(), procEnv(cfg, p2.hot, p2.admin)...)
 	out, err := cmd.Output()
-	var cli report
+	var cli stocksync.Report
 	if err != nil || json.Unmarshal(out, &cli) != nil || !cli.OK || cli.Reserved != r.Reserved {
 		t.Fatalf("stockd verify: %v, %s", err, out)
 	}
 
-	acked := o.units + o2.units
+	acked := o.Units + o2.Units
 	if r.Reserved < acked {
 		t.Fatalf("MySQL holds %d units, callers were told %d", r.Reserved, acked)
 	}
 	t.Logf("acknowledged %d before and %d after the kill; MySQL holds %d units (the rest were taken but their answers were cut off); verify %+v",
-		o.units, o2.units, r.Reserved, r)
+		o.Units, o2.Units, r.Reserved, r)
 }
 
 // SIGTERM under load: the node stops accepting, finishes what it accepted,
@@ -209,10 +210,10 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 	p := startProc(t, cfg)
 	n := &node{t: t, admin: p.admin}
 	putSKU(t, n, "term", 50000, 4, 100, 20)
-	b := newBuyer(16)
+	b := stocktest.NewBuyer(16)
 	stop := make(chan struct{})
 	o, wg := steadySale(t, b, p.hot, "term", "t-", 8, stop)
-	stocktest.Until(t, 60*time.Second, "the sale under way before the signal", func() bool { ok, _ := o.snapshot(); return ok >= 300 })
+	stocktest.Until(t, 60*time.Second, "the sale under way before the signal", func() bool { ok := o.Snapshot().OK; return ok >= 300 })
 
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	exited := make(chan error, 1)
@@ -238,15 +239,15 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 	// every acknowledged reservation has its row.
 	n2 := startNode(t, cfg)
 	r := waitSynced(t, n2, "term", 15*time.Second)
-	for tok := range o.reservations {
+	for tok := range o.Reservations {
 		parts := strings.Split(tok, ":")
 		var qty int64
 		if err := e.db.QueryRow(`SELECT qty FROM deductions WHERE detail_id = ?`, strings.Join(parts[:4], ":")).Scan(&qty); err != nil {
 			t.Fatalf("acknowledged reservation %s has no detail row: %v", tok, err)
 		}
 	}
-	if r.Reserved != o.units {
-		t.Fatalf("MySQL holds %d units, callers were told %d (a graceful stop answers what it took)", r.Reserved, o.units)
+	if r.Reserved != o.Units {
+		t.Fatalf("MySQL holds %d units, callers were told %d (a graceful stop answers what it took)", r.Reserved, o.Units)
 	}
-	t.Logf("%d deductions acknowledged, %d requests refused during the stop; verify %+v", o.ok, len(o.errs), r)
+	t.Logf("%d deductions acknowledged, %d requests refused during the stop; verify %+v", o.OK, len(o.Errs), r)
 }

@@ -59,12 +59,12 @@ func TestFrozenTransactionDoesNotStallSale(t *testing.T) {
 	// Buyers like a gateway until every unit is sold; the freeze lasts
 	// the whole sale.
 	stop := make(chan struct{})
-	o, wg := gatewaySale(t, newBuyer(32), hots(nodes), "frz", "f-", 16, stop)
-	soldOutEarly := 0                                          // sold_out answers seen while units were left (polling grain, at most 50 ms)
-	_ = stocktest.Wait(90*time.Second, func() (bool, string) { // not sold out in time: the checks below say so
-		o.mu.Lock()
-		sold, errs, soldOut := o.units, len(o.errs), o.soldOut
-		o.mu.Unlock()
+	o, wg := gatewaySale(t, stocktest.NewBuyer(32), hots(nodes), "frz", "f-", 16, stop)
+	soldOutEarly := 0 // sold_out answers seen while units were left (polling grain, at most 50 ms)
+	// Not sold out in time: the checks below say so.
+	_ = stocktest.Wait(90*time.Second, func() (bool, string) {
+		c := o.Snapshot()
+		sold, errs, soldOut := c.Units, c.Errs, c.SoldOut
 		if sold >= total || errs > 0 {
 			return true, ""
 		}
@@ -74,12 +74,12 @@ func TestFrozenTransactionDoesNotStallSale(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	t.Logf("sold %d of %d in %s after the freeze began (pool %d then); sold_out answers %d (%d while units were left), other %v",
-		o.units, total, time.Since(frozeAt).Round(time.Millisecond), pool, o.soldOut, soldOutEarly, o.other)
-	if len(o.errs) > 0 {
-		t.Fatalf("errors: %v", firstErr(o.errs))
+		o.Units, total, time.Since(frozeAt).Round(time.Millisecond), pool, o.SoldOut, soldOutEarly, o.Other)
+	if len(o.Errs) > 0 {
+		t.Fatalf("errors: %v", firstErr(o.Errs))
 	}
-	if o.units != total {
-		t.Fatalf("sold %d of %d while a transaction held the SKU row", o.units, total)
+	if o.Units != total {
+		t.Fatalf("sold %d of %d while a transaction held the SKU row", o.Units, total)
 	}
 
 	// The frozen node thaws: its transaction is gone, nothing of it landed.

@@ -149,8 +149,8 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 	hr := newHAReport(t, e.db, "ha", total, fmt.Sprintf("Sentinel shard (primary, 2 replicas, 3 sentinels; durability replica) beside a standalone shard, "+
 		"%d units in 4 partitions; kill -9 of the primary once a third sold, no admin call", total))
 
-	b := newBuyer(16)
-	o := newOutcomes()
+	b := stocktest.NewBuyer(16)
+	o := stocktest.NewTally()
 	var sold, unavailable atomic.Int64
 	var killedAt, last503 atomic.Int64
 	stop := make(chan struct{})
@@ -162,7 +162,7 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 			for i := 0; ; i++ {
 				id := fmt.Sprintf("w%d-%d", w, i)
 				for {
-					a, err := b.deduct(n.hot, "ha", 1, id)
+					a, err := b.Deduct(n.hot, "ha", 1, id)
 					if err == nil && a.Code == 503 {
 						unavailable.Add(1)
 						last503.Store(time.Now().UnixNano())
@@ -171,7 +171,7 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 						time.Sleep(20 * time.Millisecond)
 						continue // the same request id: its first outcome or a new one
 					}
-					o.add(t, id, a, err)
+					o.Add(t, id, a, err)
 					hr.answer(id, a, err)
 					if err == nil && a.Code == 200 {
 						sold.Add(1)
@@ -215,8 +215,8 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 	hr.extra("promoted after the kill", promoted.Round(time.Millisecond).String())
 	wg.Wait()
 	close(stop)
-	if int64(o.ok) != total || len(o.errs) != 0 || len(o.other) != 0 {
-		t.Fatalf("sold %d of %d (errors %v, statuses %v)", o.ok, total, o.errs, o.other)
+	if int64(o.OK) != total || len(o.Errs) != 0 || len(o.Other) != 0 {
+		t.Fatalf("sold %d of %d (errors %v, statuses %v)", o.OK, total, o.Errs, o.Other)
 	}
 	// 503s stop once the shard's partitions sell again (the other shard
 	// sold all along): the last 503 after the kill bounds the shard's
@@ -230,11 +230,11 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 
 	// Every acknowledged request retried gets its first outcome: nothing
 	// acknowledged was lost, nothing sold twice.
-	for tok, id := range o.reservations {
-		var a answer
+	for tok, id := range o.Reservations {
+		var a stocktest.Answer
 		var err error
 		stocktest.Until(t, 60*time.Second, "a definite answer to the retry of "+id, func() bool {
-			a, err = b.deduct(n.hot, "ha", 1, id)
+			a, err = b.Deduct(n.hot, "ha", 1, id)
 			return err != nil || a.Code != 503
 		})
 		if err != nil || a.Code != 200 || a.Reservation != tok {

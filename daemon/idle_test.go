@@ -44,18 +44,17 @@ func idleCallRate(t *testing.T, skus int, buy bool) (float64, map[string]int64) 
 	a := commandCalls(t, c)
 	start := time.Now()
 	time.Sleep(2 * idlePoll) // pacing: the measurement window, two idle periods
-
 	total, by := callsBetween(a, commandCalls(t, c))
 	rate := float64(total) / time.Since(start).Seconds()
 	t.Logf("%d idle SKUs: %.1f Redis calls/s %v", skus, rate, by)
 
 	if buy {
-		b := newBuyer(8)
+		b := stocktest.NewBuyer(8)
 		want := map[string]bool{}
 		for i := 0; i < skus; i += 10 {
 			sku := "idle-" + strconv.Itoa(i)
 			reqID := "idle-buy-" + strconv.Itoa(i)
-			a, err := b.deduct(n.hot, sku, 1, reqID)
+			a, err := b.Deduct(n.hot, sku, 1, reqID)
 			if err != nil || a.Status != "ok" {
 				t.Fatalf("deduct %s: %+v %v", sku, a, err)
 			}
@@ -136,9 +135,9 @@ func TestClusterWriteHintsCarryOtherNodesTakes(t *testing.T) {
 	if buyer == nil {
 		t.Fatalf("every node owns a partition of the SKU: %+v", owners)
 	}
-	b := newBuyer(32)
+	b := stocktest.NewBuyer(32)
 	o := crowdOver(t, b, []string{buyer.hot}, "hinted", 150, "h-")
-	if o.ok == 0 {
+	if o.OK == 0 {
 		t.Fatal("nothing sold")
 	}
 	stocktest.Eventually(t, 30*time.Second, func() (bool, string) {
@@ -146,9 +145,9 @@ func TestClusterWriteHintsCarryOtherNodesTakes(t *testing.T) {
 		if err := e.db.QueryRow(`SELECT COUNT(*) FROM deductions WHERE sku = 'hinted'`).Scan(&got); err != nil {
 			t.Fatal(err)
 		}
-		if got > o.ok {
-			t.Fatalf("%d detail rows for %d deductions", got, o.ok)
+		if got > o.OK {
+			t.Fatalf("%d detail rows for %d deductions", got, o.OK)
 		}
-		return got == o.ok, fmt.Sprintf("%d of %d deductions written back after 30 s", got, o.ok)
+		return got == o.OK, fmt.Sprintf("%d of %d deductions written back after 30 s", got, o.OK)
 	})
 }

@@ -130,8 +130,8 @@ func TestShutdownDelayServesWhileNotReady(t *testing.T) {
 	cfg.ShutdownDelay = 15 * time.Second // ample for a loaded machine between the 503 and the deduction
 	n := startNode(t, cfg)
 	putSKU(t, n, "d1", 100, 1, 10, 2)
-	b := newBuyer(2)
-	if a, err := b.deduct(n.hot, "d1", 1, "before"); err != nil || a.Code != 200 {
+	b := stocktest.NewBuyer(2)
+	if a, err := b.Deduct(n.hot, "d1", 1, "before"); err != nil || a.Code != 200 {
 		t.Fatalf("deduct before the stop: %+v %v", a, err)
 	}
 	readyz := func() int {
@@ -149,7 +149,7 @@ func TestShutdownDelayServesWhileNotReady(t *testing.T) {
 	stopped := make(chan struct{})
 	go func() { n.stop(); close(stopped) }()
 	stocktest.Until(t, 10*time.Second, "/readyz did not turn 503 within 10s of the stop", func() bool { return readyz() == 503 })
-	a, err := b.deduct(n.hot, "d1", 1, "draining")
+	a, err := b.Deduct(n.hot, "d1", 1, "draining")
 	if err != nil || a.Code != 200 {
 		t.Fatalf("deduct while draining (readyz 503): %+v %v; want 200", a, err)
 	}

@@ -49,7 +49,7 @@ func TestFastCaseVariantRequestIDs(t *testing.T) {
 		t.Errorf("the rows of acknowledged reservations hold %d units, want all %d", r.Held, total)
 	}
 	r.Extra["ids"] = fmt.Sprintf("100 ids in 4 case spellings each; re-asked %d acknowledged ones", asked)
-	r.log(t)
+	r.Log(t)
 }
 
 // Every request sent twice at once, to two nodes, while a third grows and

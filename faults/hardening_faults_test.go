@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // Case 6 (the rest; the client flood and the gossip key are in the fast
@@ -50,7 +52,7 @@ func TestSKUInflightLimit(t *testing.T) {
 	}
 	r.RecoveryWhat = "n/a (no fault to end)"
 	r.Extra["shed"] = fmt.Sprintf("%d answers 429 to %d requests, all retried to a definite answer", shed, shedOps)
-	r.log(t)
+	r.Log(t)
 }
 
 // Bodies the hot endpoint must refuse without touching stock: over 4 KiB
@@ -127,7 +129,7 @@ func TestHostileBodies(t *testing.T) {
 	}
 	var rows int
 	var ids string
-	if _, ok := waitFor(10*time.Second, func() bool {
+	if _, ok := stocktest.WaitFor(10*time.Second, func() bool {
 		e.db.QueryRow(`SELECT COUNT(*), COALESCE(GROUP_CONCAT(request_id ORDER BY request_id), '') FROM deductions WHERE sku = ?`, sku).Scan(&rows, &ids)
 		return rows == 2
 	}); !ok || ids != "after,exact" {

@@ -29,6 +29,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"github.com/rs/zerolog"
 
+	"github.com/stockd/stockd/admin"
 	"github.com/stockd/stockd/internal/testenv"
 	stocksync "github.com/stockd/stockd/sync"
 )
@@ -520,34 +521,10 @@ func (d *stockd) adminDo(method, path, body string, out any) (int, []byte) {
 	return resp.StatusCode, b
 }
 
-type partitionView struct {
-	ID      int    `json:"id"`
-	Shard   string `json:"shard"`
-	A       int64  `json:"a"`
-	B       int64  `json:"b"`
-	State   string `json:"state"`
-	Seq     int64  `json:"seq"`
-	Backlog int64  `json:"backlog"`
-	Error   string `json:"error"`
-}
-
-type skuView struct {
-	SKU        string          `json:"sku"`
-	Total      int64           `json:"total"`
-	Pool       int64           `json:"pool"`
-	Reserved   int64           `json:"reserved"`
-	Confirmed  int64           `json:"confirmed"`
-	Released   int64           `json:"released"`
-	InDoubt    int64           `json:"in_doubt"`
-	Doubled    int64           `json:"doubled"`
-	SoldOut    bool            `json:"sold_out"`
-	Partitions []partitionView `json:"partitions"`
-}
-
 // putSKU creates the SKU.
-func (d *stockd) putSKU(sku string, total int64, partitions int, chunk, threshold int64) skuView {
+func (d *stockd) putSKU(sku string, total int64, partitions int, chunk, threshold int64) admin.SKUView {
 	d.t.Helper()
-	var v skuView
+	var v admin.SKUView
 	body := fmt.Sprintf(`{"total":%d,"partitions":%d,"chunk":%d,"threshold":%d}`, total, partitions, chunk, threshold)
 	if code, b := d.adminDo("PUT", "/admin/skus/"+sku, body, &v); code != 200 && code != 201 {
 		d.t.Fatalf("put sku %s: %d %s", sku, code, b)
@@ -555,8 +532,8 @@ func (d *stockd) putSKU(sku string, total int64, partitions int, chunk, threshol
 	return v
 }
 
-func (d *stockd) sku(sku string) (skuView, error) {
-	var v skuView
+func (d *stockd) sku(sku string) (admin.SKUView, error) {
+	var v admin.SKUView
 	code, b := d.adminDo("GET", "/admin/skus/"+sku, "", &v)
 	if code != 200 {
 		return v, fmt.Errorf("get sku: %d %s", code, b)
@@ -578,11 +555,8 @@ func (d *stockd) shardOf(sku string) map[int]string {
 	return m
 }
 
-// verifyReport is GET /admin/skus/{sku}/verify.
-type verifyReport = stocksync.Report
-
-func (d *stockd) verify(sku string) (verifyReport, error) {
-	var r verifyReport
+func (d *stockd) verify(sku string) (stocksync.Report, error) {
+	var r stocksync.Report
 	code, b := d.adminDo("GET", "/admin/skus/"+sku+"/verify", "", &r)
 	if code != 200 {
 		return r, fmt.Errorf("verify: %d %s", code, b)
@@ -613,19 +587,4 @@ func (d *stockd) members() ([]string, error) {
 	}
 	sort.Strings(names)
 	return names, nil
-}
-
-// waitFor polls cond every 50 ms until it holds or within passes; it
-// returns how long it took and whether it held.
-func waitFor(within time.Duration, cond func() bool) (time.Duration, bool) {
-	start := time.Now()
-	for {
-		if cond() {
-			return time.Since(start), true
-		}
-		if time.Since(start) > within {
-			return time.Since(start), false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/faults/report"
 	"github.com/stockd/stockd/internal/hashx"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
 
@@ -176,7 +178,7 @@ type redisFault struct {
 	recoveryWhat string
 }
 
-func runRedisFault(t *testing.T, rf redisFault) *result {
+func runRedisFault(t *testing.T, rf redisFault) *report.Result {
 	const sku = "sale"
 	e := newEnv(t, envOpts{shards: 3, redisArgs: map[int][]string{1: rf.redisArgs}})
 	victim := e.shards[1]
@@ -219,7 +221,7 @@ func runRedisFault(t *testing.T, rf redisFault) *result {
 	b.giveUp = 20 * time.Second
 	abort := make(chan struct{})
 	done := b.closedLoop(rf.workers, &ids{prefix: "buyer-", n: rf.requests}, 1, abort, false)
-	if _, ok := waitFor(60*time.Second, func() bool { return len(h.snapshot()) >= rf.faultAfter }); !ok {
+	if _, ok := stocktest.WaitFor(60*time.Second, func() bool { return len(h.snapshot()) >= rf.faultAfter }); !ok {
 		t.Fatalf("only %d answers before the fault", len(h.snapshot()))
 	}
 	faultStart := time.Now()
@@ -241,14 +243,14 @@ func runRedisFault(t *testing.T, rf redisFault) *result {
 	extra := map[string]string{"fault": fmt.Sprintf("%s; %s from start to end (%s..%s into the history)", what, faultEnd.Sub(faultStart).Round(time.Millisecond),
 		faultStart.Sub(h.base).Round(time.Millisecond), faultEnd.Sub(h.base).Round(time.Millisecond))}
 	if rf.wantDoubt {
-		if _, ok := waitFor(15*time.Second, func() bool { return w.maxSeen() > 0 }); !ok {
+		if _, ok := stocktest.WaitFor(15*time.Second, func() bool { return w.maxSeen() > 0 }); !ok {
 			t.Errorf("shard %s lost writes but nothing went in doubt", victim.ID)
 		}
 	}
 	if rf.loss {
 		// Fenced partitions hold their units in doubt until the
 		// reservation TTL has passed since the fence.
-		if _, ok := waitFor(60*time.Second, func() bool {
+		if _, ok := stocktest.WaitFor(60*time.Second, func() bool {
 			v, err := d.sku(sku)
 			return err == nil && v.InDoubt == 0
 		}); !ok {
@@ -263,7 +265,7 @@ func runRedisFault(t *testing.T, rf redisFault) *result {
 	if rf.reserveTTL > 0 {
 		settleWait += rf.reserveTTL
 	}
-	if _, ok := waitFor(settleWait, func() bool {
+	if _, ok := stocktest.WaitFor(settleWait, func() bool {
 		v, err := d.verify(sku)
 		return err == nil && v.Reserved == 0 && v.InFlightDetails == 0
 	}); !ok {
@@ -325,7 +327,7 @@ func runRedisFault(t *testing.T, rf redisFault) *result {
 	if pay.failed.Load() > 0 {
 		t.Errorf("%d confirms never answered", pay.failed.Load())
 	}
-	r.log(t)
+	r.Log(t)
 	return r
 }
 
@@ -378,7 +380,7 @@ type timeoutStorm struct {
 	flapOn, flapOff time.Duration
 }
 
-func runTimeoutStorm(t *testing.T, ts timeoutStorm) *result {
+func runTimeoutStorm(t *testing.T, ts timeoutStorm) *report.Result {
 	const sku = "retry"
 	e := newEnv(t, envOpts{shards: 3, proxyShards: true})
 	d := e.startStockd(nodeOpts{env: map[string]string{"STOCKD_REDIS_TIMEOUT": ts.timeout.String()}})
@@ -442,7 +444,7 @@ func runTimeoutStorm(t *testing.T, ts timeoutStorm) *result {
 	r.Extra["retries"] = fmt.Sprintf("%d requests retried (%d extra attempts), then answered; re-asked %d acknowledged ids", retried, attempts, asked)
 	r.Extra["time to the answer"] = fmt.Sprintf("p50 %s, p99 %s, max %s (first attempt to definite answer)",
 		percentile(lat, 50).Round(100*time.Microsecond), percentile(lat, 99).Round(time.Millisecond), percentile(lat, 100).Round(time.Millisecond))
-	r.log(t)
+	r.Log(t)
 	return r
 }
 
@@ -456,18 +458,18 @@ type rebalanceRetry struct {
 	gap          time.Duration // between rebalances
 }
 
-func runRebalanceRetry(t *testing.T, rr rebalanceRetry) *result {
+func runRebalanceRetry(t *testing.T, rr rebalanceRetry) *report.Result {
 	const sku = "regrow"
 	e := newEnv(t, envOpts{shards: 3})
 	a := e.startStockd(nodeOpts{name: "a"})
 	b := e.startStockd(nodeOpts{name: "b", env: map[string]string{"STOCKD_JOIN": a.gossip}})
 	c := e.startStockd(nodeOpts{name: "c", env: map[string]string{"STOCKD_JOIN": a.gossip}})
-	if _, ok := waitFor(20*time.Second, func() bool { m, _ := c.members(); return len(m) == 3 }); !ok {
+	if _, ok := stocktest.WaitFor(20*time.Second, func() bool { m, _ := c.members(); return len(m) == 3 }); !ok {
 		t.Fatal("the three nodes did not join")
 	}
 	c.putSKU(sku, rr.total, rr.start, 50, 10)
 	for _, d := range []*stockd{a, b} {
-		if _, ok := waitFor(10*time.Second, func() bool {
+		if _, ok := stocktest.WaitFor(10*time.Second, func() bool {
 			resp, err := http.Get("http://" + d.hot + "/v1/stock/" + sku)
 			if err != nil {
 				return false
@@ -524,6 +526,6 @@ func runRebalanceRetry(t *testing.T, rr rebalanceRetry) *result {
 	if r.Held != rr.total {
 		t.Errorf("sold %d of %d units", r.Held, rr.total)
 	}
-	r.log(t)
+	r.Log(t)
 	return r
 }

@@ -146,5 +146,5 @@ func TestSlowShard(t *testing.T) {
 			t.Errorf("%s: %d requests homed on other shards got no answer", ph.name, ph.othersBad)
 		}
 	}
-	r.log(t)
+	r.Log(t)
 }
