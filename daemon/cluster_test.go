@@ -461,7 +461,7 @@ func TestClusterKillNineMidSale(t *testing.T) {
 	soldMore := func(what string, n int) {
 		t.Helper()
 		from := o.Snapshot().OK
-		stocktest.Until(t, 60*time.Second, what, func() bool { ok := o.Snapshot().OK; return ok >= from+n })
+		stocktest.Until(t, 60*time.Second, what, func() bool { return o.Snapshot().OK >= from+n })
 	}
 	soldMore("the sale under way before the kill", 500)
 	procs[1].kill9()

@@ -158,7 +158,7 @@ func TestKillNineMidSale(t *testing.T) {
 
 	stop := make(chan struct{})
 	o, wg := steadySale(t, b, p.hot, "k9", "before-", 4, stop)
-	stocktest.Until(t, 60*time.Second, "the sale under way before the kill", func() bool { ok := o.Snapshot().OK; return ok >= 300 })
+	stocktest.Until(t, 60*time.Second, "the sale under way before the kill", func() bool { return o.Snapshot().OK >= 300 })
 	p.kill9()
 	close(stop)
 	wg.Wait()
@@ -167,7 +167,7 @@ func TestKillNineMidSale(t *testing.T) {
 	n.admin = p2.admin
 	stop2 := make(chan struct{})
 	o2, wg2 := steadySale(t, b, p2.hot, "k9", "after-", 4, stop2)
-	stocktest.Until(t, 60*time.Second, "the restarted process selling", func() bool { ok := o2.Snapshot().OK; return ok >= 200 })
+	stocktest.Until(t, 60*time.Second, "the restarted process selling", func() bool { return o2.Snapshot().OK >= 200 })
 	close(stop2)
 	wg2.Wait()
 
@@ -213,7 +213,11 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 	b := stocktest.NewBuyer(16)
 	stop := make(chan struct{})
 	o, wg := steadySale(t, b, p.hot, "term", "t-", 8, stop)
-	stocktest.Until(t, 60*time.Second, "the sale under way before the signal", func() bool { ok := o.Snapshot().OK; return ok >= 300 })
+	// The signal lands mid-sale, once the batcher reads the SKU's four
+	// streams (each reader's first read counts), so that batches are open.
+	stocktest.Until(t, 60*time.Second, "the sale under way, its streams read", func() bool {
+		return o.Snapshot().OK >= 300 && metric(t, n, "stockd_sync_stream_reads_total") >= 4
+	})
 
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	exited := make(chan error, 1)

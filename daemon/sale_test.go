@@ -211,7 +211,7 @@ func TestRestartMidSale(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); buy(n.hot, 300, 900) }()
-	stocktest.Until(t, 30*time.Second, "the second wave's first answers", func() bool { ok := all.Snapshot().OK; return ok > firstWave })
+	stocktest.Until(t, 30*time.Second, "the second wave's first answers", func() bool { return all.Snapshot().OK > firstWave })
 	n.stop()
 	wg.Wait()
 
