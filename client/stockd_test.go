@@ -8,9 +8,7 @@ package client
 
 import (
 	"database/sql"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -29,38 +27,6 @@ import (
 
 const testAdminToken = "client-test-admin-token"
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// stockdBinary builds the daemon once per test run, or takes
-// STOCKD_TEST_BIN, a binary built beforehand.
-func stockdBinary(t testing.TB) string {
-	t.Helper()
-	if p := os.Getenv("STOCKD_TEST_BIN"); p != "" {
-		return p
-	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "stockd-client-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "stockd")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/stockd/stockd/daemon/cmd/stockd").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("%v: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("build stockd: %v", buildErr)
-	}
-	return binPath
-}
-
-// cluster is one test's services and the stockd nodes sharing them.
 type cluster struct {
 	t      testing.TB
 	db     *sql.DB
@@ -173,7 +139,7 @@ func (d *stockd) startProc() {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	cmd := exec.Command(stockdBinary(d.t))
+	cmd := exec.Command(stocktest.StockdBinary(d.t))
 	cmd.Env = d.env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Pdeathsig: a test binary that dies takes the daemon with it.
@@ -241,36 +207,19 @@ func (d *stockd) thaw() { d.signal(syscall.SIGCONT) }
 // restart starts the process again with the same settings and ports.
 func (d *stockd) restart() { d.t.Helper(); d.startProc() }
 
-var adminHTTP = &http.Client{Timeout: 30 * time.Second}
-
 // adminDo sends an admin request; out receives a 2xx JSON answer.
 func (d *stockd) adminDo(method, path, body string, out any) (int, string) {
-	req, err := http.NewRequest(method, "http://"+d.admin+path, strings.NewReader(body))
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+testAdminToken)
-	resp, err := adminHTTP.Do(req)
+	code, b, err := stocktest.Admin{Addr: d.admin, Token: testAdminToken}.Do(method, path, body, out)
 	if err != nil {
 		return 0, err.Error()
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode < 300 {
-		if err := json.Unmarshal(b, out); err != nil {
-			return 0, err.Error()
-		}
-	}
-	return resp.StatusCode, string(b)
+	return code, string(b)
 }
 
 // putSKU creates a SKU.
 func (d *stockd) putSKU(sku string, total int64, partitions int, chunk, threshold int64) {
 	d.t.Helper()
-	body := fmt.Sprintf(`{"total":%d,"partitions":%d,"chunk":%d,"threshold":%d}`, total, partitions, chunk, threshold)
-	if code, b := d.adminDo("PUT", "/admin/skus/"+sku, body, nil); code != 200 && code != 201 {
-		d.t.Fatalf("put sku %s: %d %s", sku, code, b)
-	}
+	stocktest.Admin{Addr: d.admin, Token: testAdminToken}.PutSKU(d.t, sku, total, partitions, chunk, threshold, nil)
 }
 
 // waitKnown waits until every live node serves sku: another node learns a

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,40 +16,6 @@ import (
 	"github.com/stockd/stockd/internal/testenv"
 	stocksync "github.com/stockd/stockd/sync"
 )
-
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// stockdBinary builds the daemon once per test run.
-func stockdBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "stockd-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "stockd")
-		out, err := exec.Command("go", "build", "-o", binPath, "./cmd/stockd").CombinedOutput()
-		if err != nil {
-			buildErr = &buildError{err: err, out: string(out)}
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("build stockd: %v", buildErr)
-	}
-	return binPath
-}
-
-type buildError struct {
-	err error
-	out string
-}
-
-func (e *buildError) Error() string { return e.err.Error() + ": " + e.out }
 
 // proc is a stockd process.
 type proc struct {
@@ -86,7 +51,7 @@ func startProc(t *testing.T, cfg Config) *proc {
 	if cfg.GossipAddr == "127.0.0.1:0" {
 		cfg.GossipAddr = "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
 	}
-	cmd := exec.Command(stockdBinary(t))
+	cmd := exec.Command(stocktest.StockdBinary(t))
 	cmd.Env = append(os.Environ(), procEnv(cfg, hot, admin)...)
 	logf, err := os.Create(filepath.Join(t.TempDir(), "stockd.log"))
 	if err != nil {
@@ -184,7 +149,7 @@ func TestKillNineMidSale(t *testing.T) {
 		}
 	}
 	// The command-line verify prints the same report.
-	cmd := exec.Command(stockdBinary(t), "verify", "k9")
+	cmd := exec.Command(stocktest.StockdBinary(t), "verify", "k9")
 	cmd.Env = append(os.Environ(), procEnv(cfg, p2.hot, p2.admin)...)
 	out, err := cmd.Output()
 	var cli stocksync.Report

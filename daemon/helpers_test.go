@@ -3,10 +3,6 @@ package daemon
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
-	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"runtime"
 	"strconv"
@@ -18,6 +14,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/stockd/stockd/admin"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
@@ -152,35 +149,23 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// adminAPI is the node's admin API as the test's operator.
+func (n *node) adminAPI() stocktest.Admin { return stocktest.Admin{Addr: n.admin, Token: testToken} }
+
 // adminDo sends an admin request and decodes the JSON answer into out.
 func adminDo(t *testing.T, n *node, method, path, body string, out any) int {
 	t.Helper()
-	req, err := http.NewRequest(method, "http://"+n.admin+path, strings.NewReader(body))
+	code, _, err := n.adminAPI().Do(method, path, body, out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+testToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode < 300 {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s %s: %v: %s", method, path, err, b)
-		}
-	}
-	return resp.StatusCode
+	return code
 }
 
 func putSKU(t *testing.T, n *node, sku string, total int64, partitions int, chunk, threshold int64) admin.SKUView {
 	t.Helper()
 	var v admin.SKUView
-	body := fmt.Sprintf(`{"total":%d,"partitions":%d,"chunk":%d,"threshold":%d}`, total, partitions, chunk, threshold)
-	if code := adminDo(t, n, "PUT", "/admin/skus/"+sku, body, &v); code != 200 && code != 201 {
-		t.Fatalf("put sku: status %d", code)
-	}
+	n.adminAPI().PutSKU(t, sku, total, partitions, chunk, threshold, &v)
 	return v
 }
 

@@ -45,7 +45,7 @@ func TestNodeFrozen(t *testing.T) {
 
 	h := newHistory()
 	w := watchDoubt(e, sku)
-	buyers := newBuyers(t, newClient(2*time.Second), sku, h, a.hot, b.hot)
+	buyers := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 2 * time.Second}), sku, h, a.hot, b.hot)
 	stop := make(chan struct{})
 	done := buyers.closedLoop(16, &ids{prefix: "buyer-", n: -1}, 1, stop, false)
 	time.Sleep(3 * time.Second)
@@ -57,7 +57,7 @@ func TestNodeFrozen(t *testing.T) {
 	a.signal(syscall.SIGCONT)
 	thawed := time.Now()
 	// a serves again: one probe after another, straight to a.
-	probe := newBuyers(t, newClient(2*time.Second), sku, h, a.hot)
+	probe := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 2 * time.Second}), sku, h, a.hot)
 	probe.giveUp = 0
 	recovery, served := stocktest.WaitFor(30*time.Second, func() bool {
 		return probe.buy(99, fmt.Sprintf("probe-%d", time.Now().UnixNano()), 1).Status == statusOK

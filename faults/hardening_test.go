@@ -36,8 +36,8 @@ func TestFastClientFlood429(t *testing.T) {
 	d.putSKU(sku, total, 4, 1000, 200)
 	h := newHistory()
 	w := watchDoubt(e, sku)
-	flooder := newBuyers(t, newClientFrom(5*time.Second, "127.0.0.2"), sku, h, d.hot)
-	polite := newBuyers(t, newClientFrom(5*time.Second, "127.0.0.3"), sku, h, d.hot)
+	flooder := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 5 * time.Second, LocalAddr: "127.0.0.2"}), sku, h, d.hot)
+	polite := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 5 * time.Second, LocalAddr: "127.0.0.3"}), sku, h, d.hot)
 
 	var ok, shed, other atomic.Int64
 	var badShed atomic.Value
@@ -57,7 +57,7 @@ func TestFastClientFlood429(t *testing.T) {
 				default:
 				}
 				o := flooder.begin(i, fmt.Sprintf("flood-%d", seq.Add(1)), 1)
-				a, err := flooder.c.deduct(d.hot, sku, 1, o.ID)
+				a, err := flooder.c.Deduct(d.hot, sku, 1, o.ID)
 				switch {
 				case err == nil && a.Code == 200 && a.Status == "ok":
 					ok.Add(1)

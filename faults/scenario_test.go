@@ -21,7 +21,7 @@ import (
 // payer confirms acknowledged reservations a little after the deduction,
 // the way a shop confirms once payment went through.
 type payer struct {
-	c     *client
+	c     *stocktest.Buyer
 	hot   string
 	delay time.Duration
 	h     *history
@@ -35,7 +35,7 @@ type payer struct {
 	unavailable                int
 }
 
-func newPayer(c *client, hot string, h *history, delay time.Duration) *payer {
+func newPayer(c *stocktest.Buyer, hot string, h *history, delay time.Duration) *payer {
 	p := &payer{c: c, hot: hot, delay: delay, h: h, ch: make(chan *op, 1<<16)}
 	for w := 0; w < 32; w++ {
 		p.wg.Add(1)
@@ -55,7 +55,7 @@ func (p *payer) run() {
 		deadline := time.Now().Add(60 * time.Second)
 		for {
 			t0 := time.Now()
-			a, err := p.c.settle(p.hot, "confirm", o.Token)
+			a, err := p.c.Settle(p.hot, "confirm", o.Token)
 			p.mu.Lock()
 			p.slowest = max(p.slowest, time.Since(t0))
 			if late := p.h.now() - o.End; late > p.latest {
@@ -207,7 +207,7 @@ func runRedisFault(t *testing.T, rf redisFault) *report.Result {
 	}
 
 	h := newHistory()
-	c := newClient(5 * time.Second)
+	c := stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 5 * time.Second})
 	b := newBuyers(t, c, sku, h, d.hot)
 	pay := newPayer(c, d.hot, h, rf.payDelay)
 	paying := atomic.Bool{}
@@ -397,7 +397,7 @@ func runTimeoutStorm(t *testing.T, ts timeoutStorm) *report.Result {
 	h := newHistory()
 	// The gateway's own timeout is short too: it gives up on an attempt
 	// and retries, while the first attempt may still be running.
-	b := newBuyers(t, newClient(2*ts.timeout), sku, h, d.hot)
+	b := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 2 * ts.timeout}), sku, h, d.hot)
 	w := watchDoubt(e, sku)
 	done := b.openLoop(ts.rate, &ids{prefix: "buyer-", n: ts.requests}, 1)
 	time.Sleep(ts.spikeAfter)
@@ -483,7 +483,7 @@ func runRebalanceRetry(t *testing.T, rr rebalanceRetry) *report.Result {
 
 	h := newHistory()
 	w := watchDoubt(e, sku)
-	buyers := newBuyers(t, newClient(2*time.Second), sku, h, a.hot, b.hot)
+	buyers := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 2 * time.Second}), sku, h, a.hot, b.hot)
 	// The pairs are spread over the rebalances.
 	rate := int(float64(rr.pairs) / (rr.gap * time.Duration(len(rr.steps)+1)).Seconds())
 	g := &ids{prefix: "pair-", n: rr.pairs}

@@ -88,7 +88,7 @@ func TestWriteBackFaults(t *testing.T) {
 			d.putSKU(sku, total, 6, 2000, 400)
 
 			h := newHistory()
-			b := newBuyers(t, newClient(5*time.Second), sku, h, d.hot)
+			b := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 5 * time.Second}), sku, h, d.hot)
 			w := watchDoubt(e, sku)
 			stop := make(chan struct{})
 			done := b.closedLoop(8, &ids{prefix: "buyer-", n: -1}, 1, stop, false)
