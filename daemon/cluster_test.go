@@ -92,13 +92,16 @@ func waitKnown(t *testing.T, nodes []*node, sku string) {
 	b := stocktest.NewBuyer(4)
 	deadline := time.Now().Add(10 * time.Second)
 	for _, n := range nodes {
-		stocktest.Until(t, time.Until(deadline), fmt.Sprintf("node %s does not know %s", n.d.cfg.NodeName, sku), func() bool {
+		// (The message is built only on failure: a process node has no n.d.)
+		stocktest.Eventually(t, time.Until(deadline), func() (bool, string) {
 			req, _ := http.Get("http://" + n.hot + "/v1/stock/" + sku)
-			if req == nil {
-				return false
+			if req != nil {
+				req.Body.Close()
+				if req.StatusCode == 200 {
+					return true, ""
+				}
 			}
-			req.Body.Close()
-			return req.StatusCode == 200
+			return false, fmt.Sprintf("node %s does not know %s", n.d.cfg.NodeName, sku)
 		})
 	}
 	_ = b
@@ -306,16 +309,17 @@ func TestClusterSoldOutSpreads(t *testing.T) {
 	// Node 1 knows; the notice reaches nodes 2 and 3.
 	deadline := time.Now().Add(10 * time.Second)
 	for _, n := range nodes[1:] {
-		stocktest.Until(t, time.Until(deadline), fmt.Sprintf("node %s did not learn the sell-out", n.d.cfg.NodeName), func() bool {
-			resp, err := http.Get("http://" + n.hot + "/v1/stock/so")
-			if err != nil {
-				return false
+		stocktest.Eventually(t, time.Until(deadline), func() (bool, string) {
+			if resp, err := http.Get("http://" + n.hot + "/v1/stock/so"); err == nil {
+				var body [64]byte
+				k, _ := resp.Body.Read(body[:])
+				resp.Body.Close()
+				if strings.Contains(string(body[:k]), `"sold_out":true`) && metric(t, n, "stockd_scheduler_sold_out_from_memory_total") >= 0 &&
+					soldOutKnown(t, n) {
+					return true, ""
+				}
 			}
-			var body [64]byte
-			k, _ := resp.Body.Read(body[:])
-			resp.Body.Close()
-			return strings.Contains(string(body[:k]), `"sold_out":true`) && metric(t, n, "stockd_scheduler_sold_out_from_memory_total") >= 0 &&
-				soldOutKnown(t, n)
+			return false, fmt.Sprintf("node %s did not learn the sell-out", n.d.cfg.NodeName)
 		})
 	}
 	for _, n := range nodes[1:] {
