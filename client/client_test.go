@@ -477,9 +477,9 @@ func TestAllNodesDown(t *testing.T) {
 	node.ready.Store(false)
 	c := newTestClient(t, Config{MaxAttempts: 1000}, node)
 	go func() {
-		for node.calls() < 5 {
-			time.Sleep(5 * time.Millisecond)
-		}
+		// No t.Fatal outside the test's goroutine: a node never called 5
+		// times fails the Deduct below instead.
+		_ = stocktest.Wait(30*time.Second, func() (bool, string) { return node.calls() >= 5, "" })
 		up.Store(true)
 	}()
 	res, err := c.Deduct(context.Background(), DeductRequest{SKU: "S1", Qty: 1})

@@ -392,7 +392,7 @@ func TestListingCostAt1000SKUs(t *testing.T) {
 	spell := time.Since(start)
 	busy, busyBy := callsBetween(a, commandCalls(t, c))
 	a = commandCalls(t, c)
-	time.Sleep(spell)
+	time.Sleep(spell) // pacing: an idle window as long as the polling spell, to compare the two counts
 	idle, idleBy := callsBetween(a, commandCalls(t, c))
 	extra := float64(busyBy["evalsha"]-idleBy["evalsha"]) / float64(polls)
 	t.Logf("%d SKUs: %d polls in %s; Redis calls %d while polling (%v), %d idle (%v): %.1f extra script calls per poll",

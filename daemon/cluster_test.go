@@ -72,22 +72,18 @@ func alive(c clusterAnswer) int {
 // waitMembers waits until every node sees want alive members.
 func waitMembers(t *testing.T, nodes []*node, want int) time.Duration {
 	t.Helper()
-	start := time.Now()
-	for {
-		ok := true
+	took, ok := stocktest.WaitFor(20*time.Second, func() bool {
 		for _, n := range nodes {
 			if alive(clusterOf(t, n)) != want {
-				ok = false
+				return false
 			}
 		}
-		if ok {
-			return time.Since(start)
-		}
-		if time.Since(start) > 20*time.Second {
-			t.Fatalf("cluster did not converge to %d members", want)
-		}
-		time.Sleep(50 * time.Millisecond)
+		return true
+	})
+	if !ok {
+		t.Fatalf("cluster did not converge to %d members", want)
 	}
+	return took
 }
 
 // waitKnown waits until every node serves sku.
@@ -96,19 +92,17 @@ func waitKnown(t *testing.T, nodes []*node, sku string) {
 	b := stocktest.NewBuyer(4)
 	deadline := time.Now().Add(10 * time.Second)
 	for _, n := range nodes {
-		for {
+		// (The message is built only on failure: a process node has no n.d.)
+		stocktest.Eventually(t, time.Until(deadline), func() (bool, string) {
 			req, _ := http.Get("http://" + n.hot + "/v1/stock/" + sku)
 			if req != nil {
 				req.Body.Close()
 				if req.StatusCode == 200 {
-					break
+					return true, ""
 				}
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("node %s does not know %s", n.d.cfg.NodeName, sku)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return false, fmt.Sprintf("node %s does not know %s", n.d.cfg.NodeName, sku)
+		})
 	}
 	_ = b
 }
@@ -243,7 +237,15 @@ func TestClusterNodeJoinsMidSale(t *testing.T) {
 		defer wg.Done()
 		first = crowdOver(t, b, hots(nodes), "grow", 2000, "a-")
 	}()
-	time.Sleep(100 * time.Millisecond)
+	// n4 joins while the crowd is buying.
+	stocktest.Until(t, 30*time.Second, "the crowd's first answers", func() bool {
+		for _, n := range nodes {
+			if metric(t, n, `stockd_deductions_total{outcome="ok"}`) > 0 {
+				return true
+			}
+		}
+		return false
+	})
 	n4 := joinNode(t, e, "n4", nodes)
 	all := append(nodes, n4)
 	joined := waitMembers(t, all, 4)
@@ -307,23 +309,18 @@ func TestClusterSoldOutSpreads(t *testing.T) {
 	// Node 1 knows; the notice reaches nodes 2 and 3.
 	deadline := time.Now().Add(10 * time.Second)
 	for _, n := range nodes[1:] {
-		for {
-			resp, err := http.Get("http://" + n.hot + "/v1/stock/so")
-			if err == nil {
+		stocktest.Eventually(t, time.Until(deadline), func() (bool, string) {
+			if resp, err := http.Get("http://" + n.hot + "/v1/stock/so"); err == nil {
 				var body [64]byte
 				k, _ := resp.Body.Read(body[:])
 				resp.Body.Close()
-				if strings.Contains(string(body[:k]), `"sold_out":true`) && metric(t, n, "stockd_scheduler_sold_out_from_memory_total") >= 0 {
-					if soldOutKnown(t, n) {
-						break
-					}
+				if strings.Contains(string(body[:k]), `"sold_out":true`) && metric(t, n, "stockd_scheduler_sold_out_from_memory_total") >= 0 &&
+					soldOutKnown(t, n) {
+					return true, ""
 				}
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("node %s did not learn the sell-out", n.d.cfg.NodeName)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return false, fmt.Sprintf("node %s did not learn the sell-out", n.d.cfg.NodeName)
+		})
 	}
 	for _, n := range nodes[1:] {
 		takes := metric(t, n, `stockd_scheduler_redis_calls_total{script="take"}`)
@@ -425,7 +422,7 @@ func gatewaySale(t *testing.T, b *stocktest.Buyer, addrs []string, sku, idPrefix
 					if err == nil && a.Code != 503 {
 						break
 					}
-					time.Sleep(20 * time.Millisecond)
+					time.Sleep(20 * time.Millisecond) // pacing: a gateway's backoff before the next node
 				}
 				o.Add(t, id, a, err)
 			}
@@ -442,28 +439,20 @@ func TestClusterKillNineMidSale(t *testing.T) {
 	base := e.config()
 	procs, _ := startProcCluster(t, base, 3)
 	admin := &node{t: t, admin: procs[0].admin}
-	deadline := time.Now().Add(20 * time.Second)
-	for alive(clusterOf(t, admin)) != 3 {
-		if time.Now().After(deadline) {
-			t.Fatal("cluster of 3 processes did not form")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	stocktest.Until(t, 20*time.Second, "cluster of 3 processes did not form", func() bool { return alive(clusterOf(t, admin)) == 3 })
 	const total = 100000
 	putSKU(t, admin, "k9c", total, 8, 100, 20)
 	nodes := []*node{admin, {t: t, admin: procs[1].admin, hot: procs[1].hot}, {t: t, admin: procs[2].admin, hot: procs[2].hot}}
 	admin.hot = procs[0].hot
 	for _, n := range nodes {
-		for {
+		stocktest.Until(t, 30*time.Second, "node "+n.hot+" serves k9c", func() bool {
 			resp, err := http.Get("http://" + n.hot + "/v1/stock/k9c")
-			if err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == 200 {
-					break
-				}
+			if err != nil {
+				return false
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			resp.Body.Close()
+			return resp.StatusCode == 200
+		})
 	}
 	before := clusterOf(t, admin)
 	victim := "n2"
@@ -472,23 +461,24 @@ func TestClusterKillNineMidSale(t *testing.T) {
 	b := stocktest.NewBuyer(32)
 	stop := make(chan struct{})
 	o, wg := gatewaySale(t, b, hots(nodes), "k9c", "g-", 6, stop)
-	time.Sleep(1500 * time.Millisecond)
-	procs[1].kill9()
-	killed := time.Now()
-	// Ownership moves once the others declare the victim dead.
-	var moved time.Duration
-	for {
-		c := clusterOf(t, admin)
-		if _, still := c.Owners[victim]; !still && alive(c) == 2 {
-			moved = time.Since(killed)
-			break
-		}
-		if time.Since(killed) > 30*time.Second {
-			t.Fatal("ownership did not move within 30s of the kill")
-		}
-		time.Sleep(20 * time.Millisecond)
+	// The kill lands mid-sale, and the sale goes on after the move.
+	soldMore := func(what string, n int) {
+		t.Helper()
+		from := o.Snapshot().OK
+		stocktest.Until(t, 60*time.Second, what, func() bool { return o.Snapshot().OK >= from+n })
 	}
-	time.Sleep(2 * time.Second)
+	soldMore("the sale under way before the kill", 500)
+	procs[1].kill9()
+	// Ownership moves once the others declare the victim dead.
+	moved, ok := stocktest.WaitFor(30*time.Second, func() bool {
+		c := clusterOf(t, admin)
+		_, still := c.Owners[victim]
+		return !still && alive(c) == 2
+	})
+	if !ok {
+		t.Fatal("ownership did not move within 30s of the kill")
+	}
+	soldMore("the survivors selling after the move", 500)
 	close(stop)
 	wg.Wait()
 	stopped := time.Now()
@@ -568,20 +558,16 @@ func TestTwoOwnersAtOnce(t *testing.T) {
 		k++
 	}
 	confirmed := int64((len(o.Reservations) + 2) / 3)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	stocktest.Eventually(t, 60*time.Second, func() (bool, string) {
 		r := verify(t, nodes[1], "two")
 		if r.OK && r.InFlightDetails == 0 && r.Released == total-confirmed {
 			if r.Confirmed != confirmed || r.Doubled != 0 || r.Reserved != 0 {
 				t.Fatalf("verify %+v; want confirmed %d, released %d", r, confirmed, total-confirmed)
 			}
-			break
+			return true, ""
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("books did not settle: %+v", r)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return false, fmt.Sprintf("books did not settle: %+v", r)
+	})
 	// The expired units sold again, once, through both nodes.
 	again := crowdOverRetrying(t, b, hots(nodes), "two", 3000, "y-", 3)
 	if again.Units != total-confirmed {

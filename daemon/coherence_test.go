@@ -27,7 +27,7 @@ func definite(b *stocktest.Buyer, addrs []string, first int, sku, id string) (st
 		if (err == nil && a.Code != 503) || time.Now().After(deadline) {
 			return a, err
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // pacing: a gateway's backoff before the next node
 	}
 }
 
@@ -163,17 +163,11 @@ func waitSoldOutEverywhere(t *testing.T, nodes []*node, sku string) {
 	b := stocktest.NewBuyer(1)
 	deadline := time.Now().Add(20 * time.Second)
 	for _, n := range nodes {
-		for {
+		stocktest.Until(t, time.Until(deadline), fmt.Sprintf("node at %s does not answer %s sold out from memory", n.hot, sku), func() bool {
 			before := metric(t, n, "stockd_scheduler_sold_out_from_memory_total")
 			a, err := b.Deduct(n.hot, sku, 1, fmt.Sprintf("probe-%d", time.Now().UnixNano()))
-			if err == nil && a.Code == 409 && metric(t, n, "stockd_scheduler_sold_out_from_memory_total") > before {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("node at %s does not answer %s sold out from memory", n.hot, sku)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return err == nil && a.Code == 409 && metric(t, n, "stockd_scheduler_sold_out_from_memory_total") > before
+		})
 	}
 }
 
@@ -251,13 +245,9 @@ func TestClusterFrozenNodeReadYourWrites(t *testing.T) {
 	p3 := startProc(t, cfg)
 	n3 := &node{t: t, hot: p3.hot, admin: p3.admin}
 	nodes := []*node{n1, n2, n3}
-	deadline := time.Now().Add(20 * time.Second)
-	for alive(clusterOf(t, n1)) != 3 || alive(clusterOf(t, n3)) != 3 {
-		if time.Now().After(deadline) {
-			t.Fatal("cluster of 3 did not form")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	stocktest.Until(t, 20*time.Second, "cluster of 3 did not form", func() bool {
+		return alive(clusterOf(t, n1)) == 3 && alive(clusterOf(t, n3)) == 3
+	})
 	const first, added = 100, 60
 	putSKU(t, n1, "frz", first, 4, 10, 2)
 	waitKnown(t, nodes, "frz")

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -150,8 +151,7 @@ func TestDashboardAndAlertsQueryServedMetrics(t *testing.T) {
 	waitSynced(t, n, "c1", 30*time.Second)
 
 	var missing []string
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	stocktest.Eventually(t, 30*time.Second, func() (bool, string) {
 		names := scrapeNames(t, n)
 		missing = missing[:0]
 		for m, where := range want {
@@ -159,16 +159,10 @@ func TestDashboardAndAlertsQueryServedMetrics(t *testing.T) {
 				missing = append(missing, m+" (in "+strings.Join(where, ", ")+")")
 			}
 		}
-		if len(missing) == 0 {
-			t.Logf("%d stockd metrics queried, all served", len(want))
-			break
-		}
-		if time.Now().After(deadline) {
-			sort.Strings(missing)
-			t.Fatalf("queried but not served by a node:\n  %s", strings.Join(missing, "\n  "))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		sort.Strings(missing)
+		return len(missing) == 0, fmt.Sprintf("queried but not served by a node:\n  %s", strings.Join(missing, "\n  "))
+	})
+	t.Logf("%d stockd metrics queried, all served", len(want))
 
 	// The names follow Prometheus's naming guide as far as its linter
 	// checks (counters end in _total, base units, no unit in a label):

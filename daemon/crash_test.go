@@ -71,18 +71,15 @@ func startProc(t *testing.T, cfg Config) *proc {
 			t.Logf("stockd log:\n%s", b)
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get("http://" + hot + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
+	stocktest.Until(t, 30*time.Second, "stockd process ready", func() bool {
+		resp, err := http.Get("http://" + hot + "/readyz")
+		if err != nil {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatal("stockd process not ready within 30s")
-	return nil
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	return p
 }
 
 // procEnv is cfg as the STOCKD_* variables of a process.
@@ -126,7 +123,7 @@ func TestKillNineMidSale(t *testing.T) {
 
 	stop := make(chan struct{})
 	o, wg := steadySale(t, b, p.hot, "k9", "before-", 4, stop)
-	time.Sleep(1500 * time.Millisecond)
+	stocktest.Until(t, 60*time.Second, "the sale under way before the kill", func() bool { return o.Snapshot().OK >= 300 })
 	p.kill9()
 	close(stop)
 	wg.Wait()
@@ -135,7 +132,7 @@ func TestKillNineMidSale(t *testing.T) {
 	n.admin = p2.admin
 	stop2 := make(chan struct{})
 	o2, wg2 := steadySale(t, b, p2.hot, "k9", "after-", 4, stop2)
-	time.Sleep(time.Second)
+	stocktest.Until(t, 60*time.Second, "the restarted process selling", func() bool { return o2.Snapshot().OK >= 200 })
 	close(stop2)
 	wg2.Wait()
 
@@ -181,7 +178,11 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 	b := stocktest.NewBuyer(16)
 	stop := make(chan struct{})
 	o, wg := steadySale(t, b, p.hot, "term", "t-", 8, stop)
-	time.Sleep(1500 * time.Millisecond)
+	// The signal lands mid-sale, once the batcher reads the SKU's four
+	// streams (each reader's first read counts), so that batches are open.
+	stocktest.Until(t, 60*time.Second, "the sale under way, its streams read", func() bool {
+		return o.Snapshot().OK >= 300 && metric(t, n, "stockd_sync_stream_reads_total") >= 4
+	})
 
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	exited := make(chan error, 1)

@@ -53,7 +53,7 @@ func haSale(t *testing.T, n *node, sku string, total int64, hr *haReport, mid fu
 							last503.Store(time.Now().UnixNano())
 						}
 						hr.unavailable()
-						time.Sleep(20 * time.Millisecond)
+						time.Sleep(20 * time.Millisecond) // pacing: a gateway's backoff before its retry
 						continue
 					}
 					o.Add(t, id, a, err)
@@ -69,11 +69,9 @@ func haSale(t *testing.T, n *node, sku string, total int64, hr *haReport, mid fu
 			}
 		}(w)
 	}
-	for deadline := time.Now().Add(60 * time.Second); sold.Load() < total/3; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d sold in 60s", sold.Load())
-		}
-	}
+	stocktest.Eventually(t, 60*time.Second, func() (bool, string) {
+		return sold.Load() >= total/3, fmt.Sprintf("only %d sold in 60s", sold.Load())
+	})
 	r := haSaleResult{o: o, soldBeforeMid: sold.Load()}
 	midAt.Store(time.Now().UnixNano())
 	mid()
@@ -121,7 +119,7 @@ func TestHAClusterShardSale(t *testing.T) {
 	}
 	// GET /admin/shards shows the masters and which partitions each holds,
 	// as the cluster itself places them.
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	stocktest.Eventually(t, 30*time.Second, func() (bool, string) {
 		var all []struct {
 			ID                 string              `json:"id"`
 			Kind               string              `json:"kind"`
@@ -144,13 +142,8 @@ func TestHAClusterShardSale(t *testing.T) {
 				placed = -1
 			}
 		}
-		if placed == len(v.Partitions) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("shard view does not place the %d partitions: %+v", len(v.Partitions), all)
-		}
-	}
+		return placed == len(v.Partitions), fmt.Sprintf("shard view does not place the %d partitions: %+v", len(v.Partitions), all)
+	})
 	victim := cl.MasterOf(t, "{"+e.prefix+":"+sku+":"+strconv.Itoa(v.Partitions[0].ID)+"}")
 	t.Cleanup(func() { victim.Restart() })
 	hr := newHAReport(t, e.db, sku, total, fmt.Sprintf("Redis Cluster shard (3 masters, 3 replicas), %d units in %d partitions on every master; "+
@@ -243,16 +236,14 @@ func TestHASentinelAOFRollbackFenced(t *testing.T) {
 	old.Kill()
 	killed := time.Now()
 	t.Cleanup(old.Restart)
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if m, err := set.Master(); err == nil && m == replica.Addr {
-			break
-		}
-		if time.Now().After(deadline) {
-			cancel()
-			wg.Wait()
-			b, _ := os.ReadFile(filepath.Join(set.Sentinels[0].Dir, "redis.log"))
-			t.Fatalf("sentinel did not promote the replica in 60s: %s", b)
-		}
+	if err := stocktest.Wait(60*time.Second, func() (bool, string) {
+		m, err := set.Master()
+		return err == nil && m == replica.Addr, ""
+	}); err != nil {
+		cancel()
+		wg.Wait()
+		b, _ := os.ReadFile(filepath.Join(set.Sentinels[0].Dir, "redis.log"))
+		t.Fatalf("sentinel did not promote the replica in 60s: %s", b)
 	}
 	promoted := time.Since(killed).Round(time.Millisecond)
 	hr.extra("promoted after the kill", promoted.String())

@@ -167,6 +167,7 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 						unavailable.Add(1)
 						last503.Store(time.Now().UnixNano())
 						hr.unavailable()
+						// Pacing: a gateway's backoff before its retry.
 						time.Sleep(20 * time.Millisecond)
 						continue // the same request id: its first outcome or a new one
 					}
@@ -189,11 +190,9 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 		}(w)
 	}
 	// Kill the primary once a third is sold.
-	for deadline := time.Now().Add(60 * time.Second); sold.Load() < total/3; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d sold in 60s", sold.Load())
-		}
-	}
+	stocktest.Eventually(t, 60*time.Second, func() (bool, string) {
+		return sold.Load() >= total/3, fmt.Sprintf("only %d sold in 60s", sold.Load())
+	})
 	old := set.Primary
 	soldBefore := sold.Load()
 	unavailBefore := unavailable.Load()
@@ -202,15 +201,15 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 	old.Kill()
 	t.Cleanup(func() { old.Restart() }) // if the test stops early; see below
 	newMaster := ""
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if m, err := set.Master(); err == nil && m != old.Addr {
+	if err := stocktest.Wait(60*time.Second, func() (bool, string) {
+		m, err := set.Master()
+		if err == nil && m != old.Addr {
 			newMaster = m
-			break
 		}
-		if time.Now().After(deadline) {
-			close(stop)
-			t.Fatal("sentinel did not promote a replica in 60s")
-		}
+		return newMaster != "", ""
+	}); err != nil {
+		close(stop)
+		t.Fatal("sentinel did not promote a replica in 60s")
 	}
 	promoted := time.Duration(time.Now().UnixNano() - killedAt.Load())
 	hr.extra("promoted after the kill", promoted.Round(time.Millisecond).String())
@@ -232,11 +231,12 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 	// Every acknowledged request retried gets its first outcome: nothing
 	// acknowledged was lost, nothing sold twice.
 	for tok, id := range o.Reservations {
-		a, err := b.Deduct(n.hot, "ha", 1, id)
-		for err == nil && a.Code == 503 {
-			time.Sleep(50 * time.Millisecond)
+		var a stocktest.Answer
+		var err error
+		stocktest.Until(t, 60*time.Second, "a definite answer to the retry of "+id, func() bool {
 			a, err = b.Deduct(n.hot, "ha", 1, id)
-		}
+			return err != nil || a.Code != 503
+		})
 		if err != nil || a.Code != 200 || a.Reservation != tok {
 			t.Fatalf("retry of %s after the failover: %+v %v, want %s", id, a, err, tok)
 		}
@@ -249,15 +249,12 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 	// The shard view follows the master the sentinels name now (on a
 	// loaded machine Sentinel may fail over twice).
 	var v haShardView
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	stocktest.Eventually(t, 30*time.Second, func() (bool, string) {
 		newMaster, _ = set.Master()
-		if v = haShard(t, n, "s2"); v.Master == newMaster && newMaster != old.Addr && v.Failovers >= 1 && v.LastFailover != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("shard view after the failover: %+v, want master %s and a failover", v, newMaster)
-		}
-	}
+		v = haShard(t, n, "s2")
+		return v.Master == newMaster && newMaster != old.Addr && v.Failovers >= 1 && v.LastFailover != nil,
+			fmt.Sprintf("shard view after the failover: %+v, want master %s and a failover", v, newMaster)
+	})
 	if m := metric(t, n, `stockd_shard_failovers_total{shard="s2"}`); m < 1 {
 		t.Fatalf("stockd_shard_failovers_total{shard=\"s2\"} = %v", m)
 	}
@@ -306,12 +303,8 @@ func TestHAAddShardKinds(t *testing.T) {
 	if code := adminDo(t, n, "POST", "/admin/shards", body, &v); code != 201 {
 		t.Fatalf("add sentinel shard: %d", code)
 	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if v = haShard(t, n, "s9"); v.Kind == shard.KindSentinel && v.Master == set.Primary.Addr {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("s9 after the add: %+v", v)
-		}
-	}
+	stocktest.Eventually(t, 30*time.Second, func() (bool, string) {
+		v = haShard(t, n, "s9")
+		return v.Kind == shard.KindSentinel && v.Master == set.Primary.Addr, fmt.Sprintf("s9 after the add: %+v", v)
+	})
 }

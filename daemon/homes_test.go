@@ -41,7 +41,7 @@ func deductUntilDefinite(b *stocktest.Buyer, addr, sku string, qty int64, id str
 		if time.Now().After(deadline) {
 			return pairOutcome{err: fmt.Errorf("still 503 after %s", within)}
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // pacing: a gateway's backoff before its retry
 	}
 }
 
@@ -73,7 +73,7 @@ func TestRebalanceRetryPairsOnTwoNodes(t *testing.T) {
 	go func() {
 		defer close(rebalanced)
 		for _, n := range steps {
-			time.Sleep(time.Second)
+			time.Sleep(time.Second) // pacing: spreads the changes over the pairs' run, as described above
 			body := `{"partitions":` + strconv.Itoa(n) + `}`
 			var out map[string]any
 			if code := adminDo(t, nodes[2], "POST", "/admin/skus/"+sku+"/rebalance", body, &out); code != 200 {

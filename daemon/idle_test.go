@@ -36,12 +36,14 @@ func idleCallRate(t *testing.T, skus int, buy bool) (float64, map[string]int64) 
 	wg.Wait()
 	// Start-up: every new stream is read once, every new partition swept
 	// once; the idle round then runs at its own pace.
+	// Pacing: one idle period and 2 s for that start-up; the reads and
+	// sweeps of thousands of SKUs leave no single state to wait for.
 	idlePoll := max(cfg.Sync.IdlePollInterval, cfg.Scheduler.IdleSweepEvery)
 	time.Sleep(idlePoll + 2*time.Second)
 	c := e.shards[0].Client()
 	a := commandCalls(t, c)
 	start := time.Now()
-	time.Sleep(2 * idlePoll)
+	time.Sleep(2 * idlePoll) // pacing: the measurement window, two idle periods
 	total, by := callsBetween(a, commandCalls(t, c))
 	rate := float64(total) / time.Since(start).Seconds()
 	t.Logf("%d idle SKUs: %.1f Redis calls/s %v", skus, rate, by)
@@ -58,20 +60,13 @@ func idleCallRate(t *testing.T, skus int, buy bool) (float64, map[string]int64) 
 			}
 			want[reqID] = true
 		}
-		deadline := time.Now().Add(30 * time.Second)
-		for {
+		stocktest.Eventually(t, 30*time.Second, func() (bool, string) {
 			var got int
 			if err := e.db.QueryRow(`SELECT COUNT(*) FROM deductions WHERE request_id LIKE 'idle-buy-%'`).Scan(&got); err != nil {
 				t.Fatal(err)
 			}
-			if got == len(want) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%d of %d deductions written back after 30 s", got, len(want))
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+			return got == len(want), fmt.Sprintf("%d of %d deductions written back after 30 s", got, len(want))
+		})
 	}
 	return rate, by
 }
@@ -107,7 +102,23 @@ func TestClusterWriteHintsCarryOtherNodesTakes(t *testing.T) {
 	waitKnown(t, nodes, "hinted")
 	// Readers start with a read of the whole stream: let every owner
 	// start its readers first, so that only signals and hints are left.
-	time.Sleep(2 * time.Second)
+	// Each reader counts its reads (stockd_sync_stream_reads_total), and
+	// nothing else reads with the idle reads an hour away.
+	stocktest.Eventually(t, 30*time.Second, func() (bool, string) {
+		owners := clusterOf(t, nodes[0]).Owners
+		for _, n := range nodes {
+			owned := 0
+			for _, p := range owners[n.d.cfg.NodeName].Partitions {
+				if strings.HasPrefix(p, "hinted/") {
+					owned++
+				}
+			}
+			if reads := metric(t, n, "stockd_sync_stream_reads_total"); reads < float64(owned) {
+				return false, fmt.Sprintf("%s: %v stream reads, owns %d partitions", n.d.cfg.NodeName, reads, owned)
+			}
+		}
+		return true, ""
+	})
 	// Buy through a node that owns none of the SKU's partitions: each of
 	// its takes lands in a stream another node reads.
 	var buyer *node
@@ -129,21 +140,14 @@ func TestClusterWriteHintsCarryOtherNodesTakes(t *testing.T) {
 	if o.OK == 0 {
 		t.Fatal("nothing sold")
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	stocktest.Eventually(t, 30*time.Second, func() (bool, string) {
 		var got int
 		if err := e.db.QueryRow(`SELECT COUNT(*) FROM deductions WHERE sku = 'hinted'`).Scan(&got); err != nil {
 			t.Fatal(err)
 		}
-		if got == o.OK {
-			break
-		}
 		if got > o.OK {
 			t.Fatalf("%d detail rows for %d deductions", got, o.OK)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d deductions written back after 30 s", got, o.OK)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return got == o.OK, fmt.Sprintf("%d of %d deductions written back after 30 s", got, o.OK)
+	})
 }

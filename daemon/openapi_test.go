@@ -28,6 +28,7 @@ import (
 
 	"github.com/stockd/stockd/api"
 	"github.com/stockd/stockd/internal/apierr"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
 
@@ -772,25 +773,25 @@ func (v *apiValidator) archive(t *testing.T) {
 	v.do(t, exchange{port: "hot", method: "POST", path: "/v1/release", body: settleBodyOf(tok), want: 200})
 	// Settled once the release is written back to MySQL.
 	del.port, del.want = "admin", http.StatusOK
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := v.client.Do(v.request(del))
-		if err != nil {
+	var resp *http.Response
+	var body []byte
+	_ = stocktest.Wait(30*time.Second, func() (bool, string) { // still 409 at the end: reported below
+		var err error
+		if resp, err = v.client.Do(v.request(del)); err != nil {
 			t.Fatal(err)
 		}
-		body, _ := io.ReadAll(resp.Body)
+		body, _ = io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode == http.StatusConflict && time.Now().Before(deadline) {
+		if resp.StatusCode == http.StatusConflict {
 			v.validate(t, exchange{port: "admin", method: del.method, path: del.path, want: 409}, resp, body)
-			time.Sleep(100 * time.Millisecond)
-			continue
+			return false, ""
 		}
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("DELETE A1 after its release: %d %s", resp.StatusCode, body)
-		}
-		v.validate(t, del, resp, body)
-		break
+		return true, ""
+	})
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("DELETE A1 after its release: %d %s", resp.StatusCode, body)
 	}
+	v.validate(t, del, resp, body)
 	adm(exchange{method: "DELETE", path: del.path, auth: "basic", header: map[string]string{"Content-Type": "application/json"}, want: 200}) // again
 	var view struct {
 		Archived   bool    `json:"archived"`

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"sync"
@@ -66,13 +67,10 @@ func TestJSONLogsParseLineByLine(t *testing.T) {
 	var out syncBuffer
 	n := runNode(t, cfg, &out)
 	putSKU(t, n, "j1", 10, 1, 5, 1)
-	deadline := time.Now().Add(20 * time.Second)
-	for !bytes.Contains(out.Bytes(), []byte(`"msg":"memberlist"`)) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no memberlist line after 20s:\n%s", out.Bytes())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	stocktest.Eventually(t, 20*time.Second, func() (bool, string) {
+		b := out.Bytes()
+		return bytes.Contains(b, []byte(`"msg":"memberlist"`)), fmt.Sprintf("no memberlist line after 20s:\n%s", b)
+	})
 	n.stop()
 
 	lines, memberlist := 0, 0
@@ -150,13 +148,7 @@ func TestShutdownDelayServesWhileNotReady(t *testing.T) {
 
 	stopped := make(chan struct{})
 	go func() { n.stop(); close(stopped) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for readyz() != 503 {
-		if time.Now().After(deadline) {
-			t.Fatal("/readyz did not turn 503 within 10s of the stop")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	stocktest.Until(t, 10*time.Second, "/readyz did not turn 503 within 10s of the stop", func() bool { return readyz() == 503 })
 	a, err := b.Deduct(n.hot, "d1", 1, "draining")
 	if err != nil || a.Code != 200 {
 		t.Fatalf("deduct while draining (readyz 503): %+v %v; want 200", a, err)

@@ -48,6 +48,7 @@ func TestRebalanceUnderLoad(t *testing.T) {
 
 	var wg sync.WaitGroup
 	var during *stocktest.Tally
+	okBefore := metric(t, n, `stockd_deductions_total{outcome="ok"}`)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -56,7 +57,9 @@ func TestRebalanceUnderLoad(t *testing.T) {
 		// stock_wait and get 503, which they retry with the same id.
 		during = crowdOverRetrying(t, b, []string{n.hot}, "rb", 5000, "mid-", 5)
 	}()
-	time.Sleep(50 * time.Millisecond)
+	stocktest.Until(t, 30*time.Second, "the crowd's first answers", func() bool {
+		return metric(t, n, `stockd_deductions_total{outcome="ok"}`) > okBefore
+	})
 	rebalance(t, n, "rb", `{"partitions":8}`)
 	if open, _ := openOn(getSKU(t, n, "rb")); open != 8 {
 		t.Fatalf("%d open partitions after growing to 8", open)
@@ -132,6 +135,7 @@ func TestDrainShardUnderLoad(t *testing.T) {
 	b := stocktest.NewBuyer(256)
 	var wg sync.WaitGroup
 	var o *stocktest.Tally
+	okBefore := metric(t, n, `stockd_deductions_total{outcome="ok"}`)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -139,7 +143,9 @@ func TestDrainShardUnderLoad(t *testing.T) {
 		// (moving partitions while a herd waits on refills, on 2 cores).
 		o = crowdOverRetrying(t, b, []string{n.hot}, "dr", 3000, "x-", 5)
 	}()
-	time.Sleep(50 * time.Millisecond)
+	stocktest.Until(t, 30*time.Second, "the crowd's first answers", func() bool {
+		return metric(t, n, `stockd_deductions_total{outcome="ok"}`) > okBefore
+	})
 	var moved map[string]any
 	if code := adminDo(t, n, "POST", "/admin/shards/s1/drain", "", &moved); code != 200 {
 		t.Fatalf("drain: %d", code)

@@ -93,17 +93,11 @@ func TestDeductReusedWithAnotherQty(t *testing.T) {
 	for _, n := range nodes {
 		// A probe answered sold_out from memory: the node holds the
 		// filter of ids that took.
-		for {
+		stocktest.Until(t, time.Until(deadline), "node "+n.hot+" never answers sold_out from memory", func() bool {
 			before := metric(t, n, "stockd_scheduler_sold_out_from_memory_total")
 			a, err := b.Deduct(n.hot, sku, 1, "probe-"+strconv.FormatInt(time.Now().UnixNano(), 10))
-			if err == nil && a.Code == 409 && metric(t, n, "stockd_scheduler_sold_out_from_memory_total") > before {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("node %s never answers sold_out from memory", n.hot)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return err == nil && a.Code == 409 && metric(t, n, "stockd_scheduler_sold_out_from_memory_total") > before
+		})
 		if code, body := rawDeduct(t, b, n.hot, sku, 5, "r1"); code != 422 || body != reusedBody {
 			t.Fatalf("r1 with another qty after the sell-out on %s: %d %s", n.hot, code, body)
 		}

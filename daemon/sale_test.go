@@ -25,17 +25,12 @@ func verify(t *testing.T, n *node, sku string) audit.Report {
 // verify passes, and returns the report; it fails the test after within.
 func waitSynced(t *testing.T, n *node, sku string, within time.Duration) audit.Report {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		r := verify(t, n, sku)
-		if r.OK && r.InFlightDetails == 0 {
-			return r
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not synced within %s: %+v", within, r)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var r audit.Report
+	stocktest.Eventually(t, within, func() (bool, string) {
+		r = verify(t, n, sku)
+		return r.OK && r.InFlightDetails == 0, fmt.Sprintf("not synced within %s: %+v", within, r)
+	})
+	return r
 }
 
 // checkConserved waits for write-back and asserts that every unit of sku
@@ -212,10 +207,11 @@ func TestRestartMidSale(t *testing.T) {
 	}
 	// First half of the crowd, then stop while a second wave is running.
 	buy(n.hot, 0, 300)
+	firstWave := all.Snapshot().OK
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); buy(n.hot, 300, 900) }()
-	time.Sleep(20 * time.Millisecond)
+	stocktest.Until(t, 30*time.Second, "the second wave's first answers", func() bool { return all.Snapshot().OK > firstWave })
 	n.stop()
 	wg.Wait()
 

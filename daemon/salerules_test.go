@@ -366,7 +366,7 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 				for try := 0; try < 30; try++ {
 					a, err := b.Post(hots(nodes)[(w+i+try)%3], "/v1/deduct", body)
 					if err != nil || a.Code == 503 {
-						time.Sleep(20 * time.Millisecond)
+						time.Sleep(20 * time.Millisecond) // pacing: a gateway's backoff before the next node
 						continue
 					}
 					mu.Lock()
@@ -389,7 +389,7 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 								mu.Unlock()
 								break
 							}
-							time.Sleep(20 * time.Millisecond)
+							time.Sleep(20 * time.Millisecond) // pacing: a gateway's backoff before the next node
 						}
 					}
 					break
@@ -421,10 +421,28 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 				}
 			}
 			samples++
-			time.Sleep(5 * time.Millisecond)
+			time.Sleep(5 * time.Millisecond) // pacing: the sampling period of the peak
 		}
 	}()
-	time.Sleep(1500 * time.Millisecond)
+	// The kill lands while the burst is answered, and the burst goes on
+	// being answered after the move (users at their limit get 409s).
+	answered := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		k := 0
+		for code, n := range answers {
+			if code != -200 {
+				k += n
+			}
+		}
+		return k
+	}
+	answeredMore := func(what string, n int) {
+		t.Helper()
+		from := answered()
+		stocktest.Until(t, 60*time.Second, what, func() bool { return answered() >= from+n })
+	}
+	answeredMore("the burst under way before the kill", 200)
 	procs[1].kill9()
 	killed := time.Now()
 	stocktest.Until(t, 30*time.Second, "the victim's ownership moves", func() bool {
@@ -433,7 +451,7 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 		return !still && alive(c) == 2
 	})
 	moved := time.Since(killed)
-	time.Sleep(2 * time.Second)
+	answeredMore("the survivors answering after the move", 200)
 	close(stop)
 	wg.Wait()
 	<-sampled
@@ -533,7 +551,8 @@ func TestSaleOpensAndClosesAt(t *testing.T) {
 	if early["not_open"] != 30 || after.pool != before.pool || after.levels != before.levels || after.streamEntries != 0 {
 		t.Fatalf("before opens_at: answers %v; pool %d→%d, partitions %d→%d, details %d", early, before.pool, after.pool, before.levels, after.levels, after.streamEntries)
 	}
-	// At the opening the same buyers buy.
+	// At the opening the same buyers buy. Pacing: the wall clock must pass
+	// opens_at, which the nodes compare with their own clocks.
 	time.Sleep(time.Until(opens))
 	for i := 0; i < 30; i++ {
 		if a := userDeduct(t, b, addrs[(i+1)%3], "win", "buyer"+strconv.Itoa(i), 1, "open-"+strconv.Itoa(i)); a.Code != 200 {
@@ -543,7 +562,7 @@ func TestSaleOpensAndClosesAt(t *testing.T) {
 	// closes_at through another node: every node closes, stock remains.
 	closes := time.Now().Add(time.Second).UTC()
 	mustPutSale(t, nodes[1], "win", fmt.Sprintf(`{"total":200,"closes_at":%q}`, closes.Format(time.RFC3339Nano)))
-	time.Sleep(time.Until(closes))
+	time.Sleep(time.Until(closes)) // pacing: the wall clock passes closes_at, as above
 	for i, addr := range addrs {
 		if a := userDeduct(t, b, addr, "win", "late", 1, "late-"+strconv.Itoa(i)); a.Code != 409 || a.Status != "closed" {
 			t.Fatalf("node %d after closes_at: %d %s", i+1, a.Code, a.raw)
@@ -628,6 +647,8 @@ func TestSaleExtend(t *testing.T) {
 		t.Fatalf("confirm of the expired one: %d %s", r.Code, r.raw)
 	}
 	// Let a few more sweeps pass the TTL: the extended one stays reserved.
+	// Pacing: ten sweep periods in which a wrong expiry would happen; a
+	// sweep that releases nothing leaves nothing to observe.
 	time.Sleep(10 * cfg.Sync.ExpireEvery)
 	var state string
 	if err := e.db.QueryRow(`SELECT state FROM deductions WHERE sku = 'ext' AND request_id = 'kept'`).Scan(&state); err != nil || state != "reserved" {

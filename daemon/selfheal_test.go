@@ -138,7 +138,7 @@ func (s *healSale) buy(ctx context.Context, w int, id string) {
 		case err == nil && a.Code == 409:
 			s.count(409)
 			s.report.answer(id, a, err)
-			time.Sleep(20 * time.Millisecond) // in doubt, or between refills
+			time.Sleep(20 * time.Millisecond) // pacing: a buyer's pause after a 409 (units in doubt, or between refills)
 			return
 		case err == nil:
 			s.count(a.Code)
@@ -155,7 +155,7 @@ func (s *healSale) buy(ctx context.Context, w int, id string) {
 			s.report.answer(id, a, err) // unanswered
 			return
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // pacing: a buyer's backoff between failing attempts
 	}
 	if attempt > 0 {
 		s.report.answer(id, a, err) // the sale ended while it was retried: unanswered
@@ -182,20 +182,16 @@ func (s *healSale) confirm(ctx context.Context, tok string) {
 			s.t.Errorf("confirm %s: %+v %v", tok, a, err)
 			return
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // pacing: the payer's backoff before confirming again
 	}
 }
 
 // waitSold waits until n units were answered 200.
 func (s *healSale) waitSold(n int64, within time.Duration) {
 	s.t.Helper()
-	deadline := time.Now().Add(within)
-	for s.ok.Load() < n {
-		if time.Now().After(deadline) {
-			s.t.Fatalf("only %d of %d sold within %s (statuses %v)", s.ok.Load(), n, within, s.statuses())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	stocktest.Eventually(s.t, within, func() (bool, string) {
+		return s.ok.Load() >= n, fmt.Sprintf("only %d of %d sold within %s (statuses %v)", s.ok.Load(), n, within, s.statuses())
+	})
 }
 
 // finish waits for the sale to end and checks it: every unit confirmed
@@ -204,15 +200,14 @@ func (s *healSale) waitSold(n int64, within time.Duration) {
 func (s *healSale) finish(cancel context.CancelFunc, wg *sync.WaitGroup, within time.Duration) {
 	t := s.t
 	t.Helper()
-	deadline := time.Now().Add(within)
 	last := time.Now()
-	for !s.done() && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
+	_ = stocktest.Wait(within, func() (bool, string) { // a timeout is reported below, after the buyers stopped
 		if time.Since(last) > 2*time.Second && testing.Verbose() {
 			last = time.Now()
 			t.Logf("progress: 200s %d, confirmed %d, abandoned ids %d, statuses %v", s.ok.Load(), s.confirmed.Load(), s.abandoned.Load(), s.statuses())
 		}
-	}
+		return s.done(), ""
+	})
 	cancel()
 	wg.Wait()
 	if !s.done() {
@@ -225,17 +220,10 @@ func (s *healSale) finish(cancel context.CancelFunc, wg *sync.WaitGroup, within 
 	// Write-back of the last details, expiry of abandoned reservations.
 	n := s.nodes[0]
 	var r audit.Report
-	deadline = time.Now().Add(20 * time.Second)
-	for {
+	stocktest.Eventually(t, 20*time.Second, func() (bool, string) {
 		r = verify(t, n, s.sku)
-		if r.OK && r.InFlightDetails == 0 && r.Reserved == 0 && r.InDoubt == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not settled: %+v", r)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return r.OK && r.InFlightDetails == 0 && r.Reserved == 0 && r.InDoubt == 0, fmt.Sprintf("not settled: %+v", r)
+	})
 	s.report.books(r.OK, r.Reserved, r.Confirmed)
 	if r.Confirmed != s.total || r.Pool != 0 || r.Doubled != 0 {
 		t.Errorf("MySQL: confirmed %d, pool %d, doubled %d; want %d, 0, 0 (%+v)", r.Confirmed, r.Pool, r.Doubled, s.total, r)
@@ -282,20 +270,17 @@ func TestSelfHealAllShardsRestartedEmpty(t *testing.T) {
 				r.Restart()
 			}
 			s.markRecovery()
-			deadline := time.Now().Add(30 * time.Second)
-			for {
-				if d, ok := s.unsellable(); ok {
-					t.Logf("unsellable for %s after every shard came back empty (%d node(s))", d.Round(time.Millisecond), nodes)
-					break
-				}
-				if time.Now().After(deadline) {
-					cancel()
-					wg.Wait()
-					t.Fatalf("no deduction answered 200 within 30s of every shard answering again (sold %d of %d, statuses %v)",
-						s.ok.Load(), total, s.statuses())
-				}
-				time.Sleep(10 * time.Millisecond)
+			var unsellable time.Duration
+			if err := stocktest.Wait(30*time.Second, func() (ok bool, _ string) {
+				unsellable, ok = s.unsellable()
+				return ok, ""
+			}); err != nil {
+				cancel()
+				wg.Wait()
+				t.Fatalf("no deduction answered 200 within 30s of every shard answering again (sold %d of %d, statuses %v)",
+					s.ok.Load(), total, s.statuses())
 			}
+			t.Logf("unsellable for %s after every shard came back empty (%d node(s))", unsellable.Round(time.Millisecond), nodes)
 			s.finish(cancel, wg, 45*time.Second)
 			checkFenced(t, e.db, "heal", "", 4)
 			checkReplaced(t, ns, 4)
@@ -322,26 +307,21 @@ func TestSelfHealShardKilled(t *testing.T) {
 	victim := "s2"
 	e.shards[1].Kill()
 	killed := time.Now()
-	deadline := killed.Add(cfg.Preallocate.ReplaceAfter + 20*time.Second)
-	for {
-		var open, onVictim int
+	var open, onVictim int
+	if err := stocktest.Wait(cfg.Preallocate.ReplaceAfter+20*time.Second, func() (bool, string) {
 		if err := e.db.QueryRow(`SELECT COUNT(*), COALESCE(SUM(shard = ?), 0) FROM partitions WHERE sku = 'dead' AND state = 'open'`,
 			victim).Scan(&open, &onVictim); err != nil {
 			t.Fatal(err)
 		}
-		if open == 6 && onVictim == 0 {
-			t.Logf("partitions of the killed shard replaced %s after the kill (replace_after %s)",
-				time.Since(killed).Round(time.Millisecond), cfg.Preallocate.ReplaceAfter)
-			break
-		}
-		if time.Now().After(deadline) {
-			cancel()
-			wg.Wait()
-			t.Fatalf("partitions not replaced %s after the kill: %d open, %d on %s; sale stuck at %d of %d confirmed (statuses %v)",
-				time.Since(killed).Round(time.Millisecond), open, onVictim, victim, s.confirmed.Load(), total, s.statuses())
-		}
-		time.Sleep(100 * time.Millisecond)
+		return open == 6 && onVictim == 0, ""
+	}); err != nil {
+		cancel()
+		wg.Wait()
+		t.Fatalf("partitions not replaced %s after the kill: %d open, %d on %s; sale stuck at %d of %d confirmed (statuses %v)",
+			time.Since(killed).Round(time.Millisecond), open, onVictim, victim, s.confirmed.Load(), total, s.statuses())
 	}
+	t.Logf("partitions of the killed shard replaced %s after the kill (replace_after %s)",
+		time.Since(killed).Round(time.Millisecond), cfg.Preallocate.ReplaceAfter)
 	s.finish(cancel, wg, 45*time.Second)
 	checkFenced(t, e.db, "dead", victim, 2)
 	checkReplaced(t, []*node{n}, 2)
@@ -354,21 +334,15 @@ func checkFenced(t *testing.T, db *sql.DB, sku, shard string, n int) {
 	t.Helper()
 	// A partition with nothing in doubt is resolved on the owner's next
 	// pass, perhaps after the sale ended.
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		var fenced, resolved int
+	var fenced, resolved int
+	if err := stocktest.Wait(15*time.Second, func() (bool, string) {
 		if err := db.QueryRow(`SELECT COUNT(*), COALESCE(SUM(doubt_resolved_at IS NOT NULL), 0) FROM partitions
 		                        WHERE sku = ? AND state = 'fenced' AND (? = '' OR shard = ?)`, sku, shard, shard).Scan(&fenced, &resolved); err != nil {
 			t.Fatal(err)
 		}
-		if fenced >= n && resolved >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("%s: %d partitions fenced, %d with their doubt resolved; want at least %d", sku, fenced, resolved, n)
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
+		return fenced >= n && resolved >= n, ""
+	}); err != nil {
+		t.Errorf("%s: %d partitions fenced, %d with their doubt resolved; want at least %d", sku, fenced, resolved, n)
 	}
 }
 
@@ -458,34 +432,25 @@ func TestSelfHealFrozenShardMarkedFencedWhenBack(t *testing.T) {
 	}
 
 	e.shards[1].Stop()
-	deadline := time.Now().Add(cfg.Preallocate.ReplaceAfter + 20*time.Second)
-	for {
+	stocktest.Eventually(t, cfg.Preallocate.ReplaceAfter+20*time.Second, func() (bool, string) {
 		var state string
 		var open int
 		if err := e.db.QueryRow(`SELECT state, (SELECT COUNT(*) FROM partitions WHERE sku = 'frz' AND state = 'open' AND shard <> 's2')
 		                          FROM partitions WHERE sku = 'frz' AND pid = ?`, pid).Scan(&state, &open); err != nil {
 			t.Fatal(err)
 		}
-		if state == "fenced" && open == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("partition %d on the frozen shard: %s, %d open elsewhere; want fenced and replaced", pid, state, open)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return state == "fenced" && open == 2,
+			fmt.Sprintf("partition %d on the frozen shard: %s, %d open elsewhere; want fenced and replaced", pid, state, open)
+	})
 	e.shards[1].Continue()
 	before := levels()
 	if !strings.HasSuffix(before, "/open") && !strings.HasSuffix(before, "/fenced") {
 		t.Fatalf("state of partition %d after the thaw: %s", pid, before)
 	}
-	deadline = time.Now().Add(15 * time.Second)
-	for !strings.HasSuffix(levels(), "/fenced") {
-		if time.Now().After(deadline) {
-			t.Fatalf("partition %d not marked fenced in redis 15s after its shard answered again: %s", pid, levels())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	stocktest.Eventually(t, 15*time.Second, func() (bool, string) {
+		l := levels()
+		return strings.HasSuffix(l, "/fenced"), fmt.Sprintf("partition %d not marked fenced in redis 15s after its shard answered again: %s", pid, l)
+	})
 	marked := levels()
 	t.Logf("partition %d on the thawed shard: %s right after the thaw, %s once marked", pid, before, marked)
 

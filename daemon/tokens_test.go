@@ -187,17 +187,12 @@ func TestForgedTokensCreateNothing(t *testing.T) {
 // and returns the report.
 func waitLanded(t *testing.T, n *node, sku string, within time.Duration) audit.Report {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		r := verify(t, n, sku)
-		if r.InFlightDetails == 0 {
-			return r
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("details still in flight after %s: %+v", within, r)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var r audit.Report
+	stocktest.Eventually(t, within, func() (bool, string) {
+		r = verify(t, n, sku)
+		return r.InFlightDetails == 0, fmt.Sprintf("details still in flight after %s: %+v", within, r)
+	})
+	return r
 }
 
 // pausedApplier holds the write-back queue with an exclusive consumer of
@@ -276,13 +271,7 @@ func TestSettleWhileTrimmedNotApplied(t *testing.T) {
 	}
 	pause.waitHeld(1, 15*time.Second)
 	// Published and trimmed: nothing left in Redis, nothing in MySQL.
-	deadline := time.Now().Add(10 * time.Second)
-	for e.ledger("gap").streamEntries != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("stream not trimmed after the broker confirmed")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	stocktest.Until(t, 10*time.Second, "stream not trimmed after the broker confirmed", func() bool { return e.ledger("gap").streamEntries == 0 })
 	pool := e.ledger("gap").pool
 	for _, path := range []string{"/v1/release", "/v1/confirm"} {
 		if a := settle(t, b, n.hot, path, toks[0]); a.Code != 503 {
@@ -377,17 +366,10 @@ func TestGenuineTokensEveryPath(t *testing.T) {
 	expect("/v1/release", late[3], 409, "confirmed")
 
 	// early[4:], late[4:] were never settled: they expire after the TTL.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	stocktest.Eventually(t, 30*time.Second, func() (bool, string) {
 		r := verify(t, n, "paths")
-		if r.Released == 8 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("expiry did not release the 4 unsettled reservations: %+v", r)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return r.Released == 8, fmt.Sprintf("expiry did not release the 4 unsettled reservations: %+v", r)
+	})
 	for _, tok := range []string{early[4], late[5]} {
 		expect("/v1/release", tok, 200, "released") // already, by expiry
 		expect("/v1/confirm", tok, 409, "released")

@@ -196,13 +196,12 @@ func levelsOf(v admin.SKUView) levels {
 	return levels(sb.String())
 }
 
-// settledLevels waits until the SKU's levels read the same three times in
-// a row, 200 ms apart (no refill or swap still under way).
+// settledLevels waits until the SKU's levels read the same for 400 ms,
+// three reads or more (no refill or swap still under way).
 func settledLevels(t *testing.T, n *node, sku string) levels {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	last, same := levels(""), 0
-	for {
+	last, same, since := levels(""), 0, time.Now()
+	stocktest.Eventually(t, 10*time.Second, func() (bool, string) {
 		v := getSKU(t, n, sku)
 		if len(v.Partitions) != 4 {
 			t.Fatalf("sku %s has %d partitions, want 4", sku, len(v.Partitions))
@@ -211,16 +210,11 @@ func settledLevels(t *testing.T, n *node, sku string) levels {
 		if cur == last {
 			same++
 		} else {
-			last, same = cur, 1
+			last, same, since = cur, 1, time.Now()
 		}
-		if same == 3 {
-			return cur
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("levels of %s still moving after 10s: %s", sku, cur)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return same >= 3 && time.Since(since) >= 400*time.Millisecond, fmt.Sprintf("levels of %s still moving after 10s: %s", sku, cur)
+	})
+	return last
 }
 
 var (

@@ -66,11 +66,12 @@ func steadySale(t *testing.T, b *stocktest.Buyer, addr, sku, idPrefix string, wo
 				a, err := b.Deduct(addr, sku, 1, id)
 				if err == nil && a.Code == 503 {
 					// Safe to retry with the same id; it must not double.
+					// Pacing: a gateway's backoff before its retry.
 					time.Sleep(50 * time.Millisecond)
 					a, err = b.Deduct(addr, sku, 1, id)
 				}
 				o.Add(t, id, a, err)
-				time.Sleep(2 * time.Millisecond)
+				time.Sleep(2 * time.Millisecond) // pacing: a buyer's think time, so the sale is steady, not a flood
 			}
 		}()
 	}
@@ -89,17 +90,25 @@ func TestBrokerOutageMidSale(t *testing.T) {
 
 	stop := make(chan struct{})
 	o, wg := steadySale(t, b, n.hot, "mq", "s-", 4, stop)
-	time.Sleep(time.Second)
+	// Each reset lands once the batcher has (re)connected and a batch of
+	// this sale was confirmed since the previous one.
+	const confirmed = `stockd_sync_publish_total{result="confirmed"}`
+	published := func(what string) {
+		t.Helper()
+		since := metric(t, n, confirmed)
+		stocktest.Until(t, 30*time.Second, what, func() bool { return metric(t, n, confirmed) > since })
+	}
+	published("a batch confirmed before the first reset")
 	mq.Reset()
-	time.Sleep(time.Second)
+	published("a batch confirmed after the first reset")
 	mq.Reset()
-	time.Sleep(time.Second)
+	published("a batch confirmed after the second reset")
 	mq.Cut()
 	okAtCut := o.Snapshot().OK
-	time.Sleep(outage)
+	time.Sleep(outage) // pacing: the outage itself, buyers running throughout
 	okDuringCut := o.Snapshot().OK
 	mq.Restore()
-	time.Sleep(time.Second)
+	published("a batch confirmed once the broker is back")
 	close(stop)
 	wg.Wait()
 
@@ -125,13 +134,20 @@ func TestDatabaseOutageMidSale(t *testing.T) {
 
 	stop := make(chan struct{})
 	o, wg := steadySale(t, b, n.hot, "db", "s-", 4, stop)
-	time.Sleep(time.Second)
+	// The cut lands once details of this sale were applied, and the sale
+	// stops once the applier has applied again after the restore.
+	const inserted = `stockd_sync_details_applied_total{result="inserted"}`
+	stocktest.Until(t, 30*time.Second, "details applied before the cut", func() bool { return metric(t, n, inserted) > 0 })
 	my.Cut()
 	okAtCut := o.Snapshot().OK
-	time.Sleep(outage)
+	time.Sleep(outage) // pacing: the outage itself, buyers running throughout
 	okDuringCut := o.Snapshot().OK
+	appliedAtRestore := metric(t, n, inserted)
 	my.Restore()
-	time.Sleep(2 * time.Second)
+	stocktest.Until(t, 60*time.Second, "details applied again once MySQL is back", func() bool {
+		ok := o.Snapshot().OK
+		return metric(t, n, inserted) > appliedAtRestore && ok > okDuringCut
+	})
 	close(stop)
 	wg.Wait()
 
@@ -227,17 +243,10 @@ func TestExpiredReservationsSellAgain(t *testing.T) {
 		confirmed++
 	}
 	// Wait for the TTL to pass and expiry to release the other 70.
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	stocktest.Eventually(t, 15*time.Second, func() (bool, string) {
 		r := verify(t, n, "exp")
-		if r.Released == 70 && r.InFlightDetails == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("expiry did not release 70 units: %+v", r)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return r.Released == 70 && r.InFlightDetails == 0, fmt.Sprintf("expiry did not release 70 units: %+v", r)
+	})
 	second := stocktest.Crowd(t, b, n.hot, "exp", 150, "b-", func(int) int64 { return 1 })
 	if second.OK != 70 {
 		t.Fatalf("after expiry: %d sold, want exactly 70", second.OK)
@@ -300,8 +309,7 @@ func TestRedeliveryAndPoison(t *testing.T) {
 		}
 	}
 	// The poison messages reach the dead-letter queue; the applier goes on.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	stocktest.Eventually(t, 10*time.Second, func() (bool, string) {
 		q, err := ch.QueueDeclarePassive(e.queue+".dlq", true, false, false, false, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -311,14 +319,9 @@ func TestRedeliveryAndPoison(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if q.Messages == 2 && main.Messages == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dead-letter queue holds %d messages, main queue %d; want 2 and 0", q.Messages, main.Messages)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return q.Messages == 2 && main.Messages == 0,
+			fmt.Sprintf("dead-letter queue holds %d messages, main queue %d; want 2 and 0", q.Messages, main.Messages)
+	})
 	// Selling and syncing still work, and the replays changed nothing.
 	more := stocktest.Crowd(t, b, n.hot, "redo", 50, "y-", func(int) int64 { return 1 })
 	after := checkConserved(t, e, n, "redo", o.Units+more.Units)

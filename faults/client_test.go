@@ -207,7 +207,7 @@ func (b *buyers) finish(o *op) {
 			if time.Since(start) > b.giveUp {
 				break
 			}
-			time.Sleep(backoff/2 + rand.N(backoff/2+1))
+			time.Sleep(backoff/2 + rand.N(backoff/2+1)) // pacing: the gateway's jittered exponential backoff
 			backoff = min(2*backoff, 250*time.Millisecond)
 		}
 		b.attempt(o, node)
@@ -237,7 +237,7 @@ func (b *buyers) buyTwice(clientID int, id string, qty int64) *op {
 			defer wg.Done()
 			start, backoff := time.Now(), 10*time.Millisecond
 			for !b.attempt(c, node) && time.Since(start) < b.giveUp {
-				time.Sleep(backoff/2 + rand.N(backoff/2+1))
+				time.Sleep(backoff/2 + rand.N(backoff/2+1)) // pacing: the gateway's jittered backoff
 				backoff = min(2*backoff, 250*time.Millisecond)
 			}
 		}(k)
@@ -440,7 +440,7 @@ func (b *buyers) reask(skip func(*op) bool) (asked, differ int) {
 					if err == nil && a.Code != 503 && a.Code != 429 {
 						break
 					}
-					time.Sleep(50 * time.Millisecond)
+					time.Sleep(50 * time.Millisecond) // pacing: a gateway's backoff after a 503 or 429
 				}
 				mu.Lock()
 				asked++

@@ -48,11 +48,11 @@ func TestNodeFrozen(t *testing.T) {
 	buyers := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 2 * time.Second}), sku, h, a.hot, b.hot)
 	stop := make(chan struct{})
 	done := buyers.closedLoop(16, &ids{prefix: "buyer-", n: -1}, 1, stop, false)
-	time.Sleep(3 * time.Second)
+	time.Sleep(3 * time.Second) // pacing: 3 s of load on both nodes before the freeze (its figures are reported)
 	okBefore, _, _, _ := h.count()
 	a.signal(syscall.SIGSTOP)
 	frozen := time.Now()
-	time.Sleep(12 * time.Second)
+	time.Sleep(12 * time.Second) // pacing: a stays frozen this long (the case's shape)
 	okDuring, _, _, _ := h.count()
 	a.signal(syscall.SIGCONT)
 	thawed := time.Now()
@@ -65,7 +65,7 @@ func TestNodeFrozen(t *testing.T) {
 	if !served {
 		t.Errorf("a did not sell again within 30s of SIGCONT")
 	}
-	time.Sleep(3 * time.Second) // both nodes sell, a as a stale owner at first
+	time.Sleep(3 * time.Second) // pacing: both nodes sell, a as a stale owner at first
 	close(stop)
 	done()
 	buyers.checkAnswers()

@@ -84,7 +84,7 @@ func TestFastClientFlood429(t *testing.T) {
 		if o := polite.buy(100, fmt.Sprintf("polite-%d", i), 1); o.Status != statusOK || o.Attempts != 1 {
 			politeBad++
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // pacing: the polite client's rate, 20 a second
 	}
 	close(stop)
 	wg.Wait()
@@ -183,7 +183,7 @@ func TestFastWrongGossipKey(t *testing.T) {
 				t.Fatalf("%s lists %v (%v); want only itself", n.name, m, err)
 			}
 		}
-		time.Sleep(250 * time.Millisecond)
+		time.Sleep(250 * time.Millisecond) // pacing: one look every 250 ms for 5 s; staying alone has no event to wait for
 	}
 	t.Logf("a and b joined in %s; c (wrong key) and plain (no key) stayed alone for 5s", took.Round(time.Millisecond))
 }

@@ -389,23 +389,29 @@ func (d *stockd) start(wait bool) {
 
 // waitReady waits for /readyz to answer 200.
 func (d *stockd) waitReady(within time.Duration) error {
-	deadline := time.Now().Add(within)
 	c := &http.Client{Timeout: time.Second}
-	for time.Now().Before(deadline) {
+	exited := false
+	err := stocktest.Wait(within, func() (bool, string) {
 		select {
 		case <-d.exitedCh():
-			return fmt.Errorf("exited before it was ready")
+			exited = true
+			return true, ""
 		default:
 		}
-		if resp, err := c.Get("http://" + d.hot + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
+		resp, err := c.Get("http://" + d.hot + "/readyz")
+		if err != nil {
+			return false, ""
 		}
-		time.Sleep(50 * time.Millisecond)
+		resp.Body.Close()
+		return resp.StatusCode == 200, ""
+	})
+	switch {
+	case exited:
+		return fmt.Errorf("exited before it was ready")
+	case err != nil:
+		return fmt.Errorf("not ready within %s", within)
 	}
-	return fmt.Errorf("not ready within %s", within)
+	return nil
 }
 
 func (d *stockd) exitedCh() chan struct{} {

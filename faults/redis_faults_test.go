@@ -84,7 +84,7 @@ func TestFailoverToReplica(t *testing.T) {
 			}
 			rf.fault = func(e *env, d *stockd, victim *shardProc) string {
 				link.blackhole()
-				time.Sleep(time.Second) // selling goes on; the replica hears nothing
+				time.Sleep(time.Second) // pacing: 1 s of selling the replica never hears (the case says so)
 				primaryOff := redisInfo(t, victim.Redis, "replication")["master_repl_offset"]
 				victim.Redis.Kill()
 				replicaOff := redisInfo(t, replica, "replication")["slave_repl_offset"]

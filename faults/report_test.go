@@ -324,7 +324,7 @@ func settle(t *testing.T, e *env, d *stockd, sku string, h *history, w *doubtWat
 				}
 			}
 			if wait := lastGiveUp + o.requestTimeout - h.now(); r.Unknown > 0 && wait > 0 {
-				time.Sleep(wait)
+				time.Sleep(wait) // pacing: the last unanswered request's timeout runs out; the client side has nothing to observe
 				if rep, verr = d.verify(sku); verr != nil || !rep.OK {
 					t.Errorf("verify after waiting for unanswered requests: %+v %v", rep, verr)
 				}

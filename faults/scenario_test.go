@@ -50,7 +50,7 @@ func (p *payer) run() {
 	defer p.wg.Done()
 	for o := range p.ch {
 		if wait := o.End + p.delay - p.h.now(); wait > 0 {
-			time.Sleep(wait)
+			time.Sleep(wait) // pacing: the payment delay this payer models
 		}
 		deadline := time.Now().Add(60 * time.Second)
 		for {
@@ -78,7 +78,7 @@ func (p *payer) run() {
 			case time.Now().After(deadline):
 				p.failed.Add(1)
 			default:
-				time.Sleep(50 * time.Millisecond)
+				time.Sleep(50 * time.Millisecond) // pacing: the payer's backoff before confirming again
 				continue
 			}
 			break
@@ -125,7 +125,7 @@ func startProbe(b *buyers, sku string, pids []int, homes map[int]bool, prefix st
 				b.t.Errorf("probe: sold out before a request homed on %v sold again; the case sells too little stock to see recovery", homes)
 				return
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // pacing: one probe every 20 ms; the probe itself measures the recovery
 		}
 	}()
 	return p
@@ -352,7 +352,7 @@ func shardKill(mode string, downFor time.Duration) redisFault {
 	}
 	rf.fault = func(e *env, d *stockd, victim *shardProc) string {
 		victim.Redis.Kill()
-		time.Sleep(downFor)
+		time.Sleep(downFor) // pacing: the shard stays down this long while buyers run
 		victim.Redis.Restart()
 		how := "from its AOF"
 		if mode == "none" {
@@ -400,20 +400,20 @@ func runTimeoutStorm(t *testing.T, ts timeoutStorm) *report.Result {
 	b := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 2 * ts.timeout}), sku, h, d.hot)
 	w := watchDoubt(e, sku)
 	done := b.openLoop(ts.rate, &ids{prefix: "buyer-", n: ts.requests}, 1)
-	time.Sleep(ts.spikeAfter)
+	time.Sleep(ts.spikeAfter) // pacing: the load runs this long before the spike (the case's shape)
 	start := time.Now()
 	flaps := 0
 	for time.Since(start) < ts.spike {
 		slow.Proxy.latency(ts.latencyMS)
 		flaps++
 		if ts.flapOn == 0 {
-			time.Sleep(ts.spike)
+			time.Sleep(ts.spike) // pacing: the spike's length
 		} else {
-			time.Sleep(min(ts.flapOn, ts.spike-time.Since(start)))
+			time.Sleep(min(ts.flapOn, ts.spike-time.Since(start))) // pacing: one flap's slow part
 		}
 		slow.Proxy.clear()
 		if ts.flapOff > 0 && time.Since(start) < ts.spike {
-			time.Sleep(ts.flapOff)
+			time.Sleep(ts.flapOff) // pacing: one flap's quiet part
 		}
 	}
 	spiked := time.Since(start)
@@ -505,7 +505,7 @@ func runRebalanceRetry(t *testing.T, rr rebalanceRetry) *report.Result {
 	}()
 	var changes []string
 	for _, n := range rr.steps {
-		time.Sleep(rr.gap)
+		time.Sleep(rr.gap) // pacing: the case's gap between rebalances
 		if code, body := c.adminDo("POST", "/admin/skus/"+sku+"/rebalance", fmt.Sprintf(`{"partitions":%d}`, n), nil); code != 200 {
 			t.Errorf("rebalance to %d: %d %s", n, code, body)
 		}

@@ -99,7 +99,7 @@ func TestSlowShard(t *testing.T) {
 	slow.Proxy.slow(200)
 	phases = append(phases, openLoop("slow200ms"))
 	slow.Proxy.clear()
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // pacing: a cool-down between measured phases
 	phases = append(phases, openLoop("base2"))
 	slow.Proxy.blackhole()
 	phases = append(phases, openLoop("blackhole"))

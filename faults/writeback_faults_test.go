@@ -31,21 +31,21 @@ func TestWriteBackFaults(t *testing.T) {
 		{"rabbitmq-connection-reset", true, func(t *testing.T, e *env, d *stockd) string {
 			for i := 0; i < 3; i++ {
 				e.amqp.resetPeer()
-				time.Sleep(300 * time.Millisecond)
+				time.Sleep(300 * time.Millisecond) // pacing: the fault's shape, as reported
 				e.amqp.clear()
-				time.Sleep(time.Second)
+				time.Sleep(time.Second) // pacing: the fault's shape, as reported
 			}
 			return "3 times: every AMQP connection reset (reset_peer) for 300 ms, then 1 s of peace"
 		}},
 		{"rabbitmq-unreachable", true, func(t *testing.T, e *env, d *stockd) string {
 			e.amqp.blackhole()
-			time.Sleep(15 * time.Second)
+			time.Sleep(15 * time.Second) // pacing: the outage's length, as reported
 			e.amqp.clear()
 			return "broker blackholed (timeout toxic, both ways) for 15 s"
 		}},
 		{"rabbitmq-memory-alarm", true, func(t *testing.T, e *env, d *stockd) string {
 			restore := memoryAlarm(t)
-			time.Sleep(10 * time.Second)
+			time.Sleep(10 * time.Second) // pacing: the alarm's length, as reported
 			restore()
 			return "vm_memory_high_watermark 0.0001 (publishers blocked) for 10 s, then restored"
 		}},
@@ -57,13 +57,13 @@ func TestWriteBackFaults(t *testing.T) {
 			// Applying is slowed so that the kill lands mid-batch.
 			e.mysql.slow(20)
 			defer e.mysql.clear()
-			time.Sleep(time.Second)
+			time.Sleep(time.Second) // pacing: 1 s of slowed applying, so the kill finds a batch in flight
 			down := killService(t, "mariadb")
 			return fmt.Sprintf("MySQL slowed by 20 ms, kill -9 of mariadbd mid-batch, restarted by scripts/services.sh (InnoDB crash recovery): answering again after %s", down.Round(time.Millisecond))
 		}},
 		{"mariadb-unreachable", true, func(t *testing.T, e *env, d *stockd) string {
 			e.mysql.blackhole()
-			time.Sleep(15 * time.Second)
+			time.Sleep(15 * time.Second) // pacing: the outage's length, as reported
 			e.mysql.clear()
 			return "MySQL blackholed (timeout toxic, both ways) mid-batch for 15 s"
 		}},
@@ -72,7 +72,7 @@ func TestWriteBackFaults(t *testing.T) {
 			// kills land while batches are being applied, before their ack.
 			e.mysql.slow(20)
 			for i := 0; i < 3; i++ {
-				time.Sleep(1500 * time.Millisecond)
+				time.Sleep(1500 * time.Millisecond) // pacing: 1.5 s of applying between kills
 				d.kill9()
 				d.restart()
 			}
@@ -92,7 +92,7 @@ func TestWriteBackFaults(t *testing.T) {
 			w := watchDoubt(e, sku)
 			stop := make(chan struct{})
 			done := b.closedLoop(8, &ids{prefix: "buyer-", n: -1}, 1, stop, false)
-			time.Sleep(2 * time.Second)
+			time.Sleep(2 * time.Second) // pacing: 2 s of load before the fault, the case's shape (its figures are reported)
 
 			// Write-back lag: units acknowledged but not yet in MySQL.
 			lagStop := make(chan struct{})

@@ -173,7 +173,7 @@ func TestConcurrentRetriesTakeOnce(t *testing.T) {
 					if res, err = r.sched.Deduct(ctx, "storm", qty, id, ""); !errors.Is(err, ErrUnavailable) {
 						break
 					}
-					time.Sleep(50 * time.Millisecond)
+					time.Sleep(50 * time.Millisecond) // pacing: a caller's backoff before retrying the same id
 				}
 				if err != nil {
 					t.Errorf("%s: %v", id, err)

@@ -86,7 +86,7 @@ func TestSoldOutVerdictIsConfirmedWithMySQL(t *testing.T) {
 	if _, _, err := r.store.Put(ctx, "conf", preallocate.Spec{Total: 30}, preallocate.Spec{}, []string{"s1", "s2"}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(maxAge) // the verdict's last confirmation is now older than maxAge
+	time.Sleep(maxAge) // pacing: the verdict's last confirmation is now older than maxAge, which the scheduler measures
 	res, err := r.sched.Deduct(ctx, "conf", 1, "after-restock", "")
 	if err != nil || res.Status != OK {
 		t.Fatalf("first request after the restock: %+v %v", res, err)
@@ -103,7 +103,7 @@ func TestSoldOutVerdictIsConfirmedWithMySQL(t *testing.T) {
 		}
 	}
 	broken.Store(true)
-	time.Sleep(maxAge)
+	time.Sleep(maxAge) // pacing: as above, so the next sold_out needs a confirmation from MySQL
 	if _, err := r.sched.Deduct(ctx, "conf", 1, "while-broken", ""); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("with MySQL away: %v, want ErrUnavailable", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
 
@@ -39,16 +40,12 @@ func TestStartUnreachable(t *testing.T) {
 	go set.Probe(ctx, 50*time.Millisecond)
 	good.Restart()
 	noAOF.Restart()
-	deadline := time.Now().Add(5 * time.Second)
-	for !g.Healthy() {
-		if time.Now().After(deadline) {
-			t.Fatal("shard not healthy 5s after it came back")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	stocktest.Until(t, 5*time.Second, "shard not healthy 5s after it came back", g.Healthy)
 	// A call that succeeds on the unchecked shard does not make it healthy.
 	c := n.client()
 	n.observe(c.Do(ctx, c.B().Ping().Build()).Error())
+	// Pacing: ten probe periods (50 ms) in which the shard must not turn
+	// healthy; a change that does not happen leaves nothing to wait for.
 	time.Sleep(500 * time.Millisecond)
 	if n.Healthy() {
 		t.Fatal("a shard declared aof that runs without appendonly became healthy")

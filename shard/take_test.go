@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
 
@@ -245,17 +246,10 @@ func TestFindDetailWaitsForReplicas(t *testing.T) {
 	primary := testenv.StartRedis(t)
 	replica := testenv.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(primary.Port), "--repl-diskless-sync-delay", "0")
 	c := primary.Client()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	stocktest.Eventually(t, 10*time.Second, func() (bool, string) {
 		info, _ := c.Do(ctx, c.B().Info().Section("replication").Build()).ToString()
-		if strings.Contains(info, "connected_slaves:1") && strings.Contains(info, "state=online") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("replica did not sync: %s", info)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return strings.Contains(info, "connected_slaves:1") && strings.Contains(info, "state=online"), "replica did not sync: " + info
+	})
 	set, err := Open(ctx, []Config{{ID: "s1", Addr: primary.Addr, Settings: Settings{
 		// 2 s: ample for a loaded machine's replica to acknowledge; the
 		// frozen replica below then costs one such wait per call.

@@ -10,6 +10,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
 
@@ -113,17 +114,16 @@ func TestQuorumPublishConsumeDeadLetter(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			d, ok, err := ch.Get(queue, false)
-			if err != nil {
+		var d amqp.Delivery
+		stocktest.Until(t, 30*time.Second, "no message in "+queue+" within 30s", func() bool {
+			var ok bool
+			var err error
+			if d, ok, err = ch.Get(queue, false); err != nil {
 				t.Fatalf("get from %s: %v", queue, err)
 			}
-			if ok {
-				return d
-			}
-		}
-		t.Fatalf("no message in %s within 30s", queue)
-		return amqp.Delivery{}
+			return ok
+		})
+		return d
 	}
 	// Taken and dropped with its channel: delivered again, marked.
 	first := get(q)

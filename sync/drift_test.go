@@ -3,6 +3,7 @@ package sync
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"log/slog"
 	gosync "sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
@@ -139,17 +141,10 @@ func TestBatcherReaderRestartThenApply(t *testing.T) {
 		s.Batcher.Run(bctx)
 	}()
 	// Wait until the stream is trimmed: every detail is published.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	stocktest.Eventually(t, 30*time.Second, func() (bool, string) {
 		es, err := p.ReadEntries(ctx, "", 1)
-		if err == nil && len(es) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("stream not published within 30s (%v)", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return err == nil && len(es) == 0, fmt.Sprintf("stream not published within 30s (%v)", err)
+	})
 	stop()
 	<-done
 

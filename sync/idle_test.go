@@ -2,6 +2,7 @@ package sync
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
@@ -48,17 +50,10 @@ func TestBatcherSafetyReadFindsUnsignalledTakes(t *testing.T) {
 	t.Cleanup(func() { stop(); <-done })
 	published := func(what string) {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
+		stocktest.Eventually(t, 30*time.Second, func() (bool, string) {
 			es, err := mine.ReadEntries(ctx, "", 1)
-			if err == nil && len(es) == 0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s not published within 30s (%v)", what, err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return err == nil && len(es) == 0, fmt.Sprintf("%s not published within 30s (%v)", what, err)
+		})
 	}
 	published("the backlog at start")
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
 
@@ -224,20 +226,16 @@ func TestMQPeerEngine(t *testing.T) {
 		t.Fatalf("%d ok request ids for 5 units: %v", len(okIDs), okIDs)
 	}
 	db := testenv.OpenDB(t, dsn)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	stocktest.Eventually(t, 30*time.Second, func() (bool, string) {
 		var n int
 		if err := db.QueryRow("SELECT COUNT(*) FROM orders").Scan(&n); err != nil {
 			t.Fatal(err)
 		}
-		if n == len(okIDs) {
-			break
-		}
-		if n > len(okIDs) || time.Now().After(deadline) {
+		if n > len(okIDs) {
 			t.Fatalf("%d order rows for %d ok request ids", n, len(okIDs))
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return n == len(okIDs), fmt.Sprintf("%d order rows for %d ok request ids", n, len(okIDs))
+	})
 	rows, err := db.Query("SELECT request_id, sku, qty FROM orders")
 	if err != nil {
 		t.Fatal(err)

@@ -332,7 +332,7 @@ func TestOpenLoopBacklogCountsFromIntendedTime(t *testing.T) {
 	// so queueing delay must show up in the latency (coordinated omission).
 	s := newStub(t, nil)
 	s.srv.Handler = func(ctx *fasthttp.RequestCtx) {
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // pacing: the stub's service time, which the test measures against
 		ctx.SetBodyString(`{"status":"sold_out"}`)
 	}
 	o := runMain(t, "-url", s.url(), "-c", "1", "-rate", "200", "-d", "300ms")
@@ -628,7 +628,7 @@ func TestOverhead(t *testing.T) {
 func TestClosedLoopThroughputWithWarmup(t *testing.T) {
 	s := newStub(t, nil)
 	s.srv.Handler = func(ctx *fasthttp.RequestCtx) {
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // pacing: the stub's service time L (the rate must be c/L)
 		ctx.SetStatusCode(409)
 		ctx.SetBodyString(`{"status":"sold_out"}`)
 	}

@@ -5,12 +5,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // lockedBuffer collects log output written from several goroutines.
@@ -86,10 +89,10 @@ func TestMemberlistWarningIsLoggedAtWarn(t *testing.T) {
 	defer conn.Close()
 	// memberlist's hasCrcMsg (12), a CRC of zero, one byte of payload.
 	bad := []byte{12, 0, 0, 0, 0, 'x'}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	stocktest.Eventually(t, 20*time.Second, func() (bool, string) {
 		conn.Write(bad) // UDP: resent until the warning shows
-		for _, e := range buf.entries(t) {
+		entries := buf.entries(t)
+		for _, e := range entries {
 			line, _ := e["line"].(string)
 			if !strings.Contains(line, "invalid checksum") {
 				continue
@@ -97,11 +100,8 @@ func TestMemberlistWarningIsLoggedAtWarn(t *testing.T) {
 			if e["level"] != "WARN" || e["msg"] != "memberlist" || e["component"] != "cluster" {
 				t.Fatalf("memberlist warning logged as %v; want level WARN, msg memberlist, component cluster", e)
 			}
-			return
+			return true, ""
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no memberlist checksum warning in the log after 20s:\n%v", buf.entries(t))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return false, fmt.Sprintf("no memberlist checksum warning in the log after 20s:\n%v", entries)
+	})
 }

@@ -105,7 +105,7 @@ func exchange(t *testing.T, addr, req string, step int) []string {
 		}
 		for i := 0; i < len(req); i += step {
 			io.WriteString(c, req[i:min(i+step, len(req))])
-			time.Sleep(time.Millisecond) // let the pieces arrive apart
+			time.Sleep(time.Millisecond) // pacing: let the pieces arrive apart (separate reads on the server)
 		}
 	}()
 	br := bufio.NewReader(c)

@@ -19,6 +19,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/stockd/stockd/daemon"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
 
@@ -300,20 +301,14 @@ func TestBinaryJSONLogs(t *testing.T) {
 			<-exited
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	stocktest.Until(t, 30*time.Second, "node not ready after 30s", func() bool {
 		resp, err := http.Get("http://" + hot + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("node not ready after 30s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
 	cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-exited:
