@@ -24,6 +24,7 @@ import (
 
 	"github.com/stockd/stockd/admin"
 	"github.com/stockd/stockd/daemon/cluster"
+	"github.com/stockd/stockd/daemon/hot"
 	"github.com/stockd/stockd/internal/hotstats"
 	"github.com/stockd/stockd/internal/httpframe"
 	"github.com/stockd/stockd/internal/schema"
@@ -258,7 +259,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	metrics.MustRegister(sched.Collectors()...)
 	metrics.MustRegister(alloc.Collectors()...)
 	metrics.MustRegister(&skuCollector{loader: loader}, &shardCollector{shards: shards})
-	hotMetrics := newHotMetrics(metrics)
 	metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "stockd_cluster_members",
 		Help: "Alive members of the cluster as this node sees them, itself included.",
@@ -270,24 +270,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		notices.send(noticeReturned, sku, 0)
 	}
 
-	h := &hot{
-		sched:   sched,
-		ledger:  wb.Ledger,
-		signer:  signer,
-		maxQty:  cfg.MaxQty,
-		timeout: cfg.RequestTimeout,
-		ready:   &d.ready,
-		logger:  log.With("component", "http"),
-		m:       hotMetrics,
-		http:    cfg.HTTP,
-		limits:  cfg.Limits,
-		clients: newClientLimiter(cfg.Limits),
-		other:   new(hotstats.Counters),
-
-		ext:          wb.Ledger,
-		maxExtension: cfg.Sync.MaxExtension,
-	}
-	status := newStatusSampler(reg, h.other, time.Second, func() (int64, time.Duration, bool) {
+	other := new(hotstats.Counters)
+	status := newStatusSampler(reg, other, time.Second, func() (int64, time.Duration, bool) {
 		lag, applied := wb.TakeApplyLag()
 		return wb.Backlog(), lag, applied
 	})
@@ -311,13 +295,28 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return out
 	}
 	wb.Ledger.AllowanceWindow = cfg.Scheduler.RetryWindow
-	h.deadlines.timeout = cfg.RequestTimeout
 	// An unknown SKU is confirmed with MySQL before a 404.
-	h.catalogue = &catalogue{maxAge: cfg.Cluster.ViewMaxAge, loader: loader, reg: reg,
+	known := &catalogue{maxAge: cfg.Cluster.ViewMaxAge, loader: loader, reg: reg,
 		reads: promauto.With(metrics).NewCounter(prometheus.CounterOpts{
 			Name: "stockd_catalogue_reads_total",
 			Help: "MySQL reads of the catalogue made to confirm an unknown SKU before a 404 (at most one per cluster.view_max_age).",
 		})}
+	endpoint := hot.New(hot.Options{
+		MaxQty:       cfg.MaxQty,
+		Timeout:      cfg.RequestTimeout,
+		MaxExtension: cfg.Sync.MaxExtension,
+		HTTP:         cfg.HTTP,
+		Limits:       cfg.Limits,
+	}, hot.Deps{
+		Scheduler:  sched,
+		Ledger:     wb.Ledger,
+		Signer:     signer,
+		Known:      known.known,
+		Ready:      &d.ready,
+		Other:      other,
+		Registerer: metrics,
+		Logger:     log,
+	})
 
 	cat := &catalog{db: db, store: store, alloc: alloc, sched: sched, loader: loader, notices: notices, ttl: cfg.Sync.ReservationTTL, defaults: preallocate.Spec{
 		Partitions: cfg.SKUDefaults.Partitions,
@@ -338,7 +337,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	d.adminRoutes = adm.Routes()
 
-	hotSrv := h.server()
+	hotSrv := endpoint.Server()
 	// The framing check (httpframe.Listener) stops following a connection
 	// after a chunked request and relies on the admin API closing it;
 	// net/http's own "OPTIONS *" answer would keep it open.
@@ -375,20 +374,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g.Go(func() error { shards.Watch(workCtx, time.Second); return nil })
 	g.Go(func() error { heal.run(workCtx); return nil })
 	g.Go(func() error { status.run(workCtx); return nil })
-	if h.clients != nil {
-		g.Go(func() error {
-			t := time.NewTicker(time.Minute)
-			defer t.Stop()
-			for {
-				select {
-				case <-workCtx.Done():
-					return nil
-				case now := <-t.C:
-					h.clients.forget(now.Add(-time.Minute))
-				}
+	g.Go(func() error {
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for {
+			select {
+			case <-workCtx.Done():
+				return nil
+			case <-t.C:
+				endpoint.ForgetIdleClients(workCtx)
 			}
-		})
-	}
+		}
+	})
 	// Doubt left by a shard's data loss resolves by itself once every
 	// reservation that could still be confirmed has expired (the owner of
 	// the SKU does it).

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/daemon/hot"
 	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
@@ -222,7 +223,7 @@ func TestFrozenShardFailsFast(t *testing.T) {
 func TestAdmissionLimits(t *testing.T) {
 	e := newEnv(t, 1)
 	cfg := e.config()
-	cfg.Limits = Limits{ClientRPS: 20, ClientBurst: 10}
+	cfg.Limits = hot.Limits{ClientRPS: 20, ClientBurst: 10}
 	n := startNode(t, cfg)
 	putSKU(t, n, "lim", 1000, 2, 50, 10)
 	b := newBuyer(8)
