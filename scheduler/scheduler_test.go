@@ -51,7 +51,7 @@ func newRig(t *testing.T, nShards int) *rig {
 	if err := r.store.SeedShards(ctx, seed); err != nil {
 		t.Fatal(err)
 	}
-	r.alloc = preallocate.New(preallocate.DefaultConfig(), db, set, slog.Default())
+	r.alloc = preallocate.New(preallocate.DefaultConfig(), db, set, preallocate.Hooks{}, slog.Default())
 	r.sched = New(DefaultConfig(), NewRegistry(), Hooks{
 		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(RefillResult)) bool {
 			return r.alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
