@@ -231,17 +231,23 @@ func (d *Daemon) serve(ctx context.Context) error {
 	// deductions may still ask for refills while they finish.
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
+	// Membership outlives background work: leaving hands this node's
+	// work to the others, after its last batches went out.
+	memberCtx, leave := context.WithCancel(context.WithoutCancel(ctx))
+	defer leave()
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return d.wb.Run(workCtx) })
-	// Membership outlives serving too: leaving hands this node's work to
-	// the others, after its last batches went out.
-	g.Go(func() error { return d.peer.Run(workCtx) })
+	writeBackDone := make(chan struct{})
+	g.Go(func() error {
+		defer close(writeBackDone)
+		return d.wb.Run(workCtx)
+	})
+	g.Go(func() error { return d.peer.Run(memberCtx) })
 	d.runBackground(loops{g: g, ctx: workCtx})
 	d.runServers(g)
 	g.Go(func() error {
 		<-gctx.Done()
-		d.stop(ctx, stopWork)
+		d.stop(ctx, stopWork, writeBackDone, leave)
 		return nil
 	})
 	d.markReady()
@@ -326,10 +332,16 @@ func (d *Daemon) markReady() {
 	d.logger.Info("serving", "http", d.httpAddr, "admin", d.adminAddr, "metrics", d.metricsAddr, "gossip", d.gossipAddr, "shards", len(d.cfg.Shards), "skus", len(d.reg.Names()))
 }
 
-// stop shuts the node down in order: stop being ready (and, asked to
-// stop, keep serving for shutdown_delay), stop the servers, then
-// background work and membership.
-func (d *Daemon) stop(ctx context.Context, stopWork func()) {
+// writeBackGrace bounds how long stop waits for the write-back beyond its
+// last publish (sync.publish_timeout) before the node leaves anyway.
+const writeBackGrace = 5 * time.Second
+
+// stop shuts the node down in order, each step time-limited: stop being
+// ready (and, asked to stop, keep serving for shutdown_delay), stop the
+// servers, stop background work, wait for the write-back to publish what
+// it holds, then leave the cluster: leaving hands this node's partitions
+// to others, whose write-back should find their streams already drained.
+func (d *Daemon) stop(ctx context.Context, stopWork func(), writeBackDone <-chan struct{}, leave func()) {
 	log := d.logger
 	d.ready.Store(false)
 	log.Info("shutting down")
@@ -341,6 +353,15 @@ func (d *Daemon) stop(ctx context.Context, stopWork func()) {
 	}
 	d.stopServers()
 	stopWork()
+	wait := d.cfg.Sync.PublishTimeout + writeBackGrace
+	t := time.NewTimer(wait)
+	select {
+	case <-writeBackDone:
+	case <-t.C:
+		log.Warn("write-back still stopping; leaving the cluster anyway", "waited", wait)
+	}
+	t.Stop()
+	leave()
 }
 
 // stopServers stops accepting and lets in-flight requests finish, within
