@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stockd/stockd/daemon/hot"
 	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
@@ -223,7 +222,7 @@ func TestFrozenShardFailsFast(t *testing.T) {
 func TestAdmissionLimits(t *testing.T) {
 	e := newEnv(t, 1)
 	cfg := e.config()
-	cfg.Limits = hot.Limits{ClientRPS: 20, ClientBurst: 10}
+	cfg.Limits.ClientRPS, cfg.Limits.ClientBurst = 20, 10
 	n := startNode(t, cfg)
 	putSKU(t, n, "lim", 1000, 2, 50, 10)
 	b := newBuyer(8)
