@@ -30,6 +30,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/api"
 	"github.com/stockd/stockd/internal/apierr"
 	"github.com/stockd/stockd/internal/ident"
@@ -47,13 +48,9 @@ var (
 	ErrInvalid = errors.New("invalid")
 )
 
-// Limits on SKU parameters.
-const (
-	MaxTotal      = 1_000_000_000_000
-	MaxChunk      = 1_000_000_000
-	MaxPartitions = 256
-	maxBody       = 64 << 10
-)
+// maxBody bounds an admin request's body. (The limits on SKU parameters
+// are the domain's: stockd.MaxTotal, stockd.MaxChunk, stockd.MaxPartitions.)
+const maxBody = 64 << 10
 
 // Spec is what a PUT asks for; a zero Partitions, Chunk or Threshold was
 // left out.
@@ -532,7 +529,7 @@ type putBody struct {
 }
 
 // MaxPerUserLimit bounds per_user_limit (as total is bounded).
-const MaxPerUserLimit = MaxTotal
+const MaxPerUserLimit = stockd.MaxTotal
 
 // saleRules checks the sale-rule fields of a PUT into sp; the error names
 // the field (400).
@@ -626,17 +623,17 @@ func (s *Server) spec(b putBody) (Spec, error) {
 		return sp, errors.New("total: required")
 	}
 	sp.Total = *b.Total
-	if sp.Total < 0 || sp.Total > MaxTotal {
-		return sp, fmt.Errorf("total: must be between 0 and %d", int64(MaxTotal))
+	if sp.Total < 0 || sp.Total > stockd.MaxTotal {
+		return sp, fmt.Errorf("total: must be between 0 and %d", int64(stockd.MaxTotal))
 	}
 	if b.Partitions != nil {
-		if sp.Partitions = *b.Partitions; sp.Partitions < 1 || sp.Partitions > MaxPartitions {
-			return sp, fmt.Errorf("partitions: must be between 1 and %d", MaxPartitions)
+		if sp.Partitions = *b.Partitions; sp.Partitions < 1 || sp.Partitions > stockd.MaxPartitions {
+			return sp, fmt.Errorf("partitions: must be between 1 and %d", stockd.MaxPartitions)
 		}
 	}
 	if b.Chunk != nil {
-		if sp.Chunk = *b.Chunk; sp.Chunk < 1 || sp.Chunk > MaxChunk {
-			return sp, fmt.Errorf("chunk: must be between 1 and %d", int64(MaxChunk))
+		if sp.Chunk = *b.Chunk; sp.Chunk < 1 || sp.Chunk > stockd.MaxChunk {
+			return sp, fmt.Errorf("chunk: must be between 1 and %d", int64(stockd.MaxChunk))
 		}
 	}
 	if b.Threshold != nil {
@@ -862,8 +859,8 @@ func (s *Server) rebalance(w http.ResponseWriter, r *http.Request) {
 	n := 0
 	if b.Partitions != nil {
 		n++
-		if *b.Partitions < 1 || *b.Partitions > MaxPartitions {
-			writeErr(w, apierr.Invalid(fmt.Sprintf("partitions: must be between 1 and %d", MaxPartitions)))
+		if *b.Partitions < 1 || *b.Partitions > stockd.MaxPartitions {
+			writeErr(w, apierr.Invalid(fmt.Sprintf("partitions: must be between 1 and %d", stockd.MaxPartitions)))
 			return
 		}
 	}

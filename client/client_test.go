@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // fakeNode is an httptest stockd node whose answers are func fields; it
@@ -109,18 +111,6 @@ func newTestClient(t *testing.T, cfg Config, nodes ...*fakeNode) *Client {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
-}
-
-// eventually polls cond until it holds or within passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // TestRetrySameRequestID: 503s are retried with the same request id and
@@ -465,7 +455,7 @@ func TestFailover(t *testing.T) {
 	sick.Store(false)
 	a.ready.Store(true)
 	before := a.calls()
-	eventually(t, 10*time.Second, "calls reach the healed node", func() bool {
+	stocktest.Until(t, 10*time.Second, "calls reach the healed node", func() bool {
 		if _, err := c.Deduct(context.Background(), DeductRequest{SKU: "S1", Qty: 1}); err != nil {
 			t.Fatal(err)
 		}

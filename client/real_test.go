@@ -12,6 +12,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/audit"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // op is one logical deduction: every attempt of one request id.
@@ -96,9 +99,9 @@ func checkLanded(t *testing.T, cl *cluster, admin *stockd, sku string, cr *crowd
 	}
 	var rows map[string]int
 	var units int64
-	var v verification
+	var v audit.Report
 	var vb string
-	landed := waitFor(120*time.Second, func() bool {
+	_, landed := stocktest.WaitFor(120*time.Second, func() bool {
 		rows, units = cl.rows(sku)
 		if len(rows) < len(want) {
 			return false
@@ -362,7 +365,7 @@ func faultSale(t *testing.T, name string, cfg Config, fault, heal func(*stockd))
 	faulted := make(chan struct{})
 	go func() {
 		defer close(faulted)
-		waitFor(2*time.Minute, func() bool { return cr.ok.Load() >= total/3 })
+		stocktest.WaitFor(2*time.Minute, func() bool { return cr.ok.Load() >= total/3 })
 		faultOK = cr.ok.Load()
 		faultAt = time.Since(start)
 		fault(victim)
@@ -470,7 +473,7 @@ func TestRetryAfterRealNode(t *testing.T) {
 		t.Fatalf("retry later with %s: %+v %v", id, res, err)
 	}
 	ids = append(ids, id)
-	waitFor(60*time.Second, func() bool { rows, _ := cl.rows(sku); return rows[id] > 0 })
+	stocktest.WaitFor(60*time.Second, func() bool { rows, _ := cl.rows(sku); return rows[id] > 0 })
 	rows, _ := cl.rows(sku)
 	for _, id := range ids {
 		if rows[id] != 1 {
@@ -518,7 +521,7 @@ func TestCancelRealNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ok := waitFor(60*time.Second, func() bool { rows, _ := cl.rows(sku); return rows[re.RequestID] > 0 })
+	_, ok := stocktest.WaitFor(60*time.Second, func() bool { rows, _ := cl.rows(sku); return rows[re.RequestID] > 0 })
 	rows, _ := cl.rows(sku)
 	if !ok || rows[re.RequestID] != 1 || len(rows) != 1 {
 		t.Fatalf("rows %v, want one row for %s (reservation %s)", rows, re.RequestID, res.Token)

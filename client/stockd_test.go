@@ -8,9 +8,7 @@ package client
 
 import (
 	"database/sql"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,43 +20,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/audit"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
 
 const testAdminToken = "client-test-admin-token"
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// stockdBinary builds the daemon once per test run, or takes
-// STOCKD_TEST_BIN, a binary built beforehand.
-func stockdBinary(t testing.TB) string {
-	t.Helper()
-	if p := os.Getenv("STOCKD_TEST_BIN"); p != "" {
-		return p
-	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "stockd-client-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "stockd")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/stockd/stockd/daemon/cmd/stockd").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("%v: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("build stockd: %v", buildErr)
-	}
-	return binPath
-}
-
-// cluster is one test's services and the stockd nodes sharing them.
 type cluster struct {
 	t      testing.TB
 	db     *sql.DB
@@ -91,7 +59,7 @@ func newCluster(t testing.TB, n, nShards int, env map[string]string) *cluster {
 		c.nodes = append(c.nodes, c.start("n"+strconv.Itoa(i+1), settings))
 	}
 	if n > 1 {
-		if !waitFor(60*time.Second, func() bool { return c.nodes[0].alive() == n }) {
+		if _, ok := stocktest.WaitFor(60*time.Second, func() bool { return c.nodes[0].alive() == n }); !ok {
 			t.Fatalf("%d nodes did not join", n)
 		}
 	}
@@ -171,7 +139,7 @@ func (d *stockd) startProc() {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	cmd := exec.Command(stockdBinary(d.t))
+	cmd := exec.Command(stocktest.StockdBinary(d.t))
 	cmd.Env = d.env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Pdeathsig: a test binary that dies takes the daemon with it.
@@ -186,7 +154,7 @@ func (d *stockd) startProc() {
 	d.cmd, d.exited = cmd, exited
 	d.mu.Unlock()
 	hc := &http.Client{Timeout: time.Second}
-	ready := waitFor(60*time.Second, func() bool {
+	_, ready := stocktest.WaitFor(60*time.Second, func() bool {
 		select {
 		case <-exited:
 			d.t.Fatalf("stockd %s exited before it was ready", d.name)
@@ -239,36 +207,19 @@ func (d *stockd) thaw() { d.signal(syscall.SIGCONT) }
 // restart starts the process again with the same settings and ports.
 func (d *stockd) restart() { d.t.Helper(); d.startProc() }
 
-var adminHTTP = &http.Client{Timeout: 30 * time.Second}
-
 // adminDo sends an admin request; out receives a 2xx JSON answer.
 func (d *stockd) adminDo(method, path, body string, out any) (int, string) {
-	req, err := http.NewRequest(method, "http://"+d.admin+path, strings.NewReader(body))
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+testAdminToken)
-	resp, err := adminHTTP.Do(req)
+	code, b, err := stocktest.Admin{Addr: d.admin, Token: testAdminToken}.Do(method, path, body, out)
 	if err != nil {
 		return 0, err.Error()
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode < 300 {
-		if err := json.Unmarshal(b, out); err != nil {
-			return 0, err.Error()
-		}
-	}
-	return resp.StatusCode, string(b)
+	return code, string(b)
 }
 
 // putSKU creates a SKU.
 func (d *stockd) putSKU(sku string, total int64, partitions int, chunk, threshold int64) {
 	d.t.Helper()
-	body := fmt.Sprintf(`{"total":%d,"partitions":%d,"chunk":%d,"threshold":%d}`, total, partitions, chunk, threshold)
-	if code, b := d.adminDo("PUT", "/admin/skus/"+sku, body, nil); code != 200 && code != 201 {
-		d.t.Fatalf("put sku %s: %d %s", sku, code, b)
-	}
+	stocktest.Admin{Addr: d.admin, Token: testAdminToken}.PutSKU(d.t, sku, total, partitions, chunk, threshold, nil)
 }
 
 // waitKnown waits until every live node serves sku: another node learns a
@@ -278,7 +229,7 @@ func (c *cluster) waitKnown(sku string) {
 	c.t.Helper()
 	hc := &http.Client{Timeout: time.Second}
 	for _, d := range c.nodes {
-		known := waitFor(30*time.Second, func() bool {
+		_, known := stocktest.WaitFor(30*time.Second, func() bool {
 			resp, err := hc.Get("http://" + d.hot + "/v1/stock/" + sku)
 			if err != nil {
 				return false
@@ -292,22 +243,11 @@ func (c *cluster) waitKnown(sku string) {
 	}
 }
 
-// verification is the part of GET /admin/skus/{sku}/verify the tests read.
-type verification struct {
-	OK        bool  `json:"ok"`
-	Total     int64 `json:"total"`
-	Reserved  int64 `json:"reserved"`
-	Confirmed int64 `json:"confirmed"`
-	Doubled   int64 `json:"doubled"`
-	InFlight  int64 `json:"in_flight"`
-	InDoubt   int64 `json:"in_doubt"`
-}
-
-func (d *stockd) verify(sku string) (verification, string) {
-	var v verification
+func (d *stockd) verify(sku string) (audit.Report, string) {
+	var v audit.Report
 	code, b := d.adminDo("GET", "/admin/skus/"+sku+"/verify", "", &v)
 	if code != 200 {
-		return verification{}, fmt.Sprintf("%d %s", code, b)
+		return audit.Report{}, fmt.Sprintf("%d %s", code, b)
 	}
 	return v, b
 }
@@ -354,18 +294,4 @@ func (c *cluster) rows(sku string) (map[string]int, int64) {
 		c.t.Fatal(err)
 	}
 	return ids, units
-}
-
-// waitFor polls cond every 50 ms until it holds or within passes.
-func waitFor(within time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(within)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

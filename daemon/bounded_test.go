@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/stockd/stockd/admin"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // usedMemory is the shard's INFO memory used_memory.
@@ -66,18 +69,6 @@ func dedupState(t *testing.T, c rueidis.Client, prefix, sku string, bytes bool) 
 	}
 }
 
-// waitUntil polls cond until it holds, failing the test after within.
-func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, within)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // 200,000 unique request ids on one SKU with a 3 s retry window: a retry
 // inside the window meets its first outcome; once the window has passed
 // the SKU keeps no record or pointer in Redis and the shard's memory is
@@ -94,15 +85,15 @@ func TestRecordsExpireAfterRetryWindow(t *testing.T) {
 	const sku = "bounded"
 	putSKU(t, n, sku, ids+1000, 4, 5000, 1000)
 	c := e.shards[0].Client()
-	b := newBuyer(64)
+	b := stocktest.NewBuyer(64)
 
 	// One deduction first, so the scripts are loaded: the baseline is the
 	// SKU's partitions and the scripts, without any sale's records.
-	if a, err := b.deduct(n.hot, sku, 1, "warm-up"); err != nil || a.Code != 200 {
+	if a, err := b.Deduct(n.hot, sku, 1, "warm-up"); err != nil || a.Code != 200 {
 		t.Fatalf("warm-up: %+v %v", a, err)
 	}
 	waitSynced(t, n, sku, 30*time.Second)
-	waitUntil(t, 30*time.Second, "warm-up record expired", func() bool {
+	stocktest.Until(t, 30*time.Second, "warm-up record expired", func() bool {
 		f, _ := dedupState(t, c, e.prefix, sku, false)
 		return f == 0
 	})
@@ -150,11 +141,11 @@ func TestRecordsExpireAfterRetryWindow(t *testing.T) {
 
 	// The sale: 64 buyers, 200,000 ids. The first id is retried at once
 	// (inside the window) and must get its first reservation.
-	first, err := b.deduct(n.hot, sku, 1, "id-0")
+	first, err := b.Deduct(n.hot, sku, 1, "id-0")
 	if err != nil || first.Code != 200 {
 		t.Fatalf("id-0: %+v %v", first, err)
 	}
-	if again, err := b.deduct(n.hot, sku, 1, "id-0"); err != nil || again.Reservation != first.Reservation {
+	if again, err := b.Deduct(n.hot, sku, 1, "id-0"); err != nil || again.Reservation != first.Reservation {
 		t.Fatalf("retry of id-0 inside the window: %+v %v, want reservation %s", again, err, first.Reservation)
 	}
 	sold.Add(1)
@@ -171,7 +162,7 @@ func TestRecordsExpireAfterRetryWindow(t *testing.T) {
 				if i >= ids {
 					return
 				}
-				a, err := b.deduct(n.hot, sku, 1, "id-"+strconv.FormatInt(i, 10))
+				a, err := b.Deduct(n.hot, sku, 1, "id-"+strconv.FormatInt(i, 10))
 				if err != nil || a.Code != 200 {
 					if failed.Add(1) <= 5 {
 						t.Errorf("id-%d: %+v %v", i, a, err)
@@ -191,12 +182,12 @@ func TestRecordsExpireAfterRetryWindow(t *testing.T) {
 
 	// After the window: nothing of the sale's ids is left in Redis, and
 	// the memory is back (within 10% or 2 MB of the level before).
-	waitUntil(t, 30*time.Second, "records and pointers expired", func() bool {
+	stocktest.Until(t, 30*time.Second, "records and pointers expired", func() bool {
 		f, _ := dedupState(t, c, e.prefix, sku, false)
 		return f == 0
 	})
 	var after int64
-	waitUntil(t, 30*time.Second, "memory back to its level before the sale", func() bool {
+	stocktest.Until(t, 30*time.Second, "memory back to its level before the sale", func() bool {
 		after = usedMemory(t, c)
 		return after <= before+max(before/10, 2<<20)
 	})
@@ -206,7 +197,7 @@ func TestRecordsExpireAfterRetryWindow(t *testing.T) {
 	// A retry after the window: its record is gone, so Redis deducts
 	// again; MySQL's key flags the second detail as doubled and returns its
 	// unit to the pool.
-	late, err := b.deduct(n.hot, sku, 1, "id-0")
+	late, err := b.Deduct(n.hot, sku, 1, "id-0")
 	if err != nil || late.Code != 200 {
 		t.Fatalf("retry of id-0 after the window: %+v %v", late, err)
 	}
@@ -347,7 +338,7 @@ func TestListingCostAt1000SKUs(t *testing.T) {
 		if pages > skus/300+1 {
 			t.Fatal("pagination does not end")
 		}
-		var page []skuView
+		var page []admin.SKUView
 		path := "/admin/skus?limit=300"
 		if cursor != "" {
 			path += "&cursor=" + cursor
@@ -385,7 +376,7 @@ func TestListingCostAt1000SKUs(t *testing.T) {
 	start := time.Now()
 	for ; time.Since(start) < 5*time.Second || polls < 20; polls++ {
 		pollStart := time.Now()
-		var list []skuView
+		var list []admin.SKUView
 		code, took, _ := adminGet(t, n, "/admin/skus", &list)
 		if code != 200 || len(list) != skus {
 			t.Fatalf("GET /admin/skus: %d, %d SKUs", code, len(list))
@@ -463,11 +454,11 @@ func skuKeys(t *testing.T, c rueidis.Client, prefix, sku string) int {
 func TestArchiveSKUOnThreeNodes(t *testing.T) {
 	e := newEnv(t, 3)
 	nodes := startCluster(t, e, 3)
-	b := newBuyer(16)
-	confirmAll := func(o *outcomes) {
+	b := stocktest.NewBuyer(16)
+	confirmAll := func(o *stocktest.Tally) {
 		t.Helper()
-		for tok := range o.reservations {
-			if a, err := b.post(nodes[1].hot, "/v1/confirm", `{"reservation":"`+tok+`"}`); err != nil || a.Code != 200 {
+		for tok := range o.Reservations {
+			if a, err := b.Post(nodes[1].hot, "/v1/confirm", `{"reservation":"`+tok+`"}`); err != nil || a.Code != 200 {
 				t.Fatalf("confirm: %+v %v", a, err)
 			}
 		}
@@ -477,8 +468,8 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 	putSKU(t, nodes[0], "live", 100, 3, 10, 2)
 	waitKnown(t, nodes, "live")
 	live := crowdOver(t, b, []string{nodes[0].hot, nodes[1].hot, nodes[2].hot}, "live", 20, "live-")
-	if live.ok != 20 {
-		t.Fatalf("live sale: %d ok of 20 (%+v)", live.ok, live.other)
+	if live.OK != 20 {
+		t.Fatalf("live sale: %d ok of 20 (%+v)", live.OK, live.Other)
 	}
 	var refusal struct {
 		Error string `json:"error"`
@@ -495,7 +486,7 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 		t.Fatalf("DELETE with unconfirmed reservations: %d %q, want 409 naming them", code, refusal.Error)
 	}
 	// Refused means untouched: it still sells.
-	if a, err := b.deduct(nodes[0].hot, "live", 1, "live-after-refusal"); err != nil || a.Code != 200 {
+	if a, err := b.Deduct(nodes[0].hot, "live", 1, "live-after-refusal"); err != nil || a.Code != 200 {
 		t.Fatalf("deduct after the refused DELETE: %+v %v", a, err)
 	}
 
@@ -503,8 +494,8 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 	putSKU(t, nodes[0], "gone", 30, 3, 5, 1)
 	waitKnown(t, nodes, "gone")
 	sale := crowdOver(t, b, []string{nodes[0].hot, nodes[1].hot, nodes[2].hot}, "gone", 60, "gone-")
-	if sale.ok != 30 || sale.units != 30 {
-		t.Fatalf("sale: %d ok, %d units; want 30, 30", sale.ok, sale.units)
+	if sale.OK != 30 || sale.Units != 30 {
+		t.Fatalf("sale: %d ok, %d units; want 30, 30", sale.OK, sale.Units)
 	}
 	waitSynced(t, nodes[0], "gone", 30*time.Second)
 	confirmAll(sale)
@@ -528,7 +519,7 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 	deleteSettled := func(n *node, name string) int {
 		var code int
 		var returned int64
-		waitUntil(t, 30*time.Second, "DELETE of settled "+name+" answers other than 409", func() bool {
+		stocktest.Until(t, 30*time.Second, "DELETE of settled "+name+" answers other than 409", func() bool {
 			done.Status, done.Returned, done.Keys, done.KeysErr = "", 0, 0, ""
 			code = adminDoAny(t, n, "DELETE", "/admin/skus/"+name, &done)
 			returned += done.Returned
@@ -549,7 +540,7 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 		}
 	}
 	for _, n := range nodes {
-		waitUntil(t, 30*time.Second, "metric series of gone removed on "+n.d.cfg.NodeName, func() bool {
+		stocktest.Until(t, 30*time.Second, "metric series of gone removed on "+n.d.cfg.NodeName, func() bool {
 			return !strings.Contains(metricsText(t, n), `sku="gone"`)
 		})
 		if r := verify(t, n, "gone"); !r.OK || r.Confirmed != 30 {
@@ -559,10 +550,10 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 		if code := adminDo(t, n, "GET", "/admin/skus/gone", "", &v); code != 200 || v["archived"] != true {
 			t.Errorf("GET of the archived SKU on %s: %d %v", n.d.cfg.NodeName, code, v)
 		}
-		if a, err := b.deduct(n.hot, "gone", 1, "late-buyer"); err != nil || a.Code != 404 {
+		if a, err := b.Deduct(n.hot, "gone", 1, "late-buyer"); err != nil || a.Code != 404 {
 			t.Errorf("deduct of the archived SKU on %s: %+v %v, want 404", n.d.cfg.NodeName, a, err)
 		}
-		var list []skuView
+		var list []admin.SKUView
 		adminGet(t, n, "/admin/skus", &list)
 		for _, s := range list {
 			if s.SKU == "gone" {
@@ -582,9 +573,9 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 	confirmAll(live)
 	// The deduction made after the refusal (its retry returns its token),
 	// confirmed too.
-	if a, err := b.deduct(nodes[0].hot, "live", 1, "live-after-refusal"); err != nil || a.Code != 200 {
+	if a, err := b.Deduct(nodes[0].hot, "live", 1, "live-after-refusal"); err != nil || a.Code != 200 {
 		t.Fatalf("retry of live-after-refusal: %+v %v", a, err)
-	} else if c, err := b.post(nodes[0].hot, "/v1/confirm", `{"reservation":"`+a.Reservation+`"}`); err != nil || c.Code != 200 {
+	} else if c, err := b.Post(nodes[0].hot, "/v1/confirm", `{"reservation":"`+a.Reservation+`"}`); err != nil || c.Code != 200 {
 		t.Fatalf("confirm: %+v %v", c, err)
 	}
 	waitSynced(t, nodes[0], "live", 30*time.Second)

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/admin"
+	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
 	"github.com/stockd/stockd/shard"
@@ -139,10 +141,10 @@ func (c *catalog) cachedView(sku preallocate.SKU) admin.SKUView {
 	for _, rp := range sku.Partitions {
 		pv := admin.PartitionView{ID: rp.ID, Shard: rp.Shard, State: rp.State, Active: "a", Seq: rp.SeenSeq}
 		if reg != nil {
-			if p := reg.Partition(rp.ID); p != nil && p.H.Epoch == rp.Epoch {
+			if p := reg.Slot(rp.ID); p != nil && p.Handle.Epoch == rp.Epoch {
 				l := p.Levels()
 				pv.A, pv.B, pv.Active = l.A, l.B, string(l.Active)
-				pv.Seq = max(pv.Seq, p.H.LastSeq())
+				pv.Seq = max(pv.Seq, p.Handle.LastSeq())
 				if rp.State == "open" {
 					v.Available += l.Total()
 				}
@@ -324,15 +326,15 @@ func (c *catalog) Shards(ctx context.Context) ([]admin.ShardView, error) {
 	byMaster := map[string]map[string][]string{}
 	for _, name := range c.sched.Registry().Names() {
 		if sku := c.sched.Registry().Get(name); sku != nil {
-			for _, p := range sku.Partitions() {
+			for _, p := range sku.Slots() {
 				if p.Open() {
-					open[p.H.Shard.ID]++
-					if tp := p.H.Shard.Topology(); tp.Kind == shard.KindCluster {
-						if m := tp.MasterOf(p.H.StateKey()); m != "" {
-							if byMaster[p.H.Shard.ID] == nil {
-								byMaster[p.H.Shard.ID] = map[string][]string{}
+					open[p.Handle.Shard.ID]++
+					if tp := p.Handle.Shard.Topology(); tp.Kind == shard.KindCluster {
+						if m := tp.MasterOf(p.Handle.StateKey()); m != "" {
+							if byMaster[p.Handle.Shard.ID] == nil {
+								byMaster[p.Handle.Shard.ID] = map[string][]string{}
 							}
-							byMaster[p.H.Shard.ID][m] = append(byMaster[p.H.Shard.ID][m], fmt.Sprintf("%s/%d", p.H.SKU, p.H.ID))
+							byMaster[p.Handle.Shard.ID][m] = append(byMaster[p.Handle.Shard.ID][m], fmt.Sprintf("%s/%d", p.Handle.SKU, p.Handle.ID))
 						}
 					}
 				}
@@ -548,7 +550,7 @@ func (c *catalog) reload(ctx context.Context, name string) (notice, bool) {
 }
 
 func (c *catalog) Verify(ctx context.Context, name string) (any, error) {
-	rep, err := stocksync.Verify(ctx, c.db, c.loader.shards, name)
+	rep, err := audit.New(c.loader.store, stocksync.NewRecords(c.db), c.loader.shards).Verify(ctx, name)
 	if err != nil {
 		return nil, adminErr(err)
 	}
@@ -566,11 +568,11 @@ func timeOrNil(t time.Time) *time.Time {
 
 func adminErr(err error) error {
 	switch {
-	case errors.Is(err, preallocate.ErrUnknownSKU), errors.Is(err, stocksync.ErrUnknownSKU):
+	case errors.Is(err, stockd.ErrUnknownSKU):
 		return &adminError{kind: admin.ErrNotFound, err: err}
 	case errors.Is(err, preallocate.ErrConflict):
 		return &adminError{kind: admin.ErrConflict, err: err}
-	case errors.Is(err, preallocate.ErrUnknownShard):
+	case errors.Is(err, stockd.ErrUnknownShard):
 		return &adminError{kind: admin.ErrNotFound, err: err}
 	case errors.Is(err, preallocate.ErrInvalid):
 		return &adminError{kind: admin.ErrInvalid, err: err}

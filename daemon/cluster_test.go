@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
 
@@ -92,7 +93,7 @@ func waitMembers(t *testing.T, nodes []*node, want int) time.Duration {
 // waitKnown waits until every node serves sku.
 func waitKnown(t *testing.T, nodes []*node, sku string) {
 	t.Helper()
-	b := newBuyer(4)
+	b := stocktest.NewBuyer(4)
 	deadline := time.Now().Add(10 * time.Second)
 	for _, n := range nodes {
 		for {
@@ -154,16 +155,16 @@ func checkOwnership(t *testing.T, nodes []*node, sku string, partitions int) map
 // next node (up to 3 times): three nodes, 10,000 buyers, Redis, MariaDB,
 // RabbitMQ and another package's tests share 2 cores under the race
 // detector, and a request waiting for a refill can outlast stock_wait.
-func crowdOver(t *testing.T, b *buyer, addrs []string, sku string, n int, idPrefix string) *outcomes {
+func crowdOver(t *testing.T, b *stocktest.Buyer, addrs []string, sku string, n int, idPrefix string) *stocktest.Tally {
 	t.Helper()
 	return crowdOverRetrying(t, b, addrs, sku, n, idPrefix, 3)
 }
 
 // crowdOverRetrying is crowdOver where a buyer retries a 503 (up to
 // retries times, same request id, next node) as the contract allows.
-func crowdOverRetrying(t *testing.T, b *buyer, addrs []string, sku string, n int, idPrefix string, retries int) *outcomes {
+func crowdOverRetrying(t *testing.T, b *stocktest.Buyer, addrs []string, sku string, n int, idPrefix string, retries int) *stocktest.Tally {
 	t.Helper()
-	o := newOutcomes()
+	o := stocktest.NewTally()
 	var wg sync.WaitGroup
 	start := make(chan struct{})
 	for i := 0; i < n; i++ {
@@ -172,11 +173,11 @@ func crowdOverRetrying(t *testing.T, b *buyer, addrs []string, sku string, n int
 			defer wg.Done()
 			<-start
 			id := idPrefix + strconv.Itoa(i)
-			a, err := b.deduct(addrs[i%len(addrs)], sku, 1, id)
+			a, err := b.Deduct(addrs[i%len(addrs)], sku, 1, id)
 			for r := 1; r <= retries && err == nil && a.Code == 503; r++ {
-				a, err = b.deduct(addrs[(i+r)%len(addrs)], sku, 1, id)
+				a, err = b.Deduct(addrs[(i+r)%len(addrs)], sku, 1, id)
 			}
-			o.add(t, id, a, err)
+			o.Add(t, id, a, err)
 		}(i)
 	}
 	close(start)
@@ -202,12 +203,12 @@ func TestClusterTenThousandBuyers(t *testing.T) {
 	waitKnown(t, nodes, "c1")
 	perNode := checkOwnership(t, nodes, "c1", 4)
 
-	o := crowdOver(t, newBuyer(512), hots(nodes), "c1", 10000, "b-")
-	if len(o.errs) > 0 || len(o.other) > 0 {
-		t.Fatalf("errors %d (%v), statuses %v", len(o.errs), firstErr(o.errs), o.other)
+	o := crowdOver(t, stocktest.NewBuyer(512), hots(nodes), "c1", 10000, "b-")
+	if len(o.Errs) > 0 || len(o.Other) > 0 {
+		t.Fatalf("errors %d (%v), statuses %v", len(o.Errs), firstErr(o.Errs), o.Other)
 	}
-	if o.ok != 1000 || o.soldOut != 9000 {
-		t.Fatalf("ok %d, sold_out %d; want 1000 and 9000", o.ok, o.soldOut)
+	if o.OK != 1000 || o.SoldOut != 9000 {
+		t.Fatalf("ok %d, sold_out %d; want 1000 and 9000", o.OK, o.SoldOut)
 	}
 	r := waitSynced(t, nodes[1], "c1", 5*time.Second)
 	var rows int64
@@ -233,10 +234,10 @@ func TestClusterNodeJoinsMidSale(t *testing.T) {
 	const total = 3000
 	putSKU(t, nodes[0], "grow", total, 8, 50, 10)
 	waitKnown(t, nodes, "grow")
-	b := newBuyer(256)
+	b := stocktest.NewBuyer(256)
 
 	var wg sync.WaitGroup
-	var first *outcomes
+	var first *stocktest.Tally
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -253,12 +254,12 @@ func TestClusterNodeJoinsMidSale(t *testing.T) {
 		t.Logf("n4 won no partition of 8 (possible with rendezvous hashing); owners %v", perNode)
 	}
 	second := crowdOver(t, b, hots(all), "grow", 3000, "b-")
-	for _, o := range []*outcomes{first, second} {
-		if len(o.errs) > 0 || len(o.other) > 0 {
-			t.Fatalf("errors %v, statuses %v", firstErr(o.errs), o.other)
+	for _, o := range []*stocktest.Tally{first, second} {
+		if len(o.Errs) > 0 || len(o.Other) > 0 {
+			t.Fatalf("errors %v, statuses %v", firstErr(o.Errs), o.Other)
 		}
 	}
-	if sold := first.units + second.units; sold != total {
+	if sold := first.Units + second.Units; sold != total {
 		t.Fatalf("sold %d of %d", sold, total)
 	}
 	r := waitSynced(t, n4, "grow", 10*time.Second)
@@ -298,10 +299,10 @@ func TestClusterSoldOutSpreads(t *testing.T) {
 	nodes := startCluster(t, e, 3)
 	putSKU(t, nodes[0], "so", 200, 4, 20, 5)
 	waitKnown(t, nodes, "so")
-	b := newBuyer(64)
+	b := stocktest.NewBuyer(64)
 	o := crowdOver(t, b, []string{nodes[0].hot}, "so", 400, "a-")
-	if o.ok != 200 {
-		t.Fatalf("%d sold through node 1, want 200", o.ok)
+	if o.OK != 200 {
+		t.Fatalf("%d sold through node 1, want 200", o.OK)
 	}
 	// Node 1 knows; the notice reaches nodes 2 and 3.
 	deadline := time.Now().Add(10 * time.Second)
@@ -328,8 +329,8 @@ func TestClusterSoldOutSpreads(t *testing.T) {
 		takes := metric(t, n, `stockd_scheduler_redis_calls_total{script="take"}`)
 		points := metric(t, n, `stockd_scheduler_redis_calls_total{script="point"}`)
 		late := crowdOver(t, b, []string{n.hot}, "so", 1000, "late-"+n.d.cfg.NodeName+"-")
-		if late.soldOut != 1000 {
-			t.Fatalf("late buyers on %s: %d sold_out of 1000 (ok %d, other %v)", n.d.cfg.NodeName, late.soldOut, late.ok, late.other)
+		if late.SoldOut != 1000 {
+			t.Fatalf("late buyers on %s: %d sold_out of 1000 (ok %d, other %v)", n.d.cfg.NodeName, late.SoldOut, late.OK, late.Other)
 		}
 		dt := metric(t, n, `stockd_scheduler_redis_calls_total{script="take"}`) - takes
 		dp := metric(t, n, `stockd_scheduler_redis_calls_total{script="point"}`) - points
@@ -346,7 +347,7 @@ func TestClusterSoldOutSpreads(t *testing.T) {
 // must not touch Redis.
 func soldOutKnown(t *testing.T, n *node) bool {
 	before := metric(t, n, "stockd_scheduler_sold_out_from_memory_total")
-	a, err := newBuyer(1).deduct(n.hot, "so", 1, fmt.Sprintf("probe-%d", time.Now().UnixNano()))
+	a, err := stocktest.NewBuyer(1).Deduct(n.hot, "so", 1, fmt.Sprintf("probe-%d", time.Now().UnixNano()))
 	if err != nil || a.Code != 409 {
 		return false
 	}
@@ -359,7 +360,7 @@ func TestClusterRetryOnTwoNodes(t *testing.T) {
 	nodes := startCluster(t, e, 3)
 	putSKU(t, nodes[0], "twice", 1000, 4, 30, 5)
 	waitKnown(t, nodes, "twice")
-	b := newBuyer(128)
+	b := stocktest.NewBuyer(128)
 	const ids = 300
 	var mu sync.Mutex
 	got := map[string][]string{}
@@ -371,7 +372,7 @@ func TestClusterRetryOnTwoNodes(t *testing.T) {
 			wg.Add(1)
 			go func(addr string) {
 				defer wg.Done()
-				a, err := b.deduct(addr, "twice", 2, id)
+				a, err := b.Deduct(addr, "twice", 2, id)
 				if err != nil || a.Code != 200 {
 					bad.Add(1)
 					return
@@ -401,8 +402,8 @@ func TestClusterRetryOnTwoNodes(t *testing.T) {
 // gatewaySale buys like a gateway in front of several nodes: request i
 // goes to node i mod n, and a transport error (the node died) is retried
 // with the same request id on the next node.
-func gatewaySale(t *testing.T, b *buyer, addrs []string, sku, idPrefix string, workers int, stop <-chan struct{}) (*outcomes, *sync.WaitGroup) {
-	o := newOutcomes()
+func gatewaySale(t *testing.T, b *stocktest.Buyer, addrs []string, sku, idPrefix string, workers int, stop <-chan struct{}) (*stocktest.Tally, *sync.WaitGroup) {
+	o := stocktest.NewTally()
 	var wg sync.WaitGroup
 	var seq atomic.Int64
 	for w := 0; w < workers; w++ {
@@ -417,16 +418,16 @@ func gatewaySale(t *testing.T, b *buyer, addrs []string, sku, idPrefix string, w
 				}
 				i := seq.Add(1)
 				id := idPrefix + strconv.FormatInt(i, 10)
-				var a answer
+				var a stocktest.Answer
 				var err error
 				for try := 0; try < len(addrs)+2; try++ {
-					a, err = b.deduct(addrs[(int(i)+try)%len(addrs)], sku, 1, id)
+					a, err = b.Deduct(addrs[(int(i)+try)%len(addrs)], sku, 1, id)
 					if err == nil && a.Code != 503 {
 						break
 					}
 					time.Sleep(20 * time.Millisecond)
 				}
-				o.add(t, id, a, err)
+				o.Add(t, id, a, err)
 			}
 		}()
 	}
@@ -468,7 +469,7 @@ func TestClusterKillNineMidSale(t *testing.T) {
 	victim := "n2"
 	victimOwned := before.Owners[victim].Partitions
 
-	b := newBuyer(32)
+	b := stocktest.NewBuyer(32)
 	stop := make(chan struct{})
 	o, wg := gatewaySale(t, b, hots(nodes), "k9c", "g-", 6, stop)
 	time.Sleep(1500 * time.Millisecond)
@@ -494,21 +495,21 @@ func TestClusterKillNineMidSale(t *testing.T) {
 	r := waitSynced(t, admin, "k9c", 30*time.Second)
 	synced := time.Since(stopped)
 
-	if o.units > total {
-		t.Fatalf("oversold: %d of %d", o.units, total)
+	if o.Units > total {
+		t.Fatalf("oversold: %d of %d", o.Units, total)
 	}
-	for tok := range o.reservations {
+	for tok := range o.Reservations {
 		parts := strings.Split(tok, ":")
 		var qty int64
 		if err := e.db.QueryRow(`SELECT qty FROM deductions WHERE detail_id = ?`, strings.Join(parts[:4], ":")).Scan(&qty); err != nil {
 			t.Fatalf("acknowledged reservation %s has no detail row: %v", tok, err)
 		}
 	}
-	if r.Doubled != 0 || r.Reserved < o.units {
-		t.Fatalf("verify %+v; acknowledged %d", r, o.units)
+	if r.Doubled != 0 || r.Reserved < o.Units {
+		t.Fatalf("verify %+v; acknowledged %d", r, o.Units)
 	}
 	t.Logf("victim owned %v; ownership moved %s after the kill; backlog in MySQL %s after the sale stopped; %d ok, %d transport errors retried away, other %v",
-		victimOwned, moved.Round(time.Millisecond), synced.Round(time.Millisecond), o.ok, len(o.errs), o.other)
+		victimOwned, moved.Round(time.Millisecond), synced.Round(time.Millisecond), o.OK, len(o.Errs), o.Other)
 }
 
 func freePort(t *testing.T) int {
@@ -549,24 +550,24 @@ func TestTwoOwnersAtOnce(t *testing.T) {
 			t.Fatalf("%s owns %v, want all 4 partitions", c.Self, c.Owners[c.Self].Partitions)
 		}
 	}
-	b := newBuyer(128)
+	b := stocktest.NewBuyer(128)
 	// Two owners refill the same sub-domains against each other; a buyer
 	// may wait out stock_wait and get 503, which it retries as allowed.
 	o := crowdOverRetrying(t, b, hots(nodes), "two", total+500, "x-", 3)
-	if len(o.errs) > 0 || len(o.other) > 0 || o.units != total {
-		t.Fatalf("sold %d of %d, errors %v, statuses %v", o.units, total, firstErr(o.errs), o.other)
+	if len(o.Errs) > 0 || len(o.Other) > 0 || o.Units != total {
+		t.Fatalf("sold %d of %d, errors %v, statuses %v", o.Units, total, firstErr(o.Errs), o.Other)
 	}
 	// Confirm a third; the rest expire on both nodes at once.
 	k := 0
-	for tok := range o.reservations {
+	for tok := range o.Reservations {
 		if k%3 == 0 {
-			if a, err := b.post(nodes[k%2].hot, "/v1/confirm", fmt.Sprintf(`{"reservation":%q}`, tok)); err != nil || a.Code != 200 {
+			if a, err := b.Post(nodes[k%2].hot, "/v1/confirm", fmt.Sprintf(`{"reservation":%q}`, tok)); err != nil || a.Code != 200 {
 				t.Fatalf("confirm: %+v %v", a, err)
 			}
 		}
 		k++
 	}
-	confirmed := int64((len(o.reservations) + 2) / 3)
+	confirmed := int64((len(o.Reservations) + 2) / 3)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		r := verify(t, nodes[1], "two")
@@ -583,8 +584,8 @@ func TestTwoOwnersAtOnce(t *testing.T) {
 	}
 	// The expired units sold again, once, through both nodes.
 	again := crowdOverRetrying(t, b, hots(nodes), "two", 3000, "y-", 3)
-	if again.units != total-confirmed {
-		t.Fatalf("after expiry %d sold again, want %d", again.units, total-confirmed)
+	if again.Units != total-confirmed {
+		t.Fatalf("after expiry %d sold again, want %d", again.Units, total-confirmed)
 	}
 	r := waitSynced(t, nodes[0], "two", 10*time.Second)
 	if r.Doubled != 0 || r.Reserved+r.Confirmed != total {

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/mono"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
@@ -124,21 +125,21 @@ func (c *catalogue) catchUp(ctx context.Context) error {
 	heads, err := c.loader.store.Heads(ctx)
 	if err != nil {
 		c.failed.Store(mono.Now())
-		return fmt.Errorf("%w: %v", errUnconfirmed, err)
+		return fmt.Errorf("%w: %w", errUnconfirmed, err)
 	}
 	var errs []error
 	for name := range heads {
 		if c.reg.Get(name) != nil {
 			continue
 		}
-		if err := c.loader.load(ctx, preallocate.SKU{Name: name}); err != nil && !errors.Is(err, preallocate.ErrUnknownSKU) {
+		if err := c.loader.load(ctx, preallocate.SKU{Name: name}); err != nil && !errors.Is(err, stockd.ErrUnknownSKU) {
 			errs = append(errs, err)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		c.failed.Store(mono.Now())
 		c.loader.logger.Warn("load skus found unknown before a 404", "err", err)
-		return fmt.Errorf("%w: %v", errUnconfirmed, err)
+		return fmt.Errorf("%w: %w", errUnconfirmed, err)
 	}
 	c.read.Store(at)
 	return nil

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // Read-your-writes across the cluster (DESIGN invariant 7): once an admin
@@ -18,10 +20,10 @@ import (
 
 // definite sends request id to addrs[first], retrying a 503 with the same
 // id on the next node until the outcome is definite (or 60 s passed).
-func definite(b *buyer, addrs []string, first int, sku, id string) (answer, error) {
+func definite(b *stocktest.Buyer, addrs []string, first int, sku, id string) (stocktest.Answer, error) {
 	deadline := time.Now().Add(60 * time.Second)
 	for try := 0; ; try++ {
-		a, err := b.deduct(addrs[(first+try)%len(addrs)], sku, 1, id)
+		a, err := b.Deduct(addrs[(first+try)%len(addrs)], sku, 1, id)
 		if (err == nil && a.Code != 503) || time.Now().After(deadline) {
 			return a, err
 		}
@@ -53,7 +55,7 @@ func TestClusterCreateThenBuyEverywhere(t *testing.T) {
 	e := newEnv(t, 3)
 	nodes := startCluster(t, e, 3)
 	addrs := hots(nodes)
-	b := newBuyer(256)
+	b := stocktest.NewBuyer(256)
 	const total, buyers, triples = 1000, 3000, 150
 
 	var put putAnswer
@@ -65,9 +67,9 @@ func TestClusterCreateThenBuyEverywhere(t *testing.T) {
 	t.Logf("create answered in %s", stale.returned.Sub(began).Round(time.Millisecond))
 	var first503 atomic.Int64
 	defer func() { t.Logf("%d first answers were 503 (retried until definite)", first503.Load()) }()
-	o := newOutcomes()
+	o := stocktest.NewTally()
 	var mu sync.Mutex
-	copies := map[string][]answer{}
+	copies := map[string][]stocktest.Answer{}
 	var wg sync.WaitGroup
 	start := make(chan struct{})
 	for i := 0; i < buyers; i++ {
@@ -76,7 +78,7 @@ func TestClusterCreateThenBuyEverywhere(t *testing.T) {
 			defer wg.Done()
 			<-start
 			id := "c-" + strconv.Itoa(i)
-			a, err := b.deduct(addrs[i%3], "fresh", 1, id)
+			a, err := b.Deduct(addrs[i%3], "fresh", 1, id)
 			if err == nil && a.Code == 404 {
 				stale.saw()
 			}
@@ -84,7 +86,7 @@ func TestClusterCreateThenBuyEverywhere(t *testing.T) {
 				first503.Add(1)
 				a, err = definite(b, addrs, i%3+1, "fresh", id)
 			}
-			o.add(t, id, a, err)
+			o.Add(t, id, a, err)
 		}(i)
 	}
 	for i := 0; i < triples; i++ {
@@ -94,7 +96,7 @@ func TestClusterCreateThenBuyEverywhere(t *testing.T) {
 				defer wg.Done()
 				<-start
 				id := "t-" + strconv.Itoa(i)
-				a, err := b.deduct(addrs[(i+k)%3], "fresh", 1, id)
+				a, err := b.Deduct(addrs[(i+k)%3], "fresh", 1, id)
 				if err == nil && a.Code == 404 {
 					stale.saw()
 				}
@@ -116,7 +118,7 @@ func TestClusterCreateThenBuyEverywhere(t *testing.T) {
 	wg.Wait()
 	t.Logf("after create: %d answers 404, the last %s after the admin call returned; unconfirmed %v", stale.n, stale.last.Round(time.Millisecond), put.Unconfirmed)
 
-	var units int64 = o.units
+	var units int64 = o.Units
 	differ := 0
 	for id, as := range copies {
 		if len(as) != 3 {
@@ -135,9 +137,9 @@ func TestClusterCreateThenBuyEverywhere(t *testing.T) {
 			}
 		}
 	}
-	if stale.n > 0 || differ > 0 || len(o.errs) > 0 || len(o.other) > 0 {
+	if stale.n > 0 || differ > 0 || len(o.Errs) > 0 || len(o.Other) > 0 {
 		t.Fatalf("%d answers 404, %d of %d ids with different outcomes across copies; errors %v, other statuses %v",
-			stale.n, differ, triples, firstErr(o.errs), o.other)
+			stale.n, differ, triples, firstErr(o.Errs), o.Other)
 	}
 	if units != total {
 		t.Fatalf("sold %d of %d", units, total)
@@ -158,12 +160,12 @@ type putAnswer struct {
 // memory (its verdict is installed).
 func waitSoldOutEverywhere(t *testing.T, nodes []*node, sku string) {
 	t.Helper()
-	b := newBuyer(1)
+	b := stocktest.NewBuyer(1)
 	deadline := time.Now().Add(20 * time.Second)
 	for _, n := range nodes {
 		for {
 			before := metric(t, n, "stockd_scheduler_sold_out_from_memory_total")
-			a, err := b.deduct(n.hot, sku, 1, fmt.Sprintf("probe-%d", time.Now().UnixNano()))
+			a, err := b.Deduct(n.hot, sku, 1, fmt.Sprintf("probe-%d", time.Now().UnixNano()))
 			if err == nil && a.Code == 409 && metric(t, n, "stockd_scheduler_sold_out_from_memory_total") > before {
 				break
 			}
@@ -184,10 +186,10 @@ func TestClusterRestockThenBuyElsewhere(t *testing.T) {
 	const first, added = 200, 300
 	putSKU(t, nodes[0], "again", first, 4, 20, 5)
 	waitKnown(t, nodes, "again")
-	b := newBuyer(128)
+	b := stocktest.NewBuyer(128)
 	o := crowdOverRetrying(t, b, hots(nodes), "again", 2*first, "a-", 10)
-	if o.units != first {
-		t.Fatalf("first sale sold %d of %d (other %v)", o.units, first, o.other)
+	if o.Units != first {
+		t.Fatalf("first sale sold %d of %d (other %v)", o.Units, first, o.Other)
 	}
 	waitSoldOutEverywhere(t, nodes, "again")
 
@@ -199,34 +201,34 @@ func TestClusterRestockThenBuyElsewhere(t *testing.T) {
 	stale := &staleClock{returned: time.Now()}
 	t.Logf("restock answered in %s", stale.returned.Sub(began).Round(time.Millisecond))
 	others := hots(nodes[1:])
-	second := newOutcomes()
+	second := stocktest.NewTally()
 	var wg sync.WaitGroup
 	for i := 0; i < added; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
 			id := "r-" + strconv.Itoa(i)
-			a, err := b.deduct(others[i%2], "again", 1, id)
+			a, err := b.Deduct(others[i%2], "again", 1, id)
 			if err == nil && a.Code == 409 {
 				stale.saw()
 			}
 			if err == nil && a.Code == 503 {
 				a, err = definite(b, others, i%2+1, "again", id)
 			}
-			second.add(t, id, a, err)
+			second.Add(t, id, a, err)
 		}(i)
 	}
 	wg.Wait()
 	t.Logf("after restock: %d of %d answers sold_out while units remained, the last %s after the admin call returned; unconfirmed %v",
 		stale.n, added, stale.last.Round(time.Millisecond), put.Unconfirmed)
-	if stale.n > 0 || second.soldOut > 0 || second.units != added || len(second.errs) > 0 || len(second.other) > 0 {
+	if stale.n > 0 || second.SoldOut > 0 || second.Units != added || len(second.Errs) > 0 || len(second.Other) > 0 {
 		t.Fatalf("after restock: %d ok, %d sold_out of %d with %d units added; errors %v, other %v",
-			second.ok, second.soldOut, added, added, firstErr(second.errs), second.other)
+			second.OK, second.SoldOut, added, added, firstErr(second.Errs), second.Other)
 	}
 	// And sold out again once they are gone.
 	late := crowdOverRetrying(t, b, hots(nodes), "again", 100, "late-", 10)
-	if late.soldOut != 100 {
-		t.Fatalf("after the restocked units: %d sold_out of 100 (ok %d, other %v)", late.soldOut, late.ok, late.other)
+	if late.SoldOut != 100 {
+		t.Fatalf("after the restocked units: %d sold_out of 100 (ok %d, other %v)", late.SoldOut, late.OK, late.Other)
 	}
 	r := waitSynced(t, nodes[2], "again", 20*time.Second)
 	if r.Reserved != first+added || r.Doubled != 0 {
@@ -259,9 +261,9 @@ func TestClusterFrozenNodeReadYourWrites(t *testing.T) {
 	const first, added = 100, 60
 	putSKU(t, n1, "frz", first, 4, 10, 2)
 	waitKnown(t, nodes, "frz")
-	b := newBuyer(64)
-	if o := crowdOverRetrying(t, b, hots(nodes), "frz", 2*first, "a-", 10); o.units != first {
-		t.Fatalf("first sale sold %d of %d (other %v)", o.units, first, o.other)
+	b := stocktest.NewBuyer(64)
+	if o := crowdOverRetrying(t, b, hots(nodes), "frz", 2*first, "a-", 10); o.Units != first {
+		t.Fatalf("first sale sold %d of %d (other %v)", o.Units, first, o.Other)
 	}
 	waitSoldOutEverywhere(t, nodes, "frz")
 
@@ -289,29 +291,29 @@ func TestClusterFrozenNodeReadYourWrites(t *testing.T) {
 
 	// node 3's first answers, right after it resumed.
 	var wg sync.WaitGroup
-	o := newOutcomes()
+	o := stocktest.NewTally()
 	stale := &staleClock{returned: resumed}
 	for i := 0; i < added; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
 			id := "z-" + strconv.Itoa(i)
-			a, err := b.deduct(n3.hot, "frz", 1, id)
+			a, err := b.Deduct(n3.hot, "frz", 1, id)
 			if err == nil && a.Code == 409 {
 				stale.saw()
 			}
 			if err == nil && a.Code == 503 {
 				a, err = definite(b, []string{n3.hot}, 0, "frz", id)
 			}
-			o.add(t, id, a, err)
+			o.Add(t, id, a, err)
 		}(i)
 	}
 	wg.Add(1)
-	var created answer
+	var created stocktest.Answer
 	var createdErr error
 	go func() {
 		defer wg.Done()
-		created, createdErr = b.deduct(n3.hot, "frz2", 1, "new-1")
+		created, createdErr = b.Deduct(n3.hot, "frz2", 1, "new-1")
 		if createdErr == nil && created.Code == 503 {
 			created, createdErr = definite(b, []string{n3.hot}, 0, "frz2", "new-1")
 		}
@@ -325,9 +327,9 @@ func TestClusterFrozenNodeReadYourWrites(t *testing.T) {
 	if createdErr != nil || created.Code != 200 {
 		t.Errorf("node 3 on the SKU created while it was frozen: %+v %v", created, createdErr)
 	}
-	if stale.n > 0 || o.units != added || len(o.errs) > 0 || len(o.other) > 0 {
+	if stale.n > 0 || o.Units != added || len(o.Errs) > 0 || len(o.Other) > 0 {
 		t.Errorf("node 3 after SIGCONT: %d ok, %d sold_out of %d (units added %d); errors %v, other %v",
-			o.ok, o.soldOut, added, added, firstErr(o.errs), o.other)
+			o.OK, o.SoldOut, added, added, firstErr(o.Errs), o.Other)
 	}
 	r := waitSynced(t, n1, "frz", 20*time.Second)
 	if r.Reserved != first+added || r.Doubled != 0 {
@@ -341,7 +343,7 @@ func TestUnknownSKUFloodReadsTheCatalogueOncePerInterval(t *testing.T) {
 	e := newEnv(t, 1)
 	n := startNode(t, e.config())
 	maxAge := n.d.cfg.Cluster.ViewMaxAge
-	b := newBuyer(32)
+	b := stocktest.NewBuyer(32)
 	before := metric(t, n, "stockd_catalogue_reads_total")
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -351,7 +353,7 @@ func TestUnknownSKUFloodReadsTheCatalogueOncePerInterval(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; time.Since(start) < 5*maxAge; i++ {
-				a, err := b.deduct(n.hot, fmt.Sprintf("nope-%d-%d", w, i), 1, "r-1")
+				a, err := b.Deduct(n.hot, fmt.Sprintf("nope-%d-%d", w, i), 1, "r-1")
 				asked.Add(1)
 				if err == nil && a.Code == 404 {
 					notFound.Add(1)

@@ -14,6 +14,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/daemon/cluster"
 	"github.com/stockd/stockd/daemon/hot"
 	"github.com/stockd/stockd/preallocate"
@@ -383,8 +384,8 @@ func (c Config) validateSecrets() error {
 // Validate checks SKU parameters and reports every bad one.
 func (d SKUDefaults) Validate() error {
 	var errs []error
-	if d.Partitions < 1 || d.Partitions > MaxPartitions {
-		errs = append(errs, fmt.Errorf("partitions: must be between 1 and %d", MaxPartitions))
+	if d.Partitions < 1 || d.Partitions > stockd.MaxPartitions {
+		errs = append(errs, fmt.Errorf("partitions: must be between 1 and %d", stockd.MaxPartitions))
 	}
 	if d.Chunk < 1 {
 		errs = append(errs, errors.New("chunk: must be at least 1"))
@@ -394,9 +395,6 @@ func (d SKUDefaults) Validate() error {
 	}
 	return errors.Join(errs...)
 }
-
-// MaxPartitions bounds the partitions of one SKU.
-const MaxPartitions = 256
 
 // applyEnv sets fields from STOCKD_* variables.
 func applyEnv(cfg *Config, environ []string) error {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // stockdMetric is a stockd metric name inside a PromQL expression.
@@ -143,8 +145,8 @@ func TestDashboardAndAlertsQueryServedMetrics(t *testing.T) {
 	// Labelled series appear once used: a SKU (per-SKU gauges, refills),
 	// deductions and their write-back (publish and apply counters).
 	putSKU(t, n, "c1", 50, 2, 10, 2)
-	b := newBuyer(8)
-	crowd(t, b, n.hot, "c1", 20, "c-", func(int) int64 { return 1 })
+	b := stocktest.NewBuyer(8)
+	stocktest.Crowd(t, b, n.hot, "c1", 20, "c-", func(int) int64 { return 1 })
 	waitSynced(t, n, "c1", 30*time.Second)
 
 	var missing []string

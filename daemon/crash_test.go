@@ -8,47 +8,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/audit"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
-
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// stockdBinary builds the daemon once per test run.
-func stockdBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "stockd-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "stockd")
-		out, err := exec.Command("go", "build", "-o", binPath, "./cmd/stockd").CombinedOutput()
-		if err != nil {
-			buildErr = &buildError{err: err, out: string(out)}
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("build stockd: %v", buildErr)
-	}
-	return binPath
-}
-
-type buildError struct {
-	err error
-	out string
-}
-
-func (e *buildError) Error() string { return e.err.Error() + ": " + e.out }
 
 // proc is a stockd process.
 type proc struct {
@@ -84,7 +51,7 @@ func startProc(t *testing.T, cfg Config) *proc {
 	if cfg.GossipAddr == "127.0.0.1:0" {
 		cfg.GossipAddr = "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
 	}
-	cmd := exec.Command(stockdBinary(t))
+	cmd := exec.Command(stocktest.StockdBinary(t))
 	cmd.Env = append(os.Environ(), procEnv(cfg, hot, admin)...)
 	logf, err := os.Create(filepath.Join(t.TempDir(), "stockd.log"))
 	if err != nil {
@@ -155,7 +122,7 @@ func TestKillNineMidSale(t *testing.T) {
 	p := startProc(t, cfg)
 	n := &node{t: t, admin: p.admin} // admin calls only
 	putSKU(t, n, "k9", 50000, 4, 100, 20)
-	b := newBuyer(16)
+	b := stocktest.NewBuyer(16)
 
 	stop := make(chan struct{})
 	o, wg := steadySale(t, b, p.hot, "k9", "before-", 4, stop)
@@ -174,8 +141,8 @@ func TestKillNineMidSale(t *testing.T) {
 
 	r := waitSynced(t, n, "k9", 15*time.Second)
 	// Every acknowledged reservation has its detail in MySQL.
-	for _, out := range []*outcomes{o, o2} {
-		for tok := range out.reservations {
+	for _, out := range []*stocktest.Tally{o, o2} {
+		for tok := range out.Reservations {
 			parts := strings.Split(tok, ":")
 			id := strings.Join(parts[:4], ":")
 			var qty int64
@@ -185,20 +152,20 @@ func TestKillNineMidSale(t *testing.T) {
 		}
 	}
 	// The command-line verify prints the same report.
-	cmd := exec.Command(stockdBinary(t), "verify", "k9")
+	cmd := exec.Command(stocktest.StockdBinary(t), "verify", "k9")
 	cmd.Env = append(os.Environ(), procEnv(cfg, p2.hot, p2.admin)...)
 	out, err := cmd.Output()
-	var cli report
+	var cli audit.Report
 	if err != nil || json.Unmarshal(out, &cli) != nil || !cli.OK || cli.Reserved != r.Reserved {
 		t.Fatalf("stockd verify: %v, %s", err, out)
 	}
 
-	acked := o.units + o2.units
+	acked := o.Units + o2.Units
 	if r.Reserved < acked {
 		t.Fatalf("MySQL holds %d units, callers were told %d", r.Reserved, acked)
 	}
 	t.Logf("acknowledged %d before and %d after the kill; MySQL holds %d units (the rest were taken but their answers were cut off); verify %+v",
-		o.units, o2.units, r.Reserved, r)
+		o.Units, o2.Units, r.Reserved, r)
 }
 
 // SIGTERM under load: the node stops accepting, finishes what it accepted,
@@ -211,7 +178,7 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 	p := startProc(t, cfg)
 	n := &node{t: t, admin: p.admin}
 	putSKU(t, n, "term", 50000, 4, 100, 20)
-	b := newBuyer(16)
+	b := stocktest.NewBuyer(16)
 	stop := make(chan struct{})
 	o, wg := steadySale(t, b, p.hot, "term", "t-", 8, stop)
 	time.Sleep(1500 * time.Millisecond)
@@ -240,15 +207,15 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 	// every acknowledged reservation has its row.
 	n2 := startNode(t, cfg)
 	r := waitSynced(t, n2, "term", 15*time.Second)
-	for tok := range o.reservations {
+	for tok := range o.Reservations {
 		parts := strings.Split(tok, ":")
 		var qty int64
 		if err := e.db.QueryRow(`SELECT qty FROM deductions WHERE detail_id = ?`, strings.Join(parts[:4], ":")).Scan(&qty); err != nil {
 			t.Fatalf("acknowledged reservation %s has no detail row: %v", tok, err)
 		}
 	}
-	if r.Reserved != o.units {
-		t.Fatalf("MySQL holds %d units, callers were told %d (a graceful stop answers what it took)", r.Reserved, o.units)
+	if r.Reserved != o.Units {
+		t.Fatalf("MySQL holds %d units, callers were told %d (a graceful stop answers what it took)", r.Reserved, o.Units)
 	}
-	t.Logf("%d deductions acknowledged, %d requests refused during the stop; verify %+v", o.ok, len(o.errs), r)
+	t.Logf("%d deductions acknowledged, %d requests refused during the stop; verify %+v", o.OK, len(o.Errs), r)
 }

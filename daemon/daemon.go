@@ -20,6 +20,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/daemon/cluster"
 	"github.com/stockd/stockd/daemon/hot"
 	"github.com/stockd/stockd/internal/httpframe"
@@ -390,28 +391,28 @@ func (d *Daemon) stopServers() {
 
 // Verify runs the conservation check of sku against the services cfg
 // names, without starting a node (the `stockd verify` command).
-func Verify(ctx context.Context, cfg Config, sku string) (stocksync.Report, error) {
+func Verify(ctx context.Context, cfg Config, sku string) (audit.Report, error) {
 	db, err := schema.OpenTLS(ctx, cfg.MySQLDSN, cfg.MySQLCAFile)
 	if err != nil {
-		return stocksync.Report{}, fmt.Errorf("mysql: %w", err)
+		return audit.Report{}, fmt.Errorf("mysql: %w", err)
 	}
 	defer db.Close()
 	store := preallocate.NewStore(db)
 	shardCfgs, err := recordedShards(ctx, store, cfg.Shards, slog.Default())
 	if err != nil {
-		return stocksync.Report{}, err
+		return audit.Report{}, err
 	}
 	shards, err := shard.Open(ctx, shardCfgs, shard.Options{Prefix: cfg.KeyPrefix, Timeout: cfg.RedisTimeout, RecordWindow: cfg.Scheduler.RetryWindow}, slog.Default())
 	if err != nil {
-		return stocksync.Report{}, fmt.Errorf("redis: %w", err)
+		return audit.Report{}, fmt.Errorf("redis: %w", err)
 	}
 	defer shards.Close()
 	// The SKU may have partitions on shards added at runtime.
 	l := &loader{store: store, shards: shards, logger: slog.Default(), shardDefaults: cfg.ShardDefaults}
 	if err := l.syncShards(ctx); err != nil {
-		return stocksync.Report{}, fmt.Errorf("redis: %w", err)
+		return audit.Report{}, fmt.Errorf("redis: %w", err)
 	}
-	return stocksync.Verify(ctx, db, shards, sku)
+	return audit.New(store, stocksync.NewRecords(db), shards).Verify(ctx, sku)
 }
 
 // recordedShards records the configured shards in MySQL and returns them

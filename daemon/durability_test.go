@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
@@ -85,35 +86,35 @@ func TestReplicaModeAndFailover(t *testing.T) {
 	e, cfg, primary, replica := replicaEnv(t)
 	n := startNode(t, cfg)
 	putSKU(t, n, "rep", 1000, 2, 20, 5)
-	b := newBuyer(16)
+	b := stocktest.NewBuyer(16)
 
-	acked := newOutcomes()
-	buy := func(prefix string, k int) *outcomes {
-		o := newOutcomes()
+	acked := stocktest.NewTally()
+	buy := func(prefix string, k int) *stocktest.Tally {
+		o := stocktest.NewTally()
 		for i := 0; i < k; i++ {
 			id := prefix + strconv.Itoa(i)
-			a, err := b.deduct(n.hot, "rep", 1, id)
-			o.add(t, id, a, err)
+			a, err := b.Deduct(n.hot, "rep", 1, id)
+			o.Add(t, id, a, err)
 			if err == nil && a.Code == 200 {
-				acked.add(t, id, a, err)
+				acked.Add(t, id, a, err)
 			}
 		}
 		return o
 	}
-	if o := buy("a-", 50); o.ok != 50 {
-		t.Fatalf("with the replica: %d ok of 50 (other %v)", o.ok, o.other)
+	if o := buy("a-", 50); o.OK != 50 {
+		t.Fatalf("with the replica: %d ok of 50 (other %v)", o.OK, o.Other)
 	}
 
 	replica.Kill()
 	// Concurrent, so that they share take calls and WAITs.
-	if o := crowd(t, b, n.hot, "rep", 20, "b-", func(int) int64 { return 1 }); o.ok != 0 || o.other[503] != 20 {
-		t.Fatalf("without the replica: %d ok, statuses %v; want every answer 503", o.ok, o.other)
+	if o := stocktest.Crowd(t, b, n.hot, "rep", 20, "b-", func(int) int64 { return 1 }); o.OK != 0 || o.Other[503] != 20 {
+		t.Fatalf("without the replica: %d ok, statuses %v; want every answer 503", o.OK, o.Other)
 	}
 	replica.Restart()
 	waitReplicaSynced(t, primary)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if o := buy(fmt.Sprintf("c%d-", time.Now().UnixNano()), 5); o.ok == 5 {
+		if o := buy(fmt.Sprintf("c%d-", time.Now().UnixNano()), 5); o.OK == 5 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -123,8 +124,8 @@ func TestReplicaModeAndFailover(t *testing.T) {
 	}
 	// The 503s of b- may have deducted on the primary: their retries get
 	// the first outcome (now replicated), not a second deduction.
-	if o := buy("b-", 20); o.ok != 20 {
-		t.Fatalf("retries of the 503s: %d ok of 20", o.ok)
+	if o := buy("b-", 20); o.OK != 20 {
+		t.Fatalf("retries of the 503s: %d ok of 20", o.OK)
 	}
 
 	// Failover: the primary dies, the replica is promoted and the shard
@@ -143,18 +144,18 @@ func TestReplicaModeAndFailover(t *testing.T) {
 	// its first outcome: nothing acknowledged was lost by the failover.
 	testenv.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(replica.Port))
 	waitReplicaSynced(t, replica)
-	for tok, id := range acked.reservations {
-		a, err := b.deduct(n.hot, "rep", 1, id)
+	for tok, id := range acked.Reservations {
+		a, err := b.Deduct(n.hot, "rep", 1, id)
 		if err != nil || a.Code != 200 || a.Reservation != tok {
 			t.Fatalf("retry of %s after failover: %+v %v, want %s", id, a, err, tok)
 		}
 	}
-	if o := buy("d-", 20); o.ok != 20 {
-		t.Fatalf("selling after failover: %d ok of 20 (%v)", o.ok, o.other)
+	if o := buy("d-", 20); o.OK != 20 {
+		t.Fatalf("selling after failover: %d ok of 20 (%v)", o.OK, o.Other)
 	}
 	r := waitSynced(t, n, "rep", 10*time.Second)
-	if r.InDoubt != 0 || r.Reserved < acked.units {
-		t.Fatalf("after failover: %+v; acknowledged %d", r, acked.units)
+	if r.InDoubt != 0 || r.Reserved < acked.Units {
+		t.Fatalf("after failover: %+v; acknowledged %d", r, acked.Units)
 	}
 
 	// A restart with the same config file (which still names the dead
@@ -162,14 +163,14 @@ func TestReplicaModeAndFailover(t *testing.T) {
 	// promoted replica, and acknowledged requests keep their outcome.
 	n.stop()
 	n = startNode(t, cfg)
-	for tok, id := range acked.reservations {
-		a, err := b.deduct(n.hot, "rep", 1, id)
+	for tok, id := range acked.Reservations {
+		a, err := b.Deduct(n.hot, "rep", 1, id)
 		if err != nil || a.Code != 200 || a.Reservation != tok {
 			t.Fatalf("retry of %s after restart: %+v %v, want %s", id, a, err, tok)
 		}
 	}
-	if o := buy("e-", 20); o.ok != 20 {
-		t.Fatalf("selling after restart: %d ok of 20 (%v)", o.ok, o.other)
+	if o := buy("e-", 20); o.OK != 20 {
+		t.Fatalf("selling after restart: %d ok of 20 (%v)", o.OK, o.Other)
 	}
 	waitSynced(t, n, "rep", 10*time.Second)
 	// So does the verify command, which reads the shards the same way.
@@ -188,16 +189,16 @@ func TestFrozenShardFailsFast(t *testing.T) {
 	cfg.RedisTimeout = 300 * time.Millisecond
 	n := startNode(t, cfg)
 	putSKU(t, n, "frz", 100000, 6, 100, 20)
-	b := newBuyer(32)
+	b := stocktest.NewBuyer(32)
 	e.shards[0].Stop()
 	// The first requests homed there wait out the timeout and mark it
 	// unhealthy; after that, answers come fast.
-	crowd(t, b, n.hot, "frz", 200, "warm-", func(int) int64 { return 1 })
+	stocktest.Crowd(t, b, n.hot, "frz", 200, "warm-", func(int) int64 { return 1 })
 	start := time.Now()
-	o := crowd(t, b, n.hot, "frz", 600, "x-", func(int) int64 { return 1 })
+	o := stocktest.Crowd(t, b, n.hot, "frz", 600, "x-", func(int) int64 { return 1 })
 	took := time.Since(start)
-	if o.ok == 0 || o.other[503] == 0 {
-		t.Fatalf("ok %d, statuses %v: want sales on the healthy shards and 503 for the frozen one", o.ok, o.other)
+	if o.OK == 0 || o.Other[503] == 0 {
+		t.Fatalf("ok %d, statuses %v: want sales on the healthy shards and 503 for the frozen one", o.OK, o.Other)
 	}
 	if took > 3*time.Second {
 		t.Fatalf("600 requests took %s with a frozen shard: not failing fast", took)
@@ -205,17 +206,17 @@ func TestFrozenShardFailsFast(t *testing.T) {
 	e.shards[0].Continue()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		o := crowd(t, b, n.hot, "frz", 60, fmt.Sprintf("y%d-", time.Now().UnixNano()), func(int) int64 { return 1 })
-		if o.ok == 60 {
+		o := stocktest.Crowd(t, b, n.hot, "frz", 60, fmt.Sprintf("y%d-", time.Now().UnixNano()), func(int) int64 { return 1 })
+		if o.OK == 60 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the thawed shard is not used again: %v", o.other)
+			t.Fatalf("the thawed shard is not used again: %v", o.Other)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	waitSynced(t, n, "frz", 10*time.Second)
-	t.Logf("with one of 3 shards frozen: %d ok, %d 503 in %s", o.ok, o.other[503], took.Round(time.Millisecond))
+	t.Logf("with one of 3 shards frozen: %d ok, %d 503 in %s", o.OK, o.Other[503], took.Round(time.Millisecond))
 }
 
 // Admission limits answer 429 before touching stock.
@@ -225,10 +226,10 @@ func TestAdmissionLimits(t *testing.T) {
 	cfg.Limits.ClientRPS, cfg.Limits.ClientBurst = 20, 10
 	n := startNode(t, cfg)
 	putSKU(t, n, "lim", 1000, 2, 50, 10)
-	b := newBuyer(8)
+	b := stocktest.NewBuyer(8)
 	var ok, shed int
 	for i := 0; i < 100; i++ {
-		a, err := b.deduct(n.hot, "lim", 1, "f-"+strconv.Itoa(i))
+		a, err := b.Deduct(n.hot, "lim", 1, "f-"+strconv.Itoa(i))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -260,9 +261,9 @@ func TestRollbackCaughtByEveryNode(t *testing.T) {
 	a, b := nodes[0], nodes[1]
 	putSKU(t, a, "rb", 1000, 1, 100, 20)
 	waitKnown(t, nodes, "rb")
-	buyer := newBuyer(4)
+	buyer := stocktest.NewBuyer(4)
 	for i := 0; i < 50; i++ {
-		if ans, err := buyer.deduct(a.hot, "rb", 1, "a-"+strconv.Itoa(i)); err != nil || ans.Code != 200 {
+		if ans, err := buyer.Deduct(a.hot, "rb", 1, "a-"+strconv.Itoa(i)); err != nil || ans.Code != 200 {
 			t.Fatalf("deduction %d on a: %+v %v", i, ans, err)
 		}
 	}
@@ -291,7 +292,7 @@ func TestRollbackCaughtByEveryNode(t *testing.T) {
 	}
 	time.Sleep(3 * e.config().ReloadEvery)
 
-	ans, err := buyer.deduct(b.hot, "rb", 1, "b-0")
+	ans, err := buyer.Deduct(b.hot, "rb", 1, "b-0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -326,9 +327,9 @@ func TestStartWithAShardDown(t *testing.T) {
 	cfg := e.config()
 	n := startNode(t, cfg)
 	putSKU(t, n, "down", 2000, 4, 50, 10)
-	b := newBuyer(8)
-	if o := crowd(t, b, n.hot, "down", 100, "before-", func(int) int64 { return 1 }); o.ok != 100 {
-		t.Fatalf("before: %d ok of 100 (other %v)", o.ok, o.other)
+	b := stocktest.NewBuyer(8)
+	if o := stocktest.Crowd(t, b, n.hot, "down", 100, "before-", func(int) int64 { return 1 }); o.OK != 100 {
+		t.Fatalf("before: %d ok of 100 (other %v)", o.OK, o.Other)
 	}
 	waitSynced(t, n, "down", 10*time.Second)
 	n.stop()
@@ -343,18 +344,18 @@ func TestStartWithAShardDown(t *testing.T) {
 	start := time.Now()
 	n = startNode(t, cfg)
 	t.Logf("node ready %s after starting with s2 down", time.Since(start).Round(time.Millisecond))
-	during := newOutcomes()
+	during := stocktest.NewTally()
 	var unanswered []string
 	for i := 0; i < 200; i++ {
 		id := "during-" + strconv.Itoa(i)
-		a, err := b.deduct(n.hot, "down", 1, id)
-		during.add(t, id, a, err)
+		a, err := b.Deduct(n.hot, "down", 1, id)
+		during.Add(t, id, a, err)
 		if err != nil || a.Code != 200 {
 			unanswered = append(unanswered, id)
 		}
 	}
-	if during.ok == 0 || during.other[503] == 0 || during.ok+during.other[503] != 200 {
-		t.Fatalf("with s2 down: %d ok, other %v; want some ok (homed on s1), the rest 503", during.ok, during.other)
+	if during.OK == 0 || during.Other[503] == 0 || during.OK+during.Other[503] != 200 {
+		t.Fatalf("with s2 down: %d ok, other %v; want some ok (homed on s1), the rest 503", during.OK, during.Other)
 	}
 
 	e.shards[1].Restart()
@@ -366,7 +367,7 @@ func TestStartWithAShardDown(t *testing.T) {
 		}
 		var still []string
 		for _, id := range unanswered {
-			a, err := b.deduct(n.hot, "down", 1, id)
+			a, err := b.Deduct(n.hot, "down", 1, id)
 			if err != nil || a.Code != 200 {
 				still = append(still, id)
 			}

@@ -12,18 +12,21 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/admin"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // idAnswer is a deduction's request id, quantity and answer.
 type idAnswer struct {
 	id  string
 	qty int64
-	a   answer
+	a   stocktest.Answer
 }
 
 // settleAll confirms or releases (release(id) true) every reservation and
 // returns the request ids released. Each must answer 200.
-func settleAll(t *testing.T, b *buyer, n *node, oks []idAnswer, release func(id string) bool) map[string]bool {
+func settleAll(t *testing.T, b *stocktest.Buyer, n *node, oks []idAnswer, release func(id string) bool) map[string]bool {
 	t.Helper()
 	released := map[string]bool{}
 	for _, x := range oks {
@@ -32,7 +35,7 @@ func settleAll(t *testing.T, b *buyer, n *node, oks []idAnswer, release func(id 
 			what, want = "release", "released"
 			released[x.id] = true
 		}
-		a, err := b.post(n.hot, "/v1/"+what, fmt.Sprintf(`{"reservation":%q}`, x.a.Reservation))
+		a, err := b.Post(n.hot, "/v1/"+what, fmt.Sprintf(`{"reservation":%q}`, x.a.Reservation))
 		if err != nil || a.Code != 200 || a.Status != want {
 			t.Errorf("%s %s of %s: %+v %v", what, x.a.Reservation, x.id, a, err)
 		}
@@ -42,7 +45,7 @@ func settleAll(t *testing.T, b *buyer, n *node, oks []idAnswer, release func(id 
 
 // sellRest buys one unit at a time with fresh ids until sold_out and
 // returns the answers that were ok.
-func sellRest(t *testing.T, b *buyer, n *node, sku string, limit int) []idAnswer {
+func sellRest(t *testing.T, b *stocktest.Buyer, n *node, sku string, limit int) []idAnswer {
 	t.Helper()
 	var oks []idAnswer
 	for i := 0; ; i++ {
@@ -50,7 +53,7 @@ func sellRest(t *testing.T, b *buyer, n *node, sku string, limit int) []idAnswer
 			t.Fatalf("no sold_out after %d more buyers", limit)
 		}
 		id := "rest-" + strconv.Itoa(i)
-		a, err := b.deduct(n.hot, sku, 1, id)
+		a, err := b.Deduct(n.hot, sku, 1, id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -134,11 +137,11 @@ func TestCaseVariantRequestIDs(t *testing.T) {
 	n := startNode(t, e.config())
 	const total = 10
 	putSKU(t, n, "cv", total, 2, 5, 1)
-	b := newBuyer(8)
+	b := stocktest.NewBuyer(8)
 
 	var oks []idAnswer
 	for _, x := range []idAnswer{{id: "Order-N", qty: 3}, {id: "order-N", qty: 4}, {id: "ORDER-N", qty: 2}} {
-		a, err := b.deduct(n.hot, "cv", x.qty, x.id)
+		a, err := b.Deduct(n.hot, "cv", x.qty, x.id)
 		if err != nil || a.Code != 200 {
 			t.Fatalf("%s: %+v %v", x.id, a, err)
 		}
@@ -190,7 +193,7 @@ func TestCaseVariantRequestIDsCrowd(t *testing.T) {
 	n := startNode(t, e.config())
 	const total = 60
 	putSKU(t, n, "cvc", total, 4, 5, 1)
-	b := newBuyer(64)
+	b := stocktest.NewBuyer(64)
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))
@@ -209,12 +212,12 @@ func TestCaseVariantRequestIDsCrowd(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			first, err := b.deduct(n.hot, "cvc", x.qty, x.id)
+			first, err := b.Deduct(n.hot, "cvc", x.qty, x.id)
 			if err != nil {
 				t.Errorf("%s: %v", x.id, err)
 				return
 			}
-			again, err := b.deduct(n.hot, "cvc", x.qty, x.id)
+			again, err := b.Deduct(n.hot, "cvc", x.qty, x.id)
 			if err != nil || again.Code != first.Code || again.Reservation != first.Reservation {
 				t.Errorf("%s: first %+v, retry %+v %v", x.id, first, again, err)
 			}
@@ -267,7 +270,7 @@ func TestCaseVariantSKUs(t *testing.T) {
 	e := newEnv(t, 2)
 	n := startNode(t, e.config())
 	putSKU(t, n, "adv-x", 100, 2, 10, 2)
-	var v skuView
+	var v admin.SKUView
 	if code := adminDo(t, n, "PUT", "/admin/skus/ADV-X", `{"total":50,"partitions":2,"chunk":10,"threshold":2}`, &v); code != 201 {
 		t.Errorf("PUT ADV-X beside adv-x: status %d, want 201 (a new SKU)", code)
 	}
@@ -277,29 +280,29 @@ func TestCaseVariantSKUs(t *testing.T) {
 	if got := getSKU(t, n, "ADV-X"); got.SKU != "ADV-X" || got.Total != 50 {
 		t.Errorf("ADV-X: %s total %d, want ADV-X total 50", got.SKU, got.Total)
 	}
-	b := newBuyer(64)
+	b := stocktest.NewBuyer(64)
 	skus := []string{"adv-x", "ADV-X"}
-	sold := make([]*outcomes, len(skus))
+	sold := make([]*stocktest.Tally, len(skus))
 	var wg sync.WaitGroup
 	for i, sku := range skus {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			// The same ids on both SKUs: (sku, request id) is the key.
-			sold[i] = crowd(t, b, n.hot, sku, 200, "buy-", func(int) int64 { return 1 })
+			sold[i] = stocktest.Crowd(t, b, n.hot, sku, 200, "buy-", func(int) int64 { return 1 })
 		}()
 	}
 	wg.Wait()
 	for i, want := range []int64{100, 50} {
 		sku, o := skus[i], sold[i]
-		if len(o.errs) > 0 || len(o.other) > 0 {
-			t.Errorf("%s: errors %v, statuses %v", sku, firstErr(o.errs), o.other)
+		if len(o.Errs) > 0 || len(o.Other) > 0 {
+			t.Errorf("%s: errors %v, statuses %v", sku, firstErr(o.Errs), o.Other)
 		}
-		t.Logf("%s: %d units sold of %d", sku, o.units, want)
-		if o.units != want {
-			t.Errorf("%s: %d units sold, want exactly %d", sku, o.units, want)
+		t.Logf("%s: %d units sold of %d", sku, o.Units, want)
+		if o.Units != want {
+			t.Errorf("%s: %d units sold, want exactly %d", sku, o.Units, want)
 		}
-		r := checkConserved(t, e, n, sku, o.units)
+		r := checkConserved(t, e, n, sku, o.Units)
 		if r.Total != want || r.Doubled != 0 {
 			t.Errorf("%s: verify %+v, want total %d and nothing doubled", sku, r, want)
 		}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/stockd/stockd/internal/schema"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // A node frozen (SIGSTOP) in the middle of a refill keeps its MySQL
@@ -58,13 +59,12 @@ func TestFrozenTransactionDoesNotStallSale(t *testing.T) {
 	// Buyers like a gateway until every unit is sold; the freeze lasts
 	// the whole sale.
 	stop := make(chan struct{})
-	o, wg := gatewaySale(t, newBuyer(32), hots(nodes), "frz", "f-", 16, stop)
+	o, wg := gatewaySale(t, stocktest.NewBuyer(32), hots(nodes), "frz", "f-", 16, stop)
 	deadline := time.Now().Add(90 * time.Second)
 	soldOutEarly := 0 // sold_out answers seen while units were left (50 ms grain)
 	for {
-		o.mu.Lock()
-		sold, errs, soldOut := o.units, len(o.errs), o.soldOut
-		o.mu.Unlock()
+		c := o.Snapshot()
+		sold, errs, soldOut := c.Units, c.Errs, c.SoldOut
 		if sold >= total || errs > 0 || time.Now().After(deadline) {
 			break
 		}
@@ -74,12 +74,12 @@ func TestFrozenTransactionDoesNotStallSale(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	t.Logf("sold %d of %d in %s after the freeze began (pool %d then); sold_out answers %d (%d while units were left), other %v",
-		o.units, total, time.Since(frozeAt).Round(time.Millisecond), pool, o.soldOut, soldOutEarly, o.other)
-	if len(o.errs) > 0 {
-		t.Fatalf("errors: %v", firstErr(o.errs))
+		o.Units, total, time.Since(frozeAt).Round(time.Millisecond), pool, o.SoldOut, soldOutEarly, o.Other)
+	if len(o.Errs) > 0 {
+		t.Fatalf("errors: %v", firstErr(o.Errs))
 	}
-	if o.units != total {
-		t.Fatalf("sold %d of %d while a transaction held the SKU row", o.units, total)
+	if o.Units != total {
+		t.Fatalf("sold %d of %d while a transaction held the SKU row", o.Units, total)
 	}
 
 	// The frozen node thaws: its transaction is gone, nothing of it landed.

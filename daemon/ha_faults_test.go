@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
@@ -24,7 +25,7 @@ import (
 // many 503s were answered after mid started, and when the last one was;
 // hr gets every answer (mid should call hr.killed at its fault).
 type haSaleResult struct {
-	o             *outcomes
+	o             *stocktest.Tally
 	after503      int64
 	last503       time.Duration // after mid started
 	soldBeforeMid int64
@@ -32,8 +33,8 @@ type haSaleResult struct {
 
 func haSale(t *testing.T, n *node, sku string, total int64, hr *haReport, mid func()) haSaleResult {
 	t.Helper()
-	b := newBuyer(16)
-	o := newOutcomes()
+	b := stocktest.NewBuyer(16)
+	o := stocktest.NewTally()
 	var sold, unavailable atomic.Int64
 	var midAt, last503 atomic.Int64
 	var wg sync.WaitGroup
@@ -45,7 +46,7 @@ func haSale(t *testing.T, n *node, sku string, total int64, hr *haReport, mid fu
 				id := fmt.Sprintf("w%d-%d", w, i)
 				deadline := time.Now().Add(60 * time.Second)
 				for {
-					a, err := b.deduct(n.hot, sku, 1, id)
+					a, err := b.Deduct(n.hot, sku, 1, id)
 					if err == nil && a.Code == 503 && time.Now().Before(deadline) {
 						if midAt.Load() != 0 {
 							unavailable.Add(1)
@@ -55,7 +56,7 @@ func haSale(t *testing.T, n *node, sku string, total int64, hr *haReport, mid fu
 						time.Sleep(20 * time.Millisecond)
 						continue
 					}
-					o.add(t, id, a, err)
+					o.Add(t, id, a, err)
 					hr.answer(id, a, err)
 					if err == nil && a.Code == 200 {
 						sold.Add(1)
@@ -182,8 +183,8 @@ func TestHAClusterShardSale(t *testing.T) {
 		t.Fatal("no slot migrated")
 	}
 	hr.extra("slot migrated", moved)
-	if r.o.ok != total || len(r.o.errs) != 0 || len(r.o.other) != 0 {
-		t.Fatalf("sold %d of %d (errors %v, statuses %v)", r.o.ok, total, r.o.errs, r.o.other)
+	if r.o.OK != total || len(r.o.Errs) != 0 || len(r.o.Other) != 0 {
+		t.Fatalf("sold %d of %d (errors %v, statuses %v)", r.o.OK, total, r.o.Errs, r.o.Other)
 	}
 	t.Logf("cluster master kill, then %s: %d sold before, %d answers 503 after the kill (retried), the last %s after it",
 		moved, r.soldBeforeMid, r.after503, r.last503.Round(time.Millisecond))
@@ -219,7 +220,7 @@ func TestHASentinelAOFRollbackFenced(t *testing.T) {
 	}
 	hr := newHAReport(t, e.db, "rb", total, fmt.Sprintf("Sentinel shard (primary, 1 replica, 3 sentinels; durability aof) beside a standalone shard, %d units in 6 partitions; "+
 		"the replication link cut so the replica falls behind, then kill -9 of the primary: Sentinel promotes the stale replica, stockd fences its partitions", total))
-	s := &healSale{t: t, db: e.db, sku: "rb", total: total, nodes: []*node{n}, b: newBuyer(32), giveUp: 300 * time.Millisecond, report: hr}
+	s := &healSale{t: t, db: e.db, sku: "rb", total: total, nodes: []*node{n}, b: stocktest.NewBuyer(32), giveUp: 300 * time.Millisecond, report: hr}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	wg := s.run(ctx, 16, "k")

@@ -13,6 +13,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
@@ -148,8 +149,8 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 	hr := newHAReport(t, e.db, "ha", total, fmt.Sprintf("Sentinel shard (primary, 2 replicas, 3 sentinels; durability replica) beside a standalone shard, "+
 		"%d units in 4 partitions; kill -9 of the primary once a third sold, no admin call", total))
 
-	b := newBuyer(16)
-	o := newOutcomes()
+	b := stocktest.NewBuyer(16)
+	o := stocktest.NewTally()
 	var sold, unavailable atomic.Int64
 	var killedAt, last503 atomic.Int64
 	stop := make(chan struct{})
@@ -161,7 +162,7 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 			for i := 0; ; i++ {
 				id := fmt.Sprintf("w%d-%d", w, i)
 				for {
-					a, err := b.deduct(n.hot, "ha", 1, id)
+					a, err := b.Deduct(n.hot, "ha", 1, id)
 					if err == nil && a.Code == 503 {
 						unavailable.Add(1)
 						last503.Store(time.Now().UnixNano())
@@ -169,7 +170,7 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 						time.Sleep(20 * time.Millisecond)
 						continue // the same request id: its first outcome or a new one
 					}
-					o.add(t, id, a, err)
+					o.Add(t, id, a, err)
 					hr.answer(id, a, err)
 					if err == nil && a.Code == 200 {
 						sold.Add(1)
@@ -215,8 +216,8 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 	hr.extra("promoted after the kill", promoted.Round(time.Millisecond).String())
 	wg.Wait()
 	close(stop)
-	if int64(o.ok) != total || len(o.errs) != 0 || len(o.other) != 0 {
-		t.Fatalf("sold %d of %d (errors %v, statuses %v)", o.ok, total, o.errs, o.other)
+	if int64(o.OK) != total || len(o.Errs) != 0 || len(o.Other) != 0 {
+		t.Fatalf("sold %d of %d (errors %v, statuses %v)", o.OK, total, o.Errs, o.Other)
 	}
 	// 503s stop once the shard's partitions sell again (the other shard
 	// sold all along): the last 503 after the kill bounds the shard's
@@ -230,11 +231,11 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 
 	// Every acknowledged request retried gets its first outcome: nothing
 	// acknowledged was lost, nothing sold twice.
-	for tok, id := range o.reservations {
-		a, err := b.deduct(n.hot, "ha", 1, id)
+	for tok, id := range o.Reservations {
+		a, err := b.Deduct(n.hot, "ha", 1, id)
 		for err == nil && a.Code == 503 {
 			time.Sleep(50 * time.Millisecond)
-			a, err = b.deduct(n.hot, "ha", 1, id)
+			a, err = b.Deduct(n.hot, "ha", 1, id)
 		}
 		if err != nil || a.Code != 200 || a.Reservation != tok {
 			t.Fatalf("retry of %s after the failover: %+v %v, want %s", id, a, err, tok)

@@ -3,47 +3,23 @@ package daemon
 // The high-availability cases (ha_test.go, ha_faults_test.go) compute the
 // same figures as the fault suite in ./faults/ (faults/report_test.go) from
 // the buyers' answers and MySQL, and append them as one JSON line to
-// $STOCKD_TEST_FAULTS_REPORT, so that `go run ./faults/table` prints every
-// case, HA included, in one table. A case that fails still writes its line,
+// $STOCKD_TEST_FAULTS_REPORT as a faults/report.Result, so that
+// `go run ./faults/table` prints every case, HA included, in one table. A case that fails still writes its line,
 // with failed=true.
 
 import (
 	"database/sql"
-	"encoding/json"
 	"fmt"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-)
 
-// haResult is one case's line, in faults/table's format.
-type haResult struct {
-	Case         string            `json:"case"`
-	Ops          int               `json:"ops"`
-	OK           int               `json:"ok"`
-	SoldOut      int               `json:"sold_out"`
-	Unknown      int               `json:"unknown"`
-	AckedUnits   int64             `json:"acked_units"`
-	Held         int64             `json:"held_units"`
-	Oversold     int64             `json:"oversold"`
-	Lost         int               `json:"lost"`
-	LostUnits    int64             `json:"lost_units"`
-	Doubled      int               `json:"doubled"`
-	InDoubtMax   int64             `json:"in_doubt_max"`
-	InDoubtEnd   int64             `json:"in_doubt_end"`
-	Covered      int               `json:"in_doubt_reservations"`
-	Recovery     time.Duration     `json:"recovery_ns"`
-	RecoveryWhat string            `json:"recovery_what"`
-	VerifyOK     bool              `json:"verify_ok"`
-	Linearizable string            `json:"linearizable"`
-	Extra        map[string]string `json:"extra,omitempty"`
-	When         time.Time         `json:"when"`
-	Failed       bool              `json:"failed"`
-}
+	"github.com/stockd/stockd/faults/report"
+	"github.com/stockd/stockd/internal/stocktest"
+)
 
 // haReport collects an HA case's answers while it runs; its t.Cleanup
 // holds them against MySQL, logs the figures and writes the line. The
@@ -57,7 +33,7 @@ type haReport struct {
 	total int64
 
 	mu        sync.Mutex
-	r         haResult
+	r         report.Result
 	tokens    map[string]string          // reservation -> request id
 	tokensOf  map[string]map[string]bool // request id -> reservations
 	killedAt  time.Time
@@ -77,7 +53,7 @@ type haReport struct {
 func newHAReport(t *testing.T, db *sql.DB, sku string, total int64, fault string) *haReport {
 	h := &haReport{
 		t: t, db: db, sku: sku, total: total,
-		r:         haResult{Case: t.Name(), Linearizable: "not checked", Extra: map[string]string{"fault": fault}},
+		r:         report.Result{Case: t.Name(), Linearizable: "not checked", Extra: map[string]string{"fault": fault}},
 		tokens:    map[string]string{},
 		tokensOf:  map[string]map[string]bool{},
 		doubtPart: map[int]int64{},
@@ -134,7 +110,7 @@ func (h *haReport) sampleDoubt() {
 // answer records a request id's outcome: a 200 with its reservation, a
 // 409 sold_out, or anything else (a transport error, another status, a
 // 503 the buyer gave up on) as unanswered.
-func (h *haReport) answer(id string, a answer, err error) {
+func (h *haReport) answer(id string, a stocktest.Answer, err error) {
 	if h == nil {
 		return
 	}
@@ -252,8 +228,7 @@ func (h *haReport) write() {
 	if r.Oversold > 0 || r.Lost > 0 || r.Doubled > 0 {
 		t.Errorf("oversold %d units, %d acknowledged reservations lost, %d doubled: %s", r.Oversold, r.Lost, r.Doubled, r.Extra["problems"])
 	}
-	r.Failed = t.Failed()
-	h.log()
+	r.Log(t)
 }
 
 // figures computes oversold, lost, doubled and in-doubt coverage from the
@@ -413,52 +388,4 @@ func (h *haReport) figures(problems *[]string) error {
 		r.Extra["rows no buyer was told of (units)"] = fmt.Sprint(unacked)
 	}
 	return nil
-}
-
-var haReportMu sync.Mutex
-
-// log prints the figures and appends the line to
-// STOCKD_TEST_FAULTS_REPORT when that is set.
-func (h *haReport) log() {
-	t, r := h.t, &h.r
-	var b strings.Builder
-	row := func(k, v string) { fmt.Fprintf(&b, "%-28s %s\n", k, v) }
-	b.WriteString("\n")
-	row("case", r.Case)
-	row("ops (ok/sold_out/unknown)", fmt.Sprintf("%d (%d/%d/%d), %d units acknowledged", r.Ops, r.OK, r.SoldOut, r.Unknown, r.AckedUnits))
-	row("oversold (units)", fmt.Sprint(r.Oversold))
-	row("lost (acked reservations)", fmt.Sprint(r.Lost))
-	row("doubled", fmt.Sprint(r.Doubled))
-	row("in_doubt (max/end, units)", fmt.Sprintf("%d/%d (%d acked reservations covered)", r.InDoubtMax, r.InDoubtEnd, r.Covered))
-	row("recovery", fmt.Sprintf("%s (%s)", r.Recovery.Round(time.Millisecond), r.RecoveryWhat))
-	row("verify ok", fmt.Sprint(r.VerifyOK))
-	keys := make([]string, 0, len(r.Extra))
-	for k := range r.Extra {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		row(k, r.Extra[k])
-	}
-	t.Log(b.String())
-	path := os.Getenv("STOCKD_TEST_FAULTS_REPORT")
-	if path == "" {
-		return
-	}
-	line, err := json.Marshal(r)
-	if err != nil {
-		t.Errorf("report: %v", err)
-		return
-	}
-	haReportMu.Lock()
-	defer haReportMu.Unlock()
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Errorf("report: %v", err)
-		return
-	}
-	defer f.Close()
-	if _, err := f.Write(append(line, '\n')); err != nil {
-		t.Errorf("report: %v", err)
-	}
 }

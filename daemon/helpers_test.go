@@ -3,10 +3,6 @@ package daemon
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
-	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"runtime"
 	"strconv"
@@ -16,8 +12,9 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
-	"github.com/valyala/fasthttp"
 
+	"github.com/stockd/stockd/admin"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
@@ -152,175 +149,33 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// adminAPI is the node's admin API as the test's operator.
+func (n *node) adminAPI() stocktest.Admin { return stocktest.Admin{Addr: n.admin, Token: testToken} }
+
 // adminDo sends an admin request and decodes the JSON answer into out.
 func adminDo(t *testing.T, n *node, method, path, body string, out any) int {
 	t.Helper()
-	req, err := http.NewRequest(method, "http://"+n.admin+path, strings.NewReader(body))
+	code, _, err := n.adminAPI().Do(method, path, body, out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+testToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode < 300 {
-		if err := json.Unmarshal(b, out); err != nil {
-			t.Fatalf("%s %s: %v: %s", method, path, err, b)
-		}
-	}
-	return resp.StatusCode
+	return code
 }
 
-type skuView struct {
-	SKU        string `json:"sku"`
-	Total      int64  `json:"total"`
-	Pool       int64  `json:"pool"`
-	SoldOut    bool   `json:"sold_out"`
-	Partitions []struct {
-		ID      int    `json:"id"`
-		Shard   string `json:"shard"`
-		A       int64  `json:"a"`
-		B       int64  `json:"b"`
-		Active  string `json:"active"`
-		State   string `json:"state"`
-		Seq     int64  `json:"seq"`
-		Backlog int64  `json:"backlog"`
-		Error   string `json:"error"`
-	} `json:"partitions"`
-}
-
-func putSKU(t *testing.T, n *node, sku string, total int64, partitions int, chunk, threshold int64) skuView {
+func putSKU(t *testing.T, n *node, sku string, total int64, partitions int, chunk, threshold int64) admin.SKUView {
 	t.Helper()
-	var v skuView
-	body := fmt.Sprintf(`{"total":%d,"partitions":%d,"chunk":%d,"threshold":%d}`, total, partitions, chunk, threshold)
-	if code := adminDo(t, n, "PUT", "/admin/skus/"+sku, body, &v); code != 200 && code != 201 {
-		t.Fatalf("put sku: status %d", code)
-	}
+	var v admin.SKUView
+	n.adminAPI().PutSKU(t, sku, total, partitions, chunk, threshold, &v)
 	return v
 }
 
-func getSKU(t *testing.T, n *node, sku string) skuView {
+func getSKU(t *testing.T, n *node, sku string) admin.SKUView {
 	t.Helper()
-	var v skuView
+	var v admin.SKUView
 	if code := adminDo(t, n, "GET", "/admin/skus/"+sku, "", &v); code != 200 {
 		t.Fatalf("get sku: status %d", code)
 	}
 	return v
-}
-
-// buyer is a keep-alive HTTP client for the hot endpoint.
-type buyer struct {
-	c *fasthttp.Client
-}
-
-func newBuyer(conns int) *buyer {
-	return &buyer{c: &fasthttp.Client{
-		MaxConnsPerHost:     conns,
-		MaxConnWaitTimeout:  30 * time.Second,
-		ReadTimeout:         30 * time.Second,
-		WriteTimeout:        30 * time.Second,
-		MaxIdleConnDuration: time.Minute,
-	}}
-}
-
-type answer struct {
-	Code        int    `json:"-"` // the HTTP status; the body's "code" is not this
-	Status      string `json:"status"`
-	Reservation string `json:"reservation"`
-	SKU         string `json:"sku"`
-	Qty         int64  `json:"qty"`
-	Error       string `json:"error"`
-	RequestID   string `json:"request_id"`
-}
-
-func (b *buyer) post(addr, path, body string) (answer, error) {
-	code, raw, err := b.postRaw(addr, path, body)
-	if err != nil {
-		return answer{}, err
-	}
-	a := answer{Code: code}
-	if err := json.Unmarshal(raw, &a); err != nil {
-		return a, fmt.Errorf("status %d, body %q: %w", a.Code, raw, err)
-	}
-	return a, nil
-}
-
-// postRaw POSTs a JSON body and returns the status and a copy of the body.
-func (b *buyer) postRaw(addr, path, body string) (int, []byte, error) {
-	req := fasthttp.AcquireRequest()
-	resp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI("http://" + addr + path)
-	req.Header.SetMethod("POST")
-	req.Header.SetContentType("application/json")
-	req.SetBodyString(body)
-	if err := b.c.Do(req, resp); err != nil {
-		return 0, nil, err
-	}
-	return resp.StatusCode(), append([]byte(nil), resp.Body()...), nil
-}
-
-func (b *buyer) deduct(addr, sku string, qty int64, reqID string) (answer, error) {
-	return b.post(addr, "/v1/deduct", fmt.Sprintf(`{"sku":%q,"qty":%d,"request_id":%q}`, sku, qty, reqID))
-}
-
-// outcomes counts what a crowd of buyers got.
-type outcomes struct {
-	mu           sync.Mutex
-	ok, soldOut  int
-	units        int64
-	other        map[int]int
-	reservations map[string]string // reservation -> request id
-	errs         []error
-}
-
-func newOutcomes() *outcomes {
-	return &outcomes{other: map[int]int{}, reservations: map[string]string{}}
-}
-
-func (o *outcomes) add(t *testing.T, reqID string, a answer, err error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	switch {
-	case err != nil:
-		o.errs = append(o.errs, err)
-	case a.Code == 200 && a.Status == "ok":
-		o.ok++
-		o.units += a.Qty
-		if prev, dup := o.reservations[a.Reservation]; dup && prev != reqID {
-			t.Errorf("reservation %s returned to %s and %s", a.Reservation, prev, reqID)
-		}
-		o.reservations[a.Reservation] = reqID
-	case a.Code == 409 && a.Status == "sold_out":
-		o.soldOut++
-	default:
-		o.other[a.Code]++
-	}
-}
-
-// crowd runs n concurrent buyers; qty(i) gives buyer i's quantity.
-func crowd(t *testing.T, b *buyer, addr, sku string, n int, idPrefix string, qty func(i int) int64) *outcomes {
-	t.Helper()
-	o := newOutcomes()
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			<-start
-			id := idPrefix + strconv.Itoa(i)
-			a, err := b.deduct(addr, sku, qty(i), id)
-			o.add(t, id, a, err)
-		}(i)
-	}
-	close(start)
-	wg.Wait()
-	return o
 }
 
 // ledger is what Redis and MySQL hold for a SKU, read directly.

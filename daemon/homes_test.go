@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // pairOutcome is the definite answer one copy of a request got: a
@@ -22,10 +24,10 @@ type pairOutcome struct {
 // deductUntilDefinite sends one copy of a request and retries a 503 with
 // the same id on the same node (the contract's rule) until the answer is
 // definite: 200 or 409 sold_out.
-func deductUntilDefinite(b *buyer, addr, sku string, qty int64, id string, within time.Duration) pairOutcome {
+func deductUntilDefinite(b *stocktest.Buyer, addr, sku string, qty int64, id string, within time.Duration) pairOutcome {
 	deadline := time.Now().Add(within)
 	for retries := 0; ; retries++ {
-		a, err := b.deduct(addr, sku, qty, id)
+		a, err := b.Deduct(addr, sku, qty, id)
 		switch {
 		case err != nil:
 			return pairOutcome{err: err}
@@ -60,7 +62,7 @@ func TestRebalanceRetryPairsOnTwoNodes(t *testing.T) {
 	)
 	putSKU(t, nodes[2], sku, total, 4, 40, 10)
 	waitKnown(t, nodes, sku)
-	b := newBuyer(256)
+	b := stocktest.NewBuyer(256)
 
 	// One cycle of partition changes through the third node, about a
 	// second apart; the pairs are spread over it.

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // idleCallRate starts a node with skus idle SKUs (one partition each,
@@ -45,12 +47,12 @@ func idleCallRate(t *testing.T, skus int, buy bool) (float64, map[string]int64) 
 	t.Logf("%d idle SKUs: %.1f Redis calls/s %v", skus, rate, by)
 
 	if buy {
-		b := newBuyer(8)
+		b := stocktest.NewBuyer(8)
 		want := map[string]bool{}
 		for i := 0; i < skus; i += 10 {
 			sku := "idle-" + strconv.Itoa(i)
 			reqID := "idle-buy-" + strconv.Itoa(i)
-			a, err := b.deduct(n.hot, sku, 1, reqID)
+			a, err := b.Deduct(n.hot, sku, 1, reqID)
 			if err != nil || a.Status != "ok" {
 				t.Fatalf("deduct %s: %+v %v", sku, a, err)
 			}
@@ -122,9 +124,9 @@ func TestClusterWriteHintsCarryOtherNodesTakes(t *testing.T) {
 	if buyer == nil {
 		t.Fatalf("every node owns a partition of the SKU: %+v", owners)
 	}
-	b := newBuyer(32)
+	b := stocktest.NewBuyer(32)
 	o := crowdOver(t, b, []string{buyer.hot}, "hinted", 150, "h-")
-	if o.ok == 0 {
+	if o.OK == 0 {
 		t.Fatal("nothing sold")
 	}
 	deadline := time.Now().Add(30 * time.Second)
@@ -133,14 +135,14 @@ func TestClusterWriteHintsCarryOtherNodesTakes(t *testing.T) {
 		if err := e.db.QueryRow(`SELECT COUNT(*) FROM deductions WHERE sku = 'hinted'`).Scan(&got); err != nil {
 			t.Fatal(err)
 		}
-		if got == o.ok {
+		if got == o.OK {
 			break
 		}
-		if got > o.ok {
-			t.Fatalf("%d detail rows for %d deductions", got, o.ok)
+		if got > o.OK {
+			t.Fatalf("%d detail rows for %d deductions", got, o.OK)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d deductions written back after 30 s", got, o.ok)
+			t.Fatalf("%d of %d deductions written back after 30 s", got, o.OK)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // Bad input is answered 400 (413 for a large body, 404 for an unknown
@@ -44,10 +46,10 @@ func TestBadInput(t *testing.T) {
 		{"unknown sku", `{"sku":"nope","qty":1,"request_id":"a"}`, 404, "sku"},
 		{"body over 4 KiB", `{"sku":"S1","qty":1,"request_id":"a","pad":"` + strings.Repeat("p", 5000) + `"}`, 413, "body"},
 	}
-	b := newBuyer(4)
+	b := stocktest.NewBuyer(4)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			a, err := b.post(n.hot, "/v1/deduct", c.body)
+			a, err := b.Post(n.hot, "/v1/deduct", c.body)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -65,7 +67,7 @@ func TestBadInput(t *testing.T) {
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
 	req.SetRequestURI("http://" + n.hot + "/v1/deduct")
-	if err := b.c.Do(req, resp); err != nil || resp.StatusCode() != 405 {
+	if err := b.Do(req, resp); err != nil || resp.StatusCode() != 405 {
 		t.Fatalf("GET /v1/deduct: %d %v, want 405", resp.StatusCode(), err)
 	}
 

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // errorAnswer is a 4xx body as the strict checks write it.
@@ -69,7 +71,7 @@ func TestDeductStrictKeys(t *testing.T) {
 		t.Fatalf("verify after refused bodies: ok %v, reserved %d, want 0", r.OK, r.Reserved)
 	}
 	// The exact spelling still sells.
-	if a, err := newBuyer(1).deduct(n.hot, "S", 2, "ok-1"); err != nil || a.Code != 200 || a.Qty != 2 {
+	if a, err := stocktest.NewBuyer(1).Deduct(n.hot, "S", 2, "ok-1"); err != nil || a.Code != 200 || a.Qty != 2 {
 		t.Fatalf("plain deduct: %+v %v", a, err)
 	}
 }
@@ -96,8 +98,8 @@ func TestSettleStrictKeys(t *testing.T) {
 	e := newEnv(t, 1)
 	n := startNode(t, e.config())
 	putSKU(t, n, "S", 100, 1, 50, 5)
-	b := newBuyer(2)
-	a, err := b.deduct(n.hot, "S", 3, "settle-1")
+	b := stocktest.NewBuyer(2)
+	a, err := b.Deduct(n.hot, "S", 3, "settle-1")
 	if err != nil || a.Code != 200 {
 		t.Fatalf("deduct: %+v %v", a, err)
 	}
@@ -110,7 +112,7 @@ func TestSettleStrictKeys(t *testing.T) {
 		`{"r\u0065servation":"` + tok + `"}`,
 	} {
 		for _, path := range []string{"/v1/release", "/v1/confirm"} {
-			a, err := b.post(n.hot, path, body)
+			a, err := b.Post(n.hot, path, body)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -120,7 +122,7 @@ func TestSettleStrictKeys(t *testing.T) {
 		}
 	}
 	// Still reserved: a release now works, and the units are back.
-	if a, err := b.post(n.hot, "/v1/release", `{"reservation":"`+tok+`"}`); err != nil || a.Code != 200 || a.Status != "released" {
+	if a, err := b.Post(n.hot, "/v1/release", `{"reservation":"`+tok+`"}`); err != nil || a.Code != 200 || a.Status != "released" {
 		t.Fatalf("release after refused bodies: %+v %v", a, err)
 	}
 	r := waitSynced(t, n, "S", 30*time.Second)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
 	"github.com/stockd/stockd/shard"
@@ -291,9 +292,9 @@ func (l *loader) observeSeen(ctx context.Context) error {
 		if sku == nil {
 			continue
 		}
-		for _, p := range sku.Partitions() {
-			if p.H.ID == s.PID && p.H.Epoch == s.Epoch {
-				p.H.ObserveSeq(s.Seq)
+		for _, p := range sku.Slots() {
+			if p.Handle.ID == s.PID && p.Handle.Epoch == s.Epoch {
+				p.Handle.ObserveSeq(s.Seq)
 				break
 			}
 		}
@@ -331,7 +332,7 @@ func (l *loader) reload(ctx context.Context) error {
 		}
 		// Not among the live SKUs: archived (or the heads were read before
 		// a SKU that a notice just loaded was created): ask for it.
-		if _, err := l.store.Get(ctx, name); errors.Is(err, preallocate.ErrUnknownSKU) {
+		if _, err := l.store.Get(ctx, name); errors.Is(err, stockd.ErrUnknownSKU) {
 			l.forget(name)
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // /metrics parses as Prometheus text and counts what the test did.
@@ -15,13 +17,13 @@ func TestMetrics(t *testing.T) {
 	e := newEnv(t, 2)
 	n := startNode(t, e.config())
 	putSKU(t, n, "m1", 100, 2, 10, 2)
-	b := newBuyer(32)
-	o := crowd(t, b, n.hot, "m1", 150, "m-", func(int) int64 { return 1 })
-	if o.ok != 100 || o.soldOut != 50 {
-		t.Fatalf("ok %d sold_out %d", o.ok, o.soldOut)
+	b := stocktest.NewBuyer(32)
+	o := stocktest.Crowd(t, b, n.hot, "m1", 150, "m-", func(int) int64 { return 1 })
+	if o.OK != 100 || o.SoldOut != 50 {
+		t.Fatalf("ok %d sold_out %d", o.OK, o.SoldOut)
 	}
 	for _, body := range []string{`{`, `{"sku":"m1","qty":0,"request_id":"z"}`} {
-		b.post(n.hot, "/v1/deduct", body)
+		b.Post(n.hot, "/v1/deduct", body)
 	}
 	waitSynced(t, n, "m1", 10*time.Second)
 

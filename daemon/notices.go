@@ -12,8 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/daemon/cluster"
-	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
 	"github.com/stockd/stockd/shard"
 )
@@ -331,7 +331,7 @@ func (n *notices) apply(ctx context.Context, m notice) bool {
 
 func (n *notices) reloadSKU(ctx context.Context, name string) bool {
 	sku, err := n.loader.store.Get(ctx, name)
-	if errors.Is(err, preallocate.ErrUnknownSKU) {
+	if errors.Is(err, stockd.ErrUnknownSKU) {
 		// Archived (or never created): nothing of it stays here.
 		n.loader.forget(name)
 		return true
@@ -368,9 +368,9 @@ func newClusterView(peer *cluster.Peer, reg *scheduler.Registry) clusterView {
 			o.SKUs = append(o.SKUs, name)
 		}
 		if s := reg.Get(name); s != nil {
-			for _, p := range s.Partitions() {
-				if o := v.Owners[peer.Owner(partitionKey(name, p.H.ID))]; o != nil {
-					o.Partitions = append(o.Partitions, partitionKey(name, p.H.ID))
+			for _, p := range s.Slots() {
+				if o := v.Owners[peer.Owner(partitionKey(name, p.Handle.ID))]; o != nil {
+					o.Partitions = append(o.Partitions, partitionKey(name, p.Handle.ID))
 				}
 			}
 		}

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // syncBuffer is a log destination several goroutines write to.
@@ -130,8 +132,8 @@ func TestShutdownDelayServesWhileNotReady(t *testing.T) {
 	cfg.ShutdownDelay = 15 * time.Second // ample for a loaded machine between the 503 and the deduction
 	n := startNode(t, cfg)
 	putSKU(t, n, "d1", 100, 1, 10, 2)
-	b := newBuyer(2)
-	if a, err := b.deduct(n.hot, "d1", 1, "before"); err != nil || a.Code != 200 {
+	b := stocktest.NewBuyer(2)
+	if a, err := b.Deduct(n.hot, "d1", 1, "before"); err != nil || a.Code != 200 {
 		t.Fatalf("deduct before the stop: %+v %v", a, err)
 	}
 	readyz := func() int {
@@ -155,7 +157,7 @@ func TestShutdownDelayServesWhileNotReady(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	a, err := b.deduct(n.hot, "d1", 1, "draining")
+	a, err := b.Deduct(n.hot, "d1", 1, "draining")
 	if err != nil || a.Code != 200 {
 		t.Fatalf("deduct while draining (readyz 503): %+v %v; want 200", a, err)
 	}

@@ -6,6 +6,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/admin"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 func rebalance(t *testing.T, n *node, sku, body string) {
@@ -16,7 +19,7 @@ func rebalance(t *testing.T, n *node, sku, body string) {
 	}
 }
 
-func openOn(v skuView) (open int, byShard map[string]int) {
+func openOn(v admin.SKUView) (open int, byShard map[string]int) {
 	byShard = map[string]int{}
 	for _, p := range v.Partitions {
 		if p.State == "open" {
@@ -35,16 +38,16 @@ func TestRebalanceUnderLoad(t *testing.T) {
 	n := startNode(t, e.config())
 	const total = 3000
 	putSKU(t, n, "rb", total, 4, 50, 10)
-	b := newBuyer(256)
+	b := stocktest.NewBuyer(256)
 
 	// Requests answered under the first partition set.
-	pre := crowd(t, b, n.hot, "rb", 200, "pre-", func(int) int64 { return 1 })
-	if pre.ok != 200 {
-		t.Fatalf("first 200: %d ok", pre.ok)
+	pre := stocktest.Crowd(t, b, n.hot, "rb", 200, "pre-", func(int) int64 { return 1 })
+	if pre.OK != 200 {
+		t.Fatalf("first 200: %d ok", pre.OK)
 	}
 
 	var wg sync.WaitGroup
-	var during *outcomes
+	var during *stocktest.Tally
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -60,8 +63,8 @@ func TestRebalanceUnderLoad(t *testing.T) {
 	}
 	rebalance(t, n, "rb", `{"partitions":2}`)
 	wg.Wait()
-	if len(during.errs) > 0 || len(during.other) > 0 {
-		t.Fatalf("during the rebalances: errors %v, statuses %v", firstErr(during.errs), during.other)
+	if len(during.Errs) > 0 || len(during.Other) > 0 {
+		t.Fatalf("during the rebalances: errors %v, statuses %v", firstErr(during.Errs), during.Other)
 	}
 	v := getSKU(t, n, "rb")
 	if open, _ := openOn(v); open != 2 {
@@ -76,16 +79,16 @@ func TestRebalanceUnderLoad(t *testing.T) {
 	// Retries of the first 200 ids meet their first answers, although their
 	// homes may have moved or closed.
 	for id, tok := range reservationsByID(pre) {
-		a, err := b.deduct(n.hot, "rb", 1, id)
+		a, err := b.Deduct(n.hot, "rb", 1, id)
 		if err != nil || a.Reservation != tok {
 			t.Fatalf("retry of %s after the rebalances: %+v %v, want %s", id, a, err, tok)
 		}
 	}
 
 	// Sell the rest one unit at a time: exactly the total sells.
-	sold := pre.units + during.units
+	sold := pre.Units + during.Units
 	for i := 0; sold < total+1; i++ {
-		a, err := b.deduct(n.hot, "rb", 1, "tail-"+strconv.Itoa(i))
+		a, err := b.Deduct(n.hot, "rb", 1, "tail-"+strconv.Itoa(i))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -106,9 +109,9 @@ func TestRebalanceUnderLoad(t *testing.T) {
 	}
 }
 
-func reservationsByID(o *outcomes) map[string]string {
+func reservationsByID(o *stocktest.Tally) map[string]string {
 	out := map[string]string{}
-	for tok, id := range o.reservations {
+	for tok, id := range o.Reservations {
 		out[id] = tok
 	}
 	return out
@@ -126,9 +129,9 @@ func TestDrainShardUnderLoad(t *testing.T) {
 	if before["s1"] == 0 {
 		t.Fatalf("no partition on s1 to drain: %v", before)
 	}
-	b := newBuyer(256)
+	b := stocktest.NewBuyer(256)
 	var wg sync.WaitGroup
-	var o *outcomes
+	var o *stocktest.Tally
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -142,8 +145,8 @@ func TestDrainShardUnderLoad(t *testing.T) {
 		t.Fatalf("drain: %d", code)
 	}
 	wg.Wait()
-	if len(o.errs) > 0 || len(o.other) > 0 || o.units != total {
-		t.Fatalf("sold %d of %d, errors %v, statuses %v", o.units, total, firstErr(o.errs), o.other)
+	if len(o.Errs) > 0 || len(o.Other) > 0 || o.Units != total {
+		t.Fatalf("sold %d of %d, errors %v, statuses %v", o.Units, total, firstErr(o.Errs), o.Other)
 	}
 	v := getSKU(t, n, "dr")
 	open, after := openOn(v)

@@ -6,24 +6,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/valyala/fasthttp"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // rawDeduct sends a deduction and returns the status and the exact body.
-func (b *buyer) rawDeduct(t *testing.T, addr, sku string, qty int64, reqID string) (int, string) {
+func rawDeduct(t *testing.T, b *stocktest.Buyer, addr, sku string, qty int64, reqID string) (int, string) {
 	t.Helper()
-	req := fasthttp.AcquireRequest()
-	resp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI("http://" + addr + "/v1/deduct")
-	req.Header.SetMethod("POST")
-	req.Header.SetContentType("application/json")
-	req.SetBodyString(fmt.Sprintf(`{"sku":%q,"qty":%d,"request_id":%q}`, sku, qty, reqID))
-	if err := b.c.Do(req, resp); err != nil {
+	code, body, err := b.PostRaw(addr, "/v1/deduct", fmt.Sprintf(`{"sku":%q,"qty":%d,"request_id":%q}`, sku, qty, reqID))
+	if err != nil {
 		t.Fatal(err)
 	}
-	return resp.StatusCode(), string(resp.Body())
+	return code, string(body)
 }
 
 const reusedBody = `{"error":"request_id: reused with another qty","code":"request_id_reused"}`
@@ -38,9 +31,9 @@ func TestDeductReusedWithAnotherQty(t *testing.T) {
 	const sku, total = "reuse", 12
 	putSKU(t, nodes[0], sku, total, 2, 6, 1)
 	waitKnown(t, nodes, sku)
-	b := newBuyer(8)
+	b := stocktest.NewBuyer(8)
 
-	first, err := b.deduct(nodes[0].hot, sku, 2, "r1")
+	first, err := b.Deduct(nodes[0].hot, sku, 2, "r1")
 	if err != nil || first.Code != 200 {
 		t.Fatalf("first deduction: %+v %v", first, err)
 	}
@@ -59,7 +52,7 @@ func TestDeductReusedWithAnotherQty(t *testing.T) {
 		node int
 		qty  int64
 	}{{0, 42}, {0, 1}, {1, 3}, {1, 1}} {
-		code, body := b.rawDeduct(t, nodes[c.node].hot, sku, c.qty, "r1")
+		code, body := rawDeduct(t, b, nodes[c.node].hot, sku, c.qty, "r1")
 		if code != 422 || body != reusedBody {
 			t.Fatalf("r1 again with qty %d on node %d: %d %s; want 422 %s", c.qty, c.node, code, body, reusedBody)
 		}
@@ -71,7 +64,7 @@ func TestDeductReusedWithAnotherQty(t *testing.T) {
 			l0.levels, l1.levels, l0.pool, l1.pool, r0.Reserved, r1.Reserved, rows0, rows())
 	}
 	for _, n := range nodes {
-		again, err := b.deduct(n.hot, sku, 2, "r1")
+		again, err := b.Deduct(n.hot, sku, 2, "r1")
 		if err != nil || again.Code != 200 || again.Reservation != first.Reservation {
 			t.Fatalf("same qty retry on %s: %+v %v, want %s", n.hot, again, err, first.Reservation)
 		}
@@ -81,7 +74,7 @@ func TestDeductReusedWithAnotherQty(t *testing.T) {
 	// still told it reused its id.
 	sold := first.Qty
 	for i := 0; ; i++ {
-		a, err := b.deduct(nodes[i%2].hot, sku, 1, "rest-"+strconv.Itoa(i))
+		a, err := b.Deduct(nodes[i%2].hot, sku, 1, "rest-"+strconv.Itoa(i))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -102,7 +95,7 @@ func TestDeductReusedWithAnotherQty(t *testing.T) {
 		// filter of ids that took.
 		for {
 			before := metric(t, n, "stockd_scheduler_sold_out_from_memory_total")
-			a, err := b.deduct(n.hot, sku, 1, "probe-"+strconv.FormatInt(time.Now().UnixNano(), 10))
+			a, err := b.Deduct(n.hot, sku, 1, "probe-"+strconv.FormatInt(time.Now().UnixNano(), 10))
 			if err == nil && a.Code == 409 && metric(t, n, "stockd_scheduler_sold_out_from_memory_total") > before {
 				break
 			}
@@ -111,10 +104,10 @@ func TestDeductReusedWithAnotherQty(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		if code, body := b.rawDeduct(t, n.hot, sku, 5, "r1"); code != 422 || body != reusedBody {
+		if code, body := rawDeduct(t, b, n.hot, sku, 5, "r1"); code != 422 || body != reusedBody {
 			t.Fatalf("r1 with another qty after the sell-out on %s: %d %s", n.hot, code, body)
 		}
-		if a, err := b.deduct(n.hot, sku, 2, "r1"); err != nil || a.Reservation != first.Reservation {
+		if a, err := b.Deduct(n.hot, sku, 2, "r1"); err != nil || a.Reservation != first.Reservation {
 			t.Fatalf("r1 after the sell-out on %s: %+v %v", n.hot, a, err)
 		}
 	}

@@ -7,28 +7,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/audit"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
-// report is the admin verify answer.
-type report struct {
-	OK              bool     `json:"ok"`
-	Total           int64    `json:"total"`
-	Pool            int64    `json:"pool"`
-	PendingFills    int64    `json:"pending_fills"`
-	SubDomains      int64    `json:"sub_domains"`
-	InFlight        int64    `json:"in_flight"`
-	InFlightDetails int64    `json:"in_flight_details"`
-	Reserved        int64    `json:"reserved"`
-	Confirmed       int64    `json:"confirmed"`
-	Released        int64    `json:"released"`
-	InDoubt         int64    `json:"in_doubt"`
-	Doubled         int64    `json:"doubled"`
-	Problems        []string `json:"problems"`
-}
-
-func verify(t *testing.T, n *node, sku string) report {
+func verify(t *testing.T, n *node, sku string) audit.Report {
 	t.Helper()
-	var r report
+	var r audit.Report
 	if code := adminDo(t, n, "GET", "/admin/skus/"+sku+"/verify", "", &r); code != 200 {
 		t.Fatalf("verify: status %d", code)
 	}
@@ -37,7 +23,7 @@ func verify(t *testing.T, n *node, sku string) report {
 
 // waitSynced waits until write-back has drained (nothing in flight) and
 // verify passes, and returns the report; it fails the test after within.
-func waitSynced(t *testing.T, n *node, sku string, within time.Duration) report {
+func waitSynced(t *testing.T, n *node, sku string, within time.Duration) audit.Report {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
@@ -54,7 +40,7 @@ func waitSynced(t *testing.T, n *node, sku string, within time.Duration) report 
 
 // checkConserved waits for write-back and asserts that every unit of sku
 // is accounted for and that MySQL holds exactly what callers were told.
-func checkConserved(t *testing.T, e *env, n *node, sku string, soldUnits int64) report {
+func checkConserved(t *testing.T, e *env, n *node, sku string, soldUnits int64) audit.Report {
 	t.Helper()
 	r := waitSynced(t, n, sku, 10*time.Second)
 	if got := r.Reserved + r.Confirmed; got != soldUnits {
@@ -70,17 +56,17 @@ func TestTenThousandBuyers(t *testing.T) {
 	n := startNode(t, e.config())
 	putSKU(t, n, "hot", 1000, 4, 50, 10)
 
-	b := newBuyer(512)
-	o := crowd(t, b, n.hot, "hot", 10000, "buyer-", func(int) int64 { return 1 })
+	b := stocktest.NewBuyer(512)
+	o := stocktest.Crowd(t, b, n.hot, "hot", 10000, "buyer-", func(int) int64 { return 1 })
 
-	if len(o.errs) > 0 {
-		t.Fatalf("%d transport errors, first: %v", len(o.errs), o.errs[0])
+	if len(o.Errs) > 0 {
+		t.Fatalf("%d transport errors, first: %v", len(o.Errs), o.Errs[0])
 	}
-	if o.ok != 1000 || o.soldOut != 9000 || len(o.other) > 0 {
-		t.Fatalf("ok %d, sold_out %d, other %v; want 1000 ok and 9000 sold_out", o.ok, o.soldOut, o.other)
+	if o.OK != 1000 || o.SoldOut != 9000 || len(o.Other) > 0 {
+		t.Fatalf("ok %d, sold_out %d, other %v; want 1000 ok and 9000 sold_out", o.OK, o.SoldOut, o.Other)
 	}
-	if len(o.reservations) != 1000 {
-		t.Fatalf("%d distinct reservations, want 1000", len(o.reservations))
+	if len(o.Reservations) != 1000 {
+		t.Fatalf("%d distinct reservations, want 1000", len(o.Reservations))
 	}
 	// Write-back: within 3 s of the last answer MySQL holds every detail.
 	r := waitSynced(t, n, "hot", 3*time.Second)
@@ -101,7 +87,7 @@ func TestTenThousandBuyers(t *testing.T) {
 		}
 	}
 	// Late arrivals are answered from memory.
-	a, err := b.deduct(n.hot, "hot", 1, "late-1")
+	a, err := b.Deduct(n.hot, "hot", 1, "late-1")
 	if err != nil || a.Code != 409 {
 		t.Fatalf("late buyer: %+v %v", a, err)
 	}
@@ -115,17 +101,17 @@ func TestMixedQuantitiesSellThrough(t *testing.T) {
 	const total = 1000
 	putSKU(t, n, "mix", total, 4, 50, 10)
 
-	b := newBuyer(512)
-	o := crowd(t, b, n.hot, "mix", 10000, "m-", func(i int) int64 { return int64(1 + i%5) })
-	if len(o.errs) > 0 || len(o.other) > 0 {
-		t.Fatalf("errors %v, unexpected statuses %v", o.errs, o.other)
+	b := stocktest.NewBuyer(512)
+	o := stocktest.Crowd(t, b, n.hot, "mix", 10000, "m-", func(i int) int64 { return int64(1 + i%5) })
+	if len(o.Errs) > 0 || len(o.Other) > 0 {
+		t.Fatalf("errors %v, unexpected statuses %v", o.Errs, o.Other)
 	}
-	if o.units > total {
-		t.Fatalf("oversold: %d units acknowledged of %d", o.units, total)
+	if o.Units > total {
+		t.Fatalf("oversold: %d units acknowledged of %d", o.Units, total)
 	}
-	sold := o.units
+	sold := o.Units
 	for i := 0; ; i++ {
-		a, err := b.deduct(n.hot, "mix", 1, "tail-"+strconv.Itoa(i))
+		a, err := b.Deduct(n.hot, "mix", 1, "tail-"+strconv.Itoa(i))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -152,7 +138,7 @@ func TestRetrySameRequestID(t *testing.T) {
 	e := newEnv(t, 3)
 	n := startNode(t, e.config())
 	putSKU(t, n, "retry", 100, 4, 10, 2)
-	b := newBuyer(64)
+	b := stocktest.NewBuyer(64)
 
 	var reqs []string
 	for i := 0; i < 40; i++ {
@@ -166,7 +152,7 @@ func TestRetrySameRequestID(t *testing.T) {
 			wg.Add(1)
 			go func(id string) {
 				defer wg.Done()
-				a, err := b.deduct(n.hot, "retry", 2, id)
+				a, err := b.Deduct(n.hot, "retry", 2, id)
 				if err != nil || a.Code != 200 {
 					t.Errorf("%s: %+v %v", id, a, err)
 					return
@@ -184,7 +170,7 @@ func TestRetrySameRequestID(t *testing.T) {
 	// 40 requests x 2 units: the other 20 units are still there.
 	checkConserved(t, e, n, "retry", 80)
 	for _, id := range reqs[:5] {
-		a, err := b.deduct(n.hot, "retry", 2, id)
+		a, err := b.Deduct(n.hot, "retry", 2, id)
 		if err != nil || a.Reservation != first[id] {
 			t.Fatalf("late retry of %s: %+v %v, want %s", id, a, err, first[id])
 		}
@@ -201,11 +187,11 @@ func TestRestartMidSale(t *testing.T) {
 	n := startNode(t, cfg)
 	const total = 2000
 	putSKU(t, n, "restart", total, 4, 50, 10)
-	b := newBuyer(256)
+	b := stocktest.NewBuyer(256)
 
-	all := newOutcomes()
+	all := stocktest.NewTally()
 	var mu sync.Mutex
-	answered := map[string]answer{}
+	answered := map[string]stocktest.Answer{}
 	buy := func(addr string, from, to int) {
 		var wg sync.WaitGroup
 		for i := from; i < to; i++ {
@@ -213,13 +199,13 @@ func TestRestartMidSale(t *testing.T) {
 			go func(i int) {
 				defer wg.Done()
 				id := "r-" + strconv.Itoa(i)
-				a, err := b.deduct(addr, "restart", int64(1+i%3), id)
+				a, err := b.Deduct(addr, "restart", int64(1+i%3), id)
 				if err == nil && a.Code == 200 {
 					mu.Lock()
 					answered[id] = a
 					mu.Unlock()
 				}
-				all.add(t, id, a, err)
+				all.Add(t, id, a, err)
 			}(i)
 		}
 		wg.Wait()
@@ -236,7 +222,7 @@ func TestRestartMidSale(t *testing.T) {
 	n2 := startNode(t, cfg)
 	// Retries of everything acknowledged before the stop get the same answer.
 	mu.Lock()
-	before := make(map[string]answer, len(answered))
+	before := make(map[string]stocktest.Answer, len(answered))
 	for k, v := range answered {
 		before[k] = v
 	}
@@ -244,17 +230,17 @@ func TestRestartMidSale(t *testing.T) {
 	for id, a := range before {
 		var i int
 		fmt.Sscanf(id, "r-%d", &i)
-		r, err := b.deduct(n2.hot, "restart", int64(1+i%3), id)
+		r, err := b.Deduct(n2.hot, "restart", int64(1+i%3), id)
 		if err != nil || r.Reservation != a.Reservation {
 			t.Fatalf("retry of %s after restart: %+v %v, want %s", id, r, err, a.Reservation)
 		}
 	}
 	// Sell the rest.
-	rest := crowd(t, b, n2.hot, "restart", 3000, "after-", func(i int) int64 { return int64(1 + rand.IntN(3)) })
-	if len(rest.errs) > 0 || len(rest.other) > 0 {
-		t.Fatalf("after restart: errors %v, statuses %v", rest.errs, rest.other)
+	rest := stocktest.Crowd(t, b, n2.hot, "restart", 3000, "after-", func(i int) int64 { return int64(1 + rand.IntN(3)) })
+	if len(rest.Errs) > 0 || len(rest.Other) > 0 {
+		t.Fatalf("after restart: errors %v, statuses %v", rest.Errs, rest.Other)
 	}
-	sold := all.units + rest.units
+	sold := all.Units + rest.Units
 	if sold > total {
 		t.Fatalf("oversold: %d of %d", sold, total)
 	}
@@ -264,5 +250,5 @@ func TestRestartMidSale(t *testing.T) {
 	if r.Reserved < sold || r.Reserved > total {
 		t.Fatalf("callers were told %d units, details hold %d of %d", sold, r.Reserved, total)
 	}
-	t.Logf("sold %d units (%d acknowledged) of %d; %d transport errors during the stop", r.Reserved, sold, total, len(all.errs))
+	t.Logf("sold %d units (%d acknowledged) of %d; %d transport errors during the stop", r.Reserved, sold, total, len(all.Errs))
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // Sale rules (issue 15): per-user limits, opening and closing times, and
@@ -33,9 +35,9 @@ type saleAnswer struct {
 	raw         string
 }
 
-func salePost(t *testing.T, b *buyer, addr, path, body string) saleAnswer {
+func salePost(t *testing.T, b *stocktest.Buyer, addr, path, body string) saleAnswer {
 	t.Helper()
-	code, raw, err := b.postRaw(addr, path, body)
+	code, raw, err := b.PostRaw(addr, path, body)
 	if err != nil {
 		t.Fatalf("POST %s: %v", path, err)
 	}
@@ -46,7 +48,7 @@ func salePost(t *testing.T, b *buyer, addr, path, body string) saleAnswer {
 	return a
 }
 
-func userDeduct(t *testing.T, b *buyer, addr, sku, user string, qty int64, reqID string) saleAnswer {
+func userDeduct(t *testing.T, b *stocktest.Buyer, addr, sku, user string, qty int64, reqID string) saleAnswer {
 	t.Helper()
 	return salePost(t, b, addr, "/v1/deduct", fmt.Sprintf(`{"sku":%q,"qty":%d,"request_id":%q,"user_id":%q}`, sku, qty, reqID, user))
 }
@@ -185,7 +187,7 @@ func TestSalePerUserLimitAcrossNodes(t *testing.T) {
 	if v := getSale(t, nodes[2], "lim"); v.PerUserLimit != limit {
 		t.Fatalf("GET per_user_limit %d, want %d", v.PerUserLimit, limit)
 	}
-	b := newBuyer(64)
+	b := stocktest.NewBuyer(64)
 	addrs := hots(nodes)
 
 	// The burst: alice 40 times, bob 3 times, all at once.
@@ -299,7 +301,7 @@ func TestSalePerUserLimitAcrossNodes(t *testing.T) {
 	}
 	// The unconfirmed reservation expires: its allowance comes back.
 	var final saleAnswer
-	waitUntil(t, 30*time.Second, "an expired reservation gives its allowance back", func() bool {
+	stocktest.Until(t, 30*time.Second, "an expired reservation gives its allowance back", func() bool {
 		final = userDeduct(t, b, addrs[1], "lim", "alice", last.qty, "after-expiry")
 		return final.Code == 200
 	})
@@ -311,11 +313,11 @@ func TestSalePerUserLimitAcrossNodes(t *testing.T) {
 	if err := e.db.QueryRow(`SELECT state FROM deductions WHERE sku = 'lim' AND request_id = 'after-release'`).Scan(&state); err != nil || state != "released" {
 		t.Fatalf("after-release: state %q %v, want released (expired)", state, err)
 	}
-	waitUntil(t, 30*time.Second, "bob's unpaid reservations expire", func() bool {
+	stocktest.Until(t, 30*time.Second, "bob's unpaid reservations expire", func() bool {
 		return e.heldInMySQL("lim")["bob"] == 0
 	})
 	waitSynced(t, nodes[0], "lim", 30*time.Second)
-	waitUntil(t, 30*time.Second, "every row has its ids", func() bool { return e.heldInMySQL("lim")["?"] == 0 })
+	stocktest.Until(t, 30*time.Second, "every row has its ids", func() bool { return e.heldInMySQL("lim")["?"] == 0 })
 	held := e.heldInMySQL("lim")
 	_, _, m := e.allowance("lim")
 	if held["?"] != 0 || held["alice"] != limit || m["u:alice"] != strconv.Itoa(limit) || m["u:bob"] != "" {
@@ -333,13 +335,13 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 	base := e.config()
 	procs, gossip := startProcCluster(t, base, 3)
 	admin := &node{t: t, admin: procs[0].admin, hot: procs[0].hot}
-	waitUntil(t, 30*time.Second, "a cluster of 3 processes", func() bool { return alive(clusterOf(t, admin)) == 3 })
+	stocktest.Until(t, 30*time.Second, "a cluster of 3 processes", func() bool { return alive(clusterOf(t, admin)) == 3 })
 	const limit, users = 3, 25
 	mustPutSale(t, admin, "k9l", fmt.Sprintf(`{"total":100000,"partitions":6,"chunk":50,"threshold":10,"per_user_limit":%d}`, limit))
 	nodes := []*node{admin, {t: t, admin: procs[1].admin, hot: procs[1].hot}, {t: t, admin: procs[2].admin, hot: procs[2].hot}}
 	waitKnown(t, nodes, "k9l")
 
-	b := newBuyer(32)
+	b := stocktest.NewBuyer(32)
 	stop := make(chan struct{})
 	var mu sync.Mutex
 	told := map[string]int64{} // units acknowledged per user
@@ -362,7 +364,7 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 				// Retry with the same id on every node until an answer
 				// that is not a transport error or a 503.
 				for try := 0; try < 30; try++ {
-					a, err := b.post(hots(nodes)[(w+i+try)%3], "/v1/deduct", body)
+					a, err := b.Post(hots(nodes)[(w+i+try)%3], "/v1/deduct", body)
 					if err != nil || a.Code == 503 {
 						time.Sleep(20 * time.Millisecond)
 						continue
@@ -379,7 +381,7 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 						// takes and give-backs go on around the kill.
 						rel := fmt.Sprintf(`{"reservation":%q}`, a.Reservation)
 						for try := 0; try < 30; try++ {
-							r, err := b.post(hots(nodes)[(w+try)%3], "/v1/release", rel)
+							r, err := b.Post(hots(nodes)[(w+try)%3], "/v1/release", rel)
 							if err == nil && r.Code == 200 {
 								mu.Lock()
 								told[user] -= a.Qty
@@ -425,7 +427,7 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond)
 	procs[1].kill9()
 	killed := time.Now()
-	waitUntil(t, 30*time.Second, "the victim's ownership moves", func() bool {
+	stocktest.Until(t, 30*time.Second, "the victim's ownership moves", func() bool {
 		c := clusterOf(t, admin)
 		_, still := c.Owners["n2"]
 		return !still && alive(c) == 2
@@ -445,7 +447,7 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 	procs[1] = startProc(t, cfg)
 
 	r := waitSynced(t, admin, "k9l", 30*time.Second)
-	waitUntil(t, 30*time.Second, "every row has its ids", func() bool { return e.heldInMySQL("k9l")["?"] == 0 })
+	stocktest.Until(t, 30*time.Second, "every row has its ids", func() bool { return e.heldInMySQL("k9l")["?"] == 0 })
 	held := e.heldInMySQL("k9l")
 	_, _, m := e.allowance("k9l")
 	if held["?"] != 0 {
@@ -481,7 +483,7 @@ func TestSaleLimitKillNineMidBurst(t *testing.T) {
 func TestSaleOpensAndClosesAt(t *testing.T) {
 	e := newEnv(t, 3)
 	nodes := startSaleCluster(t, e, func(*Config) {})
-	b := newBuyer(64)
+	b := stocktest.NewBuyer(64)
 	addrs := hots(nodes)
 
 	// Created closed for now, then opens_at set 2 s ahead: the PUT
@@ -588,7 +590,7 @@ func TestSaleExtend(t *testing.T) {
 	cfg.Sync.MaxExtension = 30 * time.Second
 	n := startNode(t, cfg)
 	mustPutSale(t, n, "ext", `{"total":100,"partitions":2,"chunk":10,"threshold":2}`)
-	b := newBuyer(8)
+	b := stocktest.NewBuyer(8)
 	kept := salePost(t, b, n.hot, "/v1/deduct", `{"sku":"ext","qty":2,"request_id":"kept"}`)
 	lapsed := salePost(t, b, n.hot, "/v1/deduct", `{"sku":"ext","qty":1,"request_id":"lapsed"}`)
 	if kept.Code != 200 || lapsed.Code != 200 {
@@ -614,7 +616,7 @@ func TestSaleExtend(t *testing.T) {
 		t.Fatalf("extend again: %d %s", x.Code, x.raw)
 	}
 	// The one not extended expires after the TTL.
-	waitUntil(t, 30*time.Second, "the reservation not extended expires", func() bool {
+	stocktest.Until(t, 30*time.Second, "the reservation not extended expires", func() bool {
 		var state string
 		e.db.QueryRow(`SELECT state FROM deductions WHERE sku = 'ext' AND request_id = 'lapsed'`).Scan(&state)
 		return state == "released"
@@ -652,7 +654,7 @@ func TestSaleExtend(t *testing.T) {
 	if x := salePost(t, b, n.hot, "/v1/extend", fmt.Sprintf(`{"reservation":%q,"seconds":3}`, short.Reservation)); x.Code != 200 {
 		t.Fatalf("extend short: %d %s", x.Code, x.raw)
 	}
-	waitUntil(t, 30*time.Second, "an extension that ran out expires", func() bool {
+	stocktest.Until(t, 30*time.Second, "an extension that ran out expires", func() bool {
 		var state string
 		e.db.QueryRow(`SELECT state FROM deductions WHERE sku = 'ext' AND request_id = 'short'`).Scan(&state)
 		return state == "released"
@@ -662,7 +664,7 @@ func TestSaleExtend(t *testing.T) {
 		t.Fatalf("verify %+v", r)
 	}
 	// Extensions of settled reservations go once they ran out.
-	waitUntil(t, 30*time.Second, "the extensions of settled reservations are forgotten", func() bool {
+	stocktest.Until(t, 30*time.Second, "the extensions of settled reservations are forgotten", func() bool {
 		var n int
 		e.db.QueryRow(`SELECT COUNT(*) FROM reservation_extensions WHERE sku = 'ext'`).Scan(&n)
 		return n == 0
@@ -707,7 +709,7 @@ func TestSaleRulesBadInput(t *testing.T) {
 	}
 	// Open the sale to check the hot endpoint's answers.
 	mustPutSale(t, n, "bad", `{"total":50,"opens_at":null}`)
-	b := newBuyer(4)
+	b := stocktest.NewBuyer(4)
 	if a := salePost(t, b, n.hot, "/v1/deduct", `{"sku":"bad","qty":1,"request_id":"nouser"}`); a.Code != 400 || a.Field != "user_id" {
 		t.Fatalf("deduct without user_id on a limited sku: %d %s", a.Code, a.raw)
 	}
@@ -751,7 +753,7 @@ func TestSaleAllowanceConvergesAfterCrash(t *testing.T) {
 	cfg.Sync.ExpireEvery = 100 * time.Millisecond
 	n := startNode(t, cfg)
 	mustPutSale(t, n, "cr", `{"total":100,"partitions":2,"chunk":10,"threshold":2,"per_user_limit":2}`)
-	b := newBuyer(8)
+	b := stocktest.NewBuyer(8)
 	ctx := context.Background()
 
 	// Dave's node died between the allowance and the stock: 2 units
@@ -766,7 +768,7 @@ func TestSaleAllowanceConvergesAfterCrash(t *testing.T) {
 		t.Fatalf("while the crashed request's allowance is pending: %d %s", a.Code, a.raw)
 	}
 	var converged time.Duration
-	waitUntil(t, 30*time.Second, "the crashed request's allowance comes back", func() bool {
+	stocktest.Until(t, 30*time.Second, "the crashed request's allowance comes back", func() bool {
 		a := userDeduct(t, b, n.hot, "cr", "dave", 2, "dave-2")
 		converged = time.Since(crashed)
 		return a.Code == 200
@@ -803,7 +805,7 @@ func TestSaleAllowanceConvergesAfterCrash(t *testing.T) {
 	if a := salePost(t, b, n.hot, "/v1/confirm", fmt.Sprintf(`{"reservation":%q}`, took.Reservation)); a.Code != 200 {
 		t.Fatalf("confirm: %d %s", a.Code, a.raw)
 	}
-	waitUntil(t, 30*time.Second, "the sweep settles the pending entry of a real deduction", func() bool {
+	stocktest.Until(t, 30*time.Second, "the sweep settles the pending entry of a real deduction", func() bool {
 		_, _, m := e.allowance("cr")
 		return strings.HasPrefix(m["r:erin-1"], "h:1:"+detail) && m["d:"+detail] == "erin-1"
 	})
@@ -836,13 +838,13 @@ func TestSaleAllowanceConvergesAfterCrash(t *testing.T) {
 	if a := userDeduct(t, b, n.hot, "cr", "frank", 1, "frank-2"); a.Code != 409 {
 		t.Fatalf("with the lost give-back, frank's third unit: %d %s", a.Code, a.raw)
 	}
-	waitUntil(t, 30*time.Second, "the sweep gives back a held entry whose row is released", func() bool {
+	stocktest.Until(t, 30*time.Second, "the sweep gives back a held entry whose row is released", func() bool {
 		_, _, m := e.allowance("cr")
 		return m["u:frank"] == "" && strings.HasPrefix(m["r:frank-1"], "x:")
 	})
 
 	waitSynced(t, n, "cr", 30*time.Second)
-	waitUntil(t, 30*time.Second, "every row has its ids", func() bool { return e.heldInMySQL("cr")["?"] == 0 })
+	stocktest.Until(t, 30*time.Second, "every row has its ids", func() bool { return e.heldInMySQL("cr")["?"] == 0 })
 	held := e.heldInMySQL("cr")
 	if held["?"] != 0 || held["erin"] > 2 || held["dave"] > 2 {
 		t.Fatalf("held %v", held)

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/audit"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
@@ -44,7 +46,7 @@ type healSale struct {
 	sku    string
 	total  int64
 	nodes  []*node
-	b      *buyer
+	b      *stocktest.Buyer
 	giveUp time.Duration
 	// report, when set, gets each request id's outcome (ha_faults_test.go).
 	report *haReport
@@ -120,12 +122,12 @@ func (s *healSale) run(ctx context.Context, workers int, prefix string) *sync.Wa
 // buy runs one request id to an outcome (or abandons it).
 func (s *healSale) buy(ctx context.Context, w int, id string) {
 	var failingSince time.Time
-	var a answer
+	var a stocktest.Answer
 	var err error
 	attempt := 0
 	for ; ctx.Err() == nil && !s.done(); attempt++ {
 		n := s.nodes[(w+attempt)%len(s.nodes)]
-		a, err = s.b.deduct(n.hot, s.sku, 1, id)
+		a, err = s.b.Deduct(n.hot, s.sku, 1, id)
 		switch {
 		case err == nil && a.Code == 200:
 			s.count(200)
@@ -167,7 +169,7 @@ func (s *healSale) confirm(ctx context.Context, tok string) {
 	deadline := time.Now().Add(30 * time.Second)
 	for i := 0; ctx.Err() == nil; i++ {
 		n := s.nodes[i%len(s.nodes)]
-		a, err := s.b.post(n.hot, "/v1/confirm", fmt.Sprintf(`{"reservation":%q}`, tok))
+		a, err := s.b.Post(n.hot, "/v1/confirm", fmt.Sprintf(`{"reservation":%q}`, tok))
 		switch {
 		case err == nil && a.Code == 200:
 			s.confirmed.Add(1)
@@ -222,7 +224,7 @@ func (s *healSale) finish(cancel context.CancelFunc, wg *sync.WaitGroup, within 
 	}
 	// Write-back of the last details, expiry of abandoned reservations.
 	n := s.nodes[0]
-	var r report
+	var r audit.Report
 	deadline = time.Now().Add(20 * time.Second)
 	for {
 		r = verify(t, n, s.sku)
@@ -267,7 +269,7 @@ func TestSelfHealAllShardsRestartedEmpty(t *testing.T) {
 			const total = 1500
 			putSKU(t, ns[0], "heal", total, 4, 50, 10)
 			waitKnown(t, ns, "heal")
-			s := &healSale{t: t, db: e.db, sku: "heal", total: total, nodes: ns, b: newBuyer(32), giveUp: 5 * time.Second}
+			s := &healSale{t: t, db: e.db, sku: "heal", total: total, nodes: ns, b: stocktest.NewBuyer(32), giveUp: 5 * time.Second}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			wg := s.run(ctx, 16, "r")
@@ -311,7 +313,7 @@ func TestSelfHealShardKilled(t *testing.T) {
 	n := startNode(t, cfg)
 	const total = 1500
 	putSKU(t, n, "dead", total, 6, 50, 10)
-	s := &healSale{t: t, db: e.db, sku: "dead", total: total, nodes: []*node{n}, b: newBuyer(32), giveUp: 300 * time.Millisecond}
+	s := &healSale{t: t, db: e.db, sku: "dead", total: total, nodes: []*node{n}, b: stocktest.NewBuyer(32), giveUp: 300 * time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	wg := s.run(ctx, 16, "k")
@@ -488,7 +490,7 @@ func TestSelfHealFrozenShardMarkedFencedWhenBack(t *testing.T) {
 	t.Logf("partition %d on the thawed shard: %s right after the thaw, %s once marked", pid, before, marked)
 
 	// Requests homed on it sell elsewhere; it never sells again.
-	s := &healSale{t: t, db: e.db, sku: "frz", total: 400, nodes: []*node{n}, b: newBuyer(16), giveUp: 5 * time.Second}
+	s := &healSale{t: t, db: e.db, sku: "frz", total: 400, nodes: []*node{n}, b: stocktest.NewBuyer(16), giveUp: 5 * time.Second}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	wg := s.run(ctx, 8, "f")

@@ -10,9 +10,11 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stockd/stockd/audit"
 	stocksync "github.com/stockd/stockd/sync"
 
 	"github.com/stockd/stockd/internal/reservation"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
 
@@ -58,9 +60,9 @@ func forge(secret, sku string, pid int, epoch, seq, qty int64) string {
 }
 
 // settle posts a confirm or release of tok and returns the answer.
-func settle(t *testing.T, b *buyer, addr, path, tok string) answer {
+func settle(t *testing.T, b *stocktest.Buyer, addr, path, tok string) stocktest.Answer {
 	t.Helper()
-	a, err := b.post(addr, path, fmt.Sprintf(`{"reservation":%q}`, tok))
+	a, err := b.Post(addr, path, fmt.Sprintf(`{"reservation":%q}`, tok))
 	if err != nil {
 		t.Fatalf("%s: %v", path, err)
 	}
@@ -92,13 +94,13 @@ func TestForgedTokensCreateNothing(t *testing.T) {
 	const total = 100
 	putSKU(t, n, "forge", total, 2, 20, 4)
 	putSKU(t, n, "other", 50, 2, 20, 4)
-	b := newBuyer(32)
+	b := stocktest.NewBuyer(32)
 
 	var sold int64
 	var toks []string
 	buy := func(sku, id string) string {
 		t.Helper()
-		a, err := b.deduct(n.hot, sku, 1, id)
+		a, err := b.Deduct(n.hot, sku, 1, id)
 		if err != nil || a.Code != 200 {
 			t.Fatalf("deduct %s: %+v %v", id, a, err)
 		}
@@ -168,8 +170,8 @@ func TestForgedTokensCreateNothing(t *testing.T) {
 	waitLanded(t, n, "forge", 15*time.Second)
 
 	// Sell out: exactly the total, counted from the answers and from MySQL.
-	rest := crowd(t, b, n.hot, "forge", 300, "rest-", func(int) int64 { return 1 })
-	sold += rest.units
+	rest := stocktest.Crowd(t, b, n.hot, "forge", 300, "rest-", func(int) int64 { return 1 })
+	sold += rest.Units
 	r := waitSynced(t, n, "forge", 15*time.Second)
 	rows, released := e.rowUnits("forge")
 	t.Logf("sold %d units (answers) on a %d-unit SKU; rows hold %d sold, %d released; verify %+v", sold, total, rows, released, r)
@@ -183,7 +185,7 @@ func TestForgedTokensCreateNothing(t *testing.T) {
 
 // waitLanded waits until no detail of sku is in flight (verify may fail)
 // and returns the report.
-func waitLanded(t *testing.T, n *node, sku string, within time.Duration) report {
+func waitLanded(t *testing.T, n *node, sku string, within time.Duration) audit.Report {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
@@ -263,10 +265,10 @@ func TestSettleWhileTrimmedNotApplied(t *testing.T) {
 	pause := pauseApplier(t, e.queue)
 	n := startNode(t, cfg)
 	putSKU(t, n, "gap", 20, 1, 20, 4)
-	b := newBuyer(8)
+	b := stocktest.NewBuyer(8)
 	var toks []string
 	for i := 0; i < 3; i++ {
-		a, err := b.deduct(n.hot, "gap", 1, "g-"+strconv.Itoa(i))
+		a, err := b.Deduct(n.hot, "gap", 1, "g-"+strconv.Itoa(i))
 		if err != nil || a.Code != 200 {
 			t.Fatalf("deduct: %+v %v", a, err)
 		}
@@ -306,10 +308,10 @@ func TestSettleWhileTrimmedNotApplied(t *testing.T) {
 	if a := settle(t, b, n.hot, "/v1/confirm", toks[1]); a.Code != 200 {
 		t.Fatalf("confirm after landing: %+v", a)
 	}
-	more := crowd(t, b, n.hot, "gap", 40, "more-", func(int) int64 { return 1 })
+	more := stocktest.Crowd(t, b, n.hot, "gap", 40, "more-", func(int) int64 { return 1 })
 	r = waitSynced(t, n, "gap", 15*time.Second)
-	if more.units != 18 || r.Released != 1 || r.Confirmed != 1 || r.Reserved != 19 || r.Pool != 0 {
-		t.Fatalf("sold %d more (want 18: 17 never sold + 1 released); %+v", more.units, r)
+	if more.Units != 18 || r.Released != 1 || r.Confirmed != 1 || r.Reserved != 19 || r.Pool != 0 {
+		t.Fatalf("sold %d more (want 18: 17 never sold + 1 released); %+v", more.Units, r)
 	}
 }
 
@@ -325,12 +327,12 @@ func TestGenuineTokensEveryPath(t *testing.T) {
 	n := startNode(t, cfg)
 	const total = 40
 	putSKU(t, n, "paths", total, 2, 10, 2)
-	b := newBuyer(16)
+	b := stocktest.NewBuyer(16)
 	buy := func(prefix string, k int) []string {
 		t.Helper()
 		var toks []string
 		for i := 0; i < k; i++ {
-			a, err := b.deduct(n.hot, "paths", 1, prefix+strconv.Itoa(i))
+			a, err := b.Deduct(n.hot, "paths", 1, prefix+strconv.Itoa(i))
 			if err != nil || a.Code != 200 {
 				t.Fatalf("deduct: %+v %v", a, err)
 			}
@@ -392,10 +394,10 @@ func TestGenuineTokensEveryPath(t *testing.T) {
 	}
 
 	// 28 never sold + 8 released or expired sell again, exactly.
-	more := crowd(t, b, n.hot, "paths", 80, "more-", func(int) int64 { return 1 })
+	more := stocktest.Crowd(t, b, n.hot, "paths", 80, "more-", func(int) int64 { return 1 })
 	r := waitSynced(t, n, "paths", 15*time.Second)
-	if more.units != total-4 || r.Confirmed != 4 || r.Released != 8 || r.Reserved != total-4 || r.Pool != 0 {
-		t.Fatalf("sold %d more, want %d; %+v", more.units, total-4, r)
+	if more.Units != total-4 || r.Confirmed != 4 || r.Released != 8 || r.Reserved != total-4 || r.Pool != 0 {
+		t.Fatalf("sold %d more, want %d; %+v", more.Units, total-4, r)
 	}
 }
 
@@ -428,11 +430,11 @@ func TestDemoSecretShared(t *testing.T) {
 	}
 	putSKU(t, n1, "demo", 10, 1, 10, 2)
 	waitKnown(t, []*node{n2}, "demo")
-	buyer := newBuyer(4)
+	buyer := stocktest.NewBuyer(4)
 	var toks [2][]string
 	for i, n := range []*node{n1, n2} {
 		for k := 0; k < 2; k++ {
-			a, err := buyer.deduct(n.hot, "demo", 1, "d-"+strconv.Itoa(i)+"-"+strconv.Itoa(k))
+			a, err := buyer.Deduct(n.hot, "demo", 1, "d-"+strconv.Itoa(i)+"-"+strconv.Itoa(k))
 			if err != nil || a.Code != 200 {
 				t.Fatalf("deduct on n%d: %+v %v", i+1, a, err)
 			}
@@ -472,10 +474,10 @@ func TestSecretRotation(t *testing.T) {
 	cfg := e.config() // signs with testSecret
 	n := startNode(t, cfg)
 	putSKU(t, n, "rot", 10, 1, 10, 2)
-	b := newBuyer(4)
+	b := stocktest.NewBuyer(4)
 	buy := func(id string) string {
 		t.Helper()
-		a, err := b.deduct(n.hot, "rot", 1, id)
+		a, err := b.Deduct(n.hot, "rot", 1, id)
 		if err != nil || a.Code != 200 {
 			t.Fatalf("deduct: %+v %v", a, err)
 		}

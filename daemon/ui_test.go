@@ -19,6 +19,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/admin"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // The status page (GET / on the admin port) in a real headless Chromium:
@@ -41,10 +44,10 @@ func TestStatusPage(t *testing.T) {
 
 	// Some deductions, fewer per partition than it takes to cross the
 	// threshold, so that no refill follows and the levels stay put.
-	b := newBuyer(16)
-	o := crowd(t, b, n.hot, sku, 40, "ui-", func(i int) int64 { return int64(1 + i%3) })
-	if len(o.errs) > 0 || len(o.other) > 0 || o.ok != 40 {
-		t.Fatalf("deductions: ok %d, other %v, errors %v", o.ok, o.other, o.errs)
+	b := stocktest.NewBuyer(16)
+	o := stocktest.Crowd(t, b, n.hot, sku, 40, "ui-", func(i int) int64 { return int64(1 + i%3) })
+	if len(o.Errs) > 0 || len(o.Other) > 0 || o.OK != 40 {
+		t.Fatalf("deductions: ok %d, other %v, errors %v", o.OK, o.Other, o.Errs)
 	}
 	want := settledLevels(t, n, sku)
 
@@ -185,7 +188,7 @@ func checkServedUI(t *testing.T, n *node, sku string) {
 // levels is what a page must show of a SKU's partitions, comparable.
 type levels string
 
-func levelsOf(v skuView) levels {
+func levelsOf(v admin.SKUView) levels {
 	var sb strings.Builder
 	for _, p := range v.Partitions {
 		fmt.Fprintf(&sb, "[pid=%d shard=%s state=%s active=%s a=%d b=%d]", p.ID, p.Shard, p.State, p.Active, p.A, p.B)

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // statsView is GET /admin/stats, as far as the tests read it.
@@ -69,10 +71,10 @@ func TestStatusPageRatesUnderLoad(t *testing.T) {
 	const gone = "ui-gone"
 	total := int64(20)
 	putSKU(t, n, gone, total, 2, 10, 2)
-	b := newBuyer(4)
+	b := stocktest.NewBuyer(4)
 	for i := int64(0); i < total; i++ {
 		id := "gone-" + strconv.FormatInt(i, 10)
-		a, err := b.deduct(n.hot, gone, 1, id)
+		a, err := b.Deduct(n.hot, gone, 1, id)
 		if err != nil || a.Code != 200 {
 			t.Fatalf("deduct %s of %s: %d %+v %v", id, gone, a.Code, a, err)
 		}
@@ -81,7 +83,7 @@ func TestStatusPageRatesUnderLoad(t *testing.T) {
 		t.Fatalf("GET /admin/skus/%s after all %d units were taken: sold_out false (%+v)", gone, total, v)
 	}
 	// Its answers, counted by the sampler within a second or two.
-	eventuallyMsg(t, func() (bool, string) {
+	stocktest.Eventually(t, 30*time.Second, func() (bool, string) {
 		st := getStats(t, n).SKUs[gone]
 		return st.Minute.Answers == uint64(total), "answers of " + gone + " in /admin/stats: " + strconv.FormatUint(st.Minute.Answers, 10)
 	})
@@ -108,7 +110,7 @@ func TestStatusPageRatesUnderLoad(t *testing.T) {
 				if w == 0 {
 					sku = late
 				}
-				a, err := b.deduct(n.hot, sku, 1, "sale-"+strconv.Itoa(w)+"-"+strconv.Itoa(i))
+				a, err := b.Deduct(n.hot, sku, 1, "sale-"+strconv.Itoa(w)+"-"+strconv.Itoa(i))
 				switch {
 				case err == nil && a.Code == 200:
 					ok.Add(1)
@@ -124,7 +126,7 @@ func TestStatusPageRatesUnderLoad(t *testing.T) {
 	}
 	stopSale := sync.OnceFunc(func() { close(stop); wg.Wait() })
 	t.Cleanup(stopSale)
-	eventuallyMsg(t, func() (bool, string) {
+	stocktest.Eventually(t, 30*time.Second, func() (bool, string) {
 		st := getStats(t, n)
 		s := st.SKUs[sale].Minute
 		l := st.SKUs[late].Minute
@@ -134,7 +136,7 @@ func TestStatusPageRatesUnderLoad(t *testing.T) {
 	})
 	// Sparklines long enough to show in the screenshot: the sale's
 	// deductions over at least five seconds.
-	eventuallyMsg(t, func() (bool, string) {
+	stocktest.Eventually(t, 30*time.Second, func() (bool, string) {
 		st := getStats(t, n)
 		points := 0
 		for _, v := range st.Node.Deductions {
@@ -312,22 +314,6 @@ func checkLoadScreenshot(t *testing.T, path string) {
 		t.Errorf("screenshot has %d pixels in the sold-out badge colour, want >= 300 (no SOLD OUT badge?)", badgePx)
 	}
 	t.Logf("screenshot %s: %dx%d, %d colours, %d sparkline pixels, %d sold-out badge pixels", path, b.Dx(), b.Dy(), len(colors), sparkPx, badgePx)
-}
-
-// eventuallyMsg waits up to 30 s for cond, and fails with its last message.
-func eventuallyMsg(t *testing.T, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ok, msg := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within 30 s: %s", msg)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 func mustJSON(v any) string {

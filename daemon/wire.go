@@ -77,7 +77,7 @@ func (d *Daemon) newScheduler() *scheduler.Scheduler {
 	cfg.VerdictMaxAge = d.cfg.Cluster.ViewMaxAge
 	return scheduler.New(cfg, d.reg, scheduler.Hooks{
 		Took:   d.hints.took,
-		Refill: d.refill,
+		Refill: d.alloc.Request,
 		// One node refills a partition: its owner. The others forward
 		// what their deductions see, and the owner's sweep covers the rest.
 		Owns:        d.own.handle,
@@ -90,14 +90,6 @@ func (d *Daemon) newScheduler() *scheduler.Scheduler {
 		Head:        d.store.VersionedPoolState,
 		Reload:      func(ctx context.Context, sku string) error { return d.loader.load(ctx, preallocate.SKU{Name: sku}) },
 	}, d.logger)
-}
-
-// refill queues a refill the scheduler asked for on the allocator and
-// hands back its outcome (scheduler.Hooks.Refill).
-func (d *Daemon) refill(p *shard.Partition, sub byte, chunk, capAt int64, done func(scheduler.RefillResult)) bool {
-	return d.alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
-		done(scheduler.RefillResult{Levels: o.Levels, HaveLevels: o.HaveLevels, Applied: o.Applied, Pool: o.Pool, Failed: err != nil, Closed: o.Closed})
-	})
 }
 
 // partitionLost: Redis showed that a partition lost its data and the
@@ -182,8 +174,8 @@ func (d *Daemon) skuPartitions(name string) []*shard.Partition {
 		return nil
 	}
 	var out []*shard.Partition
-	for _, p := range sku.Partitions() {
-		out = append(out, p.H)
+	for _, p := range sku.Slots() {
+		out = append(out, p.Handle)
 	}
 	return out
 }

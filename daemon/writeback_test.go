@@ -15,6 +15,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
 
@@ -47,8 +48,8 @@ func (e *env) proxied(cfg Config) (Config, *testenv.Proxy, *testenv.Proxy) {
 
 // steadySale buys from sku at a steady pace until stop is closed and
 // returns what the buyers heard.
-func steadySale(t *testing.T, b *buyer, addr, sku, idPrefix string, workers int, stop <-chan struct{}) (*outcomes, *sync.WaitGroup) {
-	o := newOutcomes()
+func steadySale(t *testing.T, b *stocktest.Buyer, addr, sku, idPrefix string, workers int, stop <-chan struct{}) (*stocktest.Tally, *sync.WaitGroup) {
+	o := stocktest.NewTally()
 	var wg sync.WaitGroup
 	var seq atomic.Int64
 	for w := 0; w < workers; w++ {
@@ -62,24 +63,18 @@ func steadySale(t *testing.T, b *buyer, addr, sku, idPrefix string, workers int,
 				default:
 				}
 				id := idPrefix + strconv.FormatInt(seq.Add(1), 10)
-				a, err := b.deduct(addr, sku, 1, id)
+				a, err := b.Deduct(addr, sku, 1, id)
 				if err == nil && a.Code == 503 {
 					// Safe to retry with the same id; it must not double.
 					time.Sleep(50 * time.Millisecond)
-					a, err = b.deduct(addr, sku, 1, id)
+					a, err = b.Deduct(addr, sku, 1, id)
 				}
-				o.add(t, id, a, err)
+				o.Add(t, id, a, err)
 				time.Sleep(2 * time.Millisecond)
 			}
 		}()
 	}
 	return o, &wg
-}
-
-func (o *outcomes) snapshot() (ok int, units int64) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.ok, o.units
 }
 
 // The broker drops our connections twice and then stays away for 20 s in
@@ -90,7 +85,7 @@ func TestBrokerOutageMidSale(t *testing.T) {
 	cfg, _, mq := e.proxied(e.config())
 	n := startNode(t, cfg)
 	putSKU(t, n, "mq", 100000, 4, 100, 20)
-	b := newBuyer(16)
+	b := stocktest.NewBuyer(16)
 
 	stop := make(chan struct{})
 	o, wg := steadySale(t, b, n.hot, "mq", "s-", 4, stop)
@@ -100,9 +95,9 @@ func TestBrokerOutageMidSale(t *testing.T) {
 	mq.Reset()
 	time.Sleep(time.Second)
 	mq.Cut()
-	okAtCut, _ := o.snapshot()
+	okAtCut := o.Snapshot().OK
 	time.Sleep(outage)
-	okDuringCut, _ := o.snapshot()
+	okDuringCut := o.Snapshot().OK
 	mq.Restore()
 	time.Sleep(time.Second)
 	close(stop)
@@ -111,11 +106,11 @@ func TestBrokerOutageMidSale(t *testing.T) {
 	if okDuringCut-okAtCut < 100 {
 		t.Fatalf("only %d deductions while the broker was away: selling stalled", okDuringCut-okAtCut)
 	}
-	if len(o.other) > 0 {
-		t.Fatalf("unexpected answers: %v", o.other)
+	if len(o.Other) > 0 {
+		t.Fatalf("unexpected answers: %v", o.Other)
 	}
-	r := checkConserved(t, e, n, "mq", o.units)
-	t.Logf("%d deductions (%d during the outage), %d transport errors; verify %+v", o.ok, okDuringCut-okAtCut, len(o.errs), r)
+	r := checkConserved(t, e, n, "mq", o.Units)
+	t.Logf("%d deductions (%d during the outage), %d transport errors; verify %+v", o.OK, okDuringCut-okAtCut, len(o.Errs), r)
 }
 
 // MySQL is unreachable for 20 s in the middle of a sale: selling goes on
@@ -126,15 +121,15 @@ func TestDatabaseOutageMidSale(t *testing.T) {
 	cfg, my, _ := e.proxied(e.config())
 	n := startNode(t, cfg)
 	putSKU(t, n, "db", 100000, 4, 200, 20)
-	b := newBuyer(16)
+	b := stocktest.NewBuyer(16)
 
 	stop := make(chan struct{})
 	o, wg := steadySale(t, b, n.hot, "db", "s-", 4, stop)
 	time.Sleep(time.Second)
 	my.Cut()
-	okAtCut, _ := o.snapshot()
+	okAtCut := o.Snapshot().OK
 	time.Sleep(outage)
-	okDuringCut, _ := o.snapshot()
+	okDuringCut := o.Snapshot().OK
 	my.Restore()
 	time.Sleep(2 * time.Second)
 	close(stop)
@@ -143,13 +138,13 @@ func TestDatabaseOutageMidSale(t *testing.T) {
 	if okDuringCut-okAtCut < 100 {
 		t.Fatalf("only %d deductions while MySQL was away: selling stalled", okDuringCut-okAtCut)
 	}
-	for code := range o.other {
+	for code := range o.Other {
 		if code != 503 {
-			t.Fatalf("unexpected answers: %v", o.other)
+			t.Fatalf("unexpected answers: %v", o.Other)
 		}
 	}
-	r := checkConserved(t, e, n, "db", o.units)
-	t.Logf("%d deductions (%d during the outage), other %v; verify %+v", o.ok, okDuringCut-okAtCut, o.other, r)
+	r := checkConserved(t, e, n, "db", o.Units)
+	t.Logf("%d deductions (%d during the outage), other %v; verify %+v", o.OK, okDuringCut-okAtCut, o.Other, r)
 }
 
 // Sell out, release 100 reservations (half before their details reached
@@ -159,19 +154,19 @@ func TestReleaseThenSellAgain(t *testing.T) {
 	n := startNode(t, e.config())
 	const total = 300
 	putSKU(t, n, "rel", total, 3, 20, 4)
-	b := newBuyer(64)
+	b := stocktest.NewBuyer(64)
 
-	first := crowd(t, b, n.hot, "rel", 400, "a-", func(int) int64 { return 1 })
-	if first.ok != total {
-		t.Fatalf("first wave: %d ok, want %d (other %v)", first.ok, total, first.other)
+	first := stocktest.Crowd(t, b, n.hot, "rel", 400, "a-", func(int) int64 { return 1 })
+	if first.OK != total {
+		t.Fatalf("first wave: %d ok, want %d (other %v)", first.OK, total, first.Other)
 	}
 	var res []string
-	for r := range first.reservations {
+	for r := range first.Reservations {
 		res = append(res, r)
 	}
 	release := func(token string) {
 		t.Helper()
-		a, err := b.post(n.hot, "/v1/release", fmt.Sprintf(`{"reservation":%q}`, token))
+		a, err := b.Post(n.hot, "/v1/release", fmt.Sprintf(`{"reservation":%q}`, token))
 		if err != nil || a.Code != 200 || a.Status != "released" {
 			t.Fatalf("release: %+v %v", a, err)
 		}
@@ -186,18 +181,18 @@ func TestReleaseThenSellAgain(t *testing.T) {
 	}
 	// Releasing again changes nothing; confirming a released one is refused.
 	release(res[0])
-	if a, _ := b.post(n.hot, "/v1/confirm", fmt.Sprintf(`{"reservation":%q}`, res[1])); a.Code != 409 {
+	if a, _ := b.Post(n.hot, "/v1/confirm", fmt.Sprintf(`{"reservation":%q}`, res[1])); a.Code != 409 {
 		t.Fatalf("confirm of a released reservation: %+v, want 409", a)
 	}
 	// Unknown or forged reservations are 404.
 	forged := res[2][:strings.LastIndexByte(res[2], ':')] + ":AAAAAAAAAAAAAAAA"
-	if a, _ := b.post(n.hot, "/v1/release", fmt.Sprintf(`{"reservation":%q}`, forged)); a.Code != 404 {
+	if a, _ := b.Post(n.hot, "/v1/release", fmt.Sprintf(`{"reservation":%q}`, forged)); a.Code != 404 {
 		t.Fatalf("forged reservation: %+v, want 404", a)
 	}
 
-	second := crowd(t, b, n.hot, "rel", 400, "b-", func(int) int64 { return 1 })
-	if second.ok != 100 {
-		t.Fatalf("after releasing 100: %d more sold (other %v), want exactly 100", second.ok, second.other)
+	second := stocktest.Crowd(t, b, n.hot, "rel", 400, "b-", func(int) int64 { return 1 })
+	if second.OK != 100 {
+		t.Fatalf("after releasing 100: %d more sold (other %v), want exactly 100", second.OK, second.Other)
 	}
 	r := waitSynced(t, n, "rel", 10*time.Second)
 	if r.Released != 100 || r.Reserved != total || r.Pool != 0 {
@@ -214,18 +209,18 @@ func TestExpiredReservationsSellAgain(t *testing.T) {
 	cfg.Sync.ExpireEvery = 200 * time.Millisecond
 	n := startNode(t, cfg)
 	putSKU(t, n, "exp", 100, 2, 10, 2)
-	b := newBuyer(32)
+	b := stocktest.NewBuyer(32)
 
-	first := crowd(t, b, n.hot, "exp", 150, "a-", func(int) int64 { return 1 })
-	if first.ok != 100 {
-		t.Fatalf("first wave: %d ok", first.ok)
+	first := stocktest.Crowd(t, b, n.hot, "exp", 150, "a-", func(int) int64 { return 1 })
+	if first.OK != 100 {
+		t.Fatalf("first wave: %d ok", first.OK)
 	}
 	confirmed := 0
-	for tok := range first.reservations {
+	for tok := range first.Reservations {
 		if confirmed == 30 {
 			break
 		}
-		a, err := b.post(n.hot, "/v1/confirm", fmt.Sprintf(`{"reservation":%q}`, tok))
+		a, err := b.Post(n.hot, "/v1/confirm", fmt.Sprintf(`{"reservation":%q}`, tok))
 		if err != nil || a.Status != "confirmed" {
 			t.Fatalf("confirm: %+v %v", a, err)
 		}
@@ -243,9 +238,9 @@ func TestExpiredReservationsSellAgain(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	second := crowd(t, b, n.hot, "exp", 150, "b-", func(int) int64 { return 1 })
-	if second.ok != 70 {
-		t.Fatalf("after expiry: %d sold, want exactly 70", second.ok)
+	second := stocktest.Crowd(t, b, n.hot, "exp", 150, "b-", func(int) int64 { return 1 })
+	if second.OK != 70 {
+		t.Fatalf("after expiry: %d sold, want exactly 70", second.OK)
 	}
 	r := waitSynced(t, n, "exp", 10*time.Second)
 	if r.Confirmed != 30 || r.Released < 70 {
@@ -260,9 +255,9 @@ func TestRedeliveryAndPoison(t *testing.T) {
 	e := newEnv(t, 2)
 	n := startNode(t, e.config())
 	putSKU(t, n, "redo", 500, 2, 50, 10)
-	b := newBuyer(32)
-	o := crowd(t, b, n.hot, "redo", 200, "x-", func(i int) int64 { return int64(1 + i%2) })
-	before := checkConserved(t, e, n, "redo", o.units)
+	b := stocktest.NewBuyer(32)
+	o := stocktest.Crowd(t, b, n.hot, "redo", 200, "x-", func(i int) int64 { return int64(1 + i%2) })
+	before := checkConserved(t, e, n, "redo", o.Units)
 
 	// Rebuild a batch from the landed rows and publish it twice, with a
 	// poison message between the copies.
@@ -325,9 +320,9 @@ func TestRedeliveryAndPoison(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	// Selling and syncing still work, and the replays changed nothing.
-	more := crowd(t, b, n.hot, "redo", 50, "y-", func(int) int64 { return 1 })
-	after := checkConserved(t, e, n, "redo", o.units+more.units)
-	if after.Reserved != before.Reserved+more.units || after.Doubled != 0 {
+	more := stocktest.Crowd(t, b, n.hot, "redo", 50, "y-", func(int) int64 { return 1 })
+	after := checkConserved(t, e, n, "redo", o.Units+more.Units)
+	if after.Reserved != before.Reserved+more.Units || after.Doubled != 0 {
 		t.Fatalf("replayed batch changed counters: before %+v after %+v", before, after)
 	}
 }

@@ -6,10 +6,8 @@ package faults
 // like a gateway does, and only ok and sold_out are definite.
 
 import (
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/valyala/fasthttp"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // Outcomes of an op.
@@ -111,74 +109,10 @@ func (h *history) count() (ok, soldOut, unknown int, units int64) {
 	return
 }
 
-// answer is one HTTP answer of the hot endpoint.
-type answer struct {
-	Code        int    `json:"-"` // the HTTP status; the body's "code" is not this
-	Status      string `json:"status"`
-	Reservation string `json:"reservation"`
-	Qty         int64  `json:"qty"`
-	Error       string `json:"error"`
-}
-
-// client is a keep-alive HTTP client of the hot endpoints.
-type client struct {
-	c *fasthttp.Client
-	// timeout bounds one attempt (the gateway's own timeout).
-	timeout time.Duration
-}
-
-func newClient(timeout time.Duration) *client {
-	return &client{timeout: timeout, c: &fasthttp.Client{
-		MaxConnsPerHost:     2048,
-		MaxConnWaitTimeout:  timeout,
-		ReadTimeout:         timeout,
-		WriteTimeout:        timeout,
-		MaxIdleConnDuration: time.Minute,
-		// A buyer that gave up does not retry on its own.
-		MaxIdemponentCallAttempts: 1,
-	}}
-}
-
-// newClientFrom is a client whose connections come from a given local
-// address (another "client IP" on loopback).
-func newClientFrom(timeout time.Duration, local string) *client {
-	c := newClient(timeout)
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}, Timeout: timeout}
-	c.c.Dial = func(addr string) (net.Conn, error) { return d.Dial("tcp", addr) }
-	return c
-}
-
-func (c *client) post(addr, path string, body []byte) (answer, error) {
-	req := fasthttp.AcquireRequest()
-	resp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI("http://" + addr + path)
-	req.Header.SetMethod("POST")
-	req.Header.SetContentType("application/json")
-	req.SetBody(body)
-	if err := c.c.DoTimeout(req, resp, c.timeout); err != nil {
-		return answer{}, err
-	}
-	a := answer{Code: resp.StatusCode()}
-	if err := json.Unmarshal(resp.Body(), &a); err != nil {
-		return a, fmt.Errorf("status %d, body %q: %w", a.Code, resp.Body(), err)
-	}
-	return a, nil
-}
-
-func (c *client) deduct(addr, sku string, qty int64, id string) (answer, error) {
-	return c.post(addr, "/v1/deduct", fmt.Appendf(nil, `{"sku":%q,"qty":%d,"request_id":%q}`, sku, qty, id))
-}
-
-func (c *client) settle(addr, what, token string) (answer, error) {
-	return c.post(addr, "/v1/"+what, fmt.Appendf(nil, `{"reservation":%q}`, token))
-}
-
 // buyers run ops against one or more nodes and record them.
 type buyers struct {
 	t   *testing.T
-	c   *client
+	c   *stocktest.Buyer
 	sku string
 	// hot are the nodes' hot endpoints; a retry goes to the next one.
 	hot []string
@@ -219,7 +153,7 @@ func (b *buyers) markDown(node int) {
 	b.downMu.Unlock()
 }
 
-func newBuyers(t *testing.T, c *client, sku string, h *history, hot ...string) *buyers {
+func newBuyers(t *testing.T, c *stocktest.Buyer, sku string, h *history, hot ...string) *buyers {
 	return &buyers{t: t, c: c, sku: sku, hot: hot, h: h, giveUp: 60 * time.Second, downUntil: map[int]time.Time{}}
 }
 
@@ -240,7 +174,7 @@ func (b *buyers) begin(clientID int, id string, qty int64) *op {
 func (b *buyers) attempt(o *op, node int) bool {
 	o.Attempts++
 	t0 := time.Now()
-	a, err := b.c.deduct(b.hot[node%len(b.hot)], b.sku, o.Qty, o.ID)
+	a, err := b.c.Deduct(b.hot[node%len(b.hot)], b.sku, o.Qty, o.ID)
 	o.Latency = time.Since(t0)
 	switch {
 	case err == nil && a.Code == 200 && a.Status == "ok":
@@ -499,10 +433,10 @@ func (b *buyers) reask(skip func(*op) bool) (asked, differ int) {
 		go func() {
 			defer wg.Done()
 			for o := range work {
-				var a answer
+				var a stocktest.Answer
 				var err error
 				for try := 0; try < 50; try++ {
-					a, err = b.c.deduct(b.hot[try%len(b.hot)], b.sku, o.Qty, o.ID)
+					a, err = b.c.Deduct(b.hot[try%len(b.hot)], b.sku, o.Qty, o.ID)
 					if err == nil && a.Code != 503 && a.Code != 429 {
 						break
 					}

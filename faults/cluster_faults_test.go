@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // A node frozen (SIGSTOP, a stalled VM or a very long GC pause) for 12 s
@@ -26,11 +28,11 @@ func TestNodeFrozen(t *testing.T) {
 	e := newEnv(t, envOpts{shards: 3})
 	a := e.startStockd(nodeOpts{name: "a"})
 	b := e.startStockd(nodeOpts{name: "b", env: map[string]string{"STOCKD_JOIN": a.gossip}})
-	if _, ok := waitFor(20*time.Second, func() bool { m, _ := b.members(); return len(m) == 2 }); !ok {
+	if _, ok := stocktest.WaitFor(20*time.Second, func() bool { m, _ := b.members(); return len(m) == 2 }); !ok {
 		t.Fatal("the two nodes did not join")
 	}
 	a.putSKU(sku, total, 6, 2000, 400)
-	if _, ok := waitFor(10*time.Second, func() bool {
+	if _, ok := stocktest.WaitFor(10*time.Second, func() bool {
 		resp, err := http.Get("http://" + b.hot + "/v1/stock/" + sku)
 		if err != nil {
 			return false
@@ -43,7 +45,7 @@ func TestNodeFrozen(t *testing.T) {
 
 	h := newHistory()
 	w := watchDoubt(e, sku)
-	buyers := newBuyers(t, newClient(2*time.Second), sku, h, a.hot, b.hot)
+	buyers := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 2 * time.Second}), sku, h, a.hot, b.hot)
 	stop := make(chan struct{})
 	done := buyers.closedLoop(16, &ids{prefix: "buyer-", n: -1}, 1, stop, false)
 	time.Sleep(3 * time.Second)
@@ -55,9 +57,9 @@ func TestNodeFrozen(t *testing.T) {
 	a.signal(syscall.SIGCONT)
 	thawed := time.Now()
 	// a serves again: one probe after another, straight to a.
-	probe := newBuyers(t, newClient(2*time.Second), sku, h, a.hot)
+	probe := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 2 * time.Second}), sku, h, a.hot)
 	probe.giveUp = 0
-	recovery, served := waitFor(30*time.Second, func() bool {
+	recovery, served := stocktest.WaitFor(30*time.Second, func() bool {
 		return probe.buy(99, fmt.Sprintf("probe-%d", time.Now().UnixNano()), 1).Status == statusOK
 	})
 	if !served {
@@ -67,7 +69,7 @@ func TestNodeFrozen(t *testing.T) {
 	close(stop)
 	done()
 	buyers.checkAnswers()
-	drain, recovered := waitFor(90*time.Second, func() bool {
+	drain, recovered := stocktest.WaitFor(90*time.Second, func() bool {
 		v, err := b.verify(sku)
 		return err == nil && v.OK && v.InFlightDetails == 0
 	})
@@ -84,5 +86,5 @@ func TestNodeFrozen(t *testing.T) {
 	if okDuring-okBefore < 100 {
 		t.Errorf("only %d deductions while a was frozen: b did not carry the sale", okDuring-okBefore)
 	}
-	r.log(t)
+	r.Log(t)
 }

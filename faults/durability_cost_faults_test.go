@@ -11,10 +11,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
 
@@ -26,7 +26,7 @@ import (
 //
 //	go test -tags faults -run '^$' -bench DurabilityCost -benchtime 1x -timeout 20m ./faults/
 func BenchmarkDurabilityCost(b *testing.B) {
-	lg := loadgenBinary(b)
+	lg := stocktest.Binary(b, "github.com/stockd/stockd/bench/loadgen")
 	type run struct{ rps, p50, p99 float64 }
 	runs := map[string][]run{}
 	modes := []string{"none", "aof", "replica"}
@@ -111,30 +111,4 @@ func BenchmarkDurabilityCost(b *testing.B) {
 	}
 	// Printed, not logged: the parent of sub-benchmarks shows no log.
 	fmt.Printf("durability cost, %s:%s", time.Now().UTC().Format("2006-01-02 15:04 UTC"), tb.String())
-}
-
-var (
-	loadgenOnce sync.Once
-	loadgenPath string
-	loadgenErr  error
-)
-
-// loadgenBinary builds bench/loadgen once.
-func loadgenBinary(tb testing.TB) string {
-	tb.Helper()
-	loadgenOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "stockd-faults-loadgen")
-		if err != nil {
-			loadgenErr = err
-			return
-		}
-		loadgenPath = filepath.Join(dir, "loadgen")
-		if out, err := exec.Command("go", "build", "-o", loadgenPath, "github.com/stockd/stockd/bench/loadgen").CombinedOutput(); err != nil {
-			loadgenErr = fmt.Errorf("%v: %s", err, out)
-		}
-	})
-	if loadgenErr != nil {
-		tb.Fatalf("build loadgen: %v", loadgenErr)
-	}
-	return loadgenPath
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // kill -9 of an AOF shard (appendfsync everysec) in the middle of a short
@@ -40,7 +42,7 @@ func TestFastCaseVariantRequestIDs(t *testing.T) {
 	d := e.startStockd(nodeOpts{})
 	d.putSKU(sku, total, 4, 20, 4)
 	h := newHistory()
-	b := newBuyers(t, newClient(5*time.Second), sku, h, d.hot)
+	b := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 5 * time.Second}), sku, h, d.hot)
 	b.closedLoop(16, &ids{prefix: "order-", n: 4 * 100, variants: 4}, 1, nil, false)()
 	b.checkAnswers()
 	asked, _ := b.reask(nil)
@@ -49,7 +51,7 @@ func TestFastCaseVariantRequestIDs(t *testing.T) {
 		t.Errorf("the rows of acknowledged reservations hold %d units, want all %d", r.Held, total)
 	}
 	r.Extra["ids"] = fmt.Sprintf("100 ids in 4 case spellings each; re-asked %d acknowledged ones", asked)
-	r.log(t)
+	r.Log(t)
 }
 
 // Every request sent twice at once, to two nodes, while a third grows and

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // Case 6 (the rest; the client flood and the gossip key are in the fast
@@ -28,7 +30,7 @@ func TestSKUInflightLimit(t *testing.T) {
 	}
 	h := newHistory()
 	w := watchDoubt(e, sku)
-	b := newBuyers(t, newClient(5*time.Second), sku, h, d.hot)
+	b := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 5 * time.Second}), sku, h, d.hot)
 	b.closedLoop(64, &ids{prefix: "herd-", n: 2500}, 1, nil, false)()
 	for _, s := range e.shards {
 		s.Proxy.clear()
@@ -50,7 +52,7 @@ func TestSKUInflightLimit(t *testing.T) {
 	}
 	r.RecoveryWhat = "n/a (no fault to end)"
 	r.Extra["shed"] = fmt.Sprintf("%d answers 429 to %d requests, all retried to a definite answer", shed, shedOps)
-	r.log(t)
+	r.Log(t)
 }
 
 // Bodies the hot endpoint must refuse without touching stock: over 4 KiB
@@ -63,7 +65,7 @@ func TestHostileBodies(t *testing.T) {
 	e := newEnv(t, envOpts{shards: 1})
 	d := e.startStockd(nodeOpts{})
 	d.putSKU(sku, 100, 2, 10, 2)
-	c := newClient(5 * time.Second)
+	c := stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 5 * time.Second})
 
 	pad := func(body string, size int) string { return body + strings.Repeat(" ", size-len(body)) }
 	cases := []struct {
@@ -92,7 +94,7 @@ func TestHostileBodies(t *testing.T) {
 		{"unknown sku", `{"sku":"nosuch","qty":1,"request_id":"unk"}`, 404},
 	}
 	for _, tc := range cases {
-		a, err := c.post(d.hot, "/v1/deduct", []byte(tc.body))
+		a, err := c.Post(d.hot, "/v1/deduct", tc.body)
 		if a.Code != tc.want {
 			t.Errorf("%s: status %d (%v), want %d", tc.name, a.Code, err, tc.want)
 		} else if err != nil || a.Error == "" {
@@ -100,7 +102,7 @@ func TestHostileBodies(t *testing.T) {
 		}
 	}
 	// Exactly 4096 bytes is read (and sells).
-	if a, err := c.post(d.hot, "/v1/deduct", []byte(pad(`{"sku":"hard","qty":1,"request_id":"exact"}`, 4096))); err != nil || a.Code != 200 {
+	if a, err := c.Post(d.hot, "/v1/deduct", pad(`{"sku":"hard","qty":1,"request_id":"exact"}`, 4096)); err != nil || a.Code != 200 {
 		t.Errorf("a 4096-byte body: %d %+v %v, want 200", a.Code, a, err)
 	}
 	// Wrong method.
@@ -122,12 +124,12 @@ func TestHostileBodies(t *testing.T) {
 	}
 	raw.Close()
 	// Still serving; only the valid requests took stock.
-	if a, err := c.deduct(d.hot, sku, 1, "after"); err != nil || a.Code != 200 {
+	if a, err := c.Deduct(d.hot, sku, 1, "after"); err != nil || a.Code != 200 {
 		t.Fatalf("a valid request after the hostile ones: %+v %v", a, err)
 	}
 	var rows int
 	var ids string
-	if _, ok := waitFor(10*time.Second, func() bool {
+	if _, ok := stocktest.WaitFor(10*time.Second, func() bool {
 		e.db.QueryRow(`SELECT COUNT(*), COALESCE(GROUP_CONCAT(request_id ORDER BY request_id), '') FROM deductions WHERE sku = ?`, sku).Scan(&rows, &ids)
 		return rows == 2
 	}); !ok || ids != "after,exact" {

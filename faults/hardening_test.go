@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // One client floods the hot endpoint from 127.0.0.2 with 32 connections
@@ -34,8 +36,8 @@ func TestFastClientFlood429(t *testing.T) {
 	d.putSKU(sku, total, 4, 1000, 200)
 	h := newHistory()
 	w := watchDoubt(e, sku)
-	flooder := newBuyers(t, newClientFrom(5*time.Second, "127.0.0.2"), sku, h, d.hot)
-	polite := newBuyers(t, newClientFrom(5*time.Second, "127.0.0.3"), sku, h, d.hot)
+	flooder := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 5 * time.Second, LocalAddr: "127.0.0.2"}), sku, h, d.hot)
+	polite := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 5 * time.Second, LocalAddr: "127.0.0.3"}), sku, h, d.hot)
 
 	var ok, shed, other atomic.Int64
 	var badShed atomic.Value
@@ -55,7 +57,7 @@ func TestFastClientFlood429(t *testing.T) {
 				default:
 				}
 				o := flooder.begin(i, fmt.Sprintf("flood-%d", seq.Add(1)), 1)
-				a, err := flooder.c.deduct(d.hot, sku, 1, o.ID)
+				a, err := flooder.c.Deduct(d.hot, sku, 1, o.ID)
 				switch {
 				case err == nil && a.Code == 200 && a.Status == "ok":
 					ok.Add(1)
@@ -89,7 +91,7 @@ func TestFastClientFlood429(t *testing.T) {
 	floodEnd := time.Now()
 	elapsed := floodEnd.Sub(start)
 	// The flooder's budget refills: it is served again within a second.
-	recovery, recovered := waitFor(5*time.Second, func() bool {
+	recovery, recovered := stocktest.WaitFor(5*time.Second, func() bool {
 		return flooder.buy(0, fmt.Sprintf("after-%d", seq.Add(1)), 1).Status == statusOK
 	})
 
@@ -139,7 +141,7 @@ func TestFastClientFlood429(t *testing.T) {
 	r.Extra["flood"] = fmt.Sprintf("%d ok, %d answered 429 in %s (budget %d: burst %d + %d/s); refused requests with rows: %d",
 		ok.Load(), shed.Load(), elapsed.Round(time.Millisecond), budget, burst, rps, leaked)
 	r.Extra["other client"] = fmt.Sprintf("%d refused or retried", politeBad)
-	r.log(t)
+	r.Log(t)
 }
 
 // A node with another gossip key cannot join: its /admin/cluster shows
@@ -158,7 +160,7 @@ func TestFastWrongGossipKey(t *testing.T) {
 	c := e.startStockd(nodeOpts{name: "c", env: map[string]string{"STOCKD_GOSSIP_KEY": wrong, "STOCKD_JOIN": a.gossip + "," + b.gossip}})
 	plain := e.startStockd(nodeOpts{name: "plain", env: map[string]string{"STOCKD_JOIN": a.gossip}})
 
-	took, ok := waitFor(20*time.Second, func() bool {
+	took, ok := stocktest.WaitFor(20*time.Second, func() bool {
 		ma, err1 := a.members()
 		mb, err2 := b.members()
 		return err1 == nil && err2 == nil && slices.Equal(ma, []string{"a", "b"}) && slices.Equal(mb, []string{"a", "b"})

@@ -11,7 +11,6 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -29,8 +28,10 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"github.com/rs/zerolog"
 
+	"github.com/stockd/stockd/admin"
+	"github.com/stockd/stockd/audit"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
-	stocksync "github.com/stockd/stockd/sync"
 )
 
 const adminToken = "faults-admin-token"
@@ -253,37 +254,6 @@ func (p *toxProxy) setUpstream(addr string) {
 
 // ---- the stockd binary ----
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// stockdBinary builds the daemon of this tree once per test run (or takes
-// STOCKD_TEST_BIN, a binary built beforehand).
-func stockdBinary(t testing.TB) string {
-	t.Helper()
-	if p := os.Getenv("STOCKD_TEST_BIN"); p != "" {
-		return p
-	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "stockd-faults-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "stockd")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/stockd/stockd/daemon/cmd/stockd").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("%v: %s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("build stockd: %v", buildErr)
-	}
-	return binPath
-}
-
 // stockd is one daemon process.
 type stockd struct {
 	t                  testing.TB
@@ -394,7 +364,7 @@ func (d *stockd) start(wait bool) {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	cmd := exec.Command(stockdBinary(d.t), "-config", d.cfgPath)
+	cmd := exec.Command(stocktest.StockdBinary(d.t), "-config", d.cfgPath)
 	cmd.Env = d.env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Pdeathsig: a test binary killed by its timeout or by hand takes
@@ -496,67 +466,29 @@ func (d *stockd) logTail(n int) string {
 
 // ---- admin API ----
 
-var adminClient = &http.Client{Timeout: 30 * time.Second}
-
 // adminDo sends an admin request; out receives a 2xx JSON answer.
 func (d *stockd) adminDo(method, path, body string, out any) (int, []byte) {
 	d.t.Helper()
-	req, err := http.NewRequest(method, "http://"+d.admin+path, strings.NewReader(body))
-	if err != nil {
+	code, b, err := stocktest.Admin{Addr: d.admin, Token: adminToken}.Do(method, path, body, out)
+	switch {
+	case err != nil && code == 0:
+		return 0, []byte(err.Error())
+	case err != nil:
 		d.t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+adminToken)
-	resp, err := adminClient.Do(req)
-	if err != nil {
-		return 0, []byte(err.Error())
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode < 300 {
-		if err := json.Unmarshal(b, out); err != nil {
-			d.t.Fatalf("%s %s: %v: %s", method, path, err, b)
-		}
-	}
-	return resp.StatusCode, b
-}
-
-type partitionView struct {
-	ID      int    `json:"id"`
-	Shard   string `json:"shard"`
-	A       int64  `json:"a"`
-	B       int64  `json:"b"`
-	State   string `json:"state"`
-	Seq     int64  `json:"seq"`
-	Backlog int64  `json:"backlog"`
-	Error   string `json:"error"`
-}
-
-type skuView struct {
-	SKU        string          `json:"sku"`
-	Total      int64           `json:"total"`
-	Pool       int64           `json:"pool"`
-	Reserved   int64           `json:"reserved"`
-	Confirmed  int64           `json:"confirmed"`
-	Released   int64           `json:"released"`
-	InDoubt    int64           `json:"in_doubt"`
-	Doubled    int64           `json:"doubled"`
-	SoldOut    bool            `json:"sold_out"`
-	Partitions []partitionView `json:"partitions"`
+	return code, b
 }
 
 // putSKU creates the SKU.
-func (d *stockd) putSKU(sku string, total int64, partitions int, chunk, threshold int64) skuView {
+func (d *stockd) putSKU(sku string, total int64, partitions int, chunk, threshold int64) admin.SKUView {
 	d.t.Helper()
-	var v skuView
-	body := fmt.Sprintf(`{"total":%d,"partitions":%d,"chunk":%d,"threshold":%d}`, total, partitions, chunk, threshold)
-	if code, b := d.adminDo("PUT", "/admin/skus/"+sku, body, &v); code != 200 && code != 201 {
-		d.t.Fatalf("put sku %s: %d %s", sku, code, b)
-	}
+	var v admin.SKUView
+	stocktest.Admin{Addr: d.admin, Token: adminToken}.PutSKU(d.t, sku, total, partitions, chunk, threshold, &v)
 	return v
 }
 
-func (d *stockd) sku(sku string) (skuView, error) {
-	var v skuView
+func (d *stockd) sku(sku string) (admin.SKUView, error) {
+	var v admin.SKUView
 	code, b := d.adminDo("GET", "/admin/skus/"+sku, "", &v)
 	if code != 200 {
 		return v, fmt.Errorf("get sku: %d %s", code, b)
@@ -578,11 +510,8 @@ func (d *stockd) shardOf(sku string) map[int]string {
 	return m
 }
 
-// verifyReport is GET /admin/skus/{sku}/verify.
-type verifyReport = stocksync.Report
-
-func (d *stockd) verify(sku string) (verifyReport, error) {
-	var r verifyReport
+func (d *stockd) verify(sku string) (audit.Report, error) {
+	var r audit.Report
 	code, b := d.adminDo("GET", "/admin/skus/"+sku+"/verify", "", &r)
 	if code != 200 {
 		return r, fmt.Errorf("verify: %d %s", code, b)
@@ -613,19 +542,4 @@ func (d *stockd) members() ([]string, error) {
 	}
 	sort.Strings(names)
 	return names, nil
-}
-
-// waitFor polls cond every 50 ms until it holds or within passes; it
-// returns how long it took and whether it held.
-func waitFor(within time.Duration, cond func() bool) (time.Duration, bool) {
-	start := time.Now()
-	for {
-		if cond() {
-			return time.Since(start), true
-		}
-		if time.Since(start) > within {
-			return time.Since(start), false
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
 
@@ -38,7 +39,7 @@ func redisInfo(t testing.TB, r *testenv.Redis, section string) map[string]string
 // everything the primary wrote.
 func waitReplicated(t testing.TB, primary, replica *testenv.Redis) {
 	t.Helper()
-	if _, ok := waitFor(30*time.Second, func() bool {
+	if _, ok := stocktest.WaitFor(30*time.Second, func() bool {
 		ri := redisInfo(t, replica, "replication")
 		pi := redisInfo(t, primary, "replication")
 		return ri["master_link_status"] == "up" && ri["slave_repl_offset"] != "" && ri["slave_repl_offset"] == pi["master_repl_offset"]

@@ -2,25 +2,12 @@ package faults
 
 // The end of every case: wait for write-back to drain and verify to pass,
 // then hold the buyers' answers against MySQL and report what the fault
-// cost:
-//
-//	oversold  units acknowledged ok and not released or expired, beyond the
-//	          total (or MySQL's reserved+confirmed beyond the total)
-//	lost      acknowledged reservations whose detail row never reached
-//	          MySQL, not counting those of a fenced partition that its
-//	          in_doubt covered
-//	doubled   rows in doubled_deductions, plus request ids with two detail
-//	          rows
-//	in_doubt  units held in doubt (the most seen during the case, and at
-//	          the end)
-//	recovery  from the end of the fault until the case's "works again"
+// cost (the figures of report.Result: oversold, lost, doubled, in doubt,
+// recovery).
 
 import (
 	"database/sql"
-	"encoding/json"
 	"fmt"
-	"os"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -28,40 +15,11 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
+	"github.com/stockd/stockd/audit"
+	"github.com/stockd/stockd/faults/report"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/scheduler"
 )
-
-// result is one case's figures.
-type result struct {
-	Case       string `json:"case"`
-	Ops        int    `json:"ops"`
-	OK         int    `json:"ok"`
-	SoldOut    int    `json:"sold_out"`
-	Unknown    int    `json:"unknown"`
-	AckedUnits int64  `json:"acked_units"`
-	// Held is the acknowledged units neither released nor expired.
-	Held       int64         `json:"held_units"`
-	Oversold   int64         `json:"oversold"`
-	Lost       int           `json:"lost"`
-	LostUnits  int64         `json:"lost_units"`
-	Doubled    int           `json:"doubled"`
-	InDoubtMax int64         `json:"in_doubt_max"`
-	InDoubtEnd int64         `json:"in_doubt_end"`
-	Covered    int           `json:"in_doubt_reservations"` // acked, detail gone, covered by in_doubt
-	Recovery   time.Duration `json:"recovery_ns"`
-	// RecoveryWhat says what the recovery time measures.
-	RecoveryWhat string        `json:"recovery_what"`
-	Drain        time.Duration `json:"drain_ns"`
-	// VerifiedAt is when verify first passed with write-back drained.
-	VerifiedAt time.Time `json:"verified_at"`
-	VerifyOK   bool      `json:"verify_ok"`
-	// Contradicted counts detail rows of requests whose buyer heard
-	// sold_out (a take the buyer was never told about).
-	Contradicted int               `json:"contradicted"`
-	Linearizable string            `json:"linearizable"`
-	Extra        map[string]string `json:"extra,omitempty"`
-	When         time.Time         `json:"when"`
-}
 
 // doubtWatch samples in_doubt from MySQL while a case runs.
 type doubtWatch struct {
@@ -148,7 +106,7 @@ type settleOpts struct {
 // settle waits for the books to balance and computes the case's figures;
 // it fails the test on any oversold, lost, doubled or contradicted unit
 // (beyond what opts tolerate).
-func settle(t *testing.T, e *env, d *stockd, sku string, h *history, w *doubtWatch, o settleOpts) *result {
+func settle(t *testing.T, e *env, d *stockd, sku string, h *history, w *doubtWatch, o settleOpts) *report.Result {
 	t.Helper()
 	if o.drainWithin == 0 {
 		o.drainWithin = 60 * time.Second
@@ -156,7 +114,7 @@ func settle(t *testing.T, e *env, d *stockd, sku string, h *history, w *doubtWat
 	if o.requestTimeout == 0 {
 		o.requestTimeout = 5 * time.Second
 	}
-	r := &result{Case: t.Name(), When: time.Now().UTC(), Extra: map[string]string{}, Linearizable: "not checked"}
+	r := &report.Result{Case: t.Name(), When: time.Now().UTC(), Extra: map[string]string{}, Linearizable: "not checked"}
 	ops := h.snapshot()
 	r.Ops = len(ops)
 	for _, op := range ops {
@@ -173,9 +131,9 @@ func settle(t *testing.T, e *env, d *stockd, sku string, h *history, w *doubtWat
 
 	// Write-back drained and the books balance.
 	start := time.Now()
-	var rep verifyReport
+	var rep audit.Report
 	var verr error
-	_, r.VerifyOK = waitFor(o.drainWithin, func() bool {
+	_, r.VerifyOK = stocktest.WaitFor(o.drainWithin, func() bool {
 		rep, verr = d.verify(sku)
 		return verr == nil && rep.OK && rep.InFlightDetails == 0
 	})
@@ -409,50 +367,6 @@ func settle(t *testing.T, e *env, d *stockd, sku string, h *history, w *doubtWat
 		t.Errorf("problems: %s", strings.Join(problems, "; "))
 	}
 	return r
-}
-
-var reportMu sync.Mutex
-
-// log prints the case's table and appends it to STOCKD_TEST_FAULTS_REPORT
-// (a JSON-lines file) when that is set.
-func (r *result) log(t *testing.T) {
-	t.Helper()
-	var b strings.Builder
-	fmt.Fprintf(&b, "\n%-28s %s\n", "case", r.Case)
-	row := func(k, v string) { fmt.Fprintf(&b, "%-28s %s\n", k, v) }
-	row("ops (ok/sold_out/unknown)", fmt.Sprintf("%d (%d/%d/%d), %d units acknowledged", r.Ops, r.OK, r.SoldOut, r.Unknown, r.AckedUnits))
-	row("oversold (units)", fmt.Sprint(r.Oversold))
-	row("lost (acked reservations)", fmt.Sprint(r.Lost))
-	row("doubled", fmt.Sprint(r.Doubled))
-	row("in_doubt (max/end, units)", fmt.Sprintf("%d/%d (%d acked reservations covered)", r.InDoubtMax, r.InDoubtEnd, r.Covered))
-	row("recovery", fmt.Sprintf("%s (%s)", r.Recovery.Round(time.Millisecond), r.RecoveryWhat))
-	row("write-back drain", fmt.Sprintf("%s, verify ok: %v", r.Drain.Round(time.Millisecond), r.VerifyOK))
-	row("sold_out contradicted", fmt.Sprint(r.Contradicted))
-	row("linearizable", r.Linearizable)
-	keys := make([]string, 0, len(r.Extra))
-	for k := range r.Extra {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		row(k, r.Extra[k])
-	}
-	t.Log(b.String())
-	if path := os.Getenv("STOCKD_TEST_FAULTS_REPORT"); path != "" {
-		reportMu.Lock()
-		defer reportMu.Unlock()
-		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			t.Errorf("report: %v", err)
-			return
-		}
-		defer f.Close()
-		line, _ := json.Marshal(struct {
-			*result
-			Failed bool `json:"failed"`
-		}{r, t.Failed()})
-		f.Write(append(line, '\n'))
-	}
 }
 
 // homePID is the request's home partition, as the scheduler computes it.

@@ -12,14 +12,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd/faults/report"
 	"github.com/stockd/stockd/internal/hashx"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/internal/testenv"
 )
 
 // payer confirms acknowledged reservations a little after the deduction,
 // the way a shop confirms once payment went through.
 type payer struct {
-	c     *client
+	c     *stocktest.Buyer
 	hot   string
 	delay time.Duration
 	h     *history
@@ -33,7 +35,7 @@ type payer struct {
 	unavailable                int
 }
 
-func newPayer(c *client, hot string, h *history, delay time.Duration) *payer {
+func newPayer(c *stocktest.Buyer, hot string, h *history, delay time.Duration) *payer {
 	p := &payer{c: c, hot: hot, delay: delay, h: h, ch: make(chan *op, 1<<16)}
 	for w := 0; w < 32; w++ {
 		p.wg.Add(1)
@@ -53,7 +55,7 @@ func (p *payer) run() {
 		deadline := time.Now().Add(60 * time.Second)
 		for {
 			t0 := time.Now()
-			a, err := p.c.settle(p.hot, "confirm", o.Token)
+			a, err := p.c.Settle(p.hot, "confirm", o.Token)
 			p.mu.Lock()
 			p.slowest = max(p.slowest, time.Since(t0))
 			if late := p.h.now() - o.End; late > p.latest {
@@ -176,7 +178,7 @@ type redisFault struct {
 	recoveryWhat string
 }
 
-func runRedisFault(t *testing.T, rf redisFault) *result {
+func runRedisFault(t *testing.T, rf redisFault) *report.Result {
 	const sku = "sale"
 	e := newEnv(t, envOpts{shards: 3, redisArgs: map[int][]string{1: rf.redisArgs}})
 	victim := e.shards[1]
@@ -205,7 +207,7 @@ func runRedisFault(t *testing.T, rf redisFault) *result {
 	}
 
 	h := newHistory()
-	c := newClient(5 * time.Second)
+	c := stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 5 * time.Second})
 	b := newBuyers(t, c, sku, h, d.hot)
 	pay := newPayer(c, d.hot, h, rf.payDelay)
 	paying := atomic.Bool{}
@@ -219,7 +221,7 @@ func runRedisFault(t *testing.T, rf redisFault) *result {
 	b.giveUp = 20 * time.Second
 	abort := make(chan struct{})
 	done := b.closedLoop(rf.workers, &ids{prefix: "buyer-", n: rf.requests}, 1, abort, false)
-	if _, ok := waitFor(60*time.Second, func() bool { return len(h.snapshot()) >= rf.faultAfter }); !ok {
+	if _, ok := stocktest.WaitFor(60*time.Second, func() bool { return len(h.snapshot()) >= rf.faultAfter }); !ok {
 		t.Fatalf("only %d answers before the fault", len(h.snapshot()))
 	}
 	faultStart := time.Now()
@@ -241,14 +243,14 @@ func runRedisFault(t *testing.T, rf redisFault) *result {
 	extra := map[string]string{"fault": fmt.Sprintf("%s; %s from start to end (%s..%s into the history)", what, faultEnd.Sub(faultStart).Round(time.Millisecond),
 		faultStart.Sub(h.base).Round(time.Millisecond), faultEnd.Sub(h.base).Round(time.Millisecond))}
 	if rf.wantDoubt {
-		if _, ok := waitFor(15*time.Second, func() bool { return w.maxSeen() > 0 }); !ok {
+		if _, ok := stocktest.WaitFor(15*time.Second, func() bool { return w.maxSeen() > 0 }); !ok {
 			t.Errorf("shard %s lost writes but nothing went in doubt", victim.ID)
 		}
 	}
 	if rf.loss {
 		// Fenced partitions hold their units in doubt until the
 		// reservation TTL has passed since the fence.
-		if _, ok := waitFor(60*time.Second, func() bool {
+		if _, ok := stocktest.WaitFor(60*time.Second, func() bool {
 			v, err := d.sku(sku)
 			return err == nil && v.InDoubt == 0
 		}); !ok {
@@ -263,7 +265,7 @@ func runRedisFault(t *testing.T, rf redisFault) *result {
 	if rf.reserveTTL > 0 {
 		settleWait += rf.reserveTTL
 	}
-	if _, ok := waitFor(settleWait, func() bool {
+	if _, ok := stocktest.WaitFor(settleWait, func() bool {
 		v, err := d.verify(sku)
 		return err == nil && v.Reserved == 0 && v.InFlightDetails == 0
 	}); !ok {
@@ -325,7 +327,7 @@ func runRedisFault(t *testing.T, rf redisFault) *result {
 	if pay.failed.Load() > 0 {
 		t.Errorf("%d confirms never answered", pay.failed.Load())
 	}
-	r.log(t)
+	r.Log(t)
 	return r
 }
 
@@ -378,7 +380,7 @@ type timeoutStorm struct {
 	flapOn, flapOff time.Duration
 }
 
-func runTimeoutStorm(t *testing.T, ts timeoutStorm) *result {
+func runTimeoutStorm(t *testing.T, ts timeoutStorm) *report.Result {
 	const sku = "retry"
 	e := newEnv(t, envOpts{shards: 3, proxyShards: true})
 	d := e.startStockd(nodeOpts{env: map[string]string{"STOCKD_REDIS_TIMEOUT": ts.timeout.String()}})
@@ -395,7 +397,7 @@ func runTimeoutStorm(t *testing.T, ts timeoutStorm) *result {
 	h := newHistory()
 	// The gateway's own timeout is short too: it gives up on an attempt
 	// and retries, while the first attempt may still be running.
-	b := newBuyers(t, newClient(2*ts.timeout), sku, h, d.hot)
+	b := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 2 * ts.timeout}), sku, h, d.hot)
 	w := watchDoubt(e, sku)
 	done := b.openLoop(ts.rate, &ids{prefix: "buyer-", n: ts.requests}, 1)
 	time.Sleep(ts.spikeAfter)
@@ -442,7 +444,7 @@ func runTimeoutStorm(t *testing.T, ts timeoutStorm) *result {
 	r.Extra["retries"] = fmt.Sprintf("%d requests retried (%d extra attempts), then answered; re-asked %d acknowledged ids", retried, attempts, asked)
 	r.Extra["time to the answer"] = fmt.Sprintf("p50 %s, p99 %s, max %s (first attempt to definite answer)",
 		percentile(lat, 50).Round(100*time.Microsecond), percentile(lat, 99).Round(time.Millisecond), percentile(lat, 100).Round(time.Millisecond))
-	r.log(t)
+	r.Log(t)
 	return r
 }
 
@@ -456,18 +458,18 @@ type rebalanceRetry struct {
 	gap          time.Duration // between rebalances
 }
 
-func runRebalanceRetry(t *testing.T, rr rebalanceRetry) *result {
+func runRebalanceRetry(t *testing.T, rr rebalanceRetry) *report.Result {
 	const sku = "regrow"
 	e := newEnv(t, envOpts{shards: 3})
 	a := e.startStockd(nodeOpts{name: "a"})
 	b := e.startStockd(nodeOpts{name: "b", env: map[string]string{"STOCKD_JOIN": a.gossip}})
 	c := e.startStockd(nodeOpts{name: "c", env: map[string]string{"STOCKD_JOIN": a.gossip}})
-	if _, ok := waitFor(20*time.Second, func() bool { m, _ := c.members(); return len(m) == 3 }); !ok {
+	if _, ok := stocktest.WaitFor(20*time.Second, func() bool { m, _ := c.members(); return len(m) == 3 }); !ok {
 		t.Fatal("the three nodes did not join")
 	}
 	c.putSKU(sku, rr.total, rr.start, 50, 10)
 	for _, d := range []*stockd{a, b} {
-		if _, ok := waitFor(10*time.Second, func() bool {
+		if _, ok := stocktest.WaitFor(10*time.Second, func() bool {
 			resp, err := http.Get("http://" + d.hot + "/v1/stock/" + sku)
 			if err != nil {
 				return false
@@ -481,7 +483,7 @@ func runRebalanceRetry(t *testing.T, rr rebalanceRetry) *result {
 
 	h := newHistory()
 	w := watchDoubt(e, sku)
-	buyers := newBuyers(t, newClient(2*time.Second), sku, h, a.hot, b.hot)
+	buyers := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 2 * time.Second}), sku, h, a.hot, b.hot)
 	// The pairs are spread over the rebalances.
 	rate := int(float64(rr.pairs) / (rr.gap * time.Duration(len(rr.steps)+1)).Seconds())
 	g := &ids{prefix: "pair-", n: rr.pairs}
@@ -524,6 +526,6 @@ func runRebalanceRetry(t *testing.T, rr rebalanceRetry) *result {
 	if r.Held != rr.total {
 		t.Errorf("sold %d of %d units", r.Held, rr.total)
 	}
-	r.log(t)
+	r.Log(t)
 	return r
 }

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // phase is the latencies of one open-loop run, split by where the
@@ -42,7 +44,7 @@ func TestSlowShard(t *testing.T) {
 	}
 
 	h := newHistory()
-	b := newBuyers(t, newClient(5*time.Second), sku, h, d.hot)
+	b := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 5 * time.Second}), sku, h, d.hot)
 	w := watchDoubt(e, sku)
 	var unfinished []*op
 	var umu sync.Mutex
@@ -146,5 +148,5 @@ func TestSlowShard(t *testing.T) {
 			t.Errorf("%s: %d requests homed on other shards got no answer", ph.name, ph.othersBad)
 		}
 	}
-	r.log(t)
+	r.Log(t)
 }

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // Case 4: write-back faults. The daemon reaches MySQL and RabbitMQ through
@@ -86,7 +88,7 @@ func TestWriteBackFaults(t *testing.T) {
 			d.putSKU(sku, total, 6, 2000, 400)
 
 			h := newHistory()
-			b := newBuyers(t, newClient(5*time.Second), sku, h, d.hot)
+			b := newBuyers(t, stocktest.NewBuyerWith(stocktest.BuyerOptions{Timeout: 5 * time.Second}), sku, h, d.hot)
 			w := watchDoubt(e, sku)
 			stop := make(chan struct{})
 			done := b.closedLoop(8, &ids{prefix: "buyer-", n: -1}, 1, stop, false)
@@ -122,7 +124,7 @@ func TestWriteBackFaults(t *testing.T) {
 			close(lagStop)
 			lagWG.Wait()
 			// Recovery: until everything acknowledged has landed.
-			_, recovered := waitFor(90*time.Second, func() bool {
+			_, recovered := stocktest.WaitFor(90*time.Second, func() bool {
 				v, err := d.verify(sku)
 				return err == nil && v.OK && v.InFlightDetails == 0
 			})
@@ -143,7 +145,7 @@ func TestWriteBackFaults(t *testing.T) {
 			if wf.selling && okDuring-okBefore < 100 {
 				t.Errorf("only %d deductions during the fault: selling stalled", okDuring-okBefore)
 			}
-			r.log(t)
+			r.Log(t)
 		})
 	}
 }
@@ -172,7 +174,7 @@ func killService(t *testing.T, name string) time.Duration {
 		}
 	}
 	// Wait until it is really gone before starting it again.
-	if _, ok := waitFor(15*time.Second, func() bool { return exec.Command("pgrep", "-f", pattern).Run() != nil }); !ok {
+	if _, ok := stocktest.WaitFor(15*time.Second, func() bool { return exec.Command("pgrep", "-f", pattern).Run() != nil }); !ok {
 		t.Fatalf("%s still running 15 s after kill -9", name)
 	}
 	if out, err := exec.Command("bash", "../scripts/services.sh").CombinedOutput(); err != nil {
@@ -217,7 +219,7 @@ func memoryAlarm(t *testing.T) (restore func()) {
 		t.Fatalf("rabbitmqctl set_vm_memory_high_watermark: %v: %s", err, out)
 	}
 	// The alarm is raised at the broker's next memory check.
-	if _, ok := waitFor(10*time.Second, func() bool {
+	if _, ok := stocktest.WaitFor(10*time.Second, func() bool {
 		out, _ := exec.Command("rabbitmqctl", "eval", "rabbit_alarm:get_alarms().").Output()
 		return strings.Contains(string(out), "memory")
 	}); !ok {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/sqltx"
 	"github.com/stockd/stockd/shard"
 )
@@ -71,26 +72,6 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Outcome is what a refill did.
-type Outcome struct {
-	// Applied is the units injected now (0 when the pool was empty or
-	// Redis refused the allocation).
-	Applied int64
-	// Pool is the pool right after the transaction.
-	Pool int64
-	// Levels are the partition's levels after the refill, when Redis
-	// answered (HaveLevels).
-	Levels     shard.Levels
-	HaveLevels bool
-	// Lost is set when Redis no longer holds the partition's state.
-	Lost bool
-	// Voided is set when Redis refused the allocation for good and its
-	// units went back to the pool.
-	Voided bool
-	// Closed is set when the refusal was because the partition is closed.
-	Closed bool
-}
-
 // Allocator runs fills and drains.
 type Allocator struct {
 	cfg    Config
@@ -117,7 +98,7 @@ type job struct {
 	sub   byte
 	qty   int64
 	capAt int64
-	done  func(Outcome, error)
+	done  func(stockd.Refill, error)
 }
 
 // Hooks are what the allocator tells and asks the rest of the node, given
@@ -154,7 +135,7 @@ func New(cfg Config, db *sql.DB, shards *shard.Set, hooks Hooks, logger *slog.Lo
 // Request queues a refill of sub-domain sub of p with up to qty units,
 // applied only while the sub-domain holds less than capAt. done runs on a
 // worker when it finished. It never blocks; false means the queue is full.
-func (a *Allocator) Request(p *shard.Partition, sub byte, qty, capAt int64, done func(Outcome, error)) bool {
+func (a *Allocator) Request(p *shard.Partition, sub byte, qty, capAt int64, done func(stockd.Refill, error)) bool {
 	select {
 	case a.queue <- job{p: p, sub: sub, qty: qty, capAt: capAt, done: done}:
 		return true
@@ -202,7 +183,7 @@ func (a *Allocator) Run(ctx context.Context) error {
 	}
 }
 
-func refillResult(o Outcome, err error) string {
+func refillResult(o stockd.Refill, err error) string {
 	switch {
 	case err != nil:
 		return "failed"
@@ -232,14 +213,14 @@ func (a *Allocator) warnRefill(j job, err error) {
 // Refill moves up to qty units from the pool into sub-domain sub of p. A
 // sub-domain that already holds capAt or more (another refill got there
 // first) is left alone without touching MySQL; Pool is -1 then.
-func (a *Allocator) Refill(ctx context.Context, p *shard.Partition, sub byte, qty, capAt int64) (Outcome, error) {
+func (a *Allocator) Refill(ctx context.Context, p *shard.Partition, sub byte, qty, capAt int64) (stockd.Refill, error) {
 	if st, err := p.Inspect(ctx); err == nil && st.Exists {
 		level := st.Levels.A
 		if sub == 'b' {
 			level = st.Levels.B
 		}
 		if level >= capAt {
-			return Outcome{Levels: st.Levels, HaveLevels: true, Pool: -1}, nil
+			return stockd.Refill{Levels: st.Levels, HaveLevels: true, Pool: -1}, nil
 		}
 	}
 	var id, n, pool int64
@@ -247,7 +228,7 @@ func (a *Allocator) Refill(ctx context.Context, p *shard.Partition, sub byte, qt
 		id, n = 0, 0
 		if err := tx.QueryRowContext(ctx, `SELECT pool FROM skus WHERE sku = ? FOR UPDATE`, p.SKU).Scan(&pool); err != nil {
 			if errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("%w: %s", ErrUnknownSKU, p.SKU)
+				return fmt.Errorf("%w: %s", stockd.ErrUnknownSKU, p.SKU)
 			}
 			return err
 		}
@@ -269,10 +250,10 @@ func (a *Allocator) Refill(ctx context.Context, p *shard.Partition, sub byte, qt
 		return err
 	})
 	if err != nil {
-		return Outcome{Pool: -1}, fmt.Errorf("allocate: %w", err)
+		return stockd.Refill{Pool: -1}, fmt.Errorf("allocate: %w", err)
 	}
 	if n <= 0 {
-		return Outcome{Pool: pool}, nil
+		return stockd.Refill{Pool: pool}, nil
 	}
 	o, err := a.applyFill(ctx, p, id, sub, n, capAt)
 	o.Pool = pool
@@ -283,30 +264,30 @@ func (a *Allocator) Refill(ctx context.Context, p *shard.Partition, sub byte, qt
 }
 
 // applyFill injects pending fill id into Redis and settles its row.
-func (a *Allocator) applyFill(ctx context.Context, p *shard.Partition, id int64, sub byte, n, capAt int64) (Outcome, error) {
+func (a *Allocator) applyFill(ctx context.Context, p *shard.Partition, id int64, sub byte, n, capAt int64) (stockd.Refill, error) {
 	r, err := p.Refill(ctx, id, sub, n, capAt)
 	if err != nil {
 		// Left pending: the sweep applies it once Redis answers.
-		return Outcome{}, err
+		return stockd.Refill{}, err
 	}
 	if r.Final() {
 		if err := a.void(ctx, id); err != nil {
-			return Outcome{}, err
+			return stockd.Refill{}, err
 		}
-		if r.Code == shard.Lost {
+		if r.Code == shard.RefillLost {
 			a.lost(ctx, p)
-			return Outcome{Lost: true, Voided: true}, nil
+			return stockd.Refill{Lost: true, Voided: true}, nil
 		}
-		return Outcome{Levels: r.Levels, HaveLevels: true, Voided: true, Closed: r.Code == shard.Closed}, nil
+		return stockd.Refill{Levels: r.Levels, HaveLevels: true, Voided: true, Closed: r.Code == shard.RefillClosed}, nil
 	}
 	if err := a.markFillApplied(ctx, p, id, n); err != nil {
-		return Outcome{Applied: n, Levels: r.Levels, HaveLevels: true}, fmt.Errorf("mark applied: %w", err)
+		return stockd.Refill{Applied: n, Levels: r.Levels, HaveLevels: true}, fmt.Errorf("mark applied: %w", err)
 	}
 	applied := n
-	if r.Code == shard.TookEarl {
+	if r.Code == shard.RefillAppliedBefore {
 		applied = 0 // applied by an earlier run of this allocation
 	}
-	return Outcome{Applied: applied, Levels: r.Levels, HaveLevels: true}, nil
+	return stockd.Refill{Applied: applied, Levels: r.Levels, HaveLevels: true}, nil
 }
 
 // markFillApplied settles fill id (n units), which Redis applied. If the
@@ -392,7 +373,7 @@ func (a *Allocator) applyDrain(ctx context.Context, p *shard.Partition, id int64
 	if err != nil {
 		return 0, err
 	}
-	if code == shard.Lost {
+	if code == shard.DrainLost {
 		a.lost(ctx, p)
 		amount = 0
 	}

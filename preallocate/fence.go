@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/sqltx"
 	"github.com/stockd/stockd/shard"
 )
@@ -71,8 +72,7 @@ func (a *Allocator) Fence(ctx context.Context, p *shard.Partition, reason Reason
 			p.SKU, p.ID, p.Epoch).Scan(&in, &out); err != nil {
 			return err
 		}
-		prefix := shard.DetailID(p.SKU, p.ID, p.Epoch, 0)
-		prefix = prefix[:len(prefix)-1] // "sku:pid:epoch:"
+		prefix := stockd.DetailPrefix(p.SKU, p.ID, p.Epoch)
 		if err := tx.QueryRowContext(ctx,
 			`SELECT COALESCE(SUM(qty), 0) FROM deductions WHERE detail_id LIKE ?`, likePrefix(prefix)).Scan(&sold); err != nil {
 			return err

@@ -111,7 +111,7 @@ func TestSubDomainSwapAndRefillOnce(t *testing.T) {
 	// The same allocation again, straight at Redis and through the sweep
 	// after pretending the process died before marking it applied.
 	again, err := p.Refill(ctx, id, 'a', 10, 1000)
-	if err != nil || again.Code != shard.TookEarl || again.Levels.A != 12 {
+	if err != nil || again.Code != shard.RefillAppliedBefore || again.Levels.A != 12 {
 		t.Fatalf("second refill of %d: %+v %v; want applied-earlier, a still 12", id, again, err)
 	}
 	if _, err := f.db.Exec(`UPDATE allocations SET state='pending' WHERE id = ?`, id); err != nil {
@@ -195,11 +195,11 @@ func TestRefusedFillNeverAppliesLater(t *testing.T) {
 	}
 	p := f.handle(t, sku, 0)
 	r, err := p.Refill(ctx, 9999, 'a', 5, 1) // a holds 10 >= cap 1: full
-	if err != nil || r.Code != shard.Full {
+	if err != nil || r.Code != shard.RefillFull {
 		t.Fatalf("first run: %+v %v; want full", r, err)
 	}
 	r, err = p.Refill(ctx, 9999, 'a', 5, 1000) // room now, same allocation
-	if err != nil || r.Code != shard.Refused || r.Levels.A != 10 {
+	if err != nil || r.Code != shard.RefillRefused || r.Levels.A != 10 {
 		t.Fatalf("second run: %+v %v; want refused earlier, a still 10", r, err)
 	}
 }
@@ -270,7 +270,7 @@ func TestFillAppliedAcrossAFence(t *testing.T) {
 		t.Fatal(err)
 	}
 	id, _ := res.LastInsertId()
-	if r, err := p.Refill(ctx, id, 'a', 5, 1000); err != nil || r.Code != shard.Took {
+	if r, err := p.Refill(ctx, id, 'a', 5, 1000); err != nil || r.Code != shard.RefillApplied {
 		t.Fatalf("refill in redis: %+v %v", r, err)
 	}
 	f.alloc.Fence(ctx, p, ReasonRollback)

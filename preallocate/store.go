@@ -10,16 +10,15 @@ import (
 	"hash/fnv"
 	"time"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/sqltx"
 )
 
 var (
-	// ErrUnknownSKU is returned for a SKU that does not exist.
-	ErrUnknownSKU = errors.New("unknown sku")
 	// ErrArchived is returned for a SKU that was archived: to everything
-	// but the archive's own view it does not exist (it is an
-	// ErrUnknownSKU), and its name is not reused.
-	ErrArchived = fmt.Errorf("%w (archived)", ErrUnknownSKU)
+	// but the archive's own view it does not exist (it is a
+	// stockd.ErrUnknownSKU), and its name is not reused.
+	ErrArchived = fmt.Errorf("%w (archived)", stockd.ErrUnknownSKU)
 	// ErrConflict is returned for a change the current state does not allow.
 	ErrConflict = errors.New("conflict")
 	// ErrInvalid is returned for parameters that do not fit together.
@@ -121,6 +120,9 @@ type Partition struct {
 	CreatedAt time.Time
 	ClosedAt  time.Time // zero while open
 	FencedAt  time.Time // zero unless fenced
+	// Doubt is a fenced partition's units still held in doubt (0 once
+	// resolved, and for open or closed partitions).
+	Doubt int64
 }
 
 // Store is the MySQL side of the catalog: SKUs, their pool and partitions.
@@ -144,7 +146,7 @@ func (s *Store) Put(ctx context.Context, name string, spec, defaults Spec, shard
 		switch {
 		case errors.Is(err, ErrArchived):
 			return conflictf("sku %s is archived: an archived name is not reused", name)
-		case errors.Is(err, ErrUnknownSKU):
+		case errors.Is(err, stockd.ErrUnknownSKU):
 			if len(shards) == 0 {
 				return conflictf("no shards configured")
 			}
@@ -308,7 +310,7 @@ func (s *Store) Page(ctx context.Context, after string, limit int) (skus []SKU, 
 		at[k.Name] = i
 	}
 	prow, err := s.db.QueryContext(ctx,
-		`SELECT sku, pid, shard, epoch, state, gen, seen_seq, created_at, closed_at, fenced_at
+		`SELECT sku, pid, shard, epoch, state, gen, seen_seq, created_at, closed_at, fenced_at, doubt_units
 		   FROM partitions WHERE sku > ? AND sku <= ? ORDER BY sku, pid`, after, skus[len(skus)-1].Name)
 	if err != nil {
 		return nil, false, fmt.Errorf("list partitions: %w", err)
@@ -318,7 +320,7 @@ func (s *Store) Page(ctx context.Context, after string, limit int) (skus []SKU, 
 		var name string
 		var p Partition
 		var closed, fenced sql.NullTime
-		if err := prow.Scan(&name, &p.ID, &p.Shard, &p.Epoch, &p.State, &p.Gen, &p.SeenSeq, &p.CreatedAt, &closed, &fenced); err != nil {
+		if err := prow.Scan(&name, &p.ID, &p.Shard, &p.Epoch, &p.State, &p.Gen, &p.SeenSeq, &p.CreatedAt, &closed, &fenced, &p.Doubt); err != nil {
 			return nil, false, fmt.Errorf("list partitions: %w", err)
 		}
 		p.ClosedAt, p.FencedAt = closed.Time, fenced.Time
@@ -337,18 +339,8 @@ func (s *Store) Page(ctx context.Context, after string, limit int) (skus []SKU, 
 // fills could answer sold_out while a drain (a rebalance, a consolidation
 // of the tail) carries the last units back.
 func (s *Store) PoolState(ctx context.Context, name string) (pool, pending int64, err error) {
-	err = s.db.QueryRowContext(ctx,
-		`SELECT pool,
-		        (SELECT COALESCE(SUM(CASE WHEN kind = 'fill' THEN qty ELSE 1 END), 0)
-		           FROM allocations WHERE sku = ? AND state = 'pending' AND kind IN ('fill', 'drain'))
-		   FROM skus WHERE sku = ?`, name, name).Scan(&pool, &pending)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, 0, fmt.Errorf("%w: %s", ErrUnknownSKU, name)
-	}
-	if err != nil {
-		return 0, 0, fmt.Errorf("pool state: %w", err)
-	}
-	return pool, pending, nil
+	_, pool, pending, err = s.VersionedPoolState(ctx, name)
+	return pool, pending, err
 }
 
 // VersionedPoolState is PoolState with the SKU's version, in one read:
@@ -360,7 +352,7 @@ func (s *Store) VersionedPoolState(ctx context.Context, name string) (version, p
 		           FROM allocations WHERE sku = ? AND state = 'pending' AND kind IN ('fill', 'drain'))
 		   FROM skus WHERE sku = ?`, name, name).Scan(&version, &pool, &pending)
 	if errors.Is(err, sql.ErrNoRows) {
-		return 0, 0, 0, fmt.Errorf("%w: %s", ErrUnknownSKU, name)
+		return 0, 0, 0, fmt.Errorf("%w: %s", stockd.ErrUnknownSKU, name)
 	}
 	if err != nil {
 		return 0, 0, 0, fmt.Errorf("pool state: %w", err)
@@ -429,7 +421,7 @@ func readSKU(ctx context.Context, q querier, name string, forUpdate, archived bo
 		k.ClosesAt = closes.Time
 	}
 	if errors.Is(err, sql.ErrNoRows) {
-		return SKU{}, fmt.Errorf("%w: %s", ErrUnknownSKU, name)
+		return SKU{}, fmt.Errorf("%w: %s", stockd.ErrUnknownSKU, name)
 	}
 	if err != nil {
 		return SKU{}, fmt.Errorf("read sku: %w", err)
@@ -437,7 +429,7 @@ func readSKU(ctx context.Context, q querier, name string, forUpdate, archived bo
 	if k.ArchivedAt = at.Time; at.Valid && !archived {
 		return SKU{}, fmt.Errorf("%w: %s", ErrArchived, name)
 	}
-	rows, err := q.QueryContext(ctx, `SELECT pid, shard, epoch, state, gen, seen_seq, created_at, closed_at, fenced_at FROM partitions WHERE sku = ? ORDER BY pid`, name)
+	rows, err := q.QueryContext(ctx, `SELECT pid, shard, epoch, state, gen, seen_seq, created_at, closed_at, fenced_at, doubt_units FROM partitions WHERE sku = ? ORDER BY pid`, name)
 	if err != nil {
 		return SKU{}, fmt.Errorf("read partitions: %w", err)
 	}
@@ -445,7 +437,7 @@ func readSKU(ctx context.Context, q querier, name string, forUpdate, archived bo
 	for rows.Next() {
 		var p Partition
 		var closed, fenced sql.NullTime
-		if err := rows.Scan(&p.ID, &p.Shard, &p.Epoch, &p.State, &p.Gen, &p.SeenSeq, &p.CreatedAt, &closed, &fenced); err != nil {
+		if err := rows.Scan(&p.ID, &p.Shard, &p.Epoch, &p.State, &p.Gen, &p.SeenSeq, &p.CreatedAt, &closed, &fenced, &p.Doubt); err != nil {
 			return SKU{}, fmt.Errorf("read partitions: %w", err)
 		}
 		p.ClosedAt, p.FencedAt = closed.Time, fenced.Time
@@ -611,7 +603,7 @@ func (s *Store) SetShardAddr(ctx context.Context, id, addr string) error {
 	if n, _ := res.RowsAffected(); n == 0 {
 		var addrNow string
 		if err := s.db.QueryRowContext(ctx, `SELECT addr FROM shards WHERE id = ? AND state <> 'removed'`, id).Scan(&addrNow); err != nil {
-			return &kindError{kind: ErrUnknownShard, msg: "unknown shard " + id}
+			return &kindError{kind: stockd.ErrUnknownShard, msg: "unknown shard " + id}
 		}
 	}
 	return nil
@@ -627,11 +619,8 @@ func (s *Store) SetShardState(ctx context.Context, id, state string) error {
 		var exists int
 		s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM shards WHERE id = ?`, id).Scan(&exists)
 		if exists == 0 {
-			return &kindError{kind: ErrUnknownShard, msg: "unknown shard " + id}
+			return &kindError{kind: stockd.ErrUnknownShard, msg: "unknown shard " + id}
 		}
 	}
 	return nil
 }
-
-// ErrUnknownShard is returned for a shard id MySQL does not know.
-var ErrUnknownShard = errors.New("unknown shard")

@@ -29,7 +29,7 @@ func TestHomeOfAgreesWithScheduler(t *testing.T) {
 	seen := map[int]int{}
 	for i := 0; i < 5000; i++ {
 		id := "req-" + strconv.Itoa(i)
-		want := s.home(id).H.ID
+		want := s.home(id).Handle.ID
 		if got := HomeOf("home-sku", id, pids); got != want {
 			t.Fatalf("HomeOf(%q) = %d, scheduler chose %d", id, got, want)
 		}
@@ -67,12 +67,12 @@ func TestHomeChainAgreesAcrossViews(t *testing.T) {
 	for v, gens := range views {
 		s := New(DefaultConfig(), NewRegistry(), Hooks{}, slog.Default())
 		info := SKUInfo{Name: name, Chunk: 300, Threshold: 1}
-		for _, p := range base.Partitions() {
-			g, ok := gens[p.H.ID]
+		for _, p := range base.Slots() {
+			g, ok := gens[p.Handle.ID]
 			if !ok {
 				continue
 			}
-			h, err := r.set.Partition(name, p.H.ID, p.H.Epoch, p.H.Shard.ID)
+			h, err := r.set.Partition(name, p.Handle.ID, p.Handle.Epoch, p.Handle.Shard.ID)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -193,7 +193,7 @@ func TestStaleRegistryCatchesUpBeforeSoldOut(t *testing.T) {
 
 	// Elsewhere: partition 0's units go back to the pool, and a new
 	// partition takes them.
-	if _, err := r.alloc.Drain(ctx, base.partition(0).H, false); err != nil {
+	if _, err := r.alloc.Drain(ctx, base.Slot(0).Handle, false); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.alloc.AddPartitions(ctx, name, 1, nil); err != nil {

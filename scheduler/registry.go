@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/hashx"
 	"github.com/stockd/stockd/internal/hotstats"
 	"github.com/stockd/stockd/shard"
@@ -52,7 +53,7 @@ type SKU struct {
 
 	// parts is every partition (the home set), sorted by pid; replaced as a
 	// whole when partitions are added or removed.
-	parts atomic.Pointer[[]*Partition]
+	parts atomic.Pointer[[]*Slot]
 	// retired is SKUInfo.Retired, sorted.
 	retired atomic.Pointer[[]int]
 
@@ -89,12 +90,15 @@ type soldOut struct {
 	checked, failed atomic.Int64
 }
 
-// Partition is the registry entry of one partition: its handle and its last
-// known levels (from every script reply that touched it).
-type Partition struct {
-	H    *shard.Partition
-	seed uint64
-	gen  atomic.Int32
+// Slot is the registry's view of one partition: the handle on its keys in
+// Redis (Handle, from package shard, which runs the scripts) and what this
+// node last knew of it (levels from every script reply that touched it,
+// open, refills in flight, sweep marks). One partition has one slot per
+// node; the scheduler picks slots, and takes through their handles.
+type Slot struct {
+	Handle *shard.Partition
+	seed   uint64
+	gen    atomic.Int32
 
 	a, b      atomic.Int64
 	activeB   atomic.Bool
@@ -109,8 +113,8 @@ type Partition struct {
 }
 
 // Levels are the last known levels.
-func (p *Partition) Levels() shard.Levels {
-	l := shard.Levels{A: p.a.Load(), B: p.b.Load(), Active: 'a'}
+func (p *Slot) Levels() stockd.Levels {
+	l := stockd.Levels{A: p.a.Load(), B: p.b.Load(), Active: 'a'}
 	if p.activeB.Load() {
 		l.Active = 'b'
 	}
@@ -118,18 +122,18 @@ func (p *Partition) Levels() shard.Levels {
 }
 
 // Open tells whether the partition may sell.
-func (p *Partition) Open() bool { return p.open.Load() }
+func (p *Slot) Open() bool { return p.open.Load() }
 
-func (p *Partition) setLevels(l shard.Levels) {
+func (p *Slot) setLevels(l stockd.Levels) {
 	p.a.Store(l.A)
 	p.b.Store(l.B)
 	p.activeB.Store(l.Active == 'b')
 }
 
-func (p *Partition) level() int64 { return p.a.Load() + p.b.Load() }
+func (p *Slot) level() int64 { return p.a.Load() + p.b.Load() }
 
-// Partitions returns the SKU's partitions (do not modify).
-func (s *SKU) Partitions() []*Partition { return *s.parts.Load() }
+// Slots returns the SKU's partitions, sorted by pid (do not modify).
+func (s *SKU) Slots() []*Slot { return *s.parts.Load() }
 
 // Version is the registry version the entry was loaded at.
 func (s *SKU) Version() int64 { return s.version.Load() }
@@ -146,7 +150,7 @@ func (s *SKU) Available() int64 {
 		return 0
 	}
 	n := max(s.pool.Load(), 0)
-	for _, p := range s.Partitions() {
+	for _, p := range s.Slots() {
 		if p.Open() {
 			n += p.level()
 		}
@@ -154,13 +158,11 @@ func (s *SKU) Available() int64 {
 	return n
 }
 
-// Partition returns the entry of partition pid, or nil.
-func (s *SKU) Partition(pid int) *Partition { return s.partition(pid) }
-
-func (s *SKU) partition(pid int) *Partition {
-	parts := s.Partitions()
-	i := sort.Search(len(parts), func(i int) bool { return parts[i].H.ID >= pid })
-	if i < len(parts) && parts[i].H.ID == pid {
+// Slot returns the entry of partition pid, or nil.
+func (s *SKU) Slot(pid int) *Slot {
+	parts := s.Slots()
+	i := sort.Search(len(parts), func(i int) bool { return parts[i].Handle.ID >= pid })
+	if i < len(parts) && parts[i].Handle.ID == pid {
 		return parts[i]
 	}
 	return nil
@@ -169,7 +171,7 @@ func (s *SKU) partition(pid int) *Partition {
 // home is the request's home partition: the rendezvous-hash winner over all
 // partitions. It depends only on the request id and the set of partition
 // ids, so every node and every retry agrees on it.
-func (s *SKU) home(reqID string) *Partition {
+func (s *SKU) home(reqID string) *Slot {
 	return s.homeUpTo(hashx.FNV64(reqID), -1)
 }
 
@@ -195,10 +197,10 @@ func partitionSeed(sku string, pid int) uint64 {
 
 // homeUpTo is the rendezvous winner among partitions of generation <= gen
 // (all when gen < 0).
-func (s *SKU) homeUpTo(h uint64, gen int) *Partition {
-	var best *Partition
+func (s *SKU) homeUpTo(h uint64, gen int) *Slot {
+	var best *Slot
 	var bestW uint64
-	for _, p := range s.Partitions() {
+	for _, p := range s.Slots() {
 		if gen >= 0 && int(p.gen.Load()) > gen {
 			continue
 		}
@@ -213,12 +215,12 @@ func (s *SKU) homeUpTo(h uint64, gen int) *Partition {
 // 0..1, …, 0..k (the whole set), oldest first, leaving out a home equal to
 // the one before it. Its first element is the request's anchor: every node
 // computes it alike, whichever generations it has loaded (4.2).
-func (s *SKU) homeChain(h uint64) []*Partition {
+func (s *SKU) homeChain(h uint64) []*Slot {
 	top := 0
-	for _, p := range s.Partitions() {
+	for _, p := range s.Slots() {
 		top = max(top, int(p.gen.Load()))
 	}
-	var out []*Partition
+	var out []*Slot
 	for g := 0; g <= top; g++ {
 		if p := s.homeUpTo(h, g); p != nil && (len(out) == 0 || p != out[len(out)-1]) {
 			out = append(out, p)
@@ -229,11 +231,11 @@ func (s *SKU) homeChain(h uint64) []*Partition {
 
 // pick chooses an open partition on a healthy shard with at least qty
 // known units, not in tried, at random weighted by level.
-func (s *SKU) pick(qty int64, tried []int) *Partition {
+func (s *SKU) pick(qty int64, tried []int) *Slot {
 	var sum int64
-	parts := s.Partitions()
+	parts := s.Slots()
 	for _, p := range parts {
-		if l := p.level(); l >= qty && p.Open() && p.H.Shard.Healthy() && !contains(tried, p.H.ID) {
+		if l := p.level(); l >= qty && p.Open() && p.Handle.Shard.Healthy() && !contains(tried, p.Handle.ID) {
 			sum += l
 		}
 	}
@@ -242,7 +244,7 @@ func (s *SKU) pick(qty int64, tried []int) *Partition {
 	}
 	r := rand.Int64N(sum)
 	for _, p := range parts {
-		if l := p.level(); l >= qty && p.Open() && p.H.Shard.Healthy() && !contains(tried, p.H.ID) {
+		if l := p.level(); l >= qty && p.Open() && p.Handle.Shard.Healthy() && !contains(tried, p.Handle.ID) {
 			if r < l {
 				return p
 			}
@@ -296,8 +298,8 @@ func (r *Registry) Names() []string {
 func (r *Registry) Handles() []*shard.Partition {
 	var out []*shard.Partition
 	for _, s := range *r.skus.Load() {
-		for _, p := range s.Partitions() {
-			out = append(out, p.H)
+		for _, p := range s.Slots() {
+			out = append(out, p.Handle)
 		}
 	}
 	return out
@@ -314,7 +316,7 @@ func (r *Registry) Upsert(info SKUInfo) *SKU {
 	if s == nil {
 		s = &SKU{Name: info.Name}
 		s.changed.init()
-		empty := []*Partition{}
+		empty := []*Slot{}
 		s.parts.Store(&empty)
 		next := make(map[string]*SKU, len(old)+1)
 		for k, v := range old {
@@ -335,27 +337,27 @@ func (r *Registry) Upsert(info SKUInfo) *SKU {
 		}
 	}
 
-	prev := s.Partitions()
-	parts := make([]*Partition, 0, len(info.Partitions))
+	prev := s.Slots()
+	parts := make([]*Slot, 0, len(info.Partitions))
 	for _, pi := range info.Partitions {
-		var p *Partition
+		var p *Slot
 		for _, q := range prev {
-			if q.H.ID == pi.Handle.ID && q.H.Epoch == pi.Handle.Epoch && q.H.Shard == pi.Handle.Shard {
+			if q.Handle.ID == pi.Handle.ID && q.Handle.Epoch == pi.Handle.Epoch && q.Handle.Shard == pi.Handle.Shard {
 				p = q
 				break
 			}
 		}
 		if p == nil {
-			p = &Partition{H: pi.Handle, seed: partitionSeed(info.Name, pi.Handle.ID)}
+			p = &Slot{Handle: pi.Handle, seed: partitionSeed(info.Name, pi.Handle.ID)}
 			p.touched.Store(true) // swept once soon
 		} else {
-			p.H.ObserveSeq(pi.Handle.LastSeq())
+			p.Handle.ObserveSeq(pi.Handle.LastSeq())
 		}
 		p.gen.Store(int32(pi.Gen))
 		p.open.Store(pi.Open)
 		parts = append(parts, p)
 	}
-	sort.Slice(parts, func(i, j int) bool { return parts[i].H.ID < parts[j].H.ID })
+	sort.Slice(parts, func(i, j int) bool { return parts[i].Handle.ID < parts[j].Handle.ID })
 	s.parts.Store(&parts)
 	retired := slices.Clone(info.Retired)
 	slices.Sort(retired)

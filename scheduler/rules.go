@@ -84,7 +84,7 @@ func (s *Scheduler) DeductLimited(ctx context.Context, name string, qty int64, r
 	s.allowCalls.Inc()
 	code, held, err := a.Take(ctx, reqID, userID, qty, r.PerUserLimit)
 	if err != nil {
-		return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	switch code {
 	case shard.AllowLimit:

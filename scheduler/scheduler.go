@@ -51,14 +51,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/hashx"
 	"github.com/stockd/stockd/internal/mono"
 	"github.com/stockd/stockd/shard"
 )
 
 var (
-	// ErrUnknownSKU is returned for a SKU not in the registry.
-	ErrUnknownSKU = errors.New("unknown sku")
 	// ErrUnavailable means the outcome could not be decided now (a shard
 	// did not answer, or stock did not arrive in time); a retry with the
 	// same request id is safe.
@@ -133,8 +132,10 @@ func (c Config) Validate() error {
 type Hooks struct {
 	// Refill asks (without blocking) for sub-domain sub of p to be topped
 	// up with chunk units while it holds less than capAt; done reports
-	// what happened. It returns false when the request was not queued.
-	Refill func(p *shard.Partition, sub byte, chunk, capAt int64, done func(RefillResult)) bool
+	// what happened (an error: MySQL or Redis did not answer, and the
+	// refill may be retried). It returns false when the request was not
+	// queued. preallocate's Allocator.Request is one.
+	Refill func(p *shard.Partition, sub byte, chunk, capAt int64, done func(stockd.Refill, error)) bool
 	// Owns tells whether this node runs p's refills (its owner in the
 	// cluster). nil: every partition is this node's.
 	Owns func(p *shard.Partition) bool
@@ -187,7 +188,7 @@ const (
 // Result of a deduction.
 type Result struct {
 	Status Status
-	// Partition, Seq and Qty identify the deduction when Status is OK.
+	// Slot, Seq and Qty identify the deduction when Status is OK.
 	Partition *shard.Partition
 	Seq       int64
 	Qty       int64
@@ -260,13 +261,13 @@ func (c *levelCollector) Collect(ch chan<- prometheus.Metric) {
 		if sku == nil {
 			continue
 		}
-		for _, p := range sku.Partitions() {
+		for _, p := range sku.Slots() {
 			if !p.Open() {
 				continue
 			}
-			pid := strconv.Itoa(p.H.ID)
-			ch <- prometheus.MustNewConstMetric(levelDesc, prometheus.GaugeValue, float64(p.a.Load()), name, pid, "a", p.H.Shard.ID)
-			ch <- prometheus.MustNewConstMetric(levelDesc, prometheus.GaugeValue, float64(p.b.Load()), name, pid, "b", p.H.Shard.ID)
+			pid := strconv.Itoa(p.Handle.ID)
+			ch <- prometheus.MustNewConstMetric(levelDesc, prometheus.GaugeValue, float64(p.a.Load()), name, pid, "a", p.Handle.Shard.ID)
+			ch <- prometheus.MustNewConstMetric(levelDesc, prometheus.GaugeValue, float64(p.b.Load()), name, pid, "b", p.Handle.Shard.ID)
 		}
 	}
 }
@@ -298,199 +299,262 @@ func parsePointer(s string) (pointer, error) {
 	return pointer{pid, round}, nil
 }
 
-// SoldOutFromMemory answers true when sku is known sold out and reqID
-// certainly did not take before (not in the filter of ids that did):
-// Deduct would answer sold out without I/O.
-func (s *Scheduler) SoldOutFromMemory(name, reqID string) bool {
-	return s.SoldOutFromMemoryAt(name, reqID, mono.Now())
-}
-
-// SoldOutFromMemoryAt is SoldOutFromMemory for a request that arrived at
-// arrived (mono.Now): its verdict must rest on a confirmation read started
-// less than VerdictMaxAge before that, as in verdictHolds. The hot path
-// reads the clock once per request for this and its latency. It keeps
-// neither string, so they may point into a request buffer.
-func (s *Scheduler) SoldOutFromMemoryAt(name, reqID string, arrived int64) bool {
-	return s.SoldOutFor(s.reg.Get(name), reqID, arrived)
-}
-
-// SoldOutFor is SoldOutFromMemoryAt for a registry entry the caller
-// already holds (nil: not loaded, never sold out from memory).
-func (s *Scheduler) SoldOutFor(sku *SKU, reqID string, arrived int64) bool {
-	if sku == nil {
-		return false
-	}
-	if so := sku.soldOut.Load(); so != nil && s.verdictFresh(so, arrived) && !so.successes.mayContain(reqID) {
-		s.memorySoldOut.Inc()
-		return true
-	}
-	return false
-}
-
 // Deduct takes qty units of sku for reqID, or returns the outcome an
-// earlier attempt with the same id had.
+// earlier attempt with the same id had. Its steps, in order: the sold-out
+// verdict (soldOut), the request's home (homeOf), then the walk: take at
+// the pointer's (partition, round) (takeStep); when short there, choose
+// the next partition, waiting for stock if none has enough (pickStep), and
+// move the pointer there (pointTo).
 func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, userID string) (Result, error) {
 	sku := s.reg.Get(name)
 	if sku == nil {
-		return Result{}, ErrUnknownSKU
+		return Result{}, stockd.ErrUnknownSKU
 	}
-	if so := sku.soldOut.Load(); so != nil && !so.successes.mayContain(reqID) {
-		sold, err := s.verdictHolds(ctx, sku)
-		if err != nil {
-			return Result{}, err
-		}
-		if sold {
-			s.memorySoldOut.Inc()
-			return Result{Status: SoldOut}, nil
-		}
+	sold, err := s.soldOut(ctx, sku, reqID)
+	if err != nil {
+		return Result{}, err
 	}
-	began := mono.Now()
-	home, err := s.homeOf(ctx, sku, reqID)
+	if sold {
+		return Result{Status: SoldOut}, nil
+	}
+	// d stays on the stack (escape analysis): a walk that takes at its
+	// home allocates nothing here; tried grows only on the short path.
+	d := deduction{s: s, sku: sku, qty: qty, reqID: reqID, userID: userID, began: mono.Now()}
+	return d.walk(ctx)
+}
+
+// deduction is one request's walk over its SKU's partitions: where its
+// pointer is (cur), at which home, and the partitions found short in the
+// current round (tried).
+type deduction struct {
+	s             *Scheduler
+	sku           *SKU
+	qty           int64
+	reqID, userID string
+	// began is when the walk began (mono.Now): a sold-out verdict
+	// installed before it covers every copy of the request.
+	began int64
+
+	home  *Slot
+	cur   pointer
+	tried []int
+	// deadline bounds the wait for stock (Config.StockWait), set at the
+	// first wait.
+	deadline time.Time
+}
+
+// next says what a step of the walk left to do.
+type next int
+
+const (
+	done     next = iota // the walk has its outcome
+	takeNext             // take at cur (the pointer moved, or stock arrived)
+	pickNext             // cur is short: choose another partition
+)
+
+// walk takes at the request's home, then wherever its pointer leads, until
+// one step has the outcome.
+func (d *deduction) walk(ctx context.Context) (Result, error) {
+	home, err := d.s.homeOf(ctx, d.sku, d.reqID)
 	if err != nil {
 		return Result{}, err
 	}
 	if home == nil {
 		return Result{Status: SoldOut}, nil
 	}
-	cur := pointer{home.H.ID, 1}
-	var triedBuf [16]int
-	tried := triedBuf[:0]
-	var deadline time.Time
+	d.home, d.cur = home, pointer{home.Handle.ID, 1}
 	// Each step is one script call. In a contended tail a request can lose
 	// the race for freshly refilled units several rounds in a row; the
 	// stock wait (awaitStock) and the request's context bound it in time,
 	// this only in calls.
-	maxSteps := 64 + 16*len(sku.Partitions())
-	for step := 0; step < maxSteps; step++ {
-		p := sku.partition(cur.pid)
-		if p == nil && !sku.isRetired(cur.pid) {
-			// The pointer names a partition another node added and this
-			// one has not loaded yet (a notice, or reload_every, brings
-			// it). Its records may say the request took there: moving on
-			// could deduct twice. A retry is safe.
-			return Result{}, fmt.Errorf("%w: partition %d of %s is not loaded on this node yet", ErrUnavailable, cur.pid, sku.Name)
+	maxSteps := 64 + 16*len(d.sku.Slots())
+	for range maxSteps {
+		res, then, err := d.takeStep(ctx)
+		if then == pickNext && err == nil {
+			res, then, err = d.pickStep(ctx)
 		}
-		if p != nil && !p.H.Shard.Healthy() {
-			// The request's path goes through a shard that does not
-			// answer: fail fast rather than queue behind its timeouts
-			// (its pointer or record may be there, so no other
-			// partition may take instead). A retry is safe.
-			return Result{}, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.H.Shard.ID, p.H.ID)
-		}
-		if p != nil {
-			s.takeCalls.Inc()
-			r, err := p.H.Take(ctx, reqID, qty, cur.round, p == home, userID)
-			if s.hooks.Took != nil && (err != nil || r.Code == shard.Took || r.Code == shard.TookEarl) {
-				// Its owner's write-back reads the stream when told (a
-				// failed call may have recorded details too).
-				s.hooks.Took(p.H)
-			}
-			if errors.Is(err, shard.ErrRollback) {
-				s.rollback(sku, p)
-			}
-			if err != nil {
-				return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
-			}
-			s.observe(sku, p, r.Levels, r.Refill)
-			switch r.Code {
-			case shard.Took, shard.TookEarl:
-				return Result{Status: OK, Partition: p.H, Seq: r.Seq, Qty: r.Qty}, nil
-			case shard.Reused:
-				return Result{Status: Reused, Partition: p.H, Seq: r.Seq, Qty: r.Qty}, nil
-			case shard.Moved:
-				var rehomed bool
-				if home, cur, rehomed, err = s.elsewhere(ctx, sku, reqID, home, r.Pointer); err != nil {
-					return Result{}, err
-				}
-				if rehomed {
-					tried = tried[:0]
-				}
-				continue
-			case shard.Lost:
-				s.fence(sku, p)
-			case shard.Closed:
-				// Redis says it is closed (a rebalance drained it); this
-				// node's registry hears it from MySQL a moment later.
-				p.open.Store(false)
-			case shard.Short:
-			default:
-				return Result{}, fmt.Errorf("take: code %d: %w", r.Code, shard.ErrBadReply)
-			}
-		}
-		// Short at cur: choose where to go next.
-		tried = append(tried, cur.pid)
-		round := cur.round
-		next := sku.pick(qty, tried)
-		if next == nil {
-			if deadline.IsZero() {
-				deadline = time.Now().Add(s.cfg.StockWait)
-			}
-			v, err := s.awaitStock(ctx, sku, qty, deadline)
-			if err != nil {
-				return Result{}, err
-			}
-			if so := sku.soldOut.Load(); v == SoldOut && so != nil && so.installed < began {
-				// Sold out since before this request began: no copy of it
-				// can have taken after its first take.
-				return Result{Status: SoldOut}, nil
-			}
-			if v == SoldOut {
-				// A copy of this request on another node may have moved
-				// the pointer on and taken there meanwhile: sold out
-				// holds only while the pointer still names cur.
-				s.pointCalls.Inc()
-				pr, err := home.H.Point(ctx, reqID, cur.String(), cur.String())
-				if err != nil {
-					return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
-				}
-				switch pr.Code {
-				case shard.PointMoved:
-					return Result{Status: SoldOut}, nil
-				case shard.PointTook:
-					if pr.Qty != qty {
-						return Result{Status: Reused, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
-					}
-					return Result{Status: OK, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
-				}
-				if home, cur, _, err = s.elsewhere(ctx, sku, reqID, home, pr.Pointer); err != nil {
-					return Result{}, err
-				}
-				tried = tried[:0]
-				continue
-			}
-			tried = tried[:0]
-			round++
-			if next = sku.pick(qty, tried); next == nil {
-				continue
-			}
-		}
-		to := pointer{next.H.ID, round}
-		s.pointCalls.Inc()
-		pr, err := home.H.Point(ctx, reqID, cur.String(), to.String())
-		if err != nil {
-			return Result{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		switch pr.Code {
-		case shard.PointMoved:
-			cur = to
-		case shard.PointConflict:
-			var rehomed bool
-			if home, cur, rehomed, err = s.elsewhere(ctx, sku, reqID, home, pr.Pointer); err != nil {
-				return Result{}, err
-			}
-			if rehomed {
-				tried = tried[:0]
-			}
-		case shard.PointTook:
-			if pr.Qty != qty {
-				return Result{Status: Reused, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
-			}
-			return Result{Status: OK, Partition: home.H, Seq: pr.Seq, Qty: pr.Qty}, nil
-		default:
-			return Result{}, fmt.Errorf("point: code %d: %w", pr.Code, shard.ErrBadReply)
+		if err != nil || then == done {
+			return res, err
 		}
 	}
 	return Result{}, fmt.Errorf("%w: no outcome after %d steps", ErrUnavailable, maxSteps)
+}
+
+// takeStep takes at cur. A pointer to a retired partition is short there.
+func (d *deduction) takeStep(ctx context.Context) (Result, next, error) {
+	p := d.sku.Slot(d.cur.pid)
+	if p == nil {
+		if d.sku.isRetired(d.cur.pid) {
+			return Result{}, pickNext, nil
+		}
+		// The pointer names a partition another node added and this one
+		// has not loaded yet (a notice, or reload_every, brings it). Its
+		// records may say the request took there: moving on could deduct
+		// twice. A retry is safe.
+		return Result{}, done, fmt.Errorf("%w: partition %d of %s is not loaded on this node yet", ErrUnavailable, d.cur.pid, d.sku.Name)
+	}
+	if !p.Handle.Shard.Healthy() {
+		// The request's path goes through a shard that does not answer:
+		// fail fast rather than queue behind its timeouts (its pointer or
+		// record may be there, so no other partition may take instead).
+		// A retry is safe.
+		return Result{}, done, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.Handle.Shard.ID, p.Handle.ID)
+	}
+	r, err := d.take(ctx, p)
+	if err != nil {
+		return Result{}, done, err
+	}
+	switch r.Code {
+	case shard.Took, shard.TookEarl:
+		return Result{Status: OK, Partition: p.Handle, Seq: r.Seq, Qty: r.Qty}, done, nil
+	case shard.Reused:
+		return Result{Status: Reused, Partition: p.Handle, Seq: r.Seq, Qty: r.Qty}, done, nil
+	case shard.Moved:
+		if err := d.goElsewhere(ctx, r.Pointer); err != nil {
+			return Result{}, done, err
+		}
+		return Result{}, takeNext, nil
+	case shard.Lost:
+		d.s.fence(d.sku, p)
+	case shard.Closed:
+		// Redis says it is closed (a rebalance drained it); this node's
+		// registry hears it from MySQL a moment later.
+		p.open.Store(false)
+	case shard.Short:
+	default:
+		return Result{}, done, fmt.Errorf("take: code %d: %w", r.Code, shard.ErrBadReply)
+	}
+	return Result{}, pickNext, nil
+}
+
+// take runs the take script at p for the request's current round, and
+// tells what it learnt: p's owner that the stream has details, the
+// registry p's levels, and a rollback.
+func (d *deduction) take(ctx context.Context, p *Slot) (shard.TakeResult, error) {
+	s := d.s
+	s.takeCalls.Inc()
+	r, err := p.Handle.Take(ctx, d.reqID, d.qty, d.cur.round, p == d.home, d.userID)
+	if s.hooks.Took != nil && (err != nil || r.Code == shard.Took || r.Code == shard.TookEarl) {
+		// Its owner's write-back reads the stream when told (a failed
+		// call may have recorded details too).
+		s.hooks.Took(p.Handle)
+	}
+	if errors.Is(err, shard.ErrRollback) {
+		s.rollback(d.sku, p)
+	}
+	if err != nil {
+		return r, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	s.observe(d.sku, p, r.Levels, r.Refill)
+	return r, nil
+}
+
+// pickStep chooses where to go after cur was short: a partition known to
+// hold qty, else, once stock arrived, the next round; or it ends the walk
+// sold out.
+func (d *deduction) pickStep(ctx context.Context) (Result, next, error) {
+	d.tried = append(d.tried, d.cur.pid)
+	round := d.cur.round
+	to := d.sku.pick(d.qty, d.tried)
+	if to == nil {
+		if d.deadline.IsZero() {
+			d.deadline = time.Now().Add(d.s.cfg.StockWait)
+		}
+		v, err := d.s.awaitStock(ctx, d.sku, d.qty, d.deadline)
+		if err != nil {
+			return Result{}, done, err
+		}
+		if v == SoldOut {
+			return d.confirmSoldOut(ctx)
+		}
+		d.tried = d.tried[:0]
+		round++
+		if to = d.sku.pick(d.qty, d.tried); to == nil {
+			return Result{}, takeNext, nil
+		}
+	}
+	return d.pointTo(ctx, pointer{to.Handle.ID, round})
+}
+
+// confirmSoldOut ends the walk sold out when no copy of the request can
+// have taken meanwhile, else follows the pointer the copy moved.
+func (d *deduction) confirmSoldOut(ctx context.Context) (Result, next, error) {
+	if so := d.sku.soldOut.Load(); so != nil && so.installed < d.began {
+		// Sold out since before this request began: no copy of it can
+		// have taken after its first take.
+		return Result{Status: SoldOut}, done, nil
+	}
+	// A copy of this request on another node may have moved the pointer
+	// on and taken there meanwhile: sold out holds only while the pointer
+	// still names cur.
+	pr, err := d.point(ctx, d.cur)
+	if err != nil {
+		return Result{}, done, err
+	}
+	switch pr.Code {
+	case shard.PointMoved:
+		return Result{Status: SoldOut}, done, nil
+	case shard.PointTook:
+		return d.tookAtHome(pr), done, nil
+	}
+	if err := d.goElsewhere(ctx, pr.Pointer); err != nil {
+		return Result{}, done, err
+	}
+	d.tried = d.tried[:0]
+	return Result{}, takeNext, nil
+}
+
+// pointTo moves the request's pointer from cur to to, on its home.
+func (d *deduction) pointTo(ctx context.Context, to pointer) (Result, next, error) {
+	pr, err := d.point(ctx, to)
+	if err != nil {
+		return Result{}, done, err
+	}
+	switch pr.Code {
+	case shard.PointMoved:
+		d.cur = to
+	case shard.PointConflict:
+		if err := d.goElsewhere(ctx, pr.Pointer); err != nil {
+			return Result{}, done, err
+		}
+	case shard.PointTook:
+		return d.tookAtHome(pr), done, nil
+	default:
+		return Result{}, done, fmt.Errorf("point: code %d: %w", pr.Code, shard.ErrBadReply)
+	}
+	return Result{}, takeNext, nil
+}
+
+// point runs the point script on the home: cur to to.
+func (d *deduction) point(ctx context.Context, to pointer) (shard.PointResult, error) {
+	d.s.pointCalls.Inc()
+	pr, err := d.home.Handle.Point(ctx, d.reqID, d.cur.String(), to.String())
+	if err != nil {
+		return pr, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return pr, nil
+}
+
+// tookAtHome is the outcome of a request whose home says it took there.
+func (d *deduction) tookAtHome(pr shard.PointResult) Result {
+	if pr.Qty != d.qty {
+		return Result{Status: Reused, Partition: d.home.Handle, Seq: pr.Seq, Qty: pr.Qty}
+	}
+	return Result{Status: OK, Partition: d.home.Handle, Seq: pr.Seq, Qty: pr.Qty}
+}
+
+// goElsewhere follows what a take or point answered instead of acting at
+// cur (elsewhere): a new home starts with nothing tried.
+func (d *deduction) goElsewhere(ctx context.Context, answer string) error {
+	home, cur, rehomed, err := d.s.elsewhere(ctx, d.sku, d.reqID, d.home, answer)
+	if err != nil {
+		return err
+	}
+	d.home, d.cur = home, cur
+	if rehomed {
+		d.tried = d.tried[:0]
+	}
+	return nil
 }
 
 // homeOf is the request's home. Without partitions added within the
@@ -502,7 +566,7 @@ func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, u
 // point at that partition as the request's home run on one Redis, so all
 // copies of the request, whatever generations their nodes have loaded,
 // end at the same home (ARCHITECTURE 4.2, 4.3).
-func (s *Scheduler) homeOf(ctx context.Context, sku *SKU, reqID string) (*Partition, error) {
+func (s *Scheduler) homeOf(ctx context.Context, sku *SKU, reqID string) (*Slot, error) {
 	h := hashx.FNV64(reqID)
 	newest := sku.homeUpTo(h, -1)
 	if newest == nil || newest.gen.Load() == 0 {
@@ -511,18 +575,18 @@ func (s *Scheduler) homeOf(ctx context.Context, sku *SKU, reqID string) (*Partit
 	chain := sku.homeChain(h)
 	for i := 0; i < len(chain)-1; i++ {
 		p := chain[i]
-		if !p.H.Shard.Healthy() {
-			return nil, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.H.Shard.ID, p.H.ID)
+		if !p.Handle.Shard.Healthy() {
+			return nil, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.Handle.Shard.ID, p.Handle.ID)
 		}
 		s.claimCalls.Inc()
-		cr, err := p.H.Claim(ctx, reqID, chain[i+1].H.ID, -1)
+		cr, err := p.Handle.Claim(ctx, reqID, chain[i+1].Handle.ID, -1)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		if cr.Home {
 			return p, nil
 		}
-		q, err := s.follow(ctx, sku, reqID, p, cr.Next, chain[i+1].H.ID)
+		q, err := s.follow(ctx, sku, reqID, p, cr.Next, chain[i+1].Handle.ID)
 		if err != nil {
 			return nil, err
 		}
@@ -543,13 +607,13 @@ func (s *Scheduler) homeOf(ctx context.Context, sku *SKU, reqID string) (*Partit
 // pointed there (nothing was taken for the request at the old home): the
 // named partition becomes the home, taken at in round 1 with nothing
 // tried (rehomed). Otherwise the answer is the pointer to follow.
-func (s *Scheduler) elsewhere(ctx context.Context, sku *SKU, reqID string, home *Partition, answer string) (*Partition, pointer, bool, error) {
+func (s *Scheduler) elsewhere(ctx context.Context, sku *SKU, reqID string, home *Slot, answer string) (*Slot, pointer, bool, error) {
 	if pid, ok := shard.ParseRedirect(answer); ok {
 		h, err := s.follow(ctx, sku, reqID, home, pid, -1)
 		if err != nil {
 			return nil, pointer{}, false, err
 		}
-		return h, pointer{h.H.ID, 1}, true, nil
+		return h, pointer{h.Handle.ID, 1}, true, nil
 	}
 	cur, err := parsePointer(answer)
 	return home, cur, false, err
@@ -560,18 +624,18 @@ func (s *Scheduler) elsewhere(ctx context.Context, sku *SKU, reqID string, home 
 // A pid that left the home set (retired past the window) is stale: the
 // redirect is replaced by one to next, or removed when next < 0, in which
 // case at becomes the home.
-func (s *Scheduler) follow(ctx context.Context, sku *SKU, reqID string, at *Partition, pid, next int) (*Partition, error) {
+func (s *Scheduler) follow(ctx context.Context, sku *SKU, reqID string, at *Slot, pid, next int) (*Slot, error) {
 	for range 4 {
-		if q := sku.partition(pid); q != nil {
+		if q := sku.Slot(pid); q != nil {
 			return q, nil
 		}
 		if !sku.isRetired(pid) {
 			return nil, fmt.Errorf("%w: partition %d of %s is not loaded on this node yet", ErrUnavailable, pid, sku.Name)
 		}
 		s.claimCalls.Inc()
-		cr, err := at.H.Claim(ctx, reqID, next, pid)
+		cr, err := at.Handle.Claim(ctx, reqID, next, pid)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		if cr.Home {
 			return at, nil
@@ -583,7 +647,7 @@ func (s *Scheduler) follow(ctx context.Context, sku *SKU, reqID string, at *Part
 
 // observe records levels from a script reply and asks for a refill of the
 // idle sub-domain when the script said it is low.
-func (s *Scheduler) observe(sku *SKU, p *Partition, l shard.Levels, refill byte) {
+func (s *Scheduler) observe(sku *SKU, p *Slot, l stockd.Levels, refill byte) {
 	if p.activeB.Load() != (l.Active == 'b') {
 		s.swaps.Inc() // seen here; a swap between two observations counts once
 	}
@@ -591,21 +655,6 @@ func (s *Scheduler) observe(sku *SKU, p *Partition, l shard.Levels, refill byte)
 	if refill != 0 {
 		s.requestRefill(sku, p, refill)
 	}
-}
-
-// RefillResult is what a refill did.
-type RefillResult struct {
-	// Levels are the partition's levels afterwards, when HaveLevels.
-	Levels     shard.Levels
-	HaveLevels bool
-	// Applied is the units injected now.
-	Applied int64
-	// Pool is the pool afterwards, -1 when unknown.
-	Pool int64
-	// Failed: MySQL or Redis did not answer; the refill may be retried.
-	Failed bool
-	// Closed: Redis refused because the partition is closed.
-	Closed bool
 }
 
 const (
@@ -618,14 +667,14 @@ const (
 // requestRefill queues one refill per (partition, sub-domain) at a time,
 // and none while the pool is known empty. The refill applies while the
 // sub-domain holds less than the SKU's threshold.
-func (s *Scheduler) requestRefill(sku *SKU, p *Partition, sub byte) {
+func (s *Scheduler) requestRefill(sku *SKU, p *Slot, sub byte) {
 	s.requestRefillCap(sku, p, sub, sku.threshold.Load())
 }
 
 // requestRefillCap is requestRefill with the cap below which the refill
 // applies (a request for more than the threshold raises it). A partition
 // another node owns is refilled by its owner: the request goes there.
-func (s *Scheduler) requestRefillCap(sku *SKU, p *Partition, sub byte, capAt int64) {
+func (s *Scheduler) requestRefillCap(sku *SKU, p *Slot, sub byte, capAt int64) {
 	if s.hooks.Refill == nil || !p.Open() || sku.pool.Load() == 0 {
 		return
 	}
@@ -634,21 +683,21 @@ func (s *Scheduler) requestRefillCap(sku *SKU, p *Partition, sub byte, capAt int
 		return
 	}
 	s.refillAsks.Inc()
-	if s.hooks.Owns != nil && !s.hooks.Owns(p.H) {
+	if s.hooks.Owns != nil && !s.hooks.Owns(p.Handle) {
 		if s.hooks.Forward != nil {
-			s.hooks.Forward(p.H, sub, capAt)
+			s.hooks.Forward(p.Handle, sub, capAt)
 		}
 		time.AfterFunc(forwardHold, func() { p.refilling[i].Store(false) })
 		return
 	}
-	ok := s.hooks.Refill(p.H, sub, sku.chunk.Load(), capAt, func(r RefillResult) {
+	ok := s.hooks.Refill(p.Handle, sub, sku.chunk.Load(), capAt, func(r stockd.Refill, err error) {
 		if r.HaveLevels {
 			p.setLevels(r.Levels)
 		}
 		if r.Closed {
 			p.open.Store(false)
 		}
-		if r.Failed {
+		if err != nil {
 			// MySQL or the shard unreachable: hold further requests for
 			// this sub-domain back for a moment instead of retrying on
 			// every deduction.
@@ -675,7 +724,7 @@ func (s *Scheduler) RefillFor(name string, pid int, sub byte, capAt int64) {
 	if sku == nil || (sub != 'a' && sub != 'b') {
 		return
 	}
-	p := sku.partition(pid)
+	p := sku.Slot(pid)
 	if p == nil {
 		return
 	}
@@ -706,11 +755,11 @@ func (s *Scheduler) Sweep(ctx context.Context) {
 			continue
 		}
 		thr := sku.threshold.Load()
-		for _, p := range sku.Partitions() {
-			if !p.Open() || (s.hooks.Owns != nil && !s.hooks.Owns(p.H)) {
+		for _, p := range sku.Slots() {
+			if !p.Open() || (s.hooks.Owns != nil && !s.hooks.Owns(p.Handle)) {
 				continue
 			}
-			seq := p.H.LastSeq()
+			seq := p.Handle.LastSeq()
 			active := p.touched.Swap(false) || seq != p.sweptSeq.Load()
 			if !active {
 				if now-p.sweptAt.Load() < idleEvery || budget == 0 {
@@ -720,7 +769,7 @@ func (s *Scheduler) Sweep(ctx context.Context) {
 			}
 			p.sweptSeq.Store(seq)
 			p.sweptAt.Store(now)
-			st, err := p.H.Inspect(ctx)
+			st, err := p.Handle.Inspect(ctx)
 			if err != nil || !st.Exists {
 				continue
 			}
@@ -743,33 +792,33 @@ func (s *Scheduler) Touched(name string, pid int) {
 	if sku == nil {
 		return
 	}
-	if p := sku.partition(pid); p != nil {
+	if p := sku.Slot(pid); p != nil {
 		p.touched.Store(true)
-		p.H.Notify()
+		p.Handle.Notify()
 	}
 }
 
-func (s *Scheduler) fence(sku *SKU, p *Partition) {
+func (s *Scheduler) fence(sku *SKU, p *Slot) {
 	if p.open.CompareAndSwap(true, false) {
-		s.logger.Error("partition lost its state; fenced", "sku", sku.Name, "pid", p.H.ID, "shard", p.H.Shard.ID)
+		s.logger.Error("partition lost its state; fenced", "sku", sku.Name, "pid", p.Handle.ID, "shard", p.Handle.Shard.ID)
 		if s.hooks.Lost != nil {
-			s.hooks.Lost(p.H)
+			s.hooks.Lost(p.Handle)
 		}
 	}
 }
 
-func (s *Scheduler) rollback(sku *SKU, p *Partition) {
+func (s *Scheduler) rollback(sku *SKU, p *Slot) {
 	if p.open.CompareAndSwap(true, false) {
-		s.logger.Error("partition sequence went back; fenced", "sku", sku.Name, "pid", p.H.ID, "shard", p.H.Shard.ID,
-			"seen", p.H.LastSeq())
+		s.logger.Error("partition sequence went back; fenced", "sku", sku.Name, "pid", p.Handle.ID, "shard", p.Handle.Shard.ID,
+			"seen", p.Handle.LastSeq())
 		if s.hooks.Rollback != nil {
-			s.hooks.Rollback(p.H)
+			s.hooks.Rollback(p.Handle)
 		}
 	}
 }
 
 func (sku *SKU) refilling() bool {
-	for _, p := range sku.Partitions() {
+	for _, p := range sku.Slots() {
 		if p.refilling[0].Load() || p.refilling[1].Load() {
 			return true
 		}
@@ -791,32 +840,12 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 		wake := sku.changed.wait()
 		slept := false
 		if sku.pool.Load() != 0 || sku.refilling() {
-			// Stock is on its way: make sure every low sub-domain is being
-			// refilled (here or by its owner), then wait for one to land.
-			capAt := max(sku.threshold.Load(), qty)
-			remote := false
-			for _, p := range sku.Partitions() {
-				l := p.Levels()
-				if l.A < capAt {
-					s.requestRefillCap(sku, p, 'a', capAt)
-				}
-				if l.B < capAt {
-					s.requestRefillCap(sku, p, 'b', capAt)
-				}
-				remote = remote || (s.hooks.Owns != nil && p.Open() && !s.hooks.Owns(p.H))
+			remote, err := s.refillAndWait(ctx, sku, qty, wake)
+			if err != nil {
+				return 0, err
 			}
 			if !remote {
-				// Every refill that lands here wakes the waiters; the
-				// timer only covers what arrives unseen.
-				if err := sleep(ctx, wake, 100*time.Millisecond); err != nil {
-					return 0, err
-				}
 				continue
-			}
-			// Owners on other nodes refill, and their refills wake nobody
-			// here: wait a little, then look at the truth below.
-			if err := sleep(ctx, wake, 50*time.Millisecond); err != nil {
-				return 0, err
 			}
 			if sku.pick(qty, nil) != nil {
 				return OK, nil
@@ -832,7 +861,7 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 			return s.refresh(ctx, sku)
 		})
 		if err != nil {
-			return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			return 0, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		t := v.(tailState)
 		switch {
@@ -852,11 +881,11 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 				defer cancel()
 				return nil, s.consolidate(ctx, sku, qty)
 			}); err != nil {
-				return 0, fmt.Errorf("%w: consolidate: %v", ErrUnavailable, err)
+				return 0, fmt.Errorf("%w: consolidate: %w", ErrUnavailable, err)
 			}
 		default:
 			if caught, err := s.catchUp(ctx, sku); err != nil {
-				return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+				return 0, fmt.Errorf("%w: %w", ErrUnavailable, err)
 			} else if caught {
 				continue // partitions or stock this node had not loaded: look again
 			}
@@ -866,6 +895,31 @@ func (s *Scheduler) awaitStock(ctx context.Context, sku *SKU, qty int64, deadlin
 			return SoldOut, nil
 		}
 	}
+}
+
+// refillAndWait runs when stock is on its way (pool or refills in flight):
+// it makes sure every low sub-domain of sku is being refilled (here or by
+// its owner), then waits for one to land. remote tells that owners on
+// other nodes refill: their refills wake nobody here, so the wait is short
+// and the caller then looks at the truth.
+func (s *Scheduler) refillAndWait(ctx context.Context, sku *SKU, qty int64, wake <-chan struct{}) (remote bool, err error) {
+	capAt := max(sku.threshold.Load(), qty)
+	for _, p := range sku.Slots() {
+		l := p.Levels()
+		if l.A < capAt {
+			s.requestRefillCap(sku, p, 'a', capAt)
+		}
+		if l.B < capAt {
+			s.requestRefillCap(sku, p, 'b', capAt)
+		}
+		remote = remote || (s.hooks.Owns != nil && p.Open() && !s.hooks.Owns(p.Handle))
+	}
+	if !remote {
+		// Every refill that lands here wakes the waiters; the timer only
+		// covers what arrives unseen.
+		return false, sleep(ctx, wake, 100*time.Millisecond)
+	}
+	return true, sleep(ctx, wake, 50*time.Millisecond)
 }
 
 // catchUp asks MySQL (Head), once for all the requests of sku that ask
@@ -911,20 +965,20 @@ func (s *Scheduler) refresh(ctx context.Context, sku *SKU) (tailState, error) {
 		}
 		sku.pool.Store(t.pool)
 	}
-	for _, p := range sku.Partitions() {
+	for _, p := range sku.Slots() {
 		if !p.Open() {
 			continue
 		}
-		if !p.H.Shard.Healthy() {
+		if !p.Handle.Shard.Healthy() {
 			// Its levels are unknown, so the total is too: not sold out,
 			// not enough. Failing at once also keeps a caller without a
 			// deadline from waiting on a shard that does not answer.
-			return t, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.H.Shard.ID, p.H.ID)
+			return t, fmt.Errorf("%w: shard %s of partition %d does not answer", ErrUnavailable, p.Handle.Shard.ID, p.Handle.ID)
 		}
 		// Takes running meanwhile raise the sequence; only one seen before
 		// the read can prove that the shard went back.
-		seen := p.H.LastSeq()
-		st, err := p.H.Inspect(ctx)
+		seen := p.Handle.LastSeq()
+		st, err := p.Handle.Inspect(ctx)
 		if err != nil {
 			return t, err
 		}
@@ -956,9 +1010,9 @@ func (s *Scheduler) consolidate(ctx context.Context, sku *SKU, need int64) error
 		return errors.New("no consolidation hook")
 	}
 	var parts []*shard.Partition
-	for _, p := range sku.Partitions() {
+	for _, p := range sku.Slots() {
 		if p.Open() {
-			parts = append(parts, p.H)
+			parts = append(parts, p.Handle)
 		}
 	}
 	s.logger.Info("consolidating scattered stock", "sku", sku.Name, "need", need)
@@ -982,8 +1036,8 @@ func (s *Scheduler) markSoldOut(ctx context.Context, sku *SKU, t tailState) {
 		ctx, cancel := detached(ctx)
 		defer cancel()
 		var ids []string
-		for _, p := range sku.Partitions() {
-			if err := p.H.Successes(ctx, func(id string) { ids = append(ids, id) }); err != nil {
+		for _, p := range sku.Slots() {
+			if err := p.Handle.Successes(ctx, func(id string) { ids = append(ids, id) }); err != nil {
 				s.logger.Warn("load sold-out filter", "sku", sku.Name, "err", err)
 				return nil, err
 			}
@@ -1026,7 +1080,7 @@ func (s *Scheduler) Invalidate(name string, pool int64) {
 func (s *Scheduler) Refresh(ctx context.Context, name string) error {
 	sku := s.reg.Get(name)
 	if sku == nil {
-		return ErrUnknownSKU
+		return stockd.ErrUnknownSKU
 	}
 	_, err := s.refresh(ctx, sku)
 	return err
@@ -1043,7 +1097,7 @@ func sleep(ctx context.Context, wake <-chan struct{}, d time.Duration) error {
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+		return fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
 	case <-wake:
 	case <-t.C:
 	}
@@ -1054,7 +1108,7 @@ func sleep(ctx context.Context, wake <-chan struct{}, d time.Duration) error {
 // gone, or it was closed).
 func (s *Scheduler) Fence(name string, pid int) {
 	if sku := s.reg.Get(name); sku != nil {
-		if p := sku.partition(pid); p != nil {
+		if p := sku.Slot(pid); p != nil {
 			p.open.Store(false)
 		}
 	}

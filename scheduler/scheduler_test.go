@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/schema"
 	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/preallocate"
@@ -53,11 +54,7 @@ func newRig(t *testing.T, nShards int) *rig {
 	}
 	r.alloc = preallocate.New(preallocate.DefaultConfig(), db, set, preallocate.Hooks{}, slog.Default())
 	r.sched = New(DefaultConfig(), NewRegistry(), Hooks{
-		Refill: func(p *shard.Partition, sub byte, chunk, capAt int64, done func(RefillResult)) bool {
-			return r.alloc.Request(p, sub, chunk, capAt, func(o preallocate.Outcome, err error) {
-				done(RefillResult{Levels: o.Levels, HaveLevels: o.HaveLevels, Applied: o.Applied, Pool: o.Pool, Failed: err != nil, Closed: o.Closed})
-			})
-		},
+		Refill:      r.alloc.Request,
 		PoolState:   r.store.PoolState,
 		Consolidate: r.alloc.Consolidate,
 	}, slog.Default())
@@ -95,7 +92,7 @@ func (r *rig) provision(t *testing.T, name string, spec preallocate.Spec) *SKU {
 func idHomedOn(sku *SKU, pid int, prefix string) string {
 	for i := 0; ; i++ {
 		id := prefix + strconv.Itoa(i)
-		if sku.home(id).H.ID == pid {
+		if sku.home(id).Handle.ID == pid {
 			return id
 		}
 	}
@@ -108,16 +105,16 @@ func TestRetryAfterRefillMeetsFirstOutcome(t *testing.T) {
 	ctx := context.Background()
 	r := newRig(t, 2)
 	sku := r.provision(t, "hard", preallocate.Spec{Total: 40, Partitions: 2, Chunk: 5, Threshold: 1})
-	p0 := sku.partition(0)
+	p0 := sku.Slot(0)
 
 	// Empty partition 0 by draining it back to the pool and hold the pool
 	// back, so partition 0 stays short while partition 1 sells.
-	if _, err := r.alloc.Drain(ctx, p0.H, false); err != nil {
+	if _, err := r.alloc.Drain(ctx, p0.Handle, false); err != nil {
 		t.Fatal(err)
 	}
 	pool, _, _ := r.store.PoolState(ctx, "hard")
 	r.sched.Invalidate("hard", 0) // the node believes the pool is empty: no refill races the test
-	p0.setLevels(shard.Levels{Active: 'a'})
+	p0.setLevels(stockd.Levels{Active: 'a'})
 
 	x := idHomedOn(sku, 0, "x-")
 	first, err := r.sched.Deduct(ctx, "hard", 2, x, "")
@@ -126,7 +123,7 @@ func TestRetryAfterRefillMeetsFirstOutcome(t *testing.T) {
 	}
 
 	// Refill partition 0 from the pool.
-	if o, err := r.alloc.Refill(ctx, p0.H, 'a', 5, 1); err != nil || o.Applied != 5 {
+	if o, err := r.alloc.Refill(ctx, p0.Handle, 'a', 5, 1); err != nil || o.Applied != 5 {
 		t.Fatalf("refill: %+v %v (pool was %d)", o, err, pool)
 	}
 	r.sched.Invalidate("hard", -1)
@@ -140,7 +137,7 @@ func TestRetryAfterRefillMeetsFirstOutcome(t *testing.T) {
 	}
 	// Every deduction raises the partition's sequence. (Its levels are no
 	// proof: the refresh above may refill the idle sub-domain meanwhile.)
-	st, _ := p0.H.Inspect(ctx)
+	st, _ := p0.Handle.Inspect(ctx)
 	if st.Seq != 0 || st.Levels.A < 5 {
 		t.Fatalf("partition 0 after the retry: %+v; want no deduction (sequence 0, the 5 refilled units still there)", st)
 	}
@@ -209,11 +206,11 @@ func TestConcurrentRetriesTakeOnce(t *testing.T) {
 	// partitions' sequences count exactly the deductions answered OK.
 	tookBy := map[string]int{}
 	var seqs int64
-	for _, p := range r.sched.Registry().Get("storm").Partitions() {
-		if err := p.H.Successes(ctx, func(id string) { tookBy[id]++ }); err != nil {
+	for _, p := range r.sched.Registry().Get("storm").Slots() {
+		if err := p.Handle.Successes(ctx, func(id string) { tookBy[id]++ }); err != nil {
 			t.Fatal(err)
 		}
-		st, _ := p.H.Inspect(ctx)
+		st, _ := p.Handle.Inspect(ctx)
 		seqs += st.Seq
 	}
 	for id, n := range tookBy {
@@ -253,21 +250,21 @@ func TestPointerToUnknownPartition(t *testing.T) {
 	r := newRig(t, 1)
 	sku := r.provision(t, "unk", preallocate.Spec{Total: 100, Partitions: 2, Chunk: 10, Threshold: 1})
 	x := idHomedOn(sku, 0, "x-")
-	home := sku.partition(0)
-	if pr, err := home.H.Point(ctx, x, "0:1", "7:1"); err != nil || pr.Code != shard.PointMoved {
+	home := sku.Slot(0)
+	if pr, err := home.Handle.Point(ctx, x, "0:1", "7:1"); err != nil || pr.Code != shard.PointMoved {
 		t.Fatalf("point: %+v %v", pr, err)
 	}
-	before := [2]int64{sku.partition(0).level(), sku.partition(1).level()}
+	before := [2]int64{sku.Slot(0).level(), sku.Slot(1).level()}
 	if res, err := r.sched.Deduct(ctx, "unk", 1, x, ""); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("pointer to an unknown partition: %+v %v; want unavailable", res, err)
 	}
-	if after := [2]int64{sku.partition(0).level(), sku.partition(1).level()}; after != before {
+	if after := [2]int64{sku.Slot(0).level(), sku.Slot(1).level()}; after != before {
 		t.Fatalf("levels %v -> %v: the request took although its pointer names a partition not loaded", before, after)
 	}
 
 	info := SKUInfo{Name: "unk", Chunk: 10, Threshold: 1, Pool: sku.Pool(), Version: sku.Version(), Retired: []int{7}}
-	for _, p := range sku.Partitions() {
-		info.Partitions = append(info.Partitions, PartitionInfo{Handle: p.H, Open: true})
+	for _, p := range sku.Slots() {
+		info.Partitions = append(info.Partitions, PartitionInfo{Handle: p.Handle, Open: true})
 	}
 	r.sched.Registry().Upsert(info)
 	if res, err := r.sched.Deduct(ctx, "unk", 1, x, ""); err != nil || res.Status != OK {

@@ -20,6 +20,68 @@ import (
 // also stops at its own deadline, answering 503).
 const recheckTimeout = 3 * time.Second
 
+// Verdict is what a SKU's sold-out verdict says of one request, read from
+// memory (VerdictFor).
+type Verdict int
+
+// Verdicts.
+const (
+	// Selling: no verdict, or the request's id may have taken before it
+	// (it is in the filter of ids that did): deduct as usual.
+	Selling Verdict = iota
+	// SoldOutNow: sold out, and MySQL confirmed it within VerdictMaxAge of
+	// the request's arrival: answer sold_out without I/O.
+	SoldOutNow
+	// SoldOutUnconfirmed: sold out, but the last confirmation is older:
+	// Deduct confirms it (verdictHolds) before it answers.
+	SoldOutUnconfirmed
+)
+
+// VerdictFor is the one sold-out check: what sku's verdict says of reqID
+// for a request that arrived at arrived (mono.Now), from memory. sku nil
+// (not loaded here) is Selling. The hot endpoint asks it with the entry it
+// already looked up and answers SoldOutNow itself, without a context, a
+// timer or a copy of the request's strings (it keeps neither string, so
+// they may point into a request buffer); Deduct asks it for the requests
+// that got past (soldOut) and confirms an unconfirmed verdict.
+func (s *Scheduler) VerdictFor(sku *SKU, reqID string, arrived int64) Verdict {
+	if sku == nil {
+		return Selling
+	}
+	so := sku.soldOut.Load()
+	if so == nil || so.successes.mayContain(reqID) {
+		return Selling
+	}
+	if !s.verdictFresh(so, arrived) {
+		return SoldOutUnconfirmed
+	}
+	s.memorySoldOut.Inc()
+	return SoldOutNow
+}
+
+// SoldOutFromMemory answers true when sku is known sold out and reqID
+// certainly did not take before (not in the filter of ids that did):
+// Deduct would answer sold out without I/O.
+func (s *Scheduler) SoldOutFromMemory(name, reqID string) bool {
+	return s.VerdictFor(s.reg.Get(name), reqID, mono.Now()) == SoldOutNow
+}
+
+// soldOut is Deduct's first step: the verdict (VerdictFor), confirmed
+// with MySQL first when it is older than VerdictMaxAge.
+func (s *Scheduler) soldOut(ctx context.Context, sku *SKU, reqID string) (bool, error) {
+	switch s.VerdictFor(sku, reqID, mono.Now()) {
+	case Selling:
+		return false, nil
+	case SoldOutNow:
+		return true, nil
+	}
+	sold, err := s.verdictHolds(ctx, sku)
+	if sold {
+		s.memorySoldOut.Inc()
+	}
+	return sold, err
+}
+
 // verdictFresh tells whether so may answer, without confirmation, a
 // request that arrived at arrived (mono.Now).
 func (s *Scheduler) verdictFresh(so *soldOut, arrived int64) bool {
@@ -60,10 +122,10 @@ func (s *Scheduler) verdictHolds(ctx context.Context, sku *SKU) (bool, error) {
 		})
 		select {
 		case <-ctx.Done():
-			return false, fmt.Errorf("%w: confirm the sold-out verdict of %s: %v", ErrUnavailable, sku.Name, ctx.Err())
+			return false, fmt.Errorf("%w: confirm the sold-out verdict of %s: %w", ErrUnavailable, sku.Name, ctx.Err())
 		case r := <-ch:
 			if r.Err != nil {
-				return false, fmt.Errorf("%w: confirm the sold-out verdict of %s: %v", ErrUnavailable, sku.Name, r.Err)
+				return false, fmt.Errorf("%w: confirm the sold-out verdict of %s: %w", ErrUnavailable, sku.Name, r.Err)
 			}
 		}
 	}

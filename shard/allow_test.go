@@ -132,3 +132,62 @@ func TestAllowanceConcurrentTakes(t *testing.T) {
 		t.Fatalf("taken %d units, count %d, limit 5", units, h)
 	}
 }
+
+// Takes and settles that arrive together share calls (allow.lua's batch
+// op) and count exactly as separate calls would: the limit holds across a
+// batch, a settle after its take in the same batch holds the entry, and
+// retries meet their entries.
+func TestAllowanceBatchesCountExactly(t *testing.T) {
+	ctx := context.Background()
+	a := oneAllowance(t)
+	const n, limit = 40, 7
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	codes := map[AllowCode]int{}
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := "r" + strconv.Itoa(i)
+			code, _, err := a.Take(ctx, id, "u1", 1, limit)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if code == AllowTaken {
+				if err := a.Settle(ctx, id, "u1", 1, "sku:0:1:"+strconv.Itoa(i+1)); err != nil {
+					t.Error(err)
+				}
+			}
+			// Another user in the same batches, under no pressure.
+			if code, _, err := a.Take(ctx, "s"+id, "u2", 1, 1000); err != nil || code != AllowTaken {
+				t.Errorf("take %s for u2: %d %v", id, code, err)
+			}
+			mu.Lock()
+			codes[code]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if codes[AllowTaken] != limit || codes[AllowLimit] != n-limit {
+		t.Fatalf("codes %v; want %d taken and %d at the limit", codes, limit, n-limit)
+	}
+	if h := held(t, a, "u1"); h != limit {
+		t.Fatalf("u1 holds %d; want %d", h, limit)
+	}
+	if h := held(t, a, "u2"); h != n {
+		t.Fatalf("u2 holds %d; want %d", h, n)
+	}
+	st, err := a.State(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Details) != limit {
+		t.Fatalf("%d held entries; want %d", len(st.Details), limit)
+	}
+	for i := range n {
+		if code, _, err := a.Take(ctx, "r"+strconv.Itoa(i), "u1", 1, limit); err != nil || (code != AllowAgain && code != AllowLimit) {
+			t.Fatalf("retry r%d: %d %v", i, code, err)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -24,6 +25,10 @@ type Allowance struct {
 	SKU   string
 	Shard *Shard
 	key   string
+	// ops batches the takes and settles that arrive while an allowance
+	// call is in flight (allow.lua's batch op): one call per batch, not
+	// two per limited deduction.
+	ops allowBatcher
 }
 
 // Allowance returns the handle of sku's allowance hash on shardID.
@@ -38,38 +43,118 @@ func (s *Set) Allowance(sku, shardID string) (*Allowance, error) {
 // Key is the allowance hash's key.
 func (a *Allowance) Key() string { return a.key }
 
-// AllowCode is an allowance outcome; the numbers are allow.lua's.
-type AllowCode int
-
-// Allowance outcomes.
-const (
-	// AllowTaken: the units were added to the user's count (pending).
-	AllowTaken AllowCode = 1
-	// AllowAgain: the request id holds an entry already (a retry).
-	AllowAgain AllowCode = 2
-	// AllowLimit: the user's count plus qty is above the limit; nothing
-	// was written.
-	AllowLimit AllowCode = 3
-	// AllowGivenBack: the request was released or expired; its retry
-	// needs no allowance (it meets its first outcome).
-	AllowGivenBack AllowCode = 4
-)
-
-func (a *Allowance) run(ctx context.Context, args ...string) ([]int64, error) {
+// run runs one op of allow.lua on the SKU's allowance hash.
+func (a *Allowance) run(ctx context.Context, args ...string) (AllowResult, error) {
 	vals, err := allowScript.exec(ctx, a.Shard, a.key, []string{a.key}, args)
 	if err != nil {
-		return nil, fmt.Errorf("allowance of %s: %w", a.SKU, err)
+		return AllowResult{}, fmt.Errorf("allowance of %s: %w", a.SKU, err)
 	}
-	out := make([]int64, len(vals))
-	for i, v := range vals {
-		if out[i], err = v.AsInt64(); err != nil {
-			return nil, fmt.Errorf("allowance of %s: %w", a.SKU, ErrBadReply)
+	r, err := decodeAllow(vals)
+	if err != nil {
+		return AllowResult{}, fmt.Errorf("allowance of %s: %w", a.SKU, err)
+	}
+	return r, nil
+}
+
+// allowOp is one op waiting in an allowance's batch.
+type allowOp struct {
+	args []string // op name, then its arguments
+	res  AllowResult
+	err  error
+	// wake is signalled when res is ready or when this op must lead the
+	// next batch.
+	wake chan struct{}
+	lead bool
+}
+
+var allowOpPool = sync.Pool{New: func() any { return &allowOp{wake: make(chan struct{}, 1)} }}
+
+// allowBatcher is the take combiner's scheme for one allowance hash: the
+// caller that finds no call in flight leads, the waiters share the next
+// call, a finished leader hands the lead to the first waiter. The hash is
+// one key, so this holds on a Redis Cluster too.
+type allowBatcher struct {
+	mu    sync.Mutex
+	busy  bool
+	queue []*allowOp
+}
+
+// batched runs one op (take or settle) in a batch of the ops waiting.
+func (a *Allowance) batched(ctx context.Context, args ...string) (AllowResult, error) {
+	op := allowOpPool.Get().(*allowOp)
+	op.args, op.lead = args, false
+	b := &a.ops
+	b.mu.Lock()
+	if b.busy {
+		b.queue = append(b.queue, op)
+		b.mu.Unlock()
+		<-op.wake
+		if !op.lead {
+			return op.done()
+		}
+		b.mu.Lock()
+	} else {
+		b.busy = true
+	}
+	k := min(len(b.queue), maxBatch-1)
+	batch := make([]*allowOp, 0, k+1)
+	batch = append(batch, op)
+	batch = append(batch, b.queue[:k]...)
+	rest := copy(b.queue, b.queue[k:])
+	clear(b.queue[rest:])
+	b.queue = b.queue[:rest]
+	b.mu.Unlock()
+
+	a.runBatch(ctx, batch)
+
+	b.mu.Lock()
+	if len(b.queue) > 0 {
+		next := b.queue[0]
+		b.queue = b.queue[1:]
+		next.lead = true
+		next.wake <- struct{}{}
+	} else {
+		b.busy = false
+	}
+	b.mu.Unlock()
+	for _, x := range batch[1:] {
+		x.wake <- struct{}{}
+	}
+	return op.done()
+}
+
+func (op *allowOp) done() (AllowResult, error) {
+	r, err := op.res, op.err
+	op.args = nil
+	allowOpPool.Put(op)
+	return r, err
+}
+
+// runBatch runs batch as one call: a single op as itself, several as
+// allow.lua's batch op (per op {code, held or 0}).
+func (a *Allowance) runBatch(ctx context.Context, batch []*allowOp) {
+	if len(batch) == 1 {
+		batch[0].res, batch[0].err = a.run(ctx, batch[0].args...)
+		return
+	}
+	args := []string{"batch", strconv.Itoa(len(batch))}
+	for _, op := range batch {
+		args = append(args, op.args[0], strconv.Itoa(len(op.args)-1))
+		args = append(args, op.args[1:]...)
+	}
+	vals, err := allowScript.exec(ctx, a.Shard, a.key, []string{a.key}, args)
+	if err == nil && len(vals) != 2*len(batch) {
+		err = fmt.Errorf("%d values for %d ops: %w", len(vals), len(batch), ErrBadReply)
+	}
+	for i, op := range batch {
+		op.res, op.err = AllowResult{}, err
+		if err == nil {
+			op.res, op.err = decodeAllow(vals[2*i : 2*i+2])
+		}
+		if op.err != nil {
+			op.err = fmt.Errorf("allowance of %s: %w", a.SKU, op.err)
 		}
 	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("allowance of %s: %w", a.SKU, ErrBadReply)
-	}
-	return out, nil
 }
 
 func nowMs() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
@@ -78,28 +163,22 @@ func nowMs() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
 // within limit. held is the user's count afterwards (before, when the
 // limit was reached).
 func (a *Allowance) Take(ctx context.Context, reqID, user string, qty, limit int64) (code AllowCode, held int64, err error) {
-	out, err := a.run(ctx, "take", reqID, user, strconv.FormatInt(qty, 10), strconv.FormatInt(limit, 10), nowMs())
-	if err != nil {
-		return 0, 0, err
-	}
-	if len(out) != 2 {
-		return 0, 0, fmt.Errorf("allowance of %s: %w", a.SKU, ErrBadReply)
-	}
-	return AllowCode(out[0]), out[1], nil
+	r, err := a.batched(ctx, "take", reqID, user, strconv.FormatInt(qty, 10), strconv.FormatInt(limit, 10), nowMs())
+	return r.Code, r.Held, err
 }
 
 // Settle records that reqID took (detail): its entry is held until the
 // reservation is released or expires.
 func (a *Allowance) Settle(ctx context.Context, reqID, user string, qty int64, detail string) error {
-	_, err := a.run(ctx, "settle", reqID, user, strconv.FormatInt(qty, 10), detail)
+	_, err := a.batched(ctx, "settle", reqID, user, strconv.FormatInt(qty, 10), detail)
 	return err
 }
 
 // GiveBack removes reqID's entry when it is still pending (its take found
 // no stock): the user's count drops by its qty.
 func (a *Allowance) GiveBack(ctx context.Context, reqID string) (bool, error) {
-	out, err := a.run(ctx, "give", reqID, "p", nowMs(), "0")
-	return err == nil && out[0] == 1, err
+	r, err := a.run(ctx, "give", reqID, "p", nowMs(), "0")
+	return err == nil && r.Code == AllowDone, err
 }
 
 // GiveBackEntry gives reqID's entry back when it still reads entry; tomb
@@ -109,15 +188,15 @@ func (a *Allowance) GiveBackEntry(ctx context.Context, reqID, entry string, tomb
 	if tomb {
 		t = "1"
 	}
-	out, err := a.run(ctx, "give", reqID, entry, nowMs(), t)
-	return err == nil && out[0] == 1, err
+	r, err := a.run(ctx, "give", reqID, entry, nowMs(), t)
+	return err == nil && r.Code == AllowDone, err
 }
 
 // GiveBackDetail gives back the entry held for a deduction (release,
 // expiry). Nothing happens when the detail holds none.
 func (a *Allowance) GiveBackDetail(ctx context.Context, detail string) (bool, error) {
-	out, err := a.run(ctx, "givedetail", detail, nowMs())
-	return err == nil && out[0] == 1, err
+	r, err := a.run(ctx, "givedetail", detail, nowMs())
+	return err == nil && r.Code == AllowDone, err
 }
 
 // Forget deletes field when it still reads value.

@@ -9,11 +9,11 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/rueidis"
+	"github.com/stockd/stockd"
 )
 
 var (
@@ -71,7 +71,10 @@ type Partition struct {
 	// window is the records' generation length in ms (RecordWindow).
 	window string
 
-	comb combiner
+	// takes batches this partition's takes when its shard cannot run one
+	// script over several partitions (a Redis Cluster); otherwise the
+	// shard's combiner does (take.go).
+	takes combiner
 	// lastSeq is the highest detail sequence seen of this partition (its
 	// takes, and what write-back landed); a take that returns a sequence
 	// not above it means the shard rolled back.
@@ -164,260 +167,8 @@ func (p *Partition) PointersKey() string { return p.pointers }
 // DetailID names one deduction everywhere (MySQL key, reservation token):
 // sku, partition, epoch and the partition's sequence number.
 func (p *Partition) DetailID(seq int64) string {
-	return DetailID(p.SKU, p.ID, p.Epoch, seq)
+	return stockd.DetailID(p.SKU, p.ID, p.Epoch, seq)
 }
-
-// DetailID formats a detail id.
-func DetailID(sku string, pid int, epoch, seq int64) string {
-	return sku + ":" + strconv.Itoa(pid) + ":" + strconv.FormatInt(epoch, 10) + ":" + strconv.FormatInt(seq, 10)
-}
-
-// ParseDetailID splits a detail id made by DetailID.
-func ParseDetailID(id string) (sku string, pid int, epoch, seq int64, err error) {
-	parts := strings.Split(id, ":")
-	if len(parts) != 4 {
-		return "", 0, 0, 0, fmt.Errorf("detail id %q: want sku:pid:epoch:seq", id)
-	}
-	if pid, err = strconv.Atoi(parts[1]); err != nil {
-		return "", 0, 0, 0, fmt.Errorf("detail id %q: pid: %w", id, err)
-	}
-	if epoch, err = strconv.ParseInt(parts[2], 10, 64); err != nil {
-		return "", 0, 0, 0, fmt.Errorf("detail id %q: epoch: %w", id, err)
-	}
-	if seq, err = strconv.ParseInt(parts[3], 10, 64); err != nil {
-		return "", 0, 0, 0, fmt.Errorf("detail id %q: seq: %w", id, err)
-	}
-	return parts[0], pid, epoch, seq, nil
-}
-
-// Code is a script outcome.
-type Code int
-
-// Script outcomes; the numbers are the scripts' own.
-const (
-	Took     Code = 1 // deducted now
-	TookEarl Code = 2 // deducted by an earlier attempt of the same request
-	Short    Code = 3 // not enough stock here (recorded for the request)
-	Moved    Code = 4 // the request's pointer names another (partition, round)
-	Lost     Code = 5 // state missing or of another epoch: the shard lost data
-	Closed   Code = 6 // fenced or closed: never sells again
-	// RolledBack: the state's sequence is below one already seen (the
-	// shard lost writes); the script did nothing. Take reports it as
-	// ErrRollback.
-	RolledBack Code = 7
-	Full       Code = 7 // refill refused: the sub-domain is at its cap
-	Refused    Code = 8 // refill refused by an earlier run of the same allocation
-	// Reused: the request id took here earlier for another quantity (Seq
-	// and Qty are that deduction's); nothing was deducted.
-	Reused Code = 9
-)
-
-// Init outcomes.
-const (
-	InitMissing Code = 0 // missing and not created
-	InitPresent Code = 1 // present with the expected epoch
-	InitCreated Code = 3 // created now
-	InitOther   Code = 5 // present with another epoch
-)
-
-// Levels are a partition's two sub-domain levels and which one is active.
-type Levels struct {
-	A, B   int64
-	Active byte // 'a' or 'b'
-}
-
-// Total is the stock of both sub-domains.
-func (l Levels) Total() int64 { return l.A + l.B }
-
-// TakeResult is what take answered.
-type TakeResult struct {
-	Code   Code
-	Levels Levels
-	Seq    int64 // the detail's sequence when Code is Took, TookEarl or Reused
-	Qty    int64 // the quantity taken (TookEarl, Reused: by the first attempt)
-	// Refill names the idle sub-domain ('a' or 'b') when it is below the
-	// threshold, 0 otherwise.
-	Refill  byte
-	Pointer string // Moved: "<pid>:<round>", or a redirect "h<pid>"
-}
-
-// maxBatch bounds the requests one take call carries.
-const maxBatch = 64
-
-// takeCall is one request waiting in a partition's batch.
-type takeCall struct {
-	reqID, userID string
-	qty           int64
-	round         int
-	home          bool
-
-	res TakeResult
-	err error
-	// wake is signalled (buffered, so the call can be pooled) when res is
-	// ready or when this call must lead the next batch.
-	wake chan struct{}
-	lead bool
-}
-
-var callPool = sync.Pool{New: func() any { return &takeCall{wake: make(chan struct{}, 1)} }}
-
-// combiner gathers the takes that arrive for a partition while a take call
-// is in flight, so that they share the next call: one script run and one
-// round trip instead of one per request. There is no timer and no extra
-// goroutine: the caller that finds the partition idle leads, and the
-// leader hands the lead to the first waiter when it is done.
-type combiner struct {
-	mu    sync.Mutex
-	busy  bool
-	queue []*takeCall
-}
-
-// Take deducts qty for reqID in round, or returns the request's earlier
-// outcome here. home tells whether this partition is the request's home (the
-// holder of its pointer). Concurrent takes on one partition are batched.
-func (p *Partition) Take(ctx context.Context, reqID string, qty int64, round int, home bool, userID string) (TakeResult, error) {
-	c := callPool.Get().(*takeCall)
-	c.reqID, c.userID, c.qty, c.round, c.home, c.lead = reqID, userID, qty, round, home, false
-	cb := &p.comb
-	cb.mu.Lock()
-	cb.queue = append(cb.queue, c)
-	if cb.busy {
-		cb.mu.Unlock()
-		<-c.wake
-		if !c.lead {
-			res, err := c.res, c.err
-			callPool.Put(c)
-			return res, err
-		}
-		cb.mu.Lock()
-	} else {
-		cb.busy = true
-	}
-	// Leading: take a batch (this call is in it), run it, pass the lead on.
-	k := min(len(cb.queue), maxBatch)
-	batch := make([]*takeCall, k)
-	copy(batch, cb.queue)
-	rest := copy(cb.queue, cb.queue[k:])
-	clear(cb.queue[rest:])
-	cb.queue = cb.queue[:rest]
-	cb.mu.Unlock()
-
-	p.takeBatch(ctx, batch)
-
-	cb.mu.Lock()
-	if len(cb.queue) > 0 {
-		next := cb.queue[0]
-		next.lead = true
-		next.wake <- struct{}{}
-	} else {
-		cb.busy = false
-	}
-	cb.mu.Unlock()
-	for _, x := range batch {
-		if x != c {
-			x.wake <- struct{}{}
-		}
-	}
-	res, err := c.res, c.err
-	callPool.Put(c)
-	return res, err
-}
-
-// takeBatch runs one take call for batch and fills every call's result.
-func (p *Partition) takeBatch(ctx context.Context, batch []*takeCall) {
-	// The combiner runs one batch at a time: the sequence seen before it
-	// was sent is what the state's must not be below (the script refuses
-	// to take on a state that went back) and its new sequences must exceed.
-	prev := p.lastSeq.Load()
-	p.Shard.takeCalls.Add(1)
-	p.Shard.takeRequests.Add(int64(len(batch)))
-	args := make([]string, 0, 4+5*len(batch))
-	args = append(args, p.epoch, strconv.Itoa(len(batch)), strconv.FormatInt(prev, 10), p.window)
-	for _, c := range batch {
-		self := ""
-		if c.home {
-			self = p.pid
-		}
-		args = append(args, c.reqID, strconv.FormatInt(c.qty, 10), strconv.Itoa(c.round), self, c.userID)
-	}
-	vals, err := takeScript.exec(ctx, p.Shard, p.state, []string{p.state, p.records, p.pointers, p.stream}, args)
-	// The stream may hold new entries now (also when the reply was lost:
-	// the script may have run): the write-back reads it (Written).
-	p.Notify()
-	if err == nil && len(vals) != 4+4*len(batch) {
-		err = fmt.Errorf("%w: %d values for %d requests", ErrBadReply, len(vals), len(batch))
-	}
-	var head [4]int64
-	for i := 0; err == nil && i < 4; i++ {
-		if head[i], err = vals[i].AsInt64(); err != nil {
-			err = fmt.Errorf("%w: %v", ErrBadReply, err)
-		}
-	}
-	if err != nil {
-		err = fmt.Errorf("take on %s: %w", p.Shard.ID, err)
-		for _, c := range batch {
-			c.res, c.err = TakeResult{}, err
-		}
-		return
-	}
-	levels := Levels{A: head[0], B: head[1], Active: activeName(head[2])}
-	var refill byte
-	switch head[3] {
-	case 1:
-		refill = 'a'
-	case 2:
-		refill = 'b'
-	}
-	rolledBack := false
-	for i, c := range batch {
-		v := vals[4+4*i:]
-		code, err1 := v[0].AsInt64()
-		seq, err2 := v[1].AsInt64()
-		qty, err3 := v[2].AsInt64()
-		if err := errors.Join(err1, err2, err3); err != nil {
-			c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %w: %v", p.Shard.ID, ErrBadReply, err)
-			continue
-		}
-		if Code(code) == RolledBack {
-			c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %w", p.Shard.ID, ErrRollback)
-			continue
-		}
-		c.res = TakeResult{Code: Code(code), Levels: levels, Seq: seq, Qty: qty, Refill: refill}
-		c.err = nil
-		if c.res.Code == Moved {
-			c.res.Pointer, _ = v[3].ToString()
-		}
-		if c.res.Code == Took {
-			if seq <= prev {
-				rolledBack = true
-			}
-			p.ObserveSeq(seq)
-		}
-	}
-	if rolledBack {
-		for _, c := range batch {
-			if c.res.Code == Took {
-				c.res, c.err = TakeResult{}, fmt.Errorf("take on %s: %w", p.Shard.ID, ErrRollback)
-			}
-		}
-	}
-}
-
-// PointResult is what point answered.
-type PointResult struct {
-	Code Code // 1 moved, 0 conflict, 2 took here earlier
-	// Pointer is the current pointer after the call (moved or conflict).
-	Pointer string
-	// Seq and Qty describe the earlier take when Code is TookEarl.
-	Seq, Qty int64
-}
-
-// Point outcomes.
-const (
-	PointConflict Code = 0
-	PointMoved    Code = 1
-	PointTook     Code = 2
-)
 
 // Point moves reqID's pointer on this (home) partition from expect to next.
 func (p *Partition) Point(ctx context.Context, reqID, expect, next string) (PointResult, error) {
@@ -425,24 +176,7 @@ func (p *Partition) Point(ctx context.Context, reqID, expect, next string) (Poin
 	if err != nil {
 		return PointResult{}, fmt.Errorf("point on %s: %w", p.Shard.ID, err)
 	}
-	if len(vals) != 2 {
-		return PointResult{}, fmt.Errorf("point: %w", ErrBadReply)
-	}
-	code, err := vals[0].AsInt64()
-	if err != nil {
-		return PointResult{}, fmt.Errorf("point: %w: %v", ErrBadReply, err)
-	}
-	text, _ := vals[1].ToString()
-	r := PointResult{Code: Code(code)}
-	if r.Code == PointTook {
-		r.Seq, r.Qty, err = parseTookRecord(text)
-		if err != nil {
-			return PointResult{}, err
-		}
-		return r, nil
-	}
-	r.Pointer = text
-	return r, nil
+	return decodePoint(vals)
 }
 
 // parseTookRecord parses "o:<seq>:<qty>".
@@ -460,55 +194,39 @@ func parseTookRecord(rec string) (seq, qty int64, err error) {
 	return seq, qty, nil
 }
 
-// RefillResult is what refill answered.
-type RefillResult struct {
-	Code   Code // Took (applied now), TookEarl (applied before), Lost, Closed, Full, Refused
-	Levels Levels
-}
-
-// Final reports whether an allocation answered with r will never apply.
-func (r RefillResult) Final() bool {
-	return r.Code == Lost || r.Code == Closed || r.Code == Full || r.Code == Refused
-}
-
 // Refill injects allocation id (qty units) into sub-domain sub, unless the
 // sub-domain already holds capAt or more.
 func (p *Partition) Refill(ctx context.Context, allocID int64, sub byte, qty, capAt int64) (RefillResult, error) {
-	vals, err := intSlice(refillScript.exec(ctx, p.Shard, p.state,
+	vals, err := refillScript.exec(ctx, p.Shard, p.state,
 		[]string{p.state, p.applied},
-		[]string{strconv.FormatInt(allocID, 10), string(sub), strconv.FormatInt(qty, 10), p.epoch, strconv.FormatInt(capAt, 10)}))
+		[]string{strconv.FormatInt(allocID, 10), string(sub), strconv.FormatInt(qty, 10), p.epoch, strconv.FormatInt(capAt, 10)})
 	if err != nil {
 		return RefillResult{}, fmt.Errorf("refill on %s: %w", p.Shard.ID, err)
 	}
-	if len(vals) != 4 {
-		return RefillResult{}, fmt.Errorf("refill: %w", ErrBadReply)
-	}
-	return RefillResult{Code: Code(vals[0]), Levels: Levels{A: vals[1], B: vals[2], Active: activeName(vals[3])}}, nil
+	return decodeRefill(vals)
 }
 
 // Drain takes every unit out of the partition under drain id; close also
-// stops it from selling or being refilled again. It returns the code (Took,
-// TookEarl or Lost) and the units drained.
-func (p *Partition) Drain(ctx context.Context, drainID int64, close bool) (Code, int64, error) {
+// stops it from selling or being refilled again. It returns the code
+// (Drained, DrainedBefore or DrainLost) and the units drained.
+func (p *Partition) Drain(ctx context.Context, drainID int64, close bool) (DrainCode, int64, error) {
 	c := "0"
 	if close {
 		c = "1"
 	}
-	vals, err := intSlice(drainScript.exec(ctx, p.Shard, p.state,
+	vals, err := drainScript.exec(ctx, p.Shard, p.state,
 		[]string{p.state, p.applied},
-		[]string{strconv.FormatInt(drainID, 10), p.epoch, c}))
+		[]string{strconv.FormatInt(drainID, 10), p.epoch, c})
 	if err != nil {
 		return 0, 0, fmt.Errorf("drain on %s: %w", p.Shard.ID, err)
 	}
-	if len(vals) != 2 {
-		return 0, 0, fmt.Errorf("drain: %w", ErrBadReply)
-	}
-	return Code(vals[0]), vals[1], nil
+	r, err := decodeDrain(vals)
+	return r.Code, r.Amount, err
 }
 
 // Init creates the partition's state when create is set and it is missing,
 // and sets its threshold.
-func (p *Partition) Init(ctx context.Context, threshold int64, create bool) (Code, error) {
+func (p *Partition) Init(ctx context.Context, threshold int64, create bool) (InitCode, error) {
 	c := "0"
 	if create {
 		c = "1"
@@ -519,14 +237,7 @@ func (p *Partition) Init(ctx context.Context, threshold int64, create bool) (Cod
 	if err != nil {
 		return 0, fmt.Errorf("init on %s: %w", p.Shard.ID, err)
 	}
-	if len(vals) != 2 {
-		return 0, fmt.Errorf("init: %w", ErrBadReply)
-	}
-	code, err := vals[0].AsInt64()
-	if err != nil {
-		return 0, fmt.Errorf("init: %w: %v", ErrBadReply, err)
-	}
-	return Code(code), nil
+	return decodeInit(vals)
 }
 
 // SetStatus sets the partition's status in Redis (fenced, closed) when its
@@ -541,14 +252,6 @@ func (p *Partition) SetStatus(ctx context.Context, status string) error {
 		return err
 	}
 	return c.Do(ctx, c.B().Hset().Key(p.state).FieldValue().FieldValue("st", status).Build()).Error()
-}
-
-// ClaimResult is what claim answered.
-type ClaimResult struct {
-	// Home: this partition is the request's home (it holds the request's
-	// pointer or took record). Otherwise Next is the pid it redirects to.
-	Home bool
-	Next int
 }
 
 // Claim decides whether this partition is reqID's home or redirects it to
@@ -570,22 +273,7 @@ func (p *Partition) Claim(ctx context.Context, reqID string, next, stale int) (C
 	if err != nil {
 		return ClaimResult{}, fmt.Errorf("claim on %s: %w", p.Shard.ID, err)
 	}
-	if len(vals) != 2 {
-		return ClaimResult{}, fmt.Errorf("claim: %w", ErrBadReply)
-	}
-	code, err := vals[0].AsInt64()
-	if err != nil {
-		return ClaimResult{}, fmt.Errorf("claim: %w: %v", ErrBadReply, err)
-	}
-	if code == 0 {
-		return ClaimResult{Home: true}, nil
-	}
-	text, _ := vals[1].ToString()
-	pid, err := strconv.Atoi(text)
-	if err != nil || code != 1 {
-		return ClaimResult{}, fmt.Errorf("claim: code %d %q: %w", code, text, ErrBadReply)
-	}
-	return ClaimResult{Next: pid}, nil
+	return decodeClaim(vals)
 }
 
 // ParseRedirect reads a redirect "h<pid>" found in a request's pointer
@@ -598,18 +286,6 @@ func ParseRedirect(s string) (pid int, ok bool) {
 	return pid, err == nil
 }
 
-// State is a partition's state as inspect sees it.
-type State struct {
-	Exists    bool
-	Levels    Levels
-	Seq       int64
-	Threshold int64
-	Status    string // open, fenced, closed
-	Epoch     string
-	Backlog   int64 // entries in the detail stream (not yet trimmed by sync)
-	Records   int64 // per-request records kept for dedup (the generations still read)
-}
-
 // Inspect reads the partition's state.
 func (p *Partition) Inspect(ctx context.Context) (State, error) {
 	vals, err := inspectScript.Exec(ctx, p.Shard.client(),
@@ -617,26 +293,7 @@ func (p *Partition) Inspect(ctx context.Context) (State, error) {
 	if err != nil {
 		return State{}, fmt.Errorf("inspect on %s: %w", p.Shard.ID, err)
 	}
-	if len(vals) != 10 {
-		return State{}, fmt.Errorf("inspect: %w", ErrBadReply)
-	}
-	var n [6]int64
-	for i := range n {
-		if n[i], err = vals[i].AsInt64(); err != nil {
-			return State{}, fmt.Errorf("inspect: %w: %v", ErrBadReply, err)
-		}
-	}
-	st := State{
-		Exists:    n[0] == 1,
-		Levels:    Levels{A: n[1], B: n[2], Active: activeName(n[3])},
-		Seq:       n[4],
-		Threshold: n[5],
-	}
-	st.Status, _ = vals[6].ToString()
-	st.Epoch, _ = vals[7].ToString()
-	st.Backlog, _ = vals[8].AsInt64()
-	st.Records, _ = vals[9].AsInt64()
-	return st, nil
+	return decodeInspect(vals)
 }
 
 // Successes calls fn with every request id that took on this partition
@@ -740,18 +397,4 @@ func (r *replicated) exec(ctx context.Context, sh *Shard, touch string, keys, ar
 		return nil, fmt.Errorf("%w: %d of %d replicas in %s", ErrNotReplicated, n, cfg.Replicas, cfg.WaitTimeout)
 	}
 	return vals, nil
-}
-
-// intSlice reads an array reply of integers.
-func intSlice(vals []rueidis.RedisMessage, err error) ([]int64, error) {
-	if err != nil {
-		return nil, err
-	}
-	out := make([]int64, len(vals))
-	for i := range vals {
-		if out[i], err = vals[i].AsInt64(); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrBadReply, err)
-		}
-	}
-	return out, nil
 }

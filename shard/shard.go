@@ -22,11 +22,9 @@ import (
 
 	"github.com/redis/rueidis"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/tlsx"
 )
-
-// ErrUnknownShard is returned when a shard id is not configured.
-var ErrUnknownShard = errors.New("unknown shard")
 
 // Durability modes of a shard.
 const (
@@ -177,6 +175,8 @@ type Shard struct {
 	// takeCalls and takeRequests count the take script calls sent to the
 	// shard and the requests they carried (their ratio is the batch size).
 	takeCalls, takeRequests atomic.Int64
+	// takes batches the takes of the shard's partitions (take.go).
+	takes combiner
 	// redial: a sentinel or cluster shard none of whose addresses
 	// answered when it was added; its client is a stand-in until Probe
 	// dials it for real.
@@ -463,20 +463,8 @@ func dialManaged(ctx context.Context, cfg Config, opt Options, keep bool) (rueid
 		}
 		o.InitAddress = cfg.Sentinel.Addrs
 		o.ForceSingleClient = false
-		o.Sentinel = rueidis.SentinelOption{
-			MasterSet: cfg.Sentinel.MasterSet,
-			Username:  cfg.SentinelUsername,
-			Password:  cfg.SentinelPassword,
-			Dialer:    o.Dialer,
-			// +switch-master is the fast path; this catches a missed one.
-			TopologyRefreshInterval: 2 * time.Second,
-		}
-		if cfg.SentinelTLS {
-			tc, err := tlsx.Client(cfg.SentinelCAFile)
-			if err != nil {
-				return nil, fmt.Errorf("sentinel_ca_file: %w", err)
-			}
-			o.Sentinel.TLSConfig = tc
+		if o.Sentinel, err = sentinelOption(cfg, o); err != nil {
+			return nil, err
 		}
 	case KindCluster:
 		if err := checkClusterSeeds(pctx, cfg, opt); err != nil {
@@ -512,6 +500,27 @@ func dialManaged(ctx context.Context, cfg Config, opt Options, keep bool) (rueid
 		return nil, err
 	}
 	return c, nil
+}
+
+// sentinelOption is how the client of a sentinel shard (o) reaches its
+// sentinels.
+func sentinelOption(cfg Config, o rueidis.ClientOption) (rueidis.SentinelOption, error) {
+	so := rueidis.SentinelOption{
+		MasterSet: cfg.Sentinel.MasterSet,
+		Username:  cfg.SentinelUsername,
+		Password:  cfg.SentinelPassword,
+		Dialer:    o.Dialer,
+		// +switch-master is the fast path; this catches a missed one.
+		TopologyRefreshInterval: 2 * time.Second,
+	}
+	if cfg.SentinelTLS {
+		tc, err := tlsx.Client(cfg.SentinelCAFile)
+		if err != nil {
+			return so, fmt.Errorf("sentinel_ca_file: %w", err)
+		}
+		so.TLSConfig = tc
+	}
+	return so, nil
 }
 
 // checkDurability makes sure the instance can keep the promise of cfg's
@@ -648,7 +657,7 @@ func (s *Set) Get(id string) (*Shard, error) {
 	sh, ok := s.shards[id]
 	s.mu.RUnlock()
 	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownShard, id)
+		return nil, fmt.Errorf("%w: %s", stockd.ErrUnknownShard, id)
 	}
 	return sh, nil
 }

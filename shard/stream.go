@@ -193,24 +193,6 @@ func (p *Partition) DrainAmount(ctx context.Context, drainID int64) (int64, bool
 	return n, true, nil
 }
 
-// Find outcomes; the numbers are find.lua's own.
-const (
-	DetailLost   Code = 0 // the state is missing or of another epoch
-	DetailFound  Code = 1 // the stream holds the detail
-	DetailAbsent Code = 2 // the stream does not hold it (see Lookup.StateSeq)
-)
-
-// Lookup is what FindDetail learnt of one deduction.
-type Lookup struct {
-	Code Code
-	// Qty is the detail's qty (DetailFound).
-	Qty int64
-	// StateSeq is the partition's last sequence: an absent detail with a
-	// sequence at or below it was trimmed (published), above it was never
-	// deducted.
-	StateSeq int64
-}
-
 // FindDetail looks for deduction seq in the partition's stream, in one
 // read-only script on the primary.
 //
@@ -230,14 +212,13 @@ func (p *Partition) FindDetail(ctx context.Context, seq int64, replicated bool) 
 	arr, err := findScript.Exec(ctx, c, []string{p.state, p.stream},
 		[]string{p.epoch, strconv.FormatInt(seq, 10)}).ToArray()
 	p.Shard.observe(err)
-	vals, err := intSlice(arr, err)
 	if err != nil {
 		return Lookup{}, fmt.Errorf("find detail on %s: %w", p.Shard.ID, err)
 	}
-	if len(vals) != 3 {
-		return Lookup{}, fmt.Errorf("find detail: %w", ErrBadReply)
+	l, err := decodeFind(arr)
+	if err != nil {
+		return Lookup{}, err
 	}
-	l := Lookup{Code: Code(vals[0]), Qty: vals[1], StateSeq: vals[2]}
 	if cfg := p.Shard.Config(); replicated && l.Code == DetailFound && cfg.Mode() == DurabilityReplica {
 		rs := c.DoMulti(ctx,
 			c.B().Hincrby().Key(p.state).Field("touch").Increment(1).Build(),

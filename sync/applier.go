@@ -20,9 +20,9 @@ import (
 	"github.com/go-sql-driver/mysql"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/ident"
 	"github.com/stockd/stockd/internal/sqltx"
-	"github.com/stockd/stockd/shard"
 )
 
 // errPoison marks a message that can never be applied (malformed).
@@ -182,7 +182,7 @@ func decodeBatch(body []byte) (wireBatch, error) {
 		return b, fmt.Errorf("%w: no details", errPoison)
 	}
 	for i, d := range b.Details {
-		sku, pid, _, _, err := shard.ParseDetailID(d.DetailID)
+		sku, pid, _, _, err := stockd.ParseDetailID(d.DetailID)
 		switch {
 		case err != nil:
 			return b, fmt.Errorf("%w: details[%d]: %v", errPoison, i, err)
@@ -231,7 +231,7 @@ func apply(ctx context.Context, db *sql.DB, all []wireDetail, load bool) (ApplyR
 	details := distinct(all)
 	rows := make([]row, len(details))
 	for i := range details {
-		_, pid, epoch, seq, _ := shard.ParseDetailID(details[i].DetailID)
+		_, pid, epoch, seq, _ := stockd.ParseDetailID(details[i].DetailID)
 		rows[i] = row{wireDetail: &details[i], part: partKey{details[i].SKU, pid, epoch}, seq: seq}
 	}
 	var res ApplyResult

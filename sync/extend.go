@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/sqltx"
 	"github.com/stockd/stockd/shard"
 )
@@ -26,7 +27,7 @@ var errExtended = errors.New("reservation extended")
 // ErrUnknown and ErrUnverified as for Confirm. Repeating it is harmless:
 // the last extension stands.
 func (l *Ledger) Extend(ctx context.Context, detailID string, qty int64, until time.Time) error {
-	sku, pid, epoch, seq, err := shard.ParseDetailID(detailID)
+	sku, pid, epoch, seq, err := stockd.ParseDetailID(detailID)
 	if err != nil || seq < 1 || qty < 1 {
 		return ErrUnknown
 	}
@@ -62,9 +63,7 @@ func (l *Ledger) Extend(ctx context.Context, detailID string, qty int64, until t
 // when it does.
 func (l *Ledger) extendOnce(ctx context.Context, d deduction, until time.Time, proven bool) error {
 	return sqltx.Run(ctx, l.db, func(tx *sql.Tx) error {
-		var state string
-		var rowQty int64
-		err := tx.QueryRowContext(ctx, `SELECT state, qty FROM deductions WHERE detail_id = ? FOR UPDATE`, d.id).Scan(&state, &rowQty)
+		state, rowQty, err := lockDeduction(ctx, tx, d.id)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			var pstate, shardID string
@@ -179,7 +178,7 @@ func (l *Ledger) giveBack(ctx context.Context, detailID string) {
 	if l.allowance == nil {
 		return
 	}
-	sku, _, _, _, err := shard.ParseDetailID(detailID)
+	sku, _, _, _, err := stockd.ParseDetailID(detailID)
 	if err != nil {
 		return
 	}
@@ -334,7 +333,7 @@ func (l *Ledger) releasedHeld(ctx context.Context, sku string, a *shard.Allowanc
 					return err
 				}
 			}
-			_, pid, epoch, _, perr := shard.ParseDetailID(e.Detail)
+			_, pid, epoch, _, perr := stockd.ParseDetailID(e.Detail)
 			if perr != nil || !resolved[strconv.Itoa(pid)+":"+strconv.FormatInt(epoch, 10)] {
 				continue // on its way to MySQL
 			}

@@ -62,7 +62,7 @@ func TestBatcherSafetyReadFindsUnsignalledTakes(t *testing.T) {
 	}
 	published("the backlog at start")
 
-	if r, err := other.Refill(ctx, 2, 'a', 20, 20); err != nil || r.Code != shard.Took {
+	if r, err := other.Refill(ctx, 2, 'a', 20, 20); err != nil || r.Code != shard.RefillApplied {
 		t.Fatalf("refill: %+v %v", r, err)
 	}
 	for i := 0; i < 20; i++ {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/sqltx"
 	"github.com/stockd/stockd/shard"
 )
@@ -79,7 +80,7 @@ func (l *Ledger) release(ctx context.Context, detailID string, qty int64, expiri
 	}
 	l.giveBack(ctx, detailID)
 	if l.returned != nil {
-		sku, _, _, _, _ := shard.ParseDetailID(detailID)
+		sku, _, _, _, _ := stockd.ParseDetailID(detailID)
 		l.returned(sku)
 	}
 	return nil
@@ -97,7 +98,7 @@ type deduction struct {
 // move takes the deduction to state (confirmed or released). expiring:
 // see release.
 func (l *Ledger) move(ctx context.Context, detailID string, qty int64, to string, expiring time.Time) error {
-	sku, pid, epoch, seq, err := shard.ParseDetailID(detailID)
+	sku, pid, epoch, seq, err := stockd.ParseDetailID(detailID)
 	if err != nil || seq < 1 || qty < 1 {
 		return ErrUnknown
 	}
@@ -156,7 +157,7 @@ func (l *Ledger) prove(ctx context.Context, d deduction, to string, need *needPr
 	}
 	p, err := l.shards.Partition(d.sku, d.pid, d.epoch, need.shard)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnverified, err)
+		return fmt.Errorf("%w: %w", ErrUnverified, err)
 	}
 	if !p.Shard.Healthy() {
 		// Fail fast, as deductions do (4.4): the shard's probe says it
@@ -167,7 +168,7 @@ func (l *Ledger) prove(ctx context.Context, d deduction, to string, need *needPr
 	// replicas hold (see FindDetail).
 	found, err := p.FindDetail(ctx, d.seq, to == "released")
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrUnverified, err)
+		return fmt.Errorf("%w: %w", ErrUnverified, err)
 	}
 	switch {
 	case found.Code == shard.DetailFound && found.Qty == d.qty:
@@ -188,14 +189,19 @@ func (l *Ledger) prove(ctx context.Context, d deduction, to string, need *needPr
 	return ErrUnknown // above the partition's sequence: never deducted
 }
 
+// lockDeduction reads the state and qty of detail id's row and locks it
+// for the transaction; sql.ErrNoRows when it has not landed.
+func lockDeduction(ctx context.Context, tx *sql.Tx, id string) (state string, qty int64, err error) {
+	err = tx.QueryRowContext(ctx, `SELECT state, qty FROM deductions WHERE detail_id = ? FOR UPDATE`, id).Scan(&state, &qty)
+	return state, qty, err
+}
+
 // moveOnce runs one transaction of the move. proven says that the
 // partition's stream held the detail (prove).
 func (l *Ledger) moveOnce(ctx context.Context, d deduction, to string, proven bool, expiring time.Time) error {
 	return sqltx.Run(ctx, l.db, func(tx *sql.Tx) error {
 		id := d.id
-		var state string
-		var rowQty int64
-		err := tx.QueryRowContext(ctx, `SELECT state, qty FROM deductions WHERE detail_id = ? FOR UPDATE`, id).Scan(&state, &rowQty)
+		state, rowQty, err := lockDeduction(ctx, tx, id)
 		if errors.Is(err, sql.ErrNoRows) {
 			// A double deduction undone by the backstop stands for its
 			// request's original deduction.
@@ -209,7 +215,7 @@ func (l *Ledger) moveOnce(ctx context.Context, d deduction, to string, proven bo
 				return ErrUnknown
 			case err == nil && orig.Valid:
 				id = orig.String
-				err = tx.QueryRowContext(ctx, `SELECT state, qty FROM deductions WHERE detail_id = ? FOR UPDATE`, id).Scan(&state, &rowQty)
+				state, rowQty, err = lockDeduction(ctx, tx, id)
 				if err != nil {
 					return fmt.Errorf("read original of a double: %w", err)
 				}

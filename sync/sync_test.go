@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/schema"
 	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
@@ -57,7 +58,7 @@ func seed(t *testing.T, db *sql.DB, set *shard.Set, sku string, n int) []wireDet
 	if _, err := p.Init(ctx, 1, true); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := p.Refill(ctx, 1, 'a', int64(n), int64(n)); n > 0 && (err != nil || r.Code != shard.Took) {
+	if r, err := p.Refill(ctx, 1, 'a', int64(n), int64(n)); n > 0 && (err != nil || r.Code != shard.RefillApplied) {
 		t.Fatalf("refill: %+v %v", r, err)
 	}
 	out := make([]wireDetail, n)
@@ -365,13 +366,13 @@ func TestLedgerActsOnlyOnDeductionsThatExist(t *testing.T) {
 		name, id string
 		qty      int64
 	}{
-		{"never deducted", shard.DetailID("exist", 0, 7, 7), 1},
-		{"far above", shard.DetailID("exist", 0, 7, 1000), 50},
-		{"sequence zero", shard.DetailID("exist", 0, 7, 0), 1},
+		{"never deducted", stockd.DetailID("exist", 0, 7, 7), 1},
+		{"far above", stockd.DetailID("exist", 0, 7, 1000), 50},
+		{"sequence zero", stockd.DetailID("exist", 0, 7, 0), 1},
 		{"larger qty, in stream", ds[0].DetailID, 5},
-		{"wrong epoch", shard.DetailID("exist", 0, 8, 1), 1},
-		{"no such partition", shard.DetailID("exist", 3, 7, 1), 1},
-		{"unknown SKU", shard.DetailID("nosuch", 0, 7, 1), 1},
+		{"wrong epoch", stockd.DetailID("exist", 0, 8, 1), 1},
+		{"no such partition", stockd.DetailID("exist", 3, 7, 1), 1},
+		{"unknown SKU", stockd.DetailID("nosuch", 0, 7, 1), 1},
 		{"not a detail id", "exist:0:7", 1},
 	}
 	check := func(when string) {
@@ -450,7 +451,7 @@ func TestFencedSettleBoundedByDoubt(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := newLedger(db, set, time.Minute)
-	id := func(seq int64) string { return shard.DetailID("fenced", 0, 7, seq) }
+	id := func(seq int64) string { return stockd.DetailID("fenced", 0, 7, seq) }
 	steps := []struct {
 		seq, qty int64
 		release  bool
@@ -515,10 +516,10 @@ func TestInsertForms(t *testing.T) {
 			}
 			ms := time.Date(2026, 1, 2, 3, 4, 5, 678e6, time.UTC).UnixMilli()
 			ds := []wireDetail{
-				{DetailID: shard.DetailID("odd", 0, 3, 1), SKU: "odd", RequestID: `a\b`, UserID: `\N`, Qty: 2, TimeMs: ms},
-				{DetailID: shard.DetailID("odd", 0, 3, 2), SKU: "odd", RequestID: `\N`, Qty: 1, TimeMs: ms},
-				{DetailID: shard.DetailID("odd", 0, 3, 3), SKU: "odd", RequestID: `NULL`, UserID: `u\\t"'`, Qty: 1, TimeMs: ms},
-				{DetailID: shard.DetailID("odd", 0, 3, 4), SKU: "odd", RequestID: `a\b`, Qty: 1, TimeMs: ms}, // a double of seq 1
+				{DetailID: stockd.DetailID("odd", 0, 3, 1), SKU: "odd", RequestID: `a\b`, UserID: `\N`, Qty: 2, TimeMs: ms},
+				{DetailID: stockd.DetailID("odd", 0, 3, 2), SKU: "odd", RequestID: `\N`, Qty: 1, TimeMs: ms},
+				{DetailID: stockd.DetailID("odd", 0, 3, 3), SKU: "odd", RequestID: `NULL`, UserID: `u\\t"'`, Qty: 1, TimeMs: ms},
+				{DetailID: stockd.DetailID("odd", 0, 3, 4), SKU: "odd", RequestID: `a\b`, Qty: 1, TimeMs: ms}, // a double of seq 1
 			}
 			r, err := Apply(ctx, db, append(ds, ds[1]))
 			if err != nil {
@@ -587,7 +588,7 @@ func TestApplyManySKUs(t *testing.T) {
 	ms := time.Now().UnixMilli()
 	var ds []wireDetail
 	add := func(sku string, pid int, epoch, seq, qty int64) {
-		ds = append(ds, wireDetail{DetailID: shard.DetailID(sku, pid, epoch, seq), SKU: sku, PID: pid,
+		ds = append(ds, wireDetail{DetailID: stockd.DetailID(sku, pid, epoch, seq), SKU: sku, PID: pid,
 			RequestID: sku + "-" + itoa(pid) + "-" + itoa(int(epoch)) + "-" + itoa(int(seq)), Qty: qty, TimeMs: ms})
 	}
 	add("m-a", 0, 5, 1, 1)
@@ -628,7 +629,7 @@ func TestApplyManySKUs(t *testing.T) {
 		}
 	}
 	var state string
-	db.QueryRow(`SELECT state FROM deductions WHERE detail_id = ?`, shard.DetailID("m-c", 0, 5, 6)).Scan(&state)
+	db.QueryRow(`SELECT state FROM deductions WHERE detail_id = ?`, stockd.DetailID("m-c", 0, 5, 6)).Scan(&state)
 	if state != "released" {
 		t.Errorf("detail of the resolved partition is %s, want released", state)
 	}

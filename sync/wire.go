@@ -58,7 +58,7 @@ func decodeWire(body []byte) (wireBatch, error) {
 		dec := json.NewDecoder(bytes.NewReader(body))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&b); err != nil {
-			return b, fmt.Errorf("%w: %v", errPoison, err)
+			return b, fmt.Errorf("%w: %w", errPoison, err)
 		}
 		return b, nil
 	}

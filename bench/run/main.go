@@ -30,6 +30,14 @@
 // its own stockd; and it removes all of them again, also on failure or
 // Ctrl-C. The shared services on 3306 and 5672 are only used, never
 // reconfigured.
+//
+// The code by concern: bench/internal/plan is what is measured (the rows,
+// the scale rows, the SKUs' sizes); bench/internal/measure is how (a
+// loadgen run, CPU from /proc through procfs, Redis INFO stats, the quiet
+// gate, profile attribution); bench/internal/report renders the report
+// from the data the runs fill in. This package starts the services
+// (services.go) and stockd (stockd.go) and runs the plan (runs.go,
+// profile.go, scale.go).
 package main
 
 import (
@@ -44,6 +52,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/stockd/stockd/bench/internal/plan"
 )
 
 type options struct {
@@ -127,7 +137,7 @@ func parseFlags(args []string) (options, error) {
 	if *only != "" {
 		o.only = map[string]bool{}
 		for _, s := range strings.Split(*only, ",") {
-			if scenarioByName(s) == nil && s != "scale" {
+			if plan.ScenarioByName(s) == nil && s != "scale" {
 				return o, fmt.Errorf("-only: unknown row %q", s)
 			}
 			o.only[s] = true

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/valyala/fasthttp"
 
+	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/apierr"
 	"github.com/stockd/stockd/internal/hotstats"
 	"github.com/stockd/stockd/internal/httpframe"
@@ -369,7 +370,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	}
 	var res scheduler.Result
 	var err error
-	if h.sched.SoldOutFor(entry, r.requestID, start) {
+	if h.sched.VerdictFor(entry, r.requestID, start) == scheduler.SoldOutNow {
 		// Most of a flash sale's traffic: answered without Redis, without
 		// a context or timer, and without copying the body's strings.
 		res.Status = scheduler.SoldOut
@@ -377,7 +378,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		r.own()
 		c := h.deadlines.get(start)
 		res, err = h.take(c, r, rules)
-		if errors.Is(err, scheduler.ErrUnknownSKU) {
+		if errors.Is(err, stockd.ErrUnknownSKU) {
 			// Created on another node a moment ago? Ask MySQL (at most
 			// once per view_max_age for every unknown name).
 			var known bool
@@ -389,7 +390,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 				}
 				res, err = h.take(c, r, rules)
 			} else {
-				err = scheduler.ErrUnknownSKU
+				err = stockd.ErrUnknownSKU
 			}
 		}
 	}
@@ -403,7 +404,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		stats = &entry.Stats
 	}
 	switch {
-	case errors.Is(err, scheduler.ErrUnknownSKU):
+	case errors.Is(err, stockd.ErrUnknownSKU):
 		h.m.unknown.Inc()
 		fail(ctx, apierr.Error{Message: "sku: unknown", Code: apierr.UnknownSKU, Field: "sku"})
 	case err != nil:

@@ -12,27 +12,9 @@ import (
 	"os"
 	"strings"
 	"time"
-)
 
-type result struct {
-	Case         string            `json:"case"`
-	Ops          int               `json:"ops"`
-	OK           int               `json:"ok"`
-	SoldOut      int               `json:"sold_out"`
-	Unknown      int               `json:"unknown"`
-	Oversold     int64             `json:"oversold"`
-	Lost         int               `json:"lost"`
-	Doubled      int               `json:"doubled"`
-	InDoubtMax   int64             `json:"in_doubt_max"`
-	InDoubtEnd   int64             `json:"in_doubt_end"`
-	Covered      int               `json:"in_doubt_reservations"`
-	Recovery     time.Duration     `json:"recovery_ns"`
-	RecoveryWhat string            `json:"recovery_what"`
-	VerifyOK     bool              `json:"verify_ok"`
-	Linearizable string            `json:"linearizable"`
-	Extra        map[string]string `json:"extra"`
-	Failed       bool              `json:"failed"`
-}
+	"github.com/stockd/stockd/faults/report"
+)
 
 func main() {
 	if len(os.Args) != 2 {
@@ -51,7 +33,7 @@ func main() {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<24)
 	for sc.Scan() {
-		var r result
+		var r report.Result
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			fmt.Fprintln(os.Stderr, "bad line:", err)
 			os.Exit(1)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+	"github.com/stockd/stockd/internal/redisproc"
 )
 
 // SentinelSet is a Sentinel-managed master set the test owns: a primary,
@@ -48,31 +49,20 @@ func StartSentinelSet(t testing.TB, name string, n, k int, extra ...string) *Sen
 func (s *SentinelSet) startSentinel(quorum int) *Redis {
 	t := s.t
 	t.Helper()
-	r := &Redis{Dir: t.TempDir(), t: t}
-	r.conf = filepath.Join(r.Dir, "sentinel.conf")
-	conf := fmt.Sprintf(`bind 127.0.0.1
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "sentinel.conf")
+	text := fmt.Sprintf(`bind 127.0.0.1
 protected-mode no
 dir %s
 sentinel monitor %s 127.0.0.1 %d %d
 sentinel down-after-milliseconds %s 1000
 sentinel failover-timeout %s 10000
 sentinel parallel-syncs %s 1
-`, r.Dir, s.Name, s.Primary.Port, quorum, s.Name, s.Name, s.Name)
-	if err := os.WriteFile(r.conf, []byte(conf), 0o644); err != nil {
+`, dir, s.Name, s.Primary.Port, quorum, s.Name, s.Name, s.Name)
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r.args = []string{"--sentinel"}
-	for attempt := 0; ; attempt++ {
-		r.Port = FreePort(t)
-		r.Addr = "127.0.0.1:" + strconv.Itoa(r.Port)
-		if err := r.start(); err == nil {
-			break
-		} else if attempt >= 5 {
-			t.Fatalf("start sentinel: %v", err)
-		}
-	}
-	t.Cleanup(func() { r.Kill() })
-	return r
+	return startRedis(t, redisproc.Config{Dir: dir, Conf: conf, Bare: true, Args: []string{"--sentinel"}})
 }
 
 // SentinelAddrs are the sentinels' addresses.
@@ -202,7 +192,7 @@ func (c *RedisCluster) WaitOK(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for _, r := range c.Nodes {
-		if r.cmd == nil || r.cmd.ProcessState != nil {
+		if r.Exited() {
 			continue
 		}
 		for {
@@ -223,7 +213,7 @@ func (c *RedisCluster) MasterOf(t testing.TB, key string) *Redis {
 	t.Helper()
 	var live *Redis
 	for _, r := range c.Nodes {
-		if r.ping() == nil {
+		if r.Ping(context.Background()) == nil {
 			live = r
 			break
 		}

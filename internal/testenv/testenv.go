@@ -8,20 +8,15 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
-	"fmt"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/go-sql-driver/mysql"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/rueidis"
+
+	"github.com/stockd/stockd/internal/redisproc"
 )
 
 // MySQLBase is the server tests use; STOCKD_TEST_MYSQL overrides it (a DSN
@@ -101,17 +96,12 @@ func FreePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// Redis is a redis-server process the test owns.
+// Redis is a redis-server process the test owns (internal/redisproc,
+// bound to the test: a failure to start fails the test, and the process is
+// killed when the test ends).
 type Redis struct {
-	Addr string
-	Port int
-	Dir  string
-	// conf: a config file that comes first on the command line (a
-	// sentinel's, which Sentinel rewrites).
-	conf string
-	args []string
-	cmd  *exec.Cmd
-	t    testing.TB
+	*redisproc.Instance
+	t testing.TB
 }
 
 // StartRedis starts a redis-server on a free port with its own directory
@@ -119,91 +109,24 @@ type Redis struct {
 // extra are more redis-server arguments.
 func StartRedis(t testing.TB, extra ...string) *Redis {
 	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Fatalf("redis-server not installed (make setup installs it): %v", err)
-	}
-	r := &Redis{Dir: t.TempDir(), t: t}
-	r.args = append([]string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-		"--appendfsync", "everysec", "--dir", r.Dir, "--protected-mode", "no"}, extra...)
-	for attempt := 0; ; attempt++ {
-		r.Port = FreePort(t)
-		r.Addr = "127.0.0.1:" + strconv.Itoa(r.Port)
-		if err := r.start(); err == nil {
-			break
-		} else if attempt >= 5 {
-			t.Fatalf("start redis: %v", err)
-		}
-	}
-	t.Cleanup(func() { r.Kill() })
-	return r
+	return startRedis(t, redisproc.Config{Dir: t.TempDir(), Args: extra})
 }
 
-func (r *Redis) start() error {
-	args := append([]string{"--port", strconv.Itoa(r.Port)}, r.args...)
-	if r.conf != "" {
-		args = append([]string{r.conf}, args...)
-	}
-	cmd := exec.Command("redis-server", args...)
-	logf, err := os.OpenFile(filepath.Join(r.Dir, "redis.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+func startRedis(t testing.TB, cfg redisproc.Config) *Redis {
+	t.Helper()
+	in, err := redisproc.Start(context.Background(), cfg)
 	if err != nil {
-		return err
+		t.Fatalf("start redis: %v", err)
 	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// Pdeathsig: a test binary killed by its timeout or by hand takes
-	// this process with it instead of leaving an orphan on a test port.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return err
-	}
-	go func() { cmd.Wait(); logf.Close() }()
-	r.cmd = cmd
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.DialTimeout("tcp", r.Addr, 100*time.Millisecond); err == nil {
-			c.Close()
-			if r.ping() == nil {
-				return nil
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	r.Kill()
-	b, _ := os.ReadFile(filepath.Join(r.Dir, "redis.log"))
-	return fmt.Errorf("redis on %s did not answer: %s", r.Addr, strings.TrimSpace(string(b)))
-}
-
-func (r *Redis) ping() error {
-	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, DisableCache: true, ForceSingleClient: true})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	return c.Do(ctx, c.B().Ping().Build()).Error()
-}
-
-// Kill sends SIGKILL (a crash: no final fsync).
-func (r *Redis) Kill() {
-	if r.cmd != nil && r.cmd.Process != nil {
-		r.cmd.Process.Kill()
-		for i := 0; i < 100; i++ {
-			if c, err := net.DialTimeout("tcp", r.Addr, 50*time.Millisecond); err != nil {
-				break
-			} else {
-				c.Close()
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	t.Cleanup(in.Kill)
+	return &Redis{Instance: in, t: t}
 }
 
 // Restart starts the instance again on the same port and directory (it
 // reloads its append-only file).
 func (r *Redis) Restart() {
 	r.t.Helper()
-	if err := r.start(); err != nil {
+	if err := r.Instance.Restart(context.Background()); err != nil {
 		r.t.Fatalf("restart redis: %v", err)
 	}
 }
@@ -211,7 +134,7 @@ func (r *Redis) Restart() {
 // Client returns a client to the instance, closed when the test ends.
 func (r *Redis) Client() rueidis.Client {
 	r.t.Helper()
-	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{r.Addr}, DisableCache: true, ForceSingleClient: true})
+	c, err := r.NewClient()
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -244,15 +167,9 @@ func Queue(t testing.TB) string {
 // Stop freezes the process (SIGSTOP): it keeps its connections but answers
 // nothing, like a hung or partitioned instance. The test's cleanup thaws it.
 func (r *Redis) Stop() {
-	if r.cmd != nil && r.cmd.Process != nil {
-		r.cmd.Process.Signal(syscall.SIGSTOP)
-		r.t.Cleanup(r.Continue)
-	}
+	r.Freeze()
+	r.t.Cleanup(r.Thaw)
 }
 
 // Continue thaws a stopped process (SIGCONT).
-func (r *Redis) Continue() {
-	if r.cmd != nil && r.cmd.Process != nil {
-		r.cmd.Process.Signal(syscall.SIGCONT)
-	}
-}
+func (r *Redis) Continue() { r.Thaw() }

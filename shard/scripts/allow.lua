@@ -15,19 +15,29 @@
 --   "d:" .. detail -> reqid of a held entry (a release names the detail only)
 -- ARGV[1] op, then per op:
 --   take   reqid, user, qty, limit, now ms -> {code, held}
---          code 1 taken, 2 again (the id holds an entry: a retry), 3 limit
---          reached (nothing written), 4 given back earlier (a retry of a
---          released request: no allowance needed)
---   settle reqid, user, qty, detail       -> {code}  1 held now, 2 held already,
---          4 given back earlier (nothing changed). An entry the sweep dropped
---          is recorded again: the deduction exists, so it counts.
---   give   reqid, expect, now ms, tomb    -> {code}  1 given back, 0 nothing to
---          give (absent, already given, or not equal to expect when expect is
---          not ""; expect "p" matches any pending entry). tomb "1" leaves the
---          "x" record, "0" deletes the entry (a take that found no stock).
+--          TAKEN (1), AGAIN (2: the id holds an entry, a retry), LIMIT (3:
+--          limit reached, nothing written), GIVEN_BACK (4: given back
+--          earlier, a retry of a released request: no allowance needed)
+--   settle reqid, user, qty, detail       -> {code}  HELD (1) now, HELD_BEFORE
+--          (2) already, GIVEN_BACK (4) earlier (nothing changed). An entry
+--          the sweep dropped is recorded again: the deduction exists, so it
+--          counts.
+--   give   reqid, expect, now ms, tomb    -> {code}  DONE (1) given back,
+--          NOTHING (0) to give (absent, already given, or not equal to
+--          expect when expect is not ""; expect "p" matches any pending
+--          entry). tomb "1" leaves the "x" record, "0" deletes the entry (a
+--          take that found no stock).
 --   givedetail detail, now ms             -> {code}  as give with tomb "1"
---   forget field, expect                  -> {code}  deletes field when it
---          still equals expect (the sweep's old tombstones and orphans)
+--   forget field, expect                  -> {code}  DONE (1): deleted field
+--          as it still equalled expect (the sweep's old tombstones and
+--          orphans), else NOTHING (0)
+--   batch  k, then per op: its name, its number of arguments, its
+--          arguments -> per op {code, held or 0} (2k values). Take and
+--          settle go this way.
+-- (Go: AllowCode, decodeAllow in shard/replies.go.)
+local TAKEN, AGAIN, LIMIT, GIVEN_BACK = 1, 2, 3, 4
+local HELD, HELD_BEFORE = 1, 2
+local NOTHING, DONE = 0, 1
 local key, op = KEYS[1], ARGV[1]
 
 local function parse(e)
@@ -44,7 +54,7 @@ end
 
 local function giveback(reqid, e, now, tomb)
   local kind, qty, user, detail = parse(e)
-  if kind ~= 'p' and kind ~= 'h' then return 0 end
+  if kind ~= 'p' and kind ~= 'h' then return NOTHING end
   local left = redis.call('HINCRBY', key, 'u:' .. user, -qty)
   if left <= 0 then redis.call('HDEL', key, 'u:' .. user) end
   if kind == 'h' then redis.call('HDEL', key, 'd:' .. detail) end
@@ -53,59 +63,85 @@ local function giveback(reqid, e, now, tomb)
   else
     redis.call('HDEL', key, 'r:' .. reqid)
   end
-  return 1
+  return DONE
 end
 
-if op == 'take' then
-  local reqid, user, qty, limit, now = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-  local held = tonumber(redis.call('HGET', key, 'u:' .. user) or '0')
-  local e = redis.call('HGET', key, 'r:' .. reqid)
-  if e then
-    if string.sub(e, 1, 1) == 'x' then return {4, held} end
-    return {2, held}
+-- run runs op with its arguments A (A[1] is ARGV[2] of a single op) and
+-- returns its reply, or nil for an unknown op.
+local function run(op, A)
+  if op == 'take' then
+    local reqid, user, qty, limit, now = A[1], A[2], tonumber(A[3]), tonumber(A[4]), A[5]
+    local held = tonumber(redis.call('HGET', key, 'u:' .. user) or '0')
+    local e = redis.call('HGET', key, 'r:' .. reqid)
+    if e then
+      if string.sub(e, 1, 1) == 'x' then return {GIVEN_BACK, held} end
+      return {AGAIN, held}
+    end
+    if held + qty > limit then return {LIMIT, held} end
+    redis.call('HINCRBY', key, 'u:' .. user, qty)
+    redis.call('HSET', key, 'r:' .. reqid, 'p:' .. qty .. ':' .. now .. ':' .. user)
+    return {TAKEN, held + qty}
+  elseif op == 'settle' then
+    local reqid, user, qty, detail = A[1], A[2], A[3], A[4]
+    local e = redis.call('HGET', key, 'r:' .. reqid)
+    if e then
+      local kind, eqty, euser = parse(e)
+      if kind == 'h' then return {HELD_BEFORE} end
+      if kind == 'x' then return {GIVEN_BACK} end
+      -- Pending: the units are counted already, under the entry's qty.
+      redis.call('HSET', key, 'r:' .. reqid, 'h:' .. eqty .. ':' .. detail .. ':' .. euser, 'd:' .. detail, reqid)
+      return {HELD}
+    end
+    redis.call('HINCRBY', key, 'u:' .. user, qty)
+    redis.call('HSET', key, 'r:' .. reqid, 'h:' .. qty .. ':' .. detail .. ':' .. user, 'd:' .. detail, reqid)
+    return {HELD}
+  elseif op == 'give' then
+    local reqid, expect, now, tomb = A[1], A[2], A[3], A[4]
+    local e = redis.call('HGET', key, 'r:' .. reqid)
+    if not e then return {NOTHING} end
+    if expect == 'p' then
+      if string.sub(e, 1, 1) ~= 'p' then return {NOTHING} end
+    elseif expect ~= '' and e ~= expect then
+      return {NOTHING}
+    end
+    return {giveback(reqid, e, now, tomb)}
+  elseif op == 'givedetail' then
+    local detail, now = A[1], A[2]
+    local reqid = redis.call('HGET', key, 'd:' .. detail)
+    if not reqid then return {NOTHING} end
+    redis.call('HDEL', key, 'd:' .. detail)
+    local e = redis.call('HGET', key, 'r:' .. reqid)
+    if not e then return {NOTHING} end
+    return {giveback(reqid, e, now, '1')}
+  elseif op == 'forget' then
+    local field, expect = A[1], A[2]
+    if redis.call('HGET', key, field) == expect then
+      redis.call('HDEL', key, field)
+      return {DONE}
+    end
+    return {NOTHING}
   end
-  if held + qty > limit then return {3, held} end
-  redis.call('HINCRBY', key, 'u:' .. user, qty)
-  redis.call('HSET', key, 'r:' .. reqid, 'p:' .. qty .. ':' .. now .. ':' .. user)
-  return {1, held + qty}
-elseif op == 'settle' then
-  local reqid, user, qty, detail = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-  local e = redis.call('HGET', key, 'r:' .. reqid)
-  if e then
-    local kind, eqty, euser = parse(e)
-    if kind == 'h' then return {2} end
-    if kind == 'x' then return {4} end
-    -- Pending: the units are counted already, under the entry's qty.
-    redis.call('HSET', key, 'r:' .. reqid, 'h:' .. eqty .. ':' .. detail .. ':' .. euser, 'd:' .. detail, reqid)
-    return {1}
-  end
-  redis.call('HINCRBY', key, 'u:' .. user, qty)
-  redis.call('HSET', key, 'r:' .. reqid, 'h:' .. qty .. ':' .. detail .. ':' .. user, 'd:' .. detail, reqid)
-  return {1}
-elseif op == 'give' then
-  local reqid, expect, now, tomb = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-  local e = redis.call('HGET', key, 'r:' .. reqid)
-  if not e then return {0} end
-  if expect == 'p' then
-    if string.sub(e, 1, 1) ~= 'p' then return {0} end
-  elseif expect ~= '' and e ~= expect then
-    return {0}
-  end
-  return {giveback(reqid, e, now, tomb)}
-elseif op == 'givedetail' then
-  local detail, now = ARGV[2], ARGV[3]
-  local reqid = redis.call('HGET', key, 'd:' .. detail)
-  if not reqid then return {0} end
-  redis.call('HDEL', key, 'd:' .. detail)
-  local e = redis.call('HGET', key, 'r:' .. reqid)
-  if not e then return {0} end
-  return {giveback(reqid, e, now, '1')}
-elseif op == 'forget' then
-  local field, expect = ARGV[2], ARGV[3]
-  if redis.call('HGET', key, field) == expect then
-    redis.call('HDEL', key, field)
-    return {1}
-  end
-  return {0}
 end
+
+if op == 'batch' then
+  -- Several ops in one call, run in order exactly as separate calls would
+  -- (a later op sees an earlier one's writes): the scheduler sends the
+  -- takes and settles that arrive together in one call, since the call
+  -- costs Redis far more than the op.
+  local out, x = {}, 3
+  for i = 1, tonumber(ARGV[2]) do
+    local name, n = ARGV[x], tonumber(ARGV[x + 1])
+    local A = {}
+    for j = 1, n do A[j] = ARGV[x + 1 + j] end
+    x = x + 2 + n
+    local r = run(name, A)
+    if not r then return redis.error_reply('allow: unknown op ' .. tostring(name)) end
+    out[#out + 1] = r[1]; out[#out + 1] = r[2] or 0
+  end
+  return out
+end
+local A = {}
+for j = 2, #ARGV do A[j - 1] = ARGV[j] end
+local r = run(op, A)
+if r then return r end
 return redis.error_reply('allow: unknown op ' .. tostring(op))

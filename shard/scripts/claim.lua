@@ -20,11 +20,13 @@
 -- "h<pid>" (a redirect: the home is partition pid), or nothing.
 --
 -- Returns {code, text}:
---   0 home here: the slot holds a pointer (text), or the records hold a
---     took record (text = "o:<seq>:<qty>"); a short record alone does not
---     count, a request passing through as a non-home leaves one
---   1 redirected: text = the pid the slot redirects to (written now, or
+--   HOME (0) home here: the slot holds a pointer (text), or the records
+--     hold a took record (text = "o:<seq>:<qty>"); a short record alone
+--     does not count, a request passing through as a non-home leaves one
+--   REDIRECTED (1) text = the pid the slot redirects to (written now, or
 --     earlier by another attempt)
+-- (Go: ClaimCode, decodeClaim in shard/replies.go.)
+local HOME, REDIRECTED = 0, 1
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local glen = tonumber(ARGV[4])
@@ -48,18 +50,18 @@ if cur then
       if ARGV[2] == '' then
         redis.call('HDEL', pcur, reqid)
         redis.call('HDEL', pprev, reqid)
-        return {0, ''}
+        return {HOME, ''}
       end
       setptr(reqid, 'h' .. ARGV[2])
-      return {1, ARGV[2]}
+      return {REDIRECTED, ARGV[2]}
     end
-    return {1, string.sub(cur, 2)}
+    return {REDIRECTED, string.sub(cur, 2)}
   end
-  return {0, cur}
+  return {HOME, cur}
 end
 local rec = get(rcur, rprev, reqid)
 if rec and string.sub(rec, 1, 2) == 'o:' then
-  return {0, rec}
+  return {HOME, rec}
 end
 setptr(reqid, 'h' .. ARGV[2])
-return {1, ARGV[2]}
+return {REDIRECTED, ARGV[2]}

@@ -7,16 +7,18 @@
 -- ARGV[2] epoch
 -- ARGV[3] "1" to close the partition (no more takes or refills), "0" to keep it open
 --
--- Returns {code, amount}: 1 drained now, 2 drained earlier (amount recorded
--- then), 5 lost (nothing can be drained: state missing or another epoch).
+-- Returns {code, amount}: DRAINED (1) now, DRAINED_BEFORE (2) by an earlier
+-- run (amount recorded then), LOST (5) nothing can be drained: state
+-- missing or another epoch. (Go: DrainCode, decodeDrain in shard/replies.go.)
+local DRAINED, DRAINED_BEFORE, LOST = 1, 2, 5
 local field = 'd' .. ARGV[1]
 local done = redis.call('HGET', KEYS[2], field)
 if done then
-  return {2, tonumber(done)}
+  return {DRAINED_BEFORE, tonumber(done)}
 end
 local f = redis.call('HMGET', KEYS[1], 'a', 'b', 'ep')
 if not f[3] or f[3] ~= ARGV[2] then
-  return {5, 0}
+  return {LOST, 0}
 end
 local amount = tonumber(f[1]) + tonumber(f[2])
 redis.call('HSET', KEYS[1], 'a', 0, 'b', 0)
@@ -24,4 +26,4 @@ if ARGV[3] == '1' then
   redis.call('HSET', KEYS[1], 'st', 'closed')
 end
 redis.call('HSET', KEYS[2], field, amount)
-return {1, amount}
+return {DRAINED, amount}

@@ -7,12 +7,13 @@
 -- ARGV[1] epoch (the partition's, from MySQL)
 -- ARGV[2] seq (>= 1)
 --
--- Returns {code, qty, state seq}:
---   code 0 (lost)   the state is missing or carries another epoch
---   code 1 (found)  the stream holds the detail; qty is its qty
---   code 2 (absent) the stream does not hold it: trimmed after the broker
---                   confirmed it when seq <= state seq, never deducted when
---                   seq > state seq
+-- Returns {code, qty, state seq} (Go: FindCode, decodeFind in
+-- shard/replies.go):
+--   LOST (0)   the state is missing or carries another epoch
+--   FOUND (1)  the stream holds the detail; qty is its qty
+--   ABSENT (2) the stream does not hold it: trimmed after the broker
+--              confirmed it when seq <= state seq, never deducted when
+--              seq > state seq
 -- Entry ids are "<first seq>-0" and an entry holds the n details
 -- first..first+n-1, so the only entry that can hold seq is the last one
 -- whose id is <= "<seq>-0".

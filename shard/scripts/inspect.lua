@@ -6,7 +6,8 @@
 -- ARGV[1] generation length in ms
 --
 -- Returns {exists, a, b, act, seq, thr, st, ep, stream length, records}
--- (records: those of generations g and g-1, the ones still read)
+-- (exists 1 or 0, act 0: a active, 1: b; records: those of generations g
+-- and g-1, the ones still read). Go: decodeInspect in shard/replies.go.
 local now = redis.call('TIME')
 local g = math.floor((tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)) / tonumber(ARGV[1]))
 local nrec = redis.call('HLEN', KEYS[3] .. string.format('%d', g)) +

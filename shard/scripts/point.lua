@@ -11,8 +11,10 @@
 -- ARGV[4] this partition's pid
 -- ARGV[5] generation length in ms (scheduler.retry_window)
 --
--- Returns {code, text}: 1 moved (text = new pointer), 0 conflict (text =
--- current pointer), 2 the request already took here (text = its record).
+-- Returns {code, text}: MOVED (1, text = new pointer), CONFLICT (0, text =
+-- current pointer), TOOK (2, the request already took here, text = its
+-- record "o:<seq>:<qty>"). (Go: PointCode, decodePoint in shard/replies.go.)
+local CONFLICT, MOVED, TOOK = 0, 1, 2
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local glen = tonumber(ARGV[5])
@@ -32,7 +34,7 @@ local reqid = ARGV[1]
 local cur = get(pcur, pprev, reqid)
 if not cur then cur = ARGV[4] .. ':1' end
 if cur ~= ARGV[2] then
-  return {0, cur}
+  return {CONFLICT, cur}
 end
 local c = string.find(cur, ':', 1, true)
 if string.sub(cur, 1, c - 1) == ARGV[4] then
@@ -40,8 +42,8 @@ if string.sub(cur, 1, c - 1) == ARGV[4] then
   -- Takes here check the pointer, so none can take after the move.
   local rec = get(rcur, rprev, reqid)
   if rec and string.sub(rec, 1, 1) == 'o' then
-    return {2, rec}
+    return {TOOK, rec}
   end
 end
 setptr(reqid, ARGV[3])
-return {1, ARGV[3]}
+return {MOVED, ARGV[3]}
