@@ -43,7 +43,7 @@ func newRig(t *testing.T) *rig {
 	}
 	return &rig{
 		auditor: New(store, stocksync.NewRecords(db), set),
-		alloc:   preallocate.New(preallocate.DefaultConfig(), db, set, slog.Default()),
+		alloc:   preallocate.New(preallocate.DefaultConfig(), db, set, preallocate.Hooks{}, slog.Default()),
 		store:   store,
 		shards:  set,
 		exec: func(q string, args ...any) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/daemon/cluster"
+	"github.com/stockd/stockd/daemon/hot"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
 	"github.com/stockd/stockd/shard"
@@ -113,9 +114,9 @@ type Config struct {
 	// RequestTimeout bounds one deduction, waits for refills included.
 	RequestTimeout time.Duration `yaml:"request_timeout"`
 	// HTTP tunes the hot endpoint's server.
-	HTTP HTTPConfig `yaml:"http"`
+	HTTP hot.HTTPConfig `yaml:"http"`
 	// Limits are the hot endpoint's admission limits (429).
-	Limits Limits `yaml:"limits"`
+	Limits hot.Limits `yaml:"limits"`
 	// ReloadEvery is how often the registry is compared with MySQL (SKUs
 	// created or restocked elsewhere).
 	ReloadEvery time.Duration `yaml:"reload_every"`
@@ -135,41 +136,6 @@ type Config struct {
 	Scheduler   scheduler.Config   `yaml:"scheduler"`
 	Preallocate preallocate.Config `yaml:"preallocate"`
 	Sync        stocksync.Config   `yaml:"sync"`
-}
-
-// HTTPConfig tunes the hot endpoint's server (fasthttp).
-type HTTPConfig struct {
-	// ReadTimeout bounds reading one request, headers and body.
-	ReadTimeout time.Duration `yaml:"read_timeout"`
-	// WriteTimeout bounds writing one answer.
-	WriteTimeout time.Duration `yaml:"write_timeout"`
-	// IdleTimeout closes keep-alive connections idle this long.
-	IdleTimeout time.Duration `yaml:"idle_timeout"`
-	// Concurrency caps the connections served at once; more are refused.
-	Concurrency int `yaml:"concurrency"`
-	// MaxConnsPerIP caps one client address's connections (0: no cap).
-	MaxConnsPerIP int `yaml:"max_conns_per_ip"`
-}
-
-// Validate reports every bad field.
-func (h HTTPConfig) Validate() error {
-	var errs []error
-	if h.ReadTimeout <= 0 {
-		errs = append(errs, errors.New("read_timeout: must be positive"))
-	}
-	if h.WriteTimeout <= 0 {
-		errs = append(errs, errors.New("write_timeout: must be positive"))
-	}
-	if h.IdleTimeout <= 0 {
-		errs = append(errs, errors.New("idle_timeout: must be positive"))
-	}
-	if h.Concurrency < 1 {
-		errs = append(errs, errors.New("concurrency: must be at least 1"))
-	}
-	if h.MaxConnsPerIP < 0 {
-		errs = append(errs, errors.New("max_conns_per_ip: must not be negative"))
-	}
-	return errors.Join(errs...)
 }
 
 // SKUDefaults are per-SKU defaults.
@@ -202,7 +168,7 @@ func DefaultConfig() Config {
 		MaxQty:          100,
 		RequestTimeout:  5 * time.Second,
 		ReloadEvery:     2 * time.Second,
-		HTTP: HTTPConfig{ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
+		HTTP: hot.HTTPConfig{ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
 			IdleTimeout: 2 * time.Minute, Concurrency: 64 << 10},
 		LogLevel:    "info",
 		Cluster:     ClusterConfig{ApplyTimeout: 2 * time.Second, ViewMaxAge: 100 * time.Millisecond},

@@ -6,7 +6,7 @@ package daemon
 
 import (
 	"context"
-	"crypto/tls"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,25 +17,23 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promauto"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/stockd/stockd/admin"
 	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/daemon/cluster"
-	"github.com/stockd/stockd/internal/hotstats"
+	"github.com/stockd/stockd/daemon/hot"
 	"github.com/stockd/stockd/internal/httpframe"
+	"github.com/stockd/stockd/internal/reservation"
 	"github.com/stockd/stockd/internal/schema"
-	"github.com/stockd/stockd/internal/tlsx"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/scheduler"
 	"github.com/stockd/stockd/shard"
 	stocksync "github.com/stockd/stockd/sync"
 )
 
-// Daemon is one stockd node.
+// Daemon is one stockd node. New validates its configuration; Run, called
+// once, opens what the node needs, wires its workers and serves.
 type Daemon struct {
 	cfg    Config
 	logger *slog.Logger
@@ -50,6 +48,35 @@ type Daemon struct {
 	// adminRoutes are the patterns the admin API registered (set before
 	// Ready), for the test that holds api/openapi.yaml to them.
 	adminRoutes []string
+
+	// What Run opens (open); the lifecycle closes it.
+	signer                    *reservation.Signer
+	db                        *sql.DB
+	store                     *preallocate.Store
+	shards                    *shard.Set
+	hotLn, adminLn, metricsLn net.Listener
+	peer                      *cluster.Peer
+
+	// The workers (wire). They reach each other only through the hooks
+	// they are given at construction: methods and closures of the Daemon
+	// that read these fields when called, so a hook may name a worker
+	// built after the one it is given to.
+	metrics  *prometheus.Registry
+	reg      *scheduler.Registry
+	own      owners
+	alloc    *preallocate.Allocator
+	sched    *scheduler.Scheduler
+	hints    *writeHints
+	heal     *healer
+	loader   *loader
+	notices  *notices
+	wb       *stocksync.Sync
+	cat      *catalog
+	status   *statusSampler
+	endpoint *hot.Endpoint
+
+	hotSrv               *fasthttp.Server
+	adminSrv, metricsSrv *http.Server
 }
 
 // Version is this build's version, stamped at build time (-ldflags -X);
@@ -82,29 +109,71 @@ func (d *Daemon) MetricsAddr() string { return d.metricsAddr }
 // GossipAddr returns where this node gossips (after Ready).
 func (d *Daemon) GossipAddr() string { return d.gossipAddr }
 
-// Run serves until ctx ends, then shuts down in order: stop accepting and
-// finish in-flight requests, stop background work, close connections.
+// Run serves until ctx ends, then shuts down in order (stop): stop
+// accepting and finish in-flight requests, stop background work and
+// publish the last write-back batches, leave the cluster, close
+// connections. Run is called once.
 func (d *Daemon) Run(ctx context.Context) error {
-	cfg := d.cfg
-	log := d.logger
-
-	signer, err := reservationSigner(cfg, log)
-	if err != nil {
+	var lc lifecycle
+	defer lc.close()
+	if err := d.open(ctx, &lc); err != nil {
 		return err
 	}
+	if err := d.wire(ctx); err != nil {
+		return err
+	}
+	return d.serve(ctx)
+}
+
+// open reads the reservation secret, connects MySQL and the Redis shards,
+// binds the listeners and creates the cluster peer, registering each
+// teardown on lc beside the construction it undoes.
+func (d *Daemon) open(ctx context.Context, lc *lifecycle) error {
+	cfg := d.cfg
+	var err error
+	if d.signer, err = reservationSigner(cfg, d.logger); err != nil {
+		return err
+	}
+	if err := d.openMySQL(ctx, lc); err != nil {
+		return err
+	}
+	if err := d.openShards(ctx, lc); err != nil {
+		return err
+	}
+	// Listen before the peer: the cluster advertises the bound addresses.
+	if d.hotLn, err = listen(lc, cfg.HTTPAddr); err != nil {
+		return fmt.Errorf("http_addr: %w", err)
+	}
+	if d.adminLn, err = listen(lc, cfg.AdminAddr); err != nil {
+		return fmt.Errorf("admin_addr: %w", err)
+	}
+	if cfg.MetricsAddr != "" {
+		if d.metricsLn, err = listen(lc, cfg.MetricsAddr); err != nil {
+			return fmt.Errorf("metrics_addr: %w", err)
+		}
+	}
+	return d.openPeer()
+}
+
+func (d *Daemon) openMySQL(ctx context.Context, lc *lifecycle) error {
+	cfg := d.cfg
 	db, sess, err := schema.OpenSession(ctx, cfg.MySQLDSN, cfg.MySQLCAFile, schema.Session{
 		IdleTxTimeout: cfg.MySQLIdleTxTimeout, LockWaitTimeout: cfg.MySQLLockWaitTimeout})
 	if err != nil {
 		return fmt.Errorf("mysql: %w", err)
 	}
-	defer db.Close()
+	lc.onClose(func() { db.Close() })
 	if cfg.MySQLIdleTxTimeout > 0 && !sess.IdleTxTimeout {
-		log.Warn("the MySQL server has no idle_transaction_timeout: a frozen node's open transaction holds its locks until it thaws",
+		d.logger.Warn("the MySQL server has no idle_transaction_timeout: a frozen node's open transaction holds its locks until it thaws",
 			"server", sess.Server, "mysql_idle_tx_timeout", cfg.MySQLIdleTxTimeout)
 	}
+	d.db, d.store = db, preallocate.NewStore(db)
+	return nil
+}
 
-	store := preallocate.NewStore(db)
-	shardCfgs, err := recordedShards(ctx, store, cfg.Shards, log)
+func (d *Daemon) openShards(ctx context.Context, lc *lifecycle) error {
+	cfg := d.cfg
+	shardCfgs, err := recordedShards(ctx, d.store, cfg.Shards, d.logger)
 	if err != nil {
 		return err
 	}
@@ -116,386 +185,208 @@ func (d *Daemon) Run(ctx context.Context) error {
 		// A shard that is down must not keep the node down: the others
 		// sell, and its partitions answer 503 until it answers.
 		StartUnreachable: true,
-	}, log)
+	}, d.logger)
 	if err != nil {
 		return fmt.Errorf("redis: %w", err)
 	}
-	defer shards.Close()
+	lc.onClose(shards.Close)
+	d.shards = shards
+	return nil
+}
 
-	// Listen before joining: the cluster advertises the bound addresses.
-	hotLn, err := net.Listen("tcp", cfg.HTTPAddr)
+// listen binds addr; the listener is closed at lc's close.
+func listen(lc *lifecycle, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("http_addr: %w", err)
+		return nil, err
 	}
-	defer hotLn.Close()
-	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
-	if err != nil {
-		return fmt.Errorf("admin_addr: %w", err)
-	}
-	defer adminLn.Close()
-	var metricsLn net.Listener
-	if cfg.MetricsAddr != "" {
-		if metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
-			return fmt.Errorf("metrics_addr: %w", err)
-		}
-		defer metricsLn.Close()
-	}
+	lc.onClose(func() { ln.Close() })
+	return ln, nil
+}
+
+// openPeer creates this node's cluster member. It joins when serve runs
+// it and leaves when stop says, after the write-back's last batches.
+func (d *Daemon) openPeer() error {
+	cfg := d.cfg
 	peer, err := cluster.New(cluster.Config{
 		Name:          cfg.NodeName,
 		BindAddr:      cfg.GossipAddr,
 		AdvertiseAddr: cfg.GossipAdvertiseAddr,
 		Join:          cfg.Join,
 		Key:           cfg.GossipKey,
-		Meta:          cluster.Meta{HTTP: hotLn.Addr().String(), Admin: adminLn.Addr().String(), Version: Build().Version},
+		Meta:          cluster.Meta{HTTP: d.hotLn.Addr().String(), Admin: d.adminLn.Addr().String(), Version: Build().Version},
 		Fast:          cfg.GossipFast,
-	}, log)
+	}, d.logger)
 	if err != nil {
 		return err
 	}
-	d.gossipAddr = peer.Addr()
+	d.peer, d.gossipAddr = peer, peer.Addr()
+	return nil
+}
 
-	alloc := preallocate.New(cfg.Preallocate, db, shards, log)
-	alloc.Owns = func(sku string, pid int) bool { return peer.Owns(partitionKey(sku, pid)) }
-	notices := &notices{peer: peer, logger: log.With("component", "notices"),
-		applyTimeout: cfg.Cluster.ApplyTimeout, viewMaxAge: cfg.Cluster.ViewMaxAge}
-	reg := scheduler.NewRegistry()
-	// loadSKU is the loader's, made below (the loader needs the
-	// scheduler).
-	var loadSKU func(ctx context.Context, sku string) error
-	schedCfg := cfg.Scheduler
-	schedCfg.VerdictMaxAge = cfg.Cluster.ViewMaxAge
-	hints := &writeHints{peer: peer, logger: log.With("component", "hints")}
-	var sched *scheduler.Scheduler
-	sched = scheduler.New(schedCfg, reg, scheduler.Hooks{
-		Took:   hints.took,
-		Refill: alloc.Request,
-		// One node refills a partition: its owner. The others forward
-		// what their deductions see, and the owner's sweep covers the rest.
-		Owns:        func(p *shard.Partition) bool { return peer.Owns(partitionKey(p.SKU, p.ID)) },
-		Forward:     func(p *shard.Partition, sub byte, capAt int64) { notices.refill(p.SKU, p.ID, sub, capAt) },
-		PoolState:   store.PoolState,
-		Consolidate: alloc.Consolidate,
-		Lost: func(p *shard.Partition) {
-			alloc.Fence(context.Background(), p, preallocate.ReasonLost)
-		},
-		Rollback: func(p *shard.Partition) {
-			alloc.Fence(context.Background(), p, preallocate.ReasonRollback)
-		},
-		SoldOut: func(sku string) { notices.send(noticeSoldOut, sku, 0) },
-		Head:    store.VersionedPoolState,
-		Reload:  func(ctx context.Context, sku string) error { return loadSKU(ctx, sku) },
-	}, log)
-	heal := newHealer(alloc, shards, cfg.Preallocate.ReplaceAfter, cfg.RedisTimeout, log)
-	heal.owns = func(sku string) bool { return peer.Owns(skuKey(sku)) }
-	alloc.OnLost = func(sku string, pid int) {
-		sched.Fence(sku, pid)
-		notices.send(noticeChanged, sku, 0)
-		heal.poke()
-	}
-
-	// Finish allocations a crash left between MySQL and Redis, then load.
-	if err := alloc.ApplyPending(ctx, 0); err != nil {
-		log.Warn("pending allocations left for the sweep", "err", err)
-	}
-	loader := &loader{store: store, alloc: alloc, sched: sched, shards: shards, logger: log, window: cfg.Scheduler.RetryWindow, shardDefaults: cfg.ShardDefaults}
-	loadSKU = func(ctx context.Context, sku string) error { return loader.load(ctx, preallocate.SKU{Name: sku}) }
-	// Shards added at runtime (recorded in MySQL) are connected too.
-	if err := loader.syncShards(ctx); err != nil {
-		return fmt.Errorf("redis: %w", err)
-	}
-	if err := loader.loadAll(ctx); err != nil {
-		return err
-	}
-	notices.loader = loader
-
-	metrics := prometheus.NewRegistry()
-	notices.unconfirmed = promauto.With(metrics).NewCounter(prometheus.CounterOpts{
-		Name: "stockd_cluster_unconfirmed_total",
-		Help: "Members that did not confirm an admin change of this node within cluster.apply_timeout.",
-	})
-	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfoGauge())
-	var amqpTLS *tls.Config
-	if cfg.AMQPCAFile != "" {
-		if amqpTLS, err = tlsx.Client(cfg.AMQPCAFile); err != nil {
-			return fmt.Errorf("amqp_ca_file: %w", err)
-		}
-	}
-	wb := stocksync.New(cfg.Sync, stocksync.Deps{
-		DB:      db,
-		AMQPURL: cfg.AMQPURL,
-		AMQPTLS: amqpTLS,
-		Node:    cfg.NodeName,
-		Partitions: func() []*shard.Partition {
-			var owned []*shard.Partition
-			for _, p := range reg.Handles() {
-				if peer.Owns(partitionKey(p.SKU, p.ID)) {
-					owned = append(owned, p)
-				}
-			}
-			return owned
-		},
-		SKUs: func() []string {
-			var owned []string
-			for _, name := range reg.Names() {
-				if peer.Owns(skuKey(name)) {
-					owned = append(owned, name)
-				}
-			}
-			return owned
-		},
-		Shards:     shards,
-		Registerer: metrics,
-		Logger:     log,
-	})
-	// A write-back queue of the other type stops the start here, named,
-	// rather than as a broker error repeated by every publish.
-	if err := wb.CheckQueue(ctx); err != nil {
-		return fmt.Errorf("sync.%w", err)
-	}
-	metrics.MustRegister(sched.Collectors()...)
-	metrics.MustRegister(alloc.Collectors()...)
-	metrics.MustRegister(&skuCollector{loader: loader}, &shardCollector{shards: shards})
-	hotMetrics := newHotMetrics(metrics)
-	metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "stockd_cluster_members",
-		Help: "Alive members of the cluster as this node sees them, itself included.",
-	}, func() float64 { return float64(len(peer.Alive())) }))
-	// Units back in the pool (release, expiry) make every node's sold-out
-	// verdict stale and the partitions refillable.
-	wb.Ledger.Returned = func(sku string) {
-		sched.Invalidate(sku, -1)
-		notices.send(noticeReturned, sku, 0)
-	}
-
-	h := &hot{
-		sched:   sched,
-		ledger:  wb.Ledger,
-		signer:  signer,
-		maxQty:  cfg.MaxQty,
-		timeout: cfg.RequestTimeout,
-		ready:   &d.ready,
-		logger:  log.With("component", "http"),
-		m:       hotMetrics,
-		http:    cfg.HTTP,
-		limits:  cfg.Limits,
-		clients: newClientLimiter(cfg.Limits),
-		other:   new(hotstats.Counters),
-
-		ext:          wb.Ledger,
-		maxExtension: cfg.Sync.MaxExtension,
-	}
-	status := newStatusSampler(reg, h.other, time.Second, func() (int64, time.Duration, bool) {
-		lag, applied := wb.TakeApplyLag()
-		return wb.Backlog(), lag, applied
-	})
-	// A limited SKU's per-user allowance is given back on release and
-	// expiry, and swept by the SKU's owner (sync/extend.go).
-	wb.Ledger.Allowance = func(sku string) *shard.Allowance {
-		if r := sched.Rules(sku); r != nil {
-			return r.Allowance
-		}
-		return nil
-	}
-	wb.Ledger.Partitions = func(name string) []*shard.Partition {
-		sku := reg.Get(name)
-		if sku == nil {
-			return nil
-		}
-		var out []*shard.Partition
-		for _, p := range sku.Slots() {
-			out = append(out, p.Handle)
-		}
-		return out
-	}
-	wb.Ledger.AllowanceWindow = cfg.Scheduler.RetryWindow
-	h.deadlines.timeout = cfg.RequestTimeout
-	// An unknown SKU is confirmed with MySQL before a 404.
-	h.catalogue = &catalogue{maxAge: cfg.Cluster.ViewMaxAge, loader: loader, reg: reg,
-		reads: promauto.With(metrics).NewCounter(prometheus.CounterOpts{
-			Name: "stockd_catalogue_reads_total",
-			Help: "MySQL reads of the catalogue made to confirm an unknown SKU before a 404 (at most one per cluster.view_max_age).",
-		})}
-
-	cat := &catalog{db: db, store: store, alloc: alloc, sched: sched, loader: loader, notices: notices, ttl: cfg.Sync.ReservationTTL, defaults: preallocate.Spec{
-		Partitions: cfg.SKUDefaults.Partitions,
-		Chunk:      cfg.SKUDefaults.Chunk,
-		Threshold:  cfg.SKUDefaults.Threshold,
-	}}
-	heal.changed = cat.healed
-	metricsHandler := promhttp.HandlerFor(metrics, promhttp.HandlerOpts{})
-	adm := admin.New(admin.Options{
-		Token:     cfg.AdminToken,
-		ReadToken: cfg.ReadToken,
-		Catalog:   cat,
-		Cluster:   func() any { return newClusterView(peer, reg) },
-		Metrics:   metricsHandler,
-		Stats:     func() any { return status.view() },
-		Logger:    log,
-	})
-
-	d.adminRoutes = adm.Routes()
-
-	hotSrv := h.server()
-	// The framing check (httpframe.Listener) stops following a connection
-	// after a chunked request and relies on the admin API closing it;
-	// net/http's own "OPTIONS *" answer would keep it open.
-	adminSrv := &http.Server{Handler: adm, ReadHeaderTimeout: 10 * time.Second, DisableGeneralOptionsHandler: true}
-	// metrics_addr: GET /metrics only, without a token (every other path
-	// 404), for scrapers on a private interface. Framing is checked as on
-	// the admin port (a chunked request ends its connection).
-	metricsMux := http.NewServeMux()
-	metricsMux.Handle("GET /metrics", metricsHandler)
-	metricsSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if len(r.TransferEncoding) > 0 {
-			w.Header().Set("Connection", "close")
-		}
-		metricsMux.ServeHTTP(w, r)
-	}), ReadHeaderTimeout: 10 * time.Second, DisableGeneralOptionsHandler: true}
-
+// serve runs the servers, the cluster membership and the background work
+// under one errgroup until ctx ends or one of them fails, then stops them
+// in order.
+func (d *Daemon) serve(ctx context.Context) error {
 	// Background work outlives the HTTP servers by a little: in-flight
 	// deductions may still ask for refills while they finish.
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
+	// Membership outlives background work: leaving hands this node's
+	// work to the others, after its last batches went out.
+	memberCtx, leave := context.WithCancel(context.WithoutCancel(ctx))
+	defer leave()
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return alloc.Run(workCtx) })
-	g.Go(func() error { return wb.Run(workCtx) })
-	g.Go(func() error { loader.reloadEvery(workCtx, cfg.ReloadEvery); return nil })
-	// Membership outlives serving too: leaving hands this node's work to
-	// the others, after its last batches went out.
-	g.Go(func() error { return peer.Run(workCtx) })
-	g.Go(func() error { notices.run(workCtx, sched, reg); return nil })
-	// A shard that answers again may hold partitions fenced meanwhile,
-	// still open in its Redis: mark them before requests use it.
-	shards.OnBack(heal.back)
-	g.Go(func() error { shards.Probe(workCtx, 250*time.Millisecond); return nil })
-	g.Go(func() error { shards.Watch(workCtx, time.Second); return nil })
-	g.Go(func() error { heal.run(workCtx); return nil })
-	g.Go(func() error { status.run(workCtx); return nil })
-	if h.clients != nil {
-		g.Go(func() error {
-			t := time.NewTicker(time.Minute)
-			defer t.Stop()
-			for {
-				select {
-				case <-workCtx.Done():
-					return nil
-				case now := <-t.C:
-					h.clients.forget(now.Add(-time.Minute))
-				}
-			}
-		})
-	}
-	// Doubt left by a shard's data loss resolves by itself once every
-	// reservation that could still be confirmed has expired (the owner of
-	// the SKU does it).
+	writeBackDone := make(chan struct{})
 	g.Go(func() error {
-		t := time.NewTicker(5 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-workCtx.Done():
-				return nil
-			case <-t.C:
-			}
-			for _, name := range reg.Names() {
-				if !peer.Owns(skuKey(name)) {
-					continue
-				}
-				n, err := alloc.ResolveDoubts(workCtx, name, time.Now().Add(-cfg.Sync.ReservationTTL), false)
-				if err != nil && workCtx.Err() == nil {
-					log.Warn("resolve in-doubt units", "sku", name, "err", err)
-				}
-				if n > 0 {
-					// Background work: gossip, without waiting for
-					// acknowledgements (the others' verdicts are
-					// confirmed with MySQL before they answer).
-					for _, m := range cat.returned(workCtx, name) {
-						notices.send(m.Kind, m.SKU, m.Version)
-					}
-				}
-			}
-		}
+		defer close(writeBackDone)
+		return d.wb.Run(workCtx)
 	})
+	g.Go(func() error { return d.peer.Run(memberCtx) })
+	d.runBackground(loops{g: g, ctx: workCtx})
+	d.runServers(g)
 	g.Go(func() error {
-		hints.run(workCtx, cfg.Sync.PollInterval)
+		<-gctx.Done()
+		d.stop(ctx, stopWork, writeBackDone, leave)
 		return nil
 	})
-	g.Go(func() error {
-		t := time.NewTicker(cfg.Scheduler.SweepEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-workCtx.Done():
-				return nil
-			case <-t.C:
-				sched.Sweep(workCtx)
+	d.markReady()
+
+	err := g.Wait()
+	d.logger.Info("stopped", "err", err)
+	return err
+}
+
+// runBackground starts the node's background work.
+func (d *Daemon) runBackground(l loops) {
+	cfg := d.cfg
+	l.g.Go(func() error { return d.alloc.Run(l.ctx) })
+	l.every(cfg.ReloadEvery, d.loader.refresh)
+	l.run(d.notices.run)
+	l.run(func(ctx context.Context) { d.shards.Probe(ctx, 250*time.Millisecond) })
+	l.run(func(ctx context.Context) { d.shards.Watch(ctx, time.Second) })
+	l.run(d.heal.run)
+	l.run(d.status.run)
+	l.every(time.Minute, d.endpoint.ForgetIdleClients)
+	l.every(5*time.Second, d.resolveDoubts)
+	l.every(cfg.Sync.PollInterval, d.hints.send)
+	l.every(cfg.Scheduler.SweepEvery, d.sched.Sweep)
+}
+
+// resolveDoubts ends the doubt a shard's data loss left on the SKUs this
+// node owns once every reservation that could still be confirmed has
+// expired, and tells the others.
+func (d *Daemon) resolveDoubts(ctx context.Context) {
+	for _, name := range d.reg.Names() {
+		if !d.own.sku(name) {
+			continue
+		}
+		n, err := d.alloc.ResolveDoubts(ctx, name, time.Now().Add(-d.cfg.Sync.ReservationTTL), false)
+		if err != nil && ctx.Err() == nil {
+			d.logger.Warn("resolve in-doubt units", "sku", name, "err", err)
+		}
+		if n > 0 {
+			// Background work: gossip, without waiting for
+			// acknowledgements (the others' verdicts are confirmed with
+			// MySQL before they answer).
+			for _, m := range d.cat.returned(ctx, name) {
+				d.notices.send(m.Kind, m.SKU, m.Version)
 			}
 		}
-	})
+	}
+}
+
+// runServers serves the hot endpoint, the admin API and, with
+// metrics_addr, the metrics listener.
+func (d *Daemon) runServers(g *errgroup.Group) {
 	g.Go(func() error {
-		if err := hotSrv.Serve(hotLn); err != nil {
+		if err := d.hotSrv.Serve(d.hotLn); err != nil {
 			return fmt.Errorf("http: %w", err)
 		}
 		return nil
 	})
 	g.Go(func() error {
-		if err := adminSrv.Serve(httpframe.Listener(adminLn)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := d.adminSrv.Serve(httpframe.Listener(d.adminLn)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("admin: %w", err)
 		}
 		return nil
 	})
-	if metricsLn != nil {
+	if d.metricsLn != nil {
 		g.Go(func() error {
-			if err := metricsSrv.Serve(httpframe.Listener(metricsLn)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := d.metricsSrv.Serve(httpframe.Listener(d.metricsLn)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("metrics: %w", err)
 			}
 			return nil
 		})
 	}
-	g.Go(func() error {
-		<-gctx.Done()
-		d.ready.Store(false)
-		log.Info("shutting down")
-		if ctx.Err() != nil && cfg.ShutdownDelay > 0 {
-			// Asked to stop (not failing): keep serving while load
-			// balancers see /readyz answer 503 and take the node out.
-			log.Info("draining before closing the listeners", "shutdown_delay", cfg.ShutdownDelay)
-			time.Sleep(cfg.ShutdownDelay)
-		}
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := hotSrv.ShutdownWithContext(sctx); err != nil {
-			log.Warn("http shutdown", "err", err)
-		}
-		// fasthttp's Shutdown closes only the listeners Serve has
-		// registered: a stop right after the start can come before Serve
-		// ran, and Serve would then accept for ever. Closing the listener
-		// here makes that Serve return at once (a closed listener is its
-		// normal end).
-		_ = hotLn.Close()
-		if err := adminSrv.Shutdown(sctx); err != nil {
-			log.Warn("admin shutdown", "err", err)
-		}
-		// Unstarted without metrics_addr: Shutdown then returns at once.
-		if err := metricsSrv.Shutdown(sctx); err != nil {
-			log.Warn("metrics shutdown", "err", err)
-		}
-		stopWork()
-		return nil
-	})
+}
 
-	d.httpAddr, d.adminAddr = hotLn.Addr().String(), adminLn.Addr().String()
-	if metricsLn != nil {
-		d.metricsAddr = metricsLn.Addr().String()
+// markReady publishes the bound addresses and turns /readyz ready.
+func (d *Daemon) markReady() {
+	d.httpAddr, d.adminAddr = d.hotLn.Addr().String(), d.adminLn.Addr().String()
+	if d.metricsLn != nil {
+		d.metricsAddr = d.metricsLn.Addr().String()
 	}
 	d.ready.Store(true)
 	d.addrsOnce.Do(func() { close(d.addrsCh) })
-	log.Info("serving", "http", d.httpAddr, "admin", d.adminAddr, "metrics", d.metricsAddr, "gossip", d.gossipAddr, "shards", len(cfg.Shards), "skus", len(reg.Names()))
+	d.logger.Info("serving", "http", d.httpAddr, "admin", d.adminAddr, "metrics", d.metricsAddr, "gossip", d.gossipAddr, "shards", len(d.cfg.Shards), "skus", len(d.reg.Names()))
+}
 
-	err = g.Wait()
-	log.Info("stopped", "err", err)
-	return err
+// writeBackGrace bounds how long stop waits for the write-back beyond its
+// last publish (sync.publish_timeout) before the node leaves anyway.
+const writeBackGrace = 5 * time.Second
+
+// stop shuts the node down in order, each step time-limited: stop being
+// ready (and, asked to stop, keep serving for shutdown_delay), stop the
+// servers, stop background work, wait for the write-back to publish what
+// it holds, then leave the cluster: leaving hands this node's partitions
+// to others, whose write-back should find their streams already drained.
+func (d *Daemon) stop(ctx context.Context, stopWork func(), writeBackDone <-chan struct{}, leave func()) {
+	log := d.logger
+	d.ready.Store(false)
+	log.Info("shutting down")
+	if ctx.Err() != nil && d.cfg.ShutdownDelay > 0 {
+		// Asked to stop (not failing): keep serving while load
+		// balancers see /readyz answer 503 and take the node out.
+		log.Info("draining before closing the listeners", "shutdown_delay", d.cfg.ShutdownDelay)
+		time.Sleep(d.cfg.ShutdownDelay)
+	}
+	d.stopServers()
+	stopWork()
+	wait := d.cfg.Sync.PublishTimeout + writeBackGrace
+	t := time.NewTimer(wait)
+	select {
+	case <-writeBackDone:
+	case <-t.C:
+		log.Warn("write-back still stopping; leaving the cluster anyway", "waited", wait)
+	}
+	t.Stop()
+	leave()
+}
+
+// stopServers stops accepting and lets in-flight requests finish, within
+// 10 s for the three servers together.
+func (d *Daemon) stopServers() {
+	log := d.logger
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.hotSrv.ShutdownWithContext(sctx); err != nil {
+		log.Warn("http shutdown", "err", err)
+	}
+	// fasthttp's Shutdown closes only the listeners Serve has
+	// registered: a stop right after the start can come before Serve
+	// ran, and Serve would then accept for ever. Closing the listener
+	// here makes that Serve return at once (a closed listener is its
+	// normal end).
+	_ = d.hotLn.Close()
+	if err := d.adminSrv.Shutdown(sctx); err != nil {
+		log.Warn("admin shutdown", "err", err)
+	}
+	// Unstarted without metrics_addr: Shutdown then returns at once.
+	if err := d.metricsSrv.Shutdown(sctx); err != nil {
+		log.Warn("metrics shutdown", "err", err)
+	}
 }
 
 // Verify runs the conservation check of sku against the services cfg

@@ -202,7 +202,7 @@ func TestFrozenShardFailsFast(t *testing.T) {
 func TestAdmissionLimits(t *testing.T) {
 	e := newEnv(t, 1)
 	cfg := e.config()
-	cfg.Limits = Limits{ClientRPS: 20, ClientBurst: 10}
+	cfg.Limits.ClientRPS, cfg.Limits.ClientBurst = 20, 10
 	n := startNode(t, cfg)
 	putSKU(t, n, "lim", 1000, 2, 50, 10)
 	b := stocktest.NewBuyer(8)

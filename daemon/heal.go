@@ -24,7 +24,7 @@ type healer struct {
 	// owns tells whether this node owns sku's background work.
 	owns func(sku string) bool
 	// changed puts sku's new shape in this node's registry and tells the
-	// others (catalog.reload).
+	// others (catalog.healed).
 	changed func(ctx context.Context, sku string)
 	// after is replace_after (0: never give up on an unreachable shard).
 	after time.Duration
@@ -43,13 +43,15 @@ type healer struct {
 // healTimeout bounds one SKU's Heal (the rebalance lock alone may take 30 s).
 const healTimeout = time.Minute
 
-func newHealer(alloc *preallocate.Allocator, shards *shard.Set, after, pingTimeout time.Duration, logger *slog.Logger) *healer {
+func newHealer(alloc *preallocate.Allocator, shards *shard.Set, owns func(sku string) bool, changed func(ctx context.Context, sku string),
+	after, pingTimeout time.Duration, logger *slog.Logger) *healer {
 	every := time.Second
 	if after > 0 {
 		every = min(every, max(after/4, 100*time.Millisecond))
 	}
 	return &healer{
-		alloc: alloc, shards: shards, after: after, every: every, pingTimeout: pingTimeout,
+		alloc: alloc, shards: shards, owns: owns, changed: changed,
+		after: after, every: every, pingTimeout: pingTimeout,
 		logger: logger.With("component", "heal"),
 		kick:   make(chan struct{}, 1),
 		down:   map[string]time.Time{},

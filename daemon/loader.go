@@ -26,6 +26,9 @@ type loader struct {
 	sched  *scheduler.Scheduler
 	shards *shard.Set
 	logger *slog.Logger
+	// owns tells whether this node tops up a partition (its owner; nil:
+	// every partition).
+	owns func(sku string, pid int) bool
 	// window is how long a closed partition stays a home; a newly added
 	// one keeps its generation twice as long (scheduler.retry_window).
 	window time.Duration
@@ -98,7 +101,7 @@ func (l *loader) load(ctx context.Context, sku preallocate.SKU) error {
 	}
 	var owned []*shard.Partition
 	for _, p := range open {
-		if l.alloc.Owns == nil || l.alloc.Owns(p.SKU, p.ID) {
+		if l.owns == nil || l.owns(p.SKU, p.ID) {
 			owned = append(owned, p)
 		}
 	}
@@ -299,20 +302,12 @@ func (l *loader) observeSeen(ctx context.Context) error {
 	return nil
 }
 
-// reloadEvery compares the registry with MySQL and reloads what changed
-// elsewhere (created, restocked, partitions changed, units returned).
-func (l *loader) reloadEvery(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := l.reload(ctx); err != nil && ctx.Err() == nil {
-			l.logger.Warn("registry reload", "err", err)
-		}
+// refresh compares the registry with MySQL and reloads what changed
+// elsewhere (created, restocked, partitions changed, units returned); the
+// daemon runs it every reload_every.
+func (l *loader) refresh(ctx context.Context) {
+	if err := l.reload(ctx); err != nil && ctx.Err() == nil {
+		l.logger.Warn("registry reload", "err", err)
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,6 +63,8 @@ type notice struct {
 type notices struct {
 	peer   *cluster.Peer
 	loader *loader
+	sched  *scheduler.Scheduler
+	reg    *scheduler.Registry
 	logger *slog.Logger
 	// applyTimeout bounds how long publish waits for acknowledgements;
 	// viewMaxAge is how old a member's view may be (cluster config).
@@ -210,13 +211,13 @@ func (n *notices) acked(id uint64, from string) {
 // run applies incoming notices until ctx ends. Push/pull state is every
 // SKU's version: a node that missed a notice catches up on the next
 // exchange.
-func (n *notices) run(ctx context.Context, sched *scheduler.Scheduler, reg *scheduler.Registry) {
+func (n *notices) run(ctx context.Context) {
 	n.reload = make(chan string, 256)
 	n.work = make(chan notice, 1024)
 	n.peer.SetState(func() []byte {
 		versions := map[string]int64{}
-		for _, name := range reg.Names() {
-			if s := reg.Get(name); s != nil {
+		for _, name := range n.reg.Names() {
+			if s := n.reg.Get(name); s != nil {
 				versions[name] = s.Version()
 			}
 		}
@@ -228,7 +229,7 @@ func (n *notices) run(ctx context.Context, sched *scheduler.Scheduler, reg *sche
 			return
 		}
 		for name, v := range versions {
-			if s := reg.Get(name); s == nil || s.Version() < v {
+			if s := n.reg.Get(name); s == nil || s.Version() < v {
 				select {
 				case n.reload <- name:
 				default: // the reload timer catches up
@@ -236,7 +237,7 @@ func (n *notices) run(ctx context.Context, sched *scheduler.Scheduler, reg *sche
 			}
 		}
 	})
-	go n.read(ctx, sched)
+	go n.read(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -245,12 +246,12 @@ func (n *notices) run(ctx context.Context, sched *scheduler.Scheduler, reg *sche
 			n.reloadSKU(ctx, name)
 		case m := <-n.work:
 			if m.Kind != noticeApply {
-				n.apply(ctx, sched, reg, m)
+				n.apply(ctx, m)
 				continue
 			}
 			ok := true
 			for _, it := range m.Items {
-				ok = n.apply(ctx, sched, reg, it) && ok
+				ok = n.apply(ctx, it) && ok
 			}
 			if ok {
 				// Acknowledge only what was applied: a member that
@@ -270,7 +271,7 @@ func (n *notices) run(ctx context.Context, sched *scheduler.Scheduler, reg *sche
 // once, everything else goes to run's loop (dropped when it is that far
 // behind: the reload timer catches up, and the sender names this node
 // unconfirmed).
-func (n *notices) read(ctx context.Context, sched *scheduler.Scheduler) {
+func (n *notices) read(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -288,7 +289,7 @@ func (n *notices) read(ctx context.Context, sched *scheduler.Scheduler) {
 			if m.Kind == noticeWritten {
 				// In memory and at once: the write-back's lag waits on it.
 				for _, it := range m.Items {
-					sched.Touched(it.SKU, it.PID)
+					n.sched.Touched(it.SKU, it.PID)
 				}
 				continue
 			}
@@ -303,18 +304,18 @@ func (n *notices) read(ctx context.Context, sched *scheduler.Scheduler) {
 
 // apply acts on one notice; false when it could not (the truth could not
 // be read).
-func (n *notices) apply(ctx context.Context, sched *scheduler.Scheduler, reg *scheduler.Registry, m notice) bool {
+func (n *notices) apply(ctx context.Context, m notice) bool {
 	switch m.Kind {
 	case noticeChanged:
-		if s := reg.Get(m.SKU); m.Version == 0 || s == nil || s.Version() < m.Version {
+		if s := n.reg.Get(m.SKU); m.Version == 0 || s == nil || s.Version() < m.Version {
 			return n.reloadSKU(ctx, m.SKU)
 		}
 	case noticeSoldOut:
-		if err := sched.CheckSoldOut(ctx, m.SKU); err != nil {
+		if err := n.sched.CheckSoldOut(ctx, m.SKU); err != nil {
 			n.logger.Warn("check sold out", "sku", m.SKU, "err", err)
 		}
 	case noticeReturned:
-		sched.Invalidate(m.SKU, -1)
+		n.sched.Invalidate(m.SKU, -1)
 	case noticeShards:
 		if err := n.loader.syncShards(ctx); err != nil {
 			n.logger.Warn("connect shards after notice", "err", err)
@@ -322,7 +323,7 @@ func (n *notices) apply(ctx context.Context, sched *scheduler.Scheduler, reg *sc
 		}
 	case noticeRefill:
 		if len(m.Sub) == 1 {
-			sched.RefillFor(m.SKU, m.PID, m.Sub[0], m.Cap)
+			n.sched.RefillFor(m.SKU, m.PID, m.Sub[0], m.Cap)
 		}
 	}
 	return true
@@ -344,12 +345,6 @@ func (n *notices) reloadSKU(ctx context.Context, name string) bool {
 	}
 	return true
 }
-
-// partitionKey names a partition's background work for ownership.
-func partitionKey(sku string, pid int) string { return sku + "/" + strconv.Itoa(pid) }
-
-// skuKey names a SKU's background work (expiry) for ownership.
-func skuKey(sku string) string { return "sku:" + sku }
 
 // clusterView is GET /admin/cluster: the members and what each owns.
 type clusterView struct {
@@ -408,37 +403,30 @@ func (h *writeHints) took(p *shard.Partition) {
 	h.pending.LoadOrStore(p, struct{}{})
 }
 
-func (h *writeHints) run(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+// send clears the marks and tells each owner which of its partitions
+// were taken on (the daemon runs it every sync.poll_interval).
+func (h *writeHints) send(context.Context) {
+	byOwner := map[string][]notice{}
+	h.pending.Range(func(k, _ any) bool {
+		h.pending.Delete(k)
+		p := k.(*shard.Partition)
+		if owner := h.peer.Owner(partitionKey(p.SKU, p.ID)); owner != h.peer.Name() {
+			byOwner[owner] = append(byOwner[owner], notice{SKU: p.SKU, PID: p.ID})
 		}
-		byOwner := map[string][]notice{}
-		h.pending.Range(func(k, _ any) bool {
-			h.pending.Delete(k)
-			p := k.(*shard.Partition)
-			if owner := h.peer.Owner(partitionKey(p.SKU, p.ID)); owner != h.peer.Name() {
-				byOwner[owner] = append(byOwner[owner], notice{SKU: p.SKU, PID: p.ID})
+		return true
+	})
+	for owner, items := range byOwner {
+		// Best effort datagrams: a few hundred bytes of items each.
+		for len(items) > 0 {
+			n, size := 0, 0
+			for n < len(items) && (n == 0 || size+len(items[n].SKU)+24 <= hintBytes) {
+				size += len(items[n].SKU) + 24
+				n++
 			}
-			return true
-		})
-		for owner, items := range byOwner {
-			// Best effort datagrams: a few hundred bytes of items each.
-			for len(items) > 0 {
-				n, size := 0, 0
-				for n < len(items) && (n == 0 || size+len(items[n].SKU)+24 <= hintBytes) {
-					size += len(items[n].SKU) + 24
-					n++
-				}
-				b, _ := json.Marshal(notice{Kind: noticeWritten, Items: items[:n]})
-				items = items[n:]
-				if err := h.peer.SendTo(owner, b); err != nil {
-					h.logger.Debug("write hint not sent", "member", owner, "err", err)
-				}
+			b, _ := json.Marshal(notice{Kind: noticeWritten, Items: items[:n]})
+			items = items[n:]
+			if err := h.peer.SendTo(owner, b); err != nil {
+				h.logger.Debug("write hint not sent", "member", owner, "err", err)
 			}
 		}
 	}

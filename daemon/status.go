@@ -43,16 +43,7 @@ func newStatusSampler(reg *scheduler.Registry, other *hotstats.Counters, interva
 
 // run samples every interval until ctx ends.
 func (s *statusSampler) run(ctx context.Context) {
-	t := time.NewTicker(s.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.sample()
-		}
-	}
+	every(ctx, s.interval, func(context.Context) { s.sample() })
 }
 
 // sample takes one interval's counts.

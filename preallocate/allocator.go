@@ -79,13 +79,7 @@ type Allocator struct {
 	shards *shard.Set
 	logger *slog.Logger
 	queue  chan job
-
-	// OnLost is called (if set) when Redis shows that a partition lost its
-	// data; the allocator has already recorded it as fenced.
-	OnLost func(sku string, pid int)
-	// Owns tells whether this node runs the background work of a
-	// partition (nil: all of it).
-	Owns func(sku string, pid int) bool
+	hooks  Hooks
 
 	lastWarn   atomic.Int64
 	suppressed atomic.Int64
@@ -107,12 +101,24 @@ type job struct {
 	done  func(stockd.Refill, error)
 }
 
+// Hooks are what the allocator tells and asks the rest of the node, given
+// at construction; each may be nil.
+type Hooks struct {
+	// OnLost is told when Redis shows that a partition lost its data; the
+	// allocator has already recorded it as fenced.
+	OnLost func(sku string, pid int)
+	// Owns tells whether this node runs the background work of a
+	// partition (nil: all of it).
+	Owns func(sku string, pid int) bool
+}
+
 // New builds an allocator over db (migrated) and the shards.
-func New(cfg Config, db *sql.DB, shards *shard.Set, logger *slog.Logger) *Allocator {
+func New(cfg Config, db *sql.DB, shards *shard.Set, hooks Hooks, logger *slog.Logger) *Allocator {
 	return &Allocator{
 		cfg:    cfg,
 		db:     db,
 		shards: shards,
+		hooks:  hooks,
 		logger: logger.With("component", "preallocate"),
 		queue:  make(chan job, cfg.Queue),
 		refills: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -435,7 +441,7 @@ func (a *Allocator) ApplyPending(ctx context.Context, age time.Duration) error {
 	}
 	var errs []error
 	for _, r := range todo {
-		if a.Owns != nil && !a.Owns(r.sku, r.pid) {
+		if a.hooks.Owns != nil && !a.hooks.Owns(r.sku, r.pid) {
 			continue
 		}
 		p, err := a.shards.Partition(r.sku, r.pid, r.epoch, r.sh)

@@ -109,8 +109,8 @@ func (a *Allocator) Fence(ctx context.Context, p *shard.Partition, reason Reason
 			a.logger.Warn("mark partition fenced in redis", "sku", p.SKU, "pid", p.ID, "err", err)
 		}
 	}
-	if a.OnLost != nil {
-		a.OnLost(p.SKU, p.ID)
+	if a.hooks.OnLost != nil {
+		a.hooks.OnLost(p.SKU, p.ID)
 	}
 }
 

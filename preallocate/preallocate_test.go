@@ -45,7 +45,7 @@ func newFixture(t *testing.T, nShards int) *fixture {
 	if err := NewStore(db).SeedShards(ctx, seed); err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{db: db, shards: set, alloc: New(DefaultConfig(), db, set, slog.Default()), store: NewStore(db)}
+	return &fixture{db: db, shards: set, alloc: New(DefaultConfig(), db, set, Hooks{}, slog.Default()), store: NewStore(db)}
 }
 
 func (f *fixture) handle(t *testing.T, sku SKU, i int) *shard.Partition {

@@ -52,7 +52,7 @@ func newRig(t *testing.T, nShards int) *rig {
 	if err := r.store.SeedShards(ctx, seed); err != nil {
 		t.Fatal(err)
 	}
-	r.alloc = preallocate.New(preallocate.DefaultConfig(), db, set, slog.Default())
+	r.alloc = preallocate.New(preallocate.DefaultConfig(), db, set, preallocate.Hooks{}, slog.Default())
 	r.sched = New(DefaultConfig(), NewRegistry(), Hooks{
 		Refill:      r.alloc.Request,
 		PoolState:   r.store.PoolState,

@@ -175,14 +175,14 @@ func (l *Ledger) expireExtended(ctx context.Context, sku string) (int, error) {
 // SKU's). A failure is left to the sweep, which finds the entry held for a
 // released row.
 func (l *Ledger) giveBack(ctx context.Context, detailID string) {
-	if l.Allowance == nil {
+	if l.allowance == nil {
 		return
 	}
 	sku, _, _, _, err := stockd.ParseDetailID(detailID)
 	if err != nil {
 		return
 	}
-	a := l.Allowance(sku)
+	a := l.allowance(sku)
 	if a == nil {
 		return
 	}
@@ -271,8 +271,8 @@ func (l *Ledger) settlePending(ctx context.Context, sku string, a *shard.Allowan
 		// the row early, without the ids). Its record on a partition
 		// says which; a partition that does not answer leaves the entry
 		// for the next sweep.
-		if l.Partitions != nil {
-			for _, p := range l.Partitions(sku) {
+		if l.partitions != nil {
+			for _, p := range l.partitions(sku) {
 				took, seq, _, err := p.Took(ctx, e.ReqID)
 				if err != nil {
 					return fmt.Errorf("record of %s on partition %d: %w", e.ReqID, p.ID, err)

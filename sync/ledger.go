@@ -45,20 +45,14 @@ type Ledger struct {
 	every  time.Duration
 	logger *slog.Logger
 	m      *metrics
-	// Returned is told when units went back to a SKU's pool.
-	Returned func(sku string)
 	// skus lists the SKUs whose reservations this node expires.
 	skus func() []string
-	// Allowance returns a SKU's per-user allowance, nil when the SKU has
-	// no per-user limit (sale rules, allowance.go). Set before Run.
-	Allowance func(sku string) *shard.Allowance
-	// Partitions lists a SKU's partitions (its home set): the sweep
-	// reads a request's record on them before it gives back the
-	// allowance of a request MySQL has no row of.
-	Partitions func(sku string) []*shard.Partition
-	// AllowanceWindow is how long a given-back allowance record answers a
-	// retry (the scheduler's retry window).
-	AllowanceWindow time.Duration
+	// returned, allowance, partitions and allowanceWindow are Deps'
+	// Returned, Allowance, SKUPartitions and AllowanceWindow.
+	returned        func(sku string)
+	allowance       func(sku string) *shard.Allowance
+	partitions      func(sku string) []*shard.Partition
+	allowanceWindow time.Duration
 }
 
 // landWait bounds how long a confirm or release waits for a detail that
@@ -85,9 +79,9 @@ func (l *Ledger) release(ctx context.Context, detailID string, qty int64, expiri
 		return err
 	}
 	l.giveBack(ctx, detailID)
-	if l.Returned != nil {
+	if l.returned != nil {
 		sku, _, _, _, _ := stockd.ParseDetailID(detailID)
-		l.Returned(sku)
+		l.returned(sku)
 	}
 	return nil
 }
@@ -397,12 +391,12 @@ func (l *Ledger) Run(ctx context.Context) error {
 
 // sweepAllowances runs SweepAllowance on the limited SKUs this node owns.
 func (l *Ledger) sweepAllowances(ctx context.Context) {
-	if l.Allowance == nil || l.skus == nil {
+	if l.allowance == nil || l.skus == nil {
 		return
 	}
-	window := max(l.AllowanceWindow, l.ttl)
+	window := max(l.allowanceWindow, l.ttl)
 	for _, sku := range l.skus() {
-		a := l.Allowance(sku)
+		a := l.allowance(sku)
 		if a == nil || !a.Shard.Healthy() {
 			continue
 		}

@@ -29,7 +29,21 @@ type Deps struct {
 	SKUs func() []string
 	// Shards are the Redis shards, where confirm and release look up a
 	// detail that has not reached MySQL yet.
-	Shards     *shard.Set
+	Shards *shard.Set
+	// Returned is told when units went back to a SKU's pool (release,
+	// expiry).
+	Returned func(sku string)
+	// Allowance returns a SKU's per-user allowance, nil when the SKU has
+	// no per-user limit (sale rules, shard/allowance.go).
+	Allowance func(sku string) *shard.Allowance
+	// SKUPartitions lists a SKU's partitions (its home set): the sweep
+	// reads a request's record on them before it gives back the
+	// allowance of a request MySQL has no row of.
+	SKUPartitions func(sku string) []*shard.Partition
+	// AllowanceWindow is how long a given-back allowance record answers a
+	// retry (the scheduler's retry window).
+	AllowanceWindow time.Duration
+
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
 }
@@ -90,6 +104,11 @@ func New(cfg Config, d Deps) *Sync {
 			logger: log.With("part", "ledger"),
 			m:      m,
 			skus:   d.SKUs,
+
+			returned:        d.Returned,
+			allowance:       d.Allowance,
+			partitions:      d.SKUPartitions,
+			allowanceWindow: d.AllowanceWindow,
 		},
 	}
 }

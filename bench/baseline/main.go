@@ -154,7 +154,7 @@ func run(o options) error {
 	if eng == nil {
 		handler = f.floor
 	}
-	// The settings of stockd's hot server (daemon/hot.go).
+	// The settings of stockd's hot server (daemon/hot/hot.go).
 	srv := &fasthttp.Server{
 		Handler:               handler,
 		Name:                  "baseline",
@@ -195,7 +195,7 @@ type front struct {
 	seq     atomic.Uint64
 }
 
-// deductBody is stockd's (daemon/hot.go), parsed the same way.
+// deductBody is stockd's (daemon/hot/hot.go), parsed the same way.
 type deductBody struct {
 	SKU       *string         `json:"sku"`
 	Qty       json.RawMessage `json:"qty"`

@@ -1,4 +1,8 @@
-package daemon
+// Package hot is the gateways' endpoint (fasthttp): deduct, confirm,
+// release, extend, stock and health, with its request parser and its
+// admission limits. The daemon builds it with New and serves
+// Endpoint.Server; it reaches the rest of the node only through Deps.
+package hot
 
 import (
 	"context"
@@ -124,10 +128,10 @@ func (h *hot) server() *fasthttp.Server {
 	}
 }
 
-// hotRoutes are the routes handle serves ("METHOD /path", {name} for a
-// path segment), as api/openapi.yaml lists them; TestOpenAPI holds the
-// two, and handle's path literals, in step.
-var hotRoutes = []string{
+// Routes are the routes handle serves ("METHOD /path", {name} for a
+// path segment), as api/openapi.yaml lists them; the daemon's TestOpenAPI
+// holds the two, and handle's path literals, in step.
+var Routes = []string{
 	"POST /v1/deduct",
 	"POST /v1/confirm",
 	"POST /v1/release",
