@@ -260,7 +260,11 @@ func (b *Batcher) loop(ctx context.Context) {
 		if len(batch) == 0 {
 			return
 		}
-		b.flush(ctx, batch)
+		if !b.flush(ctx, batch) {
+			// Interrupted by shutdown before the broker confirmed: the
+			// batch stays for the shutdown flush below.
+			return
+		}
 		batch, details = nil, 0
 		clear(held)
 		if timer != nil {
@@ -306,8 +310,9 @@ func (b *Batcher) loop(ctx context.Context) {
 }
 
 // flush publishes batch until the broker confirms it (or ctx ends), then
-// acknowledges its entries in Redis.
-func (b *Batcher) flush(ctx context.Context, batch []item) {
+// acknowledges its entries in Redis. It reports whether the broker
+// confirmed.
+func (b *Batcher) flush(ctx context.Context, batch []item) bool {
 	body, id := b.encode(batch)
 	backoff := 100 * time.Millisecond
 	for attempt := 0; ; attempt++ {
@@ -320,11 +325,12 @@ func (b *Batcher) flush(ctx context.Context, batch []item) {
 			b.logger.Warn("publishing batch failed; retrying", "batch", id, "entries", len(batch), "attempt", attempt+1, "err", err)
 		}
 		if !sleepCtx(ctx, backoff) {
-			return // left pending in Redis
+			return false // left pending in Redis
 		}
 		backoff = min(backoff*2, 2*time.Second)
 	}
 	b.acked(ctx, id, batch)
+	return true
 }
 
 // flushOnce is the shutdown flush: one attempt.
@@ -350,6 +356,11 @@ func (b *Batcher) acked(ctx context.Context, id string, batch []item) {
 	b.m.published.WithLabelValues("confirmed").Inc()
 	b.m.batchSize.Observe(float64(n))
 	b.m.detailsPublished.Add(float64(n))
+	// The broker has the batch: trimming must not stop because shutdown
+	// began meanwhile, or a graceful stop leaves published details in the
+	// streams (harmless, but published again by the next owner).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.PublishTimeout)
+	defer cancel()
 	for p, err := range shard.TrimAll(ctx, end) {
 		// They stay and are published again later: harmless.
 		b.logger.Warn("trimming published details", "batch", id, "sku", p.SKU, "pid", p.ID, "err", err)

@@ -378,12 +378,12 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		r.own()
 		c := h.deadlines.get(start)
 		res, err = h.take(c, r, rules)
-		if errors.Is(err, stockd.ErrUnknownSKU) {
+		if unknownSKU(err) {
 			// Created on another node a moment ago? Ask MySQL (at most
 			// once per view_max_age for every unknown name).
 			var known bool
 			if known, err = h.catalogue.known(c, r.sku); err != nil {
-				err = fmt.Errorf("%w: %v", scheduler.ErrUnavailable, err)
+				err = fmt.Errorf("%w: %w", scheduler.ErrUnavailable, err)
 			} else if known {
 				if rules = h.sched.Rules(r.sku); rules != nil && h.refused(ctx, rules, r, time.Now()) {
 					return
@@ -404,7 +404,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		stats = &entry.Stats
 	}
 	switch {
-	case errors.Is(err, stockd.ErrUnknownSKU):
+	case unknownSKU(err):
 		h.m.unknown.Inc()
 		fail(ctx, apierr.Error{Message: "sku: unknown", Code: apierr.UnknownSKU, Field: "sku"})
 	case err != nil:
@@ -442,6 +442,14 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 		*bp = buf
 		okBodies.Put(bp)
 	}
+}
+
+// unknownSKU tells a SKU that is not in the catalogue (404) from a failure
+// that merely wraps one: errors keep their chain (%w: %w), so an
+// ErrUnavailable can hold an ErrUnknownSKU from MySQL (a SKU archived while
+// the request ran); that stays a 503 the caller retries.
+func unknownSKU(err error) bool {
+	return errors.Is(err, stockd.ErrUnknownSKU) && !errors.Is(err, scheduler.ErrUnavailable)
 }
 
 // okBodies are the buffers ok answers are built in (SetBody copies).
