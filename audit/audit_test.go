@@ -9,7 +9,7 @@ import (
 
 	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/schema"
-	"github.com/stockd/stockd/internal/testenv"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/shard"
 	stocksync "github.com/stockd/stockd/sync"
@@ -26,13 +26,13 @@ type rig struct {
 func newRig(t *testing.T) *rig {
 	t.Helper()
 	ctx := context.Background()
-	db, err := schema.Open(ctx, testenv.Database(t))
+	db, err := schema.Open(ctx, stocktest.Database(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	r := testenv.StartRedis(t)
-	set, err := shard.Open(ctx, []shard.Config{{ID: "s1", Addr: r.Addr}}, shard.Options{Prefix: testenv.Name("a")}, slog.Default())
+	r := stocktest.StartRedis(t)
+	set, err := shard.Open(ctx, []shard.Config{{ID: "s1", Addr: r.Addr}}, shard.Options{Prefix: stocktest.Name("a")}, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,7 @@ package client
 // A small launcher of real stockd processes for the client's tests: the
 // client is tested against the binary of this tree, across process
 // boundaries, with the test's own Redis processes, database and queue from
-// internal/testenv. (faults/harness_test.go has the full harness, with
+// internal/stocktest. (faults/harness_test.go has the full harness, with
 // toxiproxy; it lives in another package's test files.)
 
 import (
@@ -22,7 +22,6 @@ import (
 
 	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 )
 
 const testAdminToken = "client-test-admin-token"
@@ -41,11 +40,11 @@ type cluster struct {
 // joining the first; env are extra STOCKD_* settings of every node.
 func newCluster(t testing.TB, n, nShards int, env map[string]string) *cluster {
 	t.Helper()
-	c := &cluster{t: t, dsn: testenv.Database(t), prefix: testenv.Name("c"), queue: testenv.Queue(t)}
-	c.db = testenv.OpenDB(t, c.dsn)
+	c := &cluster{t: t, dsn: stocktest.Database(t), prefix: stocktest.Name("c"), queue: stocktest.Queue(t)}
+	c.db = stocktest.OpenDB(t, c.dsn)
 	var shards []string
 	for i := range nShards {
-		shards = append(shards, "s"+strconv.Itoa(i+1)+"="+testenv.StartRedis(t).Addr)
+		shards = append(shards, "s"+strconv.Itoa(i+1)+"="+stocktest.StartRedis(t).Addr)
 	}
 	c.shards = strings.Join(shards, ",")
 	for i := range n {
@@ -91,7 +90,7 @@ type stockd struct {
 func (c *cluster) start(name string, extra map[string]string) *stockd {
 	t := c.t
 	t.Helper()
-	port := func() string { return "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)) }
+	port := func() string { return "127.0.0.1:" + strconv.Itoa(stocktest.FreePort(t)) }
 	d := &stockd{t: t, name: name, hot: port(), admin: port(), gossip: port(),
 		logPath: filepath.Join(t.TempDir(), "stockd-"+name+".log")}
 	settings := map[string]string{
@@ -102,7 +101,7 @@ func (c *cluster) start(name string, extra map[string]string) *stockd {
 		"STOCKD_ADMIN_TOKEN":        testAdminToken,
 		"STOCKD_RESERVATION_SECRET": "client-test-reservation-secret-of-32-bytes",
 		"STOCKD_MYSQL_DSN":          c.dsn,
-		"STOCKD_AMQP_URL":           testenv.AMQPURL(),
+		"STOCKD_AMQP_URL":           stocktest.AMQPURL(),
 		"STOCKD_KEY_PREFIX":         c.prefix,
 		"STOCKD_SYNC_QUEUE":         c.queue,
 		"STOCKD_SHARDS":             c.shards,

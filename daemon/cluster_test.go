@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 )
 
 // startCluster starts n in-process nodes joined into one cluster.
@@ -504,7 +503,7 @@ func TestClusterKillNineMidSale(t *testing.T) {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	return testenv.FreePort(t)
+	return stocktest.FreePort(t)
 }
 
 // Every background step is idempotent, so two owners at once do no harm:

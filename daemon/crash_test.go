@@ -14,7 +14,6 @@ import (
 
 	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 )
 
 // proc is a stockd process.
@@ -46,10 +45,10 @@ func startProcCluster(t *testing.T, base Config, n int) ([]*proc, []string) {
 // startProc runs the binary with cfg passed as STOCKD_* variables.
 func startProc(t *testing.T, cfg Config) *proc {
 	t.Helper()
-	hot := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
-	admin := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	hot := "127.0.0.1:" + strconv.Itoa(stocktest.FreePort(t))
+	admin := "127.0.0.1:" + strconv.Itoa(stocktest.FreePort(t))
 	if cfg.GossipAddr == "127.0.0.1:0" {
-		cfg.GossipAddr = "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+		cfg.GossipAddr = "127.0.0.1:" + strconv.Itoa(stocktest.FreePort(t))
 	}
 	cmd := exec.Command(stocktest.StockdBinary(t))
 	cmd.Env = append(os.Environ(), procEnv(cfg, hot, admin)...)

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stockd/stockd/internal/testenv"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // A browser signed in with HTTP Basic attaches the token to any request to
@@ -15,7 +15,7 @@ import (
 func TestAdminCSRF(t *testing.T) {
 	e := newEnv(t, 2)
 	n := startNode(t, e.config())
-	spare := testenv.StartRedis(t)
+	spare := stocktest.StartRedis(t)
 	putSKU(t, n, "S", 1000, 4, 50, 5)
 	self := "http://" + n.admin
 

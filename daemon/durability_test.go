@@ -9,16 +9,15 @@ import (
 	"time"
 
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
 
 // replicaEnv is one primary shard with one replica, in replica mode.
-func replicaEnv(t *testing.T) (*env, Config, *testenv.Redis, *testenv.Redis) {
+func replicaEnv(t *testing.T) (*env, Config, *stocktest.Redis, *stocktest.Redis) {
 	e := newEnv(t, 1)
 	primary := e.shards[0]
 	noSyncDelay(t, primary)
-	replica := testenv.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(primary.Port), "--repl-diskless-sync-delay", "0")
+	replica := stocktest.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(primary.Port), "--repl-diskless-sync-delay", "0")
 	waitReplicaSynced(t, primary)
 	cfg := e.config()
 	cfg.Shards = []shard.Config{{ID: "s1", Addr: primary.Addr, Settings: shard.Settings{Durability: shard.DurabilityReplica, Replicas: 1, WaitTimeout: time.Second}}}
@@ -27,7 +26,7 @@ func replicaEnv(t *testing.T) (*env, Config, *testenv.Redis, *testenv.Redis) {
 
 // noSyncDelay makes a primary start full syncs at once (Redis waits 5 s
 // by default for more replicas to share a diskless sync).
-func noSyncDelay(t *testing.T, r *testenv.Redis) {
+func noSyncDelay(t *testing.T, r *stocktest.Redis) {
 	t.Helper()
 	c := r.Client()
 	if err := c.Do(context.Background(), c.B().ConfigSet().ParameterValue().ParameterValue("repl-diskless-sync-delay", "0").Build()).Error(); err != nil {
@@ -35,7 +34,7 @@ func noSyncDelay(t *testing.T, r *testenv.Redis) {
 	}
 }
 
-func waitReplicaSynced(t *testing.T, primary *testenv.Redis) {
+func waitReplicaSynced(t *testing.T, primary *stocktest.Redis) {
 	t.Helper()
 	c := primary.Client()
 	stocktest.Eventually(t, 10*time.Second, func() (bool, string) {
@@ -128,7 +127,7 @@ func TestReplicaModeAndFailover(t *testing.T) {
 	// The promoted replica gets a replica of its own (until then replica
 	// mode answers 503); then every acknowledged request retried returns
 	// its first outcome: nothing acknowledged was lost by the failover.
-	testenv.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(replica.Port))
+	stocktest.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(replica.Port))
 	waitReplicaSynced(t, replica)
 	for tok, id := range acked.Reservations {
 		a, err := b.Deduct(n.hot, "rep", 1, id)

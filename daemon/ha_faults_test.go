@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
 
@@ -91,7 +90,7 @@ func haSale(t *testing.T, n *node, sku string, total int64, hr *haReport, mid fu
 // callers were told.
 func TestHAClusterShardSale(t *testing.T) {
 	e := newEnv(t, 0)
-	cl := testenv.StartRedisCluster(t, 3)
+	cl := stocktest.StartRedisCluster(t, 3)
 	cfg := e.config()
 	cfg.Shards = []shard.Config{{ID: "c1", Cluster: &shard.ClusterConfig{Addrs: cl.Seeds()[:2]}}}
 	n := startNode(t, cfg)
@@ -100,7 +99,7 @@ func TestHAClusterShardSale(t *testing.T) {
 	sku := ""
 	for i := 0; sku == ""; i++ {
 		cand := "cl" + strconv.Itoa(i)
-		masters := map[*testenv.Redis]bool{}
+		masters := map[*stocktest.Redis]bool{}
 		for pid := 0; pid <= partitions; pid++ {
 			masters[cl.MasterOf(t, "{"+e.prefix+":"+cand+":"+strconv.Itoa(pid)+"}")] = true
 		}
@@ -110,7 +109,7 @@ func TestHAClusterShardSale(t *testing.T) {
 	}
 	const total = 1200
 	v := putSKU(t, n, sku, total, partitions, 40, 10)
-	held := map[*testenv.Redis]bool{}
+	held := map[*stocktest.Redis]bool{}
 	for _, p := range v.Partitions {
 		held[cl.MasterOf(t, "{"+e.prefix+":"+sku+":"+strconv.Itoa(p.ID)+"}")] = true
 	}
@@ -197,7 +196,7 @@ func TestHAClusterShardSale(t *testing.T) {
 // after the reservation TTL and the sale ends exactly: 0 oversold.
 func TestHASentinelAOFRollbackFenced(t *testing.T) {
 	e := newEnv(t, 1)
-	set := testenv.StartSentinelSet(t, testenv.Name("set"), 1, 3)
+	set := stocktest.StartSentinelSet(t, stocktest.Name("set"), 1, 3)
 	cfg := selfHealConfig(e, shard.DurabilityAOF)
 	cfg.Shards = append(cfg.Shards, shard.Config{ID: "s2", Sentinel: &shard.SentinelConfig{MasterSet: set.Name, Addrs: set.SentinelAddrs()},
 		Settings: shard.Settings{Durability: shard.DurabilityAOF}})

@@ -14,7 +14,6 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
 
@@ -50,9 +49,9 @@ func startErr(t *testing.T, cfg Config) error {
 func TestHAConfigErrorsNameTheField(t *testing.T) {
 	e := newEnv(t, 1)
 	standalone := e.shards[0].Addr
-	sentinels := testenv.StartSentinelSet(t, testenv.Name("set"), 0, 1)
-	classic := testenv.Queue(t)
-	conn, err := amqp.Dial(testenv.AMQPURL())
+	sentinels := stocktest.StartSentinelSet(t, stocktest.Name("set"), 0, 1)
+	classic := stocktest.Queue(t)
+	conn, err := amqp.Dial(stocktest.AMQPURL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +135,7 @@ func TestHASentinelFailoverFollowed(t *testing.T) { sentinelFailoverSale(t, 1500
 // (the faults-tagged TestHASentinelFailover8000 sells the issue's 8,000).
 func sentinelFailoverSale(t *testing.T, total int64) {
 	e := newEnv(t, 1)
-	set := testenv.StartSentinelSet(t, testenv.Name("set"), 2, 3)
+	set := stocktest.StartSentinelSet(t, stocktest.Name("set"), 2, 3)
 	cfg := e.config()
 	cfg.Shards = append(cfg.Shards, shard.Config{ID: "s2", Sentinel: &shard.SentinelConfig{MasterSet: set.Name, Addrs: set.SentinelAddrs()},
 		Settings: shard.Settings{Durability: shard.DurabilityReplica, Replicas: 1, WaitTimeout: time.Second}})
@@ -261,7 +260,7 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 	// The old primary comes back and Sentinel makes it a replica of the
 	// new master: the sale's outcome stands.
 	old.Restart()
-	testenv.WaitReplicas(t, set.Instance(newMaster), 2)
+	stocktest.WaitReplicas(t, set.Instance(newMaster), 2)
 	rep, err := Verify(context.Background(), cfg, "ha")
 	hr.books(err == nil && rep.OK, rep.Reserved, rep.Confirmed)
 	if err != nil || !rep.OK {
@@ -274,7 +273,7 @@ func sentinelFailoverSale(t *testing.T, total int64) {
 // no sentinel monitors, are refused naming the field.
 func TestHAAddShardKinds(t *testing.T) {
 	e := newEnv(t, 1)
-	set := testenv.StartSentinelSet(t, testenv.Name("set"), 0, 1)
+	set := stocktest.StartSentinelSet(t, stocktest.Name("set"), 0, 1)
 	n := startNode(t, e.config())
 	addrs := `["` + strings.Join(set.SentinelAddrs(), `","`) + `"]`
 	for _, tc := range []struct {

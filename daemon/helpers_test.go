@@ -15,7 +15,6 @@ import (
 
 	"github.com/stockd/stockd/admin"
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
 
@@ -24,7 +23,7 @@ const testToken = "test-token-123"
 // env is one test's services: its Redis shards, database and key prefix.
 type env struct {
 	t      *testing.T
-	shards []*testenv.Redis
+	shards []*stocktest.Redis
 	dsn    string
 	prefix string
 	queue  string
@@ -33,11 +32,11 @@ type env struct {
 
 func newEnv(t *testing.T, nShards int) *env {
 	t.Helper()
-	e := &env{t: t, dsn: testenv.Database(t), prefix: testenv.Name("t"), queue: testenv.Queue(t)}
+	e := &env{t: t, dsn: stocktest.Database(t), prefix: stocktest.Name("t"), queue: stocktest.Queue(t)}
 	for i := 0; i < nShards; i++ {
-		e.shards = append(e.shards, testenv.StartRedis(t))
+		e.shards = append(e.shards, stocktest.StartRedis(t))
 	}
-	e.db = testenv.OpenDB(t, e.dsn)
+	e.db = stocktest.OpenDB(t, e.dsn)
 	return e
 }
 
@@ -51,7 +50,7 @@ func (e *env) config() Config {
 	cfg.AdminToken = testToken
 	cfg.ReservationSecret = testSecret
 	cfg.MySQLDSN = e.dsn
-	cfg.AMQPURL = testenv.AMQPURL()
+	cfg.AMQPURL = stocktest.AMQPURL()
 	cfg.KeyPrefix = e.prefix
 	cfg.LogLevel = "warn"
 	if os.Getenv("STOCKD_TEST_DEBUG") != "" {

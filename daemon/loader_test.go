@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/stockd/stockd/internal/schema"
-	"github.com/stockd/stockd/internal/testenv"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/shard"
 )
@@ -18,7 +18,7 @@ import (
 // be written back.
 func TestClosedPartitionLingersWhileUnsynced(t *testing.T) {
 	ctx := context.Background()
-	set, err := shard.Open(ctx, []shard.Config{{ID: "s1", Addr: testenv.StartRedis(t).Addr}}, shard.Options{Prefix: testenv.Name("linger")}, slog.Default())
+	set, err := shard.Open(ctx, []shard.Config{{ID: "s1", Addr: stocktest.StartRedis(t).Addr}}, shard.Options{Prefix: stocktest.Name("linger")}, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,18 +73,18 @@ func TestClosedPartitionLingersWhileUnsynced(t *testing.T) {
 // node) is connected with shard_defaults, not bare.
 func TestRecordedShardTakesShardDefaults(t *testing.T) {
 	ctx := context.Background()
-	db, err := schema.Open(ctx, testenv.Database(t))
+	db, err := schema.Open(ctx, stocktest.Database(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
 	store := preallocate.NewStore(db)
-	set, err := shard.Open(ctx, []shard.Config{{ID: "s1", Addr: testenv.StartRedis(t).Addr}}, shard.Options{Prefix: testenv.Name("defaults")}, slog.Default())
+	set, err := shard.Open(ctx, []shard.Config{{ID: "s1", Addr: stocktest.StartRedis(t).Addr}}, shard.Options{Prefix: stocktest.Name("defaults")}, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(set.Close)
-	if err := store.AddShard(ctx, "s9", testenv.StartRedis(t).Addr); err != nil {
+	if err := store.AddShard(ctx, "s9", stocktest.StartRedis(t).Addr); err != nil {
 		t.Fatal(err)
 	}
 	defaults := shard.Settings{Durability: "replica", Replicas: 1, WaitTimeout: 50 * time.Millisecond}

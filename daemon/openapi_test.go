@@ -29,7 +29,6 @@ import (
 	"github.com/stockd/stockd/daemon/hot"
 	"github.com/stockd/stockd/internal/apierr"
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 )
 
 // TestOpenAPI drives a real node through every route of both APIs and
@@ -569,7 +568,7 @@ func (v *apiValidator) adminSKUs(t *testing.T) {
 
 func (v *apiValidator) adminShards(t *testing.T) {
 	adm := func(ex exchange) []byte { ex.port = "admin"; return v.do(t, ex) }
-	r := testenv.StartRedis(t)
+	r := stocktest.StartRedis(t)
 	adm(exchange{method: "GET", path: "/admin/shards", want: 200})
 	adm(exchange{method: "GET", path: "/admin/shards", auth: "none", want: 401})
 	add := fmt.Sprintf(`{"id":"s2","addr":%q}`, r.Addr)
@@ -815,7 +814,7 @@ func (v *apiValidator) archive(t *testing.T) {
 }
 
 // unavailable: 503 and 429 from a dependency that does not answer.
-func (v *apiValidator) unavailable(t *testing.T, e *env, my *testenv.Proxy) {
+func (v *apiValidator) unavailable(t *testing.T, e *env, my *stocktest.Proxy) {
 	hot := func(method, path, body string, want int) {
 		v.do(t, exchange{port: "hot", method: method, path: path, body: body, want: want})
 	}

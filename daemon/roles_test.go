@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/stockd/stockd/internal/testenv"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 const testReadToken = "test-read-token-456"
@@ -89,7 +89,7 @@ func TestAdminReadToken(t *testing.T) {
 	cfg := e.config()
 	cfg.ReadToken = testReadToken
 	n := startNode(t, cfg)
-	spare := testenv.StartRedis(t)
+	spare := stocktest.StartRedis(t)
 	putSKU(t, n, "R", 1000, 4, 50, 5)
 
 	// Reads: the same status with either token, and 200 or 404.

@@ -15,7 +15,6 @@ import (
 
 	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
 
@@ -250,7 +249,7 @@ func TestSelfHealAllShardsRestartedEmpty(t *testing.T) {
 			e := newEnv(t, 0)
 			for i := 0; i < 3; i++ {
 				// No AOF and no RDB: a restart comes back empty.
-				e.shards = append(e.shards, testenv.StartRedis(t, "--appendonly", "no"))
+				e.shards = append(e.shards, stocktest.StartRedis(t, "--appendonly", "no"))
 			}
 			cfg := selfHealConfig(e, shard.DurabilityNone)
 			ns := startHealCluster(t, cfg, nodes)

@@ -15,7 +15,6 @@ import (
 
 	"github.com/stockd/stockd/internal/reservation"
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 )
 
 // testSecret signs the test nodes' reservations. The tests below know it,
@@ -209,7 +208,7 @@ type pausedApplier struct {
 
 func pauseApplier(t *testing.T, queue string) *pausedApplier {
 	t.Helper()
-	conn, err := amqp.Dial(testenv.AMQPURL())
+	conn, err := amqp.Dial(stocktest.AMQPURL())
 	if err != nil {
 		t.Fatal(err)
 	}

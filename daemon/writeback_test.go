@@ -16,7 +16,6 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 )
 
 // outage is how long a dependency stays unreachable in the fault tests.
@@ -24,13 +23,13 @@ const outage = 20 * time.Second
 
 // proxied routes the daemon's MySQL and RabbitMQ connections through
 // proxies the test can cut, leaving the services up for everyone else.
-func (e *env) proxied(cfg Config) (Config, *testenv.Proxy, *testenv.Proxy) {
+func (e *env) proxied(cfg Config) (Config, *stocktest.Proxy, *stocktest.Proxy) {
 	e.t.Helper()
 	dsn, err := mysql.ParseDSN(cfg.MySQLDSN)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	my := testenv.StartProxy(e.t, dsn.Addr)
+	my := stocktest.StartProxy(e.t, dsn.Addr)
 	dsn.Addr = my.Addr
 	dsn.Timeout = 2 * time.Second
 	dsn.ReadTimeout = 5 * time.Second
@@ -40,7 +39,7 @@ func (e *env) proxied(cfg Config) (Config, *testenv.Proxy, *testenv.Proxy) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	mq := testenv.StartProxy(e.t, u.Host)
+	mq := stocktest.StartProxy(e.t, u.Host)
 	u.Host = mq.Addr
 	cfg.AMQPURL = u.String()
 	return cfg, my, mq
@@ -293,7 +292,7 @@ func TestRedeliveryAndPoison(t *testing.T) {
 	}
 	rows.Close()
 	body, _ := json.Marshal(map[string]any{"id": "replay", "node": "test", "details": dets})
-	conn, err := amqp.Dial(testenv.AMQPURL())
+	conn, err := amqp.Dial(stocktest.AMQPURL())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 )
 
 // What each shard durability mode costs: deductions per second of a
@@ -48,7 +47,7 @@ func BenchmarkDurabilityCost(b *testing.B) {
 						s.Fields = map[string]string{"durability": "aof"}
 					case "replica":
 						s.Fields = map[string]string{"durability": "replica", "replicas": "1", "wait_timeout": "100ms"}
-						replica := testenv.StartRedis(b, "--replicaof", "127.0.0.1", strconv.Itoa(s.Redis.Port))
+						replica := stocktest.StartRedis(b, "--replicaof", "127.0.0.1", strconv.Itoa(s.Redis.Port))
 						waitReplicated(b, s.Redis, replica)
 					}
 				}

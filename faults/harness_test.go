@@ -31,7 +31,6 @@ import (
 	"github.com/stockd/stockd/admin"
 	"github.com/stockd/stockd/audit"
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 )
 
 const adminToken = "faults-admin-token"
@@ -67,10 +66,10 @@ type envOpts struct {
 
 func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
-	e := &env{t: t, dsn: testenv.Database(t), prefix: testenv.Name("f"), queue: testenv.Queue(t), tox: newToxServer(t)}
-	e.db = testenv.OpenDB(t, e.dsn)
+	e := &env{t: t, dsn: stocktest.Database(t), prefix: stocktest.Name("f"), queue: stocktest.Queue(t), tox: newToxServer(t)}
+	e.db = stocktest.OpenDB(t, e.dsn)
 	for i := 0; i < o.shards; i++ {
-		s := &shardProc{ID: "s" + strconv.Itoa(i+1), Redis: testenv.StartRedis(t, o.redisArgs[i]...)}
+		s := &shardProc{ID: "s" + strconv.Itoa(i+1), Redis: stocktest.StartRedis(t, o.redisArgs[i]...)}
 		if o.proxyShards {
 			s.Proxy = e.tox.proxy(t, "redis-"+s.ID, s.Redis.Addr)
 		}
@@ -84,7 +83,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		e.mysql = e.tox.proxy(t, "mysql", cfg.Addr)
 	}
 	if o.proxyAMQP {
-		u, err := url.Parse(testenv.AMQPURL())
+		u, err := url.Parse(stocktest.AMQPURL())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -123,9 +122,9 @@ func (e *env) daemonDSN() string {
 
 func (e *env) daemonAMQP() string {
 	if e.amqp == nil {
-		return testenv.AMQPURL()
+		return stocktest.AMQPURL()
 	}
-	u, _ := url.Parse(testenv.AMQPURL())
+	u, _ := url.Parse(stocktest.AMQPURL())
 	u.Host = e.amqp.Addr()
 	return u.String()
 }
@@ -133,7 +132,7 @@ func (e *env) daemonAMQP() string {
 // shardProc is one Redis shard of the test.
 type shardProc struct {
 	ID    string
-	Redis *testenv.Redis
+	Redis *stocktest.Redis
 	// Proxy, when set, is what the daemon connects to.
 	Proxy *toxProxy
 	// Fields are extra YAML fields of the shard's entry in the daemon's
@@ -315,9 +314,9 @@ func (e *env) startStockd(o nodeOpts) *stockd {
 	d := &stockd{
 		t:       t,
 		name:    o.name,
-		hot:     "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)),
-		admin:   "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)),
-		gossip:  "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)),
+		hot:     "127.0.0.1:" + strconv.Itoa(stocktest.FreePort(t)),
+		admin:   "127.0.0.1:" + strconv.Itoa(stocktest.FreePort(t)),
+		gossip:  "127.0.0.1:" + strconv.Itoa(stocktest.FreePort(t)),
 		cfgPath: e.config(o),
 	}
 	d.logPath = filepath.Join(t.TempDir(), "stockd-"+o.name+".log")

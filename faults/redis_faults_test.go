@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stockd/stockd/internal/testenv"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // Case 1: kill -9 one of three Redis shards while 10,000 deductions run
@@ -54,7 +54,7 @@ func TestShardKill(t *testing.T) {
 func TestFailoverToReplica(t *testing.T) {
 	for _, mode := range []string{"replica", "aof"} {
 		t.Run(mode, func(t *testing.T) {
-			var replica *testenv.Redis
+			var replica *stocktest.Redis
 			var link *toxProxy
 			rf := redisFault{
 				// Twice case 1's sale: the blackholed second sells thousands
@@ -79,7 +79,7 @@ func TestFailoverToReplica(t *testing.T) {
 			rf.setup = func(e *env, victim *shardProc) {
 				link = e.tox.proxy(t, "replication", victim.Redis.Addr)
 				host, port, _ := net.SplitHostPort(link.Addr())
-				replica = testenv.StartRedis(t, "--replicaof", host, port)
+				replica = stocktest.StartRedis(t, "--replicaof", host, port)
 				waitReplicated(t, victim.Redis, replica)
 			}
 			rf.fault = func(e *env, d *stockd, victim *shardProc) string {
@@ -95,7 +95,7 @@ func TestFailoverToReplica(t *testing.T) {
 				if mode == "replica" {
 					// The new primary needs a replica of its own before
 					// replica mode acknowledges anything again.
-					fresh := testenv.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(replica.Port))
+					fresh := stocktest.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(replica.Port))
 					waitReplicated(t, replica, fresh)
 					again = ", a new replica attached to it"
 				}

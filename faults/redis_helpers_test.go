@@ -7,11 +7,10 @@ import (
 	"time"
 
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 )
 
 // redisDo runs one command on r and returns its reply as a string.
-func redisDo(t testing.TB, r *testenv.Redis, args ...string) (string, error) {
+func redisDo(t testing.TB, r *stocktest.Redis, args ...string) (string, error) {
 	t.Helper()
 	c := r.Client()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -20,7 +19,7 @@ func redisDo(t testing.TB, r *testenv.Redis, args ...string) (string, error) {
 }
 
 // redisInfo is INFO section of r as key/value pairs.
-func redisInfo(t testing.TB, r *testenv.Redis, section string) map[string]string {
+func redisInfo(t testing.TB, r *stocktest.Redis, section string) map[string]string {
 	t.Helper()
 	s, err := redisDo(t, r, "INFO", section)
 	if err != nil {
@@ -37,7 +36,7 @@ func redisInfo(t testing.TB, r *testenv.Redis, section string) map[string]string
 
 // waitReplicated waits until replica's link to primary is up and it has
 // everything the primary wrote.
-func waitReplicated(t testing.TB, primary, replica *testenv.Redis) {
+func waitReplicated(t testing.TB, primary, replica *stocktest.Redis) {
 	t.Helper()
 	if _, ok := stocktest.WaitFor(30*time.Second, func() bool {
 		ri := redisInfo(t, replica, "replication")

@@ -15,7 +15,6 @@ import (
 	"github.com/stockd/stockd/faults/report"
 	"github.com/stockd/stockd/internal/hashx"
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 )
 
 // payer confirms acknowledged reservations a little after the deduction,
@@ -346,7 +345,7 @@ func shardKill(mode string, downFor time.Duration) redisFault {
 	case "replica":
 		rf.fields = map[string]string{"durability": "replica", "replicas": "1", "wait_timeout": "100ms"}
 		rf.setup = func(e *env, victim *shardProc) {
-			replica := testenv.StartRedis(e.t, "--replicaof", "127.0.0.1", strconv.Itoa(victim.Redis.Port))
+			replica := stocktest.StartRedis(e.t, "--replicaof", "127.0.0.1", strconv.Itoa(victim.Redis.Port))
 			waitReplicated(e.t, victim.Redis, replica)
 		}
 	}

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/stockd/stockd/internal/schema"
-	"github.com/stockd/stockd/internal/testenv"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/shard"
 )
 
@@ -23,17 +23,17 @@ type fixture struct {
 func newFixture(t *testing.T, nShards int) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	db, err := schema.Open(ctx, testenv.Database(t))
+	db, err := schema.Open(ctx, stocktest.Database(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
 	var cfgs []shard.Config
 	for i := 0; i < nShards; i++ {
-		r := testenv.StartRedis(t)
+		r := stocktest.StartRedis(t)
 		cfgs = append(cfgs, shard.Config{ID: "s" + strconv.Itoa(i+1), Addr: r.Addr})
 	}
-	set, err := shard.Open(ctx, cfgs, shard.Options{Prefix: testenv.Name("p")}, slog.Default())
+	set, err := shard.Open(ctx, cfgs, shard.Options{Prefix: stocktest.Name("p")}, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/schema"
-	"github.com/stockd/stockd/internal/testenv"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/shard"
 )
@@ -30,16 +30,16 @@ type rig struct {
 func newRig(t *testing.T, nShards int) *rig {
 	t.Helper()
 	ctx := context.Background()
-	db, err := schema.Open(ctx, testenv.Database(t))
+	db, err := schema.Open(ctx, stocktest.Database(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
 	var cfgs []shard.Config
 	for i := 0; i < nShards; i++ {
-		cfgs = append(cfgs, shard.Config{ID: "s" + strconv.Itoa(i+1), Addr: testenv.StartRedis(t).Addr})
+		cfgs = append(cfgs, shard.Config{ID: "s" + strconv.Itoa(i+1), Addr: stocktest.StartRedis(t).Addr})
 	}
-	set, err := shard.Open(ctx, cfgs, shard.Options{Prefix: testenv.Name("s")}, slog.Default())
+	set, err := shard.Open(ctx, cfgs, shard.Options{Prefix: stocktest.Name("s")}, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,12 +7,12 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/stockd/stockd/internal/testenv"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 func oneAllowance(t *testing.T) *Allowance {
 	t.Helper()
-	set, err := Open(context.Background(), []Config{{ID: "s1", Addr: testenv.StartRedis(t).Addr}}, Options{Prefix: testenv.Name("allow")}, slog.Default())
+	set, err := Open(context.Background(), []Config{{ID: "s1", Addr: stocktest.StartRedis(t).Addr}}, Options{Prefix: stocktest.Name("allow")}, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/stockd/stockd/internal/testenv"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // partitionsOnOneShard are n partitions with 10+10 units each, all on one
@@ -16,7 +16,7 @@ import (
 func partitionsOnOneShard(t *testing.T, n int) []*Partition {
 	t.Helper()
 	ctx := context.Background()
-	set, err := Open(ctx, []Config{{ID: "s1", Addr: testenv.StartRedis(t).Addr}}, Options{Prefix: testenv.Name("comb")}, slog.Default())
+	set, err := Open(ctx, []Config{{ID: "s1", Addr: stocktest.StartRedis(t).Addr}}, Options{Prefix: stocktest.Name("comb")}, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 )
 
 // With StartUnreachable a shard that does not answer is added unhealthy,
@@ -16,12 +15,12 @@ import (
 func TestStartUnreachable(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	good := testenv.StartRedis(t)                        // appendonly yes
-	noAOF := testenv.StartRedis(t, "--appendonly", "no") // declared aof below: must be refused
+	good := stocktest.StartRedis(t)                        // appendonly yes
+	noAOF := stocktest.StartRedis(t, "--appendonly", "no") // declared aof below: must be refused
 	good.Kill()
 	noAOF.Kill()
 	cfgs := []Config{{ID: "good", Addr: good.Addr}, {ID: "noaof", Addr: noAOF.Addr}}
-	opt := Options{Prefix: testenv.Name("unreach"), CheckDurability: true, DialTimeout: 200 * time.Millisecond}
+	opt := Options{Prefix: stocktest.Name("unreach"), CheckDurability: true, DialTimeout: 200 * time.Millisecond}
 
 	if _, err := Open(ctx, cfgs, opt, slog.Default()); err == nil {
 		t.Fatal("Open without StartUnreachable accepted shards that do not answer")

@@ -11,14 +11,13 @@ import (
 	"time"
 
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 )
 
 // onePartition is a partition with 10+10 units on a Redis of its own.
 func onePartition(t *testing.T) *Partition {
 	t.Helper()
 	ctx := context.Background()
-	set, err := Open(ctx, []Config{{ID: "s1", Addr: testenv.StartRedis(t).Addr}}, Options{Prefix: testenv.Name("take")}, slog.Default())
+	set, err := Open(ctx, []Config{{ID: "s1", Addr: stocktest.StartRedis(t).Addr}}, Options{Prefix: stocktest.Name("take")}, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,8 +242,8 @@ func TestFindDetail(t *testing.T) {
 // its units returned.
 func TestFindDetailWaitsForReplicas(t *testing.T) {
 	ctx := context.Background()
-	primary := testenv.StartRedis(t)
-	replica := testenv.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(primary.Port), "--repl-diskless-sync-delay", "0")
+	primary := stocktest.StartRedis(t)
+	replica := stocktest.StartRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(primary.Port), "--repl-diskless-sync-delay", "0")
 	c := primary.Client()
 	stocktest.Eventually(t, 10*time.Second, func() (bool, string) {
 		info, _ := c.Do(ctx, c.B().Info().Section("replication").Build()).ToString()
@@ -254,7 +253,7 @@ func TestFindDetailWaitsForReplicas(t *testing.T) {
 		// 2 s: ample for a loaded machine's replica to acknowledge; the
 		// frozen replica below then costs one such wait per call.
 		Durability: DurabilityReplica, Replicas: 1, WaitTimeout: 2 * time.Second}}},
-		Options{Prefix: testenv.Name("find")}, slog.Default())
+		Options{Prefix: stocktest.Name("find")}, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stockd/stockd/internal/testenv"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // writeCA makes a CA in dir and returns its certificate path, the parsed
@@ -77,12 +77,12 @@ func TestShardTLSAndACL(t *testing.T) {
 	kder, _ := x509.MarshalECPrivateKey(key)
 	writePEM(t, keyPath, "EC PRIVATE KEY", kder)
 
-	tlsPort := testenv.FreePort(t)
-	testenv.StartRedis(t, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certPath, "--tls-key-file", keyPath,
+	tlsPort := stocktest.FreePort(t)
+	stocktest.StartRedis(t, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certPath, "--tls-key-file", keyPath,
 		"--tls-ca-cert-file", caPath, "--tls-auth-clients", "no",
 		"--user", "stockd", "on", ">s3cret", "~*", "&*", "+@all")
 	cfg := Config{ID: "secure", Addr: "127.0.0.1:" + strconv.Itoa(tlsPort), Settings: Settings{TLS: true, CAFile: caPath, Username: "stockd", Password: "s3cret"}}
-	opt := Options{Prefix: testenv.Name("tls"), CheckDurability: true}
+	opt := Options{Prefix: stocktest.Name("tls"), CheckDurability: true}
 
 	set, err := Open(ctx, []Config{cfg}, opt, slog.Default())
 	if err != nil {

@@ -11,14 +11,13 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 )
 
 // declareRaw declares queue with args on a connection of its own, as
 // another version of stockd (or an operator) would have.
 func declareRaw(t *testing.T, queue string, args amqp.Table) {
 	t.Helper()
-	conn, err := amqp.Dial(testenv.AMQPURL())
+	conn, err := amqp.Dial(stocktest.AMQPURL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,14 +41,14 @@ func TestQueueTypeMismatchNamed(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			q := testenv.Queue(t)
+			q := stocktest.Queue(t)
 			declareRaw(t, dlq(q), queueArgs(q, tc.have, true))
 			bad := dlq(q)
 			if !tc.dlqOnly {
 				declareRaw(t, q, queueArgs(q, tc.have, false))
 				bad = q
 			}
-			s := New(Config{Queue: q, QueueType: tc.want}, Deps{AMQPURL: testenv.AMQPURL(), Logger: slog.Default()})
+			s := New(Config{Queue: q, QueueType: tc.want}, Deps{AMQPURL: stocktest.AMQPURL(), Logger: slog.Default()})
 			defer s.Batcher.brk.close()
 			err := s.CheckQueue(context.Background())
 			if !errors.Is(err, ErrQueueType) {
@@ -68,17 +67,17 @@ func TestQueueTypeMismatchNamed(t *testing.T) {
 // broker accepts the quorum arguments again and refuses classic ones), and
 // declaring twice is harmless (every node and every reconnect declares).
 func TestQuorumQueueDeclared(t *testing.T) {
-	q := testenv.Queue(t)
+	q := stocktest.Queue(t)
 	cfg := DefaultConfig()
 	cfg.Queue = q
 	for i := 0; i < 2; i++ {
-		s := New(cfg, Deps{AMQPURL: testenv.AMQPURL(), Logger: slog.Default()})
+		s := New(cfg, Deps{AMQPURL: stocktest.AMQPURL(), Logger: slog.Default()})
 		if err := s.CheckQueue(context.Background()); err != nil {
 			t.Fatalf("CheckQueue #%d: %v", i+1, err)
 		}
 		s.Batcher.brk.close()
 	}
-	conn, err := amqp.Dial(testenv.AMQPURL())
+	conn, err := amqp.Dial(stocktest.AMQPURL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,8 +97,8 @@ func TestQuorumQueueDeclared(t *testing.T) {
 // (redelivered, so the applier's idempotent insert absorbs it), and a
 // nacked one lands in the dead-letter queue.
 func TestQuorumPublishConsumeDeadLetter(t *testing.T) {
-	q := testenv.Queue(t)
-	b := newBroker(testenv.AMQPURL(), q, QueueQuorum, nil, slog.Default())
+	q := stocktest.Queue(t)
+	b := newBroker(stocktest.AMQPURL(), q, QueueQuorum, nil, slog.Default())
 	defer b.close()
 	p := &publisher{b: b, timeout: 10 * time.Second}
 	ctx := context.Background()

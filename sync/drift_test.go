@@ -14,7 +14,6 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
 
@@ -119,12 +118,12 @@ func TestBatcherReaderRestartThenApply(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := DefaultConfig()
-	cfg.Queue = testenv.Queue(t)
+	cfg.Queue = stocktest.Queue(t)
 	cfg.BatchSize = 10000
 	cfg.BatchInterval = 2500 * time.Millisecond // outlives two reconciles
 	var calls atomic.Int32
 	s := New(cfg, Deps{
-		DB: db, AMQPURL: testenv.AMQPURL(), Node: "n1", Shards: set,
+		DB: db, AMQPURL: stocktest.AMQPURL(), Node: "n1", Shards: set,
 		Registerer: prometheus.NewRegistry(), Logger: slog.Default(),
 		// Owned, then not (a join moved it), then owned again.
 		Partitions: func() []*shard.Partition {
@@ -148,7 +147,7 @@ func TestBatcherReaderRestartThenApply(t *testing.T) {
 	stop()
 	<-done
 
-	conn, err := amqp.Dial(testenv.AMQPURL())
+	conn, err := amqp.Dial(stocktest.AMQPURL())
 	if err != nil {
 		t.Fatal(err)
 	}

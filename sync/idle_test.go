@@ -11,7 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 	"github.com/stockd/stockd/shard"
 )
 
@@ -33,11 +32,11 @@ func TestBatcherSafetyReadFindsUnsignalledTakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := DefaultConfig()
-	cfg.Queue = testenv.Queue(t)
+	cfg.Queue = stocktest.Queue(t)
 	cfg.BatchInterval = 100 * time.Millisecond
 	cfg.IdlePollInterval = time.Second
 	s := New(cfg, Deps{
-		DB: db, AMQPURL: testenv.AMQPURL(), Node: "n1", Shards: set,
+		DB: db, AMQPURL: stocktest.AMQPURL(), Node: "n1", Shards: set,
 		Registerer: prometheus.NewRegistry(), Logger: slog.Default(),
 		Partitions: func() []*shard.Partition { return []*shard.Partition{mine} },
 	})

@@ -13,13 +13,13 @@ import (
 
 	"github.com/stockd/stockd"
 	"github.com/stockd/stockd/internal/schema"
-	"github.com/stockd/stockd/internal/testenv"
+	"github.com/stockd/stockd/internal/stocktest"
 	"github.com/stockd/stockd/shard"
 )
 
 func newDB(t *testing.T) *sql.DB {
 	t.Helper()
-	db, err := schema.Open(context.Background(), testenv.Database(t))
+	db, err := schema.Open(context.Background(), stocktest.Database(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,8 +30,8 @@ func newDB(t *testing.T) *sql.DB {
 // newShards starts a Redis of the test's own as shard s1.
 func newShards(t *testing.T) *shard.Set {
 	t.Helper()
-	set, err := shard.Open(context.Background(), []shard.Config{{ID: "s1", Addr: testenv.StartRedis(t).Addr}},
-		shard.Options{Prefix: testenv.Name("sync")}, slog.Default())
+	set, err := shard.Open(context.Background(), []shard.Config{{ID: "s1", Addr: stocktest.StartRedis(t).Addr}},
+		shard.Options{Prefix: stocktest.Name("sync")}, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,6 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 )
 
 // fakeEngine answers from a counter: ok while stock lasts, or fails.
@@ -124,10 +123,10 @@ func TestFloor(t *testing.T) {
 }
 
 func TestRedisEngine(t *testing.T) {
-	r := testenv.StartRedis(t)
+	r := stocktest.StartRedis(t)
 	ctx := context.Background()
 	// The engine takes 1 unit itself at start to load the script.
-	e, err := newRedisEngine(ctx, options{redis: r.Addr, key: testenv.Name("k"), stock: 6})
+	e, err := newRedisEngine(ctx, options{redis: r.Addr, key: stocktest.Name("k"), stock: 6})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +144,7 @@ func TestRedisEngine(t *testing.T) {
 }
 
 func TestSQLEngines(t *testing.T) {
-	dsn := testenv.Database(t)
+	dsn := stocktest.Database(t)
 	ctx := context.Background()
 	for _, mode := range []string{"rowlock", "condupdate"} {
 		t.Run(mode, func(t *testing.T) {
@@ -186,12 +185,12 @@ func TestSQLEngines(t *testing.T) {
 // first outcome without taking again, and its consumers write exactly one
 // order row per ok request id.
 func TestMQPeerEngine(t *testing.T) {
-	r := testenv.StartRedis(t)
-	dsn := testenv.Database(t)
-	queue := testenv.Queue(t)
+	r := stocktest.StartRedis(t)
+	dsn := stocktest.Database(t)
+	queue := stocktest.Queue(t)
 	ctx := context.Background()
-	e, err := newMQEngine(ctx, options{redis: r.Addr, key: testenv.Name("k"), stock: 5, dsn: dsn, orders: "orders", dbConns: 4, interp: true,
-		queue: queue, amqp: testenv.AMQPURL(), dedupTTL: time.Minute, mqChannels: 2, consumers: 3})
+	e, err := newMQEngine(ctx, options{redis: r.Addr, key: stocktest.Name("k"), stock: 5, dsn: dsn, orders: "orders", dbConns: 4, interp: true,
+		queue: queue, amqp: stocktest.AMQPURL(), dedupTTL: time.Minute, mqChannels: 2, consumers: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +224,7 @@ func TestMQPeerEngine(t *testing.T) {
 	if len(okIDs) != 5 {
 		t.Fatalf("%d ok request ids for 5 units: %v", len(okIDs), okIDs)
 	}
-	db := testenv.OpenDB(t, dsn)
+	db := stocktest.OpenDB(t, dsn)
 	stocktest.Eventually(t, 30*time.Second, func() (bool, string) {
 		var n int
 		if err := db.QueryRow("SELECT COUNT(*) FROM orders").Scan(&n); err != nil {

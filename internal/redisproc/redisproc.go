@@ -1,5 +1,5 @@
 // Package redisproc starts and controls redis-server processes on free
-// loopback ports. It is the one launcher the tests (internal/testenv), the
+// loopback ports. It is the one launcher the tests (internal/stocktest), the
 // fault suite and the bench share, so that "start Redis and wait until it
 // answers PING" is written once.
 //

@@ -9,7 +9,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 
-	"github.com/stockd/stockd/internal/testenv"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // idColumns are the identifier columns; every one must compare byte for
@@ -171,7 +171,7 @@ func checkUndoneVariants(t *testing.T, db *sql.DB, when string) {
 // and case variants fit side by side while true duplicates do not.
 func TestMigrateOldDatabaseToBinary(t *testing.T) {
 	ctx := context.Background()
-	db := testenv.OpenDB(t, testenv.Database(t))
+	db := stocktest.OpenDB(t, stocktest.Database(t))
 	if err := migrateTo(ctx, db, 13); err != nil {
 		t.Fatal(err)
 	}
@@ -228,11 +228,11 @@ func TestMigrateOldDatabaseToBinary(t *testing.T) {
 // A database stockd creates itself is binary from the start.
 func TestOpenCreatesBinaryDatabase(t *testing.T) {
 	ctx := context.Background()
-	cfg, err := mysql.ParseDSN(testenv.MySQLBase())
+	cfg, err := mysql.ParseDSN(stocktest.MySQLBase())
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.DBName = testenv.Name("stockd_t")
+	cfg.DBName = stocktest.Name("stockd_t")
 	t.Cleanup(func() {
 		c := *cfg
 		c.DBName = ""

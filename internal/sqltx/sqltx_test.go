@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/stockd/stockd/internal/testenv"
+	"github.com/stockd/stockd/internal/stocktest"
 )
 
 // A transaction whose connection dies before COMMIT (killed by the server:
@@ -14,9 +14,9 @@ import (
 // it again on a fresh connection, and its effect lands exactly once.
 func TestRunAgainAfterConnectionLostBeforeCommit(t *testing.T) {
 	ctx := context.Background()
-	dsn := testenv.Database(t)
-	db := testenv.OpenDB(t, dsn)
-	admin := testenv.OpenDB(t, dsn)
+	dsn := stocktest.Database(t)
+	db := stocktest.OpenDB(t, dsn)
+	admin := stocktest.OpenDB(t, dsn)
 	if _, err := db.Exec(`CREATE TABLE c (id INT PRIMARY KEY, n INT NOT NULL)`); err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,9 @@
-// Package testenv gives tests their own pieces of the real services: Redis
-// instances (started as processes on free ports), a MySQL database, a key
-// prefix, all removed again by t.Cleanup.
-package testenv
+// Services: each test gets its own pieces of the real services: Redis
+// instances (started as processes on free ports through internal/redisproc),
+// a MySQL database, a key prefix, a RabbitMQ queue, all removed again by
+// t.Cleanup.
+
+package stocktest
 
 import (
 	"context"

@@ -20,7 +20,6 @@ import (
 
 	"github.com/stockd/stockd/daemon"
 	"github.com/stockd/stockd/internal/stocktest"
-	"github.com/stockd/stockd/internal/testenv"
 )
 
 const testVersion = "v9.8.7-test.1"
@@ -276,15 +275,15 @@ max_qty: 5
 // The binary with log_format json: every line it writes to stderr, from
 // start to stop (SIGTERM), is a JSON object with time, level and msg.
 func TestBinaryJSONLogs(t *testing.T) {
-	redis := testenv.StartRedis(t)
-	hot := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	redis := stocktest.StartRedis(t)
+	hot := "127.0.0.1:" + strconv.Itoa(stocktest.FreePort(t))
 	cmd := exec.Command(binPath)
 	cmd.Env = append(cleanEnv(),
 		"STOCKD_NODE_NAME=json-test", "STOCKD_ADMIN_TOKEN=long-enough-token",
 		"STOCKD_RESERVATION_SECRET=json-test-reservation-secret-of-32-bytes",
-		"STOCKD_SHARDS=s1="+redis.Addr, "STOCKD_MYSQL_DSN="+testenv.Database(t),
-		"STOCKD_AMQP_URL="+testenv.AMQPURL(), "STOCKD_SYNC_QUEUE="+testenv.Queue(t),
-		"STOCKD_KEY_PREFIX="+testenv.Name("j"), "STOCKD_HTTP_ADDR="+hot,
+		"STOCKD_SHARDS=s1="+redis.Addr, "STOCKD_MYSQL_DSN="+stocktest.Database(t),
+		"STOCKD_AMQP_URL="+stocktest.AMQPURL(), "STOCKD_SYNC_QUEUE="+stocktest.Queue(t),
+		"STOCKD_KEY_PREFIX="+stocktest.Name("j"), "STOCKD_HTTP_ADDR="+hot,
 		"STOCKD_ADMIN_ADDR=127.0.0.1:0", "STOCKD_GOSSIP_ADDR=127.0.0.1:0",
 		"STOCKD_JOIN=127.0.0.1:1", // memberlist logs its failed joins
 		"STOCKD_LOG_FORMAT=json", "STOCKD_LOG_LEVEL=debug")
