@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/stockd/stockd"
+	"github.com/stockd/stockd/internal/mono"
 	"github.com/stockd/stockd/shard"
 )
 
@@ -77,6 +79,16 @@ func (r *Rules) Check(now time.Time, hasUser bool) Gate {
 // never exceeded) until the ledger's allowance sweep resolves it from
 // MySQL after the reservation TTL (sync.Ledger.SweepAllowance).
 func (s *Scheduler) DeductLimited(ctx context.Context, name string, qty int64, reqID, userID string, r *Rules) (Result, error) {
+	sku := s.reg.Get(name)
+	if sku == nil {
+		return Result{}, stockd.ErrUnknownSKU
+	}
+	return s.deductLimited(ctx, sku, s.VerdictFor(sku, reqID, mono.Now()), qty, reqID, userID, r)
+}
+
+// deductLimited is DeductLimited for a registry entry and its verdict.
+func (s *Scheduler) deductLimited(ctx context.Context, sku *SKU, v Verdict, qty int64, reqID, userID string, r *Rules) (Result, error) {
+	name := sku.Name
 	a := r.Allowance
 	if !a.Shard.Healthy() {
 		return Result{}, fmt.Errorf("%w: allowance shard %s of %s does not answer", ErrUnavailable, a.Shard.Config().ID, name)
@@ -92,12 +104,12 @@ func (s *Scheduler) DeductLimited(ctx context.Context, name string, qty int64, r
 	case shard.AllowGivenBack:
 		// Released or expired: its retry meets the first outcome and
 		// holds nothing.
-		return s.Deduct(ctx, name, qty, reqID, userID)
+		return s.deduct(ctx, sku, v, qty, reqID, userID)
 	case shard.AllowTaken, shard.AllowAgain:
 	default:
 		return Result{}, fmt.Errorf("allowance take: code %d: %w", code, shard.ErrBadReply)
 	}
-	res, err := s.Deduct(ctx, name, qty, reqID, userID)
+	res, err := s.deduct(ctx, sku, v, qty, reqID, userID)
 	if err != nil {
 		// Unknown outcome: the entry stays pending (a retry finds it).
 		return res, err

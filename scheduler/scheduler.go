@@ -301,16 +301,34 @@ func parsePointer(s string) (pointer, error) {
 
 // Deduct takes qty units of sku for reqID, or returns the outcome an
 // earlier attempt with the same id had. Its steps, in order: the sold-out
-// verdict (soldOut), the request's home (homeOf), then the walk: take at
-// the pointer's (partition, round) (takeStep); when short there, choose
-// the next partition, waiting for stock if none has enough (pickStep), and
-// move the pointer there (pointTo).
+// verdict (VerdictFor, confirmed by settleVerdict), the request's home
+// (homeOf), then the walk: take at the pointer's (partition, round)
+// (takeStep); when short there, choose the next partition, waiting for
+// stock if none has enough (pickStep), and move the pointer there
+// (pointTo). The hot endpoint, which has looked the SKU up and asked its
+// verdict already, calls DeductFor instead.
 func (s *Scheduler) Deduct(ctx context.Context, name string, qty int64, reqID, userID string) (Result, error) {
 	sku := s.reg.Get(name)
 	if sku == nil {
 		return Result{}, stockd.ErrUnknownSKU
 	}
-	sold, err := s.soldOut(ctx, sku, reqID)
+	return s.deduct(ctx, sku, s.VerdictFor(sku, reqID, mono.Now()), qty, reqID, userID)
+}
+
+// DeductFor is Deduct (or DeductLimited, when rules has a per-user limit)
+// for a registry entry the caller holds and the verdict it asked of
+// VerdictFor when the request arrived: the verdict is made once per
+// request.
+func (s *Scheduler) DeductFor(ctx context.Context, sku *SKU, v Verdict, qty int64, reqID, userID string, rules *Rules) (Result, error) {
+	if rules != nil && rules.PerUserLimit > 0 {
+		return s.deductLimited(ctx, sku, v, qty, reqID, userID, rules)
+	}
+	return s.deduct(ctx, sku, v, qty, reqID, userID)
+}
+
+// deduct settles the verdict v, then walks.
+func (s *Scheduler) deduct(ctx context.Context, sku *SKU, v Verdict, qty int64, reqID, userID string) (Result, error) {
+	sold, err := s.settleVerdict(ctx, sku, v)
 	if err != nil {
 		return Result{}, err
 	}

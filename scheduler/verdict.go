@@ -42,8 +42,8 @@ const (
 // (not loaded here) is Selling. The hot endpoint asks it with the entry it
 // already looked up and answers SoldOutNow itself, without a context, a
 // timer or a copy of the request's strings (it keeps neither string, so
-// they may point into a request buffer); Deduct asks it for the requests
-// that got past (soldOut) and confirms an unconfirmed verdict.
+// they may point into a request buffer), and hands the verdict to
+// DeductFor, which confirms an unconfirmed one (settleVerdict).
 func (s *Scheduler) VerdictFor(sku *SKU, reqID string, arrived int64) Verdict {
 	if sku == nil {
 		return Selling
@@ -66,10 +66,11 @@ func (s *Scheduler) SoldOutFromMemory(name, reqID string) bool {
 	return s.VerdictFor(s.reg.Get(name), reqID, mono.Now()) == SoldOutNow
 }
 
-// soldOut is Deduct's first step: the verdict (VerdictFor), confirmed
-// with MySQL first when it is older than VerdictMaxAge.
-func (s *Scheduler) soldOut(ctx context.Context, sku *SKU, reqID string) (bool, error) {
-	switch s.VerdictFor(sku, reqID, mono.Now()) {
+// settleVerdict is Deduct's first step: true when the request is answered
+// sold out. A verdict older than VerdictMaxAge is confirmed with MySQL
+// first.
+func (s *Scheduler) settleVerdict(ctx context.Context, sku *SKU, v Verdict) (bool, error) {
+	switch v {
 	case Selling:
 		return false, nil
 	case SoldOutNow:

@@ -370,14 +370,15 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	}
 	var res scheduler.Result
 	var err error
-	if h.sched.VerdictFor(entry, r.requestID, start) == scheduler.SoldOutNow {
+	verdict := h.sched.VerdictFor(entry, r.requestID, start)
+	if verdict == scheduler.SoldOutNow {
 		// Most of a flash sale's traffic: answered without Redis, without
 		// a context or timer, and without copying the body's strings.
 		res.Status = scheduler.SoldOut
 	} else {
 		r.own()
 		c := h.deadlines.get(start)
-		res, err = h.take(c, r, rules)
+		res, err = h.take(c, r, entry, verdict, rules)
 		if unknownSKU(err) {
 			// Created on another node a moment ago? Ask MySQL (at most
 			// once per view_max_age for every unknown name).
@@ -388,7 +389,7 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 				if rules = h.sched.Rules(r.sku); rules != nil && h.refused(ctx, rules, r, time.Now()) {
 					return
 				}
-				res, err = h.take(c, r, rules)
+				res, err = h.take(c, r, nil, scheduler.Selling, rules)
 			} else {
 				err = stockd.ErrUnknownSKU
 			}

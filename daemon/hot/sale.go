@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/stockd/stockd/internal/apierr"
 	"strconv"
 	"time"
+
+	"github.com/stockd/stockd"
+	"github.com/stockd/stockd/internal/apierr"
+	"github.com/stockd/stockd/internal/mono"
 
 	"github.com/valyala/fasthttp"
 
@@ -52,11 +55,17 @@ func (h *hot) refused(ctx *fasthttp.RequestCtx, rules *scheduler.Rules, r deduct
 
 // take runs a deduction: through the per-user allowance when the SKU has
 // a limit (rules as the request found them, nil: none).
-func (h *hot) take(c context.Context, r deductRequest, rules *scheduler.Rules) (scheduler.Result, error) {
-	if rules != nil && rules.PerUserLimit > 0 {
-		return h.sched.DeductLimited(c, r.sku, r.qty, r.requestID, r.userID, rules)
+// entry and v are the registry entry the handler looked up and the verdict
+// it asked when the request arrived; entry nil: the SKU was not loaded
+// then (the catalogue may have loaded it since).
+func (h *hot) take(c context.Context, r deductRequest, entry *scheduler.SKU, v scheduler.Verdict, rules *scheduler.Rules) (scheduler.Result, error) {
+	if entry == nil {
+		if entry = h.sched.Registry().Get(r.sku); entry == nil {
+			return scheduler.Result{}, stockd.ErrUnknownSKU
+		}
+		v = h.sched.VerdictFor(entry, r.requestID, mono.Now())
 	}
-	return h.sched.Deduct(c, r.sku, r.qty, r.requestID, r.userID)
+	return h.sched.DeductFor(c, entry, v, r.qty, r.requestID, r.userID, rules)
 }
 
 // limitReached answers 409 limit_reached with the limit.
