@@ -185,6 +185,14 @@ func (d *Daemon) openShards(ctx context.Context, lc *lifecycle) error {
 		// A shard that is down must not keep the node down: the others
 		// sell, and its partitions answer 503 until it answers.
 		StartUnreachable: true,
+		// A shard that answers again may hold partitions fenced
+		// meanwhile, still open in its Redis: the healer marks them
+		// before requests use it (built in wire, before Probe runs).
+		OnBack: func(ctx context.Context, id string) {
+			if d.heal != nil {
+				d.heal.back(ctx, id)
+			}
+		},
 	}, d.logger)
 	if err != nil {
 		return fmt.Errorf("redis: %w", err)

@@ -55,9 +55,6 @@ func (d *Daemon) wireWorkers() {
 	d.heal = newHealer(d.alloc, d.shards, d.own.sku,
 		func(ctx context.Context, sku string) { d.cat.healed(ctx, sku) },
 		cfg.Preallocate.ReplaceAfter, cfg.RedisTimeout, log)
-	// A shard that answers again may hold partitions fenced meanwhile,
-	// still open in its Redis: mark them before requests use it.
-	d.shards.OnBack(d.heal.back)
 	d.loader = &loader{store: d.store, alloc: d.alloc, sched: d.sched, shards: d.shards, logger: log, owns: d.own.partition,
 		window: cfg.Scheduler.RetryWindow, shardDefaults: cfg.ShardDefaults}
 	d.notices = &notices{peer: d.peer, loader: d.loader, sched: d.sched, reg: d.reg,

@@ -157,6 +157,10 @@ type Options struct {
 	// (ARCHITECTURE 2). 0: DefaultRecordWindow. Every node must use the
 	// same value.
 	RecordWindow time.Duration
+	// OnBack runs when Probe finds an unhealthy shard answering, before
+	// requests use it again: the daemon marks fenced in Redis the
+	// partitions MySQL fenced while the shard did not answer. nil: nothing.
+	OnBack func(ctx context.Context, id string)
 }
 
 // Shard is one Redis instance. Its address can change under a live node (a
@@ -244,17 +248,7 @@ type Set struct {
 
 	mu     sync.RWMutex
 	shards map[string]*Shard
-
-	// onBack runs when Probe finds an unhealthy shard answering, before
-	// the shard counts as healthy again (set before Probe runs).
-	onBack func(ctx context.Context, id string)
 }
-
-// OnBack sets what runs when Probe finds an unhealthy shard answering,
-// before requests use it again: the daemon marks fenced in Redis the
-// partitions MySQL fenced while the shard did not answer. Call it before
-// Probe.
-func (s *Set) OnBack(f func(ctx context.Context, id string)) { s.onBack = f }
 
 // Open connects to every shard. It fails, naming the shard, when one does
 // not answer.
@@ -638,9 +632,9 @@ func (s *Set) Probe(ctx context.Context, every time.Duration) {
 				sh.unchecked.Store(false)
 			}
 			cancel()
-			if err == nil && s.onBack != nil {
+			if err == nil && s.opt.OnBack != nil {
 				bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				s.onBack(bctx, sh.ID)
+				s.opt.OnBack(bctx, sh.ID)
 				cancel()
 			}
 			sh.observe(err)
