@@ -8,8 +8,7 @@ import (
 	"testing"
 
 	"github.com/stockd/stockd"
-	"github.com/stockd/stockd/internal/schema"
-	"github.com/stockd/stockd/internal/stocktest"
+	"github.com/stockd/stockd/internal/stocktest/catalogtest"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/shard"
 	stocksync "github.com/stockd/stockd/sync"
@@ -25,20 +24,10 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
-	ctx := context.Background()
-	db, err := schema.Open(ctx, stocktest.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	r := stocktest.StartRedis(t)
-	set, err := shard.Open(ctx, []shard.Config{{ID: "s1", Addr: r.Addr}}, shard.Options{Prefix: stocktest.Name("a")}, slog.Default())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(set.Close)
+	c := catalogtest.New(t, 1, "a")
+	db, set := c.DB, c.Shards
 	store := preallocate.NewStore(db)
-	if err := store.SeedShards(ctx, map[string]string{"s1": r.Addr}); err != nil {
+	if err := store.SeedShards(context.Background(), c.Addrs); err != nil {
 		t.Fatal(err)
 	}
 	return &rig{

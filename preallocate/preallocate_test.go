@@ -8,8 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stockd/stockd/internal/schema"
-	"github.com/stockd/stockd/internal/stocktest"
+	"github.com/stockd/stockd/internal/stocktest/catalogtest"
 	"github.com/stockd/stockd/shard"
 )
 
@@ -22,30 +21,11 @@ type fixture struct {
 
 func newFixture(t *testing.T, nShards int) *fixture {
 	t.Helper()
-	ctx := context.Background()
-	db, err := schema.Open(ctx, stocktest.Database(t))
-	if err != nil {
+	c := catalogtest.New(t, nShards, "p")
+	if err := NewStore(c.DB).SeedShards(context.Background(), c.Addrs); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { db.Close() })
-	var cfgs []shard.Config
-	for i := 0; i < nShards; i++ {
-		r := stocktest.StartRedis(t)
-		cfgs = append(cfgs, shard.Config{ID: "s" + strconv.Itoa(i+1), Addr: r.Addr})
-	}
-	set, err := shard.Open(ctx, cfgs, shard.Options{Prefix: stocktest.Name("p")}, slog.Default())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(set.Close)
-	seed := map[string]string{}
-	for _, c := range cfgs {
-		seed[c.ID] = c.Addr
-	}
-	if err := NewStore(db).SeedShards(ctx, seed); err != nil {
-		t.Fatal(err)
-	}
-	return &fixture{db: db, shards: set, alloc: New(DefaultConfig(), db, set, Hooks{}, slog.Default()), store: NewStore(db)}
+	return &fixture{db: c.DB, shards: c.Shards, alloc: New(DefaultConfig(), c.DB, c.Shards, Hooks{}, slog.Default()), store: NewStore(c.DB)}
 }
 
 func (f *fixture) handle(t *testing.T, sku SKU, i int) *shard.Partition {

@@ -11,8 +11,7 @@ import (
 	"time"
 
 	"github.com/stockd/stockd"
-	"github.com/stockd/stockd/internal/schema"
-	"github.com/stockd/stockd/internal/stocktest"
+	"github.com/stockd/stockd/internal/stocktest/catalogtest"
 	"github.com/stockd/stockd/preallocate"
 	"github.com/stockd/stockd/shard"
 )
@@ -30,26 +29,10 @@ type rig struct {
 func newRig(t *testing.T, nShards int) *rig {
 	t.Helper()
 	ctx := context.Background()
-	db, err := schema.Open(ctx, stocktest.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	var cfgs []shard.Config
-	for i := 0; i < nShards; i++ {
-		cfgs = append(cfgs, shard.Config{ID: "s" + strconv.Itoa(i+1), Addr: stocktest.StartRedis(t).Addr})
-	}
-	set, err := shard.Open(ctx, cfgs, shard.Options{Prefix: stocktest.Name("s")}, slog.Default())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(set.Close)
+	c := catalogtest.New(t, nShards, "s")
+	db, set := c.DB, c.Shards
 	r := &rig{set: set, store: preallocate.NewStore(db)}
-	seed := map[string]string{}
-	for _, c := range cfgs {
-		seed[c.ID] = c.Addr
-	}
-	if err := r.store.SeedShards(ctx, seed); err != nil {
+	if err := r.store.SeedShards(ctx, c.Addrs); err != nil {
 		t.Fatal(err)
 	}
 	r.alloc = preallocate.New(preallocate.DefaultConfig(), db, set, preallocate.Hooks{}, slog.Default())
