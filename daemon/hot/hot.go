@@ -368,39 +368,54 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	if rules != nil && h.refused(ctx, rules, r, time.Now()) {
 		return
 	}
-	var res scheduler.Result
-	var err error
-	verdict := h.sched.VerdictFor(entry, r.requestID, start)
-	if verdict == scheduler.SoldOutNow {
-		// Most of a flash sale's traffic: answered without Redis, without
-		// a context or timer, and without copying the body's strings.
-		res.Status = scheduler.SoldOut
-	} else {
-		r.own()
-		c := h.deadlines.get(start)
-		res, err = h.take(c, r, entry, verdict, rules)
-		if unknownSKU(err) {
-			// Created on another node a moment ago? Ask MySQL (at most
-			// once per view_max_age for every unknown name).
-			var known bool
-			if known, err = h.catalogue.known(c, r.sku); err != nil {
-				err = fmt.Errorf("%w: %w", scheduler.ErrUnavailable, err)
-			} else if known {
-				if rules = h.sched.Rules(r.sku); rules != nil && h.refused(ctx, rules, r, time.Now()) {
-					return
-				}
-				res, err = h.take(c, r, nil, scheduler.Selling, rules)
-			} else {
-				err = stockd.ErrUnknownSKU
-			}
-		}
+	res, answered, err := h.outcome(ctx, r, entry, rules, start)
+	if answered {
+		return
 	}
 	took := mono.Since(start)
 	h.m.latency.Observe(took.Seconds())
-	stats := h.other
 	if entry == nil && err == nil {
 		entry = h.sched.Registry().Get(r.sku) // loaded by the catalogue just now
 	}
+	h.answer(ctx, r, entry, res, err, took)
+}
+
+// outcome is the deduction's result: from memory when the SKU's verdict
+// says sold out (most of a flash sale's traffic: no Redis, no context or
+// timer, no copy of the body's strings), otherwise from the scheduler,
+// asking MySQL once about a SKU this node does not know. answered: a sale
+// rule refused the request and the answer is written.
+func (h *hot) outcome(ctx *fasthttp.RequestCtx, r deductRequest, entry *scheduler.SKU, rules *scheduler.Rules, start int64) (res scheduler.Result, answered bool, err error) {
+	verdict := h.sched.VerdictFor(entry, r.requestID, start)
+	if verdict == scheduler.SoldOutNow {
+		return scheduler.Result{Status: scheduler.SoldOut}, false, nil
+	}
+	r.own()
+	c := h.deadlines.get(start)
+	res, err = h.take(c, r, entry, verdict, rules)
+	if !unknownSKU(err) {
+		return res, false, err
+	}
+	// Created on another node a moment ago? Ask MySQL (at most once per
+	// view_max_age for every unknown name).
+	known, err := h.catalogue.known(c, r.sku)
+	switch {
+	case err != nil:
+		return res, false, fmt.Errorf("%w: %w", scheduler.ErrUnavailable, err)
+	case !known:
+		return res, false, stockd.ErrUnknownSKU
+	}
+	if rules = h.sched.Rules(r.sku); rules != nil && h.refused(ctx, rules, r, time.Now()) {
+		return res, true, nil
+	}
+	res, err = h.take(c, r, nil, scheduler.Selling, rules)
+	return res, false, err
+}
+
+// answer writes the deduction's answer and counts it (entry nil: in
+// h.other).
+func (h *hot) answer(ctx *fasthttp.RequestCtx, r deductRequest, entry *scheduler.SKU, res scheduler.Result, err error, took time.Duration) {
+	stats := h.other
 	if entry != nil {
 		stats = &entry.Stats
 	}
@@ -428,21 +443,26 @@ func (h *hot) deduct(ctx *fasthttp.RequestCtx) {
 	default:
 		h.m.ok.Inc()
 		stats.Observe(hotstats.OK, took)
-		// Signing hands the token to an interface (the HMAC), so a buffer
-		// on the stack would escape: a pooled one allocates nothing.
-		bp := okBodies.Get().(*[]byte)
-		buf := append((*bp)[:0], `{"status":"ok","reservation":"`...)
-		p := res.Partition
-		buf = h.signer.AppendDetailToken(buf, p.SKU, p.ID, p.Epoch, res.Seq, res.Qty)
-		buf = append(buf, `","sku":"`...)
-		buf = append(buf, r.sku...)
-		buf = append(buf, `","qty":`...)
-		buf = strconv.AppendInt(buf, res.Qty, 10)
-		buf = append(buf, '}')
-		ctx.SetBody(buf)
-		*bp = buf
-		okBodies.Put(bp)
+		h.ok(ctx, r.sku, res)
 	}
+}
+
+// ok writes the ok answer with its signed reservation. Signing hands the
+// token to an interface (the HMAC), so a buffer on the stack would escape:
+// a pooled one allocates nothing.
+func (h *hot) ok(ctx *fasthttp.RequestCtx, sku string, res scheduler.Result) {
+	bp := okBodies.Get().(*[]byte)
+	buf := append((*bp)[:0], `{"status":"ok","reservation":"`...)
+	p := res.Partition
+	buf = h.signer.AppendDetailToken(buf, p.SKU, p.ID, p.Epoch, res.Seq, res.Qty)
+	buf = append(buf, `","sku":"`...)
+	buf = append(buf, sku...)
+	buf = append(buf, `","qty":`...)
+	buf = strconv.AppendInt(buf, res.Qty, 10)
+	buf = append(buf, '}')
+	ctx.SetBody(buf)
+	*bp = buf
+	okBodies.Put(bp)
 }
 
 // unknownSKU tells a SKU that is not in the catalogue (404) from a failure
