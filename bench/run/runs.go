@@ -74,6 +74,11 @@ func (b *bench) runRow(ctx context.Context, sc *plan.Scenario, c, rep int) (*rep
 	if res.Waited, err = b.meter.WaitQuiet(ctx, t.groups[len(t.groups)-1].Pids); err != nil {
 		return nil, err
 	}
+	settled, err := b.meter.WaitSettled(ctx, []int{b.mariadbPID, b.rabbitPID})
+	if err != nil {
+		return nil, err
+	}
+	res.Waited += settled
 	args := append(lgArgs(t.url, t.sku, c, fmt.Sprintf("b%s-%s-c%d-r%d-", b.prefix, sc.Name, c, rep)),
 		"-d", b.opt.duration.String(), "-warmup", b.opt.warmup.String())
 	if sc.Name == "limited" {

@@ -93,25 +93,49 @@ const QuietCores = 0.3
 // should not land in a measurement. Runs that start on a busy machine
 // anyway show it in the report.
 func (m *Meter) WaitQuiet(ctx context.Context, pids []int) (time.Duration, error) {
+	groups := []Group{{"all", pids}}
+	return m.waitBelow(ctx, QuietCores, "other processes", func(m0, m1 MachineCPU, c0, c1 map[string]int64) float64 {
+		ours := float64(c1["all"]-c0["all"]) / m.Clk
+		return m1.Busy - m0.Busy - (m1.IRQ - m0.IRQ) - ours
+	}, groups)
+}
+
+// SettledCores is how much CPU the shared services (MariaDB, RabbitMQ) may
+// use, with no load running, before a run starts.
+const SettledCores = 0.15
+
+// WaitSettled waits, within the same budget as WaitQuiet, until the
+// services in pids (MariaDB and RabbitMQ) use less than SettledCores: the
+// background work an earlier row left them (InnoDB purge and page
+// flushing after hundreds of thousands of detail rows, queue compaction)
+// belongs to that row, not to the next one, whose own figures would
+// otherwise carry it.
+func (m *Meter) WaitSettled(ctx context.Context, pids []int) (time.Duration, error) {
+	groups := []Group{{"services", pids}}
+	return m.waitBelow(ctx, SettledCores, "MariaDB and RabbitMQ", func(_, _ MachineCPU, c0, c1 map[string]int64) float64 {
+		return float64(c1["services"]-c0["services"]) / m.Clk
+	}, groups)
+}
+
+// waitBelow samples 200 ms windows until busy (CPU seconds used in the
+// window) is under cores, the per-run limit (5 s) or the budget is spent.
+func (m *Meter) waitBelow(ctx context.Context, cores float64, what string, busy func(m0, m1 MachineCPU, c0, c1 map[string]int64) float64, groups []Group) (time.Duration, error) {
 	start := time.Now()
 	limit := min(5*time.Second, m.GateBudget-m.GateUsed)
-	groups := []Group{{"all", pids}}
 	for {
 		m0, c0 := Machine(), Snapshot(groups)
 		if err := Sleep(ctx, 200*time.Millisecond); err != nil {
 			return 0, err
 		}
 		m1, c1 := Machine(), Snapshot(groups)
-		ours := float64(c1["all"]-c0["all"]) / m.Clk
-		other := (m1.Busy - m0.Busy - (m1.IRQ - m0.IRQ) - ours) / 0.2
-		if other < QuietCores || time.Since(start) >= limit {
+		if busy(m0, m1, c0, c1)/0.2 < cores || time.Since(start) >= limit {
 			break
 		}
 	}
 	waited := time.Since(start) - 200*time.Millisecond
 	m.GateUsed += waited
 	if waited > 100*time.Millisecond && m.Logf != nil {
-		m.Logf("waited %s for other processes to calm down (budget left %s)", waited.Round(100*time.Millisecond), (m.GateBudget - m.GateUsed).Round(time.Second))
+		m.Logf("waited %s for %s to calm down (budget left %s)", waited.Round(100*time.Millisecond), what, (m.GateBudget - m.GateUsed).Round(time.Second))
 	}
 	return waited, nil
 }
