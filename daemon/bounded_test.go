@@ -415,20 +415,6 @@ func median(d []time.Duration) time.Duration {
 
 func slicesMax(d []time.Duration) time.Duration { return slices.Max(d) }
 
-// metricsText is a node's /metrics.
-func metricsText(t *testing.T, n *node) string {
-	t.Helper()
-	req, _ := http.NewRequest("GET", "http://"+n.admin+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+testToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return string(b)
-}
-
 // skuKeys counts the keys of sku's partitions on a shard.
 func skuKeys(t *testing.T, c rueidis.Client, prefix, sku string) int {
 	t.Helper()
@@ -500,7 +486,7 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 	waitSynced(t, nodes[0], "gone", 30*time.Second)
 	confirmAll(sale)
 	for _, n := range nodes {
-		if !strings.Contains(metricsText(t, n), `sku="gone"`) {
+		if !strings.Contains(scrape(t, n), `sku="gone"`) {
 			t.Fatalf("node %s has no metric series of gone before the archive", n.d.cfg.NodeName)
 		}
 	}
@@ -541,7 +527,7 @@ func TestArchiveSKUOnThreeNodes(t *testing.T) {
 	}
 	for _, n := range nodes {
 		stocktest.Until(t, 30*time.Second, "metric series of gone removed on "+n.d.cfg.NodeName, func() bool {
-			return !strings.Contains(metricsText(t, n), `sku="gone"`)
+			return !strings.Contains(scrape(t, n), `sku="gone"`)
 		})
 		if r := verify(t, n, "gone"); !r.OK || r.Confirmed != 30 {
 			t.Errorf("verify of the archived SKU on %s: %+v", n.d.cfg.NodeName, r)

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bufio"
 	"fmt"
 	"net/http"
 	"sort"
@@ -274,17 +273,7 @@ func TestClusterNodeJoinsMidSale(t *testing.T) {
 // metric reads one counter or gauge from a node's /metrics.
 func metric(t *testing.T, n *node, name string) float64 {
 	t.Helper()
-	req, _ := http.NewRequest("GET", "http://"+n.admin+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+testToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
+	for _, line := range strings.Split(scrape(t, n), "\n") {
 		if strings.HasPrefix(line, name+" ") {
 			v, _ := strconv.ParseFloat(strings.TrimPrefix(line, name+" "), 64)
 			return v

@@ -81,7 +81,7 @@ func alertQueries(t *testing.T) []string {
 	return out
 }
 
-// scrape returns a node's /metrics.
+// scrape returns a node's /metrics (the one fetch the metric helpers share).
 func scrape(t *testing.T, n *node) string {
 	t.Helper()
 	req, _ := http.NewRequest("GET", "http://"+n.admin+"/metrics", nil)

@@ -1,7 +1,7 @@
 package daemon
 
 import (
-	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,15 +27,8 @@ func TestMetrics(t *testing.T) {
 	}
 	waitSynced(t, n, "m1", 10*time.Second)
 
-	req, _ := http.NewRequest("GET", "http://"+n.admin+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+testToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(scrape(t, n)))
 	if err != nil {
 		t.Fatalf("/metrics is not Prometheus text: %v", err)
 	}
