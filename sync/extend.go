@@ -33,26 +33,18 @@ func (l *Ledger) Extend(ctx context.Context, detailID string, qty int64, until t
 	}
 	d := deduction{id: detailID, sku: sku, pid: pid, epoch: epoch, seq: seq, qty: qty}
 	proven := false
-	deadline := time.Now().Add(landWait)
-	pause := 20 * time.Millisecond
+	w := newLandWait()
 	for {
 		err := l.extendOnce(ctx, d, until, proven)
 		var need *needProof
 		if !errors.As(err, &need) {
 			return err
 		}
-		err = l.prove(ctx, d, "confirmed", need)
-		if errors.Is(err, errInTransit) {
-			if time.Now().After(deadline) || !sleepCtx(ctx, pause) {
-				return fmt.Errorf("%w: detail %s is between Redis and MySQL", ErrUnverified, d.id)
-			}
-			pause = min(2*pause, 200*time.Millisecond)
-			continue
-		}
+		ok, err := l.proveOrWait(ctx, d, "confirmed", need, w)
 		if err != nil {
 			return err
 		}
-		proven = true
+		proven = proven || ok
 	}
 }
 

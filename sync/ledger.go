@@ -104,26 +104,17 @@ func (l *Ledger) move(ctx context.Context, detailID string, qty int64, to string
 	}
 	d := deduction{id: detailID, sku: sku, pid: pid, epoch: epoch, seq: seq, qty: qty}
 	proven := false
-	deadline := time.Now().Add(landWait)
-	pause := 20 * time.Millisecond
+	w := newLandWait()
 	for races := 0; ; {
 		err := l.moveOnce(ctx, d, to, proven, expiring)
 		var need *needProof
 		switch {
 		case errors.As(err, &need):
-			err = l.prove(ctx, d, to, need)
-			if errors.Is(err, errInTransit) {
-				// Published, not landed: wait a little for the applier.
-				if time.Now().After(deadline) || !sleepCtx(ctx, pause) {
-					return fmt.Errorf("%w: detail %s is between Redis and MySQL", ErrUnverified, d.id)
-				}
-				pause = min(2*pause, 200*time.Millisecond)
-				continue
-			}
+			ok, err := l.proveOrWait(ctx, d, to, need, w)
 			if err != nil {
 				return err
 			}
-			proven = true
+			proven = proven || ok
 		case errors.Is(err, errLanded) && races < 3:
 			races++
 		default:
@@ -148,6 +139,33 @@ type needProof struct {
 }
 
 func (n *needProof) Error() string { return "detail not landed: check its partition's stream" }
+
+// landWaiter is one settle's wait for a detail between Redis and MySQL:
+// until landWait after it began, with a pause that doubles up to 200 ms.
+type landWaiter struct {
+	deadline time.Time
+	pause    time.Duration
+}
+
+func newLandWait() *landWaiter {
+	return &landWaiter{deadline: time.Now().Add(landWait), pause: 20 * time.Millisecond}
+}
+
+// proveOrWait is prove for a settle's loop: true when d is proven; false
+// with no error when the detail is published but not landed, after a pause
+// for the applier (the caller tries its transaction again, the row may be
+// there now); ErrUnverified once w's time is up.
+func (l *Ledger) proveOrWait(ctx context.Context, d deduction, to string, need *needProof, w *landWaiter) (bool, error) {
+	err := l.prove(ctx, d, to, need)
+	if !errors.Is(err, errInTransit) {
+		return err == nil, err
+	}
+	if time.Now().After(w.deadline) || !sleepCtx(ctx, w.pause) {
+		return false, fmt.Errorf("%w: detail %s is between Redis and MySQL", ErrUnverified, d.id)
+	}
+	w.pause = min(2*w.pause, 200*time.Millisecond)
+	return false, nil
+}
 
 // prove checks in Redis that deduction d exists with its qty (nil), or
 // says why it cannot be used: ErrUnknown, errInTransit, ErrUnverified.
