@@ -65,6 +65,15 @@ local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local out = {}
 
+-- Numbers go to strings with decimal(): Lua's own conversion (x .. '',
+-- or a number handed to redis.call) prints a double with "%.14g" or
+-- "%.17g", about three times dearer than "%d", and a take converts
+-- several per request. Values the caller sent as strings (qty, round)
+-- are used as sent.
+local fmt = string.format
+local function decimal(x) return fmt('%d', x) end
+local mss = decimal(ms)
+
 -- lookup reads fields from generation cur, then prev for those it lacks.
 local function lookup(cur, prev, fields, into)
   local got = redis.call('HMGET', cur, unpack(fields))
@@ -93,9 +102,9 @@ local function take(k, x)
   out[h + 1] = 0; out[h + 2] = 0; out[h + 3] = ACT_A; out[h + 4] = NEED_NONE
 
   local g = math.floor(ms / glen)
-  local gs = string.format('%d', g)
-  local rcur, rprev = records .. gs, records .. string.format('%d', g - 1)
-  local pcur, pprev = pointers .. gs, pointers .. string.format('%d', g - 1)
+  local gs, gp = decimal(g), decimal(g - 1)
+  local rcur, rprev = records .. gs, records .. gp
+  local pcur, pprev = pointers .. gs, pointers .. gp
 
   local f = redis.call('HMGET', state, 'a', 'b', 'act', 'thr', 'ep', 'seq', 'st', 'rg')
   if not f[5] or f[5] ~= epoch then
@@ -152,6 +161,7 @@ local function take(k, x)
   for i = 0, n - 1 do
     local base = r0 + 5 * i
     local reqid, qty, round = ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+    local qtys, rounds = ARGV[base + 2], ARGV[base + 3]
     local self, user = ARGV[base + 4], ARGV[base + 5]
     local code, rseq, rqty, text = 0, 0, 0, ''
 
@@ -159,7 +169,7 @@ local function take(k, x)
     -- this request. Absent means "home, round 1".
     if self ~= '' then
       local p = ptrs[reqid] or (self .. ':1')
-      if p ~= self .. ':' .. round then
+      if p ~= self .. ':' .. rounds then
         code, text = MOVED, p
       end
     end
@@ -180,7 +190,7 @@ local function take(k, x)
     end
 
     if code == 0 and (not open or a + b < qty) then
-      local rec = 's:' .. round
+      local rec = 's:' .. rounds
       recs[reqid] = rec
       written[#written + 1] = reqid; written[#written + 1] = rec
       code = SHORT
@@ -203,13 +213,14 @@ local function take(k, x)
       end
       if act == ACT_A then a, b = cur, oth else a, b = oth, cur end
       seq = seq + 1
-      local rec = 'o:' .. seq .. ':' .. qty
+      local rec = 'o:' .. decimal(seq) .. ':' .. qtys
       recs[reqid] = rec
       written[#written + 1] = reqid; written[#written + 1] = rec
-      entry[#entry + 1] = 'r' .. took; entry[#entry + 1] = reqid
-      entry[#entry + 1] = 'q' .. took; entry[#entry + 1] = qty
+      local i = decimal(took)
+      entry[#entry + 1] = 'r' .. i; entry[#entry + 1] = reqid
+      entry[#entry + 1] = 'q' .. i; entry[#entry + 1] = qtys
       if user ~= '' then
-        entry[#entry + 1] = 'u' .. took; entry[#entry + 1] = user
+        entry[#entry + 1] = 'u' .. i; entry[#entry + 1] = user
       end
       took = took + 1
       code, rseq, rqty = TOOK, seq, qty
@@ -224,7 +235,7 @@ local function take(k, x)
   -- no record can answer a retry with a deduction that never happened; the
   -- error is caught so that the other partitions of the call still answer.
   if took > 0 then
-    local r = redis.pcall('XADD', stream, first .. '-0', 'n', took, 't', ms, unpack(entry))
+    local r = redis.pcall('XADD', stream, decimal(first) .. '-0', 'n', decimal(took), 't', mss, unpack(entry))
     if type(r) == 'table' and r.err then
       for i = 0, n - 1 do
         local o = h + 4 + 4 * i
@@ -238,14 +249,14 @@ local function take(k, x)
     -- The first write of a generation sets its end: generation g is read
     -- until g+1 ends. rg in the state remembers that it is set.
     if f[8] ~= gs then
-      redis.call('PEXPIREAT', rcur, (g + 2) * glen)
+      redis.call('PEXPIREAT', rcur, decimal((g + 2) * glen))
       redis.call('HSET', state, 'rg', gs)
     end
   end
   if took > 0 then
     local actname = 'a'
     if act == ACT_B then actname = 'b' end
-    redis.call('HSET', state, 'a', a, 'b', b, 'act', actname, 'seq', seq)
+    redis.call('HSET', state, 'a', decimal(a), 'b', decimal(b), 'act', actname, 'seq', decimal(seq))
   end
 
   -- The idle sub-domain is the one to refill; an active one below the
