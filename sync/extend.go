@@ -88,7 +88,7 @@ func (l *Ledger) extendOnce(ctx context.Context, d deduction, until time.Time, p
 		}
 		if _, err := tx.ExecContext(ctx,
 			`INSERT INTO reservation_extensions (detail_id, sku, expires_at) VALUES (?, ?, ?)
-			 ON DUPLICATE KEY UPDATE expires_at = VALUES(expires_at)`, d.id, d.sku, until.UTC()); err != nil {
+			 ON DUPLICATE KEY UPDATE expires_at = VALUES(expires_at)`, d.id, d.sku, sqltx.Time(until)); err != nil {
 			return fmt.Errorf("extend reservation: %w", err)
 		}
 		return nil
@@ -117,7 +117,7 @@ func (l *Ledger) expireExtended(ctx context.Context, sku string) (int, error) {
 	rows, err := l.db.QueryContext(ctx,
 		`SELECT e.detail_id, COALESCE(d.state, ''), COALESCE(d.qty, 0) FROM reservation_extensions e
 		   LEFT JOIN deductions d ON d.detail_id = e.detail_id
-		  WHERE e.sku = ? AND e.expires_at < ? LIMIT 500`, sku, now.UTC())
+		  WHERE e.sku = ? AND e.expires_at < ? LIMIT 500`, sku, sqltx.Time(now))
 	if err != nil {
 		return 0, fmt.Errorf("expired extensions: %w", err)
 	}
@@ -155,7 +155,7 @@ func (l *Ledger) expireExtended(ctx context.Context, sku string) (int, error) {
 			}
 		default:
 			// Settled: the extension is of no use any more.
-			if _, err := l.db.ExecContext(ctx, `DELETE FROM reservation_extensions WHERE detail_id = ? AND expires_at < ?`, d.id, now.UTC()); err != nil {
+			if _, err := l.db.ExecContext(ctx, `DELETE FROM reservation_extensions WHERE detail_id = ? AND expires_at < ?`, d.id, sqltx.Time(now)); err != nil {
 				return released, fmt.Errorf("forget extension: %w", err)
 			}
 		}

@@ -435,7 +435,7 @@ func (l *Ledger) Expire(ctx context.Context, sku string, cutoff time.Time) (int,
 			`SELECT detail_id, qty FROM deductions d WHERE sku = ? AND state = 'reserved' AND deducted_at < ?
 			    AND NOT EXISTS (SELECT 1 FROM reservation_extensions e WHERE e.detail_id = d.detail_id)
 			  ORDER BY deducted_at LIMIT 500`,
-			sku, cutoff.UTC())
+			sku, sqltx.Time(cutoff))
 		if err != nil {
 			return released, fmt.Errorf("expired reservations: %w", err)
 		}

@@ -634,3 +634,76 @@ func TestApplyManySKUs(t *testing.T) {
 		t.Errorf("detail of the resolved partition is %s, want released", state)
 	}
 }
+
+// The expiry sweep reads the reservations that are due, not the SKU's
+// others: on a sale with many open reservations it runs every few seconds,
+// and a sweep that walks them all costs MariaDB more than the write-back
+// (issue 13: a time argument with nanoseconds was not an index bound, and
+// each sweep read 3 million index entries). 20,000 fresh reservations,
+// 5 due: the sweep releases the 5 and reads a few dozen index entries.
+func TestExpirySweepReadsOnlyDueReservations(t *testing.T) {
+	ctx := context.Background()
+	db := newDB(t)
+	// One connection: the session counters read below are the sweep's.
+	db.SetMaxOpenConns(1)
+	db.SetMaxIdleConns(1)
+	const fresh, due = 20000, 5
+	if _, err := db.Exec(`INSERT INTO skus (sku, total, pool, reserved, chunk, threshold) VALUES ('sweep', ?, 0, ?, 10, 2)`, fresh+due, fresh+due); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO partitions (sku, pid, shard, epoch) VALUES ('sweep', 0, 's1', 7)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO deductions (detail_id, sku, pid, request_id, qty, state, deducted_at)
+	  SELECT CONCAT('sweep:0:7:', seq), 'sweep', 0, CONCAT('fresh-', seq), 1, 'reserved', NOW(6) - INTERVAL seq MICROSECOND
+	    FROM seq_1_to_20000`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO deductions (detail_id, sku, pid, request_id, qty, state, deducted_at)
+	  SELECT CONCAT('sweep:0:7:', 100000 + seq), 'sweep', 0, CONCAT('due-', seq), 1, 'reserved', NOW(6) - INTERVAL 2 HOUR
+	    FROM seq_1_to_5`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`ANALYZE TABLE deductions`); err != nil {
+		t.Fatal(err)
+	}
+	entries := func() int64 {
+		var sum int64
+		rows, err := db.Query(`SHOW SESSION STATUS WHERE Variable_name IN ('Handler_icp_attempts', 'Handler_read_next', 'Handler_read_rnd_next')`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var name string
+			var v int64
+			if err := rows.Scan(&name, &v); err != nil {
+				t.Fatal(err)
+			}
+			sum += v
+		}
+		return sum
+	}
+	l := newLedger(db, newShards(t), time.Hour)
+	before := entries()
+	// A cutoff with nanoseconds, as time.Now gives it.
+	released, err := l.Expire(ctx, "sweep", time.Now().Add(-time.Hour).Add(123*time.Nanosecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := entries() - before
+	if released != due {
+		t.Fatalf("released %d, want the %d due", released, due)
+	}
+	if read > 1000 {
+		t.Fatalf("the sweep read %d index entries for %d due reservations among %d; want it to read the due ones only", read, due, fresh+due)
+	}
+	var left int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM deductions WHERE sku = 'sweep' AND state = 'reserved'`).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left != fresh {
+		t.Fatalf("%d reservations still reserved, want the %d fresh ones", left, fresh)
+	}
+	t.Logf("released %d of %d reservations, reading %d index entries", released, fresh+due, read)
+}

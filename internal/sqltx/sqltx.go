@@ -86,3 +86,13 @@ func once(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
 	}
 	return err
 }
+
+// Time is t as a query argument compared with a DATETIME(6) column: in UTC
+// and cut to the column's microseconds. The driver writes a time.Time with
+// all nine digits of its nanoseconds, and MariaDB does not take a literal
+// finer than the column as a bound of an index range: the expiry sweep's
+// `deducted_at < ?` then read every reserved detail of the SKU through
+// the index (3 million of them, 320 ms, every sweep) instead of the expired
+// ones only, and MariaDB's CPU per deduction doubled as the table grew
+// (issue 13).
+func Time(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
