@@ -109,36 +109,41 @@ func extendedPast(ctx context.Context, tx *sql.Tx, id string, now time.Time) (bo
 	return until.After(now), nil
 }
 
-// expireExtended releases sku's extended reservations whose extension
-// ran out, and forgets (by key) the extensions of settled reservations.
-// One read without locks per call; writes only for what it found.
-func (l *Ledger) expireExtended(ctx context.Context, sku string) (int, error) {
+// expireExtended releases the extended reservations of skus (at most
+// sweepChunk of them) whose extension ran out, counting them in released,
+// and forgets (by key) the extensions of settled reservations. One read
+// without locks per call; writes only for what it found.
+func (l *Ledger) expireExtended(ctx context.Context, skus []string, released map[string]int) error {
 	now := time.Now()
+	args := make([]any, 0, len(skus)+1)
+	for _, sku := range skus {
+		args = append(args, sku)
+	}
+	args = append(args, sqltx.Time(now))
 	rows, err := l.db.QueryContext(ctx,
-		`SELECT e.detail_id, COALESCE(d.state, ''), COALESCE(d.qty, 0) FROM reservation_extensions e
+		`SELECT e.sku, e.detail_id, COALESCE(d.state, ''), COALESCE(d.qty, 0) FROM reservation_extensions e
 		   LEFT JOIN deductions d ON d.detail_id = e.detail_id
-		  WHERE e.sku = ? AND e.expires_at < ? LIMIT 500`, sku, sqltx.Time(now))
+		  WHERE e.sku IN (?`+strings.Repeat(",?", len(skus)-1)+`) AND e.expires_at < ? LIMIT 500`, args...)
 	if err != nil {
-		return 0, fmt.Errorf("expired extensions: %w", err)
+		return fmt.Errorf("expired extensions: %w", err)
 	}
 	type due struct {
-		id, state string
-		qty       int64
+		sku, id, state string
+		qty            int64
 	}
 	var todo []due
 	for rows.Next() {
 		var d due
-		if err := rows.Scan(&d.id, &d.state, &d.qty); err != nil {
+		if err := rows.Scan(&d.sku, &d.id, &d.state, &d.qty); err != nil {
 			rows.Close()
-			return 0, err
+			return err
 		}
 		todo = append(todo, d)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return 0, err
+		return err
 	}
-	released := 0
 	for _, d := range todo {
 		switch d.state {
 		case "":
@@ -147,20 +152,20 @@ func (l *Ledger) expireExtended(ctx context.Context, sku string) (int, error) {
 			err := l.release(ctx, d.id, d.qty, now)
 			switch {
 			case err == nil:
-				released++
+				released[d.sku]++
 				l.m.expired.Inc()
 			case errors.Is(err, ErrConfirmed), errors.Is(err, ErrReleased), errors.Is(err, errExtended):
 			default:
-				return released, err
+				return err
 			}
 		default:
 			// Settled: the extension is of no use any more.
 			if _, err := l.db.ExecContext(ctx, `DELETE FROM reservation_extensions WHERE detail_id = ? AND expires_at < ?`, d.id, sqltx.Time(now)); err != nil {
-				return released, fmt.Errorf("forget extension: %w", err)
+				return fmt.Errorf("forget extension: %w", err)
 			}
 		}
 	}
-	return released, nil
+	return nil
 }
 
 // giveBack returns the allowance a released reservation held (a limited

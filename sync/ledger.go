@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/stockd/stockd"
@@ -397,12 +398,12 @@ func (l *Ledger) Run(ctx context.Context) error {
 		if l.skus != nil {
 			skus = l.skus()
 		}
-		for _, sku := range skus {
-			if n, err := l.Expire(ctx, sku, time.Now().Add(-l.ttl)); err != nil && ctx.Err() == nil {
-				l.logger.Warn("expiring reservations", "sku", sku, "err", err)
-			} else if n > 0 {
-				l.logger.Info("expired reservations released", "sku", sku, "n", n)
-			}
+		released, err := l.expire(ctx, skus, time.Now().Add(-l.ttl))
+		if err != nil && ctx.Err() == nil {
+			l.logger.Warn("expiring reservations", "skus", len(skus), "err", err)
+		}
+		for sku, n := range released {
+			l.logger.Info("expired reservations released", "sku", sku, "n", n)
 		}
 	}
 }
@@ -427,50 +428,82 @@ func (l *Ledger) sweepAllowances(ctx context.Context) {
 // Expire releases sku's reservations still unconfirmed that were made
 // before cutoff, and returns how many it released.
 func (l *Ledger) Expire(ctx context.Context, sku string, cutoff time.Time) (int, error) {
-	released := 0
+	n, err := l.expire(ctx, []string{sku}, cutoff)
+	return n[sku], err
+}
+
+// sweepChunk bounds the SKUs one sweep query names: a node that owns
+// thousands of SKUs sweeps them with a few queries, not two per SKU per
+// ExpireEvery (with 1,000 SKUs that was 2,000 queries and 0.17 MariaDB
+// cores a second on an idle node; issue 13).
+const sweepChunk = 500
+
+// expire is Expire for several SKUs: it returns how many reservations it
+// released per SKU.
+func (l *Ledger) expire(ctx context.Context, skus []string, cutoff time.Time) (map[string]int, error) {
+	released := map[string]int{}
+	for len(skus) > 0 {
+		chunk := skus[:min(len(skus), sweepChunk)]
+		skus = skus[len(chunk):]
+		if err := l.expireChunk(ctx, chunk, cutoff, released); err != nil {
+			return released, err
+		}
+		if err := l.expireExtended(ctx, chunk, released); err != nil {
+			return released, err
+		}
+	}
+	return released, nil
+}
+
+// expireChunk releases the due reservations of skus (at most sweepChunk
+// of them), 500 at a time; an extended one expires at its extension
+// instead (expireExtended).
+func (l *Ledger) expireChunk(ctx context.Context, skus []string, cutoff time.Time, released map[string]int) error {
+	args := make([]any, 0, len(skus)+1)
+	for _, sku := range skus {
+		args = append(args, sku)
+	}
+	args = append(args, sqltx.Time(cutoff))
+	q := `SELECT sku, detail_id, qty FROM deductions d
+	  WHERE sku IN (?` + strings.Repeat(",?", len(skus)-1) + `) AND state = 'reserved' AND deducted_at < ?
+	    AND NOT EXISTS (SELECT 1 FROM reservation_extensions e WHERE e.detail_id = d.detail_id)
+	  ORDER BY deducted_at LIMIT 500`
 	for {
-		// A reservation extended (POST /v1/extend) expires at its
-		// extension instead (expireExtended).
-		rows, err := l.db.QueryContext(ctx,
-			`SELECT detail_id, qty FROM deductions d WHERE sku = ? AND state = 'reserved' AND deducted_at < ?
-			    AND NOT EXISTS (SELECT 1 FROM reservation_extensions e WHERE e.detail_id = d.detail_id)
-			  ORDER BY deducted_at LIMIT 500`,
-			sku, sqltx.Time(cutoff))
+		rows, err := l.db.QueryContext(ctx, q, args...)
 		if err != nil {
-			return released, fmt.Errorf("expired reservations: %w", err)
+			return fmt.Errorf("expired reservations: %w", err)
 		}
 		type due struct {
-			id  string
-			qty int64
+			sku, id string
+			qty     int64
 		}
 		var todo []due
 		for rows.Next() {
 			var d due
-			if err := rows.Scan(&d.id, &d.qty); err != nil {
+			if err := rows.Scan(&d.sku, &d.id, &d.qty); err != nil {
 				rows.Close()
-				return released, err
+				return err
 			}
 			todo = append(todo, d)
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return released, err
+			return err
 		}
 		for _, d := range todo {
 			err := l.release(ctx, d.id, d.qty, time.Now())
 			switch {
 			case err == nil:
-				released++
+				released[d.sku]++
 				l.m.expired.Inc()
 			case errors.Is(err, ErrConfirmed), errors.Is(err, ErrReleased), errors.Is(err, errExtended):
 				// Confirmed, released or extended meanwhile.
 			default:
-				return released, err
+				return err
 			}
 		}
 		if len(todo) < 500 {
-			n, err := l.expireExtended(ctx, sku)
-			return released + n, err
+			return nil
 		}
 	}
 }

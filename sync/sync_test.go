@@ -707,3 +707,73 @@ func TestExpirySweepReadsOnlyDueReservations(t *testing.T) {
 	}
 	t.Logf("released %d of %d reservations, reading %d index entries", released, fresh+due, read)
 }
+
+// A node sweeps all the SKUs it owns with a few queries, not two per SKU
+// every ExpireEvery: 1,200 SKUs with nothing due cost the sweep at most
+// two SELECTs per 500 of them; and what is due, in any of them, is
+// released once, and counted for its own SKU.
+func TestExpirySweepOfManySKUs(t *testing.T) {
+	ctx := context.Background()
+	db := newDB(t)
+	db.SetMaxOpenConns(1) // the session counters read below are the sweep's
+	db.SetMaxIdleConns(1)
+	const n = 1200
+	for _, q := range []string{
+		`INSERT INTO skus (sku, total, pool, reserved, chunk, threshold) SELECT CONCAT('many-', seq), 2, 0, 2, 10, 2 FROM seq_1_to_1200`,
+		`INSERT INTO partitions (sku, pid, shard, epoch) SELECT CONCAT('many-', seq), 0, 's1', 7 FROM seq_1_to_1200`,
+		`INSERT INTO deductions (detail_id, sku, pid, request_id, qty, state, deducted_at)
+		   SELECT CONCAT('many-', seq, ':0:7:1'), CONCAT('many-', seq), 0, 'fresh', 1, 'reserved', NOW(6) FROM seq_1_to_1200`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	skus := make([]string, n)
+	for i := range skus {
+		skus[i] = "many-" + itoa(i+1)
+	}
+	selects := func() int64 {
+		var name string
+		var v int64
+		if err := db.QueryRow(`SHOW SESSION STATUS LIKE 'Com_select'`).Scan(&name, &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	l := newLedger(db, newShards(t), time.Hour)
+	before := selects()
+	released, err := l.expire(ctx, skus, time.Now().Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The counter read itself is a SELECT too.
+	if got, limit := selects()-before-1, int64(2*((n+499)/500)); got > limit || len(released) != 0 {
+		t.Fatalf("a sweep of %d SKUs with nothing due ran %d SELECTs and released %v; want at most %d and none", n, got, released, limit)
+	}
+
+	// One due reservation in every third SKU.
+	if _, err := db.Exec(`INSERT INTO deductions (detail_id, sku, pid, request_id, qty, state, deducted_at)
+	    SELECT CONCAT('many-', seq, ':0:7:2'), CONCAT('many-', seq), 0, 'due', 1, 'reserved', NOW(6) - INTERVAL 2 HOUR
+	      FROM seq_1_to_1200 WHERE seq % 3 = 0`); err != nil {
+		t.Fatal(err)
+	}
+	released, err = l.expire(ctx, skus, time.Now().Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(released) != n/3 {
+		t.Fatalf("released in %d SKUs, want %d", len(released), n/3)
+	}
+	for sku, k := range released {
+		if k != 1 {
+			t.Fatalf("%s: %d released, want 1", sku, k)
+		}
+	}
+	var left, freed int
+	if err := db.QueryRow(`SELECT SUM(state = 'reserved'), SUM(state = 'released') FROM deductions WHERE sku LIKE 'many-%'`).Scan(&left, &freed); err != nil {
+		t.Fatal(err)
+	}
+	if left != n || freed != n/3 {
+		t.Fatalf("%d reserved and %d released after the sweep; want the %d fresh ones reserved and the %d due released", left, freed, n, n/3)
+	}
+}
