@@ -776,4 +776,19 @@ func TestExpirySweepOfManySKUs(t *testing.T) {
 	if left != n || freed != n/3 {
 		t.Fatalf("%d reserved and %d released after the sweep; want the %d fresh ones reserved and the %d due released", left, freed, n, n/3)
 	}
+
+	// A sale's unpaid reservations fall due together: 1,100 in one SKU,
+	// released over several rounds of the same sweep.
+	if _, err := db.Exec(`INSERT INTO deductions (detail_id, sku, pid, request_id, qty, state, deducted_at)
+	    SELECT CONCAT('many-1:0:7:', 100 + seq), 'many-1', 0, CONCAT('unpaid-', seq), 1, 'reserved', NOW(6) - INTERVAL 2 HOUR + INTERVAL seq MICROSECOND
+	      FROM seq_1_to_1100`); err != nil {
+		t.Fatal(err)
+	}
+	released, err = l.expire(ctx, skus, time.Now().Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(released) != 1 || released["many-1"] != 1100 {
+		t.Fatalf("released %v, want 1100 in many-1", released)
+	}
 }
