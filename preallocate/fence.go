@@ -191,7 +191,7 @@ func (a *Allocator) ResolveDoubts(ctx context.Context, sku string, cutoff time.T
 		args := []any{sku}
 		if !force {
 			q += ` AND fenced_at < ?`
-			args = append(args, cutoff.UTC())
+			args = append(args, sqltx.Time(cutoff))
 		}
 		rows, err := tx.QueryContext(ctx, q+` FOR UPDATE`, args...)
 		if err != nil {
