@@ -15,6 +15,9 @@ type Measurement struct {
 	Busy    float64            // machine CPU busy, fraction of all cores
 	Foreign float64            // CPU of processes outside the bench, in cores (approx.)
 	Pipe    float64            // Redis commands per socket read over the Redis instances
+	// Rewrites is the AOF rewrites of the Redis instances that ran during
+	// the run: started in it, or running when it began.
+	Rewrites uint64
 
 	TakeCalls, TakeReqs float64 // stockd's take script calls and their requests (when Take is set)
 }
@@ -78,6 +81,7 @@ func (m *Meter) Measure(ctx context.Context, p Probe, load func() (*Load, error)
 		}
 	}
 	delete(res.CPU, "all")
+	res.Rewrites = st1.Rewrites - st0.Rewrites + st0.Rewriting
 	if dr := st1.Reads - st0.Reads; dr > 0 {
 		res.Pipe = float64(st1.Commands-st0.Commands) / float64(dr)
 	}

@@ -129,7 +129,7 @@ func TestRenderSections(t *testing.T) {
 		"| Row | c | Server | Redis | MariaDB | RabbitMQ | Load generator | Busy | Others | Cmds/read |",
 		"| Row | c | Server | Redis | MariaDB | RabbitMQ | write-back drained after the load |",
 		"| c | Row | Answers/s | p50 | p99 | Server CPU s | Redis CPU s | Server + Redis | Cmds/read | Requests per take call | ok / refused / errors |",
-		"| Rate asked | Achieved | p50 | p99 | p99.9 | generator send lag p99 | errors | Busy | Others |",
+		"| Rate asked | Achieved | p50 | p99 | p99.9 | generator send lag p99 | errors | Busy | Others | AOF rewrites |",
 		"| Rep | Deductions | Deductions/s | Details not yet in MySQL when the load stopped | Lag |",
 		"| c | Orders/s during the load | Orders not yet in MySQL when the load stopped | Lag |",
 		"| Part of stockd | CPU s sampled | Share |", "| Run | Requests per take call |",
