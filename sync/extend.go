@@ -113,7 +113,7 @@ func extendedPast(ctx context.Context, tx *sql.Tx, id string, now time.Time) (bo
 // sweepChunk of them) whose extension ran out, counting them in released,
 // and forgets (by key) the extensions of settled reservations. One read
 // without locks per call; writes only for what it found.
-func (l *Ledger) expireExtended(ctx context.Context, skus []string, released map[string]int) error {
+func (l *Ledger) expireExtended(ctx context.Context, skus []string, released map[string]int, failed map[string]error) error {
 	now := time.Now()
 	args := make([]any, 0, len(skus)+1)
 	for _, sku := range skus {
@@ -145,6 +145,9 @@ func (l *Ledger) expireExtended(ctx context.Context, skus []string, released map
 		return err
 	}
 	for _, d := range todo {
+		if failed[d.sku] != nil {
+			continue
+		}
 		switch d.state {
 		case "":
 			continue // its detail has not landed: expired once it does
@@ -155,13 +158,15 @@ func (l *Ledger) expireExtended(ctx context.Context, skus []string, released map
 				released[d.sku]++
 				l.m.expired.Inc()
 			case errors.Is(err, ErrConfirmed), errors.Is(err, ErrReleased), errors.Is(err, errExtended):
+			case ctx.Err() != nil:
+				return ctx.Err()
 			default:
-				return err
+				failed[d.sku] = fmt.Errorf("release %s: %w", d.id, err)
 			}
 		default:
 			// Settled: the extension is of no use any more.
 			if _, err := l.db.ExecContext(ctx, `DELETE FROM reservation_extensions WHERE detail_id = ? AND expires_at < ?`, d.id, sqltx.Time(now)); err != nil {
-				return fmt.Errorf("forget extension: %w", err)
+				failed[d.sku] = fmt.Errorf("forget extension %s: %w", d.id, err)
 			}
 		}
 	}

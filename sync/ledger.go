@@ -398,9 +398,14 @@ func (l *Ledger) Run(ctx context.Context) error {
 		if l.skus != nil {
 			skus = l.skus()
 		}
-		released, err := l.expire(ctx, skus, time.Now().Add(-l.ttl))
-		if err != nil && ctx.Err() == nil {
-			l.logger.Warn("expiring reservations", "skus", len(skus), "err", err)
+		released, failed, err := l.expire(ctx, skus, time.Now().Add(-l.ttl))
+		if ctx.Err() == nil {
+			if err != nil {
+				l.logger.Warn("expiring reservations", "skus", len(skus), "err", err)
+			}
+			for sku, err := range failed {
+				l.logger.Warn("expiring reservations", "sku", sku, "err", err)
+			}
 		}
 		for sku, n := range released {
 			l.logger.Info("expired reservations released", "sku", sku, "n", n)
@@ -428,7 +433,10 @@ func (l *Ledger) sweepAllowances(ctx context.Context) {
 // Expire releases sku's reservations still unconfirmed that were made
 // before cutoff, and returns how many it released.
 func (l *Ledger) Expire(ctx context.Context, sku string, cutoff time.Time) (int, error) {
-	n, err := l.expire(ctx, []string{sku}, cutoff)
+	n, failed, err := l.expire(ctx, []string{sku}, cutoff)
+	if err == nil {
+		err = failed[sku]
+	}
 	return n[sku], err
 }
 
@@ -439,20 +447,22 @@ func (l *Ledger) Expire(ctx context.Context, sku string, cutoff time.Time) (int,
 const sweepChunk = 500
 
 // expire is Expire for several SKUs: it returns how many reservations it
-// released per SKU.
-func (l *Ledger) expire(ctx context.Context, skus []string, cutoff time.Time) (map[string]int, error) {
-	released := map[string]int{}
+// released per SKU, and the SKUs whose release failed (a SKU is left for
+// the next sweep at its first failure, the others go on), or err when a
+// query failed.
+func (l *Ledger) expire(ctx context.Context, skus []string, cutoff time.Time) (released map[string]int, failed map[string]error, err error) {
+	released, failed = map[string]int{}, map[string]error{}
 	for len(skus) > 0 {
 		chunk := skus[:min(len(skus), sweepChunk)]
 		skus = skus[len(chunk):]
-		if err := l.expireChunk(ctx, chunk, cutoff, released); err != nil {
-			return released, err
+		if err := l.expireChunk(ctx, chunk, cutoff, released, failed); err != nil {
+			return released, failed, err
 		}
-		if err := l.expireExtended(ctx, chunk, released); err != nil {
-			return released, err
+		if err := l.expireExtended(ctx, chunk, released, failed); err != nil {
+			return released, failed, err
 		}
 	}
-	return released, nil
+	return released, failed, nil
 }
 
 // expireChunk releases the due reservations of skus (at most sweepChunk
@@ -461,18 +471,22 @@ func (l *Ledger) expire(ctx context.Context, skus []string, cutoff time.Time) (m
 // every due reservation of the chunk on each round (a sale's unpaid
 // reservations all fall due together); the index gives each SKU's oldest
 // first, and the rounds go on until none is left.
-func (l *Ledger) expireChunk(ctx context.Context, skus []string, cutoff time.Time, released map[string]int) error {
-	args := make([]any, 0, len(skus)+1)
-	for _, sku := range skus {
-		args = append(args, sku)
-	}
-	args = append(args, sqltx.Time(cutoff))
-	q := `SELECT sku, detail_id, qty FROM deductions d
-	  WHERE sku IN (?` + strings.Repeat(",?", len(skus)-1) + `) AND state = 'reserved' AND deducted_at < ?
-	    AND NOT EXISTS (SELECT 1 FROM reservation_extensions e WHERE e.detail_id = d.detail_id)
-	  LIMIT 500`
+func (l *Ledger) expireChunk(ctx context.Context, skus []string, cutoff time.Time, released map[string]int, failed map[string]error) error {
 	for {
-		rows, err := l.db.QueryContext(ctx, q, args...)
+		var args []any
+		for _, sku := range skus {
+			if failed[sku] == nil {
+				args = append(args, sku)
+			}
+		}
+		if len(args) == 0 {
+			return nil
+		}
+		q := `SELECT sku, detail_id, qty FROM deductions d
+		  WHERE sku IN (?` + strings.Repeat(",?", len(args)-1) + `) AND state = 'reserved' AND deducted_at < ?
+		    AND NOT EXISTS (SELECT 1 FROM reservation_extensions e WHERE e.detail_id = d.detail_id)
+		  LIMIT 500`
+		rows, err := l.db.QueryContext(ctx, q, append(args, sqltx.Time(cutoff))...)
 		if err != nil {
 			return fmt.Errorf("expired reservations: %w", err)
 		}
@@ -494,6 +508,9 @@ func (l *Ledger) expireChunk(ctx context.Context, skus []string, cutoff time.Tim
 			return err
 		}
 		for _, d := range todo {
+			if failed[d.sku] != nil {
+				continue
+			}
 			err := l.release(ctx, d.id, d.qty, time.Now())
 			switch {
 			case err == nil:
@@ -501,8 +518,10 @@ func (l *Ledger) expireChunk(ctx context.Context, skus []string, cutoff time.Tim
 				l.m.expired.Inc()
 			case errors.Is(err, ErrConfirmed), errors.Is(err, ErrReleased), errors.Is(err, errExtended):
 				// Confirmed, released or extended meanwhile.
+			case ctx.Err() != nil:
+				return ctx.Err()
 			default:
-				return err
+				failed[d.sku] = fmt.Errorf("release %s: %w", d.id, err)
 			}
 		}
 		if len(todo) < 500 {

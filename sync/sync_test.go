@@ -742,9 +742,9 @@ func TestExpirySweepOfManySKUs(t *testing.T) {
 	}
 	l := newLedger(db, newShards(t), time.Hour)
 	before := selects()
-	released, err := l.expire(ctx, skus, time.Now().Add(-time.Hour))
-	if err != nil {
-		t.Fatal(err)
+	released, failed, err := l.expire(ctx, skus, time.Now().Add(-time.Hour))
+	if err != nil || len(failed) != 0 {
+		t.Fatal(err, failed)
 	}
 	// The counter read itself is a SELECT too.
 	if got, limit := selects()-before-1, int64(2*((n+499)/500)); got > limit || len(released) != 0 {
@@ -757,9 +757,9 @@ func TestExpirySweepOfManySKUs(t *testing.T) {
 	      FROM seq_1_to_1200 WHERE seq % 3 = 0`); err != nil {
 		t.Fatal(err)
 	}
-	released, err = l.expire(ctx, skus, time.Now().Add(-time.Hour))
-	if err != nil {
-		t.Fatal(err)
+	released, failed, err = l.expire(ctx, skus, time.Now().Add(-time.Hour))
+	if err != nil || len(failed) != 0 {
+		t.Fatal(err, failed)
 	}
 	if len(released) != n/3 {
 		t.Fatalf("released in %d SKUs, want %d", len(released), n/3)
@@ -784,11 +784,31 @@ func TestExpirySweepOfManySKUs(t *testing.T) {
 	      FROM seq_1_to_1100`); err != nil {
 		t.Fatal(err)
 	}
-	released, err = l.expire(ctx, skus, time.Now().Add(-time.Hour))
-	if err != nil {
-		t.Fatal(err)
+	released, failed, err = l.expire(ctx, skus, time.Now().Add(-time.Hour))
+	if err != nil || len(failed) != 0 {
+		t.Fatal(err, failed)
 	}
 	if len(released) != 1 || released["many-1"] != 1100 {
 		t.Fatalf("released %v, want 1100 in many-1", released)
+	}
+
+	// A reservation that cannot be released (its id does not parse)
+	// leaves its SKU for the next sweep; the other SKUs, in its chunk and
+	// in the next, are swept as before.
+	if _, err := db.Exec(`INSERT INTO deductions (detail_id, sku, pid, request_id, qty, state, deducted_at) VALUES
+	    ('many-2:zero:7:9', 'many-2', 0, 'broken', 1, 'reserved', NOW(6) - INTERVAL 2 HOUR),
+	    ('many-5:0:7:9', 'many-5', 0, 'due-5', 1, 'reserved', NOW(6) - INTERVAL 2 HOUR),
+	    ('many-1000:0:7:9', 'many-1000', 0, 'due-1000', 1, 'reserved', NOW(6) - INTERVAL 2 HOUR)`); err != nil {
+		t.Fatal(err)
+	}
+	released, failed, err = l.expire(ctx, skus, time.Now().Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(failed) != 1 || failed["many-2"] == nil {
+		t.Fatalf("failed %v, want many-2 alone", failed)
+	}
+	if len(released) != 2 || released["many-5"] != 1 || released["many-1000"] != 1 {
+		t.Fatalf("released %v, want many-5 and many-1000", released)
 	}
 }
