@@ -501,8 +501,8 @@ func (d *deduction) pickStep(ctx context.Context) (Result, next, error) {
 // walk: installed before the walk began and confirmed by MySQL within
 // VerdictMaxAge of it, the same rule that answers every other request of
 // the SKU from memory. Such a walk got here only because the filter of
-// successful ids could not rule its id out (about 1% of the late
-// requests); its take found no record of a deduction, so looking at the
+// successful ids could not rule its id out (about 0.1% of the late
+// requests, newFilter); its take found no record of a deduction, so looking at the
 // truth again (awaitStock: MySQL and every partition, per request) would
 // only tell what the verdict already says: that cost MariaDB 0.15 cores
 // at 74,000 sold-out answers/s (issue 13).
