@@ -502,10 +502,10 @@ func (d *deduction) pickStep(ctx context.Context) (Result, next, error) {
 // VerdictMaxAge of it, the same rule that answers every other request of
 // the SKU from memory. Such a walk got here only because the filter of
 // successful ids could not rule its id out (about 0.1% of the late
-// requests, newFilter); its take found no record of a deduction, so looking at the
-// truth again (awaitStock: MySQL and every partition, per request) would
-// only tell what the verdict already says: that cost MariaDB 0.15 cores
-// at 74,000 sold-out answers/s (issue 13).
+// requests, newFilter); its take found no record of a deduction, so
+// looking at the truth again (awaitStock: MySQL and every partition, per
+// request) would only tell what the verdict already says: that cost
+// MariaDB 0.15 cores at 74,000 sold-out answers/s (issue 13).
 func (d *deduction) verdictCovers() bool {
 	so := d.sku.soldOut.Load()
 	return so != nil && so.installed < d.began && d.s.verdictFresh(so, d.began)
