@@ -110,20 +110,21 @@ func extendedPast(ctx context.Context, tx *sql.Tx, id string, now time.Time) (bo
 }
 
 // expireExtended releases the extended reservations of skus (at most
-// sweepChunk of them) whose extension ran out, counting them in released,
-// and forgets (by key) the extensions of settled reservations. One read
+// sweepChunk of them) whose extension ran out, counting them in w, and
+// forgets (by key) the extensions of settled reservations. One read
 // without locks per call; writes only for what it found.
-func (l *Ledger) expireExtended(ctx context.Context, skus []string, released map[string]int, failed map[string]error) error {
+func (l *Ledger) expireExtended(ctx context.Context, skus []string, w *sweep) error {
 	now := time.Now()
-	args := make([]any, 0, len(skus)+1)
-	for _, sku := range skus {
-		args = append(args, sku)
+	args := w.open(skus)
+	n := len(args)
+	if n == 0 {
+		return nil
 	}
 	args = append(args, sqltx.Time(now))
 	rows, err := l.db.QueryContext(ctx,
 		`SELECT e.sku, e.detail_id, COALESCE(d.state, ''), COALESCE(d.qty, 0) FROM reservation_extensions e
 		   LEFT JOIN deductions d ON d.detail_id = e.detail_id
-		  WHERE e.sku IN (?`+strings.Repeat(",?", len(skus)-1)+`) AND e.expires_at < ? LIMIT 500`, args...)
+		  WHERE e.sku IN (?`+strings.Repeat(",?", n-1)+`) AND e.expires_at < ? LIMIT 500`, args...)
 	if err != nil {
 		return fmt.Errorf("expired extensions: %w", err)
 	}
@@ -145,28 +146,20 @@ func (l *Ledger) expireExtended(ctx context.Context, skus []string, released map
 		return err
 	}
 	for _, d := range todo {
-		if failed[d.sku] != nil {
+		if w.failed[d.sku] != nil {
 			continue
 		}
 		switch d.state {
 		case "":
 			continue // its detail has not landed: expired once it does
 		case "reserved":
-			err := l.release(ctx, d.id, d.qty, now)
-			switch {
-			case err == nil:
-				released[d.sku]++
-				l.m.expired.Inc()
-			case errors.Is(err, ErrConfirmed), errors.Is(err, ErrReleased), errors.Is(err, errExtended):
-			case ctx.Err() != nil:
-				return ctx.Err()
-			default:
-				failed[d.sku] = fmt.Errorf("release %s: %w", d.id, err)
+			if err := l.expireOne(ctx, w, d.sku, d.id, d.qty, now); err != nil {
+				return err
 			}
 		default:
 			// Settled: the extension is of no use any more.
 			if _, err := l.db.ExecContext(ctx, `DELETE FROM reservation_extensions WHERE detail_id = ? AND expires_at < ?`, d.id, sqltx.Time(now)); err != nil {
-				failed[d.sku] = fmt.Errorf("forget extension %s: %w", d.id, err)
+				w.failed[d.sku] = fmt.Errorf("forget extension %s: %w", d.id, err)
 			}
 		}
 	}

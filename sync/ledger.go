@@ -451,18 +451,54 @@ const sweepChunk = 500
 // the next sweep at its first failure, the others go on), or err when a
 // query failed.
 func (l *Ledger) expire(ctx context.Context, skus []string, cutoff time.Time) (released map[string]int, failed map[string]error, err error) {
-	released, failed = map[string]int{}, map[string]error{}
+	w := &sweep{released: map[string]int{}, failed: map[string]error{}}
 	for len(skus) > 0 {
 		chunk := skus[:min(len(skus), sweepChunk)]
 		skus = skus[len(chunk):]
-		if err := l.expireChunk(ctx, chunk, cutoff, released, failed); err != nil {
-			return released, failed, err
+		if err := l.expireChunk(ctx, chunk, cutoff, w); err != nil {
+			return w.released, w.failed, err
 		}
-		if err := l.expireExtended(ctx, chunk, released, failed); err != nil {
-			return released, failed, err
+		if err := l.expireExtended(ctx, chunk, w); err != nil {
+			return w.released, w.failed, err
 		}
 	}
-	return released, failed, nil
+	return w.released, w.failed, nil
+}
+
+// sweep is one expiry sweep's tally: the reservations it released per
+// SKU, and the SKUs it left for the next sweep at their first failure.
+type sweep struct {
+	released map[string]int
+	failed   map[string]error
+}
+
+// open is skus without the failed ones, as query arguments.
+func (w *sweep) open(skus []string) []any {
+	args := make([]any, 0, len(skus)+1)
+	for _, sku := range skus {
+		if w.failed[sku] == nil {
+			args = append(args, sku)
+		}
+	}
+	return args
+}
+
+// expireOne expires one due reservation of sku for w. A reservation
+// confirmed, released or extended meanwhile is no failure; any other
+// error leaves sku for the next sweep. Only ctx ending is returned.
+func (l *Ledger) expireOne(ctx context.Context, w *sweep, sku, id string, qty int64, now time.Time) error {
+	err := l.release(ctx, id, qty, now)
+	switch {
+	case err == nil:
+		w.released[sku]++
+		l.m.expired.Inc()
+	case errors.Is(err, ErrConfirmed), errors.Is(err, ErrReleased), errors.Is(err, errExtended):
+	case ctx.Err() != nil:
+		return ctx.Err()
+	default:
+		w.failed[sku] = fmt.Errorf("release %s: %w", id, err)
+	}
+	return nil
 }
 
 // expireChunk releases the due reservations of skus (at most sweepChunk
@@ -471,14 +507,9 @@ func (l *Ledger) expire(ctx context.Context, skus []string, cutoff time.Time) (r
 // every due reservation of the chunk on each round (a sale's unpaid
 // reservations all fall due together); the index gives each SKU's oldest
 // first, and the rounds go on until none is left.
-func (l *Ledger) expireChunk(ctx context.Context, skus []string, cutoff time.Time, released map[string]int, failed map[string]error) error {
+func (l *Ledger) expireChunk(ctx context.Context, skus []string, cutoff time.Time, w *sweep) error {
 	for {
-		var args []any
-		for _, sku := range skus {
-			if failed[sku] == nil {
-				args = append(args, sku)
-			}
-		}
+		args := w.open(skus)
 		if len(args) == 0 {
 			return nil
 		}
@@ -508,20 +539,11 @@ func (l *Ledger) expireChunk(ctx context.Context, skus []string, cutoff time.Tim
 			return err
 		}
 		for _, d := range todo {
-			if failed[d.sku] != nil {
+			if w.failed[d.sku] != nil {
 				continue
 			}
-			err := l.release(ctx, d.id, d.qty, time.Now())
-			switch {
-			case err == nil:
-				released[d.sku]++
-				l.m.expired.Inc()
-			case errors.Is(err, ErrConfirmed), errors.Is(err, ErrReleased), errors.Is(err, errExtended):
-				// Confirmed, released or extended meanwhile.
-			case ctx.Err() != nil:
-				return ctx.Err()
-			default:
-				failed[d.sku] = fmt.Errorf("release %s: %w", d.id, err)
+			if err := l.expireOne(ctx, w, d.sku, d.id, d.qty, time.Now()); err != nil {
+				return err
 			}
 		}
 		if len(todo) < 500 {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"log/slog"
+	"strings"
 	gosync "sync"
 	"testing"
 	"time"
@@ -667,31 +668,14 @@ func TestExpirySweepReadsOnlyDueReservations(t *testing.T) {
 	if _, err := db.Exec(`ANALYZE TABLE deductions`); err != nil {
 		t.Fatal(err)
 	}
-	entries := func() int64 {
-		var sum int64
-		rows, err := db.Query(`SHOW SESSION STATUS WHERE Variable_name IN ('Handler_icp_attempts', 'Handler_read_next', 'Handler_read_rnd_next')`)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var name string
-			var v int64
-			if err := rows.Scan(&name, &v); err != nil {
-				t.Fatal(err)
-			}
-			sum += v
-		}
-		return sum
-	}
 	l := newLedger(db, newShards(t), time.Hour)
-	before := entries()
+	before := sessionStatus(t, db, "Handler_icp_attempts", "Handler_read_next", "Handler_read_rnd_next")
 	// A cutoff with nanoseconds, as time.Now gives it.
 	released, err := l.Expire(ctx, "sweep", time.Now().Add(-time.Hour).Add(123*time.Nanosecond))
 	if err != nil {
 		t.Fatal(err)
 	}
-	read := entries() - before
+	read := sessionStatus(t, db, "Handler_icp_attempts", "Handler_read_next", "Handler_read_rnd_next") - before
 	if released != due {
 		t.Fatalf("released %d, want the %d due", released, due)
 	}
@@ -732,22 +716,14 @@ func TestExpirySweepOfManySKUs(t *testing.T) {
 	for i := range skus {
 		skus[i] = "many-" + itoa(i+1)
 	}
-	selects := func() int64 {
-		var name string
-		var v int64
-		if err := db.QueryRow(`SHOW SESSION STATUS LIKE 'Com_select'`).Scan(&name, &v); err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
 	l := newLedger(db, newShards(t), time.Hour)
-	before := selects()
+	before := sessionStatus(t, db, "Com_select")
 	released, failed, err := l.expire(ctx, skus, time.Now().Add(-time.Hour))
 	if err != nil || len(failed) != 0 {
 		t.Fatal(err, failed)
 	}
 	// The counter read itself is a SELECT too.
-	if got, limit := selects()-before-1, int64(2*((n+499)/500)); got > limit || len(released) != 0 {
+	if got, limit := sessionStatus(t, db, "Com_select")-before-1, int64(2*((n+499)/500)); got > limit || len(released) != 0 {
 		t.Fatalf("a sweep of %d SKUs with nothing due ran %d SELECTs and released %v; want at most %d and none", n, got, released, limit)
 	}
 
@@ -811,4 +787,34 @@ func TestExpirySweepOfManySKUs(t *testing.T) {
 	if len(released) != 2 || released["many-5"] != 1 || released["many-1000"] != 1 {
 		t.Fatalf("released %v, want many-5 and many-1000", released)
 	}
+}
+
+// sessionStatus is the sum of the named counters of db's session (SHOW
+// SESSION STATUS): db must have one connection, so that the session is
+// the one the code under test used.
+func sessionStatus(t *testing.T, db *sql.DB, names ...string) int64 {
+	t.Helper()
+	q := `SHOW SESSION STATUS WHERE Variable_name IN (?` + strings.Repeat(",?", len(names)-1) + `)`
+	args := make([]any, len(names))
+	for i, n := range names {
+		args[i] = n
+	}
+	rows, err := db.Query(q, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var sum int64
+	for rows.Next() {
+		var name string
+		var v int64
+		if err := rows.Scan(&name, &v); err != nil {
+			t.Fatal(err)
+		}
+		sum += v
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return sum
 }
