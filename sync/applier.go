@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -452,16 +453,30 @@ type partState struct {
 	resolved bool // its doubt was resolved: details land released
 }
 
-// keysChunk bounds how many partitions or SKUs one statement of the
-// applier names. A batch of many SKUs (1,000 hot at once) takes a few
-// statements per chunk instead of three per partition: one statement per
-// partition cost MariaDB about 200 us of CPU per detail when every detail
-// of a batch was another SKU's (issue 13).
-const keysChunk = 200
+// The applier names a batch's partitions and SKUs to MySQL as one JSON
+// array bound to one placeholder and read back as rows by JSON_TABLE
+// (MariaDB 10.6, MySQL 8.0), which each statement joins to the table by
+// its primary key, the array first (STRAIGHT_JOIN): one statement per
+// table for any number of keys, each key one index lookup, and the rows
+// locked in the array's order, which is sorted. The forms before this
+// were linear per row in the number of keys (OR-ed key predicates,
+// CASE … WHEN per key): on a batch of 1,000 SKUs their three statements
+// cost MariaDB about 33 ms, 33 µs per detail, four times the insert of
+// the details (issue 13); these cost about 14.
+const (
+	partsTable = `JSON_TABLE(?, '$[*]' COLUMNS (sku VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[0]', pid INT PATH '$[1]'`
+	skusTable  = `JSON_TABLE(?, '$[*]' COLUMNS (sku VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[0]'`
+)
+
+// appendJSONString appends s as a JSON string.
+func appendJSONString(b []byte, s string) []byte {
+	q, _ := json.Marshal(s) // a string always marshals
+	return append(b, q...)
+}
 
 // partitionsOf reads (and locks, so that a fence or a doubt resolution
 // cannot slip between this read and the insert) the partitions of a batch,
-// in one lock order: the primary key's, which the statement scans.
+// in one lock order: sorted by SKU, then pid.
 func partitionsOf(ctx context.Context, tx *sql.Tx, rows []row) (map[partKey]partState, error) {
 	out := map[partKey]partState{}
 	var keys []partKey
@@ -472,39 +487,38 @@ func partitionsOf(ctx context.Context, tx *sql.Tx, rows []row) (map[partKey]part
 		}
 	}
 	sortPartKeys(keys)
-	for start := 0; start < len(keys); start += keysChunk {
-		chunk := keys[start:min(start+keysChunk, len(keys))]
-		var q strings.Builder
-		args := make([]any, 0, 2*len(chunk))
-		q.WriteString(`SELECT sku, pid, epoch, state, doubt_resolved_at IS NOT NULL FROM partitions FORCE INDEX (PRIMARY) WHERE `)
-		for i, k := range chunk {
-			if i > 0 {
-				q.WriteString(" OR ")
-			}
-			q.WriteString("(sku = ? AND pid = ?)")
-			args = append(args, k.sku, k.pid)
+	b := []byte{'['}
+	for i, k := range keys {
+		if i > 0 && k.sku == keys[i-1].sku && k.pid == keys[i-1].pid {
+			continue // another epoch of the same row
 		}
-		q.WriteString(" ORDER BY sku, pid FOR UPDATE")
-		rs, err := tx.QueryContext(ctx, q.String(), args...)
-		if err != nil {
+		if len(b) > 1 {
+			b = append(b, ',')
+		}
+		b = append(appendJSONString(append(b, '['), k.sku), ',')
+		b = append(strconv.AppendInt(b, int64(k.pid), 10), ']')
+	}
+	b = append(b, ']')
+	rs, err := tx.QueryContext(ctx, `SELECT p.sku, p.pid, p.epoch, p.state, p.doubt_resolved_at IS NOT NULL
+FROM `+partsTable+`)) v STRAIGHT_JOIN partitions p FORCE INDEX (PRIMARY) ON p.sku = v.sku AND p.pid = v.pid
+FOR UPDATE`, b)
+	if err != nil {
+		return nil, fmt.Errorf("partitions of a batch: %w", err)
+	}
+	defer rs.Close()
+	for rs.Next() {
+		var k partKey
+		var state string
+		var resolved bool
+		if err := rs.Scan(&k.sku, &k.pid, &k.epoch, &state, &resolved); err != nil {
 			return nil, fmt.Errorf("partitions of a batch: %w", err)
 		}
-		for rs.Next() {
-			var k partKey
-			var state string
-			var resolved bool
-			if err := rs.Scan(&k.sku, &k.pid, &k.epoch, &state, &resolved); err != nil {
-				rs.Close()
-				return nil, fmt.Errorf("partitions of a batch: %w", err)
-			}
-			if _, ok := out[k]; ok { // another epoch of the partition: not this batch's
-				out[k] = partState{fenced: state == "fenced" && !resolved, resolved: state == "fenced" && resolved}
-			}
+		if _, ok := out[k]; ok { // another epoch of the partition: not this batch's
+			out[k] = partState{fenced: state == "fenced" && !resolved, resolved: state == "fenced" && resolved}
 		}
-		rs.Close()
-		if err := rs.Err(); err != nil {
-			return nil, fmt.Errorf("partitions of a batch: %w", err)
-		}
+	}
+	if err := rs.Err(); err != nil {
+		return nil, fmt.Errorf("partitions of a batch: %w", err)
 	}
 	return out, nil
 }
@@ -624,20 +638,16 @@ func moveCounters(ctx context.Context, tx *sql.Tx, details []row, parts map[part
 		skus = append(skus, s)
 	}
 	sort.Strings(skus) // one lock order for every applier
-	for start := 0; start < len(skus); start += keysChunk {
-		if err := updateSKUs(ctx, tx, skus[start:min(start+keysChunk, len(skus))], bySKU); err != nil {
-			return fmt.Errorf("update counters: %w", err)
-		}
+	if err := updateSKUs(ctx, tx, skus, bySKU); err != nil {
+		return fmt.Errorf("update counters: %w", err)
 	}
 	keys := make([]partKey, 0, len(seen))
 	for k := range seen {
 		keys = append(keys, k)
 	}
 	sortPartKeys(keys)
-	for start := 0; start < len(keys); start += keysChunk {
-		if err := updatePartitions(ctx, tx, keys[start:min(start+keysChunk, len(keys))], seen, doubt); err != nil {
-			return fmt.Errorf("update partitions: %w", err)
-		}
+	if err := updatePartitions(ctx, tx, keys, seen, doubt); err != nil {
+		return fmt.Errorf("update partitions: %w", err)
 	}
 	return nil
 }
@@ -646,49 +656,29 @@ func moveCounters(ctx context.Context, tx *sql.Tx, details []row, parts map[part
 type skuDelta struct{ reserved, released, inDoubt, pool, doubled int64 }
 
 // updateSKUs moves the counters of skus (sorted) in one statement, by
-// increments only: col = col + CASE sku WHEN … END, for the counters the
-// batch moves.
+// increments only.
 func updateSKUs(ctx context.Context, tx *sql.Tx, skus []string, by map[string]*skuDelta) error {
-	var q strings.Builder
-	var args []any
-	q.WriteString(`UPDATE skus FORCE INDEX (PRIMARY) SET `)
-	set := 0
-	for _, c := range []struct {
-		col string
-		v   func(*skuDelta) int64
-	}{
-		{"reserved", func(x *skuDelta) int64 { return x.reserved }},
-		{"released", func(x *skuDelta) int64 { return x.released }},
-		{"in_doubt", func(x *skuDelta) int64 { return x.inDoubt }},
-		{"pool", func(x *skuDelta) int64 { return x.pool }},
-		{"doubled", func(x *skuDelta) int64 { return x.doubled }},
-	} {
-		moved := false
-		for _, s := range skus {
-			moved = moved || c.v(by[s]) != 0
-		}
-		if !moved {
-			continue
-		}
-		if set > 0 {
-			q.WriteString(", ")
-		}
-		set++
-		q.WriteString(c.col + " = " + c.col + " + CASE sku")
-		for _, s := range skus {
-			q.WriteString(" WHEN ? THEN ?")
-			args = append(args, s, c.v(by[s]))
-		}
-		q.WriteString(" ELSE 0 END")
-	}
-	if set == 0 {
+	if len(skus) == 0 {
 		return nil
 	}
-	q.WriteString(" WHERE sku IN (?" + strings.Repeat(",?", len(skus)-1) + ")")
-	for _, s := range skus {
-		args = append(args, s)
+	b := []byte{'['}
+	for i, s := range skus {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		x := by[s]
+		b = appendJSONString(append(b, '['), s)
+		for _, v := range [...]int64{x.reserved, x.released, x.inDoubt, x.pool, x.doubled} {
+			b = strconv.AppendInt(append(b, ','), v, 10)
+		}
+		b = append(b, ']')
 	}
-	_, err := tx.ExecContext(ctx, q.String(), args...)
+	b = append(b, ']')
+	_, err := tx.ExecContext(ctx, `UPDATE `+skusTable+`,
+  reserved BIGINT PATH '$[1]', released BIGINT PATH '$[2]', in_doubt BIGINT PATH '$[3]', pool BIGINT PATH '$[4]', doubled BIGINT PATH '$[5]')) v
+STRAIGHT_JOIN skus s FORCE INDEX (PRIMARY) ON s.sku = v.sku
+SET s.reserved = s.reserved + v.reserved, s.released = s.released + v.released, s.in_doubt = s.in_doubt + v.in_doubt,
+  s.pool = s.pool + v.pool, s.doubled = s.doubled + v.doubled`, b)
 	return err
 }
 
@@ -696,35 +686,25 @@ func updateSKUs(ctx context.Context, tx *sql.Tx, skus []string, by map[string]*s
 // partitions keys (sorted) in one statement; a row of another epoch of a
 // key's partition keeps its values.
 func updatePartitions(ctx context.Context, tx *sql.Tx, keys []partKey, seen, doubt map[partKey]int64) error {
-	var q strings.Builder
-	var args []any
-	q.WriteString(`UPDATE partitions FORCE INDEX (PRIMARY) SET seen_seq = GREATEST(seen_seq, CASE`)
-	for _, k := range keys {
-		q.WriteString(" WHEN sku = ? AND pid = ? AND epoch = ? THEN ?")
-		args = append(args, k.sku, k.pid, k.epoch, seen[k])
+	if len(keys) == 0 {
+		return nil
 	}
-	q.WriteString(" ELSE 0 END)")
-	moved := false
-	for _, k := range keys {
-		moved = moved || doubt[k] != 0
-	}
-	if moved {
-		q.WriteString(", doubt_units = doubt_units - CASE")
-		for _, k := range keys {
-			q.WriteString(" WHEN sku = ? AND pid = ? AND epoch = ? THEN ?")
-			args = append(args, k.sku, k.pid, k.epoch, doubt[k])
-		}
-		q.WriteString(" ELSE 0 END")
-	}
-	q.WriteString(" WHERE ")
+	b := []byte{'['}
 	for i, k := range keys {
 		if i > 0 {
-			q.WriteString(" OR ")
+			b = append(b, ',')
 		}
-		q.WriteString("(sku = ? AND pid = ?)")
-		args = append(args, k.sku, k.pid)
+		b = appendJSONString(append(b, '['), k.sku)
+		for _, v := range [...]int64{int64(k.pid), k.epoch, seen[k], doubt[k]} {
+			b = strconv.AppendInt(append(b, ','), v, 10)
+		}
+		b = append(b, ']')
 	}
-	_, err := tx.ExecContext(ctx, q.String(), args...)
+	b = append(b, ']')
+	_, err := tx.ExecContext(ctx, `UPDATE `+partsTable+`,
+  epoch BIGINT PATH '$[2]', seen BIGINT PATH '$[3]', doubt BIGINT PATH '$[4]')) v
+STRAIGHT_JOIN partitions p FORCE INDEX (PRIMARY) ON p.sku = v.sku AND p.pid = v.pid AND p.epoch = v.epoch
+SET p.seen_seq = GREATEST(p.seen_seq, v.seen), p.doubt_units = p.doubt_units - v.doubt`, b)
 	return err
 }
 

@@ -818,3 +818,84 @@ func sessionStatus(t *testing.T, db *sql.DB, names ...string) int64 {
 	}
 	return sum
 }
+
+// A batch of many SKUs moves each SKU's and each partition's counters by
+// its own details only, however the names differ (case, length: ids are
+// case-sensitive), and touches no row outside the batch: with another
+// transaction holding an unrelated SKU's and partition's rows, the batch
+// still lands (a plan that scanned the tables instead of looking each key
+// up would wait on those locks, and on a live sale would stall every
+// refill and fence of the other SKUs behind each batch).
+func TestApplyManySKUsTouchesOnlyTheirRows(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db := newDB(t)
+	var skus []string
+	for i := 0; i < 150; i++ {
+		base := "k" + itoa(i)
+		skus = append(skus, base, strings.ToUpper(base), base+"-"+strings.Repeat("x", i%40)+".Long_Name")
+	}
+	skus = append(skus, "held")
+	for _, sku := range skus {
+		if _, err := db.Exec(`INSERT INTO skus (sku, total, pool, chunk, threshold) VALUES (?, 1000, 0, 10, 2)`, sku); err != nil {
+			t.Fatal(err)
+		}
+		for pid := 0; pid < 2; pid++ {
+			if _, err := db.Exec(`INSERT INTO partitions (sku, pid, shard, epoch) VALUES (?, ?, 's1', 3)`, sku, pid); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	hold, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Rollback()
+	if _, err := hold.ExecContext(ctx, `UPDATE skus SET version = version + 1 WHERE sku = 'held'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hold.ExecContext(ctx, `UPDATE partitions SET gen = gen + 1 WHERE sku = 'held'`); err != nil {
+		t.Fatal(err)
+	}
+
+	// SKU i gets i%5+1 details of qty 1..; partition 1 of every third SKU
+	// also gets a detail of an older epoch (lands, moves no partition row).
+	ms := time.Now().UnixMilli()
+	var ds []wireDetail
+	want := map[string]int64{}
+	seen := map[[2]string]int64{}
+	for i, sku := range skus[:len(skus)-1] {
+		for j := 0; j <= i%5; j++ {
+			pid := j % 2
+			seq := int64(10 + j)
+			ds = append(ds, wireDetail{DetailID: stockd.DetailID(sku, pid, 3, seq), SKU: sku, PID: pid,
+				RequestID: sku + "/" + itoa(j), Qty: int64(j + 1), TimeMs: ms})
+			want[sku] += int64(j + 1)
+			seen[[2]string{sku, itoa(pid)}] = seq
+		}
+		if i%3 == 0 {
+			ds = append(ds, wireDetail{DetailID: stockd.DetailID(sku, 1, 2, 99), SKU: sku, PID: 1,
+				RequestID: sku + "/old", Qty: 7, TimeMs: ms})
+			want[sku] += 7
+		}
+	}
+	r, err := Apply(ctx, db, ds)
+	if err != nil || r.Inserted != len(ds) {
+		t.Fatalf("apply with an unrelated SKU's rows locked: %+v %v", r, err)
+	}
+	hold.Rollback()
+	for _, sku := range skus {
+		if got := readCounters(t, db, sku).reserved; got != want[sku] {
+			t.Errorf("%s: reserved %d, want %d", sku, got, want[sku])
+		}
+		for pid := 0; pid < 2; pid++ {
+			var s int64
+			if err := db.QueryRow(`SELECT seen_seq FROM partitions WHERE sku = ? AND pid = ?`, sku, pid).Scan(&s); err != nil {
+				t.Fatal(err)
+			}
+			if w := seen[[2]string{sku, itoa(pid)}]; s != w {
+				t.Errorf("partition %s/%d: seen_seq %d, want %d", sku, pid, s, w)
+			}
+		}
+	}
+}

@@ -23,6 +23,7 @@ package schema
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -246,11 +247,33 @@ func OpenSession(ctx context.Context, dsn, caFile string, s Session) (_ *sql.DB,
 	db.SetMaxOpenConns(32)
 	db.SetMaxIdleConns(32)
 	db.SetConnMaxLifetime(time.Hour)
+	if err := checkServer(ctx, db); err != nil {
+		db.Close()
+		return nil, info, err
+	}
 	if err := Migrate(ctx, db); err != nil {
 		db.Close()
 		return nil, info, err
 	}
 	return db, info, nil
+}
+
+// checkServer refuses a server without JSON_TABLE (before MariaDB 10.6 or
+// MySQL 8.0), at start: the write-back names a batch's keys with it, and
+// on such a server every batch would fail and be dead-lettered instead.
+func checkServer(ctx context.Context, db *sql.DB) error {
+	var n int
+	err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM JSON_TABLE('[1]', '$[*]' COLUMNS (a INT PATH '$')) t`).Scan(&n)
+	var me *mysql.MySQLError
+	if errors.As(err, &me) && me.Number == 1064 { // ER_PARSE_ERROR
+		var version string
+		db.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version)
+		return fmt.Errorf("mysql: server %s has no JSON_TABLE; stockd needs MariaDB 10.6 or MySQL 8.0 or later", version)
+	}
+	if err != nil {
+		return fmt.Errorf("mysql: %w", err)
+	}
+	return nil
 }
 
 func createDatabase(ctx context.Context, cfg mysql.Config) error {
