@@ -286,11 +286,19 @@ func (d *Daemon) runBackground(l loops) {
 // node owns once every reservation that could still be confirmed has
 // expired, and tells the others.
 func (d *Daemon) resolveDoubts(ctx context.Context) {
-	for _, name := range d.reg.Names() {
-		if !d.own.sku(name) {
+	cutoff := time.Now().Add(-d.cfg.Sync.ReservationTTL)
+	due, err := d.alloc.DoubtsDue(ctx, cutoff)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.logger.Warn("resolve in-doubt units", "err", err)
+		}
+		return
+	}
+	for _, name := range due {
+		if d.reg.Get(name) == nil || !d.own.sku(name) {
 			continue
 		}
-		n, err := d.alloc.ResolveDoubts(ctx, name, time.Now().Add(-d.cfg.Sync.ReservationTTL), false)
+		n, err := d.alloc.ResolveDoubts(ctx, name, cutoff, false)
 		if err != nil && ctx.Err() == nil {
 			d.logger.Warn("resolve in-doubt units", "sku", name, "err", err)
 		}

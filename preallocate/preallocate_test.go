@@ -266,3 +266,71 @@ func TestFillAppliedAcrossAFence(t *testing.T) {
 		t.Fatalf("allocation %s; pool %d + in_doubt %d != total %d (partition doubt %d)", s, pool, inDoubt, total, doubt)
 	}
 }
+
+// The doubt resolution's round asks MySQL once for the SKUs that have a
+// due doubt (DoubtsDue) and resolves only those: the list must name every
+// SKU whose resolution would return units, and no other. Fenced partitions
+// in every state: due, fenced too recently, resolved already, open.
+func TestDoubtsDueNamesEverySKUWithADueDoubt(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, 1)
+	now := time.Now()
+	cutoff := now.Add(-30 * time.Minute)
+	type part struct {
+		fencedAgo time.Duration // 0: open
+		resolved  bool
+		units     int64
+	}
+	skus := map[string][]part{
+		"dd-due":      {{fencedAgo: time.Hour, units: 5}, {}},
+		"dd-recent":   {{fencedAgo: time.Minute, units: 3}, {}},
+		"dd-resolved": {{fencedAgo: time.Hour, resolved: true}, {}},
+		"dd-open":     {{}, {}},
+		"dd-Due":      {{}, {fencedAgo: 2 * time.Hour, units: 1}}, // a case variant: another SKU
+		"dd-both":     {{fencedAgo: time.Hour, units: 2}, {fencedAgo: time.Minute, units: 4}},
+	}
+	for name, parts := range skus {
+		if _, _, err := f.alloc.Provision(ctx, name, Spec{Total: 100, Partitions: len(parts), Chunk: 10, Threshold: 3}, Spec{}); err != nil {
+			t.Fatal(err)
+		}
+		var inDoubt int64
+		for pid, p := range parts {
+			if p.fencedAgo == 0 {
+				continue
+			}
+			var resolvedAt any
+			if p.resolved {
+				resolvedAt = now
+			}
+			if _, err := f.db.Exec(`UPDATE partitions SET state = 'fenced', fenced_at = ?, doubt_units = ?, doubt_resolved_at = ? WHERE sku = ? AND pid = ?`,
+				now.Add(-p.fencedAgo).UTC(), p.units, resolvedAt, name, pid); err != nil {
+				t.Fatal(err)
+			}
+			inDoubt += p.units
+		}
+		if _, err := f.db.Exec(`UPDATE skus SET in_doubt = ? WHERE sku = ?`, inDoubt, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	due, err := f.alloc.DoubtsDue(ctx, cutoff)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]bool{}
+	for _, s := range due {
+		listed[s] = true
+	}
+	want := map[string]int64{"dd-due": 5, "dd-Due": 1, "dd-both": 2}
+	for name := range skus {
+		n, err := f.alloc.ResolveDoubts(ctx, name, cutoff, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != want[name] || listed[name] != (n > 0) {
+			t.Errorf("%s: listed %v, resolution returned %d units (want %d)", name, listed[name], n, want[name])
+		}
+	}
+	if len(due) != len(want) {
+		t.Errorf("DoubtsDue %v, want the %d SKUs with a due doubt", due, len(want))
+	}
+}

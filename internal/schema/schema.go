@@ -180,6 +180,12 @@ CREATE TABLE IF NOT EXISTS reservation_extensions (
   expires_at DATETIME(6) NOT NULL,
   KEY by_expiry (sku, expires_at)
 ) ENGINE=InnoDB`,
+
+	// The fenced partitions whose doubt is still open, found for the whole
+	// catalog by one index range (the doubt resolution's round every 5 s)
+	// instead of one locking read per SKU: 1,000 SKUs cost MariaDB 800
+	// queries a second with nothing fenced.
+	18: `ALTER TABLE partitions ADD INDEX IF NOT EXISTS open_doubt (state, doubt_resolved_at, fenced_at)`,
 }
 
 // statements splits a migration into its statements (";" at a line's
@@ -268,7 +274,7 @@ func checkServer(ctx context.Context, db *sql.DB) error {
 	if errors.As(err, &me) && me.Number == 1064 { // ER_PARSE_ERROR
 		var version string
 		db.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version)
-		return fmt.Errorf("mysql: server %s has no JSON_TABLE; stockd needs MariaDB 10.6 or MySQL 8.0 or later", version)
+		return fmt.Errorf("mysql: server %s has no JSON_TABLE; stockd needs MariaDB 10.6 or later", version)
 	}
 	if err != nil {
 		return fmt.Errorf("mysql: %w", err)
