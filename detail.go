@@ -20,20 +20,23 @@ func DetailPrefix(sku string, pid int, epoch int64) string {
 	return sku + ":" + strconv.Itoa(pid) + ":" + strconv.FormatInt(epoch, 10) + ":"
 }
 
-// ParseDetailID splits a detail id made by DetailID.
+// ParseDetailID splits a detail id made by DetailID (the SKU it returns
+// shares the id's memory: the write-back parses every detail of a batch).
 func ParseDetailID(id string) (sku string, pid int, epoch, seq int64, err error) {
-	parts := strings.Split(id, ":")
-	if len(parts) != 4 {
+	sku, rest, ok1 := strings.Cut(id, ":")
+	ps, rest, ok2 := strings.Cut(rest, ":")
+	es, ss, ok3 := strings.Cut(rest, ":")
+	if !ok1 || !ok2 || !ok3 || strings.Contains(ss, ":") {
 		return "", 0, 0, 0, fmt.Errorf("detail id %q: want sku:pid:epoch:seq", id)
 	}
-	if pid, err = strconv.Atoi(parts[1]); err != nil {
+	if pid, err = strconv.Atoi(ps); err != nil {
 		return "", 0, 0, 0, fmt.Errorf("detail id %q: pid: %w", id, err)
 	}
-	if epoch, err = strconv.ParseInt(parts[2], 10, 64); err != nil {
+	if epoch, err = strconv.ParseInt(es, 10, 64); err != nil {
 		return "", 0, 0, 0, fmt.Errorf("detail id %q: epoch: %w", id, err)
 	}
-	if seq, err = strconv.ParseInt(parts[3], 10, 64); err != nil {
+	if seq, err = strconv.ParseInt(ss, 10, 64); err != nil {
 		return "", 0, 0, 0, fmt.Errorf("detail id %q: seq: %w", id, err)
 	}
-	return parts[0], pid, epoch, seq, nil
+	return sku, pid, epoch, seq, nil
 }

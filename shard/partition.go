@@ -70,6 +70,8 @@ type Partition struct {
 	state, records, pointers, stream, applied string
 	// window is the records' generation length in ms (RecordWindow).
 	window string
+	// detailPrefix is what its detail ids start with (stockd.DetailPrefix).
+	detailPrefix string
 
 	// takes batches this partition's takes when its shard cannot run one
 	// script over several partitions (a Redis Cluster); otherwise the
@@ -151,6 +153,8 @@ func NewPartition(prefix, sku string, id int, epoch int64, sh *Shard) *Partition
 		applied:  tag + ":a",
 		window:   strconv.FormatInt(DefaultRecordWindow.Milliseconds(), 10),
 		written:  make(chan struct{}, 1),
+
+		detailPrefix: stockd.DetailPrefix(sku, id, epoch),
 	}
 }
 
@@ -167,7 +171,12 @@ func (p *Partition) PointersKey() string { return p.pointers }
 // DetailID names one deduction everywhere (MySQL key, reservation token):
 // sku, partition, epoch and the partition's sequence number.
 func (p *Partition) DetailID(seq int64) string {
-	return stockd.DetailID(p.SKU, p.ID, p.Epoch, seq)
+	return string(p.AppendDetailID(nil, seq))
+}
+
+// AppendDetailID appends the id of deduction seq to b.
+func (p *Partition) AppendDetailID(b []byte, seq int64) []byte {
+	return strconv.AppendInt(append(b, p.detailPrefix...), seq, 10)
 }
 
 // Point moves reqID's pointer on this (home) partition from expect to next.

@@ -32,26 +32,92 @@ type Entry struct {
 // of the next entry.
 func (e Entry) End() int64 { return e.First + int64(len(e.Details)) }
 
-func parseEntry(e rueidis.XRangeEntry) (Entry, error) {
-	out := Entry{ID: e.ID}
-	first, _, _ := strings.Cut(e.ID, "-")
-	var err error
-	if out.First, err = strconv.ParseInt(first, 10, 64); err != nil {
-		return out, fmt.Errorf("entry %s: %w", e.ID, ErrBadReply)
+// parseEntries reads an XRANGE reply. It walks each entry's field list as
+// it came ("n", "t", then r<i>, q<i>, u<i> per detail i) instead of
+// building a map of it (rueidis' AsXRange): the map, and the field names
+// put together to look it up, were the largest part of what a node
+// allocates per deduction. Unknown fields are skipped.
+func parseEntries(msg rueidis.RedisMessage) ([]Entry, error) {
+	entries, err := msg.ToArray()
+	if err != nil {
+		return nil, err
 	}
-	n, err1 := strconv.Atoi(e.FieldValues["n"])
-	t, err2 := strconv.ParseInt(e.FieldValues["t"], 10, 64)
-	if err1 != nil || err2 != nil || n < 1 {
-		return out, fmt.Errorf("entry %s: malformed %v: %w", e.ID, e.FieldValues, ErrBadReply)
+	out := make([]Entry, 0, len(entries))
+	for _, m := range entries {
+		en, err := parseEntry(m)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, en)
+	}
+	return out, nil
+}
+
+func parseEntry(m rueidis.RedisMessage) (Entry, error) {
+	var out Entry
+	parts, err := m.ToArray()
+	if err != nil || len(parts) != 2 {
+		return out, fmt.Errorf("stream entry: %w", ErrBadReply)
+	}
+	if out.ID, err = parts[0].ToString(); err != nil {
+		return out, fmt.Errorf("stream entry: %w", ErrBadReply)
+	}
+	fields, err := parts[1].ToArray()
+	if err != nil || len(fields)%2 != 0 {
+		return out, fmt.Errorf("entry %s: %w", out.ID, ErrBadReply)
+	}
+	first, _, _ := strings.Cut(out.ID, "-")
+	if out.First, err = strconv.ParseInt(first, 10, 64); err != nil {
+		return out, fmt.Errorf("entry %s: %w", out.ID, ErrBadReply)
+	}
+	n, t := -1, int64(-1)
+	for i := 0; i < len(fields); i += 2 {
+		name, _ := fields[i].ToString()
+		switch name {
+		case "n":
+			v, _ := fields[i+1].ToString()
+			if n, err = strconv.Atoi(v); err != nil {
+				n = -1
+			}
+		case "t":
+			v, _ := fields[i+1].ToString()
+			if t, err = strconv.ParseInt(v, 10, 64); err != nil {
+				t = -1
+			}
+		}
+	}
+	if n < 1 || t < 0 {
+		return out, fmt.Errorf("entry %s: malformed (n, t): %w", out.ID, ErrBadReply)
 	}
 	out.Details = make([]Detail, n)
-	for i := 0; i < n; i++ {
-		k := strconv.Itoa(i)
-		d := Detail{Seq: out.First + int64(i), RequestID: e.FieldValues["r"+k], UserID: e.FieldValues["u"+k], TimeMs: t}
-		if d.Qty, err = strconv.ParseInt(e.FieldValues["q"+k], 10, 64); err != nil || d.RequestID == "" || d.Qty < 1 {
-			return out, fmt.Errorf("entry %s: detail %d malformed: %w", e.ID, i, ErrBadReply)
+	for i := 0; i < len(fields); i += 2 {
+		name, _ := fields[i].ToString()
+		if len(name) < 2 || (name[0] != 'r' && name[0] != 'q' && name[0] != 'u') {
+			continue
 		}
-		out.Details[i] = d
+		k, err := strconv.Atoi(name[1:])
+		if err != nil || k < 0 || k >= n {
+			continue
+		}
+		v, _ := fields[i+1].ToString()
+		d := &out.Details[k]
+		switch name[0] {
+		case 'r':
+			d.RequestID = v
+		case 'q':
+			if d.Qty, err = strconv.ParseInt(v, 10, 64); err != nil {
+				d.Qty = 0
+			}
+		case 'u':
+			d.UserID = v
+		}
+	}
+	for i := range out.Details {
+		d := &out.Details[i]
+		d.Seq, d.TimeMs = out.First+int64(i), t
+		if d.RequestID == "" || d.Qty < 1 {
+			return out, fmt.Errorf("entry %s: detail %d malformed: %w", out.ID, i, ErrBadReply)
+		}
 	}
 	return out, nil
 }
@@ -77,13 +143,13 @@ func (p *Partition) readEntries(ctx context.Context, after string, count int64, 
 		start = "(" + after
 	}
 	read := c.B().Xrange().Key(p.stream).Start(start).End("+").Count(count).Build()
-	var res []rueidis.XRangeEntry
+	var msg rueidis.RedisMessage
 	var err error
 	if cfg := p.Shard.Config(); replicated && cfg.Mode() == DurabilityReplica {
 		rs := c.DoMulti(ctx, read,
 			c.B().Hincrby().Key(p.state).Field("touch").Increment(1).Build(),
 			c.B().Wait().Numreplicas(int64(cfg.Replicas)).Timeout(cfg.WaitTimeout.Milliseconds()).Build())
-		res, err = rs[0].AsXRange()
+		msg, err = rs[0].ToMessage()
 		if err == nil {
 			var n int64
 			if n, err = rs[2].AsInt64(); err == nil && n < int64(cfg.Replicas) {
@@ -91,20 +157,12 @@ func (p *Partition) readEntries(ctx context.Context, after string, count int64, 
 			}
 		}
 	} else {
-		res, err = c.Do(ctx, read).AsXRange()
+		msg, err = c.Do(ctx, read).ToMessage()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read details on %s: %w", p.Shard.ID, err)
 	}
-	out := make([]Entry, 0, len(res))
-	for _, e := range res {
-		en, err := parseEntry(e)
-		if err != nil {
-			return out, err
-		}
-		out = append(out, en)
-	}
-	return out, nil
+	return parseEntries(msg)
 }
 
 // TrimBefore deletes the entries whose details all have sequences below

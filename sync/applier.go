@@ -247,16 +247,15 @@ func apply(ctx context.Context, db *sql.DB, all []wireDetail, load bool) (ApplyR
 		if err != nil {
 			return fmt.Errorf("insert details: %w", err)
 		}
-		inserted := make(map[string]bool, len(rows))
-		doubled := map[string]bool{}
-		if n == int64(len(rows)) {
-			// The common case: every detail is new (no redelivery, no early
-			// confirm or release, no double): no row needs a second look.
-			for _, d := range rows {
-				inserted[d.DetailID] = true
+		// The common case: every detail is new (no redelivery, no early
+		// confirm or release, no double): no row needs a second look, and
+		// inserted stays nil, which says "all of them".
+		var inserted, doubled map[string]bool
+		if n != int64(len(rows)) {
+			inserted, doubled = make(map[string]bool, len(rows)), map[string]bool{}
+			if err := secondLook(ctx, tx, rows, applyID, inserted, doubled); err != nil {
+				return err
 			}
-		} else if err := secondLook(ctx, tx, rows, applyID, inserted, doubled); err != nil {
-			return err
 		}
 		return moveCounters(ctx, tx, rows, parts, inserted, doubled, &res)
 	})
@@ -414,20 +413,33 @@ func insertRows(ctx context.Context, tx *sql.Tx, rows []row, parts map[partKey]p
 // once per detail id inserted; looping over the repeats would count a row
 // as many times as the batch names it.
 func distinct(details []wireDetail) []wireDetail {
-	seen := make(map[string]bool, len(details))
-	out := details[:0:0]
-	for _, d := range details {
-		if seen[d.DetailID] {
+	seen := seenPool.Get().(map[string]struct{})
+	defer func() {
+		clear(seen)
+		seenPool.Put(seen)
+	}()
+	var out []wireDetail // nil until the first repeat
+	for i, d := range details {
+		if _, ok := seen[d.DetailID]; ok {
+			if out == nil {
+				out = append(make([]wireDetail, 0, len(details)), details[:i]...)
+			}
 			continue
 		}
-		seen[d.DetailID] = true
-		out = append(out, d)
+		seen[d.DetailID] = struct{}{}
+		if out != nil {
+			out = append(out, d)
+		}
 	}
-	if len(out) == len(details) {
+	if out == nil {
 		return details
 	}
 	return out
 }
+
+// seenPool keeps distinct's sets from batch to batch: a set of a batch's
+// 2,000 ids was the largest allocation of the write-back.
+var seenPool = gosync.Pool{New: func() any { return map[string]struct{}{} }}
 
 // partKey names a partition of one epoch.
 type partKey struct {
@@ -593,7 +605,7 @@ func secondLook(ctx context.Context, tx *sql.Tx, details []row, applyID int64, i
 }
 
 // moveCounters moves the SKUs' and partitions' counters by what this
-// transaction inserted, in one lock order.
+// transaction inserted (inserted nil: every row), in one lock order.
 func moveCounters(ctx context.Context, tx *sql.Tx, details []row, parts map[partKey]partState,
 	inserted, doubled map[string]bool, res *ApplyResult) error {
 	bySKU := map[string]*skuDelta{}
@@ -604,7 +616,7 @@ func moveCounters(ctx context.Context, tx *sql.Tx, details []row, parts map[part
 		if d.seq > seen[k] {
 			seen[k] = d.seq
 		}
-		if !inserted[d.DetailID] && !doubled[d.DetailID] {
+		if inserted != nil && !inserted[d.DetailID] && !doubled[d.DetailID] {
 			continue
 		}
 		x := bySKU[d.SKU]

@@ -367,24 +367,24 @@ func (b *Batcher) acked(ctx context.Context, id string, batch []item) {
 	}
 }
 
+// encode writes batch as the wire format (encodeWire's) straight from
+// the stream entries, without a wireDetail per detail in between.
 func (b *Batcher) encode(batch []item) ([]byte, string) {
 	var raw [8]byte
 	rand.Read(raw[:])
-	w := wireBatch{ID: hex.EncodeToString(raw[:]), Node: b.consumer}
+	id := hex.EncodeToString(raw[:])
+	n := 0
+	for _, it := range batch {
+		n += len(it.e.Details)
+	}
+	out := appendWireHead(make([]byte, 0, 64+n*112), id, b.consumer)
 	for _, it := range batch {
 		for _, d := range it.e.Details {
-			w.Details = append(w.Details, wireDetail{
-				DetailID:  it.p.DetailID(d.Seq),
-				SKU:       it.p.SKU,
-				PID:       it.p.ID,
-				RequestID: d.RequestID,
-				UserID:    d.UserID,
-				Qty:       d.Qty,
-				TimeMs:    d.TimeMs,
-			})
+			out = it.p.AppendDetailID(append(out, '\n'), d.Seq)
+			out = appendWireRest(out, it.p.SKU, it.p.ID, d.RequestID, d.UserID, d.Qty, d.TimeMs)
 		}
 	}
-	return encodeWire(w), w.ID
+	return out, id
 }
 
 // sleepCtx sleeps d unless ctx ends first; it reports whether it slept.

@@ -899,3 +899,51 @@ func TestApplyManySKUsTouchesOnlyTheirRows(t *testing.T) {
 		}
 	}
 }
+
+// The batcher writes its batches from the stream entries straight into
+// the wire format; the applier must read back exactly the details the
+// entries hold, each under its partition's detail id.
+func TestBatcherEncodesWhatTheEntriesHold(t *testing.T) {
+	set := newShards(t)
+	p1, err := set.Partition("enc-A", 0, 7, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := set.Partition("enc.b_2", 3, 12, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch := []item{
+		{p: p1, e: shard.Entry{ID: "1-0", First: 1, Details: []shard.Detail{
+			{Seq: 1, RequestID: "r-1", Qty: 2, TimeMs: 1700000000000},
+			{Seq: 2, RequestID: "r-2", UserID: "u-9", Qty: 1, TimeMs: 1700000000000},
+		}}},
+		{p: p2, e: shard.Entry{ID: "40-0", First: 40, Details: []shard.Detail{
+			{Seq: 40, RequestID: `x\y"z`, Qty: 7, TimeMs: 1},
+		}}},
+		{p: p1, e: shard.Entry{ID: "3-0", First: 3, Details: []shard.Detail{
+			{Seq: 3, RequestID: "r-3", Qty: 1000000, TimeMs: 1700000000005},
+		}}},
+	}
+	b := &Batcher{consumer: "node-1"}
+	body, id := b.encode(batch)
+	got, err := decodeBatch(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []wireDetail
+	for _, it := range batch {
+		for _, d := range it.e.Details {
+			want = append(want, wireDetail{DetailID: stockd.DetailID(it.p.SKU, it.p.ID, it.p.Epoch, d.Seq), SKU: it.p.SKU, PID: it.p.ID,
+				RequestID: d.RequestID, UserID: d.UserID, Qty: d.Qty, TimeMs: d.TimeMs})
+		}
+	}
+	if got.ID != id || got.Node != "node-1" || len(got.Details) != len(want) {
+		t.Fatalf("batch %q from %q with %d details, want %q from node-1 with %d", got.ID, got.Node, len(got.Details), id, len(want))
+	}
+	for i := range want {
+		if got.Details[i] != want[i] {
+			t.Errorf("detail %d: %+v, want %+v", i, got.Details[i], want[i])
+		}
+	}
+}

@@ -25,29 +25,36 @@ const wireMagic = "stockd-batch-v1"
 const contentType = "text/tab-separated-values; charset=us-ascii; profile=" + wireMagic
 
 func encodeWire(w wireBatch) []byte {
-	out := make([]byte, 0, 64+len(w.Details)*96)
-	out = append(out, wireMagic...)
-	out = append(out, '\t')
-	out = append(out, w.ID...)
-	out = append(out, '\t')
-	out = append(out, w.Node...)
+	out := appendWireHead(make([]byte, 0, 64+len(w.Details)*96), w.ID, w.Node)
 	for _, d := range w.Details {
-		out = append(out, '\n')
-		out = append(out, d.DetailID...)
-		out = append(out, '\t')
-		out = append(out, d.SKU...)
-		out = append(out, '\t')
-		out = strconv.AppendInt(out, int64(d.PID), 10)
-		out = append(out, '\t')
-		out = append(out, d.RequestID...)
-		out = append(out, '\t')
-		out = append(out, d.UserID...)
-		out = append(out, '\t')
-		out = strconv.AppendInt(out, d.Qty, 10)
-		out = append(out, '\t')
-		out = strconv.AppendInt(out, d.TimeMs, 10)
+		out = append(append(out, '\n'), d.DetailID...)
+		out = appendWireRest(out, d.SKU, d.PID, d.RequestID, d.UserID, d.Qty, d.TimeMs)
 	}
 	return out
+}
+
+func appendWireHead(out []byte, id, node string) []byte {
+	out = append(out, wireMagic...)
+	out = append(out, '\t')
+	out = append(out, id...)
+	out = append(out, '\t')
+	return append(out, node...)
+}
+
+// appendWireRest appends the fields of a detail line after its detail id.
+func appendWireRest(out []byte, sku string, pid int, reqID, user string, qty, ms int64) []byte {
+	out = append(out, '\t')
+	out = append(out, sku...)
+	out = append(out, '\t')
+	out = strconv.AppendInt(out, int64(pid), 10)
+	out = append(out, '\t')
+	out = append(out, reqID...)
+	out = append(out, '\t')
+	out = append(out, user...)
+	out = append(out, '\t')
+	out = strconv.AppendInt(out, qty, 10)
+	out = append(out, '\t')
+	return strconv.AppendInt(out, ms, 10)
 }
 
 // decodeWire reads a batch body (text or JSON); structural errors are
