@@ -75,6 +75,11 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
+	// The first sold_out answer of a SKU comes from looking at the truth
+	// after no partition held the unit (no verdict yet): a stock wait.
+	if got := value("stockd_scheduler_stock_wait_seconds", nil); got < 1 {
+		t.Errorf("stockd_scheduler_stock_wait_seconds observed %v waits, want at least the one that found the sell-out", got)
+	}
 	// Every take call carries at least one request.
 	if calls, reqs := value("stockd_shard_take_calls_total", map[string]string{"shard": "s1"}), value("stockd_shard_take_requests_total", map[string]string{"shard": "s1"}); calls < 1 || reqs < calls {
 		t.Errorf("take script calls %v, requests %v", calls, reqs)

@@ -214,6 +214,7 @@ type Scheduler struct {
 	verdictReads  prometheus.Counter
 	refillAsks    prometheus.Counter
 	swaps         prometheus.Counter
+	stockWait     prometheus.Histogram
 }
 
 // New returns a scheduler over reg.
@@ -242,6 +243,11 @@ func New(cfg Config, reg *Registry, hooks Hooks, logger *slog.Logger) *Scheduler
 	s.swaps = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "stockd_scheduler_subdomain_swaps_total",
 		Help: "Active sub-domain swaps this node observed in take replies.",
+	})
+	s.stockWait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "stockd_scheduler_stock_wait_seconds",
+		Help:    "How long deductions waited for stock because no partition held their quantity (refills in flight, the truth looked at again); a sale that never waits has no observations.",
+		Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 	})
 	return s
 }
@@ -274,7 +280,7 @@ func (c *levelCollector) Collect(ch chan<- prometheus.Metric) {
 
 // Collectors are the scheduler's metrics, for the daemon's registry.
 func (s *Scheduler) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.calls, s.memorySoldOut, s.verdictReads, s.refillAsks, s.swaps, &levelCollector{reg: s.reg}}
+	return []prometheus.Collector{s.calls, s.memorySoldOut, s.verdictReads, s.refillAsks, s.swaps, s.stockWait, &levelCollector{reg: s.reg}}
 }
 
 // Registry returns the registry.
@@ -481,7 +487,9 @@ func (d *deduction) pickStep(ctx context.Context) (Result, next, error) {
 		if d.deadline.IsZero() {
 			d.deadline = time.Now().Add(d.s.cfg.StockWait)
 		}
+		start := time.Now()
 		v, err := d.s.awaitStock(ctx, d.sku, d.qty, d.deadline)
+		d.s.stockWait.Observe(time.Since(start).Seconds())
 		if err != nil {
 			return Result{}, done, err
 		}
