@@ -28,7 +28,7 @@ func (b *bench) hotURL() string { return "http://" + b.hot + "/v1/deduct" }
 func (b *bench) measure(ctx context.Context, groups []measure.Group, redis []*redisproc.Instance, admins []string, args ...string) (*measure.Measurement, error) {
 	p := measure.Probe{Groups: groups, Redis: redis}
 	if len(admins) > 0 {
-		p.Take = func(ctx context.Context) (float64, float64) { return b.api.takeStats(ctx, admins) }
+		p.Take = func(ctx context.Context) measure.Counters { return b.api.counters(ctx, admins) }
 	}
 	return b.meter.Measure(ctx, p, func() (*measure.Load, error) { return b.loadgen(ctx, args...) })
 }

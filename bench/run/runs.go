@@ -334,8 +334,8 @@ func (b *bench) halfRun(ctx context.Context, rate float64, c, rep int) (*report.
 	for _, f := range lg.Failures {
 		b.note("half max rep %d: loadgen: %s", rep, f)
 	}
-	b.logf("half max rep %d/%d: rate %.0f/s c=%d: achieved %.0f/s  p50 %.2fms p99 %.2fms p999 %.2fms  send lag p99 %.2fms  errors %d  busy %.0f%% foreign %.2f cores  AOF rewrites %d",
-		rep, b.opt.reps, rate, c, float64(lg.Requests)/max(lg.DurationS, 1e-9), lg.P50Ms, lg.P99Ms, lg.P999Ms, lg.SendLagP99Ms, lg.Errors(), 100*m.Busy, m.Foreign, m.Rewrites)
+	b.logf("half max rep %d/%d: rate %.0f/s c=%d: achieved %.0f/s  p50 %.2fms p99 %.2fms p999 %.2fms  send lag p99 %.2fms  errors %d  busy %.0f%% foreign %.2f cores  AOF rewrites %d  stock waits %.0f",
+		rep, b.opt.reps, rate, c, float64(lg.Requests)/max(lg.DurationS, 1e-9), lg.P50Ms, lg.P99Ms, lg.P999Ms, lg.SendLagP99Ms, lg.Errors(), 100*m.Busy, m.Foreign, m.Rewrites, m.StockWaits)
 	if b.wants("floor") {
 		if err := b.halfFloor(ctx, h, c); err != nil {
 			return nil, err

@@ -298,9 +298,11 @@ func (a *nodeClient) verify(ctx context.Context, admin, sku string) (report.Veri
 	return v, code
 }
 
-// takeStats sums stockd_shard_take_calls_total and
-// stockd_shard_take_requests_total over the shards and the nodes at admins.
-func (a *nodeClient) takeStats(ctx context.Context, admins []string) (calls, reqs float64) {
+// counters sums stockd_shard_take_calls_total,
+// stockd_shard_take_requests_total (over the shards) and the count of
+// stockd_scheduler_stock_wait_seconds over the nodes at admins.
+func (a *nodeClient) counters(ctx context.Context, admins []string) measure.Counters {
+	var k measure.Counters
 	for _, ad := range admins {
 		code, out, err := a.do(ctx, ad, http.MethodGet, "/metrics", "")
 		if err != nil || code != 200 {
@@ -318,13 +320,15 @@ func (a *nodeClient) takeStats(ctx context.Context, admins []string) (calls, req
 			}
 			switch name {
 			case "stockd_shard_take_calls_total":
-				calls += v
+				k.TakeCalls += v
 			case "stockd_shard_take_requests_total":
-				reqs += v
+				k.TakeReqs += v
+			case "stockd_scheduler_stock_wait_seconds_count":
+				k.StockWaits += v
 			}
 		}
 	}
-	return calls, reqs
+	return k
 }
 
 // alive counts the members the node at admin sees alive.

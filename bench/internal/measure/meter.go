@@ -20,6 +20,15 @@ type Measurement struct {
 	Rewrites uint64
 
 	TakeCalls, TakeReqs float64 // stockd's take script calls and their requests (when Take is set)
+	// StockWaits is how many deductions waited for stock (refills in
+	// flight, the truth looked at again): stockd_scheduler_stock_wait_seconds.
+	StockWaits float64
+}
+
+// Counters are stockd's counters the bench reads around a run, summed
+// over the nodes.
+type Counters struct {
+	TakeCalls, TakeReqs, StockWaits float64
 }
 
 // Probe says what to read around a run: the CPU of Groups (a group named
@@ -29,7 +38,7 @@ type Measurement struct {
 type Probe struct {
 	Groups []Group
 	Redis  []*redisproc.Instance
-	Take   func(context.Context) (calls, reqs float64)
+	Take   func(context.Context) Counters
 }
 
 // Meter measures runs: it knows the clock tick and keeps the budget of
@@ -52,9 +61,9 @@ func (m *Meter) Measure(ctx context.Context, p Probe, load func() (*Load, error)
 	if err != nil {
 		return nil, err
 	}
-	var tc0, tr0 float64
+	var k0 Counters
 	if p.Take != nil {
-		tc0, tr0 = p.Take(ctx)
+		k0 = p.Take(ctx)
 	}
 	c0, m0 := Snapshot(p.Groups), Machine()
 	lg, err := load()
@@ -68,8 +77,8 @@ func (m *Meter) Measure(ctx context.Context, p Probe, load func() (*Load, error)
 	}
 	res := &Measurement{Load: lg, CPU: Delta(c0, c1, m.Clk), Before: c0}
 	if p.Take != nil {
-		tc1, tr1 := p.Take(ctx)
-		res.TakeCalls, res.TakeReqs = tc1-tc0, tr1-tr0
+		k1 := p.Take(ctx)
+		res.TakeCalls, res.TakeReqs, res.StockWaits = k1.TakeCalls-k0.TakeCalls, k1.TakeReqs-k0.TakeReqs, k1.StockWaits-k0.StockWaits
 	}
 	res.CPU["loadgen"] = lg.CPU
 	if m1.Total > m0.Total {

@@ -88,7 +88,7 @@ func fixture() *Data {
 	d.Runs[0].Load.Warnings = []string{"a warning"}
 	d.Runs[1].Settled, d.Runs[1].Pipe = false, 3.25
 	d.MQ = MQCheck{Acked: 8000, Rows: 8000, Distinct: 8000}
-	d.Halves = []*Half{{Rep: 1, Rate: 10500, Load: lg(10500, 0), M: &measure.Measurement{CPU: cpu, TakeCalls: 10, TakeReqs: 20}, Floor: lg(10500, 0)}}
+	d.Halves = []*Half{{Rep: 1, Rate: 10500, Load: lg(10500, 0), M: &measure.Measurement{CPU: cpu, TakeCalls: 10, TakeReqs: 20, StockWaits: 3}, Floor: lg(10500, 0)}}
 	d.Halves[0].Load.Warnings = []string{"half warning"}
 	d.Lags = []*Lag{
 		{Rep: 1, SKU: "bench-lag-1", Load: &measure.Load{OK: 900, TotalOK: 900, DurationS: 2}, Backlog: 40, Lag: 1200 * time.Millisecond, OK: true},
@@ -129,7 +129,7 @@ func TestRenderSections(t *testing.T) {
 		"| Row | c | Server | Redis | MariaDB | RabbitMQ | Load generator | Busy | Others | Cmds/read |",
 		"| Row | c | Server | Redis | MariaDB | RabbitMQ | write-back drained after the load |",
 		"| c | Row | Answers/s | p50 | p99 | Server CPU s | Redis CPU s | Server + Redis | Cmds/read | Requests per take call | ok / refused / errors |",
-		"| Rate asked | Achieved | p50 | p99 | p99.9 | generator send lag p99 | errors | Busy | Others | AOF rewrites |",
+		"| Rate asked | Achieved | p50 | p99 | p99.9 | generator send lag p99 | errors | Busy | Others | AOF rewrites | stock waits |",
 		"| Rep | Deductions | Deductions/s | Details not yet in MySQL when the load stopped | Lag |",
 		"| c | Orders/s during the load | Orders not yet in MySQL when the load stopped | Lag |",
 		"| Part of stockd | CPU s sampled | Share |", "| Run | Requests per take call |",
@@ -140,6 +140,10 @@ func TestRenderSections(t *testing.T) {
 		if !strings.Contains(s, "\n"+header+"\n") {
 			t.Errorf("report lacks table %q", header)
 		}
+	}
+	// The half-max row carries the stock waits of its runs.
+	if !strings.Contains(s, "| 0 | 3 |\n") {
+		t.Errorf("half-max row lacks its 3 stock waits after 0 AOF rewrites")
 	}
 	// CPU per 1,000 deductions of server + Redis, limited over stockd.
 	perK := func(m map[string]float64, n float64) float64 { return (m["server"] + m["redis"]) / n * 1000 }

@@ -13,6 +13,7 @@ type halfMedians struct {
 	srv, red, pipe                          float64
 	haveCPU                                 bool
 	errs, rewrites                          uint64
+	waits                                   float64
 }
 
 func (d *Data) halfMedians() halfMedians {
@@ -33,6 +34,7 @@ func (d *Data) halfMedians() halfMedians {
 		lag = append(lag, h.Load.SendLagP99Ms)
 		m.errs += h.Load.Errors()
 		m.rewrites += h.M.Rewrites
+		m.waits += h.M.StockWaits
 	}
 	m.p50, m.p99, m.p999, m.ach, m.lag = Median(p50), Median(p99), Median(p999), Median(ach), Median(lag)
 	m.busy, m.foreign, m.pipe = Median(busy), Median(foreign), Median(pipe)
@@ -50,8 +52,8 @@ func (d *Data) writeHalfMax(p printer) {
 	p("## p99 at half of stockd's maximum throughput\n\n")
 	p("Open loop (`loadgen -rate`), c = %d workers, rate = 50%% of stockd's median throughput at c = %d = **%s/s**; %s of %s (after %s warmup), medians. Latency counts from the intended send time whenever every worker was busy (no coordinated omission).\n\n",
 		maxC, maxC, FmtInt(d.Halves[0].Rate), plural(len(d.Halves), "repetition"), d.Duration, d.Warmup)
-	p("| Rate asked | Achieved | p50 | p99 | p99.9 | generator send lag p99 | errors | Busy | Others | AOF rewrites |\n|---|---|---|---|---|---|---|---|---|---|\n")
-	p("| %s/s | %s/s | %s | **%s** | %s | %s | %d | %.0f%% | %.2f | %d |\n\n", FmtInt(d.Halves[0].Rate), FmtInt(m.ach), fmtMs(m.p50), fmtMs(m.p99), fmtMs(m.p999), fmtMs(m.lag), m.errs, 100*m.busy, m.foreign, m.rewrites)
+	p("| Rate asked | Achieved | p50 | p99 | p99.9 | generator send lag p99 | errors | Busy | Others | AOF rewrites | stock waits |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("| %s/s | %s/s | %s | **%s** | %s | %s | %d | %.0f%% | %.2f | %d | %s |\n\n", FmtInt(d.Halves[0].Rate), FmtInt(m.ach), fmtMs(m.p50), fmtMs(m.p99), fmtMs(m.p999), fmtMs(m.lag), m.errs, 100*m.busy, m.foreign, m.rewrites, FmtInt(m.waits))
 	var fp50, fp99, fp999, flag []float64
 	for _, h := range d.Halves {
 		if h.Floor != nil {
@@ -73,7 +75,7 @@ func (d *Data) writeHalfMax(p printer) {
 		}
 		p("\n\n")
 	}
-	p("*Generator send lag* is how late the load generator itself sent (its timer and scheduling, on the same cores): a large one means the machine, not only stockd, was behind. *AOF rewrites* counts the Redis AOF rewrites of stockd's shards that ran during these runs (all repetitions; `aof_rewrites` and `aof_rewrite_in_progress` of INFO persistence): each forks a child that serializes the shard's whole dataset on the cores everything else here shares, and a stall of a few hundred ms in one repetition usually has one beside it.\n\n")
+	p("*Generator send lag* is how late the load generator itself sent (its timer and scheduling, on the same cores): a large one means the machine, not only stockd, was behind. *AOF rewrites* counts the Redis AOF rewrites of stockd's shards that ran during these runs (all repetitions; `aof_rewrites` and `aof_rewrite_in_progress` of INFO persistence): each forks a child that serializes the shard's whole dataset on the cores everything else here shares, and a stall of a few hundred ms in one repetition usually has one beside it. *Stock waits* counts the deductions (all repetitions) that found no partition holding their unit and waited for a refill (`stockd_scheduler_stock_wait_seconds`): none means no request's latency includes one.\n\n")
 }
 
 // writeLag is the write-back lag runs (the heading also stands over
