@@ -217,35 +217,64 @@ type AllowEntry struct {
 	Detail string
 }
 
-// AllowState is a whole allowance hash.
+// AllowState is part of an allowance hash (one step of a Scan).
 type AllowState struct {
-	Users   map[string]int64
 	Entries []AllowEntry
 	// Details maps a held entry's detail id to its request id.
 	Details map[string]string
 }
 
-// State reads the whole hash (the sweep; bounded by the SKU's buyers
-// and the requests of the retry window).
-func (a *Allowance) State(ctx context.Context) (AllowState, error) {
-	st := AllowState{Users: map[string]int64{}, Details: map[string]string{}}
+// Scan reads one HSCAN step of the hash from cursor (0: the start): about
+// count fields, and the cursor of the next step (0: the pass is over).
+// The sweep reads the hash this way, a step at a time, never whole: a
+// limited SKU's hash holds an entry and a detail index per request of the
+// retry window (hundreds of thousands on a big sale), and HGETALL of it
+// blocked the shard, and the node, for as long as it took. A field may
+// come twice in one pass, and a field written during the pass may not
+// come at all (HSCAN's guarantees); the sweep's changes are compare-and-set
+// on the value read, so neither matters.
+func (a *Allowance) Scan(ctx context.Context, cursor uint64, count int64) (AllowState, uint64, error) {
+	st := AllowState{Details: map[string]string{}}
 	c := a.Shard.client()
-	m, err := c.Do(ctx, c.B().Hgetall().Key(a.key).Build()).AsStrMap()
+	e, err := c.Do(ctx, c.B().Hscan().Key(a.key).Cursor(cursor).Count(count).Build()).AsScanEntry()
 	a.Shard.observe(err)
 	if err != nil {
-		return st, fmt.Errorf("allowance of %s: %w", a.SKU, err)
+		return st, 0, fmt.Errorf("allowance of %s: %w", a.SKU, err)
 	}
-	for f, v := range m {
+	for i := 0; i+1 < len(e.Elements); i += 2 {
+		f, v := e.Elements[i], e.Elements[i+1]
 		switch {
-		case strings.HasPrefix(f, "u:"):
-			st.Users[f[2:]], _ = strconv.ParseInt(v, 10, 64)
 		case strings.HasPrefix(f, "d:"):
 			st.Details[f[2:]] = v
 		case strings.HasPrefix(f, "r:"):
 			st.Entries = append(st.Entries, parseAllowEntry(f[2:], v))
 		}
 	}
-	return st, nil
+	return st, e.Cursor, nil
+}
+
+// Entries reads the entries of reqIDs (absent ones are left out).
+func (a *Allowance) Entries(ctx context.Context, reqIDs []string) (map[string]AllowEntry, error) {
+	out := make(map[string]AllowEntry, len(reqIDs))
+	if len(reqIDs) == 0 {
+		return out, nil
+	}
+	fields := make([]string, len(reqIDs))
+	for i, r := range reqIDs {
+		fields[i] = "r:" + r
+	}
+	c := a.Shard.client()
+	vals, err := c.Do(ctx, c.B().Hmget().Key(a.key).Field(fields...).Build()).ToArray()
+	a.Shard.observe(err)
+	if err != nil {
+		return nil, fmt.Errorf("allowance of %s: %w", a.SKU, err)
+	}
+	for i, v := range vals {
+		if s, err := v.ToString(); err == nil && i < len(reqIDs) {
+			out[reqIDs[i]] = parseAllowEntry(reqIDs[i], s)
+		}
+	}
+	return out, nil
 }
 
 func parseAllowEntry(reqID, v string) AllowEntry {

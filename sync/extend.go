@@ -194,6 +194,19 @@ func allowanceEvery(ttl, every time.Duration) time.Duration {
 	return min(max(ttl/4, every), 30*time.Second)
 }
 
+// allowanceStep is how many fields one HSCAN step of the allowance sweep
+// asks for, allowanceBudget about how many one round of one SKU reads: a
+// hash bigger than that is swept over several rounds (every
+// allowanceEvery), each going on where the last one stopped, so that a
+// round's cost does not grow with the sale. Reading a hash of 600,000
+// fields whole, and looking up each held entry's row in MySQL, took
+// seconds of the node's and MariaDB's CPU every 30 s (issue 13: it stalled
+// every bench row after the limited one).
+const (
+	allowanceStep   = 500
+	allowanceBudget = 50000
+)
+
 // SweepAllowance makes sku's per-user allowance converge on what MySQL
 // says, after a crash or a failed Redis call between the allowance and
 // the stock (ARCHITECTURE.md, "Sale rules"):
@@ -209,12 +222,40 @@ func allowanceEvery(ttl, every time.Duration) time.Duration {
 //     entry is gone, are forgotten.
 //
 // Each change is a compare-and-set on the entry as read, so a request or
-// a release running meanwhile wins.
+// a release running meanwhile wins. One call reads about allowanceBudget
+// fields of the hash, from where the previous call stopped; a pass over a
+// hash of n fields takes n / allowanceBudget calls.
 func (l *Ledger) SweepAllowance(ctx context.Context, sku string, a *shard.Allowance, now time.Time, window time.Duration) error {
-	st, err := a.State(ctx)
-	if err != nil {
-		return err
+	if l.allowCursor == nil {
+		l.allowCursor = map[string]uint64{}
 	}
+	cursor, read := l.allowCursor[sku], 0
+	budget := allowanceBudget
+	if l.allowBudget > 0 {
+		budget = l.allowBudget
+	}
+	for {
+		st, next, err := a.Scan(ctx, cursor, allowanceStep)
+		if err != nil {
+			return err
+		}
+		if err := l.sweepStep(ctx, sku, a, st, now, window); err != nil {
+			return err // this step again next round
+		}
+		cursor = next
+		if cursor == 0 {
+			delete(l.allowCursor, sku)
+			return nil
+		}
+		l.allowCursor[sku] = cursor
+		if read += len(st.Entries) + len(st.Details); read >= budget {
+			return nil
+		}
+	}
+}
+
+// sweepStep is SweepAllowance for the fields of one HSCAN step.
+func (l *Ledger) sweepStep(ctx context.Context, sku string, a *shard.Allowance, st shard.AllowState, now time.Time, window time.Duration) error {
 	var held []shard.AllowEntry
 	byReq := make(map[string]shard.AllowEntry, len(st.Entries))
 	for _, e := range st.Entries {
@@ -236,6 +277,20 @@ func (l *Ledger) SweepAllowance(ctx context.Context, sku string, a *shard.Allowa
 				}
 			}
 		}
+	}
+	// A detail index's entry may have come in another step: read those.
+	var others []string
+	for _, req := range st.Details {
+		if _, ok := byReq[req]; !ok {
+			others = append(others, req)
+		}
+	}
+	more, err := a.Entries(ctx, others)
+	if err != nil {
+		return err
+	}
+	for req, e := range more {
+		byReq[req] = e
 	}
 	for detail, req := range st.Details {
 		if e, ok := byReq[req]; !ok || e.Kind != 'h' || e.Detail != detail {

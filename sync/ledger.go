@@ -54,6 +54,12 @@ type Ledger struct {
 	allowance       func(sku string) *shard.Allowance
 	partitions      func(sku string) []*shard.Partition
 	allowanceWindow time.Duration
+	// allowCursor is where the allowance sweep of each SKU goes on from
+	// (an HSCAN cursor; absent or 0: a new pass). Only Run's goroutine
+	// sweeps.
+	allowCursor map[string]uint64
+	// allowBudget overrides allowanceBudget (tests).
+	allowBudget int
 }
 
 // landWait bounds how long a confirm or release waits for a detail that

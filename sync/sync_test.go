@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"log/slog"
+	"strconv"
 	"strings"
 	gosync "sync"
 	"testing"
@@ -945,5 +946,103 @@ func TestBatcherEncodesWhatTheEntriesHold(t *testing.T) {
 		if got.Details[i] != want[i] {
 			t.Errorf("detail %d: %+v, want %+v", i, got.Details[i], want[i])
 		}
+	}
+}
+
+// The allowance sweep reads a limited SKU's hash a bounded step at a time
+// and goes on where it stopped, so a round's cost does not grow with the
+// sale; every entry is still visited. 1,500 held entries whose rows are
+// released (their give-backs were lost) and 1,500 more still reserved:
+// rounds of a budget of 600 fields each give back exactly the released
+// ones, over several rounds, none of which reads more than its budget and
+// one step.
+func TestAllowanceSweepIsBoundedAndComplete(t *testing.T) {
+	ctx := context.Background()
+	db := newDB(t)
+	set := newShards(t)
+	a, err := set.Allowance("lim", "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3000
+	ms := time.Now().UnixMilli()
+	var rows strings.Builder
+	var args []any
+	for i := 0; i < n; i++ {
+		req, user, detail := "q"+itoa(i), "u"+itoa(i%100), stockd.DetailID("lim", 0, 7, int64(i+1))
+		if code, _, err := a.Take(ctx, req, user, 1, 1000); err != nil || code != shard.AllowTaken {
+			t.Fatalf("take %d: %v %v", i, code, err)
+		}
+		if err := a.Settle(ctx, req, user, 1, detail); err != nil {
+			t.Fatal(err)
+		}
+		state := "reserved"
+		if i%2 == 0 {
+			state = "released" // its give-back was lost
+		}
+		if rows.Len() > 0 {
+			rows.WriteString(",")
+		}
+		rows.WriteString("(?, 'lim', 0, ?, ?, 1, ?, ?)")
+		args = append(args, detail, req, user, state, time.UnixMilli(ms).UTC())
+	}
+	if _, err := db.Exec(`INSERT INTO deductions (detail_id, sku, pid, request_id, user_id, qty, state, deducted_at) VALUES `+rows.String(), args...); err != nil {
+		t.Fatal(err)
+	}
+	l := newLedger(db, set, time.Hour)
+	l.allowance = func(string) *shard.Allowance { return a }
+	l.allowBudget = 600
+	s1, err := set.Get("s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := s1.Client()
+	hscans := func() int64 {
+		t.Helper()
+		info, err := c.Do(ctx, c.B().Info().Section("commandstats").Build()).ToString()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, rest, ok := strings.Cut(info, "cmdstat_hscan:calls=")
+		if !ok {
+			return 0
+		}
+		v, _, _ := strings.Cut(rest, ",")
+		x, _ := strconv.ParseInt(v, 10, 64)
+		return x
+	}
+	users := func() int64 {
+		var sum int64
+		for u := 0; u < 100; u++ {
+			v, err := c.Do(ctx, c.B().Hget().Key(a.Key()).Field("u:u"+itoa(u)).Build()).AsInt64()
+			if err == nil {
+				sum += v
+			}
+		}
+		return sum
+	}
+	rounds := 0
+	for ; users() > n/2 && rounds < 50; rounds++ {
+		before := hscans()
+		if err := l.SweepAllowance(ctx, "lim", a, time.Now(), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		// 600 fields in steps of about 500: at most two steps, and the
+		// step that ends a pass.
+		if steps := hscans() - before; steps > 3 {
+			t.Fatalf("round %d read the hash in %d steps, more than its budget allows", rounds, steps)
+		}
+	}
+	if got := users(); got != n/2 || rounds < 3 {
+		t.Fatalf("after %d rounds the users hold %d units, want %d (the reserved ones), over several rounds", rounds, got, n/2)
+	}
+	// A pass more changes nothing: the reserved entries stay held.
+	for i := 0; i < 12; i++ {
+		if err := l.SweepAllowance(ctx, "lim", a, time.Now(), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := users(); got != n/2 {
+		t.Fatalf("more rounds changed the users' units to %d, want %d", got, n/2)
 	}
 }
