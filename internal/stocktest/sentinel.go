@@ -105,6 +105,32 @@ func (s *SentinelSet) Instance(addr string) *Redis {
 	return nil
 }
 
+// WaitMasterReplicas waits until the master the sentinels name has n
+// replicas online, asking them again on each look: on a loaded machine
+// Sentinel may fail over once more while a test waits (a master read
+// before that is a replica by then, and never gets its replicas).
+func (s *SentinelSet) WaitMasterReplicas(t testing.TB, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var last string
+	for {
+		if addr, err := s.Master(); err == nil {
+			if r := s.Instance(addr); r != nil {
+				c := r.Client()
+				info, _ := c.Do(context.Background(), c.B().Info().Section("replication").Build()).ToString()
+				if strings.Contains(info, "role:master\r\n") && strings.Contains(info, "connected_slaves:"+strconv.Itoa(n)+"\r\n") && strings.Count(info, "state=online") == n {
+					return
+				}
+				last = addr + ": " + info
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the sentinels' master has not %d replicas online: %s", n, last)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // waitKnown waits until every sentinel sees n replicas and k-1 other
 // sentinels (they find each other through the master's hello channel).
 func (s *SentinelSet) waitKnown(n, k int) {
