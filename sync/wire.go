@@ -24,15 +24,8 @@ const wireMagic = "stockd-batch-v1"
 // contentType is the batch messages' content type.
 const contentType = "text/tab-separated-values; charset=us-ascii; profile=" + wireMagic
 
-func encodeWire(w wireBatch) []byte {
-	out := appendWireHead(make([]byte, 0, 64+len(w.Details)*96), w.ID, w.Node)
-	for _, d := range w.Details {
-		out = append(append(out, '\n'), d.DetailID...)
-		out = appendWireRest(out, d.SKU, d.PID, d.RequestID, d.UserID, d.Qty, d.TimeMs)
-	}
-	return out
-}
-
+// appendWireHead appends a batch's first line; the batcher's encode
+// writes the detail lines after it.
 func appendWireHead(out []byte, id, node string) []byte {
 	out = append(out, wireMagic...)
 	out = append(out, '\t')
