@@ -47,9 +47,11 @@ type bench struct {
 	mq       report.MQCheck
 	runs     []*report.Run
 	halves   []*report.Half
+	quarters []*report.Half
 	lags     []*report.Lag
 	profile  *measure.Profile
 	scale    []*report.ScaleRun
+	takeCost []*report.TakeCost
 	verifies []report.Verify
 }
 
@@ -126,6 +128,11 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	if b.wants("scale") {
 		if err := b.runScaleRows(ctx); err != nil {
+			return err
+		}
+	}
+	if b.wants("takecost") {
+		if err := b.runTakeCost(ctx); err != nil {
 			return err
 		}
 	}

@@ -20,9 +20,12 @@
 // each at every concurrency of -c and -reps times, interleaved (rep 1 of
 // every row, then rep 2, …). Then it profiles stockd under the same load
 // (CPU by part: hot path, write-back, …), measures p99 at half of stockd's
-// maximum throughput (open loop) and the write-back lag, runs the scale
-// rows (1, 3, 6 shards; 1,000 hot SKUs; 3 nodes: each a cluster of its
-// own, -scale-reps times at the highest concurrency), and writes a
+// maximum throughput (open loop; then at a quarter) and the write-back
+// lag, runs the scale rows (1, 3, 6 shards; 1,000 hot SKUs; 3 nodes: each
+// a cluster of its own, -scale-reps times at the highest concurrency), the
+// take call cost
+// rows (take script calls straight from this process on a Redis of their
+// own: Redis CPU per call and per request, by batch shape), and writes a
 // Markdown report (-out) with a capacity projection.
 //
 // It starts everything it measures itself: its own Redis processes on free
@@ -92,7 +95,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.scaleReps, "scale-reps", 2, "repetitions of every scale row (quick: 1)")
 	fs.IntVar(&o.scaleSKUs, "scale-skus", 1000, "hot SKUs of the many-SKU scale row (quick: 100: creating 1,000 SKUs takes about a minute here)")
 	fs.DurationVar(&o.scaleDuration, "scale-duration", 3*time.Second, "measured time of one scale run (quick: 1.5s)")
-	only := fs.String("only", "", "debug: run only these rows (comma-separated names: rowlock,condupdate,rediskey,mqpeer,floor,stockd,limited,soldout, and scale for the scale rows); the report is incomplete")
+	only := fs.String("only", "", "debug: run only these rows (comma-separated names: rowlock,condupdate,rediskey,mqpeer,floor,stockd,limited,soldout, scale for the scale rows, takecost for the take call cost rows); the report is incomplete")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -137,7 +140,7 @@ func parseFlags(args []string) (options, error) {
 	if *only != "" {
 		o.only = map[string]bool{}
 		for _, s := range strings.Split(*only, ",") {
-			if plan.ScenarioByName(s) == nil && s != "scale" {
+			if plan.ScenarioByName(s) == nil && s != "scale" && s != "takecost" {
 				return o, fmt.Errorf("-only: unknown row %q", s)
 			}
 			o.only[s] = true

@@ -36,7 +36,8 @@ func (b *bench) reportData() *report.Data {
 		Command: b.command(), Elapsed: time.Since(b.start), Clk: b.meter.Clk,
 		GateBudget: b.meter.GateBudget, GateUsed: b.meter.GateUsed,
 		Machine: b.machine, Rows: b.rows(), ScaleRows: b.scaleRows,
-		Runs: b.runs, Halves: b.halves, Lags: b.lags, Profile: b.profile, Scale: b.scale,
+		Runs: b.runs, Halves: b.halves, Quarters: b.quarters, Lags: b.lags, Profile: b.profile, Scale: b.scale,
+		TakeCost: b.takeCost, TakeDuration: b.takeDuration(),
 		Verifies: b.verifies, SoldOut: b.soldOut, MQ: b.mq, Notes: b.notes,
 		HandNotes: report.HandNotes(o.out),
 	}

@@ -298,11 +298,19 @@ func (b *bench) halfMax(ctx context.Context) error {
 		return nil
 	}
 	for rep := 1; rep <= b.opt.reps; rep++ {
-		h, err := b.halfRun(ctx, rate, c, rep)
+		h, err := b.halfRun(ctx, rate, c, rep, true)
 		if err != nil {
 			return err
 		}
 		b.halves = append(b.halves, h)
+	}
+	// A quarter of the maximum: the latency with more room on the machine.
+	for rep := 1; rep <= b.opt.reps; rep++ {
+		h, err := b.halfRun(ctx, float64(int(rate/2)), c, rep, false)
+		if err != nil {
+			return err
+		}
+		b.quarters = append(b.quarters, h)
 	}
 	return nil
 }
@@ -313,13 +321,13 @@ func (b *bench) openLoopArgs(url, sku string, c int, idPrefix string, rate float
 		"-rate", strconv.FormatFloat(rate, 'f', 0, 64), "-d", b.opt.duration.String(), "-warmup", b.opt.warmup.String())
 }
 
-// halfRun is one open-loop run of stockd at rate, then the same against
-// the HTTP floor.
-func (b *bench) halfRun(ctx context.Context, rate float64, c, rep int) (*report.Half, error) {
+// halfRun is one open-loop run of stockd at rate, then (with floor) the
+// same against the HTTP floor.
+func (b *bench) halfRun(ctx context.Context, rate float64, c, rep int, floor bool) (*report.Half, error) {
 	if err := b.waitQuiet(ctx, b.ourPIDs()); err != nil {
 		return nil, err
 	}
-	args := b.openLoopArgs(b.hotURL(), plan.HotSKU, c, fmt.Sprintf("b%s-half-r%d-", b.prefix, rep), rate)
+	args := b.openLoopArgs(b.hotURL(), plan.HotSKU, c, fmt.Sprintf("b%s-open%.0f-r%d-", b.prefix, rate, rep), rate)
 	m, err := b.measure(ctx, b.stockdGroups(), b.shards, []string{b.admin}, args...)
 	if err != nil {
 		return nil, fmt.Errorf("half max: %w", err)
@@ -332,11 +340,11 @@ func (b *bench) halfRun(ctx context.Context, rate float64, c, rep int) (*report.
 		return nil, err
 	}
 	for _, f := range lg.Failures {
-		b.note("half max rep %d: loadgen: %s", rep, f)
+		b.note("open loop at %.0f/s rep %d: loadgen: %s", rate, rep, f)
 	}
-	b.logf("half max rep %d/%d: rate %.0f/s c=%d: achieved %.0f/s  p50 %.2fms p99 %.2fms p999 %.2fms  send lag p99 %.2fms  errors %d  busy %.0f%% foreign %.2f cores  AOF rewrites %d  stock waits %.0f",
-		rep, b.opt.reps, rate, c, float64(lg.Requests)/max(lg.DurationS, 1e-9), lg.P50Ms, lg.P99Ms, lg.P999Ms, lg.SendLagP99Ms, lg.Errors(), 100*m.Busy, m.Foreign, m.Rewrites, m.StockWaits)
-	if b.wants("floor") {
+	b.logf("open loop rep %d/%d: rate %.0f/s c=%d: achieved %.0f/s  p50 %.2fms p99 %.2fms p999 %.2fms  send lag p99 %.2fms  errors %d  busy %.0f%% foreign %.2f cores  AOF rewrites %d  stock waits %.0f  %.1f requests per take call",
+		rep, b.opt.reps, rate, c, float64(lg.Requests)/max(lg.DurationS, 1e-9), lg.P50Ms, lg.P99Ms, lg.P999Ms, lg.SendLagP99Ms, lg.Errors(), 100*m.Busy, m.Foreign, m.Rewrites, m.StockWaits, m.TakeReqs/max(m.TakeCalls, 1))
+	if floor && b.wants("floor") {
 		if err := b.halfFloor(ctx, h, c); err != nil {
 			return nil, err
 		}

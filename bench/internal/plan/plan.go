@@ -124,3 +124,27 @@ func groupDigits(n int) string {
 	}
 	return string(out)
 }
+
+// TakeShape is one shape of the take call cost rows: take calls (or
+// PINGs) sent straight from the bench process to a Redis of their own,
+// with no HTTP, no stockd and no write-back, so that Redis's CPU per call
+// and per request is the script's alone. They bound what any row that
+// goes through take can cost Redis at the batch size it reaches.
+type TakeShape struct {
+	Name, Title string
+	Partitions  int // 0: PING instead of take
+	Callers     int // goroutines calling in a loop, each waiting for its answer
+}
+
+// TakeParts is the partitions of the spread shape.
+const TakeParts = 1000
+
+// TakeShapes are the take call cost rows, in the order they run.
+var TakeShapes = []TakeShape{
+	{"ping-1", "PING, 1 caller: every command wakes Redis up on its own", 0, 1},
+	{"ping-64", "PING, 64 callers: commands pipelined, several per wake-up", 0, 64},
+	{"hot-1", "take, 1 partition, 1 caller", 1, 1},
+	{"hot-8", "take, 1 partition, 8 callers", 1, 8},
+	{"hot-64", "take, 1 partition, 64 callers", 1, 64},
+	{"spread-64", fmt.Sprintf("take, %s partitions, 64 callers, each request on a partition picked at random (about one request per partition in a call)", groupDigits(TakeParts)), TakeParts, 64},
+}

@@ -166,7 +166,7 @@ func (d *Data) allLoads() []*measure.Load {
 	for _, r := range d.Runs {
 		all = append(all, r.Load)
 	}
-	for _, h := range d.Halves {
+	for _, h := range append(slices.Clone(d.Halves), d.Quarters...) {
 		all = append(all, h.Load)
 	}
 	for _, l := range d.Lags {

@@ -45,13 +45,17 @@ type Data struct {
 
 	Runs     []*Run
 	Halves   []*Half
+	Quarters []*Half // the same open loop at a quarter of the maximum (no floor run)
 	Lags     []*Lag
 	Profile  *measure.Profile
 	Scale    []*ScaleRun
-	Verifies []Verify
-	SoldOut  SoldOut
-	MQ       MQCheck
-	Notes    []string
+	TakeCost []*TakeCost
+	// TakeDuration is the measured time of one take cost run.
+	TakeDuration time.Duration
+	Verifies     []Verify
+	SoldOut      SoldOut
+	MQ           MQCheck
+	Notes        []string
 
 	HandNotes string // the hand-written section to keep (HandNotes)
 }
@@ -121,6 +125,19 @@ type ScaleRun struct {
 	Settle   time.Duration
 	Settled  bool
 }
+
+// TakeCost is one run of a take call cost row (plan.TakeShapes).
+type TakeCost struct {
+	Shape    plan.TakeShape
+	Rep      int
+	Calls    int64         // take script calls (PING rows: commands)
+	Requests int64         // the requests they carried (PING rows: commands)
+	RedisCPU float64       // Redis CPU seconds over the measured part
+	Elapsed  time.Duration // the measured part
+}
+
+// PerCall is the requests per call.
+func (t *TakeCost) PerCall() float64 { return float64(t.Requests) / float64(t.Calls) }
 
 // Verify is one conservation check (GET /admin/skus/{sku}/verify).
 type Verify struct {

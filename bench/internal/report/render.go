@@ -18,7 +18,7 @@ func Render(d *Data) string {
 	for _, section := range []func(printer){
 		d.writeHeader, d.writeMachine, d.writeTargets,
 		d.writeThroughput, d.writeCost, d.writeDrain, d.writeLimitCost, d.writeHalfMax,
-		d.writeLag, d.writeMQPeerLag, d.writeProfile, d.writeScale, d.writeCapacity,
+		d.writeLag, d.writeMQPeerLag, d.writeProfile, d.writeScale, d.writeTakeCost, d.writeCapacity,
 		d.writeChecks, d.writeNotes, d.writeMethod, d.writeHandNotes, d.writeAllRuns,
 	} {
 		section(p)

@@ -90,6 +90,7 @@ func fixture() *Data {
 	d.MQ = MQCheck{Acked: 8000, Rows: 8000, Distinct: 8000}
 	d.Halves = []*Half{{Rep: 1, Rate: 10500, Load: lg(10500, 0), M: &measure.Measurement{CPU: cpu, TakeCalls: 10, TakeReqs: 20, StockWaits: 3}, Floor: lg(10500, 0)}}
 	d.Halves[0].Load.Warnings = []string{"half warning"}
+	d.Quarters = []*Half{{Rep: 1, Rate: 5250, Load: lg(5250, 0), M: &measure.Measurement{CPU: cpu, TakeCalls: 10, TakeReqs: 40, Busy: 0.5}}}
 	d.Lags = []*Lag{
 		{Rep: 1, SKU: "bench-lag-1", Load: &measure.Load{OK: 900, TotalOK: 900, DurationS: 2}, Backlog: 40, Lag: 1200 * time.Millisecond, OK: true},
 		{Rep: 2, SKU: "bench-lag-2", Load: &measure.Load{OK: 800, TotalOK: 800, DurationS: 2}, Backlog: 70, Lag: 3 * time.Second},
@@ -98,6 +99,20 @@ func fixture() *Data {
 	for i := range d.ScaleRows {
 		sr := &d.ScaleRows[i]
 		d.Scale = append(d.Scale, &ScaleRun{Row: sr, Rep: 1, Load: lg(20000, 0), M: &measure.Measurement{CPU: cpu, TakeCalls: 10, TakeReqs: 50}, CPUDrain: cpu, Settled: true})
+	}
+	// Take cost: 100 µs per call at 4 requests, 300 at 32: 71.4 µs per
+	// call plus 7.1 per request; spread 30 µs per request.
+	for _, tc := range []struct {
+		name  string
+		calls int64
+		reqs  int64
+		cpu   float64
+	}{{"ping-1", 1000, 1000, 0.04}, {"hot-8", 1000, 4000, 0.1}, {"hot-64", 1000, 32000, 0.3}, {"spread-64", 1000, 32000, 0.96}} {
+		for _, s := range plan.TakeShapes {
+			if s.Name == tc.name {
+				d.TakeCost = append(d.TakeCost, &TakeCost{Shape: s, Rep: 1, Calls: tc.calls, Requests: tc.reqs, RedisCPU: tc.cpu, Elapsed: time.Second})
+			}
+		}
 	}
 	d.Verifies = []Verify{{SKU: "x", OK: true}, {SKU: "y", Row: "skus-1000", Skipped: true, Raw: "not checked: the write-back had not drained 35s after the last run"}}
 	d.SoldOut = SoldOut{Runs: 2, Units: 2000, SoldOutOK: true}
@@ -114,7 +129,7 @@ func TestRenderSections(t *testing.T) {
 		// Sections, in order.
 		"# stockd benchmarks", "## Machine", "## Targets", "## Throughput and latency", "### c = 64", "### c = 256",
 		"## CPU cost and pipelining", "## Cost of the per-user limit", "## p99 at half of stockd's maximum throughput",
-		"## Write-back lag", "## Where stockd's CPU goes", "## Scale rows", "## Capacity (projection)", "## Side checks",
+		"## Write-back lag", "## Where stockd's CPU goes", "## Scale rows", "## Cost of a take call in Redis", "## Capacity (projection)", "## Side checks",
 		"Notes from this run:", "Load generator warnings:", "## Method", NotesBegin, "## Reading the numbers", NotesEnd, "## All runs",
 	} {
 		i := strings.Index(s, want)
@@ -129,11 +144,12 @@ func TestRenderSections(t *testing.T) {
 		"| Row | c | Server | Redis | MariaDB | RabbitMQ | Load generator | Busy | Others | Cmds/read |",
 		"| Row | c | Server | Redis | MariaDB | RabbitMQ | write-back drained after the load |",
 		"| c | Row | Answers/s | p50 | p99 | Server CPU s | Redis CPU s | Server + Redis | Cmds/read | Requests per take call | ok / refused / errors |",
-		"| Rate asked | Achieved | p50 | p99 | p99.9 | generator send lag p99 | errors | Busy | Others | AOF rewrites | stock waits |",
+		"| Rate asked | Achieved | p50 | p99 | p99.9 | generator send lag p99 | errors | Busy | Others | AOF rewrites | stock waits | requests per take call |",
 		"| Rep | Deductions | Deductions/s | Details not yet in MySQL when the load stopped | Lag |",
 		"| c | Orders/s during the load | Orders not yet in MySQL when the load stopped | Lag |",
 		"| Part of stockd | CPU s sampled | Share |", "| Run | Requests per take call |",
 		"| Row | Deductions/s | p99 | stockd µs/ded | Redis µs/ded | stockd + Redis | (during the load alone) | MariaDB µs/ded | RabbitMQ µs/ded | load generator µs/ded | Req/take | errors |",
+		"| Row | Calls/s | Requests per call | Redis CPU µs per call | Redis CPU µs per request |",
 		"| Process | CPU µs per deduction | Deductions/s per core | 100,000/s needs | 1,000,000/s needs |",
 		"| Rep | Row | c | Answers/s | p50 | p99 | p99.9 | max | ok | sold out | errors | server CPU s | Busy | Others | Cmds/read | write-back drained |",
 	} {
@@ -142,7 +158,7 @@ func TestRenderSections(t *testing.T) {
 		}
 	}
 	// The half-max row carries the stock waits of its runs.
-	if !strings.Contains(s, "| 0 | 3 |\n") {
+	if !strings.Contains(s, "| 0 | 3 | 2.0 |\n") {
 		t.Errorf("half-max row lacks its 3 stock waits after 0 AOF rewrites")
 	}
 	// CPU per 1,000 deductions of server + Redis, limited over stockd.
@@ -159,8 +175,11 @@ func TestRenderSections(t *testing.T) {
 		"| 256 | limited | 16,800 |", "| 256 | **limited / stockd** | **0.80×** |",
 		"changed the answers per second by **-20%** (21,000 → 16,800/s)", "| **" + cpuRatio + "** | | | |", ", " + cpuRatio + ").", "| limited | 256 |",
 		"**limited** = the stockd row on a SKU with a per-user limit", "7. **limited**", `"per_user_limit": 1000000`,
-		"| skus-1000 |", "**A projection", "| Redis shards | 11.9 |",
-		"| 1 | rediskey | 64 |", "| 1 | scale nodes-3 | 256 |", "| 1 | half max (rate 10,500/s) | 256 |", "| 1 | floor at the same rate | 256 |",
+		"| skus-1000 |", "**A projection",
+		"| ping-1 | 1,000 | 1.0 | 40.0 | **40.0** |", "| hot-64 | 1,000 | 32.0 | 300 | **9.4** |",
+		"about **71.4 µs** of its own plus **7.1 µs** per request", "**spread-64** = take, 1,000 partitions", "30.0 µs per request, 3.2× *hot-64*'s", "| Redis shards | 11.9 |",
+		"| 1 | rediskey | 64 |", "| 1 | scale nodes-3 | 256 |", "| 1 | half max (rate 10,500/s) | 256 |", "| 1 | quarter max (rate 5,250/s) | 256 |",
+		"| 5,250/s | 0/s |", "| 50% | 0.00 | 0 | 0 | 4.0 |\n", "The second row is a quarter of the maximum (1 repetition, without a floor run)", "| 1 | floor at the same rate | 256 |",
 		"| **median** | | 425 | 55 | **2.1s** |", "- a note", "- rediskey c=64 rep 1: a warning", "- half max rep 1: half warning",
 	} {
 		if !strings.Contains(s, want) {

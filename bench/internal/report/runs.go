@@ -2,6 +2,7 @@ package report
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/stockd/stockd/bench/internal/plan"
@@ -14,12 +15,14 @@ type halfMedians struct {
 	haveCPU                                 bool
 	errs, rewrites                          uint64
 	waits                                   float64
+	batch                                   string // requests per take call, over all runs
 }
 
-func (d *Data) halfMedians() halfMedians {
+func halfMediansOf(hs []*Half) halfMedians {
 	var p50, p99, p999, ach, lag, busy, foreign, srv, red, pipe []float64
+	var calls, reqs float64
 	var m halfMedians
-	for _, h := range d.Halves {
+	for _, h := range hs {
 		busy = append(busy, h.M.Busy)
 		foreign = append(foreign, h.M.Foreign)
 		pipe = append(pipe, h.M.Pipe)
@@ -35,7 +38,10 @@ func (d *Data) halfMedians() halfMedians {
 		m.errs += h.Load.Errors()
 		m.rewrites += h.M.Rewrites
 		m.waits += h.M.StockWaits
+		calls += h.M.TakeCalls
+		reqs += h.M.TakeReqs
 	}
+	m.batch = fmtBatch(calls, reqs)
 	m.p50, m.p99, m.p999, m.ach, m.lag = Median(p50), Median(p99), Median(p999), Median(ach), Median(lag)
 	m.busy, m.foreign, m.pipe = Median(busy), Median(foreign), Median(pipe)
 	m.srv, m.red, m.haveCPU = Median(srv), Median(red), len(srv) > 0
@@ -48,12 +54,20 @@ func (d *Data) writeHalfMax(p printer) {
 	if len(d.Halves) == 0 {
 		return
 	}
-	maxC, m := d.maxC(), d.halfMedians()
+	maxC, m := d.maxC(), halfMediansOf(d.Halves)
 	p("## p99 at half of stockd's maximum throughput\n\n")
 	p("Open loop (`loadgen -rate`), c = %d workers, rate = 50%% of stockd's median throughput at c = %d = **%s/s**; %s of %s (after %s warmup), medians. Latency counts from the intended send time whenever every worker was busy (no coordinated omission).\n\n",
 		maxC, maxC, FmtInt(d.Halves[0].Rate), plural(len(d.Halves), "repetition"), d.Duration, d.Warmup)
-	p("| Rate asked | Achieved | p50 | p99 | p99.9 | generator send lag p99 | errors | Busy | Others | AOF rewrites | stock waits |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
-	p("| %s/s | %s/s | %s | **%s** | %s | %s | %d | %.0f%% | %.2f | %d | %s |\n\n", FmtInt(d.Halves[0].Rate), FmtInt(m.ach), fmtMs(m.p50), fmtMs(m.p99), fmtMs(m.p999), fmtMs(m.lag), m.errs, 100*m.busy, m.foreign, m.rewrites, FmtInt(m.waits))
+	p("| Rate asked | Achieved | p50 | p99 | p99.9 | generator send lag p99 | errors | Busy | Others | AOF rewrites | stock waits | requests per take call |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	row := func(hs []*Half, m halfMedians) {
+		p("| %s/s | %s/s | %s | **%s** | %s | %s | %d | %.0f%% | %.2f | %d | %s | %s |\n", FmtInt(hs[0].Rate), FmtInt(m.ach), fmtMs(m.p50), fmtMs(m.p99), fmtMs(m.p999), fmtMs(m.lag), m.errs, 100*m.busy, m.foreign, m.rewrites, FmtInt(m.waits), m.batch)
+	}
+	row(d.Halves, m)
+	if len(d.Quarters) > 0 {
+		row(d.Quarters, halfMediansOf(d.Quarters))
+	}
+	p("\n")
+
 	var fp50, fp99, fp999, flag []float64
 	for _, h := range d.Halves {
 		if h.Floor != nil {
@@ -72,6 +86,17 @@ func (d *Data) writeHalfMax(p printer) {
 			fmtSec(m.srv, true), fmtSec(m.red, true), m.pipe, maxC, fmtSec(st.cpu["server"], true), fmtSec(st.cpu["redis"], true), st.pipe)
 		if m.srv+m.red > 1.1*(st.cpu["server"]+st.cpu["redis"]) {
 			p(" With less load there is less batching, so half the rate costs more than half the CPU.")
+		}
+		p("\n\n")
+	}
+	if len(d.Quarters) > 0 {
+		q := halfMediansOf(d.Quarters)
+		p("The second row is a quarter of the maximum (%s, without a floor run): what the latency is when the machine has more room. ", plural(len(d.Quarters), "repetition"))
+		if m.busy > 0 && q.busy > 0 {
+			p("Going from a quarter to half of the maximum took the machine from %.0f%% to %.0f%% busy and stockd's p99 from %s to %s ms.", 100*q.busy, 100*m.busy, fmtMs(q.p99), fmtMs(m.p99))
+		}
+		if q.haveCPU {
+			p(" At a quarter stockd used %s CPU s per 1,000 deductions and its Redis shards %s, at %s requests per take call.", fmtSec(q.srv, true), fmtSec(q.red, true), q.batch)
 		}
 		p("\n\n")
 	}
@@ -164,6 +189,11 @@ func (d *Data) writeNotes(p printer) {
 			warns = append(warns, fmt.Sprintf("half max rep %d: %s", h.Rep, wn))
 		}
 	}
+	for _, h := range d.Quarters {
+		for _, wn := range h.Load.Warnings {
+			warns = append(warns, fmt.Sprintf("quarter max rep %d: %s", h.Rep, wn))
+		}
+	}
 	if len(warns) > 0 {
 		p("\nLoad generator warnings:\n\n")
 		for _, wn := range warns {
@@ -198,10 +228,14 @@ func (d *Data) writeAllRuns(p printer) {
 			r.Rep, r.Row.Name, maxC, FmtInt(lg.Throughput()), fmtMs(lg.P50Ms), fmtMs(lg.P99Ms), fmtMs(lg.P999Ms), fmtMs(lg.MaxMs),
 			lg.OK, lg.SoldOut, lg.Errors(), r.M.CPU["server"], 100*r.M.Busy, r.M.Foreign, fmtPipe(r.M.Pipe), r.Settle.Round(10*time.Millisecond))
 	}
-	for _, h := range d.Halves {
+	for _, h := range append(slices.Clone(d.Halves), d.Quarters...) {
 		lg := h.Load
-		p("| %d | half max (rate %s/s) | %d | %s | %s | %s | %s | %s | %d | %d | %d | – | – | – | – | %s |\n",
-			h.Rep, FmtInt(h.Rate), maxC, FmtInt(lg.Throughput()), fmtMs(lg.P50Ms), fmtMs(lg.P99Ms), fmtMs(lg.P999Ms), fmtMs(lg.MaxMs),
+		what := "half max"
+		if slices.Contains(d.Quarters, h) {
+			what = "quarter max"
+		}
+		p("| %d | %s (rate %s/s) | %d | %s | %s | %s | %s | %s | %d | %d | %d | – | – | – | – | %s |\n",
+			h.Rep, what, FmtInt(h.Rate), maxC, FmtInt(lg.Throughput()), fmtMs(lg.P50Ms), fmtMs(lg.P99Ms), fmtMs(lg.P999Ms), fmtMs(lg.MaxMs),
 			lg.OK, lg.SoldOut, lg.Errors(), h.Settle.Round(10*time.Millisecond))
 		if f := h.Floor; f != nil {
 			p("| %d | floor at the same rate | %d | %s | %s | %s | %s | %s | %d | %d | %d | – | – | – | – | – |\n",

@@ -183,3 +183,74 @@ func (d *Data) writeMQPeerLag(p printer) {
 	p("**mqpeer's write-back lag**: after each closed-loop `mqpeer` run the bench polls `COUNT(*)` of its orders table every 20 ms until it holds a row for every ok answer (medians of the reps; lag from the load generator's exit):\n\n")
 	p("| c | Orders/s during the load | Orders not yet in MySQL when the load stopped | Lag |\n|---|---|---|---|\n%s\n\n", strings.Join(rows, "\n"))
 }
+
+// takeCostAgg is the medians of one take call cost row's runs.
+type takeCostAgg struct {
+	shape                   plan.TakeShape
+	callsPerSec, perCall    float64
+	usPerCall, usPerRequest float64
+	n                       int
+}
+
+func (d *Data) takeCostAggregate(name string) *takeCostAgg {
+	var rate, per, call, req []float64
+	var a *takeCostAgg
+	for _, r := range d.TakeCost {
+		if r.Shape.Name != name || r.Calls == 0 {
+			continue
+		}
+		if a == nil {
+			a = &takeCostAgg{shape: r.Shape}
+		}
+		a.n++
+		rate = append(rate, float64(r.Calls)/r.Elapsed.Seconds())
+		per = append(per, r.PerCall())
+		call = append(call, 1e6*r.RedisCPU/float64(r.Calls))
+		req = append(req, 1e6*r.RedisCPU/float64(r.Requests))
+	}
+	if a != nil {
+		a.callsPerSec, a.perCall, a.usPerCall, a.usPerRequest = Median(rate), Median(per), Median(call), Median(req)
+	}
+	return a
+}
+
+// writeTakeCost is what a take call costs Redis by itself, by shape.
+func (d *Data) writeTakeCost(p printer) {
+	if len(d.TakeCost) == 0 {
+		return
+	}
+	p("## Cost of a take call in Redis\n\n")
+	p("Every deduction is one request in a take script call; how much Redis CPU it costs depends on how many requests share the call and how many partitions they touch. These rows call Redis straight from the bench process (no HTTP, no stockd, no write-back) on a Redis of their own (AOF on, as the shards), each for %s after %s, %s, interleaved; medians. Redis CPU is `used_cpu_user + used_cpu_sys` of INFO cpu over the measured part (an AOF rewrite's child is not in it). The PING rows are the price of waking Redis up on this machine, which a call pays whatever it carries.\n\n",
+		d.TakeDuration, d.Warmup/2, plural(d.Reps, "repetition"))
+	p("| Row | Calls/s | Requests per call | Redis CPU µs per call | Redis CPU µs per request |\n|---|---|---|---|---|\n")
+	aggs := map[string]*takeCostAgg{}
+	for _, s := range plan.TakeShapes {
+		a := d.takeCostAggregate(s.Name)
+		if a == nil {
+			continue
+		}
+		aggs[s.Name] = a
+		p("| %s | %s | %.1f | %s | **%s** |\n", s.Name, FmtInt(a.callsPerSec), a.perCall, fmtUs(a.usPerCall), fmtUs(a.usPerRequest))
+	}
+	p("\nRows: ")
+	for i, s := range plan.TakeShapes {
+		if i > 0 {
+			p("; ")
+		}
+		p("**%s** = %s", s.Name, s.Title)
+	}
+	p(".\n\n")
+	lo, hi, sp := aggs["hot-8"], aggs["hot-64"], aggs["spread-64"]
+	if lo == nil || hi == nil || hi.perCall <= lo.perCall {
+		return
+	}
+	// A straight line through the two one-partition rows: a fixed cost
+	// per call and a cost per request.
+	perReq := (hi.usPerCall - lo.usPerCall) / (hi.perCall - lo.perCall)
+	fixed := lo.usPerCall - perReq*lo.perCall
+	p("A straight line through *hot-8* and *hot-64*: a call on one partition costs Redis about **%s µs** of its own plus **%s µs** per request it carries. So a deduction costs Redis at least %s µs when its call carries 3 requests, %s µs at 30.", fmtUs(fixed), fmtUs(perReq), fmtUs(fixed/3+perReq), fmtUs(fixed/30+perReq))
+	if sp != nil {
+		p(" In *spread-64* every request has a partition of its own: %s µs per request, %.1f× *hot-64*'s, the price of a partition visit (its state, records, pointers and stream) paid by one request instead of shared by %.0f.", fmtUs(sp.usPerRequest), sp.usPerRequest/hi.usPerRequest, hi.perCall)
+	}
+	p("\n\n")
+}
