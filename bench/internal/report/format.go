@@ -116,3 +116,14 @@ func spread(xs ...float64) float64 {
 	}
 	return slices.Max(xs)/slices.Min(xs) - 1
 }
+
+// legend writes the rows' names and titles: "**name** = title; …".
+func legend[T any](p printer, rows []T, nameTitle func(T) (string, string)) {
+	for i, r := range rows {
+		if i > 0 {
+			p("; ")
+		}
+		n, t := nameTitle(r)
+		p("**%s** = %s", n, t)
+	}
+}

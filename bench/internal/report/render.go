@@ -93,12 +93,7 @@ func (d *Data) writeThroughput(p printer) {
 		p("\n")
 	}
 	p("Rows: ")
-	for i, sc := range d.Rows {
-		if i > 0 {
-			p("; ")
-		}
-		p("**%s** = %s", sc.Name, sc.Title)
-	}
+	legend(p, d.Rows, func(sc *plan.Scenario) (string, string) { return sc.Name, sc.Title })
 	p(".\n\n")
 }
 

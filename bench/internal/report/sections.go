@@ -30,12 +30,7 @@ func (d *Data) writeScale(p printer) {
 		p("| %s | %s | %s | %s | %s | **%s** | %s | %s | %s | %s | %s | %d |\n", name, FmtInt(a.thr), fmtMs(a.p99), fmtUs(a.server), fmtUs(a.redis), fmtUs(a.engine()), fmtUs(a.engineLoad), fmtUs(a.mariadb), fmtUs(a.rabbitmq), fmtUs(a.loadgen), fmtBatch(a.takeCalls, a.takeReqs), a.errs)
 	}
 	p("\nRows: ")
-	for i, sr := range d.ScaleRows {
-		if i > 0 {
-			p("; ")
-		}
-		p("**%s** = %s", sr.Name, sr.Title)
-	}
+	legend(p, d.ScaleRows, func(sr plan.ScaleRow) (string, string) { return sr.Name, sr.Title })
 	p(". *nodes-1* is *shards-3*.\n\n")
 }
 
@@ -233,12 +228,7 @@ func (d *Data) writeTakeCost(p printer) {
 		p("| %s | %s | %.1f | %s | **%s** |\n", s.Name, FmtInt(a.callsPerSec), a.perCall, fmtUs(a.usPerCall), fmtUs(a.usPerRequest))
 	}
 	p("\nRows: ")
-	for i, s := range plan.TakeShapes {
-		if i > 0 {
-			p("; ")
-		}
-		p("**%s** = %s", s.Name, s.Title)
-	}
+	legend(p, plan.TakeShapes, func(s plan.TakeShape) (string, string) { return s.Name, s.Title })
 	p(".\n\n")
 	lo, hi, sp := aggs["hot-8"], aggs["hot-64"], aggs["spread-64"]
 	if lo == nil || hi == nil || hi.perCall <= lo.perCall {
