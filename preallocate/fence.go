@@ -185,21 +185,12 @@ func (a *Allocator) Doubts(ctx context.Context, sku string, ttl time.Duration) (
 // whole catalog, so that the periodic resolution costs MySQL nothing for
 // the SKUs that have none (ResolveDoubts then runs for these only).
 func (a *Allocator) DoubtsDue(ctx context.Context, cutoff time.Time) ([]string, error) {
-	rows, err := a.db.QueryContext(ctx, `SELECT DISTINCT sku FROM partitions FORCE INDEX (open_doubt)
+	out, err := queryStrings(ctx, a.db, `SELECT DISTINCT sku FROM partitions FORCE INDEX (open_doubt)
 WHERE state = 'fenced' AND doubt_resolved_at IS NULL AND fenced_at < ?`, sqltx.Time(cutoff))
 	if err != nil {
 		return nil, fmt.Errorf("doubts due: %w", err)
 	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var sku string
-		if err := rows.Scan(&sku); err != nil {
-			return nil, fmt.Errorf("doubts due: %w", err)
-		}
-		out = append(out, sku)
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // ResolveDoubts returns to the pool the doubt of sku's fenced partitions

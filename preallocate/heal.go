@@ -98,21 +98,12 @@ func (a *Allocator) HealCandidates(ctx context.Context, gone []string) ([]string
 			args = append(args, g)
 		}
 	}
-	rows, err := a.db.QueryContext(ctx, q+`)`, args...)
+	out, err := queryStrings(ctx, a.db, q+`)`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("heal candidates: %w", err)
 	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			return nil, fmt.Errorf("heal candidates: %w", err)
-		}
-		out = append(out, s)
-	}
 	sort.Strings(out)
-	return out, rows.Err()
+	return out, nil
 }
 
 // Heal brings sku back to its target of open partitions on shards that

@@ -370,18 +370,9 @@ func (a *Allocator) lockSKU(ctx context.Context, sku string) (func(), error) {
 }
 
 func activeShards(ctx context.Context, tx *sql.Tx, want []string) ([]string, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT id FROM shards WHERE state = 'active' ORDER BY id`)
+	active, err := queryStrings(ctx, tx, `SELECT id FROM shards WHERE state = 'active' ORDER BY id`)
 	if err != nil {
 		return nil, err
-	}
-	defer rows.Close()
-	var active []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		active = append(active, id)
 	}
 	if len(want) == 0 {
 		if len(active) == 0 {

@@ -365,6 +365,25 @@ type querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
+// queryStrings runs a query of one string column and returns its rows'
+// values, in the query's order.
+func queryStrings(ctx context.Context, q querier, query string, args ...any) ([]string, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 // GetArchived reads a SKU, archived or not, and its partitions.
 func (s *Store) GetArchived(ctx context.Context, name string) (SKU, error) {
 	return readSKU(ctx, s.db, name, false, true)
